@@ -1,0 +1,52 @@
+# imagewright — two commands: `make demo` and `make test`. Both set up what is missing first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+# Real programs the tool drives and the tests cross-check against (Debian 12 package names).
+APT_PACKAGES := qemu-utils qemu-system-x86 qemu-system-data seabios ipxe-qemu \
+	e2fsprogs fdisk gdisk util-linux dosfstools mtools xfsprogs btrfs-progs reiserfsprogs \
+	grub-pc-bin grub-common genisoimage xorriso busybox-static cpio kmod \
+	zstd xz-utils bzip2 gzip file shellcheck
+
+PYTEST_ARGS ?=
+
+.PHONY: all deps apt venv demo test test-fast lint bench clean
+
+all: test
+
+apt:
+	@./scripts/ensure-packages $(APT_PACKAGES)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+deps: apt venv
+
+demo: deps
+	@$(PY) scripts/demo.py
+
+# pytest exits 5 when no test was collected; that is not a failure of the suite.
+test: deps
+	@$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+
+test-fast: deps
+	@$(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
+lint: venv
+	@$(VENV)/bin/ruff check src tests bench scripts
+	@$(VENV)/bin/ruff format --check src tests bench scripts
+	@$(VENV)/bin/mypy
+
+bench: deps
+	@$(PY) -m bench $(BENCH)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

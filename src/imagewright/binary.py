@@ -1,0 +1,237 @@
+"""Bounded, positional reading of untrusted bytes — the floor every parser stands on.
+
+A ``ByteSource`` is anything that answers ``pread(offset, length)`` and knows its ``size``:
+an image file, a window into one (a tar member, a partition), the guest view of a qcow2,
+or the decompressed head of a ``.gz``. Parsers never read a whole file; they ask for the
+bytes a header names, and ``read_exact`` refuses any request that points outside the source
+or asks for more than ``MAX_SINGLE_READ`` at once, so a hostile size field becomes an
+``ImageFormatError`` instead of a ``MemoryError``.
+
+``Layout`` names every field of a fixed binary structure next to its ``struct`` code, so a
+header is described once (and can be packed again by writers).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from imagewright.errors import ImageFormatError, ImageIOError
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+#: No parser may ask for more than this in one read; metadata tables larger than this are refused.
+MAX_SINGLE_READ = 64 * MiB
+
+
+@runtime_checkable
+class ByteSource(Protocol):
+    """Random-access bytes of known size. ``pread`` may return fewer bytes only at the end."""
+
+    @property
+    def size(self) -> int: ...
+
+    def pread(self, offset: int, length: int) -> bytes: ...
+
+
+class PrefixExhaustedError(ImageFormatError):
+    """A read went past the part of a stream that was decompressed for inspection.
+
+    Not a sign of a bad image: the caller reports the structure as only partly examined.
+    """
+
+
+def read_exact(src: ByteSource, offset: int, length: int, what: str) -> bytes:
+    """Return exactly ``length`` bytes at ``offset`` or raise a one-sentence ImageFormatError.
+
+    ``what`` names the structure being read ("qcow2 L1 table"), for the message.
+    """
+    if offset < 0 or length < 0:
+        raise ImageFormatError(f"The {what} has a negative offset or length ({offset}, {length}).")
+    if length > MAX_SINGLE_READ:
+        raise ImageFormatError(
+            f"The {what} claims {length} bytes, more than the {MAX_SINGLE_READ // MiB} MiB any "
+            "metadata structure may take."
+        )
+    if offset + length > src.size:
+        raise ImageFormatError(
+            f"The {what} (bytes {offset}..{offset + length}) lies beyond the end of the "
+            f"{src.size}-byte image."
+        )
+    data = src.pread(offset, length)
+    if len(data) != length:
+        raise ImageFormatError(f"The {what} at offset {offset} is truncated.")
+    return data
+
+
+class FileSource:
+    """An image file opened read-only; counts the bytes read (inspect promises to read little).
+
+    Only regular files and block devices are accepted: a FIFO or a socket would block or
+    be consumed, a directory is a user mistake.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise ImageIOError(f"{self.path}: no such file.") from None
+        except IsADirectoryError:
+            raise ImageIOError(f"{self.path} is a directory, not an image file.") from None
+        except PermissionError:
+            raise ImageIOError(f"{self.path}: permission denied.") from None
+        except OSError as err:
+            raise ImageIOError(f"{self.path} cannot be opened: {err.strerror}.") from None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise ImageIOError(f"{self.path} is a directory, not an image file.")
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+                raise ImageIOError(f"{self.path} is not a regular file or block device.")
+            self._size = os.lseek(fd, 0, os.SEEK_END)
+            self.allocated_size = st.st_blocks * 512 if stat.S_ISREG(st.st_mode) else self._size
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd: int | None = fd
+        self.bytes_read = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if self._fd is None:
+            raise ImageIOError(f"{self.path} was already closed.")
+        if length <= 0 or offset >= self._size:
+            return b""
+        length = min(length, self._size - offset)
+        try:
+            data = os.pread(self._fd, length, offset)
+        except OSError as err:
+            raise ImageIOError(f"Reading {self.path} failed: {err.strerror}.") from None
+        self.bytes_read += len(data)
+        return data
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> FileSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class BytesSource:
+    """Bytes already in memory (test fixtures, a decompressed header)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = bytes(data)
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length <= 0:
+            return b""
+        return self._data[offset : offset + length]
+
+
+class SliceSource:
+    """A window ``[offset, offset + size)`` of another source: a partition, a tar member."""
+
+    def __init__(self, parent: ByteSource, offset: int, size: int) -> None:
+        if offset < 0 or size < 0:
+            raise ImageFormatError("A region has a negative offset or size.")
+        self._parent = parent
+        self._offset = offset
+        # A window never reaches past its parent, whatever the header that named it says.
+        self._size = max(0, min(size, parent.size - offset))
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length <= 0 or offset >= self._size:
+            return b""
+        length = min(length, self._size - offset)
+        return self._parent.pread(self._offset + offset, length)
+
+
+class PrefixSource:
+    """The first bytes of a stream we cannot seek in (a ``.gz`` image), of possibly unknown size.
+
+    ``size`` is the full stream size when the container records it, else ``unknown_size``
+    (large, so that bounds checks of the inner format do not refuse a valid image). Reads
+    beyond the prefix raise ``PrefixExhaustedError``: the caller reports "partly examined".
+    """
+
+    def __init__(self, prefix: bytes, total_size: int | None, unknown_size: int) -> None:
+        self._prefix = bytes(prefix)
+        self.total_size_known = total_size is not None
+        self._size = total_size if total_size is not None else unknown_size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def prefix_length(self) -> int:
+        return len(self._prefix)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length <= 0 or offset >= self._size:
+            return b""
+        length = min(length, self._size - offset)
+        if offset + length > len(self._prefix):
+            raise PrefixExhaustedError(
+                f"Bytes {offset}..{offset + length} lie beyond the first {len(self._prefix)} bytes "
+                "of the compressed stream that were examined."
+            )
+        return self._prefix[offset : offset + length]
+
+
+Endian = Literal["<", ">"]
+
+
+class Layout:
+    """A fixed-size binary structure: each field's name next to its ``struct`` code.
+
+    Fields whose code is padding (ends in ``x``) carry no value. ``unpack`` raises
+    ImageFormatError on short input, never ``struct.error``.
+    """
+
+    def __init__(self, name: str, endian: Endian, fields: Sequence[tuple[str, str]]) -> None:
+        self.name = name
+        self._struct = struct.Struct(endian + "".join(code for _, code in fields))
+        self.field_names = tuple(field for field, code in fields if not code.endswith("x"))
+        if len(set(self.field_names)) != len(self.field_names):
+            raise ValueError(f"duplicate field name in layout {name}")
+
+    @property
+    def size(self) -> int:
+        return self._struct.size
+
+    def unpack(self, data: bytes, offset: int = 0) -> dict[str, Any]:
+        if offset < 0 or len(data) - offset < self._struct.size:
+            raise ImageFormatError(f"The {self.name} is truncated.")
+        values = self._struct.unpack_from(data, offset)
+        return dict(zip(self.field_names, values, strict=True))
+
+    def pack(self, values: Mapping[str, Any]) -> bytes:
+        try:
+            return self._struct.pack(*(values[field] for field in self.field_names))
+        except (KeyError, struct.error) as err:
+            raise ValueError(f"cannot pack {self.name}: {err}") from err

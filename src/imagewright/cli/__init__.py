@@ -1,0 +1,1 @@
+"""The ``imagewright`` command: parse, call the library, render. Thin on purpose."""

@@ -1,0 +1,86 @@
+"""``imagewright`` entry point: the command group and the one place errors become exit codes.
+
+Exit codes: 0 ok, 1 failed or refused, 2 usage (click's own), 130 interrupted.
+An ``ImagewrightError`` is printed as one sentence; anything else is a bug and is reported
+as one too, with the traceback only under ``--debug`` (or ``IMAGEWRIGHT_DEBUG=1``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from imagewright import __version__
+from imagewright.errors import ImagewrightError
+
+
+def _debug_enabled(ctx: click.Context) -> bool:
+    if os.environ.get("IMAGEWRIGHT_DEBUG", "") not in ("", "0"):
+        return True
+    return bool(ctx.find_root().params.get("debug"))
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+class ImagewrightGroup(click.Group):
+    """A click group that turns every failure into one line on stderr and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except ImagewrightError as err:
+            if _debug_enabled(ctx):
+                traceback.print_exc()
+            click.echo(f"imagewright: error: {_sentence(str(err))}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("imagewright: interrupted.", err=True)
+            ctx.exit(130)
+        except Exception as err:  # noqa: BLE001 - the last line of defence: no traceback for users
+            if _debug_enabled(ctx):
+                traceback.print_exc()
+            click.echo(
+                f"imagewright: internal error: {type(err).__name__}: {err} "
+                "(this is a bug; run with --debug for the traceback).",
+                err=True,
+            )
+            ctx.exit(1)
+
+
+@click.group(cls=ImagewrightGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="imagewright")
+@click.option("--debug", is_flag=True, help="Show a traceback when something fails.")
+def cli(debug: bool) -> None:
+    """Inspect, convert, build, prepare and boot-test virtual machine images.
+
+    Images are untrusted: imagewright refuses hostile ones before any other tool sees them,
+    never mounts a guest filesystem, and needs no root.
+    """
+
+
+def _register_commands() -> None:
+    # Each verb lives in its own module; importing it is all registration takes.
+    from imagewright.cli import commands
+
+    for command in commands.all_commands():
+        cli.add_command(command)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="imagewright")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

@@ -1,0 +1,67 @@
+"""One exception tree for everything imagewright reports to a user.
+
+Every failure a user can cause (a hostile image, a missing program, a bad size) is an
+``ImagewrightError`` whose message is one clear sentence. The CLI prints that sentence and
+exits 1; anything that is *not* an ``ImagewrightError`` is a bug in imagewright.
+"""
+
+from __future__ import annotations
+
+
+class ImagewrightError(Exception):
+    """Base of every user-facing failure; ``str(err)`` is one sentence meant for a person."""
+
+
+class ImageFormatError(ImagewrightError):
+    """The bytes of an image do not form a valid (or supported) instance of their format."""
+
+
+class UnsupportedFormatError(ImageFormatError):
+    """The image is well formed, but in a format or variant imagewright does not handle."""
+
+
+class UnsafeImageError(ImagewrightError):
+    """The image is refused by the safety policy (backing files, external extents, bombs ...).
+
+    ``reasons`` holds every reason found; the message names the first one.
+    """
+
+    def __init__(self, message: str, reasons: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.reasons = reasons or (message,)
+
+
+class ImageIOError(ImagewrightError):
+    """An image or output file could not be read or written (missing, permission, disk full)."""
+
+
+class OutputExistsError(ImagewrightError):
+    """The output already exists and the caller did not ask to overwrite it."""
+
+
+class InvalidArgumentError(ImagewrightError):
+    """A value given by the user (a size, a format name, a network spec) cannot be used."""
+
+
+class ProgramError(ImagewrightError):
+    """An external program we drive failed; the message carries its most telling line."""
+
+
+class ProgramNotFoundError(ProgramError):
+    """An external program is not installed; the message names the Debian package to install."""
+
+
+class GuestFilesystemError(ImagewrightError):
+    """A file inside a guest filesystem could not be read or written."""
+
+
+class BuildError(ImagewrightError):
+    """A bootable disk could not be built from the given source."""
+
+
+class BootError(ImagewrightError):
+    """A guest did not boot as expected (timeout, crash, marker never seen)."""
+
+
+class ContextError(ImagewrightError):
+    """Contextualization data or media could not be produced."""

@@ -1,0 +1,1 @@
+"""The pipeline stages (inspect, convert, resize, build, prepare), each a plain function."""

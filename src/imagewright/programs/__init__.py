@@ -1,0 +1,1 @@
+"""One module per external program we drive; nothing else in imagewright calls subprocess."""

@@ -1,0 +1,36 @@
+"""Shared fixtures. Fixture images are built by code (real tools), never committed."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from imagewright.cli.main import cli
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., Result]:
+    """Run ``imagewright ARGS`` in-process; returns click's Result (exit_code, stdout, stderr)."""
+
+    def run(args: Sequence[str]) -> Result:
+        runner = CliRunner()
+        return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+    return run
+
+
+def require_program(name: str) -> str:
+    """Path of a program the test needs; fail (not skip) when it is missing: `make test` installs it."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if path is None:
+        pytest.fail(f"{name} is not installed; run `make test`, which installs it")
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path
