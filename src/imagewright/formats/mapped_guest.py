@@ -1,0 +1,142 @@
+"""The guest view of a sparse image format: guest offsets mapped onto host bytes.
+
+qcow, qcow2 and VMDK sparse extents all answer the same question for a guest offset: is it
+unallocated (zeros), stored plainly at some host offset, or stored compressed somewhere?
+``MappedGuestSource`` turns such answers into a ``ByteSource`` (``pread`` in guest space),
+merging runs of host-contiguous clusters into one read so that a large read of a freshly
+converted image costs a few system calls, not one per cluster.
+
+``LruCache`` keeps the recently used metadata tables (qcow2 L2 tables, VMDK grain tables)
+and decompressed clusters, bounded by entry count so memory stays flat whatever the image.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from imagewright.binary import MAX_SINGLE_READ, ByteSource
+from imagewright.errors import ImageFormatError
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+#: Merged host reads are split at this size so one guest read never buffers too much at once.
+_MAX_MERGED_READ = 8 * 1024 * 1024
+
+
+class LruCache(Generic[K, V]):
+    """A small least-recently-used cache bounded by its number of entries."""
+
+    def __init__(self, max_entries: int) -> None:
+        if max_entries < 1:
+            raise ValueError("an LRU cache needs room for at least one entry")
+        self._max_entries = max_entries
+        self._entries: OrderedDict[K, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get_or_load(self, key: K, load: Callable[[K], V]) -> V:
+        """The cached value for ``key``, loading (and caching) it on a miss."""
+        try:
+            value = self._entries[key]
+        except KeyError:
+            value = load(key)
+            self._entries[key] = value
+            if len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+            return value
+        self._entries.move_to_end(key)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class GuestRun:
+    """What a run of guest bytes starting at some guest offset is made of.
+
+    Exactly one of: ``host_offset`` (the bytes are stored plainly in the image file there),
+    ``data`` (already materialised bytes, e.g. a slice of a decompressed cluster), or
+    neither (the run reads as zeros).
+    """
+
+    length: int
+    host_offset: int | None = None
+    data: bytes | None = None
+
+
+class MappedGuestSource:
+    """A ``ByteSource`` over guest bytes; subclasses implement ``map_run``.
+
+    Host reads are checked against the image file: a run that *starts* beyond the end of the
+    file is an ``ImageFormatError`` (a hostile or truncated image), while the tail of a run
+    that crosses the end reads as zeros, as QEMU's block layer does for short files.
+    """
+
+    def __init__(self, image: ByteSource, size: int, what: str) -> None:
+        self._image = image
+        self._size = size
+        self._what = what
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def map_run(self, offset: int, max_length: int) -> GuestRun:
+        """Describe the guest bytes at ``offset``: a run of 1..``max_length`` bytes."""
+        raise NotImplementedError
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length <= 0 or offset >= self._size:
+            return b""
+        length = min(length, self._size - offset)
+        if length > MAX_SINGLE_READ:
+            raise ImageFormatError(
+                f"A single read of {length} bytes from the {self._what} guest view is larger than "
+                f"the {MAX_SINGLE_READ // (1024 * 1024)} MiB allowed; read in smaller pieces."
+            )
+        out = bytearray()
+        pending_start = 0
+        pending_length = 0
+        position = offset
+        end = offset + length
+        while position < end:
+            run = self.map_run(position, end - position)
+            if run.length <= 0 or run.length > end - position:
+                raise AssertionError(f"map_run returned a run of {run.length} bytes")
+            if run.host_offset is not None:
+                if pending_length and (
+                    pending_start + pending_length == run.host_offset
+                    and pending_length + run.length <= _MAX_MERGED_READ
+                ):
+                    pending_length += run.length
+                else:
+                    if pending_length:
+                        out += self.read_host(pending_start, pending_length)
+                    pending_start, pending_length = run.host_offset, run.length
+            else:
+                if pending_length:
+                    out += self.read_host(pending_start, pending_length)
+                    pending_length = 0
+                out += run.data if run.data is not None else bytes(run.length)
+            position += run.length
+        if pending_length:
+            out += self.read_host(pending_start, pending_length)
+        return bytes(out)
+
+    def read_host(self, host_offset: int, length: int) -> bytes:
+        """``length`` bytes of the image file at ``host_offset``, zero-filled past its end."""
+        if host_offset < 0 or host_offset >= self._image.size:
+            raise ImageFormatError(
+                f"The {self._what} maps guest data to offset {host_offset}, beyond the end of the "
+                f"{self._image.size}-byte image file."
+            )
+        data = self._image.pread(host_offset, length)
+        if len(data) < length:
+            available = self._image.size - host_offset
+            if len(data) < min(length, available):
+                raise ImageFormatError(f"The {self._what} image file is truncated at offset {host_offset}.")
+            data += bytes(length - len(data))
+        return data
