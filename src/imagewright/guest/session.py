@@ -1,0 +1,127 @@
+"""``open_guest``: inspect an image, pick its filesystem, hand out a ``GuestFS``, save or forget.
+
+The image is inspected first and refused when unsafe; nothing else reads it before that.
+Opened for writing, every change happens on a working copy (see ``workcopy``) that replaces
+the image only after the block finished without an error and ``e2fsck -fn`` found the edited
+filesystem clean. An exception anywhere leaves the image exactly as it was. A block that
+changed nothing leaves it untouched too (not even rewritten).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from imagewright.errors import GuestFilesystemError, ImageIOError, InvalidArgumentError
+from imagewright.guest import libguestfs
+from imagewright.guest.base import GuestFS
+from imagewright.guest.e2fs import E2fsGuest
+from imagewright.guest.locate import (
+    EXT_TYPES,
+    OTHER_LINUX_TYPES,
+    FilesystemRegion,
+    choose_region,
+    inspect_and_require_safe,
+    layout_of,
+    require_safe,
+)
+from imagewright.guest.workcopy import WorkingCopy
+from imagewright.programs import e2fs
+
+ProgressCallback = Callable[[int, int | None], None]
+
+
+@contextmanager
+def open_guest(
+    image: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    partition: int | None = None,
+    writable: bool = False,
+    report: Any = None,
+    progress: ProgressCallback | None = None,
+    verify: bool = True,
+) -> Iterator[GuestFS]:
+    """Open the filesystem of a guest image for reading (and writing, with ``writable``).
+
+    ``format`` is an assertion: the image must be of that qemu format (inspect decides).
+    ``partition`` names the partition by number; by default the filesystem holding ``/etc``.
+    ``report`` is an ``imagewright.inspect`` report the caller already has. ``progress``
+    receives ``(done, total)`` bytes while a working copy is made and written back.
+    ``verify`` runs ``e2fsck -fn`` before the first change and after the last one.
+    """
+    path = _existing_image(image)
+    if report is None:
+        report = inspect_and_require_safe(path)
+    else:
+        require_safe(report)
+    fmt = str(report.format)
+    if format is not None and format != fmt:
+        raise InvalidArgumentError(f"{path.name} is a {fmt} image, not {format}.")
+    with WorkingCopy(path, fmt, writable=writable, progress=progress) as work:
+        layout = layout_of(report, work.path)
+        region = choose_region(layout, work.path, partition)
+        guest = _backend(region, work.path, f"{region.describe()} of {path.name}", writable, verify)
+        try:
+            yield guest
+            guest.flush()
+            modified = bool(getattr(guest, "modified", False))
+            if writable and modified:
+                if verify and isinstance(guest, E2fsGuest):
+                    result = guest.check()
+                    if not result.clean:
+                        raise GuestFilesystemError(
+                            f"e2fsck finds errors in {guest.description} after editing "
+                            f"({result.first_problem()}); the image was left unchanged."
+                        )
+                work.commit()
+        finally:
+            if isinstance(guest, E2fsGuest):
+                guest.discard()
+            else:
+                guest.close()
+
+
+def _existing_image(image: str | os.PathLike[str]) -> Path:
+    path = Path(image)
+    if not path.exists():
+        raise ImageIOError(f"{os.fspath(image)} does not exist.")
+    if not path.is_file():
+        raise ImageIOError(f"{os.fspath(image)} is not a regular file.")
+    if not os.access(path, os.R_OK):
+        raise ImageIOError(f"{os.fspath(image)} is not readable.")
+    # Edit the file a symbolic link points to, not replace the link with a file.
+    return path.resolve()
+
+
+def _backend(region: FilesystemRegion, raw: Path, description: str, writable: bool, verify: bool) -> GuestFS:
+    if region.fs_type in EXT_TYPES:
+        device = e2fs.device_name(raw, region.offset)
+        superblock = e2fs.read_superblock(device)
+        if superblock.size > region.size:
+            # A filesystem claiming more blocks than its partition would make debugfs write
+            # into whatever follows the partition.
+            raise GuestFilesystemError(
+                f"The filesystem in {description} claims {superblock.size} bytes but its space "
+                f"is only {region.size} bytes."
+            )
+        return E2fsGuest(
+            raw,
+            offset=region.offset,
+            writable=writable,
+            fs_type=region.fs_type or "ext4",
+            description=description,
+            verify=verify,
+        )
+    if region.fs_type is None:
+        where = "The image" if region.partition is None else f"Partition {region.partition} of the image"
+        raise GuestFilesystemError(f"{where} holds no filesystem imagewright recognises.")
+    if region.partition is not None and region.fs_type not in OTHER_LINUX_TYPES:
+        raise GuestFilesystemError(
+            f"Partition {region.partition} of the image is {region.fs_type}; imagewright edits "
+            f"ext2/3/4 directly and needs libguestfs (Debian: libguestfs-tools) for {region.fs_type}."
+        )
+    raise libguestfs.unavailable(region.fs_type)

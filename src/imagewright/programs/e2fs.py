@@ -1,0 +1,347 @@
+"""e2fsprogs (Debian ``e2fsprogs``): debugfs, mke2fs, e2fsck, resize2fs, tune2fs, dumpe2fs.
+
+All of them reach a filesystem that sits inside a partition of an image file in place:
+mke2fs through ``-E offset=BYTES``, the others through the device name
+``"IMAGE?offset=BYTES"`` (libext2fs splits the name at the first '?' and hands the rest to the
+unix I/O manager as options). Verified with e2fsprogs 1.47.0: ``debugfs -w``, ``e2fsck -fn``,
+``dumpe2fs -h``, ``tune2fs -L`` and ``resize2fs`` all work on ``img?offset=1048576``.
+Because of that split, an image path that itself contains '?' cannot be named directly;
+``device_name`` refuses it and callers hand e2fsprogs a symlink with a plain name instead.
+
+debugfs is driven in batches: one run reads a command file (``-f``) and executes every line.
+Its command language is MIT's ``ss`` library: words split at spaces and tabs, a double-quoted
+word may contain anything but NUL and line breaks, and ``""`` inside quotes is one literal
+quote (lib/ss/parse.c). A line is at most 8 KiB (debugfs reads it with ``fgets`` into
+BUFSIZ). debugfs exits 0 when a command fails (it counts only unknown commands), so success is
+decided by reading each command's own output: ``run_debugfs`` separates the outputs with marker
+commands that carry a random token, which a file name in the guest cannot predict.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagewright.errors import GuestFilesystemError, InvalidArgumentError, ProgramError
+from imagewright.programs.runner import run_program, start_program, stop_program, telling_line
+
+#: Longest command line we hand debugfs (its own buffer is 8192 bytes including the newline).
+MAX_COMMAND_BYTES = 8000
+
+#: A debugfs run on a small guest takes milliseconds; the bound stops a crafted filesystem
+#: that sends debugfs into a loop from hanging imagewright.
+DEBUGFS_TIMEOUT = 900.0
+_FSCK_TIMEOUT = 3600.0
+
+
+def device_name(image: str | os.PathLike[str], offset: int = 0) -> str:
+    """The e2fsprogs device name of a filesystem at byte ``offset`` of ``image``."""
+    text = os.fspath(image)
+    if "?" in text:
+        raise InvalidArgumentError(
+            f"e2fsprogs cannot open '{text}' because its name contains '?'; use a link with a plain name."
+        )
+    if "\0" in text:
+        raise InvalidArgumentError("An image path cannot contain a NUL character.")
+    if offset < 0:
+        raise InvalidArgumentError("A filesystem offset cannot be negative.")
+    return f"{text}?offset={offset}" if offset else text
+
+
+def quote(arg: str) -> str:
+    """One debugfs word holding ``arg`` exactly (see the module docstring for the rules)."""
+    if "\0" in arg or "\n" in arg or "\r" in arg:
+        raise InvalidArgumentError("A name given to debugfs cannot contain a NUL character or a line break.")
+    return '"' + arg.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class DebugfsCommand:
+    """One debugfs request: the verb (``stat``, ``write``, ``sif`` ...) and its words."""
+
+    verb: str
+    args: tuple[str, ...] = ()
+
+    def line(self) -> str:
+        text = " ".join([self.verb, *(quote(a) for a in self.args)])
+        if len(text.encode("utf-8", "surrogateescape")) > MAX_COMMAND_BYTES:
+            raise InvalidArgumentError("A path handed to debugfs is longer than it can read in one line.")
+        return text
+
+
+def command(verb: str, *args: str) -> DebugfsCommand:
+    return DebugfsCommand(verb, tuple(args))
+
+
+def _encode(text: str) -> bytes:
+    # Guest names are bytes; imagewright carries them as str with surrogate escapes.
+    return text.encode("utf-8", "surrogateescape")
+
+
+def run_debugfs(
+    device: str,
+    commands: Sequence[DebugfsCommand],
+    *,
+    writable: bool = False,
+    timeout: float = DEBUGFS_TIMEOUT,
+) -> list[bytes]:
+    """Run ``commands`` in one debugfs process; return each command's own output (bytes).
+
+    Raises GuestFilesystemError when debugfs cannot open the filesystem at all; errors of
+    single commands are in their outputs, for the caller to judge.
+    """
+    if not commands:
+        return []
+    token = f".imagewright-{secrets.token_hex(12)}"
+    markers = [f"stat {quote('/' + token + '-' + str(i))}" for i in range(len(commands) + 1)]
+    lines: list[str] = []
+    for marker, cmd in zip(markers, commands, strict=False):
+        lines += [marker, cmd.line()]
+    lines.append(markers[-1])
+    script = b"".join(_encode(line) + b"\n" for line in lines)
+
+    with tempfile.TemporaryDirectory(prefix="imagewright-debugfs-") as scratch:
+        script_path = Path(scratch) / "commands"
+        script_path.write_bytes(script)
+        argv = ["debugfs"]
+        if writable:
+            argv.append("-w")
+        argv += ["-f", str(script_path), device]
+        output, returncode = _run_merged(argv, timeout)
+
+    # debugfs makes stdout and stderr unbuffered while it reads a command file
+    # (debugfs.c source_file), so with both on one pipe every error follows its command.
+    positions: list[tuple[int, int]] = []
+    cursor = 0
+    for marker in markers:
+        echo = b"debugfs: " + _encode(marker) + b"\n"
+        start = output.find(echo, cursor)
+        if start < 0:
+            break
+        positions.append((start, start + len(echo)))
+        cursor = start + len(echo)
+    preamble = output[: positions[0][0]] if positions else output
+    _check_preamble(preamble, device)
+    if len(positions) != len(markers):
+        raise ProgramError(
+            f"debugfs stopped before finishing its commands: {telling_line(_text(output[-2000:]))}"
+        )
+    if returncode != 0:
+        raise ProgramError(f"debugfs rejected a command (exit {returncode}): {telling_line(_text(output))}")
+
+    token_bytes = _encode(token)
+    outputs: list[bytes] = []
+    for i, cmd in enumerate(commands):
+        block = output[positions[i][1] : positions[i + 1][0]]
+        # The marker's own "not found" complaint comes first; every line of it names the token.
+        while block and token_bytes in block.split(b"\n", 1)[0]:
+            block = block.split(b"\n", 1)[1] if b"\n" in block else b""
+        echo = b"debugfs: " + _encode(cmd.line()) + b"\n"
+        if not block.startswith(echo):
+            raise ProgramError("debugfs output did not follow its commands; refusing to guess.")
+        outputs.append(block[len(echo) :])
+    return outputs
+
+
+def _run_merged(argv: list[str], timeout: float) -> tuple[bytes, int]:
+    proc = start_program(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_program(proc)
+        raise ProgramError(f"debugfs did not finish within {timeout:g} s.") from None
+    except BaseException:
+        stop_program(proc)
+        raise
+    return output, proc.returncode
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+_BANNER = re.compile(rb"^(debugfs|e2fsck|dumpe2fs|tune2fs|resize2fs|mke2fs) \d+\.\d+")
+
+
+def _check_preamble(preamble: bytes, device: str) -> None:
+    """Everything debugfs printed before the first command: its banner, or why it failed to open."""
+    problems = [
+        line.strip() for line in preamble.split(b"\n") if line.strip() and not _BANNER.match(line.strip())
+    ]
+    if not problems:
+        return
+    message = _text(problems[0])
+    message = message.removeprefix("debugfs: ")
+    # "Bad magic number in super-block while trying to open img?offset=1048576"
+    message = re.sub(r"\s*while trying to open .*$", "", message)
+    raise GuestFilesystemError(f"debugfs cannot open the ext2/3/4 filesystem: {message}")
+
+
+# --------------------------------------------------------------------------------------------
+# e2fsck, dumpe2fs, tune2fs, resize2fs, mke2fs
+
+
+@dataclass(frozen=True)
+class FsckResult:
+    """``e2fsck -fn``: ``clean`` when it found nothing to fix (exit 0)."""
+
+    clean: bool
+    exit_code: int
+    output: str
+
+    def first_problem(self) -> str:
+        for line in self.output.splitlines():
+            stripped = line.strip()
+            if stripped and not stripped.startswith(("Pass ", "e2fsck ")) and "files (" not in stripped:
+                return stripped
+        return f"e2fsck exit code {self.exit_code}"
+
+
+def e2fsck_check(device: str, *, timeout: float = _FSCK_TIMEOUT) -> FsckResult:
+    """``e2fsck -fn DEVICE``: a full read-only check. Exit 0 clean, 4 errors left, 8 failed."""
+    result = run_program(["e2fsck", "-fn", device], timeout=timeout, check=False)
+    if result.returncode >= 8:
+        raise ProgramError(
+            f"e2fsck could not check the filesystem (exit {result.returncode}): "
+            f"{telling_line(result.stderr_text + result.stdout_text)}"
+        )
+    return FsckResult(result.returncode == 0, result.returncode, result.stdout_text + result.stderr_text)
+
+
+def e2fsck_replay_journal(device: str, *, timeout: float = _FSCK_TIMEOUT) -> None:
+    """Replay a pending journal and nothing else (``e2fsck -p -E journal_only``).
+
+    A filesystem whose journal still holds transactions (feature ``needs_recovery``) must not
+    be written by debugfs before the replay: the replay would later overwrite our changes.
+    """
+    result = run_program(["e2fsck", "-p", "-E", "journal_only", device], timeout=timeout, check=False)
+    # 0 nothing done, 1 journal replayed (errors corrected); anything else is a failure.
+    if result.returncode not in (0, 1):
+        raise ProgramError(
+            f"e2fsck could not replay the filesystem journal (exit {result.returncode}): "
+            f"{telling_line(result.stderr_text + result.stdout_text)}"
+        )
+
+
+@dataclass(frozen=True)
+class Superblock:
+    """The fields of ``dumpe2fs -h`` imagewright uses, plus all of them as text."""
+
+    block_count: int
+    block_size: int
+    features: frozenset[str]
+    state: str
+    label: str
+    uuid: str
+    fields: Mapping[str, str]
+
+    @property
+    def size(self) -> int:
+        return self.block_count * self.block_size
+
+    @property
+    def needs_recovery(self) -> bool:
+        return "needs_recovery" in self.features
+
+
+def read_superblock(device: str, *, timeout: float = 120.0) -> Superblock:
+    """``dumpe2fs -h DEVICE`` parsed."""
+    result = run_program(["dumpe2fs", "-h", device], timeout=timeout, check=False)
+    fields: dict[str, str] = {}
+    for line in result.stdout_text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key and not key.startswith(" "):
+            fields.setdefault(key.strip(), value.strip())
+    if result.returncode != 0 or "Block count" not in fields:
+        raise GuestFilesystemError(
+            f"dumpe2fs cannot read the ext2/3/4 superblock: {telling_line(result.stderr_text)}"
+        )
+    try:
+        block_count = int(fields["Block count"])
+        block_size = int(fields.get("Block size", "0"))
+    except ValueError:
+        raise GuestFilesystemError("dumpe2fs printed a block count that is not a number.") from None
+    label = fields.get("Filesystem volume name", "")
+    return Superblock(
+        block_count=block_count,
+        block_size=block_size,
+        features=frozenset(fields.get("Filesystem features", "").split()),
+        state=fields.get("Filesystem state", ""),
+        label="" if label == "<none>" else label,
+        uuid=fields.get("Filesystem UUID", ""),
+        fields=fields,
+    )
+
+
+def mke2fs(
+    target: str | os.PathLike[str],
+    *,
+    fs_type: str = "ext4",
+    size_bytes: int | None = None,
+    offset: int = 0,
+    root_dir: str | os.PathLike[str] | None = None,
+    label: str | None = None,
+    uuid: str | None = None,
+    block_size: int | None = None,
+    features: Sequence[str] = (),
+    timeout: float = 3600.0,
+) -> None:
+    """``mke2fs -q -F -t TYPE [-E offset=N] [-d ROOT] TARGET [SIZEk]``.
+
+    ``offset`` puts the filesystem at that byte of an image file (a partition's start);
+    ``size_bytes`` is then required (the partition's size) and must be a multiple of 1 KiB.
+    ``root_dir`` populates it from a host directory, keeping owners and modes.
+    """
+    if fs_type not in ("ext2", "ext3", "ext4"):
+        raise InvalidArgumentError(f"'{fs_type}' is not an ext2/3/4 filesystem type.")
+    argv = ["mke2fs", "-q", "-F", "-t", fs_type]
+    if label is not None:
+        if len(label.encode()) > 16:
+            raise InvalidArgumentError("An ext2/3/4 label holds at most 16 bytes.")
+        argv += ["-L", label]
+    if uuid is not None:
+        argv += ["-U", uuid]
+    if block_size is not None:
+        argv += ["-b", str(block_size)]
+    if features:
+        argv += ["-O", ",".join(features)]
+    if offset:
+        if size_bytes is None:
+            raise InvalidArgumentError("A filesystem placed at an offset needs an explicit size.")
+        argv += ["-E", f"offset={offset}"]
+    if root_dir is not None:
+        argv += ["-d", os.fspath(root_dir)]
+    argv.append(os.fspath(target))
+    if size_bytes is not None:
+        if size_bytes % 1024:
+            raise InvalidArgumentError("An ext2/3/4 filesystem size must be a whole number of KiB.")
+        argv.append(f"{size_bytes // 1024}k")
+    run_program(argv, timeout=timeout, what="creating the ext filesystem")
+
+
+def resize2fs(device: str, size_bytes: int, *, timeout: float = 3600.0) -> None:
+    """``resize2fs DEVICE SIZEk``: grow or shrink to exactly ``size_bytes`` (a multiple of 1 KiB)."""
+    if size_bytes <= 0 or size_bytes % 1024:
+        raise InvalidArgumentError("A filesystem size must be a positive whole number of KiB.")
+    run_program(
+        ["resize2fs", device, f"{size_bytes // 1024}K"], timeout=timeout, what="resizing the ext filesystem"
+    )
+
+
+def tune2fs(device: str, *, label: str | None = None, uuid: str | None = None) -> None:
+    """``tune2fs [-L LABEL] [-U UUID] DEVICE``."""
+    argv = ["tune2fs"]
+    if label is not None:
+        argv += ["-L", label]
+    if uuid is not None:
+        argv += ["-U", uuid]
+    if len(argv) == 1:
+        return
+    argv.append(device)
+    run_program(argv, timeout=600.0, what="changing the ext filesystem's label or UUID")
