@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 APT_PACKAGES := qemu-utils qemu-system-x86 qemu-system-data seabios ipxe-qemu \
 	e2fsprogs fdisk gdisk util-linux dosfstools mtools xfsprogs btrfs-progs reiserfsprogs \
 	grub-pc-bin grub-common genisoimage xorriso busybox-static cpio kmod \
-	zstd xz-utils bzip2 gzip file shellcheck
+	zstd xz-utils bzip2 gzip file shellcheck openssh-client dash
 
 PYTEST_ARGS ?=
 

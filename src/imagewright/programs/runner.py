@@ -40,6 +40,7 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "mcopy": "mtools",
     "mmd": "mtools",
     "mdir": "mtools",
+    "mtype": "mtools",
     "xorriso": "xorriso",
     "isoinfo": "genisoimage",
     "busybox": "busybox-static",

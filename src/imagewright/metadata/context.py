@@ -1,0 +1,181 @@
+"""Context media: what a cloud hands a new instance so it can configure itself.
+
+One builder per kind, behind the ``ContextMediumBuilder`` interface (``builder.py``), found by
+name in ``BUILDERS``:
+
+============  ==========  =========  ==========================================
+kind          label       medium     read by
+============  ==========  =========  ==========================================
+nocloud       cidata      ISO 9660   cloud-init NoCloud, our agent
+configdrive   config-2    ISO 9660   cloud-init ConfigDrive, our agent
+opennebula    CONTEXT     ISO 9660   one-context, cloud-init OpenNebula, our agent
+wakame        METADATA    FAT disk   wakame-init, our agent
+============  ==========  =========  ==========================================
+
+``build_context_medium`` asks the builder for the file tree, writes it with the matching
+writer (``iso.write_iso9660`` or ``fat.write_fat_image``) to a temporary name beside the
+output, and only then moves it into place: a failure leaves no partial file, and an existing
+output is refused unless ``force`` is set (without ``force`` the final step is a hard link,
+which fails if someone created the output meanwhile). Media are written mode 0600: user-data
+often carries secrets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagewright.errors import ContextError, ImageIOError, InvalidArgumentError, OutputExistsError
+from imagewright.metadata.builder import ContextMediumBuilder
+from imagewright.metadata.configdrive import ConfigDriveBuilder
+from imagewright.metadata.fat import write_fat_image
+from imagewright.metadata.instance import InstanceDescription
+from imagewright.metadata.iso import write_iso9660
+from imagewright.metadata.layout import MediumLayout
+from imagewright.metadata.nocloud import NoCloudBuilder
+from imagewright.metadata.opennebula import OpenNebulaBuilder
+from imagewright.metadata.wakame import WakameBuilder
+
+BUILDERS: dict[str, ContextMediumBuilder] = {
+    builder.kind: builder
+    for builder in (NoCloudBuilder(), ConfigDriveBuilder(), OpenNebulaBuilder(), WakameBuilder())
+}
+
+CONTEXT_KINDS: tuple[str, ...] = tuple(BUILDERS)
+
+_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ContextMediumReport:
+    """What was written: enough for a user to check it and for a test to assert on it."""
+
+    kind: str
+    description: str
+    label: str
+    filesystem: str
+    path: Path
+    files: tuple[str, ...]
+    size: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "description": self.description,
+            "label": self.label,
+            "filesystem": self.filesystem,
+            "path": str(self.path),
+            "files": list(self.files),
+            "size": self.size,
+            "sha256": self.sha256,
+        }
+
+
+def builder_for(kind: str) -> ContextMediumBuilder:
+    try:
+        return BUILDERS[kind]
+    except KeyError:
+        known = ", ".join(CONTEXT_KINDS)
+        raise InvalidArgumentError(
+            f"'{kind}' is not a kind of context medium; choose one of {known}."
+        ) from None
+
+
+def context_layout(kind: str, instance: InstanceDescription) -> MediumLayout:
+    """The file tree a medium of ``kind`` would hold for ``instance`` (nothing is written)."""
+    return builder_for(kind).layout(instance)
+
+
+def write_layout(layout: MediumLayout, destination: Path) -> None:
+    """Write ``layout`` to ``destination`` (overwriting it) with the writer its filesystem needs."""
+    if layout.filesystem == "iso9660":
+        write_iso9660(layout, destination)
+    elif layout.filesystem == "vfat":
+        write_fat_image(layout, destination)
+    else:  # pragma: no cover - Filesystem is a closed Literal
+        raise ContextError(f"No writer for {layout.filesystem} media.")
+
+
+def build_context_medium(
+    kind: str, instance: InstanceDescription, output: Path, *, force: bool = False
+) -> ContextMediumReport:
+    """Build the ``kind`` medium for ``instance`` at ``output``, atomically."""
+    builder = builder_for(kind)
+    layout = builder.layout(instance)
+    with _atomic_output(output, force) as temporary:
+        write_layout(layout, temporary)
+    size, digest = _size_and_sha256(output)
+    return ContextMediumReport(
+        kind=builder.kind,
+        description=builder.description,
+        label=layout.label,
+        filesystem=layout.filesystem,
+        path=output,
+        files=tuple(layout.file_paths),
+        size=size,
+        sha256=digest,
+    )
+
+
+@contextlib.contextmanager
+def _atomic_output(output: Path, force: bool) -> Iterator[Path]:
+    """Yield a temporary path beside ``output``; move it into place only if the block succeeds."""
+    if output.is_dir():
+        raise ImageIOError(f"The output '{output}' is a directory.")
+    if (output.exists() or output.is_symlink()) and not force:
+        raise OutputExistsError(f"The output '{output}' already exists; use --force to replace it.")
+    parent = output.parent if str(output.parent) else Path(".")
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=parent)
+    except FileNotFoundError:
+        raise ImageIOError(f"The directory '{parent}' for the output does not exist.") from None
+    except OSError as err:
+        raise ImageIOError(f"The output cannot be written in '{parent}': {err.strerror or err}.") from None
+    os.close(fd)
+    temporary = Path(name)
+    try:
+        yield temporary
+        _fsync(temporary)
+        if force:
+            os.replace(temporary, output)
+        else:
+            try:
+                os.link(temporary, output)
+            except FileExistsError:
+                raise OutputExistsError(
+                    f"The output '{output}' already exists; use --force to replace it."
+                ) from None
+            except OSError:
+                # Filesystems without hard links: fall back to a checked rename.
+                if output.exists():
+                    raise OutputExistsError(
+                        f"The output '{output}' already exists; use --force to replace it."
+                    ) from None
+                os.replace(temporary, output)
+    except OSError as err:
+        raise ImageIOError(f"The output '{output}' could not be written: {err.strerror or err}.") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+def _size_and_sha256(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
