@@ -64,8 +64,10 @@ def describe_external_name(name: str) -> str:
     protocol = protocol_prefix(name)
     if protocol is not None and not _WINDOWS_ABSOLUTE_RE.match(name):
         known = _PROTOCOLS.get(protocol)
+        if protocol == "json":
+            return _PROTOCOLS["json"]
         if known is not None:
-            return f"{known} ({protocol}: pseudo-protocol)"
+            return f"{known}, by the {protocol}: pseudo-protocol"
         return f"the '{protocol}:' pseudo-protocol prefix, which QEMU hands to a block driver"
     if name.startswith("/dev/") or name.startswith("\\\\.\\"):
         return "a device, by absolute path"

@@ -342,11 +342,12 @@ class _Qcow2Reader:
             )
         cluster_size = 1 << cluster_bits if cluster_ok else 0
 
-        if version >= 3 and header_length < V3_MIN_HEADER_LENGTH:
+        truncated = len(head) < fixed_length
+        if version >= 3 and header_length < V3_MIN_HEADER_LENGTH and not truncated:
             self.problem(f"the version 3 header length {header_length} is shorter than 104 bytes")
         if cluster_ok and header_length > cluster_size:
             self.problem(f"the header length {header_length} exceeds the {cluster_size}-byte cluster")
-        if len(head) >= fixed_length and src.size < header_length:
+        if not truncated and src.size < header_length:
             self.problem(
                 f"the qcow2 header is truncated: the file holds {src.size} of its {header_length} bytes"
             )
@@ -412,7 +413,7 @@ class _Qcow2Reader:
         l1_table: array[int] | None = None
         if cluster_ok:
             self._read_cluster_zero(details, header_length)
-            if len(head) >= fixed_length:
+            if not truncated:
                 self._check_refcount_table(details)
                 l1_table = self._read_l1(details, virtual_size)
                 self._read_snapshots(details, virtual_size)
@@ -659,7 +660,7 @@ class _Qcow2Reader:
             )
             ok = False
         if needed > 0x7FFF_FFFF:
-            self.problem(f"the virtual size {details.size} is too big for any L1 table")
+            self.problem(f"the virtual size {format_size(details.size)} is too big for any L1 table")
             ok = False
         elif l1_size < needed:
             self.problem(

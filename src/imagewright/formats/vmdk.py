@@ -518,8 +518,8 @@ class _SparseReader:
         ):
             return
         self.problem(
-            f"the embedded descriptor must name this file as its only SPARSE extent, but it lists "
-            f"{len(extents)} extents",
+            "the embedded descriptor must name this file as its only SPARSE extent, by a plain file "
+            f"name; it lists {len(extents)} extent{'s' if len(extents) != 1 else ''} instead",
             breaks_mapping=False,
         )
         for extent in extents:
