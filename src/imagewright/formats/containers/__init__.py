@@ -1,0 +1,114 @@
+"""Container readers: compressed wrappers (gzip, xz, bzip2, zstd) and archives (tar, OVA).
+
+Peeled without extracting anything, and judged by what they contain::
+
+    probe_container(src, head) -> "gzip" | "xz" | "bzip2" | "zstd" | "tar" | "ova" | None
+    open_container(src, limits, name_hint=None) -> OpenedContainer
+
+``probe_container`` is cheap: magic bytes, and for a tar the first headers (``"ova"`` when
+one of the first ``PROBE_MEMBERS`` members is a ``.ovf``). ``open_container`` is
+authoritative: it reads the whole header structure and may answer ``"ova"`` for a tar whose
+descriptor comes later. See ``model`` for what it returns (and how to turn it into JSON),
+``compressed`` for how a wrapper is looked into, ``tar``/``classify``/``ova`` for archives.
+
+Modules: ``gzip``, ``xz``, ``bzip2``, ``zstd`` (per-format headers), ``decompress``
+(bounded forward decompression), ``tar`` (headers and the scan), ``sparse`` (GNU sparse
+members), ``classify`` (archive kinds and member rules), ``ovf`` (descriptor), ``manifest``
+(``.mf``/``.cert``; ``manifest_entries`` for the package stage), ``ova`` (the package checks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from imagewright.binary import ByteSource
+from imagewright.errors import ImageFormatError
+from imagewright.formats.base import HEAD_SIZE, Limits
+from imagewright.formats.containers.archive import judge_archive, read_from_source
+from imagewright.formats.containers.classify import is_ovf_name
+from imagewright.formats.containers.compressed import open_compressed, probe_compression
+from imagewright.formats.containers.manifest import ManifestEntry, manifest_entries, parse_manifest
+from imagewright.formats.containers.model import (
+    ArchiveMember,
+    ContainerDetails,
+    ContainerFormat,
+    ContainerKind,
+    OpenedContainer,
+    OvaDetails,
+    TarDetails,
+)
+from imagewright.formats.containers.problems import Findings
+from imagewright.formats.containers.streams import SourceInput
+from imagewright.formats.containers.tar import TarScanner, looks_like_tar
+
+__all__ = [
+    "PROBE_MEMBERS",
+    "ArchiveMember",
+    "ContainerDetails",
+    "ContainerFormat",
+    "ContainerKind",
+    "ManifestEntry",
+    "OpenedContainer",
+    "OvaDetails",
+    "TarDetails",
+    "manifest_entries",
+    "open_container",
+    "parse_manifest",
+    "probe_container",
+]
+
+#: How many members ``probe_container`` looks at to tell an OVA from a plain tar.
+PROBE_MEMBERS = 64
+#: Bytes after the end-of-archive marker we read to check they are zero padding.
+_TRAILING_LOOK = 64 * 1024
+
+
+def probe_container(src: ByteSource, head: bytes) -> str | None:
+    """The container format at the start of ``src`` (``head`` = its first bytes), or None."""
+    compression = probe_compression(head)
+    if compression is not None:
+        return compression
+    if not looks_like_tar(head[:512]):
+        return None
+    limits = dataclasses.replace(Limits(), max_archive_members=PROBE_MEMBERS)
+    scan = TarScanner(SourceInput(src), limits, file_source=src).scan()
+    return "ova" if any(m.type == "file" and is_ovf_name(m.name) for m in scan.members) else "tar"
+
+
+def open_container(src: ByteSource, limits: Limits, name_hint: str | None = None) -> OpenedContainer:
+    """Open the container at the start of ``src``; ImageFormatError if there is none or its
+    headers cannot be read at all. Everything wrong inside is in ``problems``.
+    """
+    head = src.pread(0, HEAD_SIZE)
+    compression = probe_compression(head)
+    if compression is not None:
+        return open_compressed(src, compression, limits, name_hint)
+    if looks_like_tar(head[:512]):
+        return open_tar(src, limits, name_hint)
+    raise ImageFormatError("The file is neither a compressed stream nor a tar archive.")
+
+
+def open_tar(src: ByteSource, limits: Limits, name_hint: str | None = None) -> OpenedContainer:
+    """An uncompressed tar (or OVA): headers only; members get a window onto their bytes."""
+    findings = Findings()
+    scan = TarScanner(SourceInput(src), limits, file_source=src, findings=findings).scan()
+    if scan.complete:
+        trailing = src.size - scan.details.archive_size
+        if trailing > 0:
+            look = src.pread(scan.details.archive_size, min(trailing, _TRAILING_LOOK))
+            if trailing > _TRAILING_LOOK or any(look):
+                findings.note(f"{trailing} bytes follow the end-of-archive marker")
+    kind, ova = judge_archive(scan.members, read_from_source, limits, findings, name_hint)
+    findings.finish()
+    fmt: ContainerFormat = "ova" if kind == "ova" else "tar"
+    return OpenedContainer(
+        format=fmt,
+        kind=kind,
+        details=ContainerDetails(archive=scan.details, ova=ova),
+        layers=[fmt],
+        uncompressed_size=scan.details.archive_size,
+        members=scan.members,
+        problems=findings.problems,
+        notes=findings.notes,
+        partial=not scan.complete,
+    )

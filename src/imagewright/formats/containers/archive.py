@@ -1,0 +1,41 @@
+"""Judging a scanned tar, compressed or not: its kind, its members' faults, its OVA package."""
+
+from __future__ import annotations
+
+from imagewright.binary import read_exact
+from imagewright.errors import ImageFormatError
+from imagewright.formats.base import Limits
+from imagewright.formats.containers.classify import classify, judge_members
+from imagewright.formats.containers.model import ArchiveMember, ContainerKind, OvaDetails
+from imagewright.formats.containers.ova import ReadMember, read_ova
+from imagewright.formats.containers.problems import Findings, as_problem
+
+
+def judge_archive(
+    members: list[ArchiveMember],
+    read_member: ReadMember,
+    limits: Limits,
+    findings: Findings,
+    name_hint: str | None,
+) -> tuple[ContainerKind, OvaDetails | None]:
+    kind = classify(members)
+    judge_members(kind, members, findings)
+    ova: OvaDetails | None = None
+    if kind == "ova":
+        try:
+            ova = read_ova(members, read_member, limits, findings)
+        except ImageFormatError as err:
+            findings.problem(as_problem(err))
+    elif name_hint and name_hint.lower().endswith(".ova"):
+        findings.note(f"'{name_hint}' is named like an OVA but holds no OVF descriptor")
+    return kind, ova
+
+
+def read_from_source(member: ArchiveMember, limit: int) -> bytes | None:
+    """Whole content of a member of an uncompressed tar (its ``source``), if small enough."""
+    if member.source is None or member.size > limit:
+        return None
+    try:
+        return read_exact(member.source, 0, member.size, f"member '{member.name[:200]}'")
+    except ImageFormatError:
+        return None

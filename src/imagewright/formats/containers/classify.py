@@ -1,0 +1,195 @@
+"""What an archive is (OVA, a disk in a tarball, a root filesystem, anything else), and
+which of its members are reasons to refuse it.
+
+NOTE on the rules:
+- Every kind: a member that would land outside the extraction directory (absolute path,
+  a '..' component, a path through a symlink member) or whose name means different things
+  to different readers (a NUL byte) is refused; so is a hard link that points outside
+  the archive, because extracting it links a host file into the result.
+- OVA, disk archive, plain archive: an image package holds regular files and directories
+  only. A symlink, hard link, device node or FIFO in one has no innocent use and is the
+  classic way to make an extractor read or overwrite host files.
+- Root filesystem: symlinks (absolute ones too: /etc/localtime → /usr/share/zoneinfo/…),
+  hard links within the tree, device nodes and setuid files are what a root filesystem is
+  made of. They are listed, not refused: ``build`` copies them into an image, never onto
+  the host.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+from imagewright.formats.containers.model import ArchiveMember, ContainerKind
+from imagewright.formats.containers.problems import Findings
+
+DISK_SUFFIXES = (
+    ".img",
+    ".raw",
+    ".qcow2",
+    ".qcow",
+    ".vmdk",
+    ".vhd",
+    ".vhdx",
+    ".vdi",
+    ".iso",
+    ".qed",
+    ".hdd",
+)
+_COMPRESSION_SUFFIXES = (".gz", ".xz", ".zst", ".bz2")
+#: A disk archive holds this many regular files at most ("one or a few disks").
+MAX_DISK_ARCHIVE_FILES = 4
+
+_ROOTFS_DIRS = {
+    "bin",
+    "sbin",
+    "usr",
+    "lib",
+    "lib64",
+    "var",
+    "boot",
+    "dev",
+    "proc",
+    "sys",
+    "run",
+    "tmp",
+    "root",
+    "home",
+    "opt",
+    "srv",
+    "mnt",
+}
+_SEPARATORS = re.compile(r"[/\\]")
+
+
+def normalize(name: str) -> str:
+    """The path a member extracts to, relative to the extraction directory."""
+    path = posixpath.normpath("/" + name.lstrip("/")) if name else "/"
+    # normpath of "/x/../.." stays under "/" — so judge '..' on the raw name, not here.
+    return path.lstrip("/")
+
+
+def top_component(name: str) -> str:
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    return parts[0] if parts else ""
+
+
+def is_disk_name(name: str) -> bool:
+    """``disk.raw``, ``image.qcow2``, also compressed (``disk.raw.gz``)."""
+    lower = name.lower()
+    for suffix in _COMPRESSION_SUFFIXES:
+        if lower.endswith(suffix):
+            lower = lower[: -len(suffix)]
+            break
+    return lower.endswith(DISK_SUFFIXES)
+
+
+def is_ovf_name(name: str) -> bool:
+    return name.lower().endswith(".ovf")
+
+
+def looks_like_rootfs(members: list[ArchiveMember]) -> bool:
+    """A root filesystem tree: an ``etc`` directory next to at least two other top-level
+    directories every Linux root has (possibly all under ``./``).
+    """
+    tops = {top_component(m.name) for m in members}
+    return "etc" in tops and len(tops & _ROOTFS_DIRS) >= 2
+
+
+def classify(members: list[ArchiveMember]) -> ContainerKind:
+    files = [m for m in members if m.type == "file"]
+    if any(is_ovf_name(m.name) for m in files):
+        return "ova"
+    if looks_like_rootfs(members):
+        return "rootfs-archive"
+    if 1 <= len(files) <= MAX_DISK_ARCHIVE_FILES and all(is_disk_name(m.name) for m in files):
+        return "disk-archive"
+    return "archive"
+
+
+def _path_fault(name: str) -> str | None:
+    if name.startswith("/"):
+        return "has an absolute path"
+    if ".." in _SEPARATORS.split(name):
+        return "has a '..' component"
+    return None
+
+
+def judge_members(kind: ContainerKind, members: list[ArchiveMember], findings: Findings) -> None:
+    """Add the problems and notes of ``members`` for an archive of ``kind``."""
+    package = kind in ("ova", "disk-archive", "archive")
+    seen: dict[str, int] = {}
+    symlinks: set[str] = set()
+    earlier: set[str] = set()
+    devices = setuid = links = 0
+    for member in members:
+        label = f"member '{member.name[:200]}'"
+        fault = _path_fault(member.name)
+        if fault:
+            findings.problem(f"{label} {fault}; it would be written outside the extraction directory", fault)
+        path = normalize(member.name)
+        parent = posixpath.dirname(path)
+        while parent:
+            if parent in symlinks:
+                findings.problem(
+                    f"{label} lies under the symbolic link member '{parent[:200]}'; extracting it would "
+                    "write wherever that link points",
+                    "under symlink",
+                )
+                break
+            parent = posixpath.dirname(parent)
+
+        if member.type == "hardlink":
+            target = member.linkname or ""
+            target_fault = _path_fault(target)
+            if target_fault:
+                why = "is an absolute path" if target.startswith("/") else "has a '..' component"
+                findings.problem(
+                    f"{label} is a hard link to '{target[:200]}', which {why}; extracting it would link "
+                    "a file from outside the archive",
+                    "hard link outside",
+                )
+            elif not package and normalize(target) not in earlier:
+                findings.problem(
+                    f"{label} is a hard link to '{target[:200]}', which is not an earlier member of the "
+                    "archive",
+                    "hard link dangling",
+                )
+
+        if package:
+            what = {
+                "symlink": "a symbolic link",
+                "hardlink": "a hard link",
+                "chardev": "a character device",
+                "blockdev": "a block device",
+                "fifo": "a FIFO",
+            }.get(member.type)
+            if what:
+                findings.problem(f"{label} is {what}; an image package holds only regular files", member.type)
+            elif member.type == "other" and member.typeflag != "V":
+                findings.problem(f"{label} has the unknown tar type '{member.typeflag}'", "unknown type")
+        else:
+            if member.type in ("chardev", "blockdev", "fifo"):
+                devices += 1
+            if member.type == "file" and member.mode & 0o6000:
+                setuid += 1
+            if member.type in ("symlink", "hardlink"):
+                links += 1
+            if member.type == "other" and member.typeflag != "V":
+                findings.note(f"{label} has the unknown tar type '{member.typeflag}'", "unknown type")
+
+        if member.type == "symlink":
+            symlinks.add(path)
+        if path in seen and member.type != "dir":
+            sentence = f"{label} appears twice; the second copy overwrites the first when extracted"
+            if kind in ("ova", "disk-archive"):
+                findings.problem(sentence, "duplicate")
+            else:
+                findings.note(sentence, "duplicate")
+        seen[path] = seen.get(path, 0) + 1
+        earlier.add(path)
+    if kind == "rootfs-archive" and (devices or setuid or links):
+        findings.note(
+            f"the root filesystem holds {links} links, {devices} device nodes or FIFOs and {setuid} "
+            "setuid/setgid files (normal for a root filesystem; copied into the image, never onto the host)"
+        )

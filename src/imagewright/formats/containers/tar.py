@@ -1,0 +1,604 @@
+"""tar (POSIX ustar, GNU, pax; old v7): headers parsed by hand, every field bounded.
+
+Header block (512 bytes; numbers are octal ASCII, or GNU base-256 when the first byte has
+its top bit set)::
+
+    0 name[100]  100 mode[8]  108 uid[8]  116 gid[8]  124 size[12]  136 mtime[12]
+    148 chksum[8]  156 typeflag  157 linkname[100]  257 magic[6]  263 version[2]
+    265 uname[32]  297 gname[32]  329 devmajor[8]  337 devminor[8]
+    ustar: 345 prefix[155]        GNU: 345 atime, 357 ctime, 369 offset, 381 longnames,
+                                       386 sparse[4] (offset[12], numbytes[12]),
+                                       482 isextended, 483 realsize[12]
+
+    magic "ustar\\0" + "00" = POSIX ustar/pax; "ustar " + " \\0" = GNU; zeros = v7.
+    chksum: sum of the 512 bytes with the chksum field read as 8 spaces (unsigned, or
+    signed as some old tars computed it).
+
+Extension headers apply to the member that follows: pax 'x' (records ``"%d key=value\\n"``),
+pax 'g' (global, all following members), GNU 'L' (long name) and 'K' (long link name).
+
+NOTE: the scan never reads member data of an uncompressed archive (it skips by position),
+so listing a 10 GiB OVA costs a few header reads. Wherever tar readers disagree — a lone
+zero block followed by more headers, data claimed by a symlink or directory (GNU tar skips
+it, Python's tarfile reads it as the next header), a NUL inside a long name — the archive
+means different things to different tools, and that is reported as a problem. A bad
+checksum, a truncated header or a limit stops the scan; everything before it is kept.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from imagewright.binary import ByteSource, MiB, SliceSource
+from imagewright.errors import ImageFormatError
+from imagewright.formats.base import Limits
+from imagewright.formats.containers.model import ArchiveMember, MemberType, TarDetails, TarFormat
+from imagewright.formats.containers.problems import Findings, as_problem
+from imagewright.formats.containers.sparse import (
+    MAX_SPARSE_REGIONS,
+    SparseMap,
+    SparseMemberSource,
+    expand_prefix,
+    parse_map_text,
+    read_map_v1,
+)
+from imagewright.formats.containers.streams import ScanLimitError, SequentialInput
+from imagewright.units import format_size
+
+BLOCK = 512
+ZERO_BLOCK = bytes(BLOCK)
+#: Longest member or link name (PATH_MAX).
+MAX_NAME_BYTES = 4096
+#: Largest pax extended header.
+MAX_PAX_BYTES = 1 * MiB
+MAX_PAX_RECORDS = 10_000
+#: Most extension headers ('x', 'L', 'K', 'g') in front of one member.
+MAX_EXTENSION_HEADERS = 16
+#: Largest member size field we accept at all (the format allows 2^95 in base-256).
+MAX_MEMBER_SIZE = 1 << 62
+
+_TYPES: dict[bytes, MemberType] = {
+    b"0": "file",
+    b"\0": "file",
+    b"7": "file",
+    b"S": "file",
+    b"1": "hardlink",
+    b"2": "symlink",
+    b"3": "chardev",
+    b"4": "blockdev",
+    b"5": "dir",
+    b"D": "dir",
+    b"6": "fifo",
+}
+#: Types that carry no data: a size on them is skipped by GNU tar and not by Python's tarfile.
+_NO_DATA_TYPES = {b"1", b"2", b"3", b"4", b"5", b"6"}
+_PAX_NUMBER = re.compile(rb"^\d{1,20}$")
+_PAX_TIME = re.compile(rb"^-?\d{1,20}(\.\d{0,20})?$")
+
+
+class TarHeaderError(ImageFormatError):
+    """A header block that no tar reader would accept."""
+
+
+@dataclass
+class TarHeader:
+    """One parsed 512-byte header block."""
+
+    name: bytes
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: int
+    typeflag: bytes
+    linkname: bytes
+    uname: bytes
+    gname: bytes
+    devmajor: int
+    devminor: int
+    format: TarFormat
+    block: bytes
+
+
+def _field(block: bytes, start: int, length: int) -> bytes:
+    return block[start : start + length].split(b"\0", 1)[0]
+
+
+def _number(raw: bytes, what: str) -> int:
+    """An octal ASCII number, or GNU base-256 (first byte 0x80 positive, 0xff negative)."""
+    if raw and raw[0] & 0x80:
+        if raw[0] == 0x80:
+            return int.from_bytes(raw[1:], "big")
+        if raw[0] == 0xFF:
+            return int.from_bytes(raw, "big", signed=True)
+        raise TarHeaderError(f"The tar header's {what} field holds an unknown binary encoding.")
+    text = raw.split(b"\0", 1)[0].strip(b" ")
+    if not text:
+        return 0
+    if text.strip(b"01234567"):
+        raise TarHeaderError(f"The tar header's {what} field is not an octal number.")
+    return int(text, 8)
+
+
+def checksum_matches(block: bytes) -> bool:
+    try:
+        stored = _number(block[148:156], "checksum")
+    except TarHeaderError:
+        return False
+    rest = block[:148] + b" " * 8 + block[156:]
+    unsigned = sum(rest)
+    signed = unsigned - 256 * sum(1 for byte in rest if byte >= 0x80)
+    return stored in (unsigned, signed)
+
+
+def _magic(block: bytes) -> TarFormat | None:
+    magic = block[257:265]
+    if magic[:6] == b"ustar\0":
+        return "ustar"
+    if magic == b"ustar  \0":
+        return "gnu"
+    if magic == bytes(8):
+        return "v7"
+    return None
+
+
+def looks_like_tar(block: bytes) -> bool:
+    """A header a tar reader would accept: valid checksum, and a ustar/GNU magic — or, for
+    old v7 headers, a name, a plain type flag and octal numbers (random data rarely passes).
+    """
+    if len(block) < BLOCK or block[:BLOCK] == ZERO_BLOCK:
+        return False
+    block = block[:BLOCK]
+    kind = _magic(block)
+    if kind is None or not checksum_matches(block):
+        return False
+    if kind != "v7":
+        return True
+    name = _field(block, 0, 100)
+    if not name or any(byte < 0x20 for byte in name) or block[156:157] not in b"0123456\0":
+        return False
+    try:
+        for start, length, what in ((100, 8, "mode"), (124, 12, "size"), (136, 12, "mtime")):
+            if block[start] & 0x80:
+                return False
+            _number(block[start : start + length], what)
+    except TarHeaderError:
+        return False
+    return True
+
+
+def parse_header(block: bytes) -> TarHeader:
+    """Parse one header block; TarHeaderError on a bad checksum, magic or number."""
+    kind = _magic(block)
+    if kind is None:
+        raise TarHeaderError("A tar header has an unknown magic.")
+    if not checksum_matches(block):
+        raise TarHeaderError("A tar header fails its checksum.")
+    name = _field(block, 0, 100)
+    if kind == "ustar":
+        prefix = _field(block, 345, 155)
+        if prefix:
+            name = prefix + b"/" + name
+    size = _number(block[124:136], "size")
+    if size < 0 or size > MAX_MEMBER_SIZE:
+        raise TarHeaderError("A tar header claims an impossible member size.")
+    return TarHeader(
+        name=name,
+        mode=_number(block[100:108], "mode") & 0o7777,
+        uid=_number(block[108:116], "uid"),
+        gid=_number(block[116:124], "gid"),
+        size=size,
+        mtime=_number(block[136:148], "mtime"),
+        typeflag=block[156:157],
+        linkname=_field(block, 157, 100),
+        uname=_field(block, 265, 32),
+        gname=_field(block, 297, 32),
+        devmajor=_number(block[329:337], "devmajor") if kind != "v7" else 0,
+        devminor=_number(block[337:345], "devminor") if kind != "v7" else 0,
+        format=kind,
+        block=block,
+    )
+
+
+def parse_pax_records(data: bytes) -> list[tuple[str, bytes]]:
+    """``"%d key=value\\n"`` records (POSIX pax); the length counts the whole record."""
+    records: list[tuple[str, bytes]] = []
+    pos = 0
+    while pos < len(data):
+        if not data[pos:].strip(b"\0"):
+            break
+        space = data.find(b" ", pos, pos + 21)
+        if space < 0 or not data[pos:space].isdigit():
+            raise ImageFormatError("A pax extended header record has no valid length.")
+        length = int(data[pos:space])
+        end = pos + length
+        if length < space - pos + 3 or end > len(data) or data[end - 1 : end] != b"\n":
+            raise ImageFormatError("A pax extended header record is malformed.")
+        key, equals, value = data[space + 1 : end - 1].partition(b"=")
+        if not equals or not key:
+            raise ImageFormatError("A pax extended header record has no key=value.")
+        records.append((key.decode("utf-8", "backslashreplace"), value))
+        if len(records) > MAX_PAX_RECORDS:
+            raise ImageFormatError(f"A pax extended header holds more than {MAX_PAX_RECORDS} records.")
+        pos = end
+    return records
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _pax_int(value: bytes, what: str) -> int:
+    if not _PAX_NUMBER.match(value):
+        raise ImageFormatError(f"A pax extended header gives a {what} that is not a number.")
+    return int(value)
+
+
+def _pax_time(value: bytes) -> int:
+    if not _PAX_TIME.match(value):
+        raise ImageFormatError("A pax extended header gives an mtime that is not a number.")
+    return int(value.split(b".", 1)[0])
+
+
+#: Told each member before its data is read; returns how many of its (expanded) first
+#: bytes to capture (0 = none).
+CaptureHook = Callable[[ArchiveMember], int]
+#: Receives the captured bytes of a member.
+StoreHook = Callable[[ArchiveMember, bytes], None]
+
+
+@dataclass
+class _Pending:
+    """Extension headers seen before the next member."""
+
+    pax: list[tuple[str, bytes]] = field(default_factory=list)
+    long_name: bytes | None = None
+    long_link: bytes | None = None
+    count: int = 0
+
+
+@dataclass
+class TarScan:
+    """Everything a scan found."""
+
+    members: list[ArchiveMember]
+    details: TarDetails
+    findings: Findings
+    #: False when the scan stopped before the end of the archive.
+    complete: bool
+
+
+class TarScanner:
+    """Walk an archive from ``inp`` header by header.
+
+    ``file_source``: the uncompressed archive itself, when there is one — then members get
+    a ``source`` onto their bytes and sizes are checked against the file. Otherwise
+    (a decompressed stream), ``capture``/``store`` keep the first bytes of chosen members.
+    """
+
+    def __init__(
+        self,
+        inp: SequentialInput,
+        limits: Limits,
+        *,
+        file_source: ByteSource | None = None,
+        capture: CaptureHook | None = None,
+        store: StoreHook | None = None,
+        findings: Findings | None = None,
+    ) -> None:
+        self._inp = inp
+        self._limits = limits
+        self._file = file_source
+        self._capture = capture
+        self._store = store
+        self.findings = findings if findings is not None else Findings()
+        self.members: list[ArchiveMember] = []
+        self._formats: set[str] = set()
+        self._global_pax: dict[str, bytes] = {}
+        self._global_headers = 0
+        self._end_marker = False
+        self._archive_size = 0
+
+    def scan(self) -> TarScan:
+        complete = False
+        try:
+            complete = self._walk()
+        except ImageFormatError as err:
+            self.findings.problem(as_problem(err), "scan")
+        self._archive_size = self._archive_size or self._inp.position
+        return TarScan(self.members, self._details(), self.findings, complete)
+
+    def _details(self) -> TarDetails:
+        if "pax" in self._formats:
+            fmt: TarFormat = "pax"
+        elif "gnu" in self._formats:
+            fmt = "gnu"
+        elif "ustar" in self._formats:
+            fmt = "ustar"
+        else:
+            fmt = "v7"
+        types: dict[str, int] = {}
+        for member in self.members:
+            types[member.type] = types.get(member.type, 0) + 1
+        return TarDetails(
+            format=fmt,
+            member_count=len(self.members),
+            total_size=sum(m.size for m in self.members if m.type == "file"),
+            archive_size=self._archive_size,
+            end_marker=self._end_marker,
+            sparse_members=sum(1 for m in self.members if m.sparse),
+            global_headers=self._global_headers,
+            types=types,
+        )
+
+    def _read_block(self, what: str) -> bytes:
+        block = self._inp.read(BLOCK)
+        if len(block) != BLOCK:
+            raise ImageFormatError(f"The archive is truncated inside {what}.")
+        return block
+
+    def _walk(self) -> bool:
+        pending = _Pending()
+        while True:
+            header_offset = self._inp.position
+            block = self._inp.read(BLOCK)
+            if not block:
+                if pending.count:
+                    raise ImageFormatError("The archive ends after an extension header, before its member.")
+                self.findings.note("the archive has no end-of-archive marker (two zero blocks)")
+                return True
+            if len(block) < BLOCK:
+                raise ImageFormatError(
+                    f"The archive is truncated inside the header at offset {header_offset}."
+                )
+            if block == ZERO_BLOCK:
+                following = self._inp.read(BLOCK)
+                if following == ZERO_BLOCK or not following:
+                    self._end_marker = True
+                    self._archive_size = self._inp.position
+                    if not following:
+                        self.findings.note("the archive ends with a single zero block instead of two")
+                    return True
+                if len(following) < BLOCK:
+                    raise ImageFormatError(
+                        f"The archive is truncated inside the header at offset {header_offset}."
+                    )
+                self.findings.problem(
+                    f"a lone zero block at offset {header_offset} is followed by more headers; tar readers "
+                    "disagree on whether those members belong to the archive",
+                    "lone zero block",
+                )
+                header_offset += BLOCK
+                block = following
+            try:
+                header = parse_header(block)
+            except TarHeaderError as err:
+                raise TarHeaderError(f"{str(err).rstrip('.')} (at offset {header_offset}).") from None
+            self._formats.add(header.format)
+            if header.typeflag in (b"x", b"g", b"L", b"K"):
+                pending.count += 1
+                if pending.count > MAX_EXTENSION_HEADERS:
+                    raise ImageFormatError(
+                        f"More than {MAX_EXTENSION_HEADERS} extension headers precede one member "
+                        f"(at offset {header_offset})."
+                    )
+                self._extension(header, pending)
+                continue
+            if len(self.members) >= self._limits.max_archive_members:
+                raise ImageFormatError(
+                    f"The archive has more than {self._limits.max_archive_members} members, the most "
+                    "imagewright examines."
+                )
+            self._member(header, pending, header_offset)
+            pending = _Pending()
+
+    def _read_extension_data(self, header: TarHeader, limit: int, what: str) -> bytes:
+        if header.size > limit:
+            raise ImageFormatError(f"A {what} claims {header.size} bytes, more than the {limit} allowed.")
+        data = self._inp.read(header.size)
+        if len(data) < header.size:
+            raise ImageFormatError(f"The archive is truncated inside a {what}.")
+        self._skip_exact((-header.size) % BLOCK, f"a {what}")
+        return data
+
+    def _extension(self, header: TarHeader, pending: _Pending) -> None:
+        flag = header.typeflag
+        if flag in (b"x", b"g"):
+            self._formats.add("pax")
+            records = parse_pax_records(
+                self._read_extension_data(header, MAX_PAX_BYTES, "pax extended header")
+            )
+            if flag == b"g":
+                self._global_headers += 1
+                self._global_pax.update(records)
+            else:
+                pending.pax.extend(records)
+            return
+        self._formats.add("gnu")
+        data = self._read_extension_data(header, MAX_NAME_BYTES + BLOCK, "GNU long name header")
+        if flag == b"L":
+            pending.long_name = data
+        else:
+            pending.long_link = data
+
+    def _skip_exact(self, count: int, what: str) -> None:
+        if count and self._inp.skip(count) != count:
+            raise ImageFormatError(f"The archive is truncated inside {what}.")
+
+    def _long_name(self, raw: bytes, what: str) -> bytes:
+        name = raw.rstrip(b"\0")
+        if b"\0" in name:
+            name = name.split(b"\0", 1)[0]
+            self.findings.problem(
+                f"a {what} contains a NUL byte after '{_text(name)[:200]}'; tar readers disagree on "
+                "where it ends",
+                "NUL in name",
+            )
+        if len(name) > MAX_NAME_BYTES:
+            raise ImageFormatError(f"A {what} is longer than {MAX_NAME_BYTES} bytes.")
+        return name
+
+    def _member(self, header: TarHeader, pending: _Pending, header_offset: int) -> None:
+        pax: dict[str, bytes] = dict(self._global_pax)
+        sparse_offsets: list[tuple[int, int]] = []
+        sparse_offset: int | None = None
+        for key, value in pending.pax:
+            pax[key] = value
+            # pax sparse 0.0 repeats these two keys, in order, once per region.
+            if key == "GNU.sparse.offset":
+                sparse_offset = _pax_int(value, "sparse offset")
+            elif key == "GNU.sparse.numbytes" and sparse_offset is not None:
+                sparse_offsets.append((sparse_offset, _pax_int(value, "sparse size")))
+                sparse_offset = None
+
+        name = header.name
+        if pending.long_name is not None:
+            name = self._long_name(pending.long_name, "GNU long member name")
+        if "path" in pax:
+            name = self._long_name(pax["path"], "pax member name")
+        if "GNU.sparse.name" in pax:
+            name = self._long_name(pax["GNU.sparse.name"], "pax sparse member name")
+        linkname = header.linkname
+        if pending.long_link is not None:
+            linkname = self._long_name(pending.long_link, "GNU long link name")
+        if "linkpath" in pax:
+            linkname = self._long_name(pax["linkpath"], "pax link name")
+
+        stored = _pax_int(pax["size"], "size") if "size" in pax else header.size
+        if stored > MAX_MEMBER_SIZE:
+            raise ImageFormatError("A pax extended header claims an impossible member size.")
+        flag = header.typeflag
+        member_type: MemberType = _TYPES.get(flag, "other")
+        if flag == b"\0" and header.format == "v7" and name.endswith(b"/"):
+            member_type = "dir"
+        text_name = _text(name)
+
+        if flag in _NO_DATA_TYPES and stored:
+            raise ImageFormatError(
+                f"Member '{text_name[:200]}' is a {member_type} but claims {stored} bytes of data; "
+                "tar readers disagree on whether to skip them"
+            )
+
+        sparse_map: SparseMap | None = None
+        if flag == b"S":
+            sparse_map = self._old_gnu_sparse(header.block)
+        elif member_type == "file" and (
+            "GNU.sparse.map" in pax or sparse_offsets or "GNU.sparse.major" in pax
+        ):
+            sparse_map = self._pax_sparse(pax, sparse_offsets, text_name)
+
+        data_offset = self._inp.position
+        map_bytes = 0
+        if sparse_map is None and "GNU.sparse.major" in pax and member_type == "file":
+            real = _pax_int(pax.get("GNU.sparse.realsize", b"0"), "sparse real size")
+            sparse_map, map_bytes = read_map_v1(lambda: self._inp.read(BLOCK), real)
+            data_offset += map_bytes
+        data_size = stored - map_bytes
+        if data_size < 0:
+            raise ImageFormatError(f"Member '{text_name[:200]}' has a sparse map larger than its data.")
+
+        mtime = _pax_time(pax["mtime"]) if "mtime" in pax else header.mtime
+        member = ArchiveMember(
+            name=text_name,
+            type=member_type,
+            size=sparse_map.real_size if sparse_map is not None else stored,
+            mode=header.mode,
+            uid=_pax_int(pax["uid"], "uid") if "uid" in pax else header.uid,
+            gid=_pax_int(pax["gid"], "gid") if "gid" in pax else header.gid,
+            uname=_text(pax.get("uname", header.uname))[:256],
+            gname=_text(pax.get("gname", header.gname))[:256],
+            mtime=mtime,
+            linkname=_text(linkname) if member_type in ("symlink", "hardlink") else None,
+            data_offset=data_offset,
+            stored_size=data_size,
+            typeflag=_text(flag) if flag != b"\0" else "0",
+            sparse=sparse_map is not None,
+            devmajor=header.devmajor if member_type in ("chardev", "blockdev") else None,
+            devminor=header.devminor if member_type in ("chardev", "blockdev") else None,
+            header_offset=header_offset,
+        )
+        if sparse_map is not None and sparse_map.stored_size != data_size:
+            self.findings.problem(
+                f"sparse member '{text_name[:200]}' stores {data_size} bytes but its map lists "
+                f"{sparse_map.stored_size}",
+                "sparse map",
+            )
+            sparse_map = None
+        self.members.append(member)
+        self._data(member, sparse_map)
+
+    def _old_gnu_sparse(self, block: bytes) -> SparseMap:
+        sparse = SparseMap(_number(block[483:495], "real size"))
+        entries = [block[386 + 24 * i : 410 + 24 * i] for i in range(4)]
+        extended = block[482]
+        blocks = 0
+        while True:
+            for entry in entries:
+                if entry[0] == 0:
+                    break
+                sparse.add(_number(entry[:12], "sparse offset"), _number(entry[12:], "sparse size"))
+            if not extended:
+                return sparse
+            blocks += 1
+            if blocks * 21 > MAX_SPARSE_REGIONS:
+                raise ImageFormatError(f"A sparse member lists more than {MAX_SPARSE_REGIONS} data regions.")
+            ext = self._read_block("a sparse map extension block")
+            entries = [ext[24 * i : 24 * i + 24] for i in range(21)]
+            extended = ext[504]
+
+    def _pax_sparse(
+        self, pax: dict[str, bytes], regions: list[tuple[int, int]], name: str
+    ) -> SparseMap | None:
+        if "GNU.sparse.major" in pax:
+            major = pax["GNU.sparse.major"]
+            if major != b"1" or pax.get("GNU.sparse.minor", b"0") != b"0":
+                raise ImageFormatError(f"Member '{name[:200]}' uses an unknown GNU sparse version.")
+            return None  # 1.0: the map is in the data; read by the caller
+        real = _pax_int(pax.get("GNU.sparse.size", pax.get("GNU.sparse.realsize", b"0")), "sparse real size")
+        if "GNU.sparse.map" in pax:
+            return parse_map_text(pax["GNU.sparse.map"].decode("ascii", "replace"), real)
+        sparse = SparseMap(real)
+        for offset, size in regions:
+            sparse.add(offset, size)
+        return sparse
+
+    def _data(self, member: ArchiveMember, sparse: SparseMap | None) -> None:
+        """Attach a source or capture the head of the member, then move past its data."""
+        size = member.stored_size
+        padded = size + (-size) % BLOCK
+        if self._file is not None:
+            available = self._file.size - member.data_offset
+            if size > available:
+                raise ImageFormatError(
+                    f"Member '{member.name[:200]}' claims {size} bytes of data, but the archive ends "
+                    f"{max(available, 0)} bytes after its header."
+                )
+            if member.type == "file" and sparse is not None:
+                member.source = SparseMemberSource(self._file, member.data_offset, sparse)
+            elif member.type == "file" and not member.sparse:
+                member.source = SliceSource(self._file, member.data_offset, size)
+        elif member.type == "file" and self._capture is not None and self._store is not None:
+            want = self._capture(member) if not member.sparse or sparse is not None else 0
+            if want > 0:
+                head = self._capture_head(member, sparse, want)
+                self._store(member, head)
+        consumed = self._inp.position - member.data_offset
+        try:
+            self._skip_exact(padded - consumed, f"member '{member.name[:200]}'")
+        except ScanLimitError:
+            raise ScanLimitError(
+                f"Member '{member.name[:200]}' claims {format_size(member.stored_size)} of data, which takes "
+                f"the archive past the {format_size(self._limits.max_scan_bytes)} imagewright decompresses "
+                "to scan it (a decompression bomb, or an archive too large to inspect)."
+            ) from None
+
+    def _capture_head(self, member: ArchiveMember, sparse: SparseMap | None, want: int) -> bytes:
+        if sparse is None:
+            head = self._inp.read(min(want, member.stored_size))
+        else:
+            head = expand_prefix(self._inp.read, self._inp.skip, sparse, want)
+        if self._inp.position - member.data_offset > member.stored_size:
+            raise ImageFormatError(f"Member '{member.name[:200]}' has a sparse map beyond its data.")
+        return head
