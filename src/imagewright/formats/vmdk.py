@@ -255,7 +255,12 @@ def _open_descriptor_file(src: ByteSource, limits: Limits) -> OpenedImage:
     raw = read_exact(src, 0, length, "VMDK descriptor")
     if not probe_descriptor(raw[:4096]):
         raise ImageFormatError("The file is not a VMDK image (no KDMV/COWD magic and no descriptor text).")
-    descriptor = parse_descriptor(raw, problems)
+    text, _, after_nul = raw.partition(b"\0")
+    if after_nul.strip(b"\0"):
+        # A text file has no reason to hold NUL bytes; QEMU stops reading at the first one,
+        # so whatever follows is invisible to it but maybe not to other tools.
+        problems.append("the VMDK descriptor contains a NUL byte followed by more text")
+    descriptor = parse_descriptor(text, problems)
     _check_cid(descriptor, problems)
     if descriptor.create_type is None:
         problems.append("the VMDK descriptor has no createType")
@@ -273,7 +278,7 @@ def _open_descriptor_file(src: ByteSource, limits: Limits) -> OpenedImage:
             kind="descriptor",
             create_type=descriptor.create_type,
             descriptor=descriptor,
-            descriptor_bytes=len(raw.split(b"\0", 1)[0]),
+            descriptor_bytes=len(text),
         ),
         guest=None,
         references=references,

@@ -174,6 +174,7 @@ def parse_descriptor(raw: bytes, problems: list[str]) -> VmdkDescriptor:
         )
         lines = lines[:MAX_DESCRIPTOR_LINES]
     long_lines = 0
+    duplicated: list[str] = []
     for number, full_line in enumerate(lines, start=1):
         if len(full_line) > MAX_LINE_LENGTH:
             long_lines += 1
@@ -195,6 +196,11 @@ def parse_descriptor(raw: bytes, problems: list[str]) -> VmdkDescriptor:
             attribute = _HEADER_FIELDS[lowered]
             if getattr(descriptor, attribute) is None:
                 setattr(descriptor, attribute, value)
+            elif key not in duplicated:
+                # Readers disagree on which of two values wins; a forged second parentCID or
+                # createType must not hide behind the first.
+                duplicated.append(key)
+                problems.append(f"the VMDK descriptor sets {key} more than once")
         elif lowered.startswith("ddb."):
             if len(descriptor.ddb) < MAX_DESCRIPTOR_LINES:
                 descriptor.ddb.setdefault(key, value)
@@ -222,8 +228,9 @@ def _parse_extent_line(descriptor: VmdkDescriptor, number: int, line: str, probl
     extent_type = match.group("type").upper() if match else ""
     if match is None or (extent_type != "ZERO" and match.group("filename") is None):
         problems.append(f"line {number} of the VMDK descriptor is not a valid extent line")
-        # Keep whatever looks like a quoted name: it is still a file some tool may open.
-        quoted = re.search(r'"([^"\r\n]*)"', line)
+        # Keep whatever looks like a quoted name (even one cut short by the line-length bound):
+        # it is still a file some tool may open.
+        quoted = re.search(r'"([^"\r\n]*)', line)
         if quoted is not None:
             descriptor.extents.append(
                 VmdkExtentLine(number, line.split(maxsplit=1)[0].upper(), 0, "INVALID", quoted.group(1), None)
