@@ -62,9 +62,9 @@ def open_guest(
     if format is not None and format != fmt:
         raise InvalidArgumentError(f"{path.name} is a {fmt} image, not {format}.")
     with WorkingCopy(path, fmt, writable=writable, progress=progress) as work:
-        layout = layout_of(report, work.path)
-        region = choose_region(layout, work.path, partition)
-        guest = _backend(region, work.path, f"{region.describe()} of {path.name}", writable, verify)
+        layout = layout_of(report, work.e2fs_path)
+        region = choose_region(layout, work.e2fs_path, partition)
+        guest = _backend(region, work.e2fs_path, f"{region.describe()} of {path.name}", writable, verify)
         try:
             yield guest
             guest.flush()

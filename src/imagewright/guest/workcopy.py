@@ -203,9 +203,11 @@ class WorkingCopy:
         self._plan = write_back_plan(image, fmt) if writable else None
         self._fingerprint = _fingerprint(image)
         self._committed = False
+        self._link_dir: Path | None = None
         self.workdir = self._make_workdir()
         try:
             self.path = self._prepare()
+            self.e2fs_path = self._plain_name(self.path)
         except BaseException:
             self.cleanup()
             raise
@@ -224,7 +226,7 @@ class WorkingCopy:
     def _make_workdir(self) -> Path:
         needs_space_here = self.writable or self.fmt != "raw"
         if needs_space_here:
-            stem = self.image.name[:80]
+            stem = re.sub(r"[^A-Za-z0-9._-]", "_", self.image.name[:80])
             candidate = self.image.parent / f".{stem}.imagewright-{secrets.token_hex(4)}"
             try:
                 candidate.mkdir(mode=0o700)
@@ -254,6 +256,15 @@ class WorkingCopy:
                 total_bytes=qemu_img.virtual_size(self.image, self.fmt) if self._progress else None,
             )
         return target
+
+    def _plain_name(self, path: Path) -> Path:
+        """``path``, or a link to it without '?' (e2fsprogs splits device names at '?')."""
+        if "?" not in str(path):
+            return path
+        self._link_dir = Path(tempfile.mkdtemp(prefix="imagewright-link-"))
+        link = self._link_dir / "disk"
+        link.symlink_to(path.absolute())
+        return link
 
     def commit(self) -> None:
         """Replace the original image with the edited working copy (atomic rename)."""
@@ -288,6 +299,8 @@ class WorkingCopy:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._link_dir is not None:
+            shutil.rmtree(self._link_dir, ignore_errors=True)
 
 
 def _fsync(path: Path) -> None:
