@@ -145,7 +145,7 @@ def seed_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     return {"plain": plain.read_bytes(), "compressed": compressed.read_bytes()}
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     seed=st.sampled_from(["plain", "compressed"]),
     edits=st.lists(st.tuples(st.integers(0, 2047), st.integers(0, 255)), min_size=1, max_size=8),

@@ -93,17 +93,21 @@ def test_guest_view_reads_exactly_what_qemu_reads(
 
 
 @pytest.mark.parametrize(
-    ("compression", "cluster"),
+    ("compression", "cluster", "extended_l2"),
     [
-        ("zlib", 512),
-        ("zlib", 4 * KiB),
-        ("zlib", 64 * KiB),
-        ("zlib", 2 * MiB),
-        ("zstd", 64 * KiB),
-        ("zstd", 2 * MiB),
+        ("zlib", 512, "off"),
+        ("zlib", 4 * KiB, "off"),
+        ("zlib", 64 * KiB, "off"),
+        ("zlib", 2 * MiB, "off"),
+        ("zlib", 64 * KiB, "on"),
+        ("zstd", 64 * KiB, "off"),
+        ("zstd", 2 * MiB, "off"),
+        ("zstd", 32 * KiB, "on"),
     ],
 )
-def test_compressed_clusters_read_like_qemu(tmp_path: Path, compression: str, cluster: int) -> None:
+def test_compressed_clusters_read_like_qemu(
+    tmp_path: Path, compression: str, cluster: int, extended_l2: str
+) -> None:
     size = 16 * MiB
     source = tmp_path / "source.raw"
     with source.open("wb") as f:
@@ -120,7 +124,7 @@ def test_compressed_clusters_read_like_qemu(tmp_path: Path, compression: str, cl
     image = tmp_path / "compressed.qcow2"
     qemu_img(
         "convert", "-q", "-c", "-f", "raw", "-O", "qcow2",
-        "-o", f"cluster_size={cluster},compression_type={compression}",
+        "-o", f"cluster_size={cluster},compression_type={compression},extended_l2={extended_l2}",
         str(source), str(image),
     )  # fmt: skip
     check = json.loads(run("qemu-img", "check", "--output=json", image).stdout)
@@ -130,6 +134,7 @@ def test_compressed_clusters_read_like_qemu(tmp_path: Path, compression: str, cl
     with opened(qcow2, image) as result:
         assert_matches_qemu_info(result, image, "qcow2")
         assert result.details.compression == compression
+        assert result.details.extended_l2 == (extended_l2 == "on")
         assert result.guest is not None
         assert_guest_equals_raw_fully(result.guest, raw, chunk=MiB + 3)
         assert_guest_matches_raw(result.guest, raw, [(cluster * 3 - 20, 2 * cluster)])
@@ -380,7 +385,7 @@ def _tables(data: bytes) -> list[int]:
     return [l1, l2]
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     seed=st.sampled_from(["plain", "extended", "zlib", "zstd", "overlay"]),
     fields=st.lists(

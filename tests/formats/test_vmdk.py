@@ -347,7 +347,7 @@ def _metadata_offsets(data: bytes) -> list[int]:
     return [gd, gt, grain, len(data) - 1536]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     seed=st.sampled_from(["sparse", "stream", "vmware", "cowd"]),
     fields=st.lists(

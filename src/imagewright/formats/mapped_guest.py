@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from imagewright.binary import MAX_SINGLE_READ, ByteSource
+from imagewright.binary import ByteSource
 from imagewright.errors import ImageFormatError
 
 K = TypeVar("K")
@@ -92,11 +92,6 @@ class MappedGuestSource:
         if offset < 0 or length <= 0 or offset >= self._size:
             return b""
         length = min(length, self._size - offset)
-        if length > MAX_SINGLE_READ:
-            raise ImageFormatError(
-                f"A single read of {length} bytes from the {self._what} guest view is larger than "
-                f"the {MAX_SINGLE_READ // (1024 * 1024)} MiB allowed; read in smaller pieces."
-            )
         out = bytearray()
         pending_start = 0
         pending_length = 0
