@@ -47,6 +47,12 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "cpio": "cpio",
     "depmod": "kmod",
     "virt-sysprep": "libguestfs-tools",
+    "apt-get": "apt",
+    "apt-cache": "apt",
+    "dpkg-deb": "dpkg",
+    "ldd": "libc-bin",
+    "partx": "util-linux",
+    "ssh-keygen": "openssh-client",
     "guestfish": "libguestfs-tools",
 }
 

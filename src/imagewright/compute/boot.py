@@ -1,0 +1,254 @@
+"""Booting an image under QEMU and watching its serial console: the boot harness.
+
+``boot`` starts qemu-system-x86_64 on the image's own disk (no ``-kernel``, unless a test
+asks for a direct kernel boot), reads the guest's first serial port live from QEMU's stdout
+and returns as soon as the expected text appears, the guest powers off, or time runs out.
+QEMU is always stopped and reaped before ``boot`` returns or raises (Ctrl-C included): it runs
+in its own process group, inside a ``with`` block whose exit terminates it (SIGTERM, then
+SIGKILL). The complete console goes to ``console_log`` (written by QEMU itself); only the last
+lines are kept in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import selectors
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from imagewright.compute.accel import AccelDecision, choose_accelerator
+from imagewright.compute.console import ConsoleWatcher
+from imagewright.errors import BootError, InvalidArgumentError
+from imagewright.programs.qemu_system import (
+    DirectKernel,
+    DiskBus,
+    Drive,
+    MachineSpec,
+    NetworkSpec,
+    SerialConsole,
+    qemu_system_argv,
+)
+from imagewright.programs.runner import start_program, stop_program
+
+__all__ = [
+    "BootError",
+    "BootResult",
+    "BootTimeoutError",
+    "DirectKernel",
+    "Drive",
+    "NetworkSpec",
+    "boot",
+    "running_qemu",
+]
+
+#: How many console lines a result (and an error) carries.
+TAIL_LINES = 40
+_READ_SIZE = 64 * 1024
+#: After QEMU's stdout closes, how long it may take to exit by itself.
+_EXIT_GRACE = 10.0
+
+
+@dataclass(frozen=True)
+class BootResult:
+    """What happened during one boot."""
+
+    #: ``expect`` was seen on the console.
+    matched: bool
+    #: Seconds from starting QEMU until the match, the guest's power-off, or the time limit.
+    elapsed: float
+    accelerator: str
+    accelerator_reason: str
+    #: QEMU's exit status when it stopped by itself (power-off: 0; isa-debug-exit: (v<<1)|1);
+    #: None when the harness stopped it (after a match, or at the time limit).
+    exit_status: int | None
+    console_log: Path | None
+    last_lines: tuple[str, ...]
+    matched_line: str | None = None
+    timed_out: bool = False
+    argv: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def powered_off(self) -> bool:
+        """The guest ended QEMU itself (power-off, reboot under -no-reboot, debug exit)."""
+        return self.exit_status is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "matched": self.matched,
+            "matched_line": self.matched_line,
+            "elapsed_seconds": round(self.elapsed, 3),
+            "accelerator": self.accelerator,
+            "accelerator_reason": self.accelerator_reason,
+            "exit_status": self.exit_status,
+            "timed_out": self.timed_out,
+            "console_log": str(self.console_log) if self.console_log else None,
+            "last_lines": list(self.last_lines),
+        }
+
+
+class BootTimeoutError(BootError):
+    """The expected text did not appear in time; ``result`` holds the last console lines."""
+
+    def __init__(self, message: str, result: BootResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@contextmanager
+def running_qemu(argv: Sequence[str], *, stderr: IO[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """Start QEMU (own process group; console on its stdout) and always stop and reap it."""
+    proc = start_program(
+        argv,
+        stdin=subprocess.PIPE,  # kept open and silent: the stdio chardev never sees EOF
+        stdout=subprocess.PIPE,
+        stderr=stderr.fileno(),
+        new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        stop_program(proc)
+
+
+def boot(
+    image: Path,
+    *,
+    format: str,
+    timeout: float,
+    expect: str | None = None,
+    cdroms: Sequence[Path] = (),
+    drives: Sequence[Path | Drive] = (),
+    snapshot: bool = False,
+    network: NetworkSpec | None = None,
+    memory_mib: int = 512,
+    cpus: int = 1,
+    console_log: Path | None = None,
+    disk_bus: DiskBus = "virtio",
+    smbios_system: Mapping[str, str] | None = None,
+    direct_kernel: DirectKernel | None = None,
+    accelerator: AccelDecision | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> BootResult:
+    """Boot ``image`` (QEMU driver ``format``, never probed) and watch its serial console.
+
+    Returns when ``expect`` appears (``matched``), when the guest ends QEMU (power-off), or
+    at ``timeout`` seconds. Raises ``BootTimeoutError`` (a ``BootError``) when ``expect`` was
+    given and did not appear in time, and ``BootError`` when QEMU itself refuses to start.
+    ``drives`` are extra disks (a bare path is a raw virtio disk, e.g. a VFAT metadata disk);
+    ``cdroms`` are ISO images on the IDE bus. ``snapshot`` leaves every disk unchanged.
+    ``on_line`` sees each console line as it arrives.
+    """
+    if timeout <= 0:
+        raise InvalidArgumentError("A boot time limit must be a positive number of seconds.")
+    if not image.is_file():
+        raise InvalidArgumentError(f"{image} is not a file.")
+    decision = accelerator or choose_accelerator()
+    machine_drives = [Drive(image, format=format, bus=disk_bus, snapshot=snapshot)]
+    for extra in drives:
+        if isinstance(extra, Drive):
+            machine_drives.append(extra)
+        else:
+            machine_drives.append(Drive(Path(extra), format="raw", bus="virtio", snapshot=snapshot))
+    for iso in cdroms:
+        machine_drives.append(Drive(Path(iso), format="raw", bus="ide", media="cdrom"))
+    if console_log is not None:
+        console_log.parent.mkdir(parents=True, exist_ok=True)
+    spec = MachineSpec(
+        accelerator=decision.accelerator,
+        drives=tuple(machine_drives),
+        memory_mib=memory_mib,
+        cpus=cpus,
+        network=network or NetworkSpec(mode="none"),
+        smbios_system=dict(smbios_system or {}),
+        serial=SerialConsole(stdio=True, log_file=console_log),
+        direct_kernel=direct_kernel,
+        name=f"imagewright-boot-{secrets.token_hex(6)}",
+    )
+    argv = qemu_system_argv(spec)
+    watcher = ConsoleWatcher(expect, tail_lines=TAIL_LINES, on_line=on_line)
+
+    with tempfile.TemporaryFile(prefix="imagewright-qemu-stderr-") as stderr:
+        started = time.monotonic()
+        exit_status: int | None = None
+        timed_out = False
+        with running_qemu(argv, stderr=stderr) as proc:
+            assert proc.stdout is not None
+            exit_status, timed_out = _watch(proc, proc.stdout, watcher, started + timeout)
+            elapsed = time.monotonic() - started
+        watcher.finish()
+        qemu_error = _qemu_error(stderr) if exit_status not in (None, 0) else None
+
+    result = BootResult(
+        matched=watcher.matched,
+        elapsed=elapsed,
+        accelerator=decision.accelerator,
+        accelerator_reason=decision.reason,
+        exit_status=exit_status,
+        console_log=console_log,
+        last_lines=tuple(watcher.last_lines()),
+        matched_line=watcher.matched_line,
+        timed_out=timed_out,
+        argv=tuple(argv),
+    )
+    if qemu_error is not None and watcher.bytes_seen == 0:
+        raise BootError(f"QEMU could not start the guest: {qemu_error}")
+    if timed_out and expect is not None:
+        last = next((line for line in reversed(result.last_lines) if line.strip()), "")
+        said = f"; the last console line was '{last.strip()}'" if last else "; the console stayed silent"
+        raise BootTimeoutError(f"The guest did not print '{expect}' within {timeout:g} s{said}.", result)
+    return result
+
+
+def _watch(
+    proc: subprocess.Popen[bytes], stream: IO[bytes], watcher: ConsoleWatcher, deadline: float
+) -> tuple[int | None, bool]:
+    """Read the console until a match, EOF (QEMU exiting) or the deadline.
+
+    Returns (QEMU's exit status if it ended by itself, whether the deadline passed).
+    """
+    fd = stream.fileno()
+    os.set_blocking(fd, False)
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None, True
+            if not selector.select(timeout=min(remaining, 0.5)):
+                continue
+            try:
+                data = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                continue
+            if not data:
+                # stdout closed: QEMU is exiting (guest power-off, debug exit, or an error).
+                try:
+                    return proc.wait(timeout=_EXIT_GRACE), False
+                except subprocess.TimeoutExpired:
+                    return None, False
+            if watcher.feed(data) is not None:
+                return None, False
+
+
+def _qemu_error(stderr: IO[bytes]) -> str | None:
+    """QEMU's own error line (not a warning) from its stderr, if it printed one."""
+    stderr.seek(0, os.SEEK_END)
+    size = stderr.tell()
+    stderr.seek(max(0, size - 8192))
+    text = stderr.read().decode("utf-8", "replace")
+    for line in reversed(text.splitlines()):
+        stripped = line.strip()
+        if (
+            stripped.startswith("qemu-system")
+            and "warning:" not in stripped
+            and "terminating on signal" not in stripped
+        ):
+            return stripped.split(":", 1)[1].strip() if ":" in stripped else stripped
+    return None

@@ -1,0 +1,305 @@
+"""qemu-system-x86_64 (Debian ``qemu-system-x86``): the argument list of one virtual machine.
+
+Everything a boot needs is a typed input here and turns into one exact argument list
+(``qemu_system_argv``), so tests can compare argument lists and nothing else in imagewright
+spells a QEMU option. Choices that matter:
+
+- Every disk's format is given explicitly (``format=``): letting QEMU probe a raw image is the
+  classic hole where a guest writes a qcow2 header into its own disk and gets host files read
+  on the next boot.
+- ``-nodefaults``: no default NIC (no iPXE ROM to wait for), no default CD-ROM, floppy or
+  parallel port; the devices are exactly the ones listed here.
+- The boot disk carries ``bootindex=0`` so SeaBIOS boots it whatever else is attached.
+- Disks are ``-drive if=none`` plus a ``-device`` on the chosen bus: virtio-blk, IDE (PIIX,
+  ``ide.0``/``ide.1``, two units each, shared with CD-ROMs) or SCSI (one virtio-scsi controller).
+- User networking can sit on the link-local range so 169.254.169.254 is reachable:
+  ``net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15`` (ENVIRONMENT.md); a
+  ``guestfwd ... -cmd:PROGRAM`` starts PROGRAM once per guest connection with the exchange on
+  its stdin/stdout (libslirp splits the command like a shell, without running one).
+- QEMU option values are comma separated; a literal comma in a value is written ``,,``.
+- ``isa-debug-exit`` at 0xf4: a guest write of V makes QEMU exit with status ``(V << 1) | 1``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from imagewright.errors import InvalidArgumentError
+
+QEMU_SYSTEM = "qemu-system-x86_64"
+
+#: I/O port of the ``isa-debug-exit`` device; see ``debug_exit_status``.
+DEBUG_EXIT_PORT = 0xF4
+
+DiskBus = Literal["virtio", "ide", "scsi"]
+DISK_BUSES: tuple[str, ...] = ("virtio", "ide", "scsi")
+Accelerator = Literal["tcg", "kvm"]
+
+#: The drivers QEMU opens images with; ``format=`` must be one of these (never probed).
+DISK_FORMATS: tuple[str, ...] = (
+    "raw",
+    "qcow2",
+    "qcow",
+    "vmdk",
+    "vpc",
+    "vhdx",
+    "vdi",
+    "qed",
+    "parallels",
+)
+
+#: The four IDE slots of the PIIX controller (bus, unit), in the order they are handed out.
+_IDE_SLOTS: tuple[tuple[str, int], ...] = (("ide.0", 0), ("ide.1", 0), ("ide.0", 1), ("ide.1", 1))
+
+
+def debug_exit_status(value: int) -> int:
+    """QEMU's exit status after the guest wrote ``value`` to the isa-debug-exit port."""
+    return ((value & 0xFF) << 1) | 1
+
+
+def option_value(value: str | os.PathLike[str]) -> str:
+    """``value`` as one QEMU option value: commas doubled; control characters refused."""
+    text = os.fspath(value)
+    if any(ord(ch) < 0x20 for ch in text):
+        raise InvalidArgumentError("A value handed to QEMU cannot contain control characters.")
+    return text.replace(",", ",,")
+
+
+@dataclass(frozen=True)
+class Drive:
+    """One disk or CD-ROM. ``format`` is QEMU's driver name and is always explicit."""
+
+    path: Path
+    format: str = "raw"
+    bus: DiskBus = "virtio"
+    media: Literal["disk", "cdrom"] = "disk"
+    readonly: bool = False
+    #: Writes go to a temporary overlay that QEMU drops on exit (the image is unchanged).
+    snapshot: bool = False
+
+    def __post_init__(self) -> None:
+        if self.format not in DISK_FORMATS:
+            raise InvalidArgumentError(
+                f"'{self.format}' is not a disk format QEMU opens; use one of {', '.join(DISK_FORMATS)}."
+            )
+        if self.bus not in DISK_BUSES:
+            raise InvalidArgumentError(f"'{self.bus}' is not a disk bus; use virtio, ide or scsi.")
+        if self.media == "cdrom" and self.bus == "virtio":
+            raise InvalidArgumentError("A CD-ROM sits on the IDE or SCSI bus, not on virtio.")
+
+
+@dataclass(frozen=True)
+class GuestForward:
+    """``guestfwd=tcp:ADDR:PORT-cmd:COMMAND``: a guest connection to ADDR:PORT runs COMMAND."""
+
+    address: str
+    port: int
+    command: tuple[str, ...]
+
+    def option(self) -> str:
+        if not self.command:
+            raise InvalidArgumentError("A guest forward needs a command to run.")
+        return f"guestfwd=tcp:{self.address}:{self.port}-cmd:{shlex.join(self.command)}"
+
+
+@dataclass(frozen=True)
+class HostForward:
+    """``hostfwd=PROTO:HOSTADDR:HOSTPORT-:GUESTPORT``: a host port reaching the guest."""
+
+    host_port: int
+    guest_port: int
+    protocol: Literal["tcp", "udp"] = "tcp"
+    host_address: str = "127.0.0.1"
+
+    def option(self) -> str:
+        return f"hostfwd={self.protocol}:{self.host_address}:{self.host_port}-:{self.guest_port}"
+
+
+#: The user-network layout that makes 169.254.169.254 forwardable (ENVIRONMENT.md).
+LINK_LOCAL_NETWORK = "169.254.0.0/16"
+LINK_LOCAL_HOST = "169.254.0.2"
+LINK_LOCAL_DHCP_START = "169.254.0.15"
+METADATA_ADDRESS = "169.254.169.254"
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The guest's network: ``none`` (``-nic none``) or QEMU user networking on one virtio NIC."""
+
+    mode: Literal["none", "user"] = "user"
+    #: Put the user network on 169.254.0.0/16 (needed to forward 169.254.169.254).
+    link_local: bool = False
+    #: ``restrict=on``: the guest reaches nothing but the forwards.
+    restrict: bool = False
+    guest_forwards: tuple[GuestForward, ...] = ()
+    host_forwards: tuple[HostForward, ...] = ()
+    mac: str | None = None
+    model: str = "virtio-net-pci"
+
+    def args(self) -> list[str]:
+        if self.mode == "none":
+            return ["-nic", "none"]
+        options = ["user", "id=net0"]
+        if self.link_local:
+            options += [
+                f"net={LINK_LOCAL_NETWORK}",
+                f"host={LINK_LOCAL_HOST}",
+                f"dhcpstart={LINK_LOCAL_DHCP_START}",
+            ]
+        if self.restrict:
+            options.append("restrict=on")
+        options += [option_value(fwd.option()) for fwd in self.guest_forwards]
+        options += [option_value(fwd.option()) for fwd in self.host_forwards]
+        device = [self.model, "netdev=net0"]
+        if self.mac:
+            device.append(f"mac={option_value(self.mac)}")
+        return ["-netdev", ",".join(options), "-device", ",".join(device)]
+
+
+@dataclass(frozen=True)
+class DirectKernel:
+    """``-kernel/-initrd/-append``: boot a kernel given on the host (tests; EKI/ERI triplets)."""
+
+    kernel: Path
+    initrd: Path | None = None
+    append: str = ""
+
+
+@dataclass(frozen=True)
+class SerialConsole:
+    """Where the guest's first serial port (ttyS0) goes.
+
+    ``stdio``: QEMU's stdout (the caller reads it live); ``log_file``, when set, also gets
+    every byte, written by QEMU itself (chardev ``logfile=``), so the log is complete even
+    if the reader falls behind or dies.
+    """
+
+    stdio: bool = True
+    log_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """Everything one QEMU process is started with."""
+
+    accelerator: Accelerator
+    drives: tuple[Drive, ...] = ()
+    memory_mib: int = 512
+    cpus: int = 1
+    network: NetworkSpec = field(default_factory=lambda: NetworkSpec(mode="none"))
+    #: SMBIOS type 1 (system) fields: manufacturer, product, version, serial, uuid, sku, family.
+    smbios_system: Mapping[str, str] = field(default_factory=dict)
+    serial: SerialConsole = field(default_factory=SerialConsole)
+    debug_exit: bool = True
+    no_reboot: bool = True
+    direct_kernel: DirectKernel | None = None
+    #: ``-name``: shows in ``ps``; a unique one lets a caller find its own process.
+    name: str | None = None
+
+
+_SMBIOS_TYPE1_FIELDS = ("manufacturer", "product", "version", "serial", "uuid", "sku", "family")
+
+
+def qemu_system_argv(spec: MachineSpec, program: str = QEMU_SYSTEM) -> list[str]:
+    """The complete argument list (program first) that starts ``spec``."""
+    if spec.memory_mib < 16:
+        raise InvalidArgumentError("A guest needs at least 16 MiB of memory.")
+    if not 1 <= spec.cpus <= 64:
+        raise InvalidArgumentError("A guest has between 1 and 64 CPUs.")
+    argv = [program, "-nodefaults", "-no-user-config", "-machine", "pc", "-accel", spec.accelerator]
+    if spec.accelerator == "kvm":
+        # Only after accel.py proved KVM runs a standard guest; "host" passes the real CPU.
+        argv += ["-cpu", "host"]
+    argv += ["-m", str(spec.memory_mib), "-smp", str(spec.cpus)]
+    argv += ["-display", "none", "-vga", "none", "-monitor", "none", "-parallel", "none"]
+    if spec.name:
+        argv += ["-name", option_value(spec.name)]
+    if spec.no_reboot:
+        argv.append("-no-reboot")
+    argv += _serial_args(spec.serial)
+    argv += _drive_args(spec.drives, boot_from_disk=spec.direct_kernel is None)
+    argv += spec.network.args()
+    if spec.smbios_system:
+        argv += ["-smbios", _smbios_type1(spec.smbios_system)]
+    if spec.debug_exit:
+        argv += ["-device", f"isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04"]
+    if spec.direct_kernel is not None:
+        kernel = spec.direct_kernel
+        argv += ["-kernel", os.fspath(kernel.kernel)]
+        if kernel.initrd is not None:
+            argv += ["-initrd", os.fspath(kernel.initrd)]
+        if kernel.append:
+            if any(ord(ch) < 0x20 for ch in kernel.append):
+                raise InvalidArgumentError("A kernel command line cannot contain control characters.")
+            argv += ["-append", kernel.append]
+    return argv
+
+
+def _serial_args(serial: SerialConsole) -> list[str]:
+    if not serial.stdio and serial.log_file is None:
+        return ["-serial", "none"]
+    if serial.stdio:
+        # signal=off: a Ctrl-C byte from the guest side never stops QEMU; we stop it ourselves.
+        options = ["stdio", "id=console0", "signal=off"]
+    else:
+        options = ["file", "id=console0", f"path={option_value(serial.log_file or '')}"]
+    if serial.stdio and serial.log_file is not None:
+        options += [f"logfile={option_value(serial.log_file)}", "logappend=off"]
+    return ["-chardev", ",".join(options), "-serial", "chardev:console0"]
+
+
+def _drive_args(drives: Sequence[Drive], *, boot_from_disk: bool) -> list[str]:
+    argv: list[str] = []
+    ide_slots = list(_IDE_SLOTS)
+    scsi_controller = False
+    boot_assigned = False
+    for index, drive in enumerate(drives):
+        drive_id = f"drive{index}"
+        options = [
+            f"file={option_value(drive.path)}",
+            f"format={drive.format}",
+            "if=none",
+            f"id={drive_id}",
+            f"media={drive.media}",
+        ]
+        if drive.readonly or drive.media == "cdrom":
+            options.append("readonly=on")
+        elif drive.snapshot:
+            options.append("snapshot=on")
+        argv += ["-drive", ",".join(options)]
+        device: list[str]
+        if drive.bus == "virtio":
+            device = ["virtio-blk-pci", f"drive={drive_id}"]
+        elif drive.bus == "ide":
+            if not ide_slots:
+                raise InvalidArgumentError("The IDE controller holds at most four disks and CD-ROMs.")
+            bus, unit = ide_slots.pop(0)
+            kind = "ide-cd" if drive.media == "cdrom" else "ide-hd"
+            device = [kind, f"drive={drive_id}", f"bus={bus}", f"unit={unit}"]
+        else:
+            if not scsi_controller:
+                argv += ["-device", "virtio-scsi-pci,id=scsi0"]
+                scsi_controller = True
+            kind = "scsi-cd" if drive.media == "cdrom" else "scsi-hd"
+            device = [kind, f"drive={drive_id}", "bus=scsi0.0"]
+        if boot_from_disk and not boot_assigned and drive.media == "disk":
+            device.append("bootindex=0")
+            boot_assigned = True
+        argv += ["-device", ",".join(device)]
+    return argv
+
+
+def _smbios_type1(values: Mapping[str, str]) -> str:
+    parts = ["type=1"]
+    for key, value in values.items():
+        if key not in _SMBIOS_TYPE1_FIELDS:
+            raise InvalidArgumentError(
+                f"'{key}' is not an SMBIOS system field; use one of {', '.join(_SMBIOS_TYPE1_FIELDS)}."
+            )
+        parts.append(f"{key}={option_value(value)}")
+    return ",".join(parts)
