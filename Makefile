@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed-stamp
 APT_PACKAGES := qemu-utils qemu-system-x86 qemu-system-data seabios ipxe-qemu \
 	e2fsprogs fdisk gdisk util-linux dosfstools mtools xfsprogs btrfs-progs reiserfsprogs \
 	grub-pc-bin grub-common genisoimage xorriso busybox-static cpio kmod \
-	zstd xz-utils bzip2 gzip file shellcheck openssh-client dash
+	zstd xz-utils bzip2 gzip file shellcheck openssh-client dash \
+	ntfs-3g cryptsetup-bin squashfs-tools syslinux-common
 
 PYTEST_ARGS ?=
 
