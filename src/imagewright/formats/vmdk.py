@@ -399,7 +399,12 @@ class _SparseReader:
         if not capacity_zero_descriptor:
             self._check_geometry(header)
         gd: array[int] | None = None
-        if self.mapping_ok and not capacity_zero_descriptor and header.capacity_sectors:
+        if (
+            self.mapping_ok
+            and not capacity_zero_descriptor
+            and 0 < header.capacity_sectors * SECTOR <= self.limits.max_virtual_size
+        ):
+            # (An extent over the size limit is refused by safety.judge; its tables are not read.)
             gd = self._read_grain_directory(header)
         guest = None
         if gd is not None and self.mapping_ok and hint is None and not (descriptor and descriptor.has_parent):

@@ -37,15 +37,6 @@ MAX_EXTENTS = 4096
 ACCESS_MODES = ("RW", "RDONLY", "NOACCESS")
 #: Extent types QEMU opens (and counts into the virtual size) when their access is RW.
 QEMU_EXTENT_TYPES = ("FLAT", "SPARSE", "VMFS", "VMFSSPARSE", "SESPARSE")
-#: createType values QEMU accepts in a descriptor file of their own.
-QEMU_DESCRIPTOR_TYPES = (
-    "monolithicFlat",
-    "vmfs",
-    "vmfsSparse",
-    "seSparse",
-    "twoGbMaxExtentSparse",
-    "twoGbMaxExtentFlat",
-)
 NO_PARENT_CID = 0xFFFFFFFF
 
 _EXTENT_START_RE = re.compile(r"^\s*(RW|RDONLY|NOACCESS)(\s|$)", re.IGNORECASE)
@@ -108,7 +99,11 @@ class VmdkDescriptor:
         return self.parent_file_name_hint is not None or (parent is not None and parent != NO_PARENT_CID)
 
     def qemu_virtual_sectors(self) -> int:
-        """Sectors QEMU sums into the virtual size: RW extents of the types it opens."""
+        """Sectors QEMU sums into the virtual size: RW extents of the types it opens.
+
+        (QEMU takes a SPARSE extent's size from that file's own header; for the files
+        qemu-img and VMware write, it equals the descriptor's sector count.)
+        """
         return sum(
             extent.sectors
             for extent in self.extents
