@@ -59,7 +59,7 @@ def test_nocloud_static(tmp_path: Path, static_instance: InstanceDescription) ->
                 "match": {"macaddress": "52:54:00:ab:cd:ef"},
                 "set-name": "eth0",
                 "addresses": ["192.0.2.10/24"],
-                "routes": [{"to": "0.0.0.0/0", "via": "192.0.2.1"}],
+                "gateway4": "192.0.2.1",
                 "nameservers": {"addresses": ["192.0.2.53", "198.51.100.53"]},
             }
         },

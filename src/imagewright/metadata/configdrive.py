@@ -21,7 +21,11 @@ cloud-init feeds to the guest's entropy pool, as nova does).
 one network ``network0`` on it, ``ipv4`` (``ip_address``, ``netmask``, a default route
 ``0.0.0.0/0.0.0.0 via gateway``, per-network ``dns`` services) or ``ipv4_dhcp``; and the DNS
 servers again as top-level ``services``. cloud-init's ``convert_net_json`` matches the link to
-a NIC by MAC address.
+a NIC by MAC address. The network also carries a ``gateway`` key, which is not in nova's
+output but which ``convert_net_json`` copies into the subnet: checked against cloud-init
+22.4, its ENI renderer (Debian) makes a route-only default gateway a ``post-up route add
+default gw … || true`` line that silently does nothing without net-tools, while ``gateway``
+becomes ifupdown's own ``gateway`` line. Readers that follow the spec use ``routes``.
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ def network_data(instance: InstanceDescription) -> dict[str, Any]:
                 "type": "ipv4",
                 "ip_address": str(network.address),
                 "netmask": str(network.netmask),
+                **({"gateway": str(network.gateway)} if network.gateway is not None else {}),
                 "routes": (
                     [{"network": ANY_IPV4, "netmask": ANY_IPV4, "gateway": str(network.gateway)}]
                     if network.gateway is not None

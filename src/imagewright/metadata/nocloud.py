@@ -28,11 +28,15 @@ Files in the root (cloud-init ``DataSourceNoCloud``, docs "NoCloud"):
 
 ``network-config``
     Only for a static network: netplan-style version 2 YAML with one ethernet matched by MAC
-    address, renamed ``eth0``, its address, a default route (``to: 0.0.0.0/0`` rather than
-    ``default`` or the deprecated ``gateway4``, because cloud-init 22.x parses only a CIDR
-    there) and nameservers. For DHCP the file is left out: cloud-init's documented
-    behaviour without network configuration is DHCP on the first NIC, which is what DHCP
-    asks for.
+    address, renamed ``eth0``, its address, ``gateway4`` and nameservers. ``gateway4`` rather
+    than a ``routes`` entry, checked against cloud-init 22.4's own renderers: its ENI
+    renderer (Debian) turns ``gateway4`` into ifupdown's ``gateway`` line, but a
+    ``to: 0.0.0.0/0`` route into ``post-up route add default gw … || true``, which silently
+    does nothing without net-tools; ``to: default`` is refused outright ("Address default is
+    not a valid ip address"). netplan calls ``gateway4`` deprecated but still honours it, and
+    cloud-init's own OpenNebula source emits it. For DHCP the file is left out: cloud-init's
+    documented behaviour without network configuration is DHCP on the first NIC, which is what
+    DHCP asks for.
 """
 
 from __future__ import annotations
@@ -86,11 +90,7 @@ def network_config(instance: InstanceDescription) -> bytes | None:
         f"      - {yaml_string(network.interface.with_prefixlen)}",
     ]
     if network.gateway is not None:
-        lines += [
-            "    routes:",
-            f"      - to: {yaml_string('0.0.0.0/0')}",
-            f"        via: {yaml_string(str(network.gateway))}",
-        ]
+        lines.append(f"    gateway4: {yaml_string(str(network.gateway))}")
     if network.dns:
         lines += ["    nameservers:", "      addresses:"]
         lines += [f"        - {yaml_string(str(server))}" for server in network.dns]
