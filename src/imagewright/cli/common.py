@@ -24,7 +24,8 @@ from imagewright.units import parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-stdout_console = Console(highlight=False, soft_wrap=True)
+# Reports are read in terminals and in logs: wide enough that partition tables never wrap.
+stdout_console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 stderr_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

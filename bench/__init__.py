@@ -1,0 +1,1 @@
+"""Benchmarks against the tools a user would use instead; `make bench [BENCH=name]`."""

@@ -1,0 +1,74 @@
+"""Shared pieces of the benchmarks: timing, running peers, writing results as JSON + a table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Comparison:
+    """One benchmark: our time next to the peer's, and the ratio (ours / theirs)."""
+
+    name: str
+    ours_label: str
+    theirs_label: str
+    ours_seconds: float
+    theirs_seconds: float
+    goal_ratio: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.ours_seconds / self.theirs_seconds if self.theirs_seconds else float("inf")
+
+    @property
+    def meets_goal(self) -> bool:
+        return self.ratio <= self.goal_ratio
+
+
+def timed(func: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    func()
+    return time.perf_counter() - start
+
+
+def run(argv: Sequence[str | os.PathLike[str]], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+    args = [str(a) for a in argv]
+    found = shutil.which(args[0]) or shutil.which(args[0], path="/usr/sbin:/sbin")
+    if found is None:
+        raise SystemExit(f"{args[0]} is not installed; run `make deps` first")
+    args[0] = found
+    return subprocess.run(args, check=True, capture_output=True, **kwargs)
+
+
+def report(comparison: Comparison) -> None:
+    RESULTS_DIR.mkdir(exist_ok=True)
+    payload = asdict(comparison) | {
+        "ratio": comparison.ratio,
+        "meets_goal": comparison.meets_goal,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (RESULTS_DIR / f"{comparison.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    verdict = "meets" if comparison.meets_goal else "MISSES"
+    print(f"\n== {comparison.name} ==")
+    print(f"  {comparison.ours_label:<52} {comparison.ours_seconds:9.3f} s")
+    print(f"  {comparison.theirs_label:<52} {comparison.theirs_seconds:9.3f} s")
+    print(f"  ratio ours/theirs: {comparison.ratio:.3f}  (goal <= {comparison.goal_ratio}: {verdict})")
+    for key, value in comparison.extra.items():
+        print(f"  {key}: {value}")

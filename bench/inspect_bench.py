@@ -1,0 +1,100 @@
+"""bench/inspect: 100 images of 20 GiB virtual size in mixed formats.
+
+Ours: ``imagewright.inspect`` on all 100 in one process (format, partitions, filesystems,
+boot code and verdict). Theirs: 100 runs of ``qemu-img info`` (format and sizes only —
+a user also needs ``fdisk -l`` and ``blkid`` for the rest, which we do not even count).
+Goal: ours ≤ 0.2× theirs.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from bench.common import Comparison, report, run, timed
+from imagewright.ops.inspect import inspect_image
+
+VIRTUAL_SIZE = "20G"
+COUNT = 100
+FORMATS: tuple[tuple[str, list[str]], ...] = (
+    ("qcow2", ["-O", "qcow2"]),
+    ("vmdk", ["-O", "vmdk"]),
+    ("stream.vmdk", ["-O", "vmdk", "-o", "subformat=streamOptimized"]),
+    ("vhd", ["-O", "vpc"]),
+    ("vhdx", ["-O", "vhdx"]),
+    ("vdi", ["-O", "vdi"]),
+    ("raw", ["-O", "raw"]),
+)
+
+
+def make_templates(workdir: Path) -> list[Path]:
+    """A partitioned 20 GiB disk (GPT, ext4 root) in every format."""
+    raw = workdir / "template.raw"
+    with raw.open("wb") as f:
+        f.truncate(20 << 30)
+    run(
+        ["sfdisk", "-q", "--no-reread", "--no-tell-kernel", raw],
+        input=b"label: gpt\n,1M,21686148-6449-6E6F-744E-656564454649\n,,L\n",
+    )
+    run(
+        [
+            "mke2fs",
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            "root",
+            "-E",
+            f"offset={2 << 20}",
+            raw,
+            f"{(20 << 20) - 4096}k",
+        ]
+    )
+    templates = []
+    for suffix, args in FORMATS:
+        out = workdir / f"template.{suffix}"
+        run(["qemu-img", "convert", "-f", "raw", *args, raw, out])
+        templates.append(out)
+    return templates
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="iw-bench-inspect-") as tmp:
+        workdir = Path(tmp)
+        templates = make_templates(workdir)
+        images = []
+        for index in range(COUNT):
+            template = templates[index % len(templates)]
+            copy = workdir / f"image{index:03d}{template.suffix}"
+            run(["cp", "--sparse=always", template, copy])
+            images.append(copy)
+        # Warm the page cache for both sides alike.
+        for image in images:
+            inspect_image(image)
+
+        def ours() -> None:
+            for image in images:
+                inspect_image(image)
+
+        def theirs() -> None:
+            for image in images:
+                run(["qemu-img", "info", "--output=json", image])
+
+        ours_seconds = min(timed(ours) for _ in range(3))
+        theirs_seconds = min(timed(theirs) for _ in range(3))
+        report(
+            Comparison(
+                name="inspect",
+                ours_label=f"imagewright.inspect x{COUNT} (one process)",
+                theirs_label=f"qemu-img info x{COUNT}",
+                ours_seconds=ours_seconds,
+                theirs_seconds=theirs_seconds,
+                goal_ratio=0.2,
+                extra={"images": COUNT, "virtual_size": VIRTUAL_SIZE, "formats": [s for s, _ in FORMATS]},
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""``imagewright inspect IMAGE...``: qemu-img info + fdisk -l + blkid in one, plus a verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from imagewright.cli.common import SIZE, emit_json, json_option, stdout_console
+from imagewright.cli.format_highlights import highlights
+from imagewright.formats.base import Limits
+from imagewright.ops.inspect import ContainerReport, ImageReport, inspect_image
+from imagewright.units import format_size
+
+
+@click.command("inspect")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@json_option
+@click.option(
+    "--max-virtual-size",
+    type=SIZE,
+    default=None,
+    help="Refuse images whose virtual size exceeds this (default 16T).",
+)
+def command(images: tuple[Path, ...], as_json: bool, max_virtual_size: int | None) -> None:
+    """Tell what each IMAGE is and whether it is safe to touch.
+
+    Reads only headers and metadata (at most a few MiB), runs no other program and opens
+    no file but IMAGE. Exits 1 when any image is refused.
+    """
+    limits = Limits() if max_virtual_size is None else Limits(max_virtual_size=max_virtual_size)
+    reports = [inspect_image(path, limits=limits) for path in images]
+    if as_json:
+        emit_json(reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports])
+    else:
+        for index, report in enumerate(reports):
+            if index:
+                stdout_console.print()
+            render_report(report)
+    if any(not r.verdict.safe for r in reports):
+        raise click.exceptions.Exit(1)
+
+
+def render_report(report: ImageReport, indent: int = 0) -> None:
+    pad = " " * indent
+    out = stdout_console
+
+    def line(label: str, value: object) -> None:
+        out.print(Text(f"{pad}{label + ':':<16}{value}"))
+
+    line("image", report.path)
+    fmt = report.format + (f" ({report.subformat})" if report.subformat else "")
+    line("format", fmt)
+    if report.virtual_size is not None:
+        line("virtual size", f"{format_size(report.virtual_size)} ({report.virtual_size} bytes)")
+    if indent == 0:
+        allocated = (
+            f", {format_size(report.allocated_size)} allocated" if report.allocated_size is not None else ""
+        )
+        line("file size", f"{format_size(report.file_size)} ({report.file_size} bytes){allocated}")
+    if report.backing_file:
+        backing = report.backing_file + (
+            f" (format {report.backing_format})" if report.backing_format else ""
+        )
+        line("backing file", backing)
+    for label, value in highlights(report.format, report.details):
+        line(label, value)
+    if report.container is not None:
+        _render_container(report.container, indent)
+    if report.disk is not None:
+        _render_disk(report, indent)
+    for note in report.notes:
+        line("note", note)
+    if report.partial:
+        line("note", "part of the image could not be examined (see notes)")
+    verdict = str(report.verdict)
+    out.print(
+        Text(f"{pad}{'verdict:':<16}") + Text(verdict, style="green" if report.verdict.safe else "bold red")
+    )
+    for extra in report.verdict.reasons[1:]:
+        out.print(Text(f"{pad}{'':<16}also: {extra}", style="red"))
+
+
+def _render_container(container: ContainerReport, indent: int) -> None:
+    pad = " " * indent
+    out = stdout_console
+    out.print(Text(f"{pad}{'container:':<16}{container.format} ({container.kind})"))
+    if container.uncompressed_size is not None:
+        out.print(Text(f"{pad}{'uncompressed:':<16}{format_size(container.uncompressed_size)}"))
+    for note in container.notes:
+        out.print(Text(f"{pad}{'note:':<16}{note}"))
+    if container.members:
+        table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0))
+        for heading in ("Member", "Type", "Size", "Image"):
+            table.add_column(heading)
+        shown = container.members[:50]
+        for member in shown:
+            image = ""
+            if member.image is not None:
+                image = member.image.format + (
+                    f" {format_size(member.image.virtual_size)}" if member.image.virtual_size else ""
+                )
+            name = member.name + (f" -> {member.linkname}" if member.linkname else "")
+            table.add_row(name, member.type, format_size(member.size), image)
+        out.print(Text(f"{pad}members:"))
+        out.print(table)
+        if len(container.members) > len(shown):
+            out.print(Text(f"{pad}  ... and {len(container.members) - len(shown)} more"))
+        for member in container.members:
+            if member.image is not None:
+                out.print()
+                render_report(member.image, indent + 2)
+    if container.inner is not None:
+        out.print(Text(f"{pad}contents:"))
+        render_report(container.inner, indent + 2)
+
+
+def _fs_text(fs: Any) -> str:
+    if fs is None:
+        return ""
+    parts = [fs.type]
+    if fs.label:
+        parts.append(f'LABEL="{fs.label}"')
+    if fs.uuid:
+        parts.append(f"UUID={fs.uuid}")
+    return " ".join(parts)
+
+
+def _render_disk(report: ImageReport, indent: int) -> None:
+    pad = " " * indent
+    out = stdout_console
+    survey = report.disk
+    assert survey is not None
+    table_info = survey.partition_table
+    if table_info is not None:
+        out.print(Text(f"{pad}{'partitions:':<16}{table_info.kind}, disk identifier {table_info.disk_id}"))
+        table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0))
+        for heading in ("Device", "Boot", "Start", "End", "Sectors", "Size", "Type", "Filesystem"):
+            table.add_column(
+                heading, justify="right" if heading in ("Start", "End", "Sectors", "Size") else "left"
+            )
+        for part in table_info.partitions:
+            table.add_row(
+                str(part.number),
+                "*" if part.bootable else "",
+                str(part.start),
+                str(part.end),
+                str(part.sectors),
+                format_size(part.size),
+                part.type_name or part.type_id,
+                _fs_text(getattr(part, "filesystem", None)),
+            )
+        out.print(table)
+    elif survey.filesystem is not None:
+        out.print(Text(f"{pad}{'filesystem:':<16}{_fs_text(survey.filesystem)} (no partition table)"))
+    else:
+        out.print(Text(f"{pad}{'contents:':<16}no partition table or filesystem recognised"))
+    if survey.boot is not None:
+        out.print(Text(f"{pad}{'boot:':<16}{survey.boot.description}"))

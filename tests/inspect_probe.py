@@ -1,0 +1,58 @@
+"""Run ``inspect`` on one image in a fresh process and report what it cost.
+
+Prints one JSON object: the verdict, CPU seconds, peak memory growth, and every file the
+process opened while inspecting (an audit hook sees ``open``/``os.open``). Used by the
+hostile-image tests; also handy by hand: ``python tests/inspect_probe.py IMAGE``.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+
+def main(path: str) -> None:
+    import imagewright.ops.inspect as inspect_module
+    from imagewright.formats import containers, registry
+
+    # Import every reader now so that module files are not counted as opened by inspect.
+    for reader in registry.DISK_FORMATS:
+        _ = reader.module
+    _ = containers
+    # Codecs are imported lazily by the interpreter on first use; load the ones readers use.
+    for codec in ("utf-8", "utf-16-le", "utf-16-be", "utf-16", "latin-1", "ascii", "cp437"):
+        "".encode(codec)
+    opened: list[str] = []
+
+    def hook(event: str, args: tuple[object, ...]) -> None:
+        if event == "open" and args and isinstance(args[0], str | bytes):
+            opened.append(args[0] if isinstance(args[0], str) else args[0].decode(errors="replace"))
+
+    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cpu_start = time.process_time()
+    wall_start = time.perf_counter()
+    sys.addaudithook(hook)
+    report = inspect_module.inspect_image(path)
+    wall = time.perf_counter() - wall_start
+    cpu = time.process_time() - cpu_start
+    peak_growth_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_rss
+    print(
+        json.dumps(
+            {
+                "safe": report.verdict.safe,
+                "reasons": list(report.verdict.reasons),
+                "format": report.format,
+                "cpu_seconds": cpu,
+                "wall_seconds": wall,
+                "peak_growth_mib": peak_growth_kib / 1024,
+                "bytes_read": report.bytes_read,
+                "opened": opened,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
