@@ -12,6 +12,22 @@ opennebula    CONTEXT     ISO 9660   one-context, cloud-init OpenNebula, our age
 wakame        METADATA    FAT disk   wakame-init, our agent
 ============  ==========  =========  ==========================================
 
+Where an agent finds each value (details in each builder's docstring):
+
+- nocloud (``cidata``): instance id = meta-data ``instance-id``; hostname = meta-data
+  ``local-hostname``; keys = meta-data ``public-keys`` list; network = ``network-config``
+  (absent = DHCP); user-data = ``user-data`` (always present, generated ``#cloud-config``
+  when none was given).
+- configdrive (``config-2``): ``openstack/latest/meta_data.json`` ``uuid``, ``hostname``,
+  ``public_keys``; ``network_data.json`` (``ipv4`` or ``ipv4_dhcp``); ``user_data`` if given.
+- opennebula (``CONTEXT``): ``context.sh`` ``INSTANCE_ID`` (``VMID`` only when all digits),
+  ``SET_HOSTNAME``/``HOSTNAME``, ``SSH_PUBLIC_KEY`` (one key per line), ``ETH0_*`` (no
+  ``ETH0_IP`` = DHCP), ``START_SCRIPT_BASE64``; ``init.sh`` when ``INIT_SCRIPTS`` is set.
+- wakame (``METADATA`` FAT disk): ``meta-data/instance-id``, ``meta-data/local-hostname``,
+  ``meta-data/public-keys/N/openssh-key``, ``meta-data/network/interfaces/macs/<mac with ->/``
+  (no ``local-ipv4s`` = DHCP), ``meta-data/extra-hosts/<name>``, ``user-data`` if given; each
+  value file ends with one newline, user-data is exact.
+
 ``build_context_medium`` asks the builder for the file tree, writes it with the matching
 writer (``iso.write_iso9660`` or ``fat.write_fat_image``) to a temporary name beside the
 output, and only then moves it into place: a failure leaves no partial file, and an existing
