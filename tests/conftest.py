@@ -11,6 +11,9 @@ from click.testing import CliRunner, Result
 
 from imagewright.cli.main import cli
 
+# The test guest fixtures (testguest_rootfs, testguest_flat_ext4, testguest_tarball) for every boot test.
+pytest_plugins = ("tests.fixtures.testguest",)
+
 
 @pytest.fixture
 def run_cli() -> Callable[..., Result]:

@@ -55,6 +55,7 @@ __all__ = [
     "INITRAMFS_PREFIX",
     "MARKER_PREFIX",
     "POWEROFF_ARGUMENT",
+    "FlatFilesystem",
     "TestGuest",
     "build_testguest_rootfs",
     "flat_ext4",

@@ -1,0 +1,199 @@
+"""``imagewright boot IMAGE``: boot an image under QEMU and watch its serial console."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.text import Text
+
+from imagewright.cli.common import emit_json, json_option, stderr_console, stdout_console
+from imagewright.errors import ImagewrightError, UnsafeImageError
+from imagewright.programs.qemu_system import DISK_BUSES, DISK_FORMATS
+
+_EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+#: Console lines shown when a boot fails.
+_SHOWN_LINES = 15
+
+
+def checked_format(path: Path, *, role: str) -> str:
+    """Inspect ``path``, refuse it unless it is safe, and return QEMU's driver name for it.
+
+    ``role`` is "image", "CD-ROM" or "drive": every file handed to QEMU is an untrusted image.
+    """
+    import imagewright
+    from imagewright.ops.inspect import require_safe
+
+    report = imagewright.inspect(str(path))
+    try:
+        require_safe(report)
+    except UnsafeImageError as err:
+        raise UnsafeImageError(f"The {role} {err}", err.reasons) from None
+    if role == "CD-ROM":
+        # An ISO 9660 image is a raw image to QEMU, whatever name inspect gives its content.
+        if report.format not in ("raw", "iso9660"):
+            raise ImagewrightError(
+                f"The CD-ROM {path} is a {report.format} image; a CD-ROM must be a raw ISO."
+            )
+        return "raw"
+    if report.format not in DISK_FORMATS:
+        raise ImagewrightError(
+            f"{path} is a {report.format} file, not a disk image QEMU can boot; convert it first."
+        )
+    return report.format
+
+
+@click.command("boot")
+@click.argument("image", type=_EXISTING_FILE)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=120.0,
+    show_default=True,
+    metavar="S",
+    help="Give up after S seconds.",
+)
+@click.option(
+    "--expect",
+    metavar="TEXT",
+    help="Succeed as soon as TEXT appears on the serial console (without it: when the guest powers off).",
+)
+@click.option(
+    "--cdrom",
+    "cdroms",
+    multiple=True,
+    type=_EXISTING_FILE,
+    metavar="ISO",
+    help="Attach ISO as a CD-ROM (repeatable).",
+)
+@click.option(
+    "--drive",
+    "drives",
+    multiple=True,
+    type=_EXISTING_FILE,
+    metavar="FILE",
+    help="Attach FILE as an extra virtio disk, e.g. a VFAT metadata disk (repeatable).",
+)
+@click.option(
+    "--snapshot",
+    is_flag=True,
+    help="Leave IMAGE and the drives unchanged (writes go to a throwaway overlay).",
+)
+@click.option(
+    "--memory",
+    "memory_mib",
+    type=click.IntRange(16, 1 << 20),
+    default=512,
+    show_default=True,
+    metavar="MiB",
+    help="Guest memory.",
+)
+@click.option(
+    "--disk-bus",
+    type=click.Choice(DISK_BUSES),
+    default="virtio",
+    show_default=True,
+    help="Bus of IMAGE's disk.",
+)
+@click.option(
+    "--console-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Write the whole serial console to FILE.",
+)
+@click.option("--follow", is_flag=True, help="Print the console on stderr as it arrives.")
+@json_option
+def command(  # click passes every parameter by keyword
+    *,
+    image: Path,
+    timeout: float,
+    expect: str | None,
+    cdroms: tuple[Path, ...],
+    drives: tuple[Path, ...],
+    snapshot: bool,
+    memory_mib: int,
+    disk_bus: str,
+    console_log: Path | None,
+    follow: bool,
+    as_json: bool,
+) -> None:
+    """Boot IMAGE under QEMU from its own disk and watch the serial console (ttyS0).
+
+    IMAGE is inspected first and refused when unsafe (backing files, external extents ...);
+    its format is taken from the inspection, never guessed by QEMU. KVM is used only when a
+    probe boot shows it runs a standard guest, else TCG (override: IMAGEWRIGHT_ACCEL=tcg|kvm).
+    QEMU is always stopped when the command ends.
+
+    Exits 0 when TEXT appeared (or, without --expect, when the guest powered off cleanly),
+    1 otherwise, showing the last console lines.
+    """
+    from imagewright.compute.boot import BootTimeoutError, Drive, boot
+
+    image_format = checked_format(image, role="image")
+    extra_drives = [
+        Drive(path, format=checked_format(path, role="drive"), snapshot=snapshot) for path in drives
+    ]
+    for iso in cdroms:
+        checked_format(iso, role="CD-ROM")
+
+    def show_line(line: str) -> None:
+        stderr_console.print(Text(line, style="dim"))
+
+    if not as_json:
+        stderr_console.print(Text(f"booting {image} ({image_format}, {disk_bus}) ..."))
+    try:
+        result = boot(
+            image,
+            format=image_format,
+            timeout=timeout,
+            expect=expect,
+            cdroms=cdroms,
+            drives=extra_drives,
+            snapshot=snapshot,
+            memory_mib=memory_mib,
+            console_log=console_log,
+            disk_bus=disk_bus,  # type: ignore[arg-type]  # click.Choice guarantees a DiskBus
+            on_line=show_line if follow else None,
+        )
+    except BootTimeoutError as err:
+        if as_json:
+            emit_json({**err.result.to_dict(), "ok": False, "error": str(err)})
+            raise click.exceptions.Exit(1) from None
+        _render(err.result, expect, show_tail=not follow)
+        raise
+
+    ok = result.matched if expect is not None else result.exit_status == 0
+    if as_json:
+        payload: dict[str, Any] = {**result.to_dict(), "ok": ok}
+        emit_json(payload)
+    else:
+        _render(result, expect, show_tail=not ok and not follow)
+    if not ok:
+        if not as_json:
+            if expect is not None:
+                why = f"the guest stopped (QEMU exit status {result.exit_status}) before '{expect}' appeared"
+            elif result.exit_status is None:
+                why = f"the guest did not power off within {timeout:g} s"
+            else:
+                why = f"the guest ended with QEMU exit status {result.exit_status}"
+            stderr_console.print(Text(f"imagewright: boot failed: {why}.", style="bold red"))
+        raise click.exceptions.Exit(1)
+
+
+def _render(result: Any, expect: str | None, *, show_tail: bool) -> None:
+    out = stdout_console
+    out.print(Text(f"{'accelerator:':<14}{result.accelerator} ({result.accelerator_reason})"))
+    if result.matched:
+        out.print(Text(f"{'matched:':<14}{result.matched_line.strip()}", style="green"))
+    elif expect is not None:
+        out.print(Text(f"{'matched:':<14}no: '{expect}' did not appear", style="red"))
+    if result.exit_status is not None:
+        out.print(Text(f"{'qemu exit:':<14}{result.exit_status}"))
+    out.print(Text(f"{'elapsed:':<14}{result.elapsed:.1f} s"))
+    if result.console_log is not None:
+        out.print(Text(f"{'console log:':<14}{result.console_log}"))
+    if show_tail and result.last_lines:
+        stderr_console.print(Text("last console lines:", style="bold"))
+        for line in result.last_lines[-_SHOWN_LINES:]:
+            stderr_console.print(Text(f"  {line}"))

@@ -1,0 +1,180 @@
+"""The qemu-system-x86_64 argument lists, option by option, and the checks on typed inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imagewright.errors import InvalidArgumentError
+from imagewright.programs.qemu_system import (
+    DirectKernel,
+    Drive,
+    GuestForward,
+    HostForward,
+    MachineSpec,
+    NetworkSpec,
+    SerialConsole,
+    debug_exit_status,
+    option_value,
+    qemu_system_argv,
+)
+
+
+def _after(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == flag]
+
+
+def test_minimal_machine_is_explicit_about_everything() -> None:
+    argv = qemu_system_argv(MachineSpec(accelerator="tcg"))
+    assert argv[0] == "qemu-system-x86_64"
+    assert argv[1:9] == ["-nodefaults", "-no-user-config", "-machine", "pc", "-accel", "tcg", "-m", "512"]
+    assert "-cpu" not in argv  # TCG keeps QEMU's default model
+    assert _after(argv, "-nic") == ["none"]
+    assert "-no-reboot" in argv
+    assert _after(argv, "-display") == ["none"]
+    assert _after(argv, "-device") == ["isa-debug-exit,iobase=0xf4,iosize=0x04"]
+    assert _after(argv, "-chardev") == ["stdio,id=console0,signal=off"]
+    assert _after(argv, "-serial") == ["chardev:console0"]
+
+
+def test_kvm_passes_the_host_cpu() -> None:
+    argv = qemu_system_argv(MachineSpec(accelerator="kvm"))
+    assert _after(argv, "-accel") == ["kvm"]
+    assert _after(argv, "-cpu") == ["host"]
+
+
+def test_boot_disk_and_extra_drives_on_each_bus() -> None:
+    spec = MachineSpec(
+        accelerator="tcg",
+        drives=(
+            Drive(Path("/img/disk.qcow2"), format="qcow2", bus="virtio", snapshot=True),
+            Drive(Path("/img/meta.raw"), format="raw", bus="virtio"),
+            Drive(Path("/img/seed.iso"), format="raw", bus="ide", media="cdrom"),
+            Drive(Path("/img/data.vmdk"), format="vmdk", bus="scsi"),
+        ),
+    )
+    argv = qemu_system_argv(spec)
+    assert _after(argv, "-drive") == [
+        "file=/img/disk.qcow2,format=qcow2,if=none,id=drive0,media=disk,snapshot=on",
+        "file=/img/meta.raw,format=raw,if=none,id=drive1,media=disk",
+        "file=/img/seed.iso,format=raw,if=none,id=drive2,media=cdrom,readonly=on",
+        "file=/img/data.vmdk,format=vmdk,if=none,id=drive3,media=disk",
+    ]
+    assert _after(argv, "-device")[:5] == [
+        "virtio-blk-pci,drive=drive0,bootindex=0",
+        "virtio-blk-pci,drive=drive1",
+        "ide-cd,drive=drive2,bus=ide.0,unit=0",
+        "virtio-scsi-pci,id=scsi0",
+        "scsi-hd,drive=drive3,bus=scsi0.0",
+    ]
+
+
+def test_ide_disk_and_cdroms_share_the_four_ide_slots() -> None:
+    drives = [Drive(Path("/d.raw"), bus="ide")] + [
+        Drive(Path(f"/c{i}.iso"), bus="ide", media="cdrom") for i in range(3)
+    ]
+    devices = _after(qemu_system_argv(MachineSpec(accelerator="tcg", drives=tuple(drives))), "-device")
+    assert devices[:4] == [
+        "ide-hd,drive=drive0,bus=ide.0,unit=0,bootindex=0",
+        "ide-cd,drive=drive1,bus=ide.1,unit=0",
+        "ide-cd,drive=drive2,bus=ide.0,unit=1",
+        "ide-cd,drive=drive3,bus=ide.1,unit=1",
+    ]
+    with pytest.raises(InvalidArgumentError, match="at most four"):
+        qemu_system_argv(
+            MachineSpec(accelerator="tcg", drives=(*drives, Drive(Path("/x.iso"), bus="ide", media="cdrom")))
+        )
+
+
+def test_format_is_never_left_to_probing() -> None:
+    with pytest.raises(InvalidArgumentError, match="not a disk format"):
+        Drive(Path("/d"), format="auto")
+    with pytest.raises(InvalidArgumentError, match="CD-ROM"):
+        Drive(Path("/c.iso"), bus="virtio", media="cdrom")
+
+
+def test_commas_in_paths_are_doubled_and_control_characters_refused() -> None:
+    argv = qemu_system_argv(MachineSpec(accelerator="tcg", drives=(Drive(Path("/a,b/disk,format=qcow2")),)))
+    assert _after(argv, "-drive")[0].startswith("file=/a,,b/disk,,format=qcow2,format=raw,")
+    assert option_value("x,y") == "x,,y"
+    with pytest.raises(InvalidArgumentError):
+        option_value("bad\nname")
+
+
+def test_link_local_user_network_with_forwards() -> None:
+    network = NetworkSpec(
+        mode="user",
+        link_local=True,
+        restrict=True,
+        guest_forwards=(GuestForward("169.254.169.254", 80, ("/usr/bin/python3", "-m", "responder", "a b")),),
+        host_forwards=(HostForward(2222, 22),),
+        mac="52:54:00:12:34:56",
+    )
+    argv = qemu_system_argv(MachineSpec(accelerator="tcg", network=network))
+    assert "-nic" not in argv
+    assert _after(argv, "-netdev") == [
+        "user,id=net0,net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15,restrict=on,"
+        "guestfwd=tcp:169.254.169.254:80-cmd:/usr/bin/python3 -m responder 'a b',"
+        "hostfwd=tcp:127.0.0.1:2222-:22"
+    ]
+    assert "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56" in _after(argv, "-device")
+
+
+def test_smbios_serial_log_and_direct_kernel() -> None:
+    spec = MachineSpec(
+        accelerator="tcg",
+        smbios_system={"manufacturer": "Amazon EC2", "serial": "ec2abc", "uuid": "ec2abc"},
+        serial=SerialConsole(stdio=True, log_file=Path("/logs/console,1.log")),
+        direct_kernel=DirectKernel(Path("/k/vmlinuz"), Path("/k/initrd"), "console=ttyS0 root=UUID=x rw"),
+        name="imagewright-boot-1",
+    )
+    argv = qemu_system_argv(spec)
+    assert _after(argv, "-smbios") == ["type=1,manufacturer=Amazon EC2,serial=ec2abc,uuid=ec2abc"]
+    assert _after(argv, "-chardev") == [
+        "stdio,id=console0,signal=off,logfile=/logs/console,,1.log,logappend=off"
+    ]
+    assert _after(argv, "-kernel") == ["/k/vmlinuz"]
+    assert _after(argv, "-initrd") == ["/k/initrd"]
+    assert _after(argv, "-append") == ["console=ttyS0 root=UUID=x rw"]
+    assert _after(argv, "-name") == ["imagewright-boot-1"]
+    with pytest.raises(InvalidArgumentError, match="SMBIOS"):
+        qemu_system_argv(MachineSpec(accelerator="tcg", smbios_system={"colour": "red"}))
+
+
+def test_direct_kernel_boot_gives_no_disk_a_boot_index() -> None:
+    spec = MachineSpec(
+        accelerator="tcg",
+        drives=(Drive(Path("/root.ext4")),),
+        direct_kernel=DirectKernel(Path("/k")),
+    )
+    assert _after(qemu_system_argv(spec), "-device")[0] == "virtio-blk-pci,drive=drive0"
+
+
+def test_debug_exit_status_matches_qemu() -> None:
+    assert debug_exit_status(0x31) == 99
+    assert debug_exit_status(0) == 1
+    assert debug_exit_status(0x1FF) == 0x1FF  # only the low byte counts: (0xff << 1) | 1
+
+
+def test_qemu_accepts_the_argument_list(tmp_path: Path) -> None:
+    """QEMU itself parses a full argument list (stopped at once: -S and no time to run)."""
+    from tests.fixtures.tools import run
+
+    disk = tmp_path / "d,isk.raw"
+    disk.write_bytes(b"\0" * 1024 * 1024)
+    spec = MachineSpec(
+        accelerator="tcg",
+        drives=(
+            Drive(disk, snapshot=True),
+            Drive(disk, bus="scsi", readonly=True),
+            Drive(disk, bus="ide", media="cdrom"),
+        ),
+        network=NetworkSpec(mode="user", link_local=True, host_forwards=(HostForward(0, 22),)),
+        smbios_system={"manufacturer": "Amazon EC2"},
+        serial=SerialConsole(stdio=False),
+    )
+    argv = qemu_system_argv(spec)
+    # -S: do not start the CPU; the monitor-less QEMU is stopped by timeout after parsing.
+    proc = run("timeout", "3", *argv, "-S", check=False)
+    assert proc.returncode == 124, proc.stderr.decode()  # still running when timeout stopped it
