@@ -198,17 +198,17 @@ def open_image(src: ByteSource, limits: Limits) -> OpenedImage:
     discarded: int | None = None
     if offset_bmap < HEADER_SIZE:
         raise ImageFormatError(f"The VDI block map offset {offset_bmap} lies inside the 512-byte header.")
-    if offset_bmap + map_bytes > src.size:
-        raise ImageFormatError(
-            f"The VDI block map (bytes {offset_bmap}..{offset_bmap + map_bytes}) lies beyond the end of "
-            f"the {src.size}-byte file."
-        )
     if offset_data < offset_bmap + map_bytes and offset_data + block_size > offset_bmap:
         problems.append("the VDI data area overlaps its block map")
     if map_bytes > limits.max_table_bytes:
         problems.append(
             f"the VDI block map has {blocks} entries ({format_size(map_bytes)}), more than the "
             f"{format_size(limits.max_table_bytes)} allowed for a metadata table"
+        )
+    elif offset_bmap + map_bytes > src.size:
+        raise ImageFormatError(
+            f"The VDI block map (bytes {offset_bmap}..{offset_bmap + map_bytes}) lies beyond the end of "
+            f"the {src.size}-byte file."
         )
     else:
         bmap = array("I", read_exact(src, offset_bmap, map_bytes, "VDI block map"))

@@ -421,12 +421,6 @@ def _open_dynamic(
         )
     table_offset = header["table_offset"]
     table_bytes = entries * 4
-    if table_offset + table_bytes > src.size:
-        raise ImageFormatError(
-            f"The VHD BAT (bytes {table_offset}..{table_offset + table_bytes}) lies beyond the end of "
-            f"the {src.size}-byte file."
-        )
-
     locators = tuple(_parent_locators(src, header["parent_locators"]))
     bat: array[int] | None = None
     allocated: int | None = None
@@ -434,6 +428,11 @@ def _open_dynamic(
         problems.append(
             f"the VHD BAT has {entries} entries ({format_size(table_bytes)}), more than the "
             f"{format_size(limits.max_table_bytes)} allowed for a metadata table"
+        )
+    elif table_offset + table_bytes > src.size:
+        raise ImageFormatError(
+            f"The VHD BAT (bytes {table_offset}..{table_offset + table_bytes}) lies beyond the end of "
+            f"the {src.size}-byte file."
         )
     else:
         bat = array("I", read_exact(src, table_offset, table_bytes, "VHD BAT"))

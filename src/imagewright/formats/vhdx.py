@@ -290,8 +290,8 @@ def open_image(src: ByteSource, limits: Limits) -> OpenedImage:
     if physical not in (512, 4096):
         problems.append(f"the VHDX physical sector size {physical} is neither 512 nor 4096")
     if virtual_size > MAX_VIRTUAL_SIZE:
-        problems.append(
-            f"the VHDX virtual size {format_size(virtual_size)} exceeds the format's maximum of 64 TiB"
+        raise ImageFormatError(
+            f"The VHDX virtual size {format_size(virtual_size)} exceeds the format's maximum of 64 TiB."
         )
     if virtual_size % logical:
         problems.append(
