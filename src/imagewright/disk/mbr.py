@@ -165,7 +165,7 @@ def protective_mbr(disk_sectors: int, existing: MbrSector | None = None) -> byte
         start_lba=1,
         sectors=count,
         chs_start=b"\x00\x02\x00",
-        chs_end=lba_to_chs(count),
+        chs_end=b"\xff\xff\xff",  # as sfdisk writes it, whatever the size
     )
     slots = [index for index, entry in enumerate(base.entries) if entry.type == MBR_GPT_PROTECTIVE]
     others = [entry for entry in base.entries if entry.used and entry.type != MBR_GPT_PROTECTIVE]
