@@ -190,6 +190,6 @@ def judge_members(kind: ContainerKind, members: list[ArchiveMember], findings: F
         earlier.add(path)
     if kind == "rootfs-archive" and (devices or setuid or links):
         findings.note(
-            f"the root filesystem holds {links} links, {devices} device nodes or FIFOs and {setuid} "
-            "setuid/setgid files (normal for a root filesystem; copied into the image, never onto the host)"
+            f"the root filesystem holds links: {links}, device nodes or FIFOs: {devices}, setuid/setgid "
+            f"files: {setuid} (normal for a root filesystem; copied into an image, never onto the host)"
         )

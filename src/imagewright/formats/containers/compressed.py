@@ -77,12 +77,21 @@ def _describe(src: ByteSource, fmt: CompressionFormat, findings: Findings) -> _R
     if fmt == "gzip":
         return _Recorded(gzip.read_details(src), None)
     if fmt == "xz":
-        details = xz.read_details(src)
+        try:
+            details = xz.read_details(src)
+        except ImageFormatError as err:
+            # The streams may still decompress up to the damage: report both.
+            findings.problem(as_problem(err))
+            return _Recorded(xz.XzDetails(0, 0, 0, 0, 0, []), None)
         return _Recorded(details, details.uncompressed_size)
     if fmt == "bzip2":
         return _Recorded(bzip2.read_details(src), None)
     zdetails = zstd.read_details(src)
-    walk = zstd.walk_frames(src)
+    try:
+        walk = zstd.walk_frames(src)
+    except ImageFormatError as err:
+        findings.problem(as_problem(err))
+        return _Recorded(zdetails, None)
     if not walk.complete:
         findings.note("the zstd file has too many frames or blocks to total their sizes")
         return _Recorded(zdetails, None)
@@ -91,6 +100,11 @@ def _describe(src: ByteSource, fmt: CompressionFormat, findings: Findings) -> _R
     zdetails.total_content_size = walk.total_content_size
     zdetails.frames_without_content_size = walk.frames_without_content_size
     zdetails.compressed_size = walk.end
+    if walk.largest_window > zstd.MAX_WINDOW_SIZE:
+        findings.problem(
+            f"a zstd frame needs a {format_size(walk.largest_window)} window, more than the "
+            f"{format_size(zstd.MAX_WINDOW_SIZE)} imagewright decodes with"
+        )
     if walk.trailing_bytes:
         findings.problem(
             f"{walk.trailing_bytes} bytes after the last zstd frame are not a frame; decompressors ignore "

@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import cast
 
 from imagewright.binary import MiB
 from imagewright.errors import ImageFormatError
@@ -163,7 +162,8 @@ def _int(text: str | None, digits: int = 20) -> int | None:
     if text is None:
         return None
     text = text.strip()
-    if not text.isdigit() or len(text) > digits:
+    # isascii: "²".isdigit() is True but int("²") fails.
+    if not (text.isascii() and text.isdigit()) or len(text) > digits:
         return None
     return int(text)
 
@@ -180,7 +180,7 @@ _UNIT_WORDS = {
     "tb": 2**40,
     "terabytes": 2**40,
 }
-_PROGRAMMATIC_UNIT = re.compile(r"^byte\s*(?:\*\s*(\d{1,4})\s*\^\s*(\d{1,3}))?$")
+_PROGRAMMATIC_UNIT = re.compile(r"^byte\s*(?:\*\s*(\d{1,4})\s*\^\s*(\d{1,3}))?$", re.ASCII)
 
 
 def allocation_multiplier(units: str | None) -> int | None:
@@ -229,40 +229,52 @@ def decode_descriptor(data: bytes) -> str:
         raise ImageFormatError(f"The OVF descriptor is not valid {encoding} text.") from None
 
 
+class _BoundedTreeBuilder(ET.TreeBuilder):
+    """A TreeBuilder that refuses more than MAX_ELEMENTS elements or MAX_DEPTH nesting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._elements = 0
+        self._depth = 0
+
+    def start(self, tag: str, attrs: dict[str, str], /) -> ET.Element:
+        self._elements += 1
+        self._depth += 1
+        if self._elements > MAX_ELEMENTS:
+            raise ImageFormatError(f"The OVF descriptor has more than {MAX_ELEMENTS} elements.")
+        if self._depth > MAX_DEPTH:
+            raise ImageFormatError(f"The OVF descriptor nests elements more than {MAX_DEPTH} deep.")
+        return super().start(tag, attrs)
+
+    def end(self, tag: str, /) -> ET.Element:
+        self._depth -= 1
+        return super().end(tag)
+
+
 def _parse_xml(text: str) -> ET.Element:
+    if "\0" in text:
+        # XML forbids U+0000; it is what UTF-16 without a byte order mark looks like here.
+        raise ImageFormatError("The OVF descriptor contains NUL characters; UTF-8 text is expected.")
     if _DECLARATION.search(text):
         raise ImageFormatError(
             "The OVF descriptor contains a DOCTYPE or ENTITY declaration, which imagewright refuses "
             "(entity expansion and external entities)."
         )
-    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start", "end"))
-    depth = elements = 0
-    root: ET.Element | None = None
+    # NOTE: expat is told the encoding (UTF-8, of the very text checked above), so a declared
+    # encoding="UTF-16" cannot make it read the bytes any other way than the check did.
+    builder = _BoundedTreeBuilder()
+    # S314: the DTD attacks defusedxml guards against are refused above, before this parser
+    # sees a byte; expat then has no DTD to expand or fetch.
+    parser = ET.XMLParser(target=builder, encoding="utf-8")  # noqa: S314
+    data = text.encode("utf-8")
     step = 1 * MiB
     try:
-        for start in range(0, max(len(text), 1), step):
-            parser.feed(text[start : start + step])
-            for item in parser.read_events():
-                event, element = cast(tuple[str, object], item)
-                if not isinstance(element, ET.Element):
-                    continue
-                if event == "start":
-                    elements += 1
-                    depth += 1
-                    if root is None:
-                        root = element
-                    if elements > MAX_ELEMENTS:
-                        raise ImageFormatError(f"The OVF descriptor has more than {MAX_ELEMENTS} elements.")
-                    if depth > MAX_DEPTH:
-                        raise ImageFormatError(
-                            f"The OVF descriptor nests elements more than {MAX_DEPTH} deep."
-                        )
-                else:
-                    depth -= 1
-        parser.close()
+        for start in range(0, len(data), step):
+            parser.feed(data[start : start + step])
+        root = parser.close()
     except ET.ParseError as err:
         raise ImageFormatError(f"The OVF descriptor is not well-formed XML ({err}).") from None
-    if root is None:
+    if not isinstance(root, ET.Element):
         raise ImageFormatError("The OVF descriptor is empty.")
     return root
 
@@ -273,10 +285,10 @@ def href_problem(href: str) -> str | None:
         return "an empty href"
     if "\0" in href:
         return "a NUL byte"
+    if href.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:[/\\]", href):
+        return "an absolute path"
     if _URL_SCHEME.match(href):
         return "a URL"
-    if href.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", href):
-        return "an absolute path"
     parts = re.split(r"[/\\]", href)
     if ".." in parts:
         return "a '..' component"

@@ -26,6 +26,8 @@ from imagewright.binary import ByteSource
 from imagewright.errors import ImageFormatError
 
 MAX_SPARSE_REGIONS = 1 << 18
+#: Largest expanded size (keeps every offset and sum inside a signed 64-bit array).
+MAX_REAL_SIZE = 1 << 62
 #: A decimal number in a pax 1.0 map (no value needs more than 20 digits).
 _MAX_DIGITS = 20
 
@@ -34,6 +36,8 @@ class SparseMap:
     """Data regions (offset, size) in the expanded file, in increasing order, not overlapping."""
 
     def __init__(self, real_size: int) -> None:
+        if not 0 <= real_size <= MAX_REAL_SIZE:
+            raise ImageFormatError("A sparse member claims an impossible size.")
         self.real_size = real_size
         self.offsets = array("q")
         self.sizes = array("q")
@@ -72,7 +76,7 @@ def parse_map_text(text: str, real_size: int) -> SparseMap:
 
 def _number(text: str) -> int:
     text = text.strip()
-    if not text.isdigit() or len(text) > _MAX_DIGITS:
+    if not (text.isascii() and text.isdigit()) or len(text) > _MAX_DIGITS:
         raise ImageFormatError("A sparse map holds something that is not a number.")
     return int(text)
 

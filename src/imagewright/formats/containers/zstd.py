@@ -27,7 +27,7 @@ from typing import IO, Any, cast
 import zstandard
 
 from imagewright.binary import ByteSource, KiB, MiB
-from imagewright.errors import ImageFormatError, UnsupportedFormatError
+from imagewright.errors import ImageFormatError
 
 MAGIC = b"\x28\xb5\x2f\xfd"
 _SKIPPABLE_LOW = 0x184D2A50
@@ -141,6 +141,8 @@ class ZstdWalk:
     frames_without_content_size: int
     #: Bytes after the last frame that are not a frame.
     trailing_bytes: int
+    #: The largest window any frame asks for.
+    largest_window: int = 0
 
 
 def walk_frames(src: ByteSource) -> ZstdWalk:
@@ -151,14 +153,14 @@ def walk_frames(src: ByteSource) -> ZstdWalk:
     reader = _BufferedReader(src)
     size = src.size
     pos = 0
-    frames = skippable = blocks = without_size = 0
+    frames = skippable = blocks = without_size = largest_window = 0
     total: int | None = 0
     while pos < size:
         if frames + skippable >= MAX_WALK_FRAMES or blocks >= MAX_WALK_BLOCKS:
-            return ZstdWalk(False, pos, frames, skippable, None, without_size, 0)
+            return ZstdWalk(False, pos, frames, skippable, None, without_size, 0, largest_window)
         magic = reader.read(pos, 4)
         if len(magic) < 4:
-            return ZstdWalk(True, pos, frames, skippable, total, without_size, size - pos)
+            return ZstdWalk(True, pos, frames, skippable, total, without_size, size - pos, largest_window)
         number = int.from_bytes(magic, "little")
         if number & 0xFFFFFFF0 == _SKIPPABLE_LOW:
             length = reader.read(pos + 4, 4)
@@ -172,18 +174,14 @@ def walk_frames(src: ByteSource) -> ZstdWalk:
         if magic != MAGIC:
             if frames == 0 and skippable == 0:
                 raise ImageFormatError("The file does not start with a zstd frame.")
-            return ZstdWalk(True, pos, frames, skippable, total, without_size, size - pos)
+            return ZstdWalk(True, pos, frames, skippable, total, without_size, size - pos, largest_window)
         header = _parse_frame_header(reader.read(pos, 18))
-        if header.window_size > MAX_WINDOW_SIZE:
-            raise UnsupportedFormatError(
-                f"The zstd frame at offset {pos} needs a {header.window_size // MiB} MiB window, more than "
-                f"the {MAX_WINDOW_SIZE // MiB} MiB imagewright decodes with."
-            )
+        largest_window = max(largest_window, header.window_size)
         block_max = min(header.window_size, _BLOCK_MAX) if header.window_size else _BLOCK_MAX
         pos += header.size
         while True:
             if blocks >= MAX_WALK_BLOCKS:
-                return ZstdWalk(False, pos, frames, skippable, None, without_size, 0)
+                return ZstdWalk(False, pos, frames, skippable, None, without_size, 0, largest_window)
             raw = reader.read(pos, 3)
             if len(raw) < 3:
                 raise ImageFormatError("The zstd stream is truncated: a frame ends before its last block.")
@@ -212,7 +210,7 @@ def walk_frames(src: ByteSource) -> ZstdWalk:
             total = None
         elif total is not None:
             total += header.content_size
-    return ZstdWalk(True, pos, frames, skippable, total, without_size, 0)
+    return ZstdWalk(True, pos, frames, skippable, total, without_size, 0, largest_window)
 
 
 def read_details(src: ByteSource) -> ZstdDetails:
