@@ -38,6 +38,8 @@ class GuestFS(ABC):
     description: str = "the guest filesystem"
     #: The filesystem type ("ext4", "xfs", ...).
     fs_type: str = ""
+    #: The qemu format of the image file the filesystem came from ("raw", "qcow2" ...).
+    image_format: str = ""
     writable: bool = False
 
     # ---- primitives every backend implements ------------------------------------------
@@ -86,6 +88,28 @@ class GuestFS(ABC):
     @abstractmethod
     def delete(self, path: str, *, recursive: bool = False, missing_ok: bool = False) -> None:
         """Remove a file, link or special file; a directory only if empty or ``recursive``."""
+
+    def delete_many(
+        self, paths: Sequence[str], *, recursive: bool = True, missing_ok: bool = True
+    ) -> dict[str, GuestStat]:
+        """Delete several paths (trees included); returns what was there, by path.
+
+        Backends override this to look everything up at once.
+        """
+        found = self.stat_many(paths)
+        deleted: dict[str, GuestStat] = {}
+        for path in paths:
+            info = found[path]
+            if info is None and missing_ok:
+                continue
+            self.delete(path, recursive=recursive, missing_ok=missing_ok)
+            if info is not None:
+                deleted[guest_path(path)] = info
+        return deleted
+
+    def truncate_many(self, paths: Sequence[str]) -> None:
+        for path in paths:
+            self.truncate(path)
 
     @abstractmethod
     def chmod(self, path: str, mode: int) -> None:
@@ -214,7 +238,7 @@ class GuestFS(ABC):
                 else:
                     current = candidates
                 continue
-            directories = self._existing_dirs(current)
+            directories = self.existing_dirs(current)
             listings = self.listdir_many(directories) if directories else {}
             matched: list[str] = []
             for directory in directories:
@@ -226,16 +250,21 @@ class GuestFS(ABC):
                 return []
         return sorted(current)
 
-    def _existing_dirs(self, paths: Iterable[str]) -> list[str]:
-        """The real paths of those ``paths`` that are directories (following final links)."""
+    def existing_dirs(self, paths: Iterable[str]) -> list[str]:
+        """The real paths of those ``paths`` that are directories (final links followed),
+        in order, without repeats; one lookup for all of them."""
+        wanted = [guest_path(p) for p in paths]
+        found = self.stat_many(wanted)
         result: list[str] = []
-        for path in paths:
-            try:
-                real = self.resolve(path)
-            except GuestFileNotFoundError:
-                continue
-            found = self.stat_many([real])[real]
-            if found is not None and found.is_dir:
+        for path in wanted:
+            real, info = path, found[path]
+            if info is not None and info.is_symlink:
+                try:
+                    real = self.resolve(path)
+                except GuestFileNotFoundError:
+                    continue
+                info = self.stat_many([real])[real]
+            if info is not None and info.is_dir and real not in result:
                 result.append(real)
         return result
 

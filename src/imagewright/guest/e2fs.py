@@ -124,6 +124,10 @@ class E2fsGuest(GuestFS):
         self._broken: str | None = None
         #: Set once any write has run; ``check`` is only needed then.
         self.modified = False
+        # Reads are cached until the next write is queued (every write goes through _queue),
+        # so a sequence of reads costs one debugfs run per new batch of paths.
+        self._stat_cache: dict[str, GuestStat | None] = {}
+        self._list_cache: dict[str, list[DirEntry]] = {}
 
     # ---- running debugfs -----------------------------------------------------------
 
@@ -168,6 +172,8 @@ class E2fsGuest(GuestFS):
             raise GuestFilesystemError(self._broken)
         cmd.line()  # validate now, so a bad name fails where it was given
         self._pending.append(_Queued(cmd, what, accept))
+        self._stat_cache.clear()
+        self._list_cache.clear()
 
     def _prepare_for_writes(self) -> None:
         """Before the first write: replay a pending journal, and refuse a damaged filesystem.
@@ -219,6 +225,16 @@ class E2fsGuest(GuestFS):
 
     def stat_many(self, paths: Sequence[str]) -> dict[str, GuestStat | None]:
         checked = list(dict.fromkeys(guest_path(p) for p in paths))
+        missing = [p for p in checked if p not in self._stat_cache]
+        if missing:
+            self._stat_cache.update(self._stat_uncached(missing))
+        result: dict[str, GuestStat | None] = {p: self._stat_cache[p] for p in checked}
+        # Keep the caller's spelling as keys too (they are normalised the same way).
+        for original in paths:
+            result.setdefault(original, result[guest_path(original)])
+        return result
+
+    def _stat_uncached(self, checked: list[str]) -> dict[str, GuestStat | None]:
         outputs = self._run([command("stat", p) for p in checked])
         result: dict[str, GuestStat | None] = {}
         slow_links: list[str] = []
@@ -232,9 +248,6 @@ class E2fsGuest(GuestFS):
                 old = result[path]
                 assert old is not None
                 result[path] = dataclasses.replace(old, link_target=_decode(target))
-        # Keep the caller's spelling as keys too (they are normalised the same way).
-        for original in paths:
-            result.setdefault(original, result[guest_path(original)])
         return result
 
     def _parse_stat(self, path: str, output: bytes) -> GuestStat | None:
@@ -299,10 +312,12 @@ class E2fsGuest(GuestFS):
 
     def listdir_many(self, paths: Sequence[str]) -> dict[str, list[DirEntry]]:
         checked = list(dict.fromkeys(guest_path(p) for p in paths))
-        outputs = self._run([command("ls", "-p", p) for p in checked])
-        result = {
-            path: self._parse_listing(path, output) for path, output in zip(checked, outputs, strict=True)
-        }
+        missing = [p for p in checked if p not in self._list_cache]
+        if missing:
+            outputs = self._run([command("ls", "-p", p) for p in missing])
+            for path, output in zip(missing, outputs, strict=True):
+                self._list_cache[path] = self._parse_listing(path, output)
+        result = {p: list(self._list_cache[p]) for p in checked}
         for original in paths:
             result.setdefault(original, result[guest_path(original)])
         return result
@@ -375,20 +390,35 @@ class E2fsGuest(GuestFS):
 
     def _real_path(self, path: str) -> str:
         """``path`` with its parent directory resolved (see the module docstring)."""
-        path = guest_path(path)
-        if path == "/":
-            return path
-        parent, _, name = path.rpartition("/")
-        try:
-            real_parent = self.resolve(parent or "/")
-        except GuestFileNotFoundError:
-            raise GuestFileNotFoundError(
-                f"The directory {parent or '/'} does not exist in {self.description}."
-            ) from None
-        found = self.stat_many([real_parent])[real_parent]
-        if found is None or not found.is_dir:
-            raise GuestFilesystemError(f"{parent} in {self.description} is not a directory.")
-        return join(real_parent, name)
+        return self._real_paths([path])[guest_path(path)]
+
+    def _real_paths(self, paths: Sequence[str]) -> dict[str, str]:
+        """Each path with its parent resolved; one debugfs run for the common case of parents
+        that are plain directories (the paths themselves are stat'ed in the same run)."""
+        checked = [guest_path(p) for p in paths]
+        parents = {p: p.rpartition("/")[0] or "/" for p in checked}
+        found = self.stat_many([*parents.values(), *checked])
+        result: dict[str, str] = {}
+        for path in checked:
+            if path == "/":
+                result[path] = path
+                continue
+            parent = parents[path]
+            info = found[parent]
+            if info is None or info.is_symlink:
+                try:
+                    real_parent = self.resolve(parent)
+                except GuestFileNotFoundError:
+                    raise GuestFileNotFoundError(
+                        f"The directory {parent} does not exist in {self.description}."
+                    ) from None
+                info = self.stat_many([real_parent])[real_parent]
+            else:
+                real_parent = parent
+            if info is None or not info.is_dir:
+                raise GuestFilesystemError(f"{parent} in {self.description} is not a directory.")
+            result[path] = join(real_parent, path.rpartition("/")[2])
+        return result
 
     def _install(
         self,
@@ -459,32 +489,49 @@ class E2fsGuest(GuestFS):
         self._install(source, path, mode=mode, uid=uid, gid=gid)
 
     def delete(self, path: str, *, recursive: bool = False, missing_ok: bool = False) -> None:
-        real = self._real_path(path) if path != "/" else "/"
-        if real == "/":
+        self.delete_many([path], recursive=recursive, missing_ok=missing_ok)
+
+    def delete_many(
+        self, paths: Sequence[str], *, recursive: bool = True, missing_ok: bool = True
+    ) -> dict[str, GuestStat]:
+        if any(guest_path(p) == "/" for p in paths):
             raise GuestFilesystemError("Refusing to delete the root directory of a guest.")
-        found = self.stat_many([real])[real]
-        if found is None:
-            if missing_ok:
-                return
-            raise GuestFileNotFoundError(f"{path} does not exist in {self.description}.")
-        if not found.is_dir:
-            self._queue(command("rm", real), f"delete {path}")
-            return
-        listings = list(self.walk(real))
-        has_entries = any(entries for _, entries in listings)
-        if has_entries and not recursive:
-            raise GuestFilesystemError(f"The directory {path} in {self.description} is not empty.")
-        directories = [real]
-        for directory, entries in listings:
-            for entry in entries:
-                child = join(directory, entry.name)
-                if entry.is_dir:
-                    directories.append(child)
-                else:
-                    self._queue(command("rm", child), f"delete {child}")
+        wanted = list(dict.fromkeys(guest_path(p) for p in paths))
+        present = self.stat_many(wanted)
+        absent = [p for p in wanted if present[p] is None]
+        if absent and not missing_ok:
+            raise GuestFileNotFoundError(f"{absent[0]} does not exist in {self.description}.")
+        wanted = [p for p in wanted if present[p] is not None]
+        real = self._real_paths(wanted)
+        found = self.stat_many(list(real.values()))
+        deleted: dict[str, GuestStat] = {}
+        for path in wanted:
+            info = found[real[path]]
+            if info is not None:
+                deleted[path] = info
+        tops = [real[p] for p, info in deleted.items() if info.is_dir]
+        files: list[str] = [real[p] for p, info in deleted.items() if not info.is_dir]
+        directories: list[str] = list(tops)
+        level = tops
+        while level:
+            listings = self.listdir_many(level)
+            next_level: list[str] = []
+            for directory in level:
+                if listings[directory] and not recursive:
+                    raise GuestFilesystemError(
+                        f"The directory {directory} in {self.description} is not empty."
+                    )
+                for entry in listings[directory]:
+                    child = join(directory, entry.name)
+                    (next_level if entry.is_dir else files).append(child)
+            directories += next_level
+            level = next_level
+        for child in files:
+            self._queue(command("rm", child), f"delete {child}")
         # Deepest first: a directory is empty once everything below it is gone.
         for directory in sorted(directories, key=lambda d: d.count("/"), reverse=True):
             self._queue(command("rmdir", directory), f"remove the directory {directory}")
+        return deleted
 
     def chmod(self, path: str, mode: int) -> None:
         found = self.stat(path)
@@ -517,6 +564,10 @@ class E2fsGuest(GuestFS):
         _check_mode(mode)
         missing: list[str] = []
         current = path
+        prefixes = [path]
+        while parents and prefixes[-1] != "/":
+            prefixes.append(prefixes[-1].rpartition("/")[0] or "/")
+        self.stat_many(prefixes)  # one run for every level; the loop below reads the cache
         while current != "/":
             found = self.lstat_or_none(current)
             if found is not None:
@@ -541,11 +592,22 @@ class E2fsGuest(GuestFS):
             base = real
 
     def truncate(self, path: str) -> None:
-        real, found = self._regular(path)
-        if found.size == 0:
-            return
-        self._queue(command("punch", real, "0"), f"truncate {path}")
-        self._queue(command("sif", real, "size", "0"), f"truncate {path}")
+        self.truncate_many([path])
+
+    def truncate_many(self, paths: Sequence[str]) -> None:
+        found = self.stat_many(paths)
+        work: list[tuple[str, str]] = []
+        for path in paths:
+            info = found[path]
+            if info is not None and info.is_file:
+                real = info.path
+            else:
+                real, info = self._regular(path)
+            if info.size:
+                work.append((real, path))
+        for real, path in work:
+            self._queue(command("punch", real, "0"), f"truncate {path}")
+            self._queue(command("sif", real, "size", "0"), f"truncate {path}")
 
 
 def _check_mode(mode: int) -> int:

@@ -65,6 +65,7 @@ def open_guest(
         layout = layout_of(report, work.e2fs_path)
         region = choose_region(layout, work.e2fs_path, partition)
         guest = _backend(region, work.e2fs_path, f"{region.describe()} of {path.name}", writable, verify)
+        guest.image_format = fmt
         try:
             yield guest
             guest.flush()
