@@ -123,6 +123,22 @@ def swap_with(tmp: Path, name: str, magic: bytes) -> Path:
     return path
 
 
+def reiserfs_old_layout(tmp: Path) -> Path:
+    """ReiserFS 3.5 as kernels before 2.4 wrote it: the superblock at 8 KiB, not 64 KiB.
+
+    mkreiserfs no longer writes this layout; its 3.5 superblock is moved to where they did.
+    """
+    path = mkfs(tmp, "r5old.img", 64 * MiB, "mkreiserfs", "-q", "--format", "3.5")
+    with path.open("r+b") as f:
+        f.seek(64 * 1024)
+        superblock = f.read(204)
+        f.seek(64 * 1024)
+        f.write(bytes(204))
+        f.seek(8 * 1024)
+        f.write(superblock)
+    return path
+
+
 def made_by(name: str, size: int, *argv: str) -> Callable[[Path], Path]:
     return lambda tmp: mkfs(tmp, name, size, *argv)
 
@@ -153,6 +169,7 @@ MAKERS: dict[str, Callable[[Path], Path]] = {
     "btrfs": made_by("b.img", 128 * MiB, "mkfs.btrfs", "-q", "-L", "btrlabel", "-U", U),
     "reiserfs-3.6": made_by("r6.img", 64 * MiB, "mkreiserfs", "-q", "-l", "reiser", "-u", U),
     "reiserfs-3.5": made_by("r5.img", 64 * MiB, "mkreiserfs", "-q", "--format", "3.5"),
+    "reiserfs-3.5-old-layout": reiserfs_old_layout,
     "ntfs": made_by("n.img", 32 * MiB, "mkntfs", "-q", "-F", "-f", "-L", "Windows"),
     "ntfs-no-label": made_by("nn.img", 32 * MiB, "mkntfs", "-q", "-F", "-f"),
     "iso9660": lambda t: iso(t, "i1.iso", "genisoimage", "-quiet", "-V", "cidata"),
