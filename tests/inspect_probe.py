@@ -8,9 +8,17 @@ hostile-image tests; also handy by hand: ``python tests/inspect_probe.py IMAGE``
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
+
+
+def _peak_rss_kib() -> int:
+    """Peak resident memory of this process (VmHWM; ru_maxrss would include the pre-exec parent)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def main(path: str) -> None:
@@ -30,14 +38,14 @@ def main(path: str) -> None:
         if event == "open" and args and isinstance(args[0], str | bytes):
             opened.append(args[0] if isinstance(args[0], str) else args[0].decode(errors="replace"))
 
-    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline_rss = _peak_rss_kib()
     cpu_start = time.process_time()
     wall_start = time.perf_counter()
     sys.addaudithook(hook)
     report = inspect_module.inspect_image(path)
     wall = time.perf_counter() - wall_start
     cpu = time.process_time() - cpu_start
-    peak_growth_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_rss
+    peak_growth_kib = _peak_rss_kib() - baseline_rss
     print(
         json.dumps(
             {

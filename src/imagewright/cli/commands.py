@@ -7,7 +7,7 @@ import importlib
 import click
 
 # Order is the order of `imagewright --help`: the pipeline, left to right.
-COMMAND_MODULES: tuple[str, ...] = ("inspect", "context", "boot")
+COMMAND_MODULES: tuple[str, ...] = ("inspect", "convert", "context", "boot")
 
 
 def all_commands() -> list[click.Command]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -89,6 +90,51 @@ class ByteProgress:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+class StagedProgress:
+    """A ``progress(stage, done, total)`` callable: one byte bar per stage, in turn."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
+        self._stage: str | None = None
+        self._bar: ByteProgress | None = None
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        if stage != self._stage:
+            self.close()
+            self._stage = stage
+            self._bar = ByteProgress(stage, self._enabled)
+        assert self._bar is not None
+        self._bar(done, total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+@contextmanager
+def staged_progress(enabled: bool = True) -> Iterator[StagedProgress]:
+    bar = StagedProgress(enabled)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C for the duration, so that cleanup code runs."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager

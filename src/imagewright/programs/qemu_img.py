@@ -254,7 +254,9 @@ def _convert_with_progress(
         if returncode != 0:
             errors.seek(0)
             text = errors.read(64 * 1024).decode("utf-8", "replace")
-            raise ProgramError(f"qemu-img failed while {what} (exit {returncode}): {telling_line(text)}")
+            raise ProgramError(
+                f"qemu-img failed while {what} ({_exit_text(returncode)}): {telling_line(text)}"
+            )
 
 
 def _report_progress(piece: bytes, progress: ProgressCallback, total_bytes: int | None) -> None:
@@ -272,3 +274,51 @@ def require_file(path: Path) -> None:
     """ImageIOError unless ``path`` is an existing regular file (before handing it to qemu-img)."""
     if not path.is_file():
         raise ImageIOError(f"{path} is not an existing image file.")
+
+
+def convert_to_nbd(
+    src: str | os.PathLike[str],
+    src_fmt: str,
+    socket_path: str,
+    *,
+    poll: Callable[[], None] | None = None,
+    poll_interval: float = 0.25,
+) -> None:
+    """Convert ``src`` to raw into the NBD export listening on ``socket_path``, in order.
+
+    ``-n --target-is-zero`` makes qemu-img skip zero regions instead of writing them, and one
+    coroutine without ``-W`` keeps every write in ascending order, so the server on the other
+    end receives the image front to back (see ``ops/convert/nbd_sink.py``). ``poll`` is called
+    while qemu-img runs (progress reporting).
+    """
+    if not os.path.isabs(socket_path) or any(c in socket_path for c in "?&#\0"):
+        raise InvalidArgumentError("The NBD socket path must be absolute and plain.")
+    argv = [
+        "qemu-img", "convert", "-n", "--target-is-zero", "-m", "1",
+        "-f", _check_format(src_fmt), image_path(src),
+        "-O", "raw", f"nbd+unix:///?socket={socket_path}",
+    ]  # fmt: skip
+    with tempfile.TemporaryFile() as errors:
+        proc = start_program(argv, stdout=subprocess.DEVNULL, stderr=errors.fileno())
+        try:
+            while True:
+                try:
+                    returncode = proc.wait(timeout=poll_interval)
+                    break
+                except subprocess.TimeoutExpired:
+                    if poll is not None:
+                        poll()
+        except BaseException:
+            stop_program(proc)
+            raise
+        if returncode != 0:
+            errors.seek(0)
+            text = errors.read(64 * 1024).decode("utf-8", "replace")
+            raise ProgramError(
+                f"qemu-img failed while converting {os.fspath(src)} "
+                f"({_exit_text(returncode)}): {telling_line(text)}"
+            )
+
+
+def _exit_text(returncode: int) -> str:
+    return f"killed by signal {-returncode}" if returncode < 0 else f"exit {returncode}"
