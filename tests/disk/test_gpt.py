@@ -95,6 +95,22 @@ def test_gpt_matches_sfdisk(tmp_path: Path) -> None:
     assert table.gpt_header_source == "primary"
 
 
+def test_gpt_type_names_are_fdisks(tmp_path: Path) -> None:
+    disk = new_disk(tmp_path, "names.img", 64 * MiB, SCRIPT)
+    _, rows = fdisk_list(disk, 512, "Device,Type")
+    table = read_table(disk)
+    assert table is not None
+    assert [p.type_name for p in table.partitions] == [row["Type"] for row in rows]
+
+
+def test_gpt_without_protective_mbr_is_read_with_a_warning(tmp_path: Path) -> None:
+    disk = new_disk(tmp_path, "nopmbr.img", 64 * MiB, SCRIPT)
+    write_bytes(disk, 0, bytes(512))
+    table = read_table(disk)
+    assert table is not None and table.kind == "gpt" and len(table.partitions) == 5
+    assert any("no protective MBR" in w for w in table.warnings)
+
+
 def test_gpt_made_by_sgdisk(tmp_path: Path) -> None:
     disk = sparse_file(tmp_path / "sgdisk.img", 32 * MiB)
     run("sgdisk", "-n", "1:2048:+1M", "-t", "1:EF02", "-c", "1:grub", "-n", "2:0:0", "-t", "2:8300", disk)
