@@ -7,7 +7,16 @@ import importlib
 import click
 
 # Order is the order of `imagewright --help`: the pipeline, left to right.
-COMMAND_MODULES: tuple[str, ...] = ("inspect", "convert", "context", "boot")
+COMMAND_MODULES: tuple[str, ...] = (
+    "inspect",
+    "convert",
+    "context",
+    "cat",
+    "ls",
+    "copy_in",
+    "boot",
+    "prepare",
+)
 
 
 def all_commands() -> list[click.Command]:
