@@ -157,6 +157,20 @@ def test_damaged_primary_header_falls_back_to_backup_as_sfdisk_does(tmp_path: Pa
     assert "Main header: ERROR" in sgdisk_verify(disk)
 
 
+def test_relocate_at_the_same_size_repairs_a_damaged_primary(tmp_path: Path) -> None:
+    disk = new_disk(tmp_path, "repair.img", 64 * MiB, SCRIPT)
+    before = sfdisk_json(disk)
+    write_bytes(disk, 512 + 40, b"X")
+    table = read_table(disk)
+    assert table is not None and table.gpt_header_source == "backup"
+    _, writes = relocate_gpt_backup(table, 64 * MiB)
+    apply(disk, writes)
+    assert "No problems found" in sgdisk_verify(disk)
+    repaired = read_table(disk)
+    assert repaired is not None and repaired.warnings == [] and repaired.gpt_header_source == "primary"
+    assert_matches_sfdisk(repaired, before)
+
+
 def test_damaged_primary_entry_array_falls_back_to_backup(tmp_path: Path) -> None:
     disk = new_disk(tmp_path, "array.img", 64 * MiB, SCRIPT)
     write_bytes(disk, 2 * 512 + 56, b"ZZZZ")  # inside entry 1's name
