@@ -132,4 +132,6 @@ def open_image(src: ByteSource, limits: Limits) -> OpenedImage:
         uuid=_text(fields["uuid"]),
         slots=tuple(slots),
     )
-    return OpenedImage(format="luks", virtual_size=src.size - payload, details=details, problems=problems)
+    # QEMU measures the file in whole sectors (rounded up) before subtracting the payload offset.
+    file_size = -(-src.size // SECTOR) * SECTOR
+    return OpenedImage(format="luks", virtual_size=file_size - payload, details=details, problems=problems)

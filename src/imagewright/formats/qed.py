@@ -197,10 +197,13 @@ class _QedLayout:
         return offset % self.cluster_size == 0 and self.header_bytes <= offset < self.file_end
 
     def table_offset_ok(self, offset: int) -> bool:
-        """QEMU's ``qed_check_table_offset``: the table's first and last cluster are valid."""
-        return self.cluster_offset_ok(offset) and self.cluster_offset_ok(
-            offset + self.table_bytes - self.cluster_size
-        )
+        """QEMU's ``qed_check_table_offset``: the table's first and last cluster are valid.
+
+        QEMU's overflow guard (``end_offset <= offset``) also rejects every one-cluster
+        table, so images made with ``table_size=1`` cannot be opened by QEMU; nor here.
+        """
+        end = offset + self.table_bytes - self.cluster_size
+        return end > offset and self.cluster_offset_ok(offset) and self.cluster_offset_ok(end)
 
 
 class QedGuest(MappedGuestSource):
