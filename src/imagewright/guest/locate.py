@@ -8,14 +8,16 @@ else (xfs, btrfs, LVM) needs libguestfs; that is said in one sentence naming the
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from imagewright.errors import GuestFilesystemError, InvalidArgumentError
 from imagewright.guest import libguestfs
 from imagewright.programs import e2fs
+
+if TYPE_CHECKING:
+    from imagewright.ops.inspect import ImageReport
 
 EXT_TYPES = frozenset({"ext2", "ext3", "ext4"})
 #: Filesystems a Linux root can live on that only libguestfs can edit here.
@@ -47,60 +49,43 @@ class DiskLayout:
     partitioned: bool
 
 
-def inspect_and_require_safe(image: Path) -> Any:
-    """``imagewright.inspect(image)``, refusing an unsafe image with UnsafeImageError.
+def inspect_and_require_safe(image: Path) -> ImageReport:
+    """``imagewright.inspect(image)``, refusing an unsafe image with UnsafeImageError."""
+    from imagewright.ops.inspect import inspect_image
+    from imagewright.ops.inspect import require_safe as refuse_unsafe
 
-    Until ``imagewright.ops.inspect`` exists, a small stand-in (``_interim_inspect``) answers.
+    return refuse_unsafe(inspect_image(image))
+
+
+def require_safe(report: ImageReport) -> None:
+    from imagewright.ops.inspect import require_safe as refuse_unsafe
+
+    refuse_unsafe(report)
+
+
+def layout_of(report: ImageReport, raw: Path) -> DiskLayout:
+    """The filesystem regions an inspection report describes (``raw`` is the disk's raw bytes).
+
+    Partition starts are in sectors of the table's sector size, sizes in bytes (disk.partitions).
     """
-    module = _inspect_module()
-    report = module.inspect_image(str(image))
-    module.require_safe(report)
-    return report
-
-
-def _inspect_module() -> Any:
-    try:
-        return importlib.import_module("imagewright.ops.inspect")
-    except ModuleNotFoundError as err:
-        # While inspect and the readers under it are being written, some of them are missing.
-        if not (err.name or "").startswith("imagewright."):
-            raise
-        return importlib.import_module("imagewright.guest._interim_inspect")
-
-
-def require_safe(report: Any) -> None:
-    _inspect_module().require_safe(report)
-
-
-def layout_of(report: Any, raw: Path) -> DiskLayout:
-    """The filesystem regions an inspection report describes (``raw`` is the disk's raw bytes)."""
-    if getattr(report, "needs_raw_layout", False):
-        from imagewright.guest import _interim_inspect
-
-        _interim_inspect.describe_raw(report, raw)
     fmt = str(report.format)
-    table = getattr(report, "partition_table", None)
+    table = report.partition_table
     if table is not None:
         sector = int(getattr(table, "sector_size", 512) or 512)
         regions = []
-        for part in getattr(table, "partitions", ()):
-            explicit = getattr(part, "offset", None)
-            offset = explicit if isinstance(explicit, int) else int(part.start) * sector
-            size = getattr(part, "size", None)
-            if not isinstance(size, int) or size <= 0:
-                size = int(part.sectors) * sector
+        for part in table.partitions:
             filesystem = getattr(part, "filesystem", None)
             regions.append(
                 FilesystemRegion(
-                    offset=offset,
-                    size=size,
+                    offset=int(part.start) * sector,
+                    size=int(part.size) if part.size else int(part.sectors) * sector,
                     fs_type=getattr(filesystem, "type", None),
                     partition=int(part.number),
                     label=getattr(filesystem, "label", None),
                 )
             )
         return DiskLayout(fmt, tuple(regions), partitioned=True)
-    filesystem = getattr(report, "filesystem", None)
+    filesystem = report.filesystem
     if filesystem is None or getattr(filesystem, "type", None) is None:
         return DiskLayout(fmt, (), partitioned=False)
     size = raw.stat().st_size

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from imagewright.errors import GuestFilesystemError, ImageIOError, InvalidArgumentError
 from imagewright.guest import libguestfs
@@ -31,6 +31,9 @@ from imagewright.guest.locate import (
 from imagewright.guest.workcopy import WorkingCopy
 from imagewright.programs import e2fs
 
+if TYPE_CHECKING:
+    from imagewright.ops.inspect import ImageReport
+
 ProgressCallback = Callable[[int, int | None], None]
 
 
@@ -41,7 +44,7 @@ def open_guest(
     format: str | None = None,
     partition: int | None = None,
     writable: bool = False,
-    report: Any = None,
+    report: ImageReport | None = None,
     progress: ProgressCallback | None = None,
     verify: bool = True,
 ) -> Iterator[GuestFS]:
