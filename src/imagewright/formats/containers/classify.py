@@ -92,7 +92,11 @@ def looks_like_rootfs(members: list[ArchiveMember]) -> bool:
     """A root filesystem tree: an ``etc`` directory next to at least two other top-level
     directories every Linux root has (possibly all under ``./``).
     """
-    tops = {top_component(m.name) for m in members}
+    return tops_look_like_rootfs({top_component(m.name) for m in members})
+
+
+def tops_look_like_rootfs(tops: set[str]) -> bool:
+    """``looks_like_rootfs`` on the set of top-level names (kept up to date while streaming)."""
     return "etc" in tops and len(tops & _ROOTFS_DIRS) >= 2
 
 
@@ -128,7 +132,7 @@ def judge_members(kind: ContainerKind, members: list[ArchiveMember], findings: F
         if fault:
             findings.problem(f"{label} {fault}; it would be written outside the extraction directory", fault)
         path = normalize(member.name)
-        parent = posixpath.dirname(path)
+        parent = posixpath.dirname(path) if symlinks else ""
         while parent:
             if parent in symlinks:
                 findings.problem(

@@ -28,7 +28,13 @@ from imagewright.errors import ImageFormatError
 from imagewright.formats.base import Limits
 from imagewright.formats.containers import bzip2, gzip, xz, zstd
 from imagewright.formats.containers.archive import judge_archive
-from imagewright.formats.containers.classify import is_disk_name, is_ovf_name, looks_like_rootfs, normalize
+from imagewright.formats.containers.classify import (
+    is_disk_name,
+    is_ovf_name,
+    normalize,
+    top_component,
+    tops_look_like_rootfs,
+)
 from imagewright.formats.containers.decompress import CompressionFormat, DecompressedStream
 from imagewright.formats.containers.manifest import MAX_CERTIFICATE_BYTES, MAX_MANIFEST_BYTES
 from imagewright.formats.containers.model import (
@@ -114,19 +120,18 @@ def _describe(src: ByteSource, fmt: CompressionFormat, findings: Findings) -> _R
 
 
 def _read_prefix(stream: DecompressedStream, limit: int, findings: Findings) -> bytes:
-    parts: list[bytes] = []
-    got = 0
-    while got < limit:
+    """Up to ``limit`` decompressed bytes; a decoding error ends the prefix and is a problem."""
+    buffer = bytearray()
+    while len(buffer) < limit:
         try:
-            piece = stream.read(min(_STEP, limit - got))
+            piece = stream.read(min(_STEP, limit - len(buffer)))
         except ImageFormatError as err:
             findings.problem(as_problem(err))
             break
         if not piece:
             break
-        parts.append(piece)
-        got += len(piece)
-    return b"".join(parts)
+        buffer += piece
+    return bytes(buffer)
 
 
 def _judge_end(stream: DecompressedStream, recorded: _Recorded, findings: Findings) -> None:
@@ -164,13 +169,15 @@ def open_compressed(
     recorded = _describe(src, fmt, findings)
     stream = DecompressedStream(src, fmt, zstd_end=recorded.zstd_end)
     prefix_findings = Findings()
-    prefix = _read_prefix(stream, limits.max_prefix_bytes, prefix_findings)
+    # A first small piece tells an archive from a disk image without decompressing 8 MiB.
+    prefix = _read_prefix(stream, min(_STEP, limits.max_prefix_bytes), prefix_findings)
     if looks_like_tar(prefix[:512]):
         # The archive is scanned from the start again; its faults are found (and reported) there.
-        del prefix
         return _open_compressed_tar(
             src=src, fmt=fmt, recorded=recorded, limits=limits, findings=findings, name_hint=name_hint
         )
+    if not prefix_findings.problems:
+        prefix += _read_prefix(stream, limits.max_prefix_bytes - len(prefix), prefix_findings)
     findings.extend(prefix_findings)
     _judge_end(stream, recorded, findings)
 
@@ -223,10 +230,10 @@ class _CapturePolicy:
         self._descriptor_seen = False
         self._package_files = 0
         self._disk_hrefs: set[str] = set()
-        self._seen: list[ArchiveMember] = []
+        self._tops: set[str] = set()
 
     def want(self, member: ArchiveMember) -> int:
-        self._seen.append(member)
+        self._tops.add(top_component(member.name))
         name = member.name.lower()
         if is_ovf_name(name) and not self._descriptor_seen:
             self._descriptor_seen = True
@@ -238,7 +245,7 @@ class _CapturePolicy:
         is_disk = normalize(member.name) in self._disk_hrefs or is_disk_name(member.name)
         if not is_disk or len(self.heads) >= MAX_CAPTURED_MEMBERS or self._budget <= 0:
             return 0
-        if len(self._seen) > 1 and looks_like_rootfs(self._seen):
+        if tops_look_like_rootfs(self._tops):
             return 0
         last = len(self.heads) == MAX_CAPTURED_MEMBERS - 1
         return self._budget if last else max(1, self._budget // 2)

@@ -25,6 +25,11 @@ class SequentialInput(Protocol):
     @property
     def position(self) -> int: ...
 
+    @property
+    def limit(self) -> int | None:
+        """The position the input may not pass (the scan limit), or None."""
+        ...
+
     def read(self, n: int) -> bytes: ...
 
     def skip(self, n: int) -> int: ...
@@ -41,6 +46,10 @@ class SourceInput:
     def position(self) -> int:
         return self._pos
 
+    @property
+    def limit(self) -> int | None:
+        return None
+
     def read(self, n: int) -> bytes:
         data = self._src.pread(self._pos, n) if n > 0 else b""
         self._pos += len(data)
@@ -52,19 +61,32 @@ class SourceInput:
         return step
 
 
+#: Decompressed bytes fetched at once for small reads (tar headers).
+READ_AHEAD = 64 * 1024
+
+
 class DecompressedInput:
-    """A compressed archive, decompressed as it is walked; never more than ``limit`` bytes."""
+    """A compressed archive, decompressed as it is walked; never more than ``limit`` bytes.
+
+    Small reads (512-byte headers) are served from a read-ahead buffer of ``READ_AHEAD``.
+    """
 
     def __init__(self, stream: DecompressedStream, limit: int) -> None:
         self.stream = stream
         self._limit = limit
+        self._buffer = b""
+        self._offset = 0
 
     @property
     def position(self) -> int:
-        return self.stream.position
+        return self.stream.position - (len(self._buffer) - self._offset)
+
+    @property
+    def limit(self) -> int | None:
+        return self._limit
 
     def _check(self, n: int) -> None:
-        if self.stream.position + n > self._limit:
+        if self.position + n > self._limit:
             raise ScanLimitError(
                 f"The archive decompresses to more than {format_size(self._limit)}, the most imagewright "
                 "scans (a decompression bomb, or an archive too large to inspect)."
@@ -72,11 +94,30 @@ class DecompressedInput:
 
     def read(self, n: int) -> bytes:
         self._check(n)
-        return self.stream.read(n)
+        available = len(self._buffer) - self._offset
+        if n <= available:
+            data = self._buffer[self._offset : self._offset + n]
+            self._offset += n
+            return data
+        head = self._buffer[self._offset :]
+        self._buffer, self._offset = b"", 0
+        wanted = n - len(head)
+        if wanted >= READ_AHEAD:
+            return head + self.stream.read(wanted)
+        # Read ahead, but never past the scan limit.
+        ahead = min(READ_AHEAD, max(wanted, self._limit - self.stream.position))
+        self._buffer = self.stream.read(ahead)
+        self._offset = min(wanted, len(self._buffer))
+        return head + self._buffer[: self._offset]
 
     def skip(self, n: int) -> int:
         self._check(n)
-        done = 0
+        available = len(self._buffer) - self._offset
+        if n <= available:
+            self._offset += n
+            return n
+        done = available
+        self._buffer, self._offset = b"", 0
         while done < n:
             piece = self.stream.read(min(SKIP_CHUNK, n - done))
             if not piece:

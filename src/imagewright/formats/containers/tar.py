@@ -74,6 +74,7 @@ _TYPES: dict[bytes, MemberType] = {
 }
 #: Types that carry no data: a size on them is skipped by GNU tar and not by Python's tarfile.
 _NO_DATA_TYPES = {b"1", b"2", b"3", b"4", b"5", b"6"}
+_HIGH_BYTES = bytes(range(0x80, 0x100))
 _PAX_NUMBER = re.compile(rb"^\d{1,20}$")
 _PAX_TIME = re.compile(rb"^-?\d{1,20}(\.\d{0,20})?$")
 
@@ -129,8 +130,11 @@ def checksum_matches(block: bytes) -> bool:
         return False
     rest = block[:148] + b" " * 8 + block[156:]
     unsigned = sum(rest)
-    signed = unsigned - 256 * sum(1 for byte in rest if byte >= 0x80)
-    return stored in (unsigned, signed)
+    if stored == unsigned:
+        return True
+    # Some historic tars summed signed chars.
+    high = len(rest) - len(rest.translate(None, _HIGH_BYTES))
+    return stored == unsigned - 256 * high
 
 
 def _magic(block: bytes) -> TarFormat | None:
@@ -579,6 +583,9 @@ class TarScanner:
                 member.source = SparseMemberSource(self._file, member.data_offset, sparse)
             elif member.type == "file" and not member.sparse:
                 member.source = SliceSource(self._file, member.data_offset, size)
+        elif self._inp.limit is not None and member.data_offset + padded > self._inp.limit:
+            # Refuse before decompressing any of it: the member alone is past the scan limit.
+            raise self._past_scan_limit(member)
         elif member.type == "file" and self._capture is not None and self._store is not None:
             want = self._capture(member) if not member.sparse or sparse is not None else 0
             if want > 0:
@@ -588,11 +595,14 @@ class TarScanner:
         try:
             self._skip_exact(padded - consumed, f"member '{member.name[:200]}'")
         except ScanLimitError:
-            raise ScanLimitError(
-                f"Member '{member.name[:200]}' claims {format_size(member.stored_size)} of data, which takes "
-                f"the archive past the {format_size(self._limits.max_scan_bytes)} imagewright decompresses "
-                "to scan it (a decompression bomb, or an archive too large to inspect)."
-            ) from None
+            raise self._past_scan_limit(member) from None
+
+    def _past_scan_limit(self, member: ArchiveMember) -> ScanLimitError:
+        return ScanLimitError(
+            f"Member '{member.name[:200]}' claims {format_size(member.stored_size)} of data, which takes "
+            f"the archive past the {format_size(self._limits.max_scan_bytes)} imagewright decompresses "
+            "to scan it (a decompression bomb, or an archive too large to inspect)."
+        )
 
     def _capture_head(self, member: ArchiveMember, sparse: SparseMap | None, want: int) -> bytes:
         if sparse is None:
