@@ -81,3 +81,14 @@ def test_found_however_the_stream_is_chunked(
     assert len(matches) == (1 if present else 0)
     if present:
         assert MARKER in matches[0]
+
+
+def test_a_match_in_a_partial_line_is_completed_when_the_line_ends() -> None:
+    watcher = ConsoleWatcher(MARKER)
+    assert watcher.feed(b"imagewright-testguest: up host") == "imagewright-testguest: up host"
+    assert watcher.matched and not watcher.match_complete
+    assert watcher.feed(b"name=x ") is None
+    assert not watcher.match_complete
+    assert watcher.feed(b"root=/dev/vda\r\nnext") is None
+    assert watcher.match_complete
+    assert watcher.matched_line == "imagewright-testguest: up hostname=x root=/dev/vda"

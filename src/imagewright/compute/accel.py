@@ -260,8 +260,7 @@ def _write_cached(path: Path, boot_id: str, decision: AccelDecision) -> None:
 def run_kvm_probes(*, accelerator: Accelerator = "kvm", timeout: float = PROBE_TIMEOUT) -> ProbeOutcome:
     """Boot the boot-sector probe, then (when a kernel is at hand) the kernel probe."""
     with tempfile.TemporaryDirectory(prefix="imagewright-probe-") as scratch:
-        disk = Path(scratch) / "probe.img"
-        disk.write_bytes(PROBE_BOOT_SECTOR)
+        disk = write_probe_disk(Path(scratch) / "probe.img")
         spec = MachineSpec(
             accelerator=accelerator,
             drives=(Drive(disk, format="raw", bus="ide", snapshot=True),),
@@ -290,6 +289,17 @@ def run_kvm_probes(*, accelerator: Accelerator = "kvm", timeout: float = PROBE_T
         if not second.ok:
             return second
         return ProbeOutcome(True, f"boot sector and kernel {kernel.name} both ran")
+
+
+def write_probe_disk(path: Path) -> Path:
+    """A 1 MiB raw disk whose first sector is ``PROBE_BOOT_SECTOR``.
+
+    1 MiB, not 512 bytes: SeaBIOS boots a one-sector disk from IDE but not from virtio-blk.
+    """
+    with path.open("wb") as out:
+        out.write(PROBE_BOOT_SECTOR)
+        out.truncate(1 << 20)
+    return path
 
 
 def _run_probe(spec: MachineSpec, what: str, timeout: float) -> ProbeOutcome:

@@ -53,6 +53,8 @@ TAIL_LINES = 40
 _READ_SIZE = 64 * 1024
 #: After QEMU's stdout closes, how long it may take to exit by itself.
 _EXIT_GRACE = 10.0
+#: When ``expect`` shows up in a line still being printed, how long to wait for its end.
+_LINE_GRACE = 1.0
 
 
 @dataclass(frozen=True)
@@ -220,7 +222,8 @@ def _watch(
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None, True
+                # A match whose line never ended (a prompt) is still a match.
+                return None, not watcher.matched
             if not selector.select(timeout=min(remaining, 0.5)):
                 continue
             try:
@@ -234,6 +237,9 @@ def _watch(
                 except subprocess.TimeoutExpired:
                     return None, False
             if watcher.feed(data) is not None:
+                # Seen: return once its line is complete, or after a short grace for the rest.
+                deadline = min(deadline, time.monotonic() + _LINE_GRACE)
+            if watcher.match_complete:
                 return None, False
 
 

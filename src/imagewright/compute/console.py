@@ -43,12 +43,20 @@ class ConsoleWatcher:
         self._partial = bytearray()
         self._max_line = max(max_line_bytes, 2 * len(self._expect or b"") + 16)
         self._on_line = on_line
+        #: The line holding ``expect``: as far as printed when first seen, then the whole line.
         self.matched_line: str | None = None
+        #: ``expect`` was seen in a line that is still being printed.
+        self._match_in_partial = False
         self.bytes_seen = 0
 
     @property
     def matched(self) -> bool:
         return self.matched_line is not None
+
+    @property
+    def match_complete(self) -> bool:
+        """The matched line has ended (its newline arrived), so ``matched_line`` is all of it."""
+        return self.matched_line is not None and not self._match_in_partial
 
     def feed(self, data: bytes) -> str | None:
         """Take the next chunk of console output; return the matched line when first seen."""
@@ -70,15 +78,21 @@ class ConsoleWatcher:
             newly_matched = self._check(bytes(self._partial)) or newly_matched
             self._tail.append(_clean(head))
             del self._partial[: len(head)]
+            self._match_in_partial = False  # the cut piece is as complete as that line gets
         if newly_matched is None and self._partial:
             newly_matched = self._check(bytes(self._partial))
+            if newly_matched is not None:
+                self._match_in_partial = True
         return newly_matched
 
     def _complete_line(self) -> str | None:
         line = bytes(self._partial)
         self._partial.clear()
-        found = self._check(line)
         text = _clean(line)
+        if self._match_in_partial:
+            self.matched_line = text
+            self._match_in_partial = False
+        found = self._check(line)
         self._tail.append(text)
         if self._on_line is not None:
             self._on_line(text)
@@ -96,6 +110,7 @@ class ConsoleWatcher:
         """The stream ended: an unterminated last line counts as a line."""
         if self._partial:
             self._complete_line()
+        self._match_in_partial = False
 
     def last_lines(self, count: int | None = None) -> list[str]:
         lines = list(self._tail)

@@ -56,8 +56,11 @@ DISK_MODULES: tuple[str, ...] = (
 )
 #: Context CD-ROMs (ISO 9660 on an IDE or SCSI CD drive).
 CDROM_MODULES: tuple[str, ...] = ("sr_mod", "cdrom", "isofs")
-#: A VFAT metadata disk (Wakame-vdc style); the code pages FAT mounts default to.
-VFAT_MODULES: tuple[str, ...] = ("vfat", "fat", "nls_cp437", "nls_iso8859-1", "nls_utf8")
+#: A VFAT metadata disk (Wakame-vdc style) and the character sets FAT mounts use: code page
+#: 437 for short names, Debian's default iocharset "ascii" (CONFIG_FAT_DEFAULT_IOCHARSET;
+#: without nls_ascii a plain ``mount -t vfat`` fails with "IO charset ascii not found"),
+#: and the ones an agent may ask for with ``-o iocharset=``.
+VFAT_MODULES: tuple[str, ...] = ("vfat", "fat", "nls_cp437", "nls_ascii", "nls_iso8859-1", "nls_utf8")
 #: One virtio NIC (virtio_net pulls in net_failover and failover).
 NET_MODULES: tuple[str, ...] = ("virtio_net",)
 

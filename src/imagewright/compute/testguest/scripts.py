@@ -135,11 +135,13 @@ done
 
 if [ -x /etc/rc.local ]; then /etc/rc.local; fi
 
+# Everything the boot wrote (host keys, an agent's files) is on the disk once the marker
+# shows: a harness may stop the machine the moment it sees it.
+sync
 swaps=$(($(wc -l < /proc/swaps) - 1))
 root=$(awk '$2 == "/" { device = $1 } END { print device }' /proc/mounts)
 echo "imagewright-testguest: up hostname=$(hostname) swaps=$swaps root=$root"
 if grep -qw imagewright.poweroff /proc/cmdline; then
-    sync
     poweroff -f
 fi
 """

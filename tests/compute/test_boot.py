@@ -1,0 +1,230 @@
+"""Boot tests: the test guest under QEMU (TCG here), watched by the harness.
+
+Each boot is a real one: the Debian kernel, our initramfs, busybox init and rcS. No QEMU may
+outlive a test: every test that boots checks ``pgrep -f`` on its own console-log path.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from tests.fixtures.tools import run
+
+from imagewright.compute.accel import PROBE_BOOT_SECTOR, PROBE_EXIT_STATUS, PROBE_MESSAGE, write_probe_disk
+from imagewright.compute.boot import BootError, BootTimeoutError, DirectKernel, Drive, boot
+from imagewright.compute.testguest import FlatFilesystem, TestGuest, flat_ext4
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+BOOT_TIMEOUT = 180.0
+
+
+def _qemu_processes(console_log: Path) -> list[str]:
+    proc = run("pgrep", "-a", "-f", str(console_log), check=False)
+    return [line for line in proc.stdout.decode().splitlines() if "qemu-system" in line]
+
+
+def _direct(guest: TestGuest, root: str, *, poweroff: bool = False, extra: str = "") -> DirectKernel:
+    return DirectKernel(
+        guest.kernel, guest.initrd, guest.kernel_command_line(root, poweroff=poweroff, extra=extra)
+    )
+
+
+def test_initramfs_boots_flat_ext4_to_the_marker_and_qemu_is_gone(
+    testguest_rootfs: TestGuest, testguest_flat_ext4: FlatFilesystem, tmp_path: Path
+) -> None:
+    log = tmp_path / f"console-{uuid.uuid4().hex}.log"
+    result = boot(
+        testguest_flat_ext4.path,
+        format="raw",
+        timeout=BOOT_TIMEOUT,
+        expect=testguest_rootfs.marker,
+        snapshot=True,
+        console_log=log,
+        direct_kernel=_direct(testguest_rootfs, f"UUID={testguest_flat_ext4.uuid}"),
+    )
+    assert result.matched and not result.timed_out
+    assert result.matched_line == testguest_rootfs.marker_line(hostname="testguest", swaps=0, root="/dev/vda")
+    assert result.exit_status is None  # the harness stopped QEMU after the match
+    assert result.accelerator == "tcg" and "PVM" in result.accelerator_reason
+    assert 0 < result.elapsed < BOOT_TIMEOUT
+    assert "imagewright-initramfs: root /dev/vda mounted rw" in log.read_text(errors="replace")
+    assert _qemu_processes(log) == []
+
+
+def test_poweroff_ends_qemu_with_status_zero(
+    testguest_rootfs: TestGuest, testguest_flat_ext4: FlatFilesystem, tmp_path: Path
+) -> None:
+    log = tmp_path / f"console-{uuid.uuid4().hex}.log"
+    result = boot(
+        testguest_flat_ext4.path,
+        format="raw",
+        timeout=BOOT_TIMEOUT,
+        snapshot=True,
+        console_log=log,
+        direct_kernel=_direct(testguest_rootfs, f"LABEL={testguest_flat_ext4.label}", poweroff=True),
+    )
+    assert result.exit_status == 0 and result.powered_off and not result.timed_out
+    assert any(line.startswith(testguest_rootfs.marker) for line in result.last_lines)
+    assert "reboot: Power down" in log.read_text(errors="replace")
+    assert _qemu_processes(log) == []
+
+
+def _variant_tree(guest: TestGuest, dest: Path, swap_uuid: str) -> Path:
+    """A copy of the guest with a UUID= swap in fstab, an rc.local hook and a check script."""
+    shutil.copytree(guest.root, dest, symlinks=True)
+    with (dest / "etc/fstab").open("a") as fstab:
+        fstab.write(f"UUID={swap_uuid} none swap sw 0 0\n")
+    (dest / "etc/rc.local").write_text(
+        "#!/bin/sh\necho 'check: rc.local ran'\nhostname fromrclocal\nexit 0\n", encoding="utf-8"
+    )
+    check = dest / "etc/init.d/S50check"
+    check.write_text(
+        "#!/bin/sh\n"
+        "ssh-keygen -q -A && ls /etc/ssh/ssh_host_ed25519_key >/dev/null && echo 'check: ssh-keygen ok'\n"
+        "sfdisk --version | sed 's/^/check: /'\n"
+        "resize2fs 2>&1 | head -n1 | sed 's/^/check: /'\n"
+        "blkid -s LABEL -o value \"$(findfs LABEL=METADATA)\" | sed 's/^/check: blkid /'\n"
+        "mkdir -p /mnt/cd /mnt/meta\n"
+        'mount -t iso9660 -o ro /dev/sr0 /mnt/cd && echo "check: cdrom $(cat /mnt/cd/hello.txt)"\n'
+        "meta=$(findfs LABEL=METADATA)\n"
+        'mount -t vfat "$meta" /mnt/meta && echo "check: vfat $(cat /mnt/meta/hello.txt)"\n',
+        encoding="utf-8",
+    )
+    check.chmod(0o755)
+    return dest
+
+
+def test_ide_root_by_label_with_swap_cdrom_vfat_disk_and_tools(
+    testguest_rootfs: TestGuest, tmp_path: Path
+) -> None:
+    swap_uuid = str(uuid.uuid4())
+    tree = _variant_tree(testguest_rootfs, tmp_path / "tree", swap_uuid)
+    root_fs = flat_ext4(tree, tmp_path / "root.ext4", label="variantroot")
+    swap = tmp_path / "swap.img"
+    swap.write_bytes(b"\0" * (32 << 20))
+    run("mkswap", "-U", swap_uuid, swap)
+    payload = tmp_path / "hello.txt"
+    payload.write_text("from-the-cd\n")
+    iso = tmp_path / "seed.iso"
+    run("xorriso", "-as", "mkisofs", "-quiet", "-V", "CONTEXT", "-J", "-r", "-o", iso, payload)
+    vfat = tmp_path / "meta.img"
+    run("mkfs.vfat", "-C", "-n", "METADATA", vfat, "4096")
+    payload.write_text("from-the-vfat-disk\n")
+    run("mcopy", "-i", vfat, payload, "::hello.txt")
+
+    lines: list[str] = []
+    log = tmp_path / f"console-{uuid.uuid4().hex}.log"
+    result = boot(
+        root_fs.path,
+        format="raw",
+        disk_bus="ide",
+        timeout=BOOT_TIMEOUT,
+        expect=testguest_rootfs.marker,
+        drives=[swap, Drive(vfat, format="raw", bus="virtio")],
+        cdroms=[iso],
+        console_log=log,
+        on_line=lines.append,
+        direct_kernel=_direct(testguest_rootfs, "LABEL=variantroot"),
+    )
+    assert result.matched_line == testguest_rootfs.marker_line(
+        hostname="fromrclocal", swaps=1, root="/dev/sda"
+    )
+    checks = [line.removeprefix("check: ") for line in lines if line.startswith("check: ")]
+    assert "ssh-keygen ok" in checks
+    assert any(c.startswith("sfdisk from util-linux") for c in checks)
+    assert any(c.startswith("resize2fs ") for c in checks)
+    assert "blkid METADATA" in checks
+    assert "cdrom from-the-cd" in checks
+    assert "vfat from-the-vfat-disk" in checks  # needs nls_ascii (Debian default iocharset)
+    assert checks[-1] == "rc.local ran"  # after the S* scripts, before the marker
+    assert _qemu_processes(log) == []
+    # Without snapshot the guest wrote to its disk: the host keys are there now.
+    listing = run("debugfs", "-R", "ls -l /etc/ssh", root_fs.path).stdout.decode()
+    assert "ssh_host_ed25519_key" in listing
+
+
+def test_missing_root_device_is_reported_by_the_initramfs(
+    testguest_rootfs: TestGuest, testguest_flat_ext4: FlatFilesystem, tmp_path: Path
+) -> None:
+    result = boot(
+        testguest_flat_ext4.path,
+        format="raw",
+        timeout=BOOT_TIMEOUT,
+        snapshot=True,
+        direct_kernel=_direct(
+            testguest_rootfs, "UUID=00000000-0000-0000-0000-000000000000", poweroff=True, extra="rootdelay=2"
+        ),
+    )
+    assert result.exit_status == 0
+    assert any(
+        "imagewright-initramfs: error: root device UUID=00000000" in line for line in result.last_lines
+    )
+
+
+def test_timeout_raises_with_the_last_console_lines(
+    testguest_rootfs: TestGuest, testguest_flat_ext4: FlatFilesystem, tmp_path: Path
+) -> None:
+    log = tmp_path / f"console-{uuid.uuid4().hex}.log"
+    with pytest.raises(BootTimeoutError) as caught:
+        boot(
+            testguest_flat_ext4.path,
+            format="raw",
+            timeout=12,
+            expect="this text is never printed",
+            snapshot=True,
+            console_log=log,
+            direct_kernel=_direct(testguest_rootfs, f"UUID={testguest_flat_ext4.uuid}"),
+        )
+    assert isinstance(caught.value, BootError)
+    assert "within 12 s" in str(caught.value)
+    assert caught.value.result.timed_out and not caught.value.result.matched
+    assert caught.value.result.last_lines, "some console output arrives within 12 s"
+    assert caught.value.result.last_lines[-1].strip() in str(caught.value) or "console" in str(caught.value)
+    assert _qemu_processes(log) == []
+
+
+def test_ctrl_c_still_stops_qemu(
+    testguest_rootfs: TestGuest, testguest_flat_ext4: FlatFilesystem, tmp_path: Path
+) -> None:
+    log = tmp_path / f"console-{uuid.uuid4().hex}.log"
+
+    def interrupt(line: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        boot(
+            testguest_flat_ext4.path,
+            format="raw",
+            timeout=BOOT_TIMEOUT,
+            expect=testguest_rootfs.marker,
+            snapshot=True,
+            console_log=log,
+            on_line=interrupt,
+            direct_kernel=_direct(testguest_rootfs, f"UUID={testguest_flat_ext4.uuid}"),
+        )
+    assert log.exists()
+    assert _qemu_processes(log) == []
+
+
+def test_disk_boot_from_the_image_itself(tmp_path: Path) -> None:
+    """No -kernel: SeaBIOS boots the image's own boot sector, which prints and exits."""
+    disk = write_probe_disk(tmp_path / "probe.img")
+    log = tmp_path / f"console-{uuid.uuid4().hex}.log"
+    matched = boot(disk, format="raw", disk_bus="ide", timeout=60, expect="long mode", console_log=log)
+    assert matched.matched_line == PROBE_MESSAGE
+    ended = boot(disk, format="raw", disk_bus="virtio", timeout=60, snapshot=True)
+    assert ended.exit_status == PROBE_EXIT_STATUS and not ended.matched
+    assert ended.last_lines == (PROBE_MESSAGE,)
+    assert "-kernel" not in ended.argv
+    assert _qemu_processes(log) == []
+
+
+def test_qemu_refusing_the_image_is_a_boot_error(tmp_path: Path) -> None:
+    disk = tmp_path / "not-really.qcow2"
+    disk.write_bytes(PROBE_BOOT_SECTOR)
+    with pytest.raises(BootError, match="QEMU could not start the guest"):
+        boot(disk, format="qcow2", timeout=60, expect="anything")
