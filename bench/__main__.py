@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("inspect",)
+BENCHMARKS = ("inspect", "convert")
 
 
 def main(names: list[str]) -> None:

@@ -33,16 +33,19 @@ def main(path: str) -> None:
     for codec in ("utf-8", "utf-16-le", "utf-16-be", "utf-16", "latin-1", "ascii", "cp437"):
         "".encode(codec)
     opened: list[str] = []
+    recording = [False]
 
     def hook(event: str, args: tuple[object, ...]) -> None:
-        if event == "open" and args and isinstance(args[0], str | bytes):
+        if recording[0] and event == "open" and args and isinstance(args[0], str | bytes):
             opened.append(args[0] if isinstance(args[0], str) else args[0].decode(errors="replace"))
 
     baseline_rss = _peak_rss_kib()
     cpu_start = time.process_time()
     wall_start = time.perf_counter()
     sys.addaudithook(hook)
+    recording[0] = True
     report = inspect_module.inspect_image(path)
+    recording[0] = False
     wall = time.perf_counter() - wall_start
     cpu = time.process_time() - cpu_start
     peak_growth_kib = _peak_rss_kib() - baseline_rss
