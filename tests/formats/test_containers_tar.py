@@ -115,6 +115,9 @@ def test_gnu_tar_formats_list_like_tar_tvf(fmt: str, long_names: bool, tmp_path:
     expected_format = {"posix": "pax", "oldgnu": "gnu"}.get(fmt, fmt)
     assert archive_details.format == expected_format
     assert archive_details.end_marker
+    # GNU tar pads the archive to whole 10 KiB records after the end-of-archive marker.
+    assert 0 <= archive.stat().st_size - archive_details.archive_size < 10240
+    assert opened.uncompressed_size is None
     # GNU tar stores whichever of the two names it meets first; the other is the hard link.
     pair = [m for m in opened.members if m.name.startswith("./usr/bin/tool")]
     stored = next(m for m in pair if m.type == "file")
@@ -241,6 +244,7 @@ def test_gce_style_sparse_disk_tarball(tmp_path: Path) -> None:
     compressed = tmp_path / "disk.tar.gz"
     tools.run("tar", "--format=oldgnu", "-S", "-C", tmp_path, "-czf", compressed, "disk.raw")
     real = disk.read_bytes()
+    assert plain.read_bytes()[482] == 1  # more regions than the header holds: an extension block
 
     opened = open_path(plain)
     assert opened.kind == "disk-archive" and opened.problems == []

@@ -106,7 +106,7 @@ def open_tar(src: ByteSource, limits: Limits, name_hint: str | None = None) -> O
         kind=kind,
         details=ContainerDetails(archive=scan.details, ova=ova),
         layers=[fmt],
-        uncompressed_size=scan.details.archive_size,
+        uncompressed_size=None,
         members=scan.members,
         problems=findings.problems,
         notes=findings.notes,

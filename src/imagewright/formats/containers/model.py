@@ -32,7 +32,7 @@ MemberType = Literal["file", "dir", "symlink", "hardlink", "chardev", "blockdev"
 TarFormat = Literal["ustar", "gnu", "pax", "v7"]
 
 
-@dataclass
+@dataclass(slots=True)
 class ArchiveMember:
     """One tar member as a reader of the archive would see it (pax/GNU extensions applied).
 
@@ -40,6 +40,8 @@ class ArchiveMember:
     sparse member, a view that fills the holes with zeros); for a compressed tar, a
     ``PrefixSource`` of the member's first bytes captured during the scan (only for a few
     disk-image members); otherwise None.
+
+    Slotted: an archive may list 200 000 of them.
     """
 
     name: str
@@ -119,7 +121,8 @@ class OpenedContainer:
     kind: ContainerKind
     details: ContainerDetails
     layers: list[str]
-    #: Exact decompressed size when the container records it or it was decompressed to the end.
+    #: Exact decompressed size when the container records it or it was decompressed to the end;
+    #: None for an uncompressed archive (its stream size is ``details.archive.archive_size``).
     uncompressed_size: int | None = None
     members: list[ArchiveMember] = field(default_factory=list)
     #: One sentence per reason to refuse (lower-case start, no final period).

@@ -581,7 +581,8 @@ class TarScanner:
                 )
             if member.type == "file" and sparse is not None:
                 member.source = SparseMemberSource(self._file, member.data_offset, sparse)
-            elif member.type == "file" and not member.sparse:
+            elif member.type == "file" and not member.sparse and size:
+                # (An empty member needs no window: 200 000 of them would cost 40 MiB.)
                 member.source = SliceSource(self._file, member.data_offset, size)
         elif self._inp.limit is not None and member.data_offset + padded > self._inp.limit:
             # Refuse before decompressing any of it: the member alone is past the scan limit.
