@@ -171,6 +171,18 @@ def test_opening_a_20_gib_image_reads_only_headers(tmp_path: Path) -> None:
         assert result.guest.pread(10 * GiB, 4096) == bytes(4096)
 
 
+def test_a_two_million_entry_block_map_is_checked_in_well_under_a_second(tmp_path: Path) -> None:
+    image = create_vdi(tmp_path, "huge.vdi", "2000G", "static=on")
+    with FileSource(image) as src:
+        start = time.process_time()
+        result = vdi.open_image(src, Limits())
+        assert time.process_time() - start < 0.5
+        assert result.problems == []
+    set_map_entry(image, 2000 * 1024 - 1, 2000 * 1024 + 5)
+    with opened(vdi, image) as result:
+        assert_refused_with(result, f"entry {2000 * 1024 - 1} holds block index {2000 * 1024 + 5}")
+
+
 @pytest.mark.parametrize(
     "case",
     [case for case in CASES if case.build.__module__ == hostile_vdi.__name__],

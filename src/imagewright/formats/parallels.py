@@ -121,7 +121,11 @@ def open_image(src: ByteSource, limits: Limits) -> OpenedImage:
             raise AssertionError("array('I') must hold 32-bit entries")
         allocated = entries - bat.count(0)
         header_end = HEADER_SIZE + bat_bytes
-        for index, entry in enumerate(bat):
+        quick_ok = not allocated or (
+            max(bat) * multiplier * SECTOR + cluster_size <= src.size
+            and min(filter(None, bat)) * multiplier * SECTOR >= header_end
+        )
+        for index, entry in enumerate([] if quick_ok else bat):
             if not entry:
                 continue
             start = entry * multiplier * SECTOR

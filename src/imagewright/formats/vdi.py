@@ -279,6 +279,10 @@ def _check_block_map(
     if not allocated:
         return 0, discarded
     blocks = len(bmap)
+    # Quick and sufficient: the highest block index is in range and wholly inside the file.
+    highest = max(filter(DISCARDED.__gt__, bmap))
+    if highest < blocks and offset_data + (highest + 1) * block_size <= file_size:
+        return allocated, discarded
     # The last block may stop at the end of the disk rather than at a block boundary.
     for block, entry in enumerate(bmap):
         if entry >= DISCARDED:

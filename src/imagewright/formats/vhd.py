@@ -485,6 +485,11 @@ def _check_bat(
     unallocated = bat.count(UNALLOCATED)
     if unallocated == len(bat):
         return 0
+    # Quick and sufficient: every block lies inside the file and after all the metadata.
+    highest = max(filter(UNALLOCATED.__ne__, bat)) * SECTOR
+    lowest = min(filter(UNALLOCATED.__ne__, bat)) * SECTOR
+    if highest + span <= file_size and lowest >= max(start + length for start, length in metadata):
+        return len(bat) - unallocated
     beyond: int | None = None
     overlapping: int | None = None
     last_start = file_size - span

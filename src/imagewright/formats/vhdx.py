@@ -36,6 +36,7 @@ every FULLY_PRESENT block must lie inside the file and must not overlap each oth
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import uuid
 from array import array
 from dataclasses import dataclass
@@ -419,6 +420,10 @@ class _RegionMap:
             )
         self._ranges.append((start, start + length, f"the {name}"))
 
+    def end(self) -> int:
+        """Where the last claimed range ends."""
+        return max(end for _, end, _ in self._ranges)
+
 
 def _read_header(src: ByteSource, offset: int) -> VhdxHeader:
     raw = read_exact(src, offset, HEADER_BLOCK, "VHDX header")
@@ -647,8 +652,13 @@ def _check_bat(
     """QEMU's ``vhdx_check_bat_entries`` and more: states, bounds and overlaps of every entry.
 
     Returns how many payload blocks are in each state. Only the first bad entry of each
-    kind is described.
+    kind is described. A sound BAT is confirmed by ``_quick_check`` at C speed; only one
+    that fails it is walked entry by entry to name the culprit.
     """
+    quick = _quick_check(bat, file_size=file_size, block_size=block_size, chunk_ratio=chunk_ratio,
+                         has_parent=has_parent, regions_end=regions.end())  # fmt: skip
+    if quick is not None:
+        return quick
     counts: dict[str, int] = {}
     seen: set[str] = set()
 
@@ -692,6 +702,44 @@ def _check_bat(
         other = regions.overlapping(offset, block_size)
         if other is not None:
             report("overlap", f"VHDX BAT entry {index} points to offset {offset}, inside {other}")
+    return counts
+
+
+#: Maps an entry's low byte to its state (bits 0-2), and to 1 when it points at data (6 or 7).
+_STATE_OF_BYTE = bytes(b & BAT_STATE_MASK for b in range(256))
+_HAS_DATA = bytes(1 if b & BAT_STATE_MASK in (FULLY_PRESENT, PARTIALLY_PRESENT) else 0 for b in range(256))
+
+
+def _quick_check(
+    bat: array[int], *, file_size: int, block_size: int, chunk_ratio: int, has_parent: bool, regions_end: int
+) -> dict[str, int] | None:
+    """Payload state counts when every entry is certainly valid, else None.
+
+    Works on the entries' low bytes (``bytes[0::8]``, the state lives in bits 0-2) and on
+    ``max``/``min`` over the data-bearing entries picked by ``itertools.compress``, so a
+    4-million-entry BAT costs milliseconds. Sufficient, not necessary: every data block
+    lies wholly inside the file and after every region, no state is invalid.
+    """
+    raw = bat.tobytes()
+    period = chunk_ratio + 1
+    states = raw[0::8].translate(_STATE_OF_BYTE)
+    bitmap_states = raw[8 * chunk_ratio :: 8 * period].translate(_STATE_OF_BYTE)
+    bitmap_bad = len(bitmap_states) - bitmap_states.count(NOT_PRESENT) - bitmap_states.count(FULLY_PRESENT)
+    payload = {state: states.count(state) - bitmap_states.count(state) for state in range(8)}
+    if bitmap_bad or payload[4] or (payload[PARTIALLY_PRESENT] and not has_parent):
+        return None
+    selector = raw[0::8].translate(_HAS_DATA)
+    if selector.count(1):
+        # Two streaming passes: no list of millions of ints.
+        highest = max(itertools.compress(bat, selector)) & BAT_OFFSET_MASK
+        lowest = min(itertools.compress(bat, selector)) & BAT_OFFSET_MASK
+        if highest + block_size > file_size or lowest < regions_end:
+            return None
+    counts: dict[str, int] = {}
+    for state, count in payload.items():
+        if count:
+            name = PAYLOAD_STATES[state]
+            counts[name] = counts.get(name, 0) + count
     return counts
 
 
