@@ -401,3 +401,22 @@ def test_trailing_data_after_the_end_marker_is_a_note(tmp_path: Path) -> None:
     opened = open_path(archive)
     assert opened.problems == []
     assert any("follow the end-of-archive marker" in note for note in opened.notes)
+
+
+def test_an_ovf_file_deep_inside_a_root_filesystem_does_not_make_it_an_ova(tmp_path: Path) -> None:
+    dirs = [Entry(d, type=tarfile.DIRTYPE) for d in ("etc", "usr", "bin", "var")]
+    rootfs = write_tar(
+        tmp_path / "rootfs.tar",
+        [
+            *dirs,
+            Entry("usr/share/appliances/demo.ovf", b"<Envelope/>"),
+            Entry("bin/sh", type=tarfile.SYMTYPE, linkname="busybox"),
+        ],
+    )
+    assert open_path(rootfs).kind == "rootfs-archive"
+    nested = write_tar(
+        tmp_path / "nested.tar", [Entry("export/vm.ovf", b"<Envelope/>"), Entry("export/d.vmdk", b"K")]
+    )
+    opened = open_path(nested)
+    assert opened.kind == "ova"
+    assert any("not at the top of the archive" in note for note in opened.notes)

@@ -6,7 +6,7 @@ Peeled without extracting anything, and judged by what they contain::
     open_container(src, limits, name_hint=None) -> OpenedContainer
 
 ``probe_container`` is cheap: magic bytes, and for a tar the first headers (``"ova"`` when
-one of the first ``PROBE_MEMBERS`` members is a ``.ovf``). ``open_container`` is
+one of the first ``PROBE_MEMBERS`` members is a ``.ovf`` at the top of the archive). ``open_container`` is
 authoritative: it reads the whole header structure and may answer ``"ova"`` for a tar whose
 descriptor comes later. See ``model`` for what it returns (and how to turn it into JSON),
 ``compressed`` for how a wrapper is looked into, ``tar``/``classify``/``ova`` for archives.
@@ -25,7 +25,7 @@ from imagewright.binary import ByteSource
 from imagewright.errors import ImageFormatError
 from imagewright.formats.base import HEAD_SIZE, Limits
 from imagewright.formats.containers.archive import judge_archive, read_from_source
-from imagewright.formats.containers.classify import is_ovf_name
+from imagewright.formats.containers.classify import is_top_level_ovf
 from imagewright.formats.containers.compressed import open_compressed, probe_compression
 from imagewright.formats.containers.manifest import ManifestEntry, manifest_entries, parse_manifest
 from imagewright.formats.containers.model import (
@@ -72,7 +72,7 @@ def probe_container(src: ByteSource, head: bytes) -> str | None:
         return None
     limits = dataclasses.replace(Limits(), max_archive_members=PROBE_MEMBERS)
     scan = TarScanner(SourceInput(src), limits, file_source=src).scan()
-    return "ova" if any(m.type == "file" and is_ovf_name(m.name) for m in scan.members) else "tar"
+    return "ova" if any(is_top_level_ovf(m) for m in scan.members) else "tar"
 
 
 def open_container(src: ByteSource, limits: Limits, name_hint: str | None = None) -> OpenedContainer:

@@ -100,12 +100,20 @@ def tops_look_like_rootfs(tops: set[str]) -> bool:
     return "etc" in tops and len(tops & _ROOTFS_DIRS) >= 2
 
 
+def is_top_level_ovf(member: ArchiveMember) -> bool:
+    return member.type == "file" and is_ovf_name(member.name) and "/" not in normalize(member.name)
+
+
 def classify(members: list[ArchiveMember]) -> ContainerKind:
+    """OVA (a ``.ovf`` at the top; deeper only if the tree is no root filesystem, which may
+    well ship an ``.ovf`` somewhere under /usr), root filesystem, disk archive, archive."""
     files = [m for m in members if m.type == "file"]
-    if any(is_ovf_name(m.name) for m in files):
+    if any(is_top_level_ovf(m) for m in files):
         return "ova"
     if looks_like_rootfs(members):
         return "rootfs-archive"
+    if any(is_ovf_name(m.name) for m in files):
+        return "ova"
     if 1 <= len(files) <= MAX_DISK_ARCHIVE_FILES and all(is_disk_name(m.name) for m in files):
         return "disk-archive"
     return "archive"

@@ -69,7 +69,8 @@ def read_ova(
     members: list[ArchiveMember], read_member: ReadMember, limits: Limits, findings: Findings
 ) -> OvaDetails:
     files = [m for m in members if m.type == "file"]
-    descriptors = [m for m in files if is_ovf_name(m.name)]
+    # The first descriptor at the top of the archive; a deeper one only if there is none.
+    descriptors = sorted((m for m in files if is_ovf_name(m.name)), key=lambda m: "/" in normalize(m.name))
     if not descriptors:
         raise ImageFormatError("The archive holds no OVF descriptor.")
     descriptor_member = descriptors[0]
