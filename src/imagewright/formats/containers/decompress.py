@@ -15,6 +15,7 @@ meaning can hide.
 
 from __future__ import annotations
 
+import bz2
 import lzma
 import zlib
 from dataclasses import dataclass
@@ -58,8 +59,6 @@ def _new_member_decoder(fmt: CompressionFormat) -> MemberDecoder:
         return gzip.GzipMemberDecoder()
     if fmt == "xz":
         return lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=XZ_MEMORY_LIMIT)
-    import bz2
-
     return bz2.BZ2Decompressor()
 
 
