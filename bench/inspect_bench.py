@@ -29,7 +29,7 @@ FORMATS: tuple[tuple[str, list[str]], ...] = (
 
 def make_templates(workdir: Path) -> list[Path]:
     """A partitioned 20 GiB disk (GPT, ext4 root) in every format."""
-    raw = workdir / "template.raw"
+    raw = workdir / "source.raw"
     with raw.open("wb") as f:
         f.truncate(20 << 30)
     run(
@@ -81,8 +81,8 @@ def main() -> None:
             for image in images:
                 run(["qemu-img", "info", "--output=json", image])
 
-        ours_seconds = min(timed(ours) for _ in range(3))
-        theirs_seconds = min(timed(theirs) for _ in range(3))
+        ours_seconds = min(timed(ours) for _ in range(5))
+        theirs_seconds = min(timed(theirs) for _ in range(5))
         report(
             Comparison(
                 name="inspect",

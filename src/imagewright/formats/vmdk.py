@@ -623,7 +623,10 @@ class VmdkSparseGuest(MappedGuestSource):
         self._markers = bool(header.flags & FLAG_MARKERS)
         self._zero_grains = bool(header.flags & FLAG_ZERO_GRAIN)
         self._gt_cache: LruCache[int, array[int]] = LruCache(256)
-        self._grains: LruCache[tuple[int, int], bytes] = LruCache(4)
+        # Decompressed grains: a filesystem probe touches a handful of scattered grains (the
+        # table, each superblock, LUKS's secondary headers, the GPT backup) several times over;
+        # keep up to 4 MiB of them so each is inflated once.
+        self._grains: LruCache[tuple[int, int], bytes] = LruCache(max(2, (4 << 20) // self._grain_bytes))
 
     def _load_gt(self, sector: int) -> array[int]:
         return le32_table(read_exact(self._image, sector * SECTOR, self._gtes * 4, "VMDK grain table"))
