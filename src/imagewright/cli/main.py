@@ -32,6 +32,10 @@ def _sentence(text: str) -> str:
 class ImagewrightGroup(click.Group):
     """A click group that turns every failure into one line on stderr and an exit code."""
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        # The order of registration is the pipeline's order (inspect, convert, build ...).
+        return list(self.commands)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
