@@ -307,3 +307,16 @@ def test_ten_gib_bomb_costs_a_bounded_prefix(fmt: str, piece: int, level: str, t
     assert result["maxrss_kib"] < 100 * 1024, result
     if fmt in ("xz", "zstd"):
         assert result["size"] == 10 * GiB  # from the xz indexes / zstd frame headers
+
+
+def test_zstd_with_a_leading_skippable_frame(disk: Path, tmp_path: Path) -> None:
+    one = compress(disk, "zstd", tmp_path / "one.zst")
+    skippable = (0x184D2A50).to_bytes(4, "little") + (16).to_bytes(4, "little") + b"metadata-for-pz!"
+    path = tmp_path / "skip.zst"
+    path.write_bytes(skippable + one.read_bytes())
+    assert tools.run("zstd", "-dc", path).stdout == disk.read_bytes()  # zstd itself accepts it
+    opened = open_path(path)
+    details = opened.details.compression
+    assert isinstance(details, ZstdDetails) and opened.problems == []
+    assert (details.frames, details.skippable_frames) == (1, 1)
+    assert opened.inner is not None and opened.inner.pread(0, MiB) == disk.read_bytes()[:MiB]

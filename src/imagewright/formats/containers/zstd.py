@@ -63,6 +63,9 @@ class ZstdDetails:
 
 
 def probe(head: bytes) -> bool:
+    """A zstd frame, or a skippable frame (which pzstd and others put first)."""
+    if len(head) >= 8 and int.from_bytes(head[:4], "little") & 0xFFFFFFF0 == _SKIPPABLE_LOW:
+        return True
     return head[:4] == MAGIC and len(head) >= 6 and not head[4] & 0x08
 
 
