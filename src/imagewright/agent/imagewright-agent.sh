@@ -362,6 +362,7 @@ function uncomment(s,   i, c, q, prev) {
         c = substr(s, i, 1)
         if (q != "") {
             if (q == "\"" && c == "\\") { i++; prev = "x"; continue }
+            if (q == Q && c == Q && substr(s, i + 1, 1) == Q) { i++; continue }
             if (c == q) q = ""
             prev = c; continue
         }
@@ -417,12 +418,20 @@ function split_entry(t,   i, j) {
     K = trim(substr(t, 1, i - 1)); V = trim(substr(t, i + 1))
     return K != ""
 }
-function flow(body, p, ismap,   i, c, q, item, n) {
+function flow(body, p, ismap,   i, c, q, item, n, t) {
     n = 0; item = ""; q = ""
     for (i = 1; i <= length(body); i++) {
         c = substr(body, i, 1)
-        if (q != "") { item = item c; if (c == q) q = ""; continue }
-        if (c == "\"" || c == Q) { q = c; item = item c; continue }
+        if (q != "") {
+            item = item c
+            if (q == "\"" && c == "\\") { item = item substr(body, ++i, 1); continue }
+            if (q == Q && c == Q && substr(body, i + 1, 1) == Q) { item = item Q; i++; continue }
+            if (c == q) q = ""
+            continue
+        }
+        # a quote opens a quoted scalar only where one can start (item or value start)
+        t = trim(item)
+        if ((c == "\"" || c == Q) && (t == "" || substr(t, length(t), 1) == ":")) { q = c; item = item c; continue }
         if (c == ",") { flow_item(item, p, ismap, n++); item = ""; continue }
         item = item c
     }
@@ -467,7 +476,11 @@ function node(col, t,   p, rest, c2, lvl) {
         scalar(p, rest, col)
         return
     }
-    if (!split_entry(t)) return
+    if (!split_entry(t)) {
+        # a whole document (or a block) written as one flow collection: {a: b} or [a, b]
+        if (t ~ /^[\[{]/) { pop(2 * col); scalar(top(), t, col) }
+        return
+    }
     lvl = 2 * col
     pop(lvl)
     p = join(top(), K)
@@ -804,9 +817,15 @@ reset_context() {
     : >"$WORK/ctx/hosts"
 }
 
-# add_keys: authorized_keys lines from stdin (blank lines, comments and CRs dropped).
+# add_keys: authorized_keys lines from stdin. Blank lines, comments and CRs are dropped, and
+# so is anything without a key type followed by base64 (authorized_keys options before the
+# type are kept): metadata is not trusted to hold only keys.
+KEY_LINE_RE='(^|[[:space:]])(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9]+|sk-[a-z0-9@.-]+)[[:space:]]+[A-Za-z0-9+/]+=*([[:space:]]|$)'
 add_keys() {
-    tr -d '\r' | sed 's/^[[:space:]]*//; s/[[:space:]]*$//' | grep -v '^#' | grep -v '^$' >>"$WORK/ctx/keys"
+    tr -d '\r' | sed 's/^[[:space:]]*//; s/[[:space:]]*$//' | grep -v '^#' | grep -v '^$' >"$WORK/keys.in"
+    grep -E "$KEY_LINE_RE" "$WORK/keys.in" >>"$WORK/ctx/keys"
+    _ak_bad=$(grep -cvE "$KEY_LINE_RE" "$WORK/keys.in")
+    [ "${_ak_bad:-0}" -eq 0 ] || log "ssh: $_ak_bad line(s) that are not public keys ignored"
     return 0
 }
 
@@ -1896,8 +1915,9 @@ apply_ssh_keys() {
 apply_host_keys() {
     _hk_regen=$1
     if have ssh-keygen; then
-        if [ ! -d "$R/etc/ssh" ] && ! have sshd; then
-            log "ssh: no OpenSSH server here; host keys not generated"
+        # ssh-keygen also comes with the client; keys are only for a machine with a server
+        if [ ! -f "$R/etc/ssh/sshd_config" ] && [ ! -x "$R/usr/sbin/sshd" ] && { [ -n "$R" ] || ! have sshd; }; then
+            log "ssh: no OpenSSH server here (no sshd, no sshd_config); host keys not generated"
             return 0
         fi
         mkdir -p "$R/etc/ssh"
@@ -2075,7 +2095,8 @@ grow_root() {
 # Per-instance scripts: user-data and OpenNebula's init.sh
 # ---------------------------------------------------------------------------------------------
 
-# run_script FILE LOG STATUS [DIR]: run an executable, output into LOG, then onto the console.
+# run_script FILE LOG STATUS DIR LABEL: run an executable in DIR, its output into LOG, then onto
+# the console as "LABEL| line".
 # The output goes to a file rather than through a pipe so that a daemon started by the script
 # and holding its stdout cannot keep the agent (and the boot) waiting.
 run_script() {
@@ -2083,6 +2104,7 @@ run_script() {
     _rs_log=$2
     _rs_status=$3
     _rs_dir=${4:-/}
+    _rs_label=${5:-${1##*/}}
     (
         cd "$_rs_dir" 2>/dev/null || cd /
         HOME=${HOME:-/root}
@@ -2094,7 +2116,7 @@ run_script() {
     if [ -s "$_rs_log" ]; then
         _rs_n=0
         while IFS= read -r _rs_line && [ "$_rs_n" -lt 1000 ]; do
-            log "${_rs_file##*/}| $_rs_line"
+            log "$_rs_label| $_rs_line"
             _rs_n=$((_rs_n + 1))
         done <"$_rs_log"
     fi
@@ -2115,7 +2137,7 @@ run_user_data() {
     # the marker comes first: a script that reboots the machine is not run a second time
     : >"$INSTANCE_STATE/done.user-data"
     log "user-data: running ($(file_size "$_ud") bytes)"
-    run_script "$_ud_script" "$INSTANCE_STATE/user-data.log" "$INSTANCE_STATE/user-data.status"
+    run_script "$_ud_script" "$INSTANCE_STATE/user-data.log" "$INSTANCE_STATE/user-data.status" / user-data
     log "user-data: exit status $(cat "$INSTANCE_STATE/user-data.status")"
 }
 
@@ -2135,7 +2157,7 @@ run_init_scripts() {
         chmod 700 "$INSTANCE_STATE/$_ri_s.run"
         log "$_ri_s: running the medium's $_ri_s"
         run_script "$INSTANCE_STATE/$_ri_s.run" "$INSTANCE_STATE/$_ri_s.log" \
-            "$INSTANCE_STATE/$_ri_s.status" "$MEDIUM_DIR"
+            "$INSTANCE_STATE/$_ri_s.status" "$MEDIUM_DIR" "$_ri_s"
         log "$_ri_s: exit status $(cat "$INSTANCE_STATE/$_ri_s.status")"
     done
 }
