@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("inspect", "convert")
+BENCHMARKS = ("inspect", "convert", "prepare")
 
 
 def main(names: list[str]) -> None:
