@@ -228,3 +228,63 @@ def test_qemu_refusing_the_image_is_a_boot_error(tmp_path: Path) -> None:
     disk.write_bytes(PROBE_BOOT_SECTOR)
     with pytest.raises(BootError, match="QEMU could not start the guest"):
         boot(disk, format="qcow2", timeout=60, expect="anything")
+
+
+RESPONDER = r"""
+import sys
+request = sys.stdin.buffer.readline()
+while sys.stdin.buffer.readline() not in (b"\r\n", b"\n", b""):
+    pass
+path = request.split()[1].decode() if len(request.split()) > 1 else "/"
+body = ("served " + path).encode()
+sys.stdout.buffer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+                        + str(len(body)).encode() + b"\r\n\r\n" + body)
+sys.stdout.buffer.flush()
+"""
+
+
+def test_link_local_user_network_reaches_a_guestfwd_command(
+    testguest_rootfs: TestGuest, tmp_path: Path
+) -> None:
+    """DHCP on 169.254.0.0/16 through busybox udhcpc, then HTTP to 169.254.169.254 via guestfwd cmd:."""
+    import sys
+
+    from imagewright.programs.qemu_system import GuestForward, NetworkSpec
+
+    responder = tmp_path / "responder.py"
+    responder.write_text(RESPONDER, encoding="utf-8")
+    tree = tmp_path / "tree"
+    shutil.copytree(testguest_rootfs.root, tree, symlinks=True)
+    script = tree / "etc/init.d/S40net"
+    script.write_text(
+        "#!/bin/sh\n"
+        # udhcpc spins on 'Network is down' unless the link is up first.
+        "ip link set eth0 up\n"
+        "udhcpc -i eth0 -n -q -t 5 -T 1 >/dev/null 2>&1\n"
+        "echo \"check: dhcp $(ip -4 -o addr show eth0 | awk '{print $4}')\"\n"
+        # busybox 1.35's wget crashes with -T; timeout(1) bounds it instead.
+        'echo "check: $(timeout 20 wget -q -O - http://169.254.169.254/latest/meta-data/instance-id)"\n',
+        encoding="utf-8",
+    )
+    script.chmod(0o755)
+    root_fs = flat_ext4(tree, tmp_path / "root.ext4")
+    lines: list[str] = []
+    result = boot(
+        root_fs.path,
+        format="raw",
+        timeout=BOOT_TIMEOUT,
+        expect=testguest_rootfs.marker,
+        snapshot=True,
+        on_line=lines.append,
+        network=NetworkSpec(
+            mode="user",
+            link_local=True,
+            restrict=True,
+            guest_forwards=(GuestForward("169.254.169.254", 80, (sys.executable, str(responder))),),
+        ),
+        direct_kernel=_direct(testguest_rootfs, f"UUID={root_fs.uuid}"),
+    )
+    assert result.matched
+    checks = [line.removeprefix("check: ") for line in lines if line.startswith("check: ")]
+    assert "dhcp 169.254.0.15/16" in checks
+    assert "served /latest/meta-data/instance-id" in checks

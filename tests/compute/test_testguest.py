@@ -129,6 +129,8 @@ def test_configuration_files(testguest_rootfs: TestGuest) -> None:
     assert rc_local.read_text().rstrip().splitlines()[-1] == "exit 0"
     assert list((root / "etc/network").iterdir()) == []
     assert (root / "etc/ssh").is_dir()
+    # Where Debian's busybox udhcpc looks for its lease script (strings in the binary).
+    assert (root / "etc/udhcpc/default.script").stat().st_mode & 0o111
     assert stat.S_IMODE((root / "tmp").stat().st_mode) == 0o1777
     assert stat.S_IMODE((root / "root").stat().st_mode) == 0o700
 

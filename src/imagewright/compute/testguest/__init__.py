@@ -26,10 +26,13 @@ The tree (usr-merged; about 25 MB)::
     /etc/{passwd,group,shadow}       root only (password locked) and nobody
     /etc/{hostname,hosts,fstab,inittab,modules,nsswitch.conf,profile,shells,os-release}
     /etc/network/  /etc/ssh/         empty
-    /usr/share/udhcpc/default.script configures an interface from a busybox udhcpc lease
+    /etc/udhcpc/default.script       configures an interface from a busybox udhcpc lease
     /root (0700) /tmp /var/tmp (1777) /dev /proc /sys /run /home /mnt /media /var/{log,lib}
 
-The serial console is ttyS0: boot with ``console=ttyS0``. File owners in the tree are the
+The serial console is ttyS0: boot with ``console=ttyS0``. Networking (measured with QEMU user
+networking): the NIC is ``eth0`` and starts down; ``ip link set eth0 up`` before ``udhcpc -i eth0``
+(else udhcpc spins on "Network is down"); busybox 1.35's ``wget -T N`` crashes (segfault), so
+bound it with ``timeout N wget ...`` instead. File owners in the tree are the
 builder's uid; the tarball writer records everything as root (0:0), and ``flat_ext4`` run by
 a non-root builder records the builder's uid (harmless: the guest runs everything as root).
 """

@@ -37,7 +37,6 @@ _DIRECTORIES: tuple[tuple[str, int], ...] = (
     ("usr/lib", 0o755),
     ("usr/lib64", 0o755),
     ("usr/share", 0o755),
-    ("usr/share/udhcpc", 0o755),
     ("boot", 0o755),
     ("dev", 0o755),
     ("proc", 0o555),
@@ -52,6 +51,7 @@ _DIRECTORIES: tuple[tuple[str, int], ...] = (
     ("etc/init.d", 0o755),
     ("etc/network", 0o755),
     ("etc/ssh", 0o755),
+    ("etc/udhcpc", 0o755),
     ("var", 0o755),
     ("var/log", 0o755),
     ("var/lib", 0o755),
@@ -73,7 +73,8 @@ _CONFIG_FILES: tuple[tuple[str, str, int], ...] = (
     ("etc/profile", scripts.PROFILE, 0o644),
     ("etc/shells", "/bin/sh\n/bin/ash\n", 0o644),
     ("etc/os-release", scripts.OS_RELEASE, 0o644),
-    ("usr/share/udhcpc/default.script", scripts.UDHCPC_SCRIPT, 0o755),
+    # Debian builds busybox with CONFIG_UDHCPC_DEFAULT_SCRIPT="/etc/udhcpc/default.script".
+    ("etc/udhcpc/default.script", scripts.UDHCPC_SCRIPT, 0o755),
 )
 
 
