@@ -7,6 +7,10 @@
 #
 #   imagewright-agent: ready instance-id=<id> hostname=<name> source=<configdrive|nocloud|opennebula|wakame|ec2|none>
 #
+# <name> is the short host name it set (web1 for web1.example.com, which goes into /etc/hosts),
+# or the machine's own when the source gives none; <id> is "none" when no source answered.
+# Instance ids and names are cleaned first ([A-Za-z0-9._-] and [A-Za-z0-9.-]; see clean_*).
+#
 # Sources, tried in this order; the first one that yields data wins:
 #   configdrive  OpenStack config drive: filesystem labelled config-2 / CONFIG-2,
 #                openstack/latest/meta_data.json (+ user_data, network_data.json)
@@ -19,7 +23,9 @@
 #   once per instance-id: hostname (/etc/hostname, the 127.0.1.1 line of /etc/hosts),
 #       authorized_keys, fresh SSH host keys (cloud-init deletes and regenerates them on a new
 #       instance too, so clones never share host keys; HOST_KEYS=missing turns that off),
-#       OpenNebula's init.sh, and the user-data when it is a script (#!).
+#       OpenNebula's init scripts (INIT_SCRIPTS, default init.sh), and the user-data when it
+#       is a script (#!; OpenNebula's START_SCRIPT counts as one). #cloud-config user-data is
+#       not run; only its ssh_authorized_keys and hostname are used.
 #   every boot: the running hostname from /etc/hostname, the network (static from the source,
 #       else DHCP when no interface has an address), missing SSH host keys, Wakame extra-hosts,
 #       and growing the root partition and filesystem when the disk has room.
@@ -42,6 +48,10 @@
 # Everything is printed with the prefix "imagewright-agent:" on standard output, which the boot
 # hook connects to the console (StandardOutput=journal+console, or >/dev/console).
 #
+# Security: metadata is data. context.sh is read by a separate shell with an empty environment;
+# values never reach eval or an unquoted command line; keys must look like public keys; paths
+# from the medium are checked; the files parsed are bounded (1 MiB).
+#
 # Test hooks (few, and only these):
 #   IMAGEWRIGHT_AGENT_ROOT=DIR     every absolute path the agent reads or writes (/etc, /var, /root,
 #                                  /home, /run, /tmp, /dev, /proc, /sys) resolves under DIR
@@ -49,7 +59,8 @@
 #                                  ifconfig, route, DHCP clients, mount, modprobe, sfdisk writes,
 #                                  partx, resize2fs, blkid/findfs probes) are logged as
 #                                  "dry-run: COMMAND" instead of run; files under the root are still
-#                                  written, host keys still generated, user-data still run
+#                                  written, host keys still generated, user-data still run;
+#                                  media are looked for only under the root
 #   IMAGEWRIGHT_AGENT_MEDIA_DIR=DIR  a directory standing for an already mounted medium, of kind
 #   IMAGEWRIGHT_AGENT_MEDIA_KIND=K   configdrive|nocloud|opennebula|wakame (guessed when empty)
 #   IMAGEWRIGHT_AGENT_IMDS=URL     base URL of the EC2 metadata service (http://HOST[:PORT])
@@ -1224,6 +1235,7 @@ source_opennebula() {
     # INIT_SCRIPTS names the medium's scripts to run (one-context's default: init.sh)
     _on_scripts=$(one INIT_SCRIPTS)
     [ -n "$_on_scripts" ] || _on_scripts=init.sh
+    set -f # the names are words from the medium, not patterns
     for _on_s in $_on_scripts; do
         case $_on_s in
             */* | .* | *[!A-Za-z0-9._-]*) log "INIT_SCRIPTS: '$_on_s' is not a file name on the medium; ignored" ;;
@@ -1236,6 +1248,7 @@ source_opennebula() {
                 ;;
         esac
     done
+    set +f
     return 0
 }
 
