@@ -288,3 +288,41 @@ def test_link_local_user_network_reaches_a_guestfwd_command(
     checks = [line.removeprefix("check: ") for line in lines if line.startswith("check: ")]
     assert "dhcp 169.254.0.15/16" in checks
     assert "served /latest/meta-data/instance-id" in checks
+
+
+def test_sigterm_to_the_harness_still_stops_qemu(
+    testguest_rootfs: TestGuest, testguest_flat_ext4: FlatFilesystem, tmp_path: Path
+) -> None:
+    """A harness killed with SIGTERM (CI cancelling a job) takes its QEMU with it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    log = tmp_path / f"console-{uuid.uuid4().hex}.log"
+    guest = testguest_rootfs
+    kernel = DirectKernel(
+        guest.kernel, guest.initrd, guest.kernel_command_line(f"UUID={testguest_flat_ext4.uuid}")
+    )
+    program = (
+        "from pathlib import Path\n"
+        "from imagewright.compute.boot import DirectKernel, boot\n"
+        f"kernel = DirectKernel(Path({str(kernel.kernel)!r}), Path({str(kernel.initrd)!r}),\n"
+        f"                      {kernel.append!r})\n"
+        f"boot(Path({str(testguest_flat_ext4.path)!r}), format='raw', timeout=170, expect='never printed',\n"
+        f"     snapshot=True, console_log=Path({str(log)!r}), direct_kernel=kernel)\n"
+    )
+    harness = subprocess.Popen([sys.executable, "-c", program], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.exists() and log.stat().st_size > 0 and _qemu_processes(log)):
+            assert time.monotonic() < deadline, "QEMU never started writing the console"
+            assert harness.poll() is None, harness.stderr.read().decode() if harness.stderr else ""
+            time.sleep(0.2)
+        harness.send_signal(signal.SIGTERM)
+        assert harness.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if harness.poll() is None:
+            harness.kill()
+            harness.wait()
+    assert _qemu_processes(log) == []

@@ -14,8 +14,10 @@ from __future__ import annotations
 import os
 import secrets
 import selectors
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -104,19 +106,46 @@ class BootTimeoutError(BootError):
 
 
 @contextmanager
+def _termination_signals_raise() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into SystemExit while QEMU runs, so its ``finally`` still runs.
+
+    QEMU sits in its own session (a terminal's Ctrl-C reaches us, not it), so a harness that
+    died of a signal would leave it running. Only default dispositions are replaced (a
+    caller's own handler stays), and only in the main thread, where Python delivers signals.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    replaced: dict[signal.Signals, Any] = {}
+    for which in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(which) == signal.SIG_DFL:
+            replaced[which] = signal.signal(which, raise_exit)
+    try:
+        yield
+    finally:
+        for which, previous in replaced.items():
+            signal.signal(which, previous)
+
+
+@contextmanager
 def running_qemu(argv: Sequence[str], *, stderr: IO[bytes]) -> Iterator[subprocess.Popen[bytes]]:
     """Start QEMU (own process group; console on its stdout) and always stop and reap it."""
-    proc = start_program(
-        argv,
-        stdin=subprocess.PIPE,  # kept open and silent: the stdio chardev never sees EOF
-        stdout=subprocess.PIPE,
-        stderr=stderr.fileno(),
-        new_session=True,
-    )
-    try:
-        yield proc
-    finally:
-        stop_program(proc)
+    with _termination_signals_raise():
+        proc = start_program(
+            argv,
+            stdin=subprocess.PIPE,  # kept open and silent: the stdio chardev never sees EOF
+            stdout=subprocess.PIPE,
+            stderr=stderr.fileno(),
+            new_session=True,
+        )
+        try:
+            yield proc
+        finally:
+            stop_program(proc)
 
 
 def boot(
