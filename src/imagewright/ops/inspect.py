@@ -235,8 +235,11 @@ def _inspect_container(src: ByteSource, name: str, walk: _Walk, depth: int) -> I
     report = ImageReport(path=name, format=opened.format, container=container, partial=opened.partial)
     if opened.inner is not None:
         inner = _inspect_source(opened.inner, f"{name} (decompressed)", walk, depth + 1)
+        if inner.format == "raw" and _is_prefix_of_unknown(opened):
+            # A raw disk's size is its length, which this wrapper does not record.
+            inner.virtual_size = None
         container.inner = inner
-        report.virtual_size = inner.virtual_size if not _is_prefix_of_unknown(opened) else None
+        report.virtual_size = inner.virtual_size
         report.partial = report.partial or inner.partial
         reasons.extend(inner.verdict.reasons)
     # Archive members that are disk images (an OVA's disks, a tarred disk.raw) are judged in turn.
