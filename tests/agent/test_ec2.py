@@ -162,6 +162,7 @@ def test_no_metadata_service_at_all(shell: str, sandbox: Sandbox) -> None:
 
     assert run.returncode == 0
     assert run.ready_lines() == ["imagewright-agent: ready instance-id=none hostname=template source=none"]
+    assert "no connection to http://127.0.0.1:9 for an IMDSv2 token; trying IMDSv1" in run.messages
     assert "no EC2 metadata service at http://127.0.0.1:9" in run.messages
     assert elapsed < 15
     assert sandbox.read("etc/hostname") == "template\n"

@@ -672,13 +672,18 @@ candidate_devices() {
 
 # Device node of the filesystem labelled exactly $1, or nothing. util-linux blkid, then findfs
 # (busybox and util-linux), then udev's by-label links, then busybox blkid's listing, then the
-# raw reader. In dry-run only what lies under the root is looked at.
+# raw reader. util-linux blkid answering "no such label" (status 2, after probing every device
+# without its cache) is believed: the slower fallbacks would probe the same devices again.
+# In dry-run only what lies under the root is looked at.
 find_label() {
     _fl_label=$1
     _fl_dev=
     if [ "$DRYRUN" != 1 ]; then
         if have blkid; then
-            _fl_dev=$(blkid -c /dev/null -t "LABEL=$_fl_label" -o device 2>/dev/null | head -n 1)
+            _fl_dev=$(blkid -c /dev/null -t "LABEL=$_fl_label" -o device 2>/dev/null)
+            _fl_rc=$?
+            _fl_dev=$(printf '%s\n' "$_fl_dev" | head -n 1)
+            [ "$_fl_rc" = 2 ] && [ -z "$_fl_dev" ] && return 1
         fi
         if [ -z "$_fl_dev" ] && have findfs; then
             _fl_dev=$(findfs "LABEL=$_fl_label" 2>/dev/null | head -n 1)
@@ -1357,34 +1362,41 @@ IMDS_PORT=80
 IMDS_TOKEN=
 HTTP_CODE=000
 
-# http_request METHOD PATH OUTFILE [HEADER]: sets HTTP_CODE (000 when nothing answered),
-# returns 0 on 200. curl when present; else wget for GETs (busybox wget cannot PUT); else a
-# raw HTTP/1.0 exchange through nc.
+# http_request METHOD PATH OUTFILE [HEADER]: sets HTTP_CODE (000 when nothing answered) and
+# HTTP_NO_CONNECT (1 when not even a connection was made), returns 0 on 200. curl when
+# present; else wget for GETs (busybox wget cannot PUT, and its -T crashes in 1.35: timeout(1)
+# bounds it); else a raw HTTP/1.0 exchange through nc. Every wait is a few seconds at most.
 http_request() {
     _hr_method=$1
     _hr_path=$2
     _hr_out=$3
     _hr_hdr=${4:-}
     HTTP_CODE=000
+    HTTP_NO_CONNECT=0
     : >"$_hr_out"
     if have curl; then
         if [ -n "$_hr_hdr" ]; then
-            HTTP_CODE=$(curl -s -o "$_hr_out" -w '%{http_code}' --connect-timeout 2 -m 5 \
+            HTTP_CODE=$(curl -s -o "$_hr_out" -w '%{http_code}' --connect-timeout 2 -m 4 \
                 -X "$_hr_method" -H "$_hr_hdr" "$IMDS_BASE$_hr_path" 2>/dev/null)
         else
-            HTTP_CODE=$(curl -s -o "$_hr_out" -w '%{http_code}' --connect-timeout 2 -m 5 \
+            HTTP_CODE=$(curl -s -o "$_hr_out" -w '%{http_code}' --connect-timeout 2 -m 4 \
                 -X "$_hr_method" "$IMDS_BASE$_hr_path" 2>/dev/null)
         fi
+        # curl 6: no such host, 7: refused or unreachable, 28: timed out
+        case $? in 6 | 7 | 28) HTTP_NO_CONNECT=1 ;; esac
         [ -n "$HTTP_CODE" ] || HTTP_CODE=000
     elif [ "$_hr_method" = GET ] && have wget; then
         # -S prints the status lines (busybox and GNU wget alike), which is how the code is seen
         if [ -n "$_hr_hdr" ]; then
-            with_timeout 6 wget -S -O "$_hr_out" --header "$_hr_hdr" "$IMDS_BASE$_hr_path" >"$WORK/wget.err" 2>&1
+            with_timeout 3 wget -S -O "$_hr_out" --header "$_hr_hdr" "$IMDS_BASE$_hr_path" >"$WORK/wget.err" 2>&1
         else
-            with_timeout 6 wget -S -O "$_hr_out" "$IMDS_BASE$_hr_path" >"$WORK/wget.err" 2>&1
+            with_timeout 3 wget -S -O "$_hr_out" "$IMDS_BASE$_hr_path" >"$WORK/wget.err" 2>&1
         fi
         HTTP_CODE=$(sed -n 's/.*HTTP\/1\.[01] \([0-9][0-9][0-9]\).*/\1/p' "$WORK/wget.err" | tail -n 1)
-        [ -n "$HTTP_CODE" ] || HTTP_CODE=000
+        if [ -z "$HTTP_CODE" ]; then
+            HTTP_CODE=000
+            HTTP_NO_CONNECT=1
+        fi
     elif have nc; then
         _hr_hostline=$IMDS_HOST
         [ "$IMDS_PORT" = 80 ] || _hr_hostline=$IMDS_HOST:$IMDS_PORT
@@ -1393,9 +1405,12 @@ http_request() {
             [ -n "$_hr_hdr" ] && printf '%s\r\n' "$_hr_hdr"
             [ "$_hr_method" = PUT ] && printf 'Content-Length: 0\r\n'
             printf '\r\n'
-        } | with_timeout 6 nc -w 3 "$IMDS_HOST" "$IMDS_PORT" >"$WORK/http.raw" 2>/dev/null
+        } | with_timeout 4 nc -w 2 "$IMDS_HOST" "$IMDS_PORT" >"$WORK/http.raw" 2>/dev/null
+        # nc fails when it cannot connect; a server that closes without a word leaves it at 0
+        _hr_nc=$?
         HTTP_CODE=$(head -n 1 "$WORK/http.raw" | tr -d '\r' | awk '$1 ~ /^HTTP\// { print $2 }')
         [ -n "$HTTP_CODE" ] || HTTP_CODE=000
+        [ "$_hr_nc" != 0 ] && [ ! -s "$WORK/http.raw" ] && HTTP_NO_CONNECT=1
         # the body starts after the first empty line; count header bytes to cut it binary-safe
         _hr_hlen=$(awk '{ n += length($0) + 1 } /^\r?$/ { print n; found = 1; exit } END { if (!found) print 0 }' "$WORK/http.raw")
         if [ "${_hr_hlen:-0}" -gt 0 ]; then
@@ -1431,7 +1446,13 @@ imds_get_token() {
     else
         case $HTTP_CODE in
             404 | 403 | 405) log "IMDSv2 not offered (HTTP $HTTP_CODE to the token request); using IMDSv1" ;;
-            000) log "no answer to the IMDSv2 token request; trying IMDSv1" ;;
+            000)
+                if [ "$HTTP_NO_CONNECT" = 1 ]; then
+                    log "no connection to $IMDS_BASE for an IMDSv2 token; trying IMDSv1"
+                else
+                    log "no answer to the IMDSv2 token request; trying IMDSv1"
+                fi
+                ;;
             *) log "IMDSv2 token request refused (HTTP $HTTP_CODE); trying IMDSv1" ;;
         esac
     fi
@@ -1451,8 +1472,12 @@ source_ec2() {
     IMDS_HOST=${_ec_hp%%:*}
     IMDS_PORT=80
     case $_ec_hp in *:*) IMDS_PORT=${_ec_hp##*:} ;; esac
-    network_for_metadata
+    if ! network_for_metadata && [ "$DRYRUN" != 1 ]; then
+        log "no network: the EC2 metadata service cannot be reached"
+        return 1
+    fi
     imds_get_token
+    _ec_unreachable=$HTTP_NO_CONNECT
     _ec_try=1
     while ! imds_get /latest/meta-data/instance-id "$WORK/ec2.id"; do
         case $HTTP_CODE in
@@ -1466,6 +1491,8 @@ source_ec2() {
                 return 1
                 ;;
         esac
+        # nothing listens at all (twice): do not keep the boot waiting
+        [ "$HTTP_NO_CONNECT" = 1 ] && [ "$_ec_unreachable" = 1 ] && _ec_try=3
         if [ "$_ec_try" -ge 3 ]; then
             log "no EC2 metadata service at $IMDS_BASE"
             return 1
@@ -1928,9 +1955,10 @@ apply_ssh_keys() {
 apply_host_keys() {
     _hk_regen=$1
     if have ssh-keygen; then
-        # ssh-keygen also comes with the client; keys are only for a machine with a server
-        if [ ! -f "$R/etc/ssh/sshd_config" ] && [ ! -x "$R/usr/sbin/sshd" ] && { [ -n "$R" ] || ! have sshd; }; then
-            log "ssh: no OpenSSH server here (no sshd, no sshd_config); host keys not generated"
+        # like cloud-init: keys wherever ssh-keygen and /etc/ssh are (an image may get its
+        # server later, or run one from elsewhere, e.g. the test guest has ssh-keygen only)
+        if [ ! -d "$R/etc/ssh" ] && [ ! -x "$R/usr/sbin/sshd" ]; then
+            log "ssh: no /etc/ssh and no sshd here; host keys not generated"
             return 0
         fi
         mkdir -p "$R/etc/ssh"
