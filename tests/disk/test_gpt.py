@@ -31,6 +31,7 @@ from imagewright.disk.gpt import (
 from imagewright.disk.guids import BIOS_BOOT_GUID, EFI_SYSTEM_GUID, LINUX_FILESYSTEM_GUID, LINUX_SWAP_GUID
 from imagewright.disk.partitions import grow_partition, max_partition_end, relocate_gpt_backup
 from imagewright.disk.table import DiskWrite, PartitionTable
+from imagewright.errors import InvalidArgumentError
 
 pytestmark = pytest.mark.integration
 
@@ -307,3 +308,26 @@ def test_gpt_partitions_beyond_the_disk_or_overlapping_are_problems(tmp_path: Pa
     overlap = read_table(hostile_disk.gpt_overlapping_partitions(tmp_path))
     assert overlap is not None
     assert any("overlap" in p for p in overlap.problems)
+
+
+def test_relocate_inwards_when_the_tail_is_free_and_refuse_when_a_partition_is_cut(tmp_path: Path) -> None:
+    script = SCRIPT.replace("type=S\n", "size=4M, type=S\n")
+    disk = new_disk(tmp_path, "shrink.img", 64 * MiB, script)
+    table = read_table(disk)
+    assert table is not None
+    last_end = max(p.end for p in table.partitions)
+    # The smallest disk that still holds every partition plus the 33 sectors of the backup.
+    smallest = (last_end + 1 + 33) * 512
+    with pytest.raises(InvalidArgumentError, match=f"partition 5 ends at sector {last_end}"):
+        relocate_gpt_backup(table, smallest - 512)
+    new_table, writes = relocate_gpt_backup(table, smallest)
+    apply(disk, writes)
+    with disk.open("r+b") as f:
+        f.truncate(smallest)
+    assert "No problems found" in sgdisk_verify(disk)
+    proc = run("sfdisk", "--json", disk)
+    assert proc.stderr == b""
+    reference = sfdisk_json(disk)
+    assert reference["lastlba"] == last_end
+    assert_matches_sfdisk(read_table(disk), reference)
+    assert_matches_sfdisk(new_table, reference)

@@ -523,20 +523,27 @@ def _primary_layout(table: PartitionTable) -> GptHeader:
 
 
 def relocate_backup(table: PartitionTable, new_disk_sectors: int) -> tuple[PartitionTable, list[DiskWrite]]:
-    """After the disk grew: move the backup header and array to the new end, widen the usable area.
+    """After the disk grew or shrank: the backup header and array at the new end, usable area to match.
 
     Returns the updated table and the sectors to write: protective MBR (resized, boot code
     kept), both headers, both arrays, and zeros over the old backup header so that no tool
     later finds a stale copy in the middle of the disk. Also repairs a damaged backup when
-    ``new_disk_sectors`` is the current size.
+    ``new_disk_sectors`` is the current size. A smaller disk is fine as long as every
+    partition still ends before the new backup entry array (the space cut off is free).
     """
     primary = _primary_layout(table)
     sector_size = table.sector_size
     array_sectors = primary.entry_array_sectors(sector_size)
     new_last = new_disk_sectors - 1
     new_last_usable = new_last - array_sectors - 1
-    if new_last_usable < primary.last_usable_lba:
-        raise ValueError("the disk is smaller than the GPT's usable area; the backup can only move outwards")
+    if new_last_usable < primary.first_usable_lba:
+        raise ValueError(f"a disk of {new_disk_sectors} sectors is too small for this GPT")
+    for number, entry in enumerate(table.gpt_entries, start=1):
+        if entry.used and entry.last_lba > new_last_usable:
+            raise ValueError(
+                f"partition {number} ends at sector {entry.last_lba}, beyond the last usable sector "
+                f"{new_last_usable} of a {new_disk_sectors}-sector disk"
+            )
     primary = replace(primary, last_usable_lba=new_last_usable)
     writes = gpt_writes(primary, table.gpt_entries, new_disk_sectors, sector_size, mbr=table.mbr)
     header = table.gpt_header

@@ -196,7 +196,11 @@ def grow_partition(
 
 
 def relocate_gpt_backup(table: PartitionTable, new_disk_size: int) -> tuple[PartitionTable, list[DiskWrite]]:
-    """For a disk grown to ``new_disk_size`` bytes: the GPT's backup at the new end, usable area widened."""
+    """For a disk grown (or shrunk) to ``new_disk_size`` bytes: the GPT's backup at the new end.
+
+    The usable area follows the new end; shrinking is refused (InvalidArgumentError) when a
+    partition would end past the new last usable sector.
+    """
     if table.kind != "gpt" or table.gpt_header is None:
         raise InvalidArgumentError("Only a readable GPT has a backup header to move.")
     if new_disk_size % table.sector_size:
