@@ -10,6 +10,7 @@ import click
 COMMAND_MODULES: tuple[str, ...] = (
     "inspect",
     "convert",
+    "resize",
     "context",
     "cat",
     "ls",

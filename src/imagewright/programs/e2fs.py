@@ -229,6 +229,22 @@ def e2fsck_replay_journal(device: str, *, timeout: float = _FSCK_TIMEOUT) -> Non
         )
 
 
+def e2fsck_preen(device: str, *, timeout: float = _FSCK_TIMEOUT) -> int:
+    """``e2fsck -fp DEVICE``: a forced check that fixes only what is safe to fix unattended.
+
+    resize2fs refuses a filesystem that was not checked since it was last mounted; this is
+    that check. Returns 0 (clean) or 1 (problems corrected); raises ProgramError when errors
+    are left that need a person (exit 4) or e2fsck failed (8 and above).
+    """
+    result = run_program(["e2fsck", "-fp", device], timeout=timeout, check=False)
+    if result.returncode not in (0, 1):
+        raise ProgramError(
+            f"e2fsck found problems in the filesystem it cannot fix on its own (exit {result.returncode}): "
+            f"{telling_line(result.stderr_text + result.stdout_text)}"
+        )
+    return result.returncode
+
+
 @dataclass(frozen=True)
 class Superblock:
     """The fields of ``dumpe2fs -h`` imagewright uses, plus all of them as text."""
