@@ -30,6 +30,7 @@ from tests.guest.images import (
 )
 
 from imagewright.errors import GuestFilesystemError, ImagewrightError, InvalidArgumentError, UnsafeImageError
+from imagewright.guest import libguestfs
 from imagewright.ops.prepare import DEFAULTS, PrepareOptions, prepare, select
 from imagewright.ops.prepare import operations as operations_module
 from imagewright.ops.prepare.context import PrepareContext
@@ -410,7 +411,11 @@ def test_failure_midway_leaves_the_image_byte_identical(
     assert [p.name for p in tmp_path.iterdir()] == ["disk.raw"]
 
 
-def test_xfs_guest_is_refused_in_one_sentence(tmp_path: Path) -> None:
+def test_xfs_guest_without_libguestfs_is_refused_in_one_sentence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # libguestfs is installed here (tests/guest/test_libguestfs.py uses it): take it away.
+    monkeypatch.setattr(libguestfs, "available", lambda: False)
     disk = tmp_path / "xfs.raw"
     with disk.open("wb") as f:
         f.truncate(320 * 1024 * 1024)

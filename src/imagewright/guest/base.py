@@ -145,6 +145,10 @@ class GuestFS(ABC):
         """Finish: flush queued writes and release what the backend holds."""
         self.flush()
 
+    @abstractmethod
+    def discard(self) -> None:
+        """Release what the backend holds without saving anything still queued (after a failure)."""
+
     # ---- helpers built on the primitives -------------------------------------------
 
     def stat(self, path: str, *, follow: bool = False) -> GuestStat:

@@ -34,9 +34,14 @@ class FilesystemRegion:
     #: Partition number as partitioning tools print it; None for an unpartitioned image.
     partition: int | None
     label: str | None = None
+    #: The root is to be found by libguestfs' inspection (xfs/btrfs/LVM disks with several
+    #: candidates, whose /etc only the appliance can look for).
+    find_root: bool = False
 
     def describe(self) -> str:
         kind = self.fs_type or "no filesystem imagewright recognises"
+        if self.find_root:
+            return f"the root filesystem ({kind})"
         if self.partition is None:
             return f"the filesystem of the whole disk ({kind})"
         return f"partition {self.partition} ({kind})"
@@ -113,7 +118,10 @@ def choose_region(layout: DiskLayout, raw: Path, partition: int | None) -> Files
             return region
     others = [r for r in layout.regions if r.fs_type in OTHER_LINUX_TYPES]
     if others:
-        raise libguestfs.unavailable(str(others[0].fs_type))
+        if not libguestfs.available():
+            raise libguestfs.unavailable(str(others[0].fs_type))
+        first = others[0]
+        return FilesystemRegion(0, first.size, first.fs_type, None, first.label, find_root=True)
     if ext_regions:
         numbers = ", ".join(str(r.partition) for r in ext_regions)
         raise GuestFilesystemError(

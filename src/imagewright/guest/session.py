@@ -71,7 +71,7 @@ def open_guest(
         guest.image_format = fmt
         try:
             yield guest
-            guest.flush()
+            guest.close()
             modified = bool(getattr(guest, "modified", False))
             if writable and modified:
                 if verify and isinstance(guest, E2fsGuest):
@@ -83,10 +83,7 @@ def open_guest(
                         )
                 work.commit()
         finally:
-            if isinstance(guest, E2fsGuest):
-                guest.discard()
-            else:
-                guest.close()
+            guest.discard()
 
 
 def _existing_image(image: str | os.PathLike[str]) -> Path:
@@ -120,9 +117,19 @@ def _backend(region: FilesystemRegion, raw: Path, description: str, writable: bo
             description=description,
             verify=verify,
         )
-    if region.fs_type is None:
+    if region.fs_type is None or region.fs_type == "swap":
         where = "The image" if region.partition is None else f"Partition {region.partition} of the image"
-        raise GuestFilesystemError(f"{where} holds no filesystem imagewright recognises.")
+        what = "swap space" if region.fs_type == "swap" else "no filesystem imagewright recognises"
+        raise GuestFilesystemError(f"{where} holds {what}.")
+    if libguestfs.available():
+        return libguestfs.LibguestfsGuest(
+            raw,
+            partition=region.partition,
+            fs_type=region.fs_type,
+            writable=writable,
+            description=description,
+            find_root=region.find_root,
+        )
     if region.partition is not None and region.fs_type not in OTHER_LINUX_TYPES:
         raise GuestFilesystemError(
             f"Partition {region.partition} of the image is {region.fs_type}; imagewright edits "
