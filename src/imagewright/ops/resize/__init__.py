@@ -376,7 +376,7 @@ def _resize_copy(
         _pwrite_all(work, writes)
     else:
         qemu_io.write_guest(work, fmt, [(write.offset, write.data) for write in writes])
-    growth = grow_ext(work, job.offset, job.size, job.type) if job is not None else None
+    growth = grow_ext(work, job.offset, job.size, job.type, workspace.path) if job is not None else None
     return work, growth
 
 
@@ -400,7 +400,7 @@ def _resize_through_raw(
     )
     os.truncate(raw, sizes.final)
     _pwrite_all(raw, writes)
-    growth = grow_ext(raw, job.offset, job.size, job.type) if job is not None else None
+    growth = grow_ext(raw, job.offset, job.size, job.type, workspace.path) if job is not None else None
     result = workspace.path(fmt)
     qemu_img.convert(
         raw,

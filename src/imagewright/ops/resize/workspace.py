@@ -181,10 +181,22 @@ def _fsync_directory(path: Path) -> None:
             os.close(fd)
 
 
-def _data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
-    """The ``[start, end)`` ranges of a file that hold data (all of it if holes are unknown)."""
+def copy_region(source: Path, start: int, length: int, target: Path, target_start: int) -> None:
+    """Copy bytes ``[start, start + length)`` of ``source`` to ``target`` at ``target_start``.
+
+    Only the data ranges are copied: holes of ``source`` stay holes (or whatever ``target``
+    already holds there, which callers ensure is the same zeros). ``target`` must exist.
+    """
+    with source.open("rb") as fin, target.open("r+b") as fout:
+        for data_start, data_end in _data_ranges(fin.fileno(), start + length, start):
+            _copy_range(fin.fileno(), fout.fileno(), data_start, data_end, target_start - start)
+        os.fsync(fout.fileno())
+
+
+def _data_ranges(fd: int, size: int, position: int = 0) -> list[tuple[int, int]]:
+    """The ``[start, end)`` ranges of a file before ``size`` that hold data (all if holes are unknown)."""
     ranges: list[tuple[int, int]] = []
-    position = 0
+    first = position
     try:
         while position < size:
             try:
@@ -193,20 +205,23 @@ def _data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
                 if err.errno == errno.ENXIO:  # only a hole remains
                     break
                 raise
+            if start >= size:
+                break
             end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
             ranges.append((start, end))
             position = end
     except OSError:
-        return [(0, size)] if size else []
+        return [(first, size)] if size > first else []
     return ranges
 
 
-def _copy_range(fin: int, fout: int, start: int, end: int) -> None:
+def _copy_range(fin: int, fout: int, start: int, end: int, shift: int = 0) -> None:
+    """Copy ``[start, end)`` of ``fin`` to ``fout`` at ``start + shift``."""
     position = start
     while position < end:
         length = min(_CHUNK, end - position)
         try:
-            copied = os.copy_file_range(fin, fout, length, position, position)
+            copied = os.copy_file_range(fin, fout, length, position, position + shift)
         except OSError as err:
             if err.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
                 raise
@@ -215,5 +230,5 @@ def _copy_range(fin: int, fout: int, start: int, end: int) -> None:
             chunk = os.pread(fin, length, position)
             if not chunk:
                 raise OSError(errno.EIO, "the image file ended early")
-            copied = os.pwrite(fout, chunk, position)
+            copied = os.pwrite(fout, chunk, position + shift)
         position += copied
