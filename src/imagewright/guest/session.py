@@ -2,9 +2,10 @@
 
 The image is inspected first and refused when unsafe; nothing else reads it before that.
 Opened for writing, every change happens on a working copy (see ``workcopy``) that replaces
-the image only after the block finished without an error and ``e2fsck -fn`` found the edited
-filesystem clean. An exception anywhere leaves the image exactly as it was. A block that
-changed nothing leaves it untouched too (not even rewritten).
+the image only after the block finished without an error and (ext2/3/4) ``e2fsck -fn`` found
+the edited filesystem clean, or (other filesystems) libguestfs unmounted it and shut down.
+An exception anywhere leaves the image exactly as it was. A block that changed nothing leaves
+it untouched too (not even rewritten).
 """
 
 from __future__ import annotations

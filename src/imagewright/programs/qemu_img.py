@@ -21,10 +21,9 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from imagewright.errors import ImageIOError, InvalidArgumentError, ProgramError
+from imagewright.errors import InvalidArgumentError, ProgramError
 from imagewright.programs.runner import run_program, start_program, stop_program, telling_line
 
 #: ``progress(done_bytes, total_bytes)``, as ``cli.common.ByteProgress`` takes it.
@@ -268,12 +267,6 @@ def _report_progress(piece: bytes, progress: ProgressCallback, total_bytes: int 
         progress(int(percent * 100), 10000)
     else:
         progress(int(total_bytes * percent / 100), total_bytes)
-
-
-def require_file(path: Path) -> None:
-    """ImageIOError unless ``path`` is an existing regular file (before handing it to qemu-img)."""
-    if not path.is_file():
-        raise ImageIOError(f"{path} is not an existing image file.")
 
 
 def convert_to_nbd(
