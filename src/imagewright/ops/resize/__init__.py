@@ -26,6 +26,7 @@ Shrinking is refused unless everything cut off is unused: beyond the last partit
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Callable
@@ -58,7 +59,7 @@ from imagewright.ops.resize.layout import (
     plan_table,
 )
 from imagewright.ops.resize.sizes import SizePlan, plan_size
-from imagewright.ops.resize.workspace import Workspace, out_of_space_error
+from imagewright.ops.resize.workspace import Workspace, file_size_limit_error, out_of_space_error
 from imagewright.programs import qemu_img, qemu_io
 from imagewright.units import format_size, parse_size_change
 
@@ -69,8 +70,9 @@ __all__ = ["PartitionChange", "Progress", "ResizeReport", "resize"]
 
 #: Formats ``qemu-img check`` can check (raw and vpc have no metadata to check).
 _CHECKED_FORMATS = frozenset({"qcow2", "vmdk", "vdi", "vhdx"})
-#: What qemu-img and Python say when a disk or quota is full.
-_OUT_OF_SPACE = ("No space left on device", "Disk quota exceeded", "File too large", "signal 25")
+#: What qemu-img says when a disk or quota is full, and when it hits the file size limit.
+_OUT_OF_SPACE = ("No space left on device", "Disk quota exceeded")
+_FILE_SIZE_LIMIT = ("File too large", "killed by signal 25")
 
 
 @dataclass
@@ -252,8 +254,14 @@ def resize(
             except ProgramError as err:
                 if any(marker in str(err) for marker in _OUT_OF_SPACE):
                     raise out_of_space_error(workspace.directory, real) from None
+                if any(marker in str(err) for marker in _FILE_SIZE_LIMIT):
+                    raise file_size_limit_error(real) from None
                 raise
             except OSError as err:
+                if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise out_of_space_error(workspace.directory, real) from None
+                if err.errno == errno.EFBIG:
+                    raise file_size_limit_error(real) from None
                 raise ImageIOError(f"Resizing {path.name} failed: {err.strerror}.") from None
 
     growth_of_partition = table_plan.growth if table_plan is not None else None

@@ -60,6 +60,13 @@ def out_of_space_error(directory: Path, image: Path) -> ImageIOError:
     )
 
 
+def file_size_limit_error(image: Path) -> ImageIOError:
+    return ImageIOError(
+        f"A copy of {image.name} grew past this process's file size limit (ulimit -f: File too large); "
+        "the image was left as it was."
+    )
+
+
 class Workspace:
     """Temporary files beside ``image``; ``commit`` puts one of them in its place."""
 
@@ -136,8 +143,10 @@ class Workspace:
                 fout.truncate(size)
                 os.fsync(fout.fileno())
         except OSError as err:
-            if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise out_of_space_error(self.directory, self.image) from None
+            if err.errno == errno.EFBIG:
+                raise file_size_limit_error(self.image) from None
             raise ImageIOError(f"Cannot copy {self.image}: {err.strerror}.") from None
         return target
 
