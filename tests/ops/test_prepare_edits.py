@@ -84,6 +84,8 @@ def test_netplan_flow_style_match() -> None:
 def test_netplan_without_macs_is_unchanged() -> None:
     text = "network:\n  ethernets:\n    eth0:\n      dhcp4: true\n      match:\n        name: eth0\n"
     assert strip_netplan(text) == (text, [])
+    # Found by hypothesis: a match holding only a comment is not ours to remove.
+    assert strip_netplan("      match:\n# comment") == ("      match:\n# comment", [])
 
 
 _LINES = st.lists(

@@ -87,7 +87,8 @@ def strip_netplan(text: str) -> tuple[str, list[str]]:
         if index in drop or not _YAML_MATCH.match(line.strip()):
             continue
         body = _block(lines, index)
-        if body and all(i in drop or not _meaningful(lines[i]) for i in body):
+        # Only a match that lost its macaddress and has nothing else left goes.
+        if any(i in drop for i in body) and all(i in drop or not _meaningful(lines[i]) for i in body):
             drop.add(index)
             drop.update(i for i in body if _meaningful(lines[i]) or lines[i].strip().startswith("#"))
             emptied_matches.append(index)
