@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import Comparison, report, run, timed
-from imagewright.ops.inspect import inspect_image
+from imagewright.inspection import inspect_image
 
 VIRTUAL_SIZE = "20G"
 COUNT = 100

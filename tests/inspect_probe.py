@@ -22,7 +22,7 @@ def _peak_rss_kib() -> int:
 
 
 def main(path: str) -> None:
-    import imagewright.ops.inspect as inspect_module
+    import imagewright.inspection as inspect_module
     from imagewright.formats import containers, registry
 
     # Import every reader now so that module files are not counted as opened by inspect.

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from imagewright.ops.inspect import ImageReport
+    from imagewright.inspection import ImageReport
 
 
 def inspect(path: str, **kwargs: Any) -> ImageReport:
-    """Inspect an image file; see ``imagewright.ops.inspect.inspect_image``."""
-    from imagewright.ops.inspect import inspect_image
+    """Inspect an image file; see ``imagewright.inspection.inspect_image``."""
+    from imagewright.inspection import inspect_image
 
     return inspect_image(path, **kwargs)
 

@@ -15,7 +15,7 @@ from click.testing import Result
 from tests.fixtures.tools import blkid, qemu_img, qemu_img_info, run, sfdisk, sfdisk_json, sparse_file
 
 from imagewright.errors import ImageIOError, UnsafeImageError
-from imagewright.ops.inspect import ImageReport, inspect_image, require_safe
+from imagewright.inspection import ImageReport, inspect_image, require_safe
 
 MiB = 1 << 20
 

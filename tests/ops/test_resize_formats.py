@@ -27,7 +27,7 @@ from tests.ops.resize_fixtures import (
 
 from imagewright.binary import FileSource
 from imagewright.disk.partitions import read_partition_table
-from imagewright.ops.inspect import inspect_image
+from imagewright.inspection import inspect_image
 from imagewright.ops.resize import resize
 from imagewright.ops.resize.sizes import vhd_chs_size
 from imagewright.programs.runner import record_invocations

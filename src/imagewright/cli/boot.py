@@ -23,7 +23,7 @@ def checked_format(path: Path, *, role: str) -> str:
     ``role`` is "image", "CD-ROM" or "drive": every file handed to QEMU is an untrusted image.
     """
     import imagewright
-    from imagewright.ops.inspect import require_safe
+    from imagewright.inspection import require_safe
 
     report = imagewright.inspect(str(path))
     try:

@@ -12,7 +12,7 @@ from rich.text import Text
 from imagewright.cli.common import SIZE, emit_json, json_option, stdout_console
 from imagewright.cli.format_highlights import highlights
 from imagewright.formats.base import Limits
-from imagewright.ops.inspect import ContainerReport, ImageReport, inspect_image
+from imagewright.inspection import ContainerReport, ImageReport, inspect_image
 from imagewright.units import format_size
 
 

@@ -17,7 +17,7 @@ from imagewright.guest import libguestfs
 from imagewright.programs import e2fs
 
 if TYPE_CHECKING:
-    from imagewright.ops.inspect import ImageReport
+    from imagewright.inspection import ImageReport
 
 EXT_TYPES = frozenset({"ext2", "ext3", "ext4"})
 #: Filesystems a Linux root can live on that only libguestfs can edit here.
@@ -56,14 +56,14 @@ class DiskLayout:
 
 def inspect_and_require_safe(image: Path) -> ImageReport:
     """``imagewright.inspect(image)``, refusing an unsafe image with UnsafeImageError."""
-    from imagewright.ops.inspect import inspect_image
-    from imagewright.ops.inspect import require_safe as refuse_unsafe
+    from imagewright.inspection import inspect_image
+    from imagewright.inspection import require_safe as refuse_unsafe
 
     return refuse_unsafe(inspect_image(image))
 
 
 def require_safe(report: ImageReport) -> None:
-    from imagewright.ops.inspect import require_safe as refuse_unsafe
+    from imagewright.inspection import require_safe as refuse_unsafe
 
     refuse_unsafe(report)
 

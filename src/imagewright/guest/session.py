@@ -33,7 +33,7 @@ from imagewright.guest.workcopy import WorkingCopy
 from imagewright.programs import e2fs
 
 if TYPE_CHECKING:
-    from imagewright.ops.inspect import ImageReport
+    from imagewright.inspection import ImageReport
 
 ProgressCallback = Callable[[int, int | None], None]
 

@@ -15,19 +15,14 @@ import hashlib
 import lzma
 import os
 import secrets
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import zstandard
+from isal import isal_zlib  # ISA-L's igzip: the same gzip format, several times faster on one core
 
 from imagewright.errors import ImageIOError, OutputExistsError
-
-try:  # ISA-L's igzip: the same gzip format, several times faster on one core.
-    from isal import isal_zlib as _fast_zlib
-except ImportError:  # pragma: no cover - isal is a dependency; zlib is the fallback
-    _fast_zlib = None
 
 CHUNK = 1 << 20
 _ZEROS = bytes(CHUNK)
@@ -136,9 +131,7 @@ def new_compressor(kind: str) -> Compressor:
     if kind == "gzip":
         # igzip level 2 compresses about as well as gzip -3 at many times its speed; the
         # output is an ordinary gzip member any gunzip reads.
-        if _fast_zlib is not None:
-            return _ZlibLike(_fast_zlib.compressobj(2, _fast_zlib.DEFLATED, 16 + 15))
-        return _ZlibLike(zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS))
+        return _ZlibLike(isal_zlib.compressobj(2, isal_zlib.DEFLATED, 16 + 15))
     if kind == "xz":
         return lzma.LZMACompressor(format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=6)
     if kind == "zstd":

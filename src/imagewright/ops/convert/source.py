@@ -18,8 +18,8 @@ from imagewright.binary import FileSource
 from imagewright.errors import ImageIOError, UnsupportedFormatError
 from imagewright.formats.base import Limits
 from imagewright.formats.containers.decompress import DecompressedStream
+from imagewright.inspection import ImageReport, inspect_image, require_safe
 from imagewright.ops.convert.output import OutputFile
-from imagewright.ops.inspect import ImageReport, inspect_image, require_safe
 
 #: Formats qemu-img reads that imagewright converts from.
 READABLE_FORMATS = frozenset({"raw", "qcow2", "qcow", "vmdk", "vpc", "vhdx", "vdi", "qed", "parallels"})

@@ -43,7 +43,7 @@ from imagewright.errors import (
 )
 from imagewright.formats.base import Limits
 from imagewright.guest.workcopy import WriteBack
-from imagewright.ops.inspect import ImageReport, inspect_image, require_safe
+from imagewright.inspection import ImageReport, inspect_image, require_safe
 from imagewright.ops.resize.filesystem import EXT_TYPES, FilesystemGrowth, grow_ext
 from imagewright.ops.resize.formats import (
     RESIZED_IN_PLACE,

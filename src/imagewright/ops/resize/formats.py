@@ -25,7 +25,7 @@ from imagewright.errors import UnsupportedFormatError
 from imagewright.formats.vhd import VhdDetails
 from imagewright.formats.vhdx import VhdxDetails
 from imagewright.guest.workcopy import WriteBack, write_back_plan
-from imagewright.ops.inspect import ImageReport
+from imagewright.inspection import ImageReport
 
 #: qemu-img resize works on these (qemu 7.2).
 RESIZED_IN_PLACE = frozenset({"raw", "qcow2"})
