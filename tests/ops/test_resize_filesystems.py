@@ -26,7 +26,7 @@ from tests.ops.resize_fixtures import (
     to_raw,
 )
 
-from imagewright.errors import InvalidArgumentError
+from imagewright.errors import InvalidArgumentError, UnsupportedFormatError
 from imagewright.ops.resize import resize
 
 pytestmark = pytest.mark.integration
@@ -208,4 +208,18 @@ def test_partition_options_do_not_apply_to_shrinking(tmp_path: Path) -> None:
     raw, _ = gpt_with_free_tail(tmp_path)
     with pytest.raises(InvalidArgumentError, match="apply only when it grows"):
         resize(raw, "-16M", partition=2)
+    assert stray_files(tmp_path) == []
+
+
+def test_qcow2_snapshots_are_never_dropped(tmp_path: Path) -> None:
+    image = in_format(flat_ext4(tmp_path, 64 * MiB), "qcow2")
+    run("qemu-img", "snapshot", "-c", "before-resize", image)
+    digest = sha256(image)
+    with pytest.raises(UnsupportedFormatError, match="1 internal snapshot"):
+        resize(image, "+64M")
+    assert sha256(image) == digest
+    # Growing only the disk keeps the image in place: the snapshot stays.
+    resize(image, "+64M", grow_partition=False)
+    assert b"before-resize" in run("qemu-img", "snapshot", "-l", image).stdout
+    assert info(image, "qcow2")["virtual-size"] == 128 * MiB
     assert stray_files(tmp_path) == []

@@ -47,6 +47,7 @@ from imagewright.inspection import ImageReport, inspect_image, require_safe
 from imagewright.ops.resize.filesystem import EXT_TYPES, FilesystemGrowth, grow_ext
 from imagewright.ops.resize.formats import (
     RESIZED_IN_PLACE,
+    check_convertible,
     check_supported,
     preallocates,
     vhd_size_source,
@@ -154,7 +155,7 @@ class ResizeReport:
         if self.filesystem_action == "at-first-boot":
             return f"; its {fs} filesystem will grow to fill it at first boot (imagewright-agent)"
         if self.filesystem_action == "not-grown":
-            return " was not grown" if flat else f"; its {fs} filesystem was not grown"
+            return " was not grown" if flat else f"; the {fs} inside it was not grown"
         if flat:
             return " is unchanged"
         return "; it holds no filesystem imagewright recognises"
@@ -245,6 +246,7 @@ def resize(
                     result, growth = _resize_copy(workspace, report, sizes, writes, job, progress)
                 else:
                     method = "raw-working-copy"
+                    check_convertible(report)
                     plan = write_back(report, real)
                     result, growth = _resize_through_raw(
                         workspace, report, plan, sizes, writes, job, progress

@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from imagewright.errors import UnsupportedFormatError
+from imagewright.formats.qcow2 import Qcow2Details
 from imagewright.formats.vhd import VhdDetails
 from imagewright.formats.vhdx import VhdxDetails
 from imagewright.guest.workcopy import WriteBack, write_back_plan
@@ -60,6 +61,17 @@ def check_supported(report: ImageReport) -> None:
         raise UnsupportedFormatError(
             f"{report.path} uses {details.logical_sector_size}-byte sectors, and qemu-img writes VHDX "
             "with 512-byte sectors only; resizing it would move every partition."
+        )
+
+
+def check_convertible(report: ImageReport) -> None:
+    """Refuse a round trip through raw that would lose something qemu-img convert does not carry."""
+    details = report.details
+    if report.format == "qcow2" and isinstance(details, Qcow2Details) and details.nb_snapshots:
+        raise UnsupportedFormatError(
+            f"{report.path} has {details.nb_snapshots} internal snapshot(s), which growing its filesystem "
+            "through a raw copy would drop; resize without growing the filesystem (--no-partition) or "
+            "delete the snapshots first."
         )
 
 
