@@ -239,32 +239,7 @@ def resize(
     method = "unchanged"
     growth: FilesystemGrowth | None = None
     if sizes.final != sizes.current or writes or job is not None:
-        with Workspace(real) as workspace:
-            try:
-                if report.format in RESIZED_IN_PLACE and not (report.format == "qcow2" and job is not None):
-                    method = "copy"
-                    result, growth = _resize_copy(workspace, report, sizes, writes, job, progress)
-                else:
-                    method = "raw-working-copy"
-                    check_convertible(report)
-                    plan = write_back(report, real)
-                    result, growth = _resize_through_raw(
-                        workspace, report, plan, sizes, writes, job, progress
-                    )
-                _verify(result, report.format, sizes.final, table_plan, limits)
-                workspace.commit(result)
-            except ProgramError as err:
-                if any(marker in str(err) for marker in _OUT_OF_SPACE):
-                    raise out_of_space_error(workspace.directory, real) from None
-                if any(marker in str(err) for marker in _FILE_SIZE_LIMIT):
-                    raise file_size_limit_error(real) from None
-                raise
-            except OSError as err:
-                if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise out_of_space_error(workspace.directory, real) from None
-                if err.errno == errno.EFBIG:
-                    raise file_size_limit_error(real) from None
-                raise ImageIOError(f"Resizing {path.name} failed: {err.strerror}.") from None
+        method, growth = _carry_out(real, report, sizes, table_plan, writes, job, limits, progress)
 
     growth_of_partition = table_plan.growth if table_plan is not None else None
     return ResizeReport(
@@ -286,6 +261,44 @@ def resize(
         notes=notes,
         seconds=time.monotonic() - started,
     )
+
+
+def _carry_out(
+    real: Path,
+    report: ImageReport,
+    sizes: SizePlan,
+    table_plan: TablePlan | None,
+    writes: list[DiskWrite],
+    job: _FilesystemJob | None,
+    limits: Limits,
+    progress: Progress | None,
+) -> tuple[str, FilesystemGrowth | None]:
+    """Do the work on a copy, check it, put it in place; returns (method, filesystem growth)."""
+    with Workspace(real) as workspace:
+        try:
+            if report.format in RESIZED_IN_PLACE and not (report.format == "qcow2" and job is not None):
+                method = "copy"
+                result, growth = _resize_copy(workspace, report, sizes, writes, job, progress)
+            else:
+                method = "raw-working-copy"
+                check_convertible(report)
+                plan = write_back(report, real)
+                result, growth = _resize_through_raw(workspace, report, plan, sizes, writes, job, progress)
+            _verify(result, report.format, sizes.final, table_plan, limits)
+            workspace.commit(result)
+        except ProgramError as err:
+            if any(marker in str(err) for marker in _OUT_OF_SPACE):
+                raise out_of_space_error(workspace.directory, real) from None
+            if any(marker in str(err) for marker in _FILE_SIZE_LIMIT):
+                raise file_size_limit_error(real) from None
+            raise
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise out_of_space_error(workspace.directory, real) from None
+            if err.errno == errno.EFBIG:
+                raise file_size_limit_error(real) from None
+            raise ImageIOError(f"Resizing {real.name} failed: {err.strerror}.") from None
+    return method, growth
 
 
 def _filesystem_plan(
