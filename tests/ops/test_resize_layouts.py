@@ -14,11 +14,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from tests.fixtures.tools import run, sparse_file
-from tests.ops.resize_fixtures import end_of, partitions_by_number
+from tests.ops.resize_fixtures import MiB, end_of, partitions_by_number
 
-from imagewright.binary import FileSource
+from imagewright.binary import BytesSource, FileSource
 from imagewright.disk.partitions import read_partition_table
+from imagewright.errors import ImagewrightError
 from imagewright.ops.resize import resize
+from imagewright.ops.resize.layout import plan_table
 
 pytestmark = pytest.mark.integration
 
@@ -113,3 +115,65 @@ def test_any_layout_grows_into_a_valid_table(layout: Layout, delta: int, fmt: st
         with FileSource(raw) as src:
             ours = read_partition_table(src)
         assert ours is not None and ours.problems == [] and ours.warnings == []
+
+
+# --- tables bent byte by byte ------------------------------------------------------------------
+
+TABLE_BYTES = 40 * 512  # MBR/protective MBR, GPT header and entry array
+
+
+@pytest.fixture(scope="module")
+def real_tables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The first sectors (and EBRs) of small disks made by sfdisk, as bytes of a 16 MiB disk."""
+    directory = tmp_path_factory.mktemp("bent-tables")
+    scripts = {
+        "gpt": "label: gpt\n,2M,U\n,4M,L\n,,S\n",
+        "dos": "label: dos\n,2M,83\n,,5\n,2M,82\n,,83\n",
+    }
+    disks = {}
+    for name, script in scripts.items():
+        path = sparse_file(directory / f"{name}.img", 16 * MiB)
+        run("sfdisk", "-q", "--no-reread", "--no-tell-kernel", path, input=script.encode())
+        disks[name] = path.read_bytes()
+    return disks
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=st.sampled_from(["gpt", "dos"]),
+    edits=st.lists(st.tuples(st.integers(0, TABLE_BYTES - 1), st.integers(0, 255)), min_size=1, max_size=8),
+    ebr_edits=st.lists(st.tuples(st.integers(0, 511), st.integers(0, 255)), max_size=4),
+    new_size=st.integers(1, 64 * MiB // 512).map(lambda sectors: sectors * 512),
+    number=st.one_of(st.none(), st.integers(1, 8)),
+)
+def test_bent_tables_give_a_sentence_or_a_valid_plan(
+    real_tables: dict[str, bytes],
+    name: str,
+    edits: list[tuple[int, int]],
+    ebr_edits: list[tuple[int, int]],
+    new_size: int,
+    number: int | None,
+) -> None:
+    disk = bytearray(real_tables[name])
+    for offset, value in edits:
+        disk[offset] = value
+    for offset, value in ebr_edits:  # the first EBR of the dos disk sits at 3 MiB (sector 6144)
+        disk[6144 * 512 + offset] = value
+    try:
+        table = read_partition_table(BytesSource(bytes(disk)))
+    except ImagewrightError:
+        return
+    if table is None or table.problems:
+        return
+    try:
+        plan = plan_table(table, new_size, partition=number)
+    except ImagewrightError:
+        return
+    # Whatever was planned, written into a disk of the new size, reads back as planned.
+    grown = bytearray(disk[:new_size].ljust(new_size, b"\0"))
+    for write in plan.writes:
+        grown[write.offset : write.offset + len(write.data)] = write.data
+    again = read_partition_table(BytesSource(bytes(grown)))
+    assert again is not None and again.problems == []
+    shape = [(p.number, p.start, p.end, p.type_id) for p in again.partitions]
+    assert shape == [(p.number, p.start, p.end, p.type_id) for p in plan.expected.partitions]
