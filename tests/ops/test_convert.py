@@ -12,14 +12,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import Result
 from tests.fixtures.tools import qemu_img, qemu_img_info, qemu_io_write, run, sparse_file
 
-from imagewright.errors import InvalidArgumentError, OutputExistsError, UnsafeImageError
+from imagewright.errors import ImageIOError, InvalidArgumentError, OutputExistsError, UnsafeImageError
 from imagewright.ops.convert import convert
 from imagewright.ops.convert.plan import plan_output
 
@@ -335,3 +335,60 @@ def test_killing_qemu_img_leaves_no_output(slow_source: Path, tmp_path: Path) ->
     assert b"killed by signal 9" in stderr
     assert len(stderr.decode().strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 48 MiB tmpfs: a destination that fills up half-way through a conversion."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    run("mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", mountpoint)
+    yield mountpoint
+    run("umount", mountpoint)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["out.raw", "out.raw.gz", "out.qcow2"])
+def test_full_disk_leaves_no_output_and_says_so(tmp_path: Path, small_tmpfs: Path, name: str) -> None:
+    src = tmp_path / "data.raw"
+    with src.open("wb") as f:
+        for _ in range(8):
+            f.write(os.urandom(8 * MiB))  # 64 MiB of incompressible data: more than fits
+    dst = small_tmpfs / name
+    with pytest.raises(ImageIOError) as caught:
+        convert(src, dst)
+    message = str(caught.value)
+    assert "full" in message or "free" in message or "space" in message, message
+    assert list(small_tmpfs.iterdir()) == []
+
+
+@pytest.mark.integration
+def test_archives_and_unreadable_formats_are_refused(run_cli: Callable[..., Result], tmp_path: Path) -> None:
+    disk = tmp_path / "disk.raw"
+    sparse_file(disk, MiB)
+    archive = tmp_path / "disk.tar"
+    run("tar", "-C", tmp_path, "-cf", archive, "disk.raw")
+    luks = tmp_path / "disk.luks"
+    for _ in range(8):  # qemu's key-timing step sometimes fails on a busy machine; it is not under test
+        proc = run(
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "luks",
+            "--object",
+            "secret,id=s0,data=pw",
+            "-o",
+            "key-secret=s0,iter-time=10",
+            luks,
+            "4M",
+            check=False,
+        )
+        if proc.returncode == 0:
+            break
+    for source in (archive, luks):
+        result = run_cli(["convert", source, tmp_path / "out.qcow2"])
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith("imagewright: error:")
+        assert "archive" in result.stderr or "does not convert" in result.stderr, result.stderr
+        assert not (tmp_path / "out.qcow2").exists()
