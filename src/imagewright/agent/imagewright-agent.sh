@@ -2391,6 +2391,9 @@ main() {
     _m_host=${HOST_APPLIED%%.*}
     [ -n "$_m_host" ] || _m_host=$(first_line "$R/etc/hostname")
     [ -n "$_m_host" ] || _m_host=$(live_hostname)
+    # The ready line tells a harness or operator the instance is configured: what the agent
+    # wrote must then survive a power cut (a harness may stop the machine right after it).
+    [ "$DRYRUN" = 1 ] || ! have sync || sync
     log "ready instance-id=${INSTANCE_ID:-none} hostname=${_m_host:-localhost} source=$SOURCE"
     return 0
 }
