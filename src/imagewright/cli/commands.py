@@ -11,6 +11,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "inspect",
     "convert",
     "resize",
+    "build",
     "context",
     "cat",
     "ls",

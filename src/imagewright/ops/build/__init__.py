@@ -1,0 +1,440 @@
+"""``build``: a bootable, partitioned disk from a flat filesystem image, a rootfs tree or a tarball.
+
+The classic job of turning an EC2/Eucalyptus-style image (a bare filesystem; the cloud supplied
+kernel and ramdisk) or a debootstrap/``docker export`` tree into a whole disk a KVM cloud boots:
+partition table, root filesystem, swap, GRUB in the MBR, ``grub.cfg``, ``/etc/fstab`` — without
+root, loop devices or mounting anything. The steps, in order:
+
+1. Judge the source (``source.py``: inspect refuses hostile images and tarballs) and the sizes
+   (``sizing.py``): the content, ext4's own metadata, swap and alignment must fit ``--size``.
+2. Create the raw image under a temporary name next to the output; partition it with sfdisk
+   (``layout.py`` documents the layout) and read the table back with our own reader and with
+   ``sfdisk --json``: all three must agree.
+3. Write the root filesystem into its partition's byte range (``rootfs.py``; tarballs through a
+   rootless staging tree, ``tarball.py`` and ``metadata.py``).
+4. Put the kernel (``--kernel``) into /boot or choose the newest there, write ``grub.cfg`` and
+   ``/etc/fstab`` (``configure.py``, ``grubcfg.py``, ``fstab.py``).
+5. Write the swap signature (``swap.py``) and install GRUB for BIOS (``bootloader.py``).
+6. Check the result: ``e2fsck -fn`` must find the root filesystem clean, and ``inspect`` must see
+   the table, the filesystems and GRUB's boot code.
+7. Convert to the output format if it is not raw, and move the result into place. Any failure,
+   Ctrl-C included, leaves neither the output nor a temporary file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid as uuid_module
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagewright.binary import FileSource
+from imagewright.disk.partitions import read_partition_table
+from imagewright.errors import BuildError, InvalidArgumentError, OutputExistsError
+from imagewright.formats.base import Limits
+from imagewright.guest.e2fs import E2fsGuest
+from imagewright.ops.build.bootloader import BootloaderPlacement, install_grub_bios
+from imagewright.ops.build.configure import (
+    GivenKernel,
+    check_given_kernel,
+    install_kernel,
+    write_fstab,
+    write_grub_config,
+)
+from imagewright.ops.build.grubcfg import KernelChoice, command_line, kernel_parameters
+from imagewright.ops.build.layout import (
+    DiskLayout,
+    PlannedPartition,
+    TableKind,
+    check_table,
+    plan_layout,
+    round_up_mib,
+)
+from imagewright.ops.build.rootfs import RootFilesystem, directory_plan, write_filesystem_image, write_tree
+from imagewright.ops.build.sizing import check_tree_fits, default_disk_size, root_bytes_needed
+from imagewright.ops.build.source import (
+    EXT_TYPES,
+    BuildSource,
+    DirectorySource,
+    FilesystemImageSource,
+    TarballSource,
+    open_source,
+)
+from imagewright.ops.build.swap import write_swap
+from imagewright.ops.build.tarball import extract_tarball
+from imagewright.ops.convert.output import atomic_output
+from imagewright.ops.convert.plan import OutputPlan, plan_output
+from imagewright.ops.inspect import inspect_image
+from imagewright.programs import e2fs, sfdisk
+
+__all__ = ["BuildReport", "PartitionReport", "Progress", "build"]
+
+#: ``progress(stage, done, total)``: "extracting", "copying the filesystem", "converting" ...
+Progress = Callable[[str, int, int | None], None]
+
+
+@dataclass
+class PartitionReport:
+    """One partition of the built disk (sectors of 512 bytes)."""
+
+    number: int
+    role: str
+    start: int
+    sectors: int
+    size: int
+    type: str
+    #: The partition's own id: the GPT partition GUID, or PARTUUID ``DISKID-NN`` on MBR.
+    partition_uuid: str | None
+    name: str | None
+    bootable: bool
+    filesystem: str | None = None
+    filesystem_uuid: str | None = None
+    label: str | None = None
+
+
+@dataclass
+class BuildReport:
+    """What ``build`` made (JSON via ``to_dict``)."""
+
+    source: str
+    #: "filesystem-image", "directory" or "tarball".
+    source_kind: str
+    #: The source's image format or the tarball's compression ("raw", "qcow2", "gzip", None ...).
+    source_format: str | None
+    output: str
+    output_format: str
+    output_compression: str | None
+    disk_size: int
+    table: str
+    disk_id: str
+    partitions: list[PartitionReport]
+    root: RootFilesystem
+    swap_uuid: str | None
+    bootloader: BootloaderPlacement
+    kernel: KernelChoice
+    kernel_command_line: list[str]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "source_kind": self.source_kind,
+            "source_format": self.source_format,
+            "output": self.output,
+            "output_format": self.output_format,
+            "output_compression": self.output_compression,
+            "disk_size": self.disk_size,
+            "table": self.table,
+            "disk_id": self.disk_id,
+            "partitions": [asdict(p) for p in self.partitions],
+            "root_filesystem": self.root.to_dict(),
+            "swap_uuid": self.swap_uuid,
+            "bootloader": self.bootloader.to_dict(),
+            "kernel": self.kernel.to_dict(),
+            "kernel_command_line": list(self.kernel_command_line),
+            "seconds": round(self.seconds, 3),
+            "notes": list(self.notes),
+        }
+
+
+def _output_plan(output: Path, output_format: str | None) -> OutputPlan:
+    try:
+        return plan_output(output, output_format=output_format, checksums=())
+    except InvalidArgumentError:
+        if output_format is not None:
+            raise
+        # A name that says nothing about its format ("disk", "disk.img" is raw anyway): raw.
+        return plan_output(output, output_format="raw", checksums=())
+
+
+def build(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    size: int | None = None,
+    swap: int = 0,
+    table: TableKind = "mbr",
+    fs_type: str | None = None,
+    kernel: str | os.PathLike[str] | None = None,
+    initrd: str | os.PathLike[str] | None = None,
+    append: str = "",
+    output_format: str | None = None,
+    force: bool = False,
+    limits: Limits | None = None,
+    progress: Progress | None = None,
+) -> BuildReport:
+    """Build a bootable disk at ``output`` from ``source``; see the module docstring for how.
+
+    ``size``: the disk's size in bytes (rounded up to whole MiB; default: the content plus a
+    quarter, in whole GiB). ``swap``: bytes of swap (0: no swap partition). ``table``: "mbr" or
+    "gpt". ``fs_type``: ext2/ext3/ext4 for a tree or tarball (default ext4). ``kernel``/``initrd``:
+    host files copied into /boot and booted. ``append``: more kernel parameters.
+    ``output_format``: raw, qcow2, vmdk, vhd, vhdx or vdi (default: from the output's name, else raw).
+    """
+    started = time.monotonic()
+    src_path, out_path = Path(source), Path(output)
+    limits = limits or Limits()
+    if table not in ("mbr", "gpt"):
+        raise InvalidArgumentError(f"'{table}' is not a partition table type; choose mbr or gpt.")
+    if fs_type is not None and fs_type not in EXT_TYPES:
+        raise InvalidArgumentError(f"'{fs_type}' is not a filesystem build makes; choose ext4, ext3 or ext2.")
+    if initrd is not None and kernel is None:
+        raise InvalidArgumentError(
+            "--initrd needs --kernel: an initrd is booted with the kernel it belongs to."
+        )
+    given = GivenKernel(Path(kernel), Path(initrd) if initrd is not None else None) if kernel else None
+    if given is not None:
+        check_given_kernel(given)
+    kernel_parameters(append)  # a bad --append fails now, not after the copy
+    if size is not None and size <= 0:
+        raise InvalidArgumentError("--size must be a positive size such as 4G.")
+    if swap < 0:
+        raise InvalidArgumentError("--swap cannot be negative.")
+    plan = _output_plan(out_path, output_format)
+    if out_path.exists() and not force:
+        raise OutputExistsError(f"{out_path} already exists; use --force to overwrite it.")
+    if src_path.exists() and out_path.exists() and os.path.samefile(src_path, out_path):
+        raise InvalidArgumentError("The output would overwrite the source; choose another output name.")
+
+    src = open_source(src_path, limits=limits)
+    if isinstance(src, FilesystemImageSource):
+        if fs_type is not None and fs_type != src.fs_type:
+            raise InvalidArgumentError(
+                f"The source is a {src.fs_type} filesystem, copied as it is; --fs {fs_type} applies only "
+                "to directories and tarballs."
+            )
+        if src.fs_type not in EXT_TYPES:
+            raise BuildError(
+                f"{src.path} holds a {src.fs_type} filesystem; build copies ext2/3/4 filesystems itself "
+                f"and needs libguestfs (Debian: libguestfs-tools) to read {src.fs_type}, which this build "
+                "does not use yet."
+            )
+        root_needed = src.fs_size
+    else:
+        if given is None and not src.content.kernels:
+            raise BuildError("Nothing to boot: no /boot/vmlinuz-* in the source and no --kernel given.")
+        if given is not None:
+            for extra in (given.kernel, given.initrd):
+                if extra is not None:
+                    src.content.add("file", extra.stat().st_size)
+        root_needed = root_bytes_needed(src.content)
+
+    disk_size = (
+        round_up_mib(size)
+        if size is not None
+        else default_disk_size(root_needed, table=table, swap_size=swap)
+    )
+    layout = plan_layout(disk_size, table=table, swap_size=swap)
+    if not isinstance(src, FilesystemImageSource):
+        check_tree_fits(src.content, layout.root.size, disk_size=disk_size, table=table, swap_size=swap)
+
+    with atomic_output(out_path, force=force) as out:
+        work = out.scratch("work")
+        work.mkdir(mode=0o700)
+        try:
+            report = _build_raw(
+                src, out.temp, work, layout, given=given, fs_type=fs_type or "ext4", append=append,
+                scratch=out.scratch, limits=limits, progress=progress,
+            )  # fmt: skip
+            _check_built(out.temp, layout, report.root)
+            if plan.format == "raw" and plan.compression is None:
+                out.commit()
+            else:
+                from imagewright.ops.convert import convert
+
+                convert(
+                    out.temp, out_path, output_format=plan.format, subformat=plan.subformat,
+                    compression=plan.compression, checksums=(), force=force, limits=limits,
+                    progress=progress,
+                )  # fmt: skip
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    report.output = str(out_path)
+    report.output_format = plan.format
+    report.output_compression = plan.compression
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _build_raw(
+    src: BuildSource,
+    image: Path,
+    work: Path,
+    layout: DiskLayout,
+    *,
+    given: GivenKernel | None,
+    fs_type: str,
+    append: str,
+    scratch: Callable[[str], Path],
+    limits: Limits,
+    progress: Progress | None,
+) -> BuildReport:
+    """Steps 2-5 of the module docstring, into the raw file ``image``."""
+    notes: list[str] = []
+    fd = os.open(image, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        os.ftruncate(fd, layout.disk_size)
+        sfdisk.write_table(image, layout.sfdisk_script())
+        written = sfdisk.read_table(image)
+        _check_sfdisk(layout, written)
+        with FileSource(image) as disk:
+            check_table(layout, read_partition_table(disk))
+
+        root_part = layout.root
+        if isinstance(src, FilesystemImageSource):
+            root = write_filesystem_image(
+                image, fd, root_part, src, scratch=scratch, disk_size=layout.disk_size,
+                table=layout.table, swap_size=layout.swap.size if layout.swap else 0,
+                limits=limits, progress=progress,
+            )  # fmt: skip
+            source_format: str | None = (
+                src.format if src.compression is None else f"{src.format} in {src.compression}"
+            )
+        else:
+            root_uuid = str(uuid_module.uuid4())
+            if isinstance(src, DirectorySource):
+                plan = directory_plan(src.path)
+                if os.getuid() != 0:
+                    notes.append(
+                        f"files of the directory owned by uid {os.getuid()} (and group {os.getgid()}) "
+                        "are owned by root (0:0) in the image"
+                    )
+                root = write_tree(
+                    image, root_part, src.path, plan, fs_type=fs_type, uuid=root_uuid, scratch=work
+                )
+                source_format = None
+            else:
+                root = _write_tarball(image, root_part, src, work, fs_type, root_uuid, progress)
+                source_format = src.compression or "tar"
+
+        if os.fstat(fd).st_size != layout.disk_size:
+            raise BuildError("A program changed the size of the image while the root filesystem was written.")
+        swap_part = layout.swap
+        swap_uuid = str(uuid_module.uuid4()) if swap_part is not None else None
+        guest = E2fsGuest(
+            image, offset=root_part.offset, writable=True, fs_type=root.fs_type,
+            description="the new root filesystem", verify=False,
+        )  # fmt: skip
+        try:
+            chosen = install_kernel(guest, given)
+            write_grub_config(guest, chosen, root.uuid, append)
+            write_fstab(guest, root_uuid=root.uuid, root_type=root.fs_type, swap_uuid=swap_uuid)
+            guest.flush()
+        finally:
+            guest.discard()
+        if swap_part is not None and swap_uuid is not None:
+            write_swap(fd, swap_part, swap_uuid, work / "swap")
+    finally:
+        os.close(fd)
+    placement = install_grub_bios(image, layout, root.uuid, work)
+    return BuildReport(
+        source=str(src.path),
+        source_kind=src.kind,
+        source_format=source_format,
+        output="",
+        output_format="raw",
+        output_compression=None,
+        disk_size=layout.disk_size,
+        table=layout.table,
+        disk_id=written.id,
+        partitions=_partition_reports(layout, written, root, swap_uuid),
+        root=root,
+        swap_uuid=swap_uuid,
+        bootloader=placement,
+        kernel=chosen,
+        kernel_command_line=command_line(root.uuid, append),
+        seconds=0.0,
+        notes=notes,
+    )
+
+
+def _write_tarball(
+    image: Path,
+    part: PlannedPartition,
+    src: TarballSource,
+    work: Path,
+    fs_type: str,
+    root_uuid: str,
+    progress: Progress | None,
+) -> RootFilesystem:
+    staging = work / "tree"
+    staging.mkdir(mode=0o700)
+
+    def extracting(done: int, total: int) -> None:
+        if progress is not None:
+            progress("extracting", done, total)
+
+    try:
+        tree = extract_tarball(src, staging, progress=extracting)
+        return write_tree(image, part, staging, tree.plan, fs_type=fs_type, uuid=root_uuid, scratch=work)
+    finally:
+        # The staging tree is as large as the content: free it before the next steps.
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_sfdisk(layout: DiskLayout, written: sfdisk.SfdiskTable) -> None:
+    expected = "dos" if layout.table == "mbr" else "gpt"
+    if written.label != expected:
+        raise BuildError(f"sfdisk reads a {written.label} table back where {expected} was written.")
+    found = {(p.number, p.start, p.size, p.type.lower()) for p in written.partitions}
+    planned = {(p.number, p.start, p.sectors, p.type_id.lower()) for p in layout.partitions}
+    if found != planned:
+        raise BuildError("sfdisk reads back a partition table that differs from the one it was given.")
+
+
+def _partition_reports(
+    layout: DiskLayout, written: sfdisk.SfdiskTable, root: RootFilesystem, swap_uuid: str | None
+) -> list[PartitionReport]:
+    by_number = {p.number: p for p in written.partitions}
+    reports: list[PartitionReport] = []
+    for part in layout.partitions:
+        entry = by_number.get(part.number)
+        part_uuid = entry.uuid if entry is not None and entry.uuid else None
+        if part_uuid is None and layout.table == "mbr" and written.id.startswith("0x"):
+            part_uuid = f"{written.id[2:]}-{part.number:02d}"
+        report = PartitionReport(
+            number=part.number,
+            role=part.role,
+            start=part.start,
+            sectors=part.sectors,
+            size=part.size,
+            type=part.type_id,
+            partition_uuid=part_uuid.lower() if part_uuid else None,
+            name=part.name,
+            bootable=part.bootable,
+        )
+        if part.role == "root":
+            report.filesystem, report.filesystem_uuid, report.label = root.fs_type, root.uuid, root.label
+        elif part.role == "swap":
+            report.filesystem, report.filesystem_uuid, report.label = "swap", swap_uuid, "swap"
+        reports.append(report)
+    return reports
+
+
+def _check_built(image: Path, layout: DiskLayout, root: RootFilesystem) -> None:
+    """Step 6: the root filesystem is clean, and inspect sees what was built."""
+    result = e2fs.e2fsck_check(e2fs.device_name(image, layout.root.offset))
+    if not result.clean:
+        raise BuildError(f"e2fsck finds the new root filesystem damaged: {result.first_problem()}.")
+    report = inspect_image(image)
+    disk = report.disk
+    table = disk.partition_table if disk is not None else None
+    if disk is None or table is None or not report.safe:
+        raise BuildError("inspect does not see a sound partition table on the built disk.")
+    parts = {p.number: p for p in table.partitions}
+    root_part = parts.get(layout.root.number)
+    root_fs = root_part.filesystem if root_part is not None else None
+    if root_fs is None or root_fs.type != root.fs_type or (root_fs.uuid or "").lower() != root.uuid.lower():
+        raise BuildError("inspect does not find the new root filesystem where it was written.")
+    if layout.swap is not None:
+        swap_part = parts.get(layout.swap.number)
+        swap_fs = swap_part.filesystem if swap_part is not None else None
+        if swap_fs is None or swap_fs.type != "swap":
+            raise BuildError("inspect does not find the swap signature in the swap partition.")
+    if disk.boot is None or disk.boot.code.kind != "grub2":
+        raise BuildError("inspect does not recognise GRUB 2's boot code in the built disk's MBR.")

@@ -1,0 +1,76 @@
+"""GRUB 2 for BIOS (Debian ``grub-common`` for grub-mkimage, ``grub-pc-bin`` for the i386-pc files).
+
+``grub-mkimage -O i386-pc`` links a *core image*: ``diskboot.img`` (one sector that loads the
+rest), the GRUB kernel, the modules named (and those they depend on, from ``moddep.lst``), an
+optional embedded early configuration (``-c``) and the prefix (``-p``) where GRUB looks for
+``grub.cfg`` and further modules. ``boot.img`` (one sector) goes into the MBR; where it finds
+the core image, and where the core image finds the rest of itself, are pointers that
+``grub-bios-setup`` normally patches — imagewright patches them itself (``ops/build/bootloader``),
+because grub-bios-setup insists on a real device it can map to a BIOS drive.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from imagewright.errors import InvalidArgumentError, ProgramError, ProgramNotFoundError
+from imagewright.programs.runner import run_program
+
+#: Where Debian's grub-pc-bin puts the i386-pc platform files.
+I386_PC_DIRECTORY = Path("/usr/lib/grub/i386-pc")
+#: One sector: boot.img's size.
+BOOT_IMAGE_SIZE = 512
+_PLATFORM_FILES = ("boot.img", "diskboot.img", "kernel.img", "moddep.lst")
+
+
+def i386_pc_directory(directory: Path | None = None) -> Path:
+    """The directory of GRUB's i386-pc files, or ProgramNotFoundError naming grub-pc-bin."""
+    found = directory or Path(os.environ.get("IMAGEWRIGHT_GRUB_I386_PC", I386_PC_DIRECTORY))
+    missing = [name for name in _PLATFORM_FILES if not (found / name).is_file()]
+    if missing:
+        raise ProgramNotFoundError(
+            f"GRUB's BIOS files are not installed ({found / missing[0]} is missing); "
+            "install the Debian package 'grub-pc-bin'."
+        )
+    return found
+
+
+def boot_image(directory: Path | None = None) -> bytes:
+    """The 512 bytes of GRUB's ``boot.img`` (the MBR boot code)."""
+    path = i386_pc_directory(directory) / "boot.img"
+    data = path.read_bytes()
+    if len(data) != BOOT_IMAGE_SIZE or data[510:512] != b"\x55\xaa":
+        raise ProgramError(f"{path} is not a 512-byte boot sector; the GRUB installation looks damaged.")
+    return data
+
+
+def mkimage(
+    output: str | os.PathLike[str],
+    *,
+    prefix: str,
+    modules: Sequence[str],
+    early_config: str | os.PathLike[str] | None = None,
+    target: str = "i386-pc",
+    directory: Path | None = None,
+) -> None:
+    """``grub-mkimage -O TARGET -d DIR -o OUTPUT -p PREFIX [-c CONFIG] MODULE...``."""
+    if target != "i386-pc":
+        raise InvalidArgumentError(f"imagewright builds GRUB core images for i386-pc only, not {target}.")
+    for module in modules:
+        if not module or not all(ch.isalnum() or ch in "_-" for ch in module):
+            raise InvalidArgumentError(f"'{module}' is not a GRUB module name.")
+    if not prefix.startswith(("(", "/")) or any(ch in prefix for ch in "\0\n"):
+        raise InvalidArgumentError(f"'{prefix}' is not a GRUB prefix such as (hd0,msdos1)/boot/grub.")
+    argv = [
+        "grub-mkimage",
+        "--format", target,
+        "--directory", str(i386_pc_directory(directory)),
+        "--output", os.path.abspath(os.fspath(output)),
+        "--prefix", prefix,
+    ]  # fmt: skip
+    if early_config is not None:
+        argv += ["--config", os.path.abspath(os.fspath(early_config))]
+    argv += list(modules)
+    run_program(argv, timeout=300.0, what="building the GRUB core image")
