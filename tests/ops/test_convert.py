@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
+from tests.fixtures.hostile_other_formats import create_luks
 from tests.fixtures.tools import qemu_img, qemu_img_info, qemu_io_write, run, sparse_file
 
 from imagewright.errors import ImageIOError, InvalidArgumentError, OutputExistsError, UnsafeImageError
@@ -369,23 +370,7 @@ def test_archives_and_unreadable_formats_are_refused(run_cli: Callable[..., Resu
     archive = tmp_path / "disk.tar"
     run("tar", "-C", tmp_path, "-cf", archive, "disk.raw")
     luks = tmp_path / "disk.luks"
-    for _ in range(8):  # qemu's key-timing step sometimes fails on a busy machine; it is not under test
-        proc = run(
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "luks",
-            "--object",
-            "secret,id=s0,data=pw",
-            "-o",
-            "key-secret=s0,iter-time=10",
-            luks,
-            "4M",
-            check=False,
-        )
-        if proc.returncode == 0:
-            break
+    create_luks(luks, "4M")
     for source in (archive, luks):
         result = run_cli(["convert", source, tmp_path / "out.qcow2"])
         assert result.exit_code == 1, result.output
