@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.agent.sandbox import SHELLS, Sandbox, lib_call
+from tests.agent.sandbox import SHELLS, Sandbox, host_path, lib_call
 from tests.fixtures.tools import sfdisk, sfdisk_json, sparse_file, which
 
 MIB = 1024 * 1024
@@ -180,3 +180,17 @@ def test_sfdisk_really_grows_the_partition(
         assert part["start"] + part["size"] - 1 == table["lastlba"]
     assert "grow: partx" not in result.stdout
     assert f"grow: resizing the ext4 filesystem on {box.root}/dev/vda1" in result.stdout
+
+
+@pytest.mark.parametrize("shell", ["dash", "bash"])
+def test_growpart_is_preferred_when_installed(shell: str, make_sandbox: Callable[..., Sandbox]) -> None:
+    box = make_sandbox(conf=CONF)
+    make_disk(box, "gpt", [(2048, 20480)])
+    mount_root(box, 1)
+
+    run = box.run(shell, env={"PATH": host_path(growpart=True)})
+
+    dev = box.root / "dev"
+    assert f"growpart {dev}/vda 1" in run.dry_run
+    assert not any(c.startswith(("printf", "partx")) for c in run.dry_run)
+    assert f"resize2fs {dev}/vda1" in run.dry_run
