@@ -132,13 +132,20 @@ def assert_refused(result: Result, *fragments: str) -> str:
     return lines[0]
 
 
+@pytest.mark.parametrize("kind", ["directory", "flat-ext4"])
 def test_source_too_big_for_size(
-    run_cli: Callable[..., Result], testguest_rootfs: TestGuest, tmp_path: Path
+    run_cli: Callable[..., Result],
+    testguest_rootfs: TestGuest,
+    testguest_flat_ext4: FlatFilesystem,
+    tmp_path: Path,
+    kind: str,
 ) -> None:
+    source = testguest_rootfs.root if kind == "directory" else testguest_flat_ext4.path
     out = tmp_path / "out"
     out.mkdir()
-    result = run_cli(["build", "--from", testguest_rootfs.root, "-o", out / "disk.raw", "--size", "8M"])
-    assert_refused(result)
+    # 16 MiB holds a partition table and a root partition, but not the ~29 MiB test guest.
+    result = run_cli(["build", "--from", source, "-o", out / "disk.raw", "--size", "16M"])
+    assert_refused(result, "16 MiB disk", "give --size")
     assert os.listdir(out) == []
 
 
