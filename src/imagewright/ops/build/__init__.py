@@ -37,6 +37,7 @@ from imagewright.disk.partitions import read_partition_table
 from imagewright.errors import BuildError, InvalidArgumentError, OutputExistsError
 from imagewright.formats.base import Limits
 from imagewright.guest.e2fs import E2fsGuest
+from imagewright.inspection import inspect_image
 from imagewright.ops.build.bootloader import BootloaderPlacement, install_grub_bios
 from imagewright.ops.build.configure import (
     GivenKernel,
@@ -68,7 +69,6 @@ from imagewright.ops.build.swap import write_swap
 from imagewright.ops.build.tarball import extract_tarball
 from imagewright.ops.convert.output import atomic_output
 from imagewright.ops.convert.plan import OutputPlan, plan_output
-from imagewright.ops.inspect import inspect_image
 from imagewright.programs import e2fs, sfdisk
 
 __all__ = ["BuildReport", "PartitionReport", "Progress", "build"]
