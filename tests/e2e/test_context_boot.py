@@ -94,3 +94,42 @@ def test_context_reaches_the_booted_guest(
     status_file = f"/var/lib/imagewright-agent/{instance_id}/user-data.status"
     status = imagewright("cat", f"{disk}:{status_file}", cwd=tmp_path)
     assert status.strip() == "0"
+
+
+def _nocloud_seed(instance_id: str, hostname: str, userdata: Path, out: Path, cwd: Path) -> Path:
+    imagewright(
+        "context", "build", "--kind", "nocloud", "--instance-id", instance_id,
+        "--hostname", hostname, "--user-data", userdata, "-o", out, cwd=cwd,
+    )  # fmt: skip
+    return out
+
+
+@pytest.mark.slow
+def test_second_boot_keeps_the_instance_and_a_new_id_reruns_user_data(
+    prepared_disk: Path, tmp_path: Path
+) -> None:
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(["cp", "--sparse=always", str(prepared_disk), str(disk)], check=True)
+
+    # Appending (not overwriting) makes every run of the user-data countable afterwards.
+    runs = "/root/runs"
+    userdata = tmp_path / "script.sh"
+    userdata.write_text(f"#!/bin/sh\necho ran >> {runs}\n")
+
+    seed_a = _nocloud_seed("i-a", "first", userdata, tmp_path / "seed-a.iso", tmp_path)
+    expect_a = "imagewright-agent: ready instance-id=i-a hostname=first source=nocloud"
+    for _ in range(2):
+        imagewright(
+            "boot", disk, "--cdrom", seed_a, "--expect", expect_a, "--timeout", BOOT_TIMEOUT, cwd=tmp_path
+        )
+    # Two boots of the same instance: user-data is a once-per-instance action.
+    assert imagewright("cat", f"{disk}:{runs}", cwd=tmp_path).splitlines() == ["ran"]
+
+    # A new instance id on the same disk is a new instance: user-data runs again, the hostname moves.
+    seed_b = _nocloud_seed("i-b", "other", userdata, tmp_path / "seed-b.iso", tmp_path)
+    expect_b = "imagewright-agent: ready instance-id=i-b hostname=other source=nocloud"
+    imagewright(
+        "boot", disk, "--cdrom", seed_b, "--expect", expect_b, "--timeout", BOOT_TIMEOUT, cwd=tmp_path
+    )
+    assert imagewright("cat", f"{disk}:{runs}", cwd=tmp_path).splitlines() == ["ran", "ran"]
+    assert imagewright("cat", f"{disk}:/etc/hostname", cwd=tmp_path).strip() == "other"
