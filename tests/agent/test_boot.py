@@ -122,16 +122,19 @@ def test_nocloud_seed_twice_and_online_grow(
     run("e2fsck", "-fn", root.path)
 
 
-def test_ec2_metadata_through_guestfwd_with_tokens_required(
-    testguest_rootfs: TestGuest, ssh_keys: tuple[SshPublicKey, ...], tmp_path: Path
+@pytest.mark.parametrize("token_mode", ["required", "404", "403"])
+def test_ec2_metadata_through_guestfwd(
+    token_mode: str, testguest_rootfs: TestGuest, ssh_keys: tuple[SshPublicKey, ...], tmp_path: Path
 ) -> None:
+    """IMDSv2 when the service issues tokens (and requires them); IMDSv1 when the token PUT is
+    answered 404 (no IMDSv2 at all) or 403 (refused), as on older EC2 clones."""
     root = guest_with_agent(testguest_rootfs, tmp_path)
     config = ImdsConfig(
         instance_id="i-0ec2b00700000000",
         local_hostname="ip-169-254-0-15.ec2.internal",
         public_keys=[("alice", ssh_keys[0].line)],
         user_data="#!/bin/sh\necho ec2-boot-user-data\n",
-        token_mode="required",
+        token_mode=token_mode,
         log=str(tmp_path / "imds.jsonl"),
     )
     responder = Path(__file__).parents[1] / "fixtures" / "imds_responder.py"
@@ -158,6 +161,12 @@ def test_ec2_metadata_through_guestfwd_with_tokens_required(
     )
     assert "imagewright-agent: user-data| ec2-boot-user-data" in lines
     requests = read_log(tmp_path / "imds.jsonl")
-    assert requests[0]["method"] == "PUT" and requests[0]["status"] == 200
-    assert all(r["token"] == config.token and r["status"] == 200 for r in requests[1:])
+    assert requests[0]["method"] == "PUT"
+    if token_mode == "required":
+        assert requests[0]["status"] == 200
+        assert all(r["token"] == config.token and r["status"] == 200 for r in requests[1:])
+    else:
+        assert requests[0]["status"] == int(token_mode)
+        assert all(not r["token"] and r["status"] in (200, 404) for r in requests[1:])
+        assert all(r["method"] == "GET" for r in requests[1:])
     assert len(requests) >= 5
