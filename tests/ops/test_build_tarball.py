@@ -94,9 +94,17 @@ def outside(tmp_path: Path) -> Iterator[Path]:
     shutil.rmtree(where)
 
 
-@pytest.mark.parametrize(
-    "case", ["dotdot", "absolute", "through-symlink", "through-root-symlink", "hardlink-outside"]
-)
+#: A fragment each refusal must name, so a test cannot pass on an unrelated error.
+REASONS = {
+    "dotdot": "'..' component",
+    "absolute": "absolute path",
+    "through-symlink": "under the symbolic link member 'link'",
+    "through-root-symlink": "under the symbolic link member 'rootlink'",
+    "hardlink-outside": "hard link to '../outside'",
+}
+
+
+@pytest.mark.parametrize("case", sorted(REASONS))
 def test_hostile_member_refused(
     run_cli: Callable[..., Result], testguest_rootfs: TestGuest, tmp_path: Path, outside: Path, case: str
 ) -> None:
@@ -119,7 +127,8 @@ def test_hostile_member_refused(
         ])  # fmt: skip
     finally:
         os.chdir(cwd)
-    assert_refused(result)
+    message = assert_refused(result)
+    assert REASONS[case] in message and "nothing was written" in message, message
     assert os.listdir(out) == []
     assert os.listdir(outside) == []
     assert os.listdir(work) == []
