@@ -18,7 +18,7 @@ from tests.ops.resize_fixtures import MiB, end_of, partitions_by_number
 
 from imagewright.binary import BytesSource, FileSource
 from imagewright.disk.partitions import read_partition_table
-from imagewright.errors import ImagewrightError
+from imagewright.errors import ImagewrightError, UnsafeImageError
 from imagewright.ops.resize import resize
 from imagewright.ops.resize.layout import plan_table
 
@@ -177,3 +177,14 @@ def test_bent_tables_give_a_sentence_or_a_valid_plan(
     assert again is not None and again.problems == []
     shape = [(p.number, p.start, p.end, p.type_id) for p in again.partitions]
     assert shape == [(p.number, p.start, p.end, p.type_id) for p in plan.expected.partitions]
+
+
+def test_stray_ebr_entry_that_growth_would_reveal_is_refused(real_tables: dict[str, bytes]) -> None:
+    """Found by the test above: garbage in an EBR's fourth entry is ignored (it does not fit the
+    extended partition) until the extended partition grows, then it reads as a new partition."""
+    disk = bytearray(real_tables["dos"])
+    disk[6144 * 512 + 507] = 0x69  # slot 4's size becomes 26880 sectors: the grown extended's size
+    table = read_partition_table(BytesSource(bytes(disk)))
+    assert table is not None and table.problems == []
+    with pytest.raises(UnsafeImageError, match="stray entry in slot 4"):
+        plan_table(table, 16925184)

@@ -26,7 +26,7 @@ from imagewright.disk.filesystems.info import FilesystemInfo
 from imagewright.disk.mbr import MAX_SECTORS_32
 from imagewright.disk.partitions import grow_partition, max_partition_end, relocate_gpt_backup
 from imagewright.disk.table import DiskWrite, Partition, PartitionTable
-from imagewright.errors import InvalidArgumentError
+from imagewright.errors import InvalidArgumentError, UnsafeImageError
 from imagewright.units import format_size
 
 #: Sectors growpart leaves free at the end of the disk (the GPT backup array + header).
@@ -215,9 +215,27 @@ def plan_table(
             f"An MBR partition cannot reach beyond 2 TiB from its start; partition {part.number} stops at "
             f"sector {new_end} (convert the disk to GPT to use the rest)."
         )
+    if part.kind == "logical":
+        _refuse_stray_ebr_entries(table)
     plan.expected, writes = grow_partition(plan.expected, part.number, new_end)
     plan.writes += writes
     return plan
+
+
+def _refuse_stray_ebr_entries(table: PartitionTable) -> None:
+    """Growing the extended partition must not bring hidden entries into view.
+
+    Linux and libblkid read an EBR's third and fourth entries only when they fit inside the
+    extended partition; garbage there is ignored today but may fit once the extended partition
+    is larger, and would then appear as a new logical partition over the others.
+    """
+    for lba, ebr in sorted(table.ebrs.items()):
+        for slot, entry in enumerate(ebr.entries[2:], start=3):
+            if entry.used and not entry.is_extended:
+                raise UnsafeImageError(
+                    f"The extended boot record at sector {lba} holds a stray entry in slot {slot}, which a "
+                    "larger extended partition could turn into a new partition; imagewright does not grow it."
+                )
 
 
 def _growpart_end(table: PartitionTable, part: Partition, new_sectors: int) -> int:
