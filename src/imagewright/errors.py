@@ -65,3 +65,11 @@ class BootError(ImagewrightError):
 
 class ContextError(ImagewrightError):
     """Contextualization data or media could not be produced."""
+
+
+class StoreError(ImageIOError):
+    """A blob store cannot be configured, reached or written (bad --store spec, S3 refused, disk full).
+
+    A kind of ``ImageIOError`` because a store is where image bytes are read and written: code
+    that reports an unreadable image handles an unreadable blob the same way.
+    """
