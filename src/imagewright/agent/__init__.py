@@ -16,12 +16,14 @@ settings file (:data:`CONFIG_PATH`, see :func:`agent_config`) and its few test h
 
 from __future__ import annotations
 
+import functools
+import posixpath
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 
-from imagewright.errors import InvalidArgumentError
+from imagewright.errors import ImagewrightError, InvalidArgumentError
 
 #: Where ``prepare --agent`` installs the script inside the guest.
 AGENT_INSTALL_PATH = "/usr/local/sbin/imagewright-agent"
@@ -51,13 +53,53 @@ _READY_LINE = re.compile(
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
+#: The agent's main source file; its ``#include`` lines name the parts joined into it.
+AGENT_SOURCE = "imagewright-agent.sh"
+#: ``#include PATH`` on a line of its own, PATH relative to the including file's directory.
+_INCLUDE = re.compile(rb"^#include ([A-Za-z0-9._/-]+)\n", re.MULTILINE)
+#: Parts nest one level in practice (main -> data.sh -> yaml.awk); more is a mistake in the tree.
+_MAX_INCLUDE_DEPTH = 4
+
+
 def _resource(name: str) -> bytes:
-    return resources.files(__name__).joinpath(name).read_bytes()
+    try:
+        return resources.files(__name__).joinpath(name).read_bytes()
+    except OSError as err:
+        raise ImagewrightError(
+            f"The agent's source part {name} is missing from this installation ({err.strerror})."
+        ) from None
 
 
+def _joined(name: str, depth: int = 0) -> bytes:
+    """``name`` with every ``#include`` line replaced by the (joined) part it names.
+
+    An ``.awk`` part lands inside a single-quoted shell string, so it may hold no ``'``.
+    """
+    if depth > _MAX_INCLUDE_DEPTH:
+        raise ImagewrightError(f"The agent's source parts include each other too deeply (at {name}).")
+    base = posixpath.dirname(name)
+
+    def include(match: re.Match[bytes]) -> bytes:
+        part = posixpath.normpath(posixpath.join(base, match[1].decode("ascii")))
+        body = _joined(part, depth + 1)
+        if part.endswith(".awk") and b"'" in body:
+            raise ImagewrightError(
+                f"The agent's awk part {part} holds a single quote, which would end its shell string."
+            )
+        return body
+
+    return _INCLUDE.sub(include, _resource(name))
+
+
+@functools.cache
 def agent_script() -> bytes:
-    """The agent itself (POSIX sh), to be installed executable (0755) at AGENT_INSTALL_PATH."""
-    return _resource("imagewright-agent.sh")
+    """The agent itself (POSIX sh), to be installed executable (0755) at AGENT_INSTALL_PATH.
+
+    One file, joined from :data:`AGENT_SOURCE` and the parts under ``parts/`` (shell pieces by
+    topic, and the awk programs that become shell strings) — guests may have nothing but
+    busybox sh, so what is installed never sources anything.
+    """
+    return _joined(AGENT_SOURCE)
 
 
 def systemd_unit() -> bytes:
