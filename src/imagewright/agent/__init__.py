@@ -37,7 +37,7 @@ INIT_SCRIPT_PATH = "/etc/init.d/imagewright-agent"
 RC_LOCAL_LINE = f"{AGENT_INSTALL_PATH} >/dev/console 2>&1 </dev/null || true"
 #: The agent's settings (KEY=VALUE lines, parsed by the agent, never sourced).
 CONFIG_PATH = "/etc/imagewright/agent.conf"
-#: Per-instance state: STATE_DIR/<instance-id>/{user-data, user-data.log, user-data.status, done.*}.
+#: Per-instance state: STATE_DIR/<instance-id>/{user-data, user-data.log, user-data.status, sem/<step>}.
 STATE_DIR = "/var/lib/imagewright-agent"
 #: Everything the agent prints, appended at every boot.
 LOG_PATH = "/var/log/imagewright-agent.log"

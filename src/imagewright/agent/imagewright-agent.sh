@@ -19,7 +19,8 @@
 #   wakame       Wakame-vdc metadata drive: VFAT disk labelled METADATA holding a meta-data/ tree
 #   ec2          EC2 instance metadata service at 169.254.169.254: IMDSv2 token first, else IMDSv1
 #
-# What it applies, and how often (like cloud-init's per-instance and per-boot modules):
+# What it applies, and how often (each step declares it in AGENT_STEPS, above main, as
+# cloud-init's modules declare their frequency; one runner keeps the markers):
 #   once per instance-id: hostname (/etc/hostname, the 127.0.1.1 line of /etc/hosts),
 #       authorized_keys, fresh SSH host keys (cloud-init deletes and regenerates them on a new
 #       instance too, so clones never share host keys; HOST_KEYS=missing turns that off),
@@ -30,7 +31,10 @@
 #       else DHCP when no interface has an address), missing SSH host keys, Wakame extra-hosts,
 #       and growing the root partition and filesystem when the disk has room.
 # A second boot with the same instance-id therefore changes no file (only the log grows) and
-# never re-runs user-data; a new instance-id re-applies every per-instance step.
+# never re-runs user-data; a new instance-id re-applies every per-instance step. A step that
+# fails is logged, the steps after it still run, and a per-instance step that failed runs
+# again at the next boot (a user-data script that exits non-zero has not failed the step: its
+# status is recorded, and it is not run again).
 #
 # Files:
 #   /etc/imagewright/agent.conf        optional settings, KEY=VALUE lines (not sourced, parsed):
@@ -39,8 +43,10 @@
 #       GROW_ROOT=no                   do not grow the root partition/filesystem (default yes)
 #       HOST_KEYS=missing              only create missing host keys (default per-instance)
 #       DHCP=no                        never run a DHCP client (default yes)
-#   /var/lib/imagewright-agent/<instance-id>/   per-instance state: done.* markers, the user-data
-#       script, user-data.log (its output), user-data.status (its exit status)
+#   /var/lib/imagewright-agent/<instance-id>/   per-instance state: sem/<step> markers of the
+#       steps done (sem/instance once a whole boot went through), the user-data script,
+#       user-data.log (its output), user-data.status (its exit status), source
+#   /var/lib/imagewright-agent/.sem/<step>   markers of steps run once in the machine's life
 #   /var/lib/imagewright-agent/.last-instance-id
 #   /var/log/imagewright-agent.log     a copy of everything printed
 #
@@ -102,6 +108,7 @@ MAX_PARSE_BYTES=1048576   # metadata files we parse are small; refuse anything b
 #include parts/ssh.sh
 #include parts/grow.sh
 #include parts/scripts.sh
+#include parts/steps.sh
 # ---------------------------------------------------------------------------------------------
 # Setup, lock, cleanup, main
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +210,22 @@ find_source() {
     return 1
 }
 
+# What the agent applies, in this order, and how often (see parts/steps.sh for the runner).
+# Network and host names come first; scripts come last, so that they see the machine configured.
+#   NAME               FREQUENCY     WHEN                   FUNCTION
+AGENT_STEPS='
+hostname           per-instance  has_hostname           apply_hostname
+ssh-keys           per-instance  -                      apply_ssh_keys
+running-hostname   per-boot      -                      sync_hostname
+network            per-boot      -                      apply_network
+extra-hosts        per-boot      -                      apply_extra_hosts
+host-keys          per-instance  host_keys_per_instance replace_host_keys
+missing-host-keys  per-boot      host_keys_not_replaced add_missing_host_keys
+grow-root          per-boot      -                      grow_root
+init-scripts       per-instance  has_init_scripts       run_init_scripts
+user-data          per-instance  user_data_is_script    run_user_data
+'
+
 main() {
     umask 022
     mkdir -p "${LOG_FILE%/*}" 2>/dev/null || LOG_FILE=
@@ -225,67 +248,9 @@ main() {
     find_source
     log "source: $SOURCE"
 
-    INSTANCE_ID=
-    INSTANCE_STATE=
-    HOST_APPLIED=
-    if [ "$SOURCE" != none ]; then
-        INSTANCE_ID=$(clean_instance_id "$CTX_ID")
-        if [ -z "$INSTANCE_ID" ]; then
-            INSTANCE_ID=$SOURCE-$(cat "$WORK/ctx/keys" "$WORK/ctx/net" | digest_of /dev/stdin 2>/dev/null)
-            INSTANCE_ID=$(clean_instance_id "$INSTANCE_ID")
-            log "the source names no instance-id; using $INSTANCE_ID"
-        fi
-        [ "$INSTANCE_ID" = "$(clean_instance_id "$CTX_ID")" ] || [ -z "$CTX_ID" ] ||
-            log "instance-id '$CTX_ID' written as $INSTANCE_ID"
-        INSTANCE_STATE=$STATE/$INSTANCE_ID
-        mkdir -p "$INSTANCE_STATE" && chmod 700 "$STATE" "$INSTANCE_STATE"
-        _m_last=$(first_line "$STATE/.last-instance-id")
-        if [ -e "$INSTANCE_STATE/done.instance" ]; then
-            log "instance $INSTANCE_ID: known; per-instance steps were done before"
-        elif [ -n "$_m_last" ]; then
-            log "instance $INSTANCE_ID: new (previous instance: $_m_last)"
-        else
-            log "instance $INSTANCE_ID: first boot"
-        fi
-        if [ -n "$CTX_HOST" ]; then
-            HOST_APPLIED=$(clean_hostname "$CTX_HOST")
-            [ -n "$HOST_APPLIED" ] || log "hostname '$CTX_HOST' is not usable; ignored"
-        fi
-    fi
-
-    # once per instance
-    if [ -n "$INSTANCE_STATE" ]; then
-        if [ -n "$HOST_APPLIED" ] && [ ! -e "$INSTANCE_STATE/done.hostname" ]; then
-            apply_hostname
-            : >"$INSTANCE_STATE/done.hostname"
-        fi
-        if [ ! -e "$INSTANCE_STATE/done.ssh-keys" ]; then
-            apply_ssh_keys
-            : >"$INSTANCE_STATE/done.ssh-keys"
-        fi
-    fi
-    sync_hostname
-
-    # every boot
-    apply_network
-    apply_extra_hosts
-    if [ -n "$INSTANCE_STATE" ] && [ "$CONF_HOST_KEYS" = per-instance ] && [ ! -e "$INSTANCE_STATE/done.host-keys" ]; then
-        apply_host_keys 1
-        : >"$INSTANCE_STATE/done.host-keys"
-    else
-        apply_host_keys 0
-    fi
-    grow_root
-
-    # once per instance, last: scripts see the machine configured
-    if [ -n "$INSTANCE_STATE" ]; then
-        [ -e "$INSTANCE_STATE/done.init-script" ] || run_init_scripts
-        [ -e "$INSTANCE_STATE/done.user-data" ] || run_user_data
-        # written only when they change: a second boot of the same instance changes no file
-        [ "$(first_line "$INSTANCE_STATE/source")" = "$SOURCE" ] || echo "$SOURCE" >"$INSTANCE_STATE/source"
-        [ -e "$INSTANCE_STATE/done.instance" ] || : >"$INSTANCE_STATE/done.instance"
-        [ "$_m_last" = "$INSTANCE_ID" ] || printf '%s\n' "$INSTANCE_ID" >"$STATE/.last-instance-id"
-    fi
+    open_instance
+    run_steps
+    close_instance
 
     _m_host=${HOST_APPLIED%%.*}
     [ -n "$_m_host" ] || _m_host=$(first_line "$R/etc/hostname")

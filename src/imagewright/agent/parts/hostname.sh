@@ -32,8 +32,17 @@ update_etc_hosts() {
     else
         printf '127.0.0.1\tlocalhost\n%s\n' "$_uh_entry" >"$WORK/hosts.new"
     fi
-    replace_file "$R/etc/hosts" "$WORK/hosts.new" 644 && log "hostname: updated /etc/hosts"
+    replace_file "$R/etc/hosts" "$WORK/hosts.new" 644
+    case $? in
+        0) log "hostname: updated /etc/hosts" ;;
+        2) return 1 ;;
+    esac
     return 0
+}
+
+# WHEN of the hostname step: the source gave a usable name (a later boot's data may give one)
+has_hostname() {
+    [ -n "$HOST_APPLIED" ]
 }
 
 # once per instance: /etc/hostname and /etc/hosts (the running name follows in sync_hostname)
@@ -42,9 +51,11 @@ apply_hostname() {
     _ah_short=${HOST_APPLIED%%.*}
     case $HOST_APPLIED in *.*) _ah_fqdn=$HOST_APPLIED ;; esac
     printf '%s\n' "$_ah_short" >"$WORK/hostname.new"
-    if replace_file "$R/etc/hostname" "$WORK/hostname.new" 644; then
-        log "hostname: /etc/hostname set to $_ah_short"
-    fi
+    replace_file "$R/etc/hostname" "$WORK/hostname.new" 644
+    case $? in
+        0) log "hostname: /etc/hostname set to $_ah_short" ;;
+        2) return 1 ;;
+    esac
     update_etc_hosts "$_ah_short" "$_ah_fqdn"
 }
 

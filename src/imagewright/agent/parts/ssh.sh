@@ -22,8 +22,10 @@ apply_ssh_keys() {
     case $_ak_home in /*) ;; *) _ak_home=/root ;; esac
     _ak_dir=$R$_ak_home/.ssh
     _ak_file=$_ak_dir/authorized_keys
-    mkdir -p "$_ak_dir" && chmod 700 "$_ak_dir"
-    [ -f "$_ak_file" ] || : >"$_ak_file"
+    if ! { mkdir -p "$_ak_dir" && chmod 700 "$_ak_dir" && { [ -f "$_ak_file" ] || : >"$_ak_file"; }; }; then
+        log "ssh: could not create $_ak_home/.ssh/authorized_keys"
+        return 1
+    fi
     # a file without a final newline would glue our first key to its last line
     if [ -s "$_ak_file" ] && [ -n "$(tail -c 1 "$_ak_file")" ]; then
         echo >>"$_ak_file"
@@ -31,10 +33,12 @@ apply_ssh_keys() {
     _ak_added=0
     while IFS= read -r _ak_key; do
         [ -n "$_ak_key" ] || continue
-        if ! grep -qxF -- "$_ak_key" "$_ak_file"; then
-            printf '%s\n' "$_ak_key" >>"$_ak_file"
-            _ak_added=$((_ak_added + 1))
+        grep -qxF -- "$_ak_key" "$_ak_file" && continue
+        if ! printf '%s\n' "$_ak_key" >>"$_ak_file"; then
+            log "ssh: could not add keys to $_ak_home/.ssh/authorized_keys"
+            return 1
         fi
+        _ak_added=$((_ak_added + 1))
     done <"$WORK/ctx/keys"
     chmod 600 "$_ak_file"
     chown "$_ak_uid:$_ak_gid" "$_ak_dir" "$_ak_file" 2>/dev/null || log "ssh: could not chown $_ak_home/.ssh to $_ak_uid:$_ak_gid"
@@ -44,8 +48,27 @@ apply_ssh_keys() {
     log "ssh: $_ak_added key(s) added to $_ak_home/.ssh/authorized_keys of $_ak_user"
 }
 
-# HOST_KEYS per-instance and a new instance: set the old keys aside, generate, and put them back
-# if nothing could be generated. Otherwise only missing keys are generated.
+# WHEN of the host-keys step: HOST_KEYS=per-instance (the default) gives each instance new keys
+host_keys_per_instance() {
+    [ "$CONF_HOST_KEYS" = per-instance ]
+}
+
+# WHEN of the missing-host-keys step: not at the boot that has just replaced them all
+host_keys_not_replaced() {
+    ! step_ran host-keys
+}
+
+replace_host_keys() {
+    apply_host_keys 1
+}
+
+add_missing_host_keys() {
+    apply_host_keys 0
+}
+
+# apply_host_keys 1: set the old keys aside, generate, and put them back if nothing could be
+# generated. apply_host_keys 0: generate missing keys only. Non-zero when keys were wanted and a
+# generator failed; 0 when there is nothing to generate them with (or nothing to use them).
 apply_host_keys() {
     _hk_regen=$1
     if have ssh-keygen; then
@@ -66,20 +89,27 @@ apply_host_keys() {
         else
             run_logged ssh-keygen -A
         fi
+        _hk_rc=$?
         if [ -d "$WORK/old-host-keys" ] && ! ls "$R"/etc/ssh/ssh_host_*_key >/dev/null 2>&1; then
             log "ssh: no host key could be generated; the previous keys are kept"
             mv "$WORK/old-host-keys"/* "$R/etc/ssh/" 2>/dev/null
+            _hk_rc=1
         fi
         rm -rf "$WORK/old-host-keys"
+        return "$_hk_rc"
     elif have dropbearkey; then
         mkdir -p "$R/etc/dropbear"
+        _hk_rc=0
         for _hk_t in rsa ecdsa ed25519; do
             _hk_f=$R/etc/dropbear/dropbear_${_hk_t}_host_key
             [ "$_hk_regen" = 1 ] && rm -f "$_hk_f"
-            [ -s "$_hk_f" ] || run_logged dropbearkey -t "$_hk_t" -f "$_hk_f" || log "ssh: dropbearkey could not make a $_hk_t key"
+            if [ ! -s "$_hk_f" ] && ! run_logged dropbearkey -t "$_hk_t" -f "$_hk_f"; then
+                log "ssh: dropbearkey could not make a $_hk_t key"
+                _hk_rc=1
+            fi
         done
-    else
-        log "ssh: neither ssh-keygen nor dropbearkey is installed; host keys not generated"
+        return "$_hk_rc"
     fi
+    log "ssh: neither ssh-keygen nor dropbearkey is installed; host keys not generated"
 }
 

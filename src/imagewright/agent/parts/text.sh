@@ -118,7 +118,8 @@ prefix_to_mask() {
 }
 
 # Replace DEST by NEW only when the content differs (keeps the inode and mode of DEST when it
-# exists); prints nothing, returns 0 when DEST changed, 1 when it was already right.
+# exists); returns 0 when DEST changed, 1 when it was already right, 2 (logged) when it could
+# not be written.
 replace_file() {
     _rf_dest=$1
     _rf_new=$2
@@ -126,12 +127,12 @@ replace_file() {
     if [ -f "$_rf_dest" ] && cmp -s "$_rf_new" "$_rf_dest"; then
         return 1
     fi
-    mkdir -p "${_rf_dest%/*}"
     if [ -f "$_rf_dest" ]; then
-        cat "$_rf_new" >"$_rf_dest"
-    else
-        cp "$_rf_new" "$_rf_dest" && chmod "$_rf_mode" "$_rf_dest"
+        cat "$_rf_new" >"$_rf_dest" && return 0
+    elif mkdir -p "${_rf_dest%/*}" && cp "$_rf_new" "$_rf_dest" && chmod "$_rf_mode" "$_rf_dest"; then
+        return 0
     fi
-    return 0
+    log "could not write ${_rf_dest#"$R"}"
+    return 2
 }
 
