@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # Real programs the tool drives and the tests cross-check against (Debian 12 package names).
 APT_PACKAGES := qemu-utils qemu-system-x86 qemu-system-data seabios ipxe-qemu \
 	e2fsprogs fdisk gdisk util-linux dosfstools mtools xfsprogs btrfs-progs reiserfsprogs \
-	grub-pc-bin grub-common genisoimage xorriso busybox-static cpio kmod \
+	grub-pc-bin grub-common genisoimage xorriso busybox-static cpio kmod gawk mawk \
 	zstd xz-utils bzip2 gzip file shellcheck openssh-client dash \
 	ntfs-3g cryptsetup-bin squashfs-tools syslinux-common binutils curl jq \
 	libguestfs-tools linux-image-amd64 cloud-guest-utils

@@ -1,8 +1,9 @@
 """The agent's own readers, called one by one through its library mode (IMAGEWRIGHT_AGENT_LIB=1).
 
 The YAML and JSON readers are awk programs; they are checked against PyYAML, Python's json and
-jq on generated documents (hypothesis), under the host's awk (mawk) and busybox awk. The raw
-label reader is checked against blkid on media made by imagewright's builders.
+jq on generated documents (hypothesis), under the host's awk and busybox awk (test_awk.py runs
+the .awk files on their own under busybox awk, mawk and gawk). The raw label reader is checked
+against blkid on media made by imagewright's builders.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def awk_flatten(program: str, document: Path, awk_path: str, agent: Path) -> sub
 
 
 def awks(busybox_tools: Path) -> dict[str, str]:
-    return {"mawk": host_path(), "busybox": f"{busybox_tools}"}
+    return {"host awk": host_path(), "busybox": f"{busybox_tools}"}
 
 
 # --- JSON ------------------------------------------------------------------------------------

@@ -1,3 +1,7 @@
+# common.awk: helpers of the agent readers (yaml.awk, json.awk, flat.awk), which need it first:
+#   awk -f common.awk -f yaml.awk FILE
+# esc and unesc write and read the escapes of the flat format: backslash, tab, newline and CR
+# as \\ \t \n \r.
 function esc(v,   out, i, c) {
     if (v !~ /[\\\t\n\r]/) return v
     out = ""

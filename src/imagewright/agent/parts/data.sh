@@ -6,30 +6,19 @@
 # \\ \t \n \r — the same lines `jq -r '... | @tsv'` prints, so either can feed flat_get.
 # ---------------------------------------------------------------------------------------------
 
+# The readers are awk programs (parts/*.awk, each runnable on its own with awk -f), kept in
+# shell strings: the installed agent is one file.
 AWK_COMMON='
 #include common.awk
 '
-
-# The YAML subset of cloud metadata: block mappings and sequences by indentation, "- key: v"
-# items, flow sequences and mappings of scalars ([a, b], {a: 1}), plain, single- and
-# double-quoted scalars, literal/folded block scalars (| >), comments, document markers.
-# Not supported (skipped): anchors/aliases, tags, complex keys, nested flow collections,
-# multi-line plain scalars. Indentation must be spaces, as YAML requires.
-# Each "- " opens a node one half-level deeper than its column, so "key:" followed by items at
-# the same column still nests the items under the key.
 # shellcheck disable=SC2016 # an awk program: its $ are awk's
 AWK_YAML='
 #include yaml.awk
 '
-
-# JSON by recursive descent. Strings keep their \n \t \r \\ escapes (already the flat format),
-# \" and \/ are decoded, \uXXXX is decoded for printable ASCII and kept as written otherwise.
-# Exits 1 on malformed input or nesting deeper than 64.
 # shellcheck disable=SC2016 # an awk program: its $ are awk's
 AWK_JSON='
 #include json.awk
 '
-
 # shellcheck disable=SC2016 # an awk program: its $ are awk's
 AWK_FLAT='
 #include flat.awk

@@ -1,3 +1,7 @@
+# flat.awk: look things up in "path<TAB>value" lines (what yaml.awk and json.awk print).
+#   awk -v mode=MODE -v p=PATH -f common.awk -f flat.awk FLAT
+# mode get: the value at PATH (decoded); list: the items of the list at PATH; under: every value
+# at or below PATH; keys: the names of the children of PATH, each once, in order.
 BEGIN { FS = "\t"; pp = (p == "" ? "" : p "/") }
 { v = substr($0, length($1) + 2) }
 mode == "get" && $1 == p { print unesc(v); exit }

@@ -1,3 +1,8 @@
+# json.awk: JSON by recursive descent, flattened to "path<TAB>value" lines.
+#   awk -f common.awk -f json.awk FILE
+# Strings keep their \n \t \r \\ escapes (already the flat format), \" and \/ are decoded,
+# \uXXXX is decoded for printable ASCII and kept as written otherwise.
+# Exits 1 on malformed input or nesting deeper than 64.
 function ws(   c) {
     while (pos <= n) { c = substr(s, pos, 1); if (c == " " || c == "\t" || c == "\n" || c == "\r") pos++; else break }
 }

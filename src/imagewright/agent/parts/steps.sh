@@ -122,6 +122,6 @@ open_instance() {
 close_instance() {
     [ -n "$INSTANCE_STATE" ] || return 0
     [ "$(first_line "$INSTANCE_STATE/source")" = "$SOURCE" ] || echo "$SOURCE" >"$INSTANCE_STATE/source"
-    [ -e "$INSTANCE_STATE/sem/instance" ] || { mkdir -p "$INSTANCE_STATE/sem" && : >"$INSTANCE_STATE/sem/instance"; }
+    [ -e "$INSTANCE_STATE/sem/instance" ] || { mkdir -p "$INSTANCE_STATE/sem" && : >"$INSTANCE_STATE/sem/instance"; } 2>/dev/null
     [ "$LAST_INSTANCE_ID" = "$INSTANCE_ID" ] || printf '%s\n' "$INSTANCE_ID" >"$STATE/.last-instance-id"
 }

@@ -1,3 +1,12 @@
+# yaml.awk: the YAML subset of cloud metadata, flattened to "path<TAB>value" lines.
+#   awk -f common.awk -f yaml.awk FILE
+# Block mappings and sequences by indentation, "- key: v" items, flow sequences and mappings of
+# scalars ([a, b], {a: 1}), plain, single- and double-quoted scalars, literal/folded block
+# scalars (| >), comments, document markers.
+# Not supported (skipped): anchors/aliases, tags, complex keys, nested flow collections,
+# multi-line plain scalars. Indentation must be spaces, as YAML requires.
+# Each "- " opens a node one half-level deeper than its column, so "key:" followed by items at
+# the same column still nests the items under the key.
 function indent_of(s) { match(s, /^ */); return RLENGTH }
 function uncomment(s,   i, c, q, prev) {
     q = ""; prev = " "
