@@ -93,6 +93,8 @@ MEDIUM_DIR=
 MEDIUM_MOUNTED=0
 MAX_PARSE_BYTES=1048576   # metadata files we parse are small; refuse anything bigger
 
+# The parts below are joined in here when the agent is packaged (imagewright.agent.agent_script):
+# the installed agent is this one file, and sources nothing.
 #include parts/log.sh
 #include parts/text.sh
 #include parts/data.sh

@@ -125,3 +125,4 @@ close_instance() {
     [ -e "$INSTANCE_STATE/sem/instance" ] || { mkdir -p "$INSTANCE_STATE/sem" && : >"$INSTANCE_STATE/sem/instance"; } 2>/dev/null
     [ "$LAST_INSTANCE_ID" = "$INSTANCE_ID" ] || printf '%s\n' "$INSTANCE_ID" >"$STATE/.last-instance-id"
 }
+

@@ -1,14 +1,18 @@
-"""The agent's awk programs on their own (``awk -f common.awk -f yaml.awk FILE``), under every awk
-a guest may have: busybox awk, mawk (Debian's default) and gawk, each called by its own path.
+"""The agent's source parts: joined into one script, and its awk programs on their own.
 
-The references are PyYAML and Python's json on generated documents (hypothesis), as in
-test_parsers.py, which runs the same programs through the joined script. Also checked: the
-joined script holds each program exactly as its file reads.
+Joining: every part under ``parts/`` is included exactly once, nothing of the ``#include`` lines
+is left, and the joiner refuses what would break the script (a quote in an awk part, includes
+that never end, a missing part). The awk programs run on their own
+(``awk -f common.awk -f yaml.awk FILE``) under every awk a guest may have: busybox awk, mawk
+(Debian's default) and gawk, each called by its own path; the references are PyYAML and
+Python's json on generated documents (hypothesis), as in test_parsers.py, which runs the same
+programs through the joined script.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,11 +27,46 @@ from tests.agent.test_parsers import YAML_CASES, flatten, json_documents, yaml_d
 from tests.fixtures.tools import which
 
 import imagewright.agent
+from imagewright.agent import agent_script
+from imagewright.errors import ImagewrightError
 
-PARTS = Path(imagewright.agent.__file__).parent / "parts"
+SOURCE = Path(imagewright.agent.__file__).parent
+PARTS = SOURCE / "parts"
+INCLUDE = re.compile(r"^#include (\S+)$", re.MULTILINE)
 SETTINGS = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
+
+
+def test_every_part_is_joined_once_and_no_include_is_left() -> None:
+    included: list[Path] = []
+    pending = [SOURCE / "imagewright-agent.sh"]
+    while pending:
+        source = pending.pop()
+        found = [(source.parent / name).resolve() for name in INCLUDE.findall(source.read_text())]
+        included += found
+        pending += found
+    assert sorted(included) == sorted(PARTS.iterdir())
+    script = agent_script().decode()
+    assert "#include" not in script
+    for part in PARTS.iterdir():  # a part without includes of its own is in the script as written
+        text = part.read_text()
+        assert INCLUDE.search(text) or script.count(text) == 1, part.name
+
+
+def test_the_joiner_refuses_what_would_break_the_script(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ImagewrightError, match=r"^The agent.s source part parts/gone\.sh is missing"):
+        imagewright.agent._resource("parts/gone.sh")
+    tree = {
+        "main.sh": b"#!/bin/sh\nPROGRAM='\n#include parts/quote.awk\n'\n",
+        "parts/quote.awk": b'{ print "it\'s" }\n',
+        "loop.sh": b"#include loop.sh\n",
+    }
+    monkeypatch.setattr(imagewright.agent, "_resource", tree.__getitem__)
+    with pytest.raises(ImagewrightError, match=r"parts/quote\.awk holds a single quote"):
+        imagewright.agent._joined("main.sh")
+    with pytest.raises(ImagewrightError, match="include each other too deeply"):
+        imagewright.agent._joined("loop.sh")
 
 
 def awks() -> dict[str, list[str]]:
