@@ -17,16 +17,20 @@ have() {
     command -v "$1" >/dev/null 2>&1
 }
 
+# log_output TEXT: a command's output into the log, each line indented.
+log_output() {
+    [ -n "$1" ] || return 0
+    printf '%s\n' "$1" >"$WORK/run.out" 2>/dev/null
+    while IFS= read -r _lo_line; do
+        log "  $_lo_line"
+    done <"$WORK/run.out"
+}
+
 # Run a command, copy its output into the log (indented), return its status.
 run_logged() {
     _rl_out=$("$@" </dev/null 2>&1 3>&-)
     _rl_rc=$?
-    if [ -n "$_rl_out" ]; then
-        printf '%s\n' "$_rl_out" >"$WORK/run.out" 2>/dev/null
-        while IFS= read -r _rl_line; do
-            log "  $_rl_line"
-        done <"$WORK/run.out"
-    fi
+    log_output "$_rl_out"
     return $_rl_rc
 }
 
@@ -60,12 +64,7 @@ live_input() {
     fi
     _li_out=$(printf '%s\n' "$_li_input" | "$@" 2>&1 3>&-)
     _li_rc=$?
-    if [ -n "$_li_out" ]; then
-        printf '%s\n' "$_li_out" >"$WORK/run.out" 2>/dev/null
-        while IFS= read -r _li_line; do
-            log "  $_li_line"
-        done <"$WORK/run.out"
-    fi
+    log_output "$_li_out"
     return $_li_rc
 }
 
