@@ -10,14 +10,15 @@
 #   WHEN          a function that says whether the step applies at this boot, or "-" (always).
 #                 A step that does not apply is neither run nor marked: a later boot may apply it.
 #
-# run_step is the only code that reads or writes markers. As cloud-init's Runners/Semaphores
-# (cloudinit/helpers.py) do, it writes a step's marker before running it, so a step that
-# reboots the machine (user-data may) is not run again; and as cloud-init does with
-# clear_on_fail — which its config modules do not ask for — a step that fails (returns
-# non-zero) has its marker removed, so it runs again at the next boot. A failing step never
-# stops the steps after it. A marker that cannot be written means the step does not run (as
-# cloud-init's "Failed to acquire lock"): a per-instance step that ran at every boot because
-# /var is read-only could be a user-data script that reboots the machine, forever.
+# run_step is the only code that reads or writes step markers (open_instance takes over those
+# of older agents; close_instance keeps the instance's own records). As cloud-init's
+# Runners/Semaphores do (cloudinit/helpers.py), it writes a step's marker before running it, so
+# a step that reboots the machine (user-data may) is not run again; and as cloud-init does with
+# clear_on_fail — which its config modules do not ask for — a step that fails (returns non-zero)
+# has its marker removed, so it runs again at the next boot. A failing step never stops the
+# steps after it. A marker that cannot be written means the step does not run (cloud-init's
+# "Failed to acquire lock"): a per-instance step that ran at every boot because /var is
+# read-only could be a user-data script that reboots the machine, forever.
 # Markers are written while the steps run, before main's sync and ready line.
 # ---------------------------------------------------------------------------------------------
 
@@ -69,6 +70,7 @@ run_step() {
 # run_steps: every step of AGENT_STEPS, in order. The table is read on fd 4, which the steps do
 # not inherit (a step's commands and user scripts see only the agent's own descriptors).
 run_steps() {
+    STEPS_RUN=
     while read -r _ss_name _ss_freq _ss_when _ss_run <&4; do
         [ -n "$_ss_name" ] || continue
         run_step "$_ss_name" "$_ss_freq" "$_ss_when" "$_ss_run" 4<&-
