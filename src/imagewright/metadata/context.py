@@ -30,24 +30,20 @@ Where an agent finds each value (details in each builder's docstring):
 
 ``build_context_medium`` asks the builder for the file tree, writes it with the matching
 writer (``iso.write_iso9660`` or ``fat.write_fat_image``) to a temporary name beside the
-output, and only then moves it into place: a failure leaves no partial file, and an existing
-output is refused unless ``force`` is set (without ``force`` the final step is a hard link,
-which fails if someone created the output meanwhile). Media are written mode 0600: user-data
-often carries secrets.
+output, and only then moves it into place (``files.AtomicOutput``): a failure leaves no partial
+file, and an existing output is refused unless ``force`` is set. Media are written mode 0600:
+user-data often carries secrets.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagewright.errors import ContextError, ImageIOError, InvalidArgumentError, OutputExistsError
+from imagewright.errors import ContextError, InvalidArgumentError
+from imagewright.files import AtomicOutput
 from imagewright.metadata.builder import ContextMediumBuilder
 from imagewright.metadata.configdrive import ConfigDriveBuilder
 from imagewright.metadata.fat import write_fat_image
@@ -125,8 +121,9 @@ def build_context_medium(
     """Build the ``kind`` medium for ``instance`` at ``output``, atomically."""
     builder = builder_for(kind)
     layout = builder.layout(instance)
-    with _atomic_output(output, force) as temporary:
-        write_layout(layout, temporary)
+    with AtomicOutput(output, force=force, mode=0o600) as out:
+        write_layout(layout, out.path)
+        out.commit()
     size, digest = _size_and_sha256(output)
     return ContextMediumReport(
         kind=builder.kind,
@@ -138,53 +135,6 @@ def build_context_medium(
         size=size,
         sha256=digest,
     )
-
-
-@contextlib.contextmanager
-def _atomic_output(output: Path, force: bool) -> Iterator[Path]:
-    """Yield a temporary path beside ``output``; move it into place only if the block succeeds."""
-    if output.is_dir():
-        raise ImageIOError(f"The output '{output}' is a directory.")
-    if (output.exists() or output.is_symlink()) and not force:
-        raise OutputExistsError(f"The output '{output}' already exists; use --force to replace it.")
-    parent = output.parent if str(output.parent) else Path(".")
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=parent)
-    except FileNotFoundError:
-        raise ImageIOError(f"The directory '{parent}' for the output does not exist.") from None
-    except OSError as err:
-        raise ImageIOError(f"The output cannot be written in '{parent}': {err.strerror or err}.") from None
-    os.close(fd)
-    temporary = Path(name)
-    try:
-        yield temporary
-        _fsync(temporary)
-        if force:
-            os.replace(temporary, output)
-        else:
-            try:
-                os.link(temporary, output)
-            except FileExistsError:
-                raise OutputExistsError(
-                    f"The output '{output}' already exists; use --force to replace it."
-                ) from None
-            except OSError:
-                # Filesystems without hard links: fall back to a checked rename.
-                if output.exists():
-                    raise OutputExistsError(
-                        f"The output '{output}' already exists; use --force to replace it."
-                    ) from None
-                os.replace(temporary, output)
-    except OSError as err:
-        raise ImageIOError(f"The output '{output}' could not be written: {err.strerror or err}.") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-
-
-def _fsync(path: Path) -> None:
-    with path.open("rb") as f:
-        os.fsync(f.fileno())
 
 
 def _size_and_sha256(path: Path) -> tuple[int, str]:
