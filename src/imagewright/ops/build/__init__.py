@@ -36,6 +36,7 @@ from imagewright.binary import FileSource
 from imagewright.disk.partitions import read_partition_table
 from imagewright.disk.table import PartitionTable
 from imagewright.errors import BuildError, InvalidArgumentError, OutputExistsError
+from imagewright.files import AtomicOutput
 from imagewright.formats.base import Limits
 from imagewright.guest.e2fs import E2fsGuest
 from imagewright.inspection import inspect_image
@@ -68,7 +69,6 @@ from imagewright.ops.build.source import (
 )
 from imagewright.ops.build.swap import write_swap
 from imagewright.ops.build.tarball import extract_tarball
-from imagewright.ops.convert.output import atomic_output
 from imagewright.ops.convert.plan import OutputPlan, plan_output
 from imagewright.programs import e2fs, sfdisk
 
@@ -234,27 +234,23 @@ def build(
     if not isinstance(src, FilesystemImageSource):
         check_tree_fits(src.content, layout.root.size, disk_size=disk_size, table=table, swap_size=swap)
 
-    with atomic_output(out_path, force=force) as out:
-        work = out.scratch("work")
-        work.mkdir(mode=0o700)
-        try:
-            report = _build_raw(
-                src, out.temp, work, layout, given=given, fs_type=fs_type or "ext4", append=append,
-                scratch=out.scratch, limits=limits, progress=progress,
-            )  # fmt: skip
-            _check_built(out.temp, layout, report.root)
-            if plan.format == "raw" and plan.compression is None:
-                out.commit()
-            else:
-                from imagewright.ops.convert import convert
+    with AtomicOutput(out_path, force=force) as out:
+        work = out.scratch_directory("work")
+        report = _build_raw(
+            src, out.path, work, layout, given=given, fs_type=fs_type or "ext4", append=append,
+            scratch=out.scratch, limits=limits, progress=progress,
+        )  # fmt: skip
+        _check_built(out.path, layout, report.root)
+        if plan.format == "raw" and plan.compression is None:
+            out.commit()
+        else:
+            from imagewright.ops.convert import convert
 
-                convert(
-                    out.temp, out_path, output_format=plan.format, subformat=plan.subformat,
-                    compression=plan.compression, checksums=(), force=force, limits=limits,
-                    progress=progress,
-                )  # fmt: skip
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+            convert(
+                out.path, out_path, output_format=plan.format, subformat=plan.subformat,
+                compression=plan.compression, checksums=(), force=force, limits=limits,
+                progress=progress,
+            )  # fmt: skip
     report.output = str(out_path)
     report.output_format = plan.format
     report.output_compression = plan.compression
@@ -277,7 +273,7 @@ def _build_raw(
 ) -> BuildReport:
     """Steps 2-5 of the module docstring, into the raw file ``image``."""
     notes: list[str] = []
-    fd = os.open(image, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)  # created empty by AtomicOutput
     try:
         os.ftruncate(fd, layout.disk_size)
         sfdisk.write_table(image, layout.sfdisk_script())

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from imagewright.errors import BuildError, ImageIOError
-from imagewright.ops.convert.output import file_extents
+from imagewright.files import file_extents
 
 _READ = 4 << 20
 _BLOCK = 64 << 10
@@ -43,10 +43,7 @@ def copy_into(
     done = 0
     try:
         with source.open("rb", buffering=0) as src:
-            for start, extent, is_data in file_extents(source):
-                if start >= length:
-                    break
-                run = min(extent, length - start)
+            for start, run, is_data in file_extents(src.fileno(), length):
                 if is_data:
                     _copy_run(src.fileno(), start, run, image_fd, offset)
                 done = start + run

@@ -14,8 +14,9 @@ the format work, always told the source format (never probing). How the bytes tr
 - **compressed sources** are decompressed into a sparse scratch file (only data blocks take
   space) that is inspected in full before qemu-img reads it.
 
-Everything is written under a temporary name and renamed at the end: a failure, Ctrl-C or
-a killed child leaves no output and no scratch files, and the source is never touched.
+Everything is written under a temporary name and renamed at the end (``files.AtomicOutput``):
+a failure, Ctrl-C or a killed child leaves no output and no scratch files, and the source is
+never touched.
 """
 
 from __future__ import annotations
@@ -31,14 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from imagewright.errors import ImageIOError, InvalidArgumentError
+from imagewright.files import AtomicOutput
 from imagewright.formats.base import Limits
 from imagewright.ops.convert.nbd_sink import NbdStreamSink
-from imagewright.ops.convert.output import (
-    HashingConsumer,
-    ImageStreamWriter,
-    atomic_output,
-    stream_file,
-)
+from imagewright.ops.convert.output import HashingConsumer, ImageStreamWriter, stream_file
 from imagewright.ops.convert.plan import DEFAULT_CHECKSUMS, OutputPlan, plan_output
 from imagewright.ops.convert.source import PreparedSource, prepare_source
 from imagewright.programs import qemu_img
@@ -100,13 +97,13 @@ def convert(
     )
     if dst_path.exists() and src_path.exists() and os.path.samefile(src_path, dst_path):
         raise InvalidArgumentError("The output would overwrite the source; choose another output name.")
-    with atomic_output(dst_path, force=force) as out:
+    with AtomicOutput(dst_path, force=force) as out:
         source = prepare_source(src_path, out.scratch, limits or Limits(), progress)
-        _check_space(source, out.temp.parent)
+        _check_space(source, out.directory)
         if plan.format == "raw":
-            content, output = _write_raw(source, out.temp, plan, progress)
+            content, output = _write_raw(source, out.path, plan, progress)
         else:
-            content, output = _write_formatted(source, out.temp, out.scratch, plan, progress)
+            content, output = _write_formatted(source, out.path, out.scratch, plan, progress)
         out.commit()
     st = dst_path.stat()
     return ConvertResult(

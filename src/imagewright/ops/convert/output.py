@@ -1,103 +1,26 @@
-"""Writing an output safely: temp name + rename, checksums as bytes pass, compression wrappers.
+"""Writing an output: checksums as bytes pass, compression wrappers, sparse streaming.
 
-NOTE: an output is written under a hidden temporary name in the destination's directory
-(``.NAME.iw-PID-RANDOM.part``) and renamed into place only when complete, so a failure, a
-Ctrl-C or a killed child never leaves a partial image under the real name. Temp files left
-by a process that was itself SIGKILLed are recognised by the dead PID in their name and
-removed by the next run that writes the same output.
+The output itself is a ``files.AtomicOutput``: written under a temporary name beside the
+destination and renamed into place only when complete (see ``imagewright.files``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import lzma
 import os
-import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import zstandard
 from isal import isal_zlib  # ISA-L's igzip: the same gzip format, several times faster on one core
 
-from imagewright.errors import ImageIOError, OutputExistsError
+from imagewright.errors import ImageIOError
+from imagewright.files import file_extents, io_error
 
 CHUNK = 1 << 20
 _ZEROS = bytes(CHUNK)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class AtomicOutput:
-    """A destination file that appears only when ``commit()`` is called.
-
-    Also hands out scratch files in the same directory (same filesystem, same free space),
-    all removed by ``cleanup()``.
-    """
-
-    def __init__(self, dst: Path, *, force: bool) -> None:
-        self.dst = dst
-        if dst.exists() and not force:
-            raise OutputExistsError(f"{dst} already exists; use --force to overwrite it.")
-        if dst.is_dir():
-            raise OutputExistsError(f"{dst} is a directory.")
-        parent = dst.parent
-        if not parent.is_dir():
-            raise ImageIOError(f"The output directory {parent} does not exist.")
-        if not os.access(parent, os.W_OK):
-            raise ImageIOError(f"The output directory {parent} is not writable.")
-        self._remove_stale_temps()
-        self._paths: list[Path] = []
-        self.temp = self.scratch("part")
-
-    def _prefix(self) -> str:
-        return f".{self.dst.name}.iw-"
-
-    def _remove_stale_temps(self) -> None:
-        prefix = self._prefix()
-        for entry in self.dst.parent.glob(f"{prefix}*"):
-            pid_text = entry.name[len(prefix) :].split("-", 1)[0]
-            if pid_text.isdigit() and not _pid_alive(int(pid_text)):
-                with contextlib.suppress(OSError):
-                    entry.unlink()
-
-    def scratch(self, suffix: str) -> Path:
-        """A fresh path next to the output, removed by ``cleanup()`` unless committed."""
-        path = self.dst.parent / f"{self._prefix()}{os.getpid()}-{secrets.token_hex(4)}.{suffix}"
-        self._paths.append(path)
-        return path
-
-    def commit(self) -> None:
-        try:
-            os.replace(self.temp, self.dst)
-        except OSError as err:
-            raise ImageIOError(
-                f"Could not move the finished output into place at {self.dst}: {err.strerror}."
-            ) from None
-
-    def cleanup(self) -> None:
-        for path in self._paths:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
-
-@contextlib.contextmanager
-def atomic_output(dst: Path, *, force: bool) -> Iterator[AtomicOutput]:
-    out = AtomicOutput(dst, force=force)
-    try:
-        yield out
-    finally:
-        out.cleanup()
 
 
 class Hashes:
@@ -175,7 +98,7 @@ class OutputFile:
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         except OSError as err:
-            raise ImageIOError(f"Cannot create {path}: {err.strerror}.") from None
+            raise io_error(err, path, "creating") from None
         self.position = 0
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
@@ -186,7 +109,7 @@ class OutputFile:
                 view = view[written:]
                 offset += written
         except OSError as err:
-            raise _write_error(self.path, err) from None
+            raise io_error(err, self.path) from None
         self.position = max(self.position, offset)
 
     def append(self, data: bytes | memoryview) -> None:
@@ -199,7 +122,7 @@ class OutputFile:
                 os.ftruncate(self._fd, size)
             os.fsync(self._fd)
         except OSError as err:
-            raise _write_error(self.path, err) from None
+            raise io_error(err, self.path) from None
         finally:
             self.close()
 
@@ -207,14 +130,6 @@ class OutputFile:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-def _write_error(path: Path, err: OSError) -> ImageIOError:
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ImageIOError(f"The disk holding {path.parent} is full; the output was not written.")
-    if err.errno == errno.EFBIG:
-        return ImageIOError(f"{path.parent} does not allow a file that large; the output was not written.")
-    return ImageIOError(f"Writing {path} failed: {err.strerror}.")
 
 
 class ImageStreamWriter:
@@ -276,30 +191,6 @@ class ImageStreamWriter:
         self.file.close()
 
 
-def file_extents(path: Path) -> list[tuple[int, int, bool]]:
-    """(offset, length, is_data) runs of a file, from SEEK_DATA/SEEK_HOLE (holes read as zeros)."""
-    extents: list[tuple[int, int, bool]] = []
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        size = os.fstat(fd).st_size
-        position = 0
-        while position < size:
-            try:
-                data = os.lseek(fd, position, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole remains
-                data = size
-            if data > position:
-                extents.append((position, data - position, False))
-            if data >= size:
-                break
-            hole = os.lseek(fd, data, os.SEEK_HOLE)
-            extents.append((data, hole - data, True))
-            position = hole
-    finally:
-        os.close(fd)
-    return extents
-
-
 class StreamConsumer(Protocol):
     def write(self, offset: int, data: bytes | memoryview) -> None: ...
 
@@ -310,11 +201,11 @@ def stream_file(
     path: Path, consumer: StreamConsumer, progress: Callable[[int, int], None] | None = None
 ) -> int:
     """Feed a file to ``consumer`` front to back; holes are passed as zero runs, not read."""
-    size = path.stat().st_size
     done = 0
     try:
         with path.open("rb", buffering=0) as f:
-            for offset, length, is_data in file_extents(path):
+            size = os.fstat(f.fileno()).st_size
+            for offset, length, is_data in file_extents(f.fileno(), size):
                 if not is_data:
                     consumer.zeros(offset, length)
                 else:
@@ -332,7 +223,7 @@ def stream_file(
                 if progress is not None:
                     progress(done, size)
     except OSError as err:
-        raise ImageIOError(f"Reading {path} failed: {err.strerror}.") from None
+        raise io_error(err, path, "reading") from None
     return size
 
 
