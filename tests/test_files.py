@@ -28,6 +28,7 @@ from imagewright.files import (
     copy_sparse,
     file_extents,
     io_error,
+    reflink,
     sweep_leftovers,
     temp_name,
     write_file_atomically,
@@ -217,9 +218,16 @@ def test_a_full_disk_leaves_nothing_and_says_so(small_tmpfs: Path) -> None:
         f"No space left on the filesystem holding {small_tmpfs} while writing big.img "
         "(No space left on device)."
     )
-    with pytest.raises(ImageIOError, match=r"^No space left on the filesystem holding"):
-        copy_sparse(_random_file(small_tmpfs.parent / "source", 2 * MiB), small_tmpfs / "copy")
+    source = _random_file(small_tmpfs.parent / "source.img", 2 * MiB)
+    with pytest.raises(ImageIOError) as caught:
+        copy_sparse(source, small_tmpfs / "copy")
+    assert str(caught.value) == (
+        f"No space left on the filesystem holding {small_tmpfs} while copying source.img "
+        "(No space left on device)."
+    )
     assert names(small_tmpfs) == ["copy"]  # copy_sparse's target is the caller's (a scratch name)
+    with pytest.raises(ImageIOError, match=r"^Copying .*/nothing.img failed: No such file or directory\.$"):
+        copy_sparse(small_tmpfs.parent / "nothing.img", small_tmpfs / "copy")
 
 
 def _random_file(path: Path, size: int) -> Path:
@@ -246,8 +254,8 @@ def test_the_file_size_limit_leaves_nothing_and_says_so(tmp_path: Path) -> None:
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1, stderr
     assert stdout.strip() == (
-        "big.img grew past the largest file this process or its filesystem may write "
-        "(File too large; see ulimit -f) while writing it."
+        "A file grew past the largest size this process or its filesystem may write "
+        "(File too large; see ulimit -f) while writing big.img."
     )
     assert names(tmp_path) == []
 
@@ -257,7 +265,7 @@ def test_io_error_sentences() -> None:
     cases = {
         errno.ENOSPC: "No space left on the filesystem holding /data while writing out.img",
         errno.EDQUOT: "No space left on the filesystem holding /data while writing out.img",
-        errno.EFBIG: "out.img grew past the largest file",
+        errno.EFBIG: "A file grew past the largest size this process or its filesystem may write",
         errno.EACCES: "Writing /data/out.img failed: Permission denied.",
         errno.EIO: "Writing /data/out.img failed: Input/output error.",
     }
@@ -468,3 +476,17 @@ def test_file_extents_cover_the_file_in_order(tmp_path: Path) -> None:
     data = [(offset, length) for offset, length, is_data in extents if is_data]
     assert len(data) == 1 and data[0][0] <= 4 * MiB < 4 * MiB + 64 * 1024 <= data[0][0] + data[0][1]
     assert data[0][1] <= MiB
+
+
+@pytest.mark.integration
+def test_reflink_says_when_the_filesystem_cannot(tmp_path: Path, small_tmpfs: Path) -> None:
+    """ext4 and tmpfs have no FICLONE (and no clone crosses filesystems): False, an empty target."""
+    source = _random_file(tmp_path / "source.img", 4096)
+    for target in (tmp_path / "clone", small_tmpfs / "clone"):
+        target.write_bytes(b"old")
+        assert reflink(source, target) is False
+        assert target.stat().st_size == 0
+        copy_sparse(source, target)
+        run("cmp", source, target)
+    with pytest.raises(ImageIOError, match=r"^Copying .*/nothing.img failed: No such file or directory\.$"):
+        reflink(tmp_path / "nothing.img", tmp_path / "clone")

@@ -89,17 +89,24 @@ _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 # --- errors ------------------------------------------------------------------------------------
 
 
-def io_error(err: OSError, path: Path, doing: str = "writing") -> ImageIOError | OutputExistsError:
-    """One sentence for ``err``, met while ``doing`` (a verb in -ing) the file ``path``."""
+def io_error(
+    err: OSError, path: Path, doing: str = "writing", directory: Path | None = None
+) -> ImageIOError | OutputExistsError:
+    """One sentence for ``err``, met while ``doing`` (a verb in -ing) the file ``path``.
+
+    ``directory`` is where the bytes were going (by default ``path``'s own directory): the
+    place a full disk is reported for.
+    """
     name = path.name or str(path)
+    where = path.parent if directory is None else directory
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return ImageIOError(
-            f"No space left on the filesystem holding {path.parent} while {doing} {name} ({err.strerror})."
+            f"No space left on the filesystem holding {where} while {doing} {name} ({err.strerror})."
         )
     if err.errno == errno.EFBIG:
         return ImageIOError(
-            f"{name} grew past the largest file this process or its filesystem may write "
-            f"(File too large; see ulimit -f) while {doing} it."
+            "A file grew past the largest size this process or its filesystem may write "
+            f"(File too large; see ulimit -f) while {doing} {name}."
         )
     if err.errno == errno.EEXIST:
         return OutputExistsError(f"{path} already exists; use --force to replace it.")
@@ -432,13 +439,10 @@ def copy_sparse(source: Path, target: Path, progress: ByteProgress | None = None
 
     A reflink when the filesystem can, else the data ranges only; flushed to disk at the end.
     """
-    doing = f"copying {source} to"
     try:
         with source.open("rb") as fin, target.open("wb") as fout:
             size = os.fstat(fin.fileno()).st_size
-            try:
-                fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
-            except OSError:
+            if not _clone(fin.fileno(), fout.fileno()):
                 for start, end in data_ranges(fin.fileno(), 0, size):
                     _copy_run(fin.fileno(), fout.fileno(), start, end, 0)
                     if progress is not None:
@@ -448,7 +452,27 @@ def copy_sparse(source: Path, target: Path, progress: ByteProgress | None = None
             if progress is not None:
                 progress(size, size)
     except OSError as err:
-        raise io_error(err, target, doing) from None
+        raise io_error(err, source, "copying", target.parent) from None
+
+
+def reflink(source: Path, target: Path) -> bool:
+    """Make ``target`` (created or emptied) share ``source``'s blocks, if the filesystem can.
+
+    False (and ``target`` left empty) where it cannot: ext4, tmpfs, across filesystems.
+    """
+    try:
+        with source.open("rb") as fin, target.open("wb") as fout:
+            return _clone(fin.fileno(), fout.fileno())
+    except OSError as err:
+        raise io_error(err, source, "copying", target.parent) from None
+
+
+def _clone(fin: int, fout: int) -> bool:
+    try:
+        fcntl.ioctl(fout, _FICLONE, fin)
+    except OSError:
+        return False
+    return True
 
 
 def copy_range(source: Path, start: int, length: int, target: Path, target_start: int) -> None:
@@ -463,7 +487,7 @@ def copy_range(source: Path, start: int, length: int, target: Path, target_start
                 _copy_run(fin.fileno(), fout.fileno(), data_start, data_end, target_start - start)
             os.fsync(fout.fileno())
     except OSError as err:
-        raise io_error(err, target, f"copying part of {source} into") from None
+        raise io_error(err, source, "copying part of", target.parent) from None
 
 
 def _copy_run(fin: int, fout: int, start: int, end: int, shift: int) -> None:
