@@ -19,6 +19,8 @@ from typing import Any
 
 from tests.fixtures.tools import qemu_img, run, sfdisk, sparse_file
 
+from imagewright.files import TEMP_MARK
+
 MiB = 1 << 20
 GiB = 1 << 30
 SECTOR = 512
@@ -140,5 +142,5 @@ def e2fsck_clean(device: str) -> str:
 
 
 def stray_files(directory: Path) -> list[str]:
-    """Anything a resize left behind: its temporary names all contain '.iw-resize-'."""
-    return sorted(p.name for p in directory.iterdir() if ".iw-resize-" in p.name)
+    """Anything a resize left behind: its temporary names all contain '.iw-' (``files.TEMP_MARK``)."""
+    return sorted(p.name for p in directory.iterdir() if TEMP_MARK in p.name)

@@ -1,5 +1,6 @@
 """resize's parts one by one: sizes (VHD geometry against qemu-img), the partition planner,
-qemu-io writes, the workspace (sparse copies, commit, cleanup) and 4 KiB-sector disks."""
+qemu-io writes, the copy resize works on (``files``: sparse copies, commit, cleanup) and 4 KiB-sector
+disks."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from tests.fixtures.tools import qemu_img, qemu_img_info, run, sfdisk, sparse_fi
 from tests.ops.resize_fixtures import GiB, MiB, sha256
 
 from imagewright.errors import ImageIOError, InvalidArgumentError, ProgramError
+from imagewright.files import AtomicOutput, copy_range, copy_sparse
 from imagewright.ops.resize import resize
 from imagewright.ops.resize.layout import check_shrink, choose_partition, last_partition, plan_table
 from imagewright.ops.resize.sizes import plan_size, requested_size, vhd_chs_size
-from imagewright.ops.resize.workspace import Workspace, copy_region
 from imagewright.programs import qemu_io
 
 TiB = 1 << 40
@@ -152,7 +153,7 @@ def test_qemu_io_refuses_a_temporary_directory_it_cannot_name(
         qemu_io.write_guest(image, "qcow2", [(0, b"x")])
 
 
-# --- the workspace --------------------------------------------------------------------------
+# --- the copy resize works on ----------------------------------------------------------------
 
 
 def test_copies_keep_holes_and_bytes(tmp_path: Path) -> None:
@@ -162,15 +163,16 @@ def test_copies_keep_holes_and_bytes(tmp_path: Path) -> None:
             f.seek(offset)
             f.write(os.urandom(4096))
     progress: list[tuple[int, int | None]] = []
-    with Workspace(image) as workspace:
-        copy = workspace.copy_image("raw", lambda done, total: progress.append((done, total)))
+    with AtomicOutput(image, in_place=True, doing="resizing") as workspace:
+        copy = workspace.path
+        copy_sparse(image, copy, lambda done, total: progress.append((done, total)))
         assert sha256(copy) == sha256(image)
         assert copy.stat().st_blocks * 512 <= image.stat().st_blocks * 512 + MiB
         assert progress and progress[-1] == (256 * MiB, 256 * MiB)
-        region = workspace.path("region")
+        region = workspace.scratch("region")
         region.write_bytes(b"")
         os.truncate(region, 8 * MiB)
-        copy_region(image, 100 * MiB, 8 * MiB, region, 0)
+        copy_range(image, 100 * MiB, 8 * MiB, region, 0)
         with image.open("rb") as f:
             f.seek(100 * MiB)
             assert region.read_bytes() == f.read(8 * MiB)
@@ -180,11 +182,11 @@ def test_copies_keep_holes_and_bytes(tmp_path: Path) -> None:
 def test_commit_refuses_an_image_changed_meanwhile(tmp_path: Path) -> None:
     image = tmp_path / "disk.img"
     image.write_bytes(b"a" * 4096)
-    with Workspace(image) as workspace:
-        copy = workspace.copy_image("raw")
+    with AtomicOutput(image, in_place=True, doing="resizing") as workspace:
+        copy_sparse(image, workspace.path)
         image.write_bytes(b"b" * 8192)
         with pytest.raises(ImageIOError, match="changed while imagewright was resizing it"):
-            workspace.commit(copy)
+            workspace.commit()
     assert image.read_bytes() == b"b" * 8192
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.img"]
 

@@ -56,6 +56,13 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def command_line(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
 def program_name(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -87,13 +94,13 @@ def test_killing_qemu_img_leaves_the_image_untouched(slow_images: dict[str, Path
     digest = sha256(image)
     proc = start(image)
 
-    def converting() -> bool:
-        return any(program_name(child) == "qemu-img" for child in children(proc.pid))
+    def converting(child: int) -> bool:
+        return program_name(child) == "qemu-img" and b"convert" in command_line(child)
 
-    # The first qemu-img runs are `info`/`check`; wait for the long `convert` (a temp file exists).
-    wait_for(lambda: bool(stray_files(tmp_path)) and converting())
+    # The first qemu-img runs are `info`/`check`; wait for the long `convert`.
+    wait_for(lambda: bool(stray_files(tmp_path)) and any(converting(c) for c in children(proc.pid)))
     for child in children(proc.pid):
-        if program_name(child) == "qemu-img":
+        if converting(child):
             os.kill(child, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 1, stderr
@@ -107,7 +114,7 @@ def test_temp_files_of_a_killed_run_are_removed_by_the_next(tmp_path: Path) -> N
     image = sparse_file(tmp_path / "disk.img", 16 * MiB)
     run("sfdisk", "-q", "--no-reread", "--no-tell-kernel", image, input=b"label: dos\n,\n")
     # A leftover of a process that no longer exists (PID 2^22 + 1 is above the kernel's pid_max).
-    stale = tmp_path / f".disk.img.iw-resize-{2**22 + 1}-deadbeef.raw"
+    stale = tmp_path / f".disk.img.iw-{2**22 + 1}-deadbeef.raw"
     stale.write_bytes(b"x")
     subprocess.run([sys.executable, "-m", "imagewright.cli.main", "resize", str(image), "+1M"], check=True)
     assert not stale.exists()

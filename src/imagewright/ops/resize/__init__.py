@@ -1,7 +1,8 @@
 """``resize``: make a disk image larger (or smaller), then let its last partition fill the new disk.
 
 The image is inspected first and refused if unsafe; sizes come from ``units.parse_size_change``
-(``+1G``, ``-512M``, ``8G``). Then, always on a copy next to the image (``workspace.py``):
+(``+1G``, ``-512M``, ``8G``). Then, always on a copy next to the image (a ``files.AtomicOutput``
+in place of the image):
 
 1. the virtual disk changes size — ``qemu-img resize`` for raw and qcow2 on a reflink or
    sparse copy; for vmdk, vhdx, vdi and vpc (which qemu-img cannot resize) on a raw working
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -41,6 +43,7 @@ from imagewright.errors import (
     InvalidArgumentError,
     ProgramError,
 )
+from imagewright.files import AtomicOutput, copy_sparse, reflink
 from imagewright.formats.base import Limits
 from imagewright.guest.workcopy import WriteBack
 from imagewright.inspection import ImageReport, inspect_image, require_safe
@@ -60,7 +63,6 @@ from imagewright.ops.resize.layout import (
     plan_table,
 )
 from imagewright.ops.resize.sizes import SizePlan, plan_size
-from imagewright.ops.resize.workspace import Workspace, file_size_limit_error, out_of_space_error
 from imagewright.programs import qemu_img, qemu_io
 from imagewright.units import format_size, parse_size_change
 
@@ -74,6 +76,8 @@ _CHECKED_FORMATS = frozenset({"qcow2", "vmdk", "vdi", "vhdx"})
 #: What qemu-img says when a disk or quota is full, and when it hits the file size limit.
 _OUT_OF_SPACE = ("No space left on device", "Disk quota exceeded")
 _FILE_SIZE_LIMIT = ("File too large", "killed by signal 25")
+#: Room left over on top of an estimate (metadata, rounding, the filesystem's own reserve).
+SPACE_MARGIN = 16 * 1024 * 1024
 
 
 @dataclass
@@ -274,29 +278,29 @@ def _carry_out(
     progress: Progress | None,
 ) -> tuple[str, FilesystemGrowth | None]:
     """Do the work on a copy, check it, put it in place; returns (method, filesystem growth)."""
-    with Workspace(real) as workspace:
+    with AtomicOutput(real, in_place=True, doing="resizing") as out:
         try:
             if report.format in RESIZED_IN_PLACE and not (report.format == "qcow2" and job is not None):
                 method = "copy"
-                result, growth = _resize_copy(workspace, report, sizes, writes, job, progress)
+                growth = _resize_copy(out, report, sizes, writes, job, progress)
             else:
                 method = "raw-working-copy"
                 check_convertible(report)
                 plan = write_back(report, real)
-                result, growth = _resize_through_raw(workspace, report, plan, sizes, writes, job, progress)
-            _verify(result, report.format, sizes.final, table_plan, limits)
-            workspace.commit(result)
+                growth = _resize_through_raw(out, report, plan, sizes, writes, job, progress)
+            _verify(out.path, report.format, sizes.final, table_plan, limits)
+            out.commit()
         except ProgramError as err:
             if any(marker in str(err) for marker in _OUT_OF_SPACE):
-                raise out_of_space_error(workspace.directory, real) from None
+                raise _out_of_space_error(out.directory, real) from None
             if any(marker in str(err) for marker in _FILE_SIZE_LIMIT):
-                raise file_size_limit_error(real) from None
+                raise _file_size_limit_error(real) from None
             raise
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise out_of_space_error(workspace.directory, real) from None
+                raise _out_of_space_error(out.directory, real) from None
             if err.errno == errno.EFBIG:
-                raise file_size_limit_error(real) from None
+                raise _file_size_limit_error(real) from None
             raise ImageIOError(f"Resizing {real.name} failed: {err.strerror}.") from None
     return method, growth
 
@@ -383,52 +387,56 @@ def _stage(progress: Progress | None, stage: str) -> Callable[[int, int | None],
 
 
 def _resize_copy(
-    workspace: Workspace,
+    out: AtomicOutput,
     report: ImageReport,
     sizes: SizePlan,
     writes: list[DiskWrite],
     job: _FilesystemJob | None,
     progress: Progress | None,
-) -> tuple[Path, FilesystemGrowth | None]:
+) -> FilesystemGrowth | None:
     """raw and qcow2: qemu-img resize on a copy; sectors by pwrite (raw) or qemu-io (qcow2)."""
     fmt = report.format
-    work = workspace.copy_image(fmt, _stage(progress, "copying"))
+    image = Path(report.path)
+    work = out.path
+    if not reflink(image, work):
+        st = image.stat()
+        _require_space(out.directory, min(st.st_blocks * 512, st.st_size), f"a copy of {image.name}")
+        copy_sparse(image, work, _stage(progress, "copying"))
     if sizes.final != sizes.current:
         qemu_img.resize(work, fmt, sizes.final, shrink=sizes.shrinks)
     if fmt == "raw":
         _pwrite_all(work, writes)
     else:
         qemu_io.write_guest(work, fmt, [(write.offset, write.data) for write in writes])
-    growth = grow_ext(work, job.offset, job.size, job.type, workspace.path) if job is not None else None
-    return work, growth
+    return grow_ext(work, job.offset, job.size, job.type, out.scratch) if job is not None else None
 
 
 def _resize_through_raw(
-    workspace: Workspace,
+    out: AtomicOutput,
     report: ImageReport,
     plan: WriteBack,
     sizes: SizePlan,
     writes: list[DiskWrite],
     job: _FilesystemJob | None,
     progress: Progress | None,
-) -> tuple[Path, FilesystemGrowth | None]:
+) -> FilesystemGrowth | None:
     """vmdk, vhdx, vdi, vpc (and qcow2 with a filesystem to grow): raw working copy, converted back."""
     fmt = report.format
     data = report.allocated_size if report.allocated_size is not None else report.file_size
     output = max(sizes.final, sizes.current) if preallocates(plan) else data
-    workspace.require_space(data + output, f"resizing {Path(report.path).name} through a raw working copy")
-    raw = workspace.path("raw")
+    name = Path(report.path).name
+    _require_space(out.directory, data + output, f"resizing {name} through a raw working copy")
+    raw = out.scratch("raw")
     qemu_img.convert(
         report.path, fmt, raw, "raw", progress=_stage(progress, "converting"), total_bytes=sizes.current
     )
     os.truncate(raw, sizes.final)
     _pwrite_all(raw, writes)
-    growth = grow_ext(raw, job.offset, job.size, job.type, workspace.path) if job is not None else None
-    result = workspace.path(fmt)
+    growth = grow_ext(raw, job.offset, job.size, job.type, out.scratch) if job is not None else None
     qemu_img.convert(
         raw,
         "raw",
-        result,
+        out.path,
         plan.fmt,
         options=plan.options,
         compress=plan.compress,
@@ -437,7 +445,31 @@ def _resize_through_raw(
     )
     with contextlib.suppress(FileNotFoundError):
         raw.unlink()
-    return result, growth
+    return growth
+
+
+def _require_space(directory: Path, needed: int, what: str) -> None:
+    """ImageIOError in one sentence when ``needed`` bytes (plus a margin) are not free in ``directory``."""
+    free = shutil.disk_usage(directory).free
+    if needed + SPACE_MARGIN > free:
+        raise ImageIOError(
+            f"{directory} has {format_size(free)} free, but {what} needs about "
+            f"{format_size(needed + SPACE_MARGIN)}; free some space (the image was not changed)."
+        )
+
+
+def _out_of_space_error(directory: Path, image: Path) -> ImageIOError:
+    return ImageIOError(
+        f"{directory} ran out of free space while {image.name} was being resized; "
+        "the image was left as it was."
+    )
+
+
+def _file_size_limit_error(image: Path) -> ImageIOError:
+    return ImageIOError(
+        f"A copy of {image.name} grew past this process's file size limit (ulimit -f: File too large); "
+        "the image was left as it was."
+    )
 
 
 def _pwrite_all(path: Path, writes: list[DiskWrite]) -> None:

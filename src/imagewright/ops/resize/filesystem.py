@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagewright.errors import GuestFilesystemError
-from imagewright.ops.resize.workspace import copy_region
+from imagewright.files import copy_range
 from imagewright.programs import e2fs
 
 #: The filesystems resize2fs grows (blkid's TYPE names).
@@ -48,7 +48,7 @@ def grow_ext(
     alone = scratch("partition")
     with alone.open("xb") as f:
         f.truncate(size)
-    copy_region(raw, offset, size, alone, 0)
+    copy_range(raw, offset, size, alone, 0)
     growth = _grow_in_file(alone, size, fs_type)
     # resize2fs truncates its file to whole filesystem blocks; the partial block after the
     # filesystem is not part of it, so the file is extended back and that tail (now a hole)
@@ -57,7 +57,7 @@ def grow_ext(
     if not growth.new_size <= left <= size:
         raise GuestFilesystemError("resize2fs changed the size of the partition's copy unexpectedly.")
     os.truncate(alone, size)
-    copy_region(alone, 0, size, raw, offset)
+    copy_range(alone, 0, size, raw, offset)
     os.unlink(alone)
     return growth
 
