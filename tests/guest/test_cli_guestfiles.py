@@ -13,6 +13,7 @@ from tests.guest.images import ALICE, GuestImage, cat, converted, listing, sha25
 
 from imagewright.cli.guestfiles import split_image_path
 from imagewright.errors import InvalidArgumentError
+from imagewright.files import TEMP_MARK
 
 pytestmark = pytest.mark.integration
 
@@ -136,7 +137,7 @@ def test_copy_in_bad_options_leave_the_image(
     before = sha256_file(flat_image.path)
     assert message in error_line(run_cli(["copy-in", source, f"{flat_image.path}:/etc/f", *args]))
     assert sha256_file(flat_image.path) == before
-    assert not [p for p in tmp_path.iterdir() if ".imagewright-" in p.name]
+    assert not [p for p in tmp_path.iterdir() if TEMP_MARK in p.name]
 
 
 def test_cat_of_a_large_file_streams(run_cli: RunCli, flat_image: GuestImage, tmp_path: Path) -> None:

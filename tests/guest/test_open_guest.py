@@ -28,6 +28,7 @@ from imagewright.errors import (
     InvalidArgumentError,
     UnsafeImageError,
 )
+from imagewright.files import TEMP_MARK
 from imagewright.guest import libguestfs, open_guest
 from imagewright.programs import e2fs as e2fs_program
 
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.integration
 
 
 def leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if ".imagewright-" in p.name)
+    return sorted(p.name for p in directory.iterdir() if TEMP_MARK in p.name)
 
 
 # ---- which filesystem -------------------------------------------------------------------
@@ -218,6 +219,33 @@ def test_other_formats_round_trip(
     assert check(image.path.read_bytes())
     raw = to_raw(image, tmp_path / "back.raw")
     assert cat(raw, "/etc/hostname") == fmt.encode()
+
+
+def _vhd_footer_sizing(path: Path) -> tuple[bytes, int, bytes]:
+    """Creator application, current size and CHS geometry of a VHD's footer (spec section 1.3)."""
+    footer = path.read_bytes()[-512:]
+    assert footer[:8] == b"conectix"
+    return footer[28:32], int.from_bytes(footer[48:56], "big"), footer[56:60]
+
+
+@pytest.mark.parametrize(
+    ("options", "creator"),
+    [(("subformat=dynamic",), b"qemu"), (("subformat=dynamic", "force_size=on"), b"qem2")],
+)
+def test_vhd_keeps_its_own_sizing(
+    options: tuple[str, ...], creator: bytes, flat_image: GuestImage, tmp_path: Path
+) -> None:
+    """A CHS-sized VHD is written back CHS-sized, a footer-sized one footer-sized (not force_size always)."""
+    image = converted(flat_image, "vpc", tmp_path / "disk.vhd", *options)
+    before = _vhd_footer_sizing(image.path)
+    assert before[0] == creator
+    size_before = qemu_img_info(image.path, "vpc")["virtual-size"]
+    with open_guest(image.path, writable=True) as guest:
+        guest.write_file("/etc/hostname", b"vhd\n")
+    assert _vhd_footer_sizing(image.path) == before
+    assert qemu_img_info(image.path, "vpc")["virtual-size"] == size_before
+    assert cat(to_raw(image, tmp_path / "back.raw"), "/etc/hostname") == b"vhd\n"
+    assert leftovers(tmp_path) == []
 
 
 def test_read_only_qcow2_leaves_nothing_behind(flat_image: GuestImage, tmp_path: Path) -> None:

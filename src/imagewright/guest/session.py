@@ -65,7 +65,7 @@ def open_guest(
     fmt = str(report.format)
     if format is not None and format != fmt:
         raise InvalidArgumentError(f"{path.name} is a {fmt} image, not {format}.")
-    with WorkingCopy(path, fmt, writable=writable, progress=progress) as work:
+    with WorkingCopy(path, report, writable=writable, progress=progress) as work:
         layout = layout_of(report, work.e2fs_path)
         region = choose_region(layout, work.e2fs_path, partition)
         guest = _backend(region, work.e2fs_path, f"{region.describe()} of {path.name}", writable, verify)

@@ -45,7 +45,7 @@ from imagewright.errors import (
 )
 from imagewright.files import AtomicOutput, copy_sparse, reflink
 from imagewright.formats.base import Limits
-from imagewright.guest.workcopy import WriteBack
+from imagewright.guest.workcopy import WriteBack, write_back_plan
 from imagewright.inspection import ImageReport, inspect_image, require_safe
 from imagewright.ops.resize.filesystem import EXT_TYPES, FilesystemGrowth, grow_ext
 from imagewright.ops.resize.formats import (
@@ -54,7 +54,6 @@ from imagewright.ops.resize.formats import (
     check_supported,
     preallocates,
     vhd_size_source,
-    write_back,
 )
 from imagewright.ops.resize.layout import (
     PartitionGrowth,
@@ -286,7 +285,7 @@ def _carry_out(
             else:
                 method = "raw-working-copy"
                 check_convertible(report)
-                plan = write_back(report, real)
+                plan = write_back_plan(report)
                 growth = _resize_through_raw(out, report, plan, sizes, writes, job, progress)
             _verify(out.path, report.format, sizes.final, table_plan, limits)
             out.commit()

@@ -2,10 +2,11 @@
 
 qemu-img 7.2 resizes only raw and qcow2 (``qemu-img resize`` on vmdk, vdi, vhdx and vpc says
 "Image format driver does not support resize", checked by the tests). Those four go through
-a raw working copy that is converted back with the options that make the image what it was:
+a raw working copy that is converted back with the options that make the image what it was
+(``guest.workcopy.write_back_plan``, from the inspection report, shared with guest edits):
 
 - vmdk: subformat (monolithicSparse / streamOptimized), adapter type, hardware and tools
-  versions (read from the embedded descriptor by ``guest.workcopy.write_back_plan``);
+  versions (from the embedded descriptor);
 - vhdx: fixed or dynamic, block size and log size (from inspect's VHDX metadata);
 - vdi: static or dynamic (the header's image type);
 - vpc: fixed or dynamic, and ``force_size`` exactly when the source is sized by its footer's
@@ -19,13 +20,11 @@ extended L2, compression type, compressed clusters kept compressed).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from imagewright.errors import UnsupportedFormatError
 from imagewright.formats.qcow2 import Qcow2Details
 from imagewright.formats.vhd import VhdDetails
 from imagewright.formats.vhdx import VhdxDetails
-from imagewright.guest.workcopy import WriteBack, write_back_plan
+from imagewright.guest.workcopy import WriteBack
 from imagewright.inspection import ImageReport
 
 #: qemu-img resize works on these (qemu 7.2).
@@ -33,8 +32,6 @@ RESIZED_IN_PLACE = frozenset({"raw", "qcow2"})
 #: These are resized through a raw working copy and converted back.
 RESIZED_THROUGH_RAW = frozenset({"vmdk", "vhdx", "vdi", "vpc"})
 SUPPORTED = RESIZED_IN_PLACE | RESIZED_THROUGH_RAW
-
-_MiB = 1024 * 1024
 
 
 def check_supported(report: ImageReport) -> None:
@@ -79,30 +76,6 @@ def vhd_size_source(report: ImageReport) -> str | None:
     """``chs`` or ``current_size`` for a VHD (how qemu sizes it), else None."""
     details = report.details
     return details.size_source if isinstance(details, VhdDetails) else None
-
-
-def write_back(report: ImageReport, image: Path) -> WriteBack:
-    """How the raw working copy becomes ``report.format`` again, with the options that matter."""
-    fmt = report.format
-    details = report.details
-    if fmt == "vpc":
-        return WriteBack(
-            "vpc",
-            {
-                "subformat": "fixed" if report.subformat == "fixed" else "dynamic",
-                "force_size": vhd_size_source(report) != "chs",
-            },
-        )
-    plan = write_back_plan(image, fmt)
-    if fmt == "vhdx" and isinstance(details, VhdxDetails):
-        options = dict(plan.options)
-        options["subformat"] = "fixed" if details.leave_blocks_allocated else "dynamic"
-        if _MiB <= details.block_size <= 256 * _MiB:
-            options["block_size"] = details.block_size
-        if details.log_length >= _MiB and details.log_length % _MiB == 0:
-            options["log_size"] = details.log_length
-        return WriteBack("vhdx", options, plan.compress)
-    return plan
 
 
 def preallocates(plan: WriteBack) -> bool:
