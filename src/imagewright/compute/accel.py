@@ -32,7 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from imagewright.errors import InvalidArgumentError, ProgramError
+from imagewright.errors import ImagewrightError, InvalidArgumentError, ProgramError
+from imagewright.files import write_file_atomically
 from imagewright.programs.qemu_system import (
     Accelerator,
     DirectKernel,
@@ -249,11 +250,8 @@ def _read_cached(path: Path, boot_id: str) -> AccelDecision | None:
 def _write_cached(path: Path, boot_id: str, decision: AccelDecision) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, partial = tempfile.mkstemp(prefix=".accel-", dir=path.parent)
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump({"boot_id": boot_id, **asdict(decision)}, out)
-        os.replace(partial, path)
-    except OSError:
+        write_file_atomically(path, json.dumps({"boot_id": boot_id, **asdict(decision)}), force=True)
+    except (OSError, ImagewrightError):
         pass  # a cache we cannot write only costs a probe next time
 
 
