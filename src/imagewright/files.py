@@ -320,10 +320,6 @@ class AtomicOutput(ScratchFiles):
     def __enter__(self) -> AtomicOutput:
         return self
 
-    @property
-    def committed(self) -> bool:
-        return self._committed
-
     def commit(self) -> None:
         """Put ``.path`` in place of the target: fsync, mode, rename (or link), fsync the directory."""
         if self._committed:
