@@ -50,6 +50,7 @@ from imagewright.compute.testguest.kernel import GUEST_MODULES, KernelBundle, fe
 from imagewright.compute.testguest.rootfs import HOST_TOOLS, cached_initramfs, populate_tree
 from imagewright.compute.testguest.scripts import INITRAMFS_PREFIX, MARKER_PREFIX, POWEROFF_ARGUMENT
 from imagewright.errors import BuildError, OutputExistsError
+from imagewright.files import AtomicOutput
 from imagewright.programs import e2fs
 
 __all__ = [
@@ -144,16 +145,10 @@ def rootfs_tarball(root: Path, output: Path) -> Path:
     Members are relative (``./etc/passwd``) as debootstrap and ``docker export`` tarballs are;
     symlinks stay symlinks.
     """
-    if output.exists():
-        raise OutputExistsError(f"{output} already exists.")
-    partial = output.with_name(output.name + ".partial")
-    try:
-        with tarfile.open(partial, "w:gz", compresslevel=6) as tar:
+    with AtomicOutput(output) as out:
+        with tarfile.open(out.path, "w:gz", compresslevel=6) as tar:
             tar.add(root, arcname=".", recursive=True, filter=_numeric_root)
-        partial.rename(output)
-    finally:
-        if partial.exists():
-            partial.unlink()
+        out.commit()
     return output
 
 
@@ -190,19 +185,14 @@ def flat_ext4(
 
     The default size leaves room to grow (twice the content, at least 64 MiB), in whole MiB.
     """
-    if output.exists():
-        raise OutputExistsError(f"{output} already exists.")
     if size_bytes is None:
         content = tree_size(root)
         size_bytes = max(64 << 20, content * 2 + (16 << 20))
         size_bytes = (size_bytes + (1 << 20) - 1) // (1 << 20) * (1 << 20)
     fs_uuid = uuid or str(uuid_module.uuid4())
-    try:
-        e2fs.mke2fs(output, fs_type="ext4", size_bytes=size_bytes, root_dir=root, label=label, uuid=fs_uuid)
-    except BaseException:
-        if output.exists():
-            output.unlink()
-        raise
-    if not output.is_file():
-        raise BuildError(f"mke2fs did not write {output}.")
+    with AtomicOutput(output) as out:
+        e2fs.mke2fs(out.path, fs_type="ext4", size_bytes=size_bytes, root_dir=root, label=label, uuid=fs_uuid)
+        if out.path.stat().st_size != size_bytes:
+            raise BuildError(f"mke2fs did not write {output}.")
+        out.commit()
     return FlatFilesystem(path=output, uuid=fs_uuid, label=label, size_bytes=size_bytes)

@@ -26,12 +26,12 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from imagewright.errors import BuildError, ImagewrightError
+from imagewright.files import ScratchFiles
 from imagewright.programs import apt, kmod
 
 #: The metapackage that always points at Debian's current kernel for amd64.
@@ -205,8 +205,9 @@ def _load_manifest(directory: Path) -> KernelBundle | None:
 
 
 def _build_bundle(root: Path, package: str, release: str) -> KernelBundle:
-    scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
-    try:
+    # Scratch beside the bundle, named for it: a build killed half-way is swept by the next one.
+    with ScratchFiles(root / release) as builds:
+        scratch = builds.scratch_directory("build")
         deb = apt.download_package(package, scratch / "download")
         package_version = deb.name.split("_")[1] if deb.name.count("_") >= 2 else "unknown"
         full = scratch / "full"
@@ -244,8 +245,6 @@ def _build_bundle(root: Path, package: str, release: str) -> KernelBundle:
         if target_dir.exists():
             shutil.rmtree(target_dir)  # an incomplete earlier attempt (no valid manifest)
         final.rename(target_dir)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     bundle = _load_manifest(root / release)
     if bundle is None:
         raise BuildError(f"The kernel bundle for {release} could not be stored in {root}.")

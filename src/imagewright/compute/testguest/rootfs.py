@@ -18,6 +18,7 @@ from imagewright.compute.initramfs import InitramfsWriter
 from imagewright.compute.testguest import scripts
 from imagewright.compute.testguest.kernel import KernelBundle, cache_lock, testguest_cache_root
 from imagewright.errors import BuildError
+from imagewright.files import AtomicOutput
 from imagewright.programs import ldd
 from imagewright.programs.runner import find_program, run_program
 
@@ -180,9 +181,9 @@ def cached_initramfs(bundle: KernelBundle, cache_dir: Path | None = None) -> Pat
             return path
         for stale in bundle.directory.glob("initrd-*.img*"):
             stale.unlink()
-        partial = path.with_suffix(".img.partial")
-        write_initramfs(partial, bundle, busybox)
-        partial.rename(path)
+        with AtomicOutput(path, force=True) as out:
+            write_initramfs(out.path, bundle, busybox)
+            out.commit()
     return path
 
 
