@@ -22,8 +22,32 @@ start with a marker ``u64 lba, u32 size`` followed by a zlib stream.
 NOTE (safety): the descriptor — a file of its own, or embedded in a sparse extent — names
 extent files and a parent; each is a reference to another file and is refused. In an
 embedded descriptor the only acceptable extent is the file itself (one SPARSE extent with a
-plain base name); a sparse header with capacity 0 makes QEMU open the embedded descriptor's
-extents as a descriptor file (CVE-2022-47951 style), so every extent there is refused.
+plain base name).
+
+NOTE (safety): QEMU does not read the descriptor the way the specification describes it, so
+the file is read twice — once by the specification (``vmdk_descriptor.py``), once exactly as
+QEMU 7.2 reads it (``vmdk_qemu.py``) — and every file either reading would open is refused,
+as is every place where the two readings disagree. The QEMU behaviours mirrored here:
+
+- ``vmdk_open_vmdk4``: the capacity-0 decision ("this sparse file is really a descriptor
+  file; open its extents") is taken from the **header**, before a streamOptimized footer is
+  read, and reads up to 1 MiB - 1 of text at ``descriptorOffset << 9`` (wrapping), past the
+  header's descriptorSize. Such a file is refused whatever the footer says.
+- ``vmdk_open``/``vmdk_parent_open``/``vmdk_read_cid``: the parent hint and parentCID are
+  found by substring search in 10 KiB at byte 0x200 (0 for a descriptor file) — in comments,
+  inside longer keys, past descriptorSize, across a NUL right after the key, and at 0x200 even
+  when the header puts the descriptor elsewhere. A hint QEMU would honour is a reference;
+  ``parentFileNameHint`` anywhere in that area in any letter case, a parentCID QEMU reads
+  differently, a descriptor not at sector 1 (where QEMU looks) and text after the embedded
+  descriptor's NUL are refused.
+- ``vmdk_parse_extents``: extent lines are read with QEMU's own ``sscanf`` rules (fields
+  across lines, no space needed after the size, names cut at CR or 511 bytes, a missing
+  closing quote), and every file it would open is named.
+- The streamOptimized footer is read where QEMU reads it (``total_sectors * 512 - 1536``, the
+  file size rounded up to a sector); a file that is not a whole number of sectors, or whose
+  header and footer disagree on the geometry or the descriptor, is refused.
+- COWD (vmfsSparse) files are refused outright: they are deltas, and QEMU also searches them
+  at 0x200 for a parent hint.
 """
 
 from __future__ import annotations
@@ -40,10 +64,22 @@ from imagewright.formats.cluster_codecs import inflate_zlib_grain
 from imagewright.formats.external_names import describe_external_name, protocol_prefix
 from imagewright.formats.mapped_guest import GuestRun, LruCache, MappedGuestSource
 from imagewright.formats.vmdk_descriptor import (
+    NO_PARENT_CID,
     VmdkDescriptor,
     VmdkExtentLine,
     parse_descriptor,
     probe_descriptor,
+)
+from imagewright.formats.vmdk_qemu import (
+    QEMU_DESC_SIZE,
+    QEMU_SPARSE_DESC_OFFSET,
+    c_string,
+    descriptor_read_length,
+    hint_key_offsets,
+    qemu_extent_lines,
+    qemu_parent_hint,
+    qemu_read_cid,
+    wrapped_sector_offset,
 )
 from imagewright.units import format_size
 
@@ -127,6 +163,17 @@ COWD_HEADER = Layout(
         ("reserved", "8x"),
         ("dirty", "I"),
     ],
+)
+
+#: Header fields a streamOptimized footer must repeat (gdOffset is the one that differs):
+#: the geometry and where the descriptor is. (Version and flags are QEMU's from the footer only.)
+FOOTER_MUST_MATCH = (
+    "capacity",
+    "grain_size",
+    "descriptor_offset",
+    "descriptor_size",
+    "num_gtes_per_gt",
+    "compress_algorithm",
 )
 
 _PLAIN_BASE_NAME_RE = re.compile(r"^[^/\\\0]+$")
@@ -243,6 +290,107 @@ def _check_cid(descriptor: VmdkDescriptor, problems: list[str]) -> None:
         problems.append("the VMDK descriptor has no parentCID line")
 
 
+def _add_reference(references: list[ExternalReference], reference: ExternalReference) -> None:
+    """Append ``reference`` unless one of the same kind already names the same target."""
+    if not any(ref.kind == reference.kind and ref.target == reference.target for ref in references):
+        references.append(reference)
+
+
+def qemu_extent_findings(
+    text: bytes,
+    descriptor: VmdkDescriptor | None,
+    references: list[ExternalReference],
+    problems: list[str],
+    why: str,
+) -> None:
+    """Name every file QEMU's ``vmdk_parse_extents`` would open in the C string ``text``.
+
+    ``descriptor`` is the specification's reading of the same text: a file QEMU opens that
+    it does not list means the two readings differ, which is a reason of its own.
+    """
+    spec_names = {extent.filename for extent in descriptor.extents} if descriptor else set()
+    for extent in qemu_extent_lines(text):
+        if extent.outcome == "invalid":
+            problems.append(
+                f"QEMU rejects extent line {extent.line_number} of the VMDK descriptor "
+                f"('{extent.filename}') only after opening the extents before it"
+            )
+            continue
+        detail = (
+            f"{describe_external_name(extent.filename)}; RW {extent.type} extent on line "
+            f"{extent.line_number} as QEMU's sscanf reads it, {why}"
+        )
+        _add_reference(references, ExternalReference("extent", extent.filename, detail))
+        if extent.filename not in spec_names:
+            problems.append(
+                f"QEMU reads an extent line (line {extent.line_number}, '{extent.filename}') that "
+                "the VMDK specification's reading of the descriptor does not see"
+            )
+
+
+def qemu_parent_area_findings(
+    area: bytes,
+    area_offset: int,
+    descriptor: VmdkDescriptor | None,
+    references: list[ExternalReference],
+    problems: list[str],
+) -> str | None:
+    """Mirror ``vmdk_parent_open`` and ``vmdk_read_cid`` on the 10 KiB QEMU reads at ``area_offset``.
+
+    Returns the backing file name QEMU would take (None when it takes none).
+    """
+    hint = qemu_parent_hint(area)
+    spec_hint = descriptor.parent_file_name_hint if descriptor is not None else None
+    qemu_name: str | None = None
+    if hint is not None:
+        where = f"at byte {area_offset + hint.key_offset}"
+        if hint.name:
+            qemu_name = hint.name
+            detail = (
+                f"{describe_external_name(hint.name)}; QEMU finds 'parentFileNameHint' by substring "
+                f"search {where} and opens this name as the backing file"
+            )
+            _add_reference(references, ExternalReference("parent", hint.name, detail))
+        elif hint.failure:
+            problems.append(f"the VMDK descriptor area holds 'parentFileNameHint' {where}; {hint.failure}")
+        else:
+            problems.append(
+                f"the VMDK descriptor area holds an empty 'parentFileNameHint' {where}, which QEMU "
+                "ignores but other readers may not"
+            )
+        if spec_hint is not None and spec_hint != hint.name:
+            problems.append(
+                f"QEMU reads the parent hint as '{hint.name or ''}', the VMDK specification's reading "
+                f"as '{spec_hint}'"
+            )
+    elif spec_hint is None:
+        for key_offset in hint_key_offsets(area):
+            problems.append(
+                f"the VMDK descriptor area holds 'parentFileNameHint' at byte {area_offset + key_offset} "
+                "where QEMU's substring search does not see it (other letter case or after a NUL); "
+                "readers disagree on whether the disk has a parent"
+            )
+            break
+    qemu_parent_cid = qemu_read_cid(area, parent=True)
+    spec_parent_cid = descriptor.parent_cid_value if descriptor is not None else None
+    if spec_parent_cid is not None and qemu_parent_cid != spec_parent_cid:
+        qemu_text = "no parentCID" if qemu_parent_cid is None else f"parentCID {qemu_parent_cid:08x}"
+        problems.append(
+            f"QEMU reads {qemu_text} at byte {area_offset}, but the descriptor's parentCID line says "
+            f"{spec_parent_cid:08x}"
+        )
+    elif spec_parent_cid is None and qemu_parent_cid not in (None, NO_PARENT_CID):
+        problems.append(f"QEMU reads parentCID {qemu_parent_cid:08x}: the disk claims a parent")
+    return qemu_name
+
+
+def read_padded(src: ByteSource, offset: int, length: int) -> bytes:
+    """``length`` bytes at ``offset``, zeros past the end of the file (QEMU's ``bdrv_pread``)."""
+    if offset >= src.size:
+        return bytes(length)
+    return src.pread(offset, min(length, src.size - offset)).ljust(length, b"\0")
+
+
 # -- descriptor files -----------------------------------------------------------------------
 def _open_descriptor_file(src: ByteSource, limits: Limits) -> OpenedImage:
     problems: list[str] = []
@@ -270,7 +418,12 @@ def _open_descriptor_file(src: ByteSource, limits: Limits) -> OpenedImage:
         if reference is not None:
             references.append(reference)
     references.extend(parent_references(descriptor))
-    hint = descriptor.parent_file_name_hint
+    # vmdk_open: a file without sparse magic is a descriptor file, read from byte 0 as a C
+    # string of at most 1 MiB - 1; its parent hint and CIDs come from its first 10 KiB.
+    qemu_text = c_string(raw[: descriptor_read_length(src.size)])
+    qemu_extent_findings(qemu_text, descriptor, references, problems, "opened by QEMU")
+    hint = qemu_parent_area_findings(raw[:QEMU_DESC_SIZE], 0, descriptor, references, problems)
+    hint = descriptor.parent_file_name_hint or hint
     return OpenedImage(
         format="vmdk",
         virtual_size=descriptor.qemu_virtual_sectors() * SECTOR,
@@ -331,12 +484,24 @@ def _open_cowd(src: ByteSource, limits: Limits) -> OpenedImage:
         )
     else:
         reference = ExternalReference("parent", "(parent not named in the file)", detail)
+    references = [reference]
+    # vmdk_open sets desc_offset to 0x200 for a COWD file too: QEMU looks for a parent hint
+    # (and the CIDs) inside the COWD header's own bytes there.
+    area = read_padded(src, QEMU_SPARSE_DESC_OFFSET, QEMU_DESC_SIZE)
+    hint = qemu_parent_hint(area)
+    if hint is not None and hint.name:
+        where = f"at byte {QEMU_SPARSE_DESC_OFFSET + hint.key_offset}"
+        detail = (
+            f"{describe_external_name(hint.name)}; QEMU finds 'parentFileNameHint' in the COWD file "
+            f"{where} and opens this name as the backing file"
+        )
+        _add_reference(references, ExternalReference("parent", hint.name, detail))
     return OpenedImage(
         format="vmdk",
         virtual_size=header.capacity_sectors * SECTOR,
         details=VmdkDetails(kind="cowd", create_type="vmfsSparse", cowd_header=header),
         guest=None,
-        references=[reference],
+        references=references,
         problems=problems,
         subformat="vmfsSparse",
     )
@@ -366,48 +531,38 @@ class _SparseReader:
             )
         hdr = SPARSE_HEADER.unpack(raw.ljust(SPARSE_HEADER.size, b"\0"))
         gd_at_end = hdr["gd_offset"] == GD_AT_END
+        # vmdk_open_vmdk4 decides "capacity 0: this is a descriptor file" from the header at
+        # byte 0, before it ever reads a streamOptimized footer.
+        if hdr["capacity"] == 0 and hdr["descriptor_offset"] != 0:
+            return self._read_as_qemu_descriptor_file(self._header(hdr, gd_at_end, False))
         footer_used = False
         if gd_at_end:
             footer = self._read_footer()
             if footer is not None:
+                self._compare_header_and_footer(hdr, footer)
                 hdr = footer
                 footer_used = True
         header = self._header(hdr, gd_at_end, footer_used)
         descriptor, descriptor_bytes = self._read_embedded_descriptor(header)
-        capacity_zero_descriptor = header.capacity_sectors == 0 and header.descriptor_offset_sectors != 0
+        if descriptor is not None:
+            self.references.extend(parent_references(descriptor))
+        qemu_hint = self._qemu_parent_area(descriptor)
 
         create_type = (
             "streamOptimized" if header.compress_algorithm == COMPRESSION_DEFLATE else "monolithicSparse"
         )
-        hint: str | None = None
-        virtual_sectors = header.capacity_sectors
+        hint: str | None = qemu_hint
         if descriptor is not None:
-            self.references.extend(parent_references(descriptor))
-            hint = descriptor.parent_file_name_hint
-            if capacity_zero_descriptor:
-                # QEMU treats the embedded text as a descriptor file and opens its extents.
-                create_type = descriptor.create_type or create_type
-                virtual_sectors = descriptor.qemu_virtual_sectors()
-                self.problem("the sparse header has capacity 0 and defers to its descriptor's extents")
-                for extent in descriptor.extents:
-                    reference = extent_reference(extent, "opened because the sparse header's capacity is 0")
-                    if reference is not None:
-                        self.references.append(reference)
-            else:
-                self._check_embedded_extents(descriptor)
+            hint = descriptor.parent_file_name_hint or qemu_hint
+            self._check_embedded_extents(descriptor)
 
-        if not capacity_zero_descriptor:
-            self._check_geometry(header)
+        self._check_geometry(header)
         gd: array[int] | None = None
-        if (
-            self.mapping_ok
-            and not capacity_zero_descriptor
-            and 0 < header.capacity_sectors * SECTOR <= self.limits.max_virtual_size
-        ):
+        if self.mapping_ok and 0 < header.capacity_sectors * SECTOR <= self.limits.max_virtual_size:
             # (An extent over the size limit is refused by safety.judge; its tables are not read.)
             gd = self._read_grain_directory(header)
         guest = None
-        if gd is not None and self.mapping_ok and hint is None and not (descriptor and descriptor.has_parent):
+        if gd is not None and self.mapping_ok and not self.references:
             guest = VmdkSparseGuest(src, header, gd)
         details = VmdkDetails(
             kind="sparse",
@@ -416,6 +571,16 @@ class _SparseReader:
             descriptor=descriptor,
             descriptor_bytes=descriptor_bytes,
         )
+        return self._opened(details, header.capacity_sectors, guest, hint, create_type)
+
+    def _opened(
+        self,
+        details: VmdkDetails,
+        virtual_sectors: int,
+        guest: ByteSource | None,
+        hint: str | None,
+        create_type: str,
+    ) -> OpenedImage:
         return OpenedImage(
             format="vmdk",
             virtual_size=virtual_sectors * SECTOR,
@@ -428,12 +593,62 @@ class _SparseReader:
             subformat=create_type,
         )
 
+    def _qemu_parent_area(self, descriptor: VmdkDescriptor | None) -> str | None:
+        """vmdk_parent_open/vmdk_read_cid: 10 KiB at 0x200, whatever the header says."""
+        area = read_padded(self.src, QEMU_SPARSE_DESC_OFFSET, QEMU_DESC_SIZE)
+        return qemu_parent_area_findings(
+            area, QEMU_SPARSE_DESC_OFFSET, descriptor, self.references, self.problems
+        )
+
+    def _read_as_qemu_descriptor_file(self, header: VmdkSparseHeader) -> OpenedImage:
+        """A header with capacity 0 and a descriptor offset: QEMU opens that text's extents."""
+        offset = wrapped_sector_offset(header.descriptor_offset_sectors)
+        where = "beyond what QEMU can read" if offset is None else f"byte {offset}"
+        self.problem(
+            f"the sparse header has capacity 0 and a descriptor at {where}: QEMU then opens that "
+            "text as a descriptor file and its extents, whatever a footer says"
+        )
+        descriptor: VmdkDescriptor | None = None
+        text = b""
+        if offset is not None:
+            # vmdk_read_desc: the file's size in bytes (at most 1 MiB - 1) from that offset.
+            length = min(descriptor_read_length(self.src.size), self.limits.max_descriptor_bytes)
+            text = c_string(read_padded(self.src, offset, length))
+            descriptor = parse_descriptor(text, self.problems)
+            why = "opened because the sparse header's capacity is 0"
+            for extent in descriptor.extents:
+                reference = extent_reference(extent, why)
+                if reference is not None:
+                    _add_reference(self.references, reference)
+            qemu_extent_findings(text, descriptor, self.references, self.problems, why)
+            self.references.extend(parent_references(descriptor))
+        qemu_hint = self._qemu_parent_area(None)
+        hint = (descriptor.parent_file_name_hint if descriptor is not None else None) or qemu_hint
+        details = VmdkDetails(
+            kind="sparse",
+            create_type=descriptor.create_type if descriptor is not None else None,
+            sparse_header=header,
+            descriptor=descriptor,
+            descriptor_bytes=len(text),
+        )
+        virtual_sectors = descriptor.qemu_virtual_sectors() if descriptor is not None else 0
+        create_type = (descriptor.create_type if descriptor is not None else None) or "monolithicSparse"
+        return self._opened(details, virtual_sectors, None, hint, create_type)
+
     def _read_footer(self) -> dict[str, int] | None:
         size = self.src.size
-        if size < 1536:
+        # vmdk_open_vmdk4 reads the footer at total_sectors * 512 - 1536: the file size rounded
+        # up to whole sectors, the tail zero padded.
+        rounded = -(-size // SECTOR) * SECTOR
+        if size % SECTOR:
+            self.problem(
+                f"the streamOptimized file is {size} bytes, not a whole number of sectors: QEMU reads "
+                f"its footer at byte {rounded - 1536}, other readers at byte {size - 1536}"
+            )
+        if rounded < 1536:
             self.problem("the streamOptimized footer is missing: the file is shorter than 1536 bytes")
             return None
-        tail = read_exact(self.src, size - 1536, 1536, "VMDK streamOptimized footer")
+        tail = read_padded(self.src, rounded - 1536, 1536)
         footer_marker = MARKER.unpack(tail, 0)
         footer = SPARSE_HEADER.unpack(tail, 512)
         eos = MARKER.unpack(tail, 1024)
@@ -451,6 +666,18 @@ class _SparseReader:
             )
             return None
         return footer
+
+    def _compare_header_and_footer(self, header: dict[str, int], footer: dict[str, int]) -> None:
+        """QEMU takes some decisions from the header and the rest from the footer: they must agree."""
+        differing = [name for name in FOOTER_MUST_MATCH if header[name] != footer[name]]
+        if differing:
+            fields = ", ".join(
+                f"{name.replace('_', ' ')} {header[name]} vs {footer[name]}" for name in differing
+            )
+            self.problem(
+                f"the streamOptimized header and footer disagree ({fields}); QEMU reads the "
+                "header for some decisions and the footer for others"
+            )
 
     def _header(self, hdr: dict[str, int], gd_at_end: bool, footer_used: bool) -> VmdkSparseHeader:
         flags = hdr["flags"]
@@ -505,8 +732,20 @@ class _SparseReader:
         if start + length > self.src.size:
             self.problem("the embedded descriptor lies beyond the end of the file", breaks_mapping=False)
             length = max(0, self.src.size - start)
+        if offset != 1:
+            self.problem(
+                f"the embedded descriptor is at sector {offset}, but QEMU reads descriptor keys "
+                "(the parent hint, the CIDs) at sector 1 whatever the header says",
+                breaks_mapping=False,
+            )
         raw = self.src.pread(start, length)
         text_bytes = len(raw.split(b"\0", 1)[0])
+        if raw[text_bytes:].strip(b"\0"):
+            self.problem(
+                "the embedded descriptor holds more text after its terminating NUL, which QEMU does "
+                "not read but other readers may",
+                breaks_mapping=False,
+            )
         if not raw[:text_bytes].strip():
             self.problem(
                 "the sparse extent's embedded descriptor is empty; it is probably one extent of a "
