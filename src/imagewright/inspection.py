@@ -179,6 +179,7 @@ def _inspect_disk(src: ByteSource, head: bytes, name: str, walk: _Walk) -> Image
         return ImageReport(path=name, format=reader.name, partial=True, notes=[str(err)])
     except ImageFormatError as err:
         return ImageReport(path=name, format=reader.name, verdict=Verdict((_reason(err),)))
+    opened.problems.extend(registry.probe_conflicts(src, head, reader))
     if walk.on_open:
         walk.on_open(opened.format, 0)
     report = _report_from_opened(name, opened, walk.limits)

@@ -2,6 +2,10 @@
 
 Order matters the way it does for qemu's own probing: formats with a magic at offset 0
 first, the footer-only fixed VHD late, raw last (it accepts everything).
+
+NOTE (safety): ``probe_conflicts`` compares our choice with every other reader's probe and
+with QEMU's own (``qemu_probe.py``): a file two readers claim, or one QEMU would probe as
+another format, is read differently by someone, and is refused.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from imagewright.binary import ByteSource
+from imagewright.formats.qemu_probe import qemu_probe_choice, qemu_probe_scores
 
 
 @dataclass(frozen=True)
@@ -54,3 +59,27 @@ def reader_for(name: str) -> DiskFormatReader:
         if reader.name == name:
             return reader
     raise KeyError(name)
+
+
+def probe_conflicts(src: ByteSource, head: bytes, chosen: DiskFormatReader) -> list[str]:
+    """Reasons to refuse because readers would disagree on what ``src`` is (see module NOTE)."""
+    claimed = [reader.name for reader in DISK_FORMATS[:-1] if reader.module.probe(src, head)]
+    problems: list[str] = []
+    if len(claimed) > 1:
+        problems.append(
+            f"the file carries the signatures of {' and '.join(claimed)} at once; readers would "
+            "disagree on its format"
+        )
+    qemu_choice = qemu_probe_choice(qemu_probe_scores(head, src.size))
+    if len(qemu_choice) > 1:
+        problems.append(
+            f"QEMU's own format probe scores {' and '.join(qemu_choice)} alike, so which format it "
+            "picks depends on the order its drivers registered"
+        )
+    elif qemu_choice[0] != chosen.name and not (chosen.name == "vpc" and qemu_choice[0] == "raw"):
+        # (A fixed VHD is raw to QEMU's probe: the same guest bytes followed by its footer.)
+        problems.append(
+            f"QEMU's own format probe would open this file as {qemu_choice[0]}, not as {chosen.name}; "
+            "a cloud that lets QEMU probe it would see another disk"
+        )
+    return problems
