@@ -79,3 +79,35 @@ def describe_external_name(name: str) -> str:
     if len(parts) > 1:
         return "another file, in a subdirectory next to the image"
     return "another file next to the image"
+
+
+def stored_name(field: bytes) -> tuple[str, str | None]:
+    """A name field stored in an image, as QEMU reads it (a C string), and what hides after it.
+
+    QEMU copies the field and stops at the first NUL; a reader that takes the field's full
+    length sees the rest too. Returns the name QEMU uses and, when the field holds more than
+    NUL padding after that NUL, the hidden text.
+    """
+    name, nul, rest = field.partition(b"\0")
+    hidden = rest.strip(b"\0")
+    return (
+        name.decode("utf-8", errors="backslashreplace"),
+        hidden.decode("utf-8", errors="backslashreplace") if nul and hidden else None,
+    )
+
+
+def stored_name_problems(field: bytes, what: str) -> list[str]:
+    """Reasons to refuse a stored ``what`` name field that readers would read differently."""
+    name, hidden = stored_name(field)
+    problems: list[str] = []
+    if hidden is not None:
+        problems.append(
+            f"the {what} name field holds '{hidden}' after a NUL byte; QEMU reads only "
+            f"'{name}', a reader that takes the whole field reads more"
+        )
+    elif not name:
+        problems.append(
+            f"the header points at a {what} name that QEMU reads as empty ({len(field)} bytes); "
+            "other readers may not ignore it"
+        )
+    return problems

@@ -13,7 +13,10 @@ bit 63 marks a compressed cluster whose next ``cluster_bits`` bits (below bit 63
 compressed size in bytes and whose low ``63 - cluster_bits`` bits hold the host offset.
 
 NOTE (safety): a backing file name is a reference to another file (or URL) and is refused
-by the policy. The L1 table is bounded by ``Limits.max_table_bytes``.
+by the policy. The L1 table is bounded by ``Limits.max_table_bytes``. As in ``qcow_open``, the
+name is ``backing_file_size`` bytes at ``backing_file_offset`` (anywhere in the file) cut at
+the first NUL; bytes hidden after that NUL, or an offset pointing at an empty name, are read
+differently by other readers and refused.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from imagewright.binary import ByteSource, Layout, read_exact
 from imagewright.errors import ImageFormatError
 from imagewright.formats.base import ExternalReference, Limits, OpenedImage
 from imagewright.formats.cluster_codecs import inflate_raw_cluster
-from imagewright.formats.external_names import describe_external_name
+from imagewright.formats.external_names import describe_external_name, stored_name, stored_name_problems
 from imagewright.formats.mapped_guest import GuestRun, LruCache, MappedGuestSource
 from imagewright.formats.qcow2_guest import be64_table
 from imagewright.units import format_size
@@ -142,7 +145,8 @@ def open_image(src: ByteSource, limits: Limits) -> OpenedImage:
         raw = src.pread(details.backing_file_offset, length)
         if len(raw) < length:
             problems.append("the backing file name lies beyond the end of the file")
-        name = raw.split(b"\0", 1)[0].decode("utf-8", errors="backslashreplace")
+        name, _ = stored_name(raw)
+        problems.extend(stored_name_problems(raw, "backing file"))
         if name:
             details.backing_file = name
             references.append(ExternalReference("backing-file", name, describe_external_name(name)))

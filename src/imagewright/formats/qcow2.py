@@ -22,6 +22,12 @@ or an external data file makes a converter read another file; both are recorded 
 ``ExternalReference`` and the policy refuses them. Every offset and count is bounded:
 extensions by cluster 0, the backing name by 1023 bytes, the L1 and refcount tables by
 ``Limits.max_table_bytes``, snapshots by QEMU's 65536 entries and 64 MiB.
+
+NOTE (safety): as in ``qcow2_do_open``, the backing file name is ``backing_file_size`` bytes
+at ``backing_file_offset`` (inside cluster 0) copied as a C string, and the data file name
+extension likewise: QEMU stops at the first NUL. A name field with bytes hidden after that
+NUL, or a backing file offset pointing at a name QEMU reads as empty, is read differently by
+a reader that takes the whole field, and is refused.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from dataclasses import dataclass, field
 from imagewright.binary import MAX_SINGLE_READ, ByteSource, Layout, PrefixExhaustedError, read_exact
 from imagewright.errors import ImageFormatError
 from imagewright.formats.base import ExternalReference, Limits, OpenedImage
-from imagewright.formats.external_names import describe_external_name
+from imagewright.formats.external_names import describe_external_name, stored_name_problems
 from imagewright.formats.qcow2_guest import (
     COMPRESSION_ZLIB,
     COMPRESSION_ZSTD,
@@ -502,6 +508,8 @@ class _Qcow2Reader:
             if len(raw) < length:
                 self.problem("the backing file name lies beyond the end of the file", breaks_mapping=False)
             name = decode_name(raw)
+            for sentence in stored_name_problems(raw, "backing file"):
+                self.problem(sentence, breaks_mapping=False)
             if name:
                 details.backing_file = name
                 self.references.append(ExternalReference("backing-file", name, describe_external_name(name)))
@@ -559,6 +567,8 @@ class _Qcow2Reader:
             self._read_bitmaps_extension(details, data)
         elif magic == EXT_DATA_FILE:
             details.data_file = decode_name(data)
+            for sentence in stored_name_problems(data, "external data file"):
+                self.problem(sentence, breaks_mapping=False)
 
     def _read_crypto_extension(self, details: Qcow2Details, data: bytes) -> None:
         if details.crypt_method != CRYPT_LUKS:

@@ -17,6 +17,11 @@ NOTE (safety): the backing file name is a reference to another file and is refus
 policy; an image with a backing file gets no guest view (its unallocated clusters live in
 the backing file). Tables are bounded by ``Limits.max_table_bytes`` and every offset must be
 cluster-aligned and lie past the header and inside the file, as QEMU demands.
+
+NOTE (safety): mirrored from ``bdrv_qed_do_open``: QEMU reads the name (``qed_read_string``,
+a C string cut at the first NUL) only when feature bit 0x1 is set. A name field with bytes
+hidden after its NUL, an empty name, or name fields filled in while the bit is clear are
+read differently by a reader that trusts the fields alone, and are refused.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 from imagewright.binary import ByteSource, Layout, read_exact
 from imagewright.errors import ImageFormatError
 from imagewright.formats.base import ExternalReference, Limits, OpenedImage
-from imagewright.formats.external_names import describe_external_name
+from imagewright.formats.external_names import describe_external_name, stored_name, stored_name_problems
 from imagewright.formats.mapped_guest import GuestRun, LruCache, MappedGuestSource
 from imagewright.units import format_size
 
@@ -135,9 +140,22 @@ def open_image(src: ByteSource, limits: Limits) -> OpenedImage:
         if name_offset + name_size > header_bytes or name_size > MAX_BACKING_FILE_NAME:
             raise ImageFormatError("The QED backing file name lies outside the header or is too long.")
         raw_name = read_exact(src, name_offset, name_size, "QED backing file name")
-        backing_file = raw_name.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+        backing_file, _ = stored_name(raw_name)
+        problems.extend(stored_name_problems(raw_name, "backing file"))
         references.append(
             ExternalReference("backing-file", backing_file, describe_external_name(backing_file))
+        )
+    elif fields["backing_filename_offset"] or fields["backing_filename_size"]:
+        # QEMU reads the name only with the feature bit set; a reader that trusts the
+        # offset and size alone would still open it.
+        name_offset, name_size = fields["backing_filename_offset"], fields["backing_filename_size"]
+        stale = b""
+        if name_offset + name_size <= header_bytes and name_size <= MAX_BACKING_FILE_NAME:
+            stale = src.pread(name_offset, name_size)
+        shown, _ = stored_name(stale)
+        problems.append(
+            f"the header names a backing file '{shown}' (offset {name_offset}, {name_size} bytes) "
+            "although its backing-file feature bit is clear; QEMU ignores it, other readers may not"
         )
 
     table_bytes = table_size * cluster_size

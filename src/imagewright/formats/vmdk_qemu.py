@@ -75,7 +75,7 @@ _NON_WS = rb"[^ \t\n\v\f\r]"
 _EXTENT_SSCANF = re.compile(
     rb"RW" + _WS + rb"*+(?P<sectors>[+-]?[0-9]++)"
     rb"(?:" + _WS + rb"*+(?P<type>" + _NON_WS + rb"{1,10}+)"
-    rb'(?:' + _WS + rb'*+"(?P<name>[^\n\r"]{1,511}+)'
+    rb"(?:" + _WS + rb'*+"(?P<name>[^\n\r"]{1,511}+)'
     rb'(?:"' + _WS + rb"*+(?P<offset>[+-]?[0-9]++))?"
     rb")?)?"
 )
