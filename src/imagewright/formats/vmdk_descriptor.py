@@ -48,6 +48,7 @@ _EXTENT_RE = re.compile(
 )
 _KEY_VALUE_RE = re.compile(r"^\s*(?P<key>[A-Za-z0-9_.]+)\s*=\s*(?P<value>.*?)\s*$")
 _HEX_RE = re.compile(r"^\s*(?:0[xX])?([0-9a-fA-F]+)")
+_ENCODING_RE = re.compile(rb'(?m)^[ \t]*+encoding[ \t]*=[ \t]*"?([A-Za-z0-9_-]+)')
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ def descriptor_text(raw: bytes) -> str:
     """The descriptor as text: cut at the first NUL, decoded leniently (names stay visible)."""
     raw = raw.split(b"\0", 1)[0]
     encoding = "utf-8"
-    match = re.search(rb'(?m)^\s*encoding\s*=\s*"?([A-Za-z0-9_-]+)', raw[:65536])
+    # (Blanks, not \s: a run of empty lines must not make this search quadratic.)
+    match = _ENCODING_RE.search(raw, 0, 65536)
     if match is not None and match.group(1).lower() in (b"windows-1252", b"cp1252"):
         encoding = "cp1252"
     return raw.decode(encoding, errors="backslashreplace")
