@@ -262,3 +262,55 @@ def test_the_extent_mirror_agrees_with_qemu_on_lines_it_does_not_open(line: byte
     _, opened = traced_openat([which("qemu-img"), "info", "-f", "vmdk", str(image)], tmp_path)
     assert not any(os.path.basename(path) == CANARY for path in opened)
     assert [e for e in qemu_extent_lines(c_string(text)) if e.outcome == "opens"] == []
+
+
+# -- formats whose parents QEMU 7.2 never opens -------------------------------------------------
+def vhd_naming_the_canary(directory: Path) -> Path:
+    from tests.fixtures.hostile_vhd import create_vhd, make_differencing
+
+    path = create_vhd(directory)
+    make_differencing(path, CANARY, [(b"W2ru", f".\\{CANARY}"), (b"W2ku", f"C:\\vms\\{CANARY}")])
+    return path
+
+
+def vhdx_naming_the_canary(directory: Path) -> Path:
+    from tests.fixtures.hostile_vhdx import create_vhdx, make_differencing
+
+    path = create_vhdx(directory)
+    make_differencing(
+        path,
+        [("parent_linkage", "{83ab1d1c-8f2c-4e4c-9b47-3c4f6a5a1e01}"), ("relative_path", f".\\{CANARY}")],
+    )
+    return path
+
+
+def vdi_diff_image(directory: Path) -> Path:
+    from tests.fixtures.hostile_vdi import diff_image
+
+    return diff_image(directory)
+
+
+PARENT_FORMATS: dict[str, tuple[str, Callable[[Path], Path]]] = {
+    "vpc": ("names a parent image", vhd_naming_the_canary),
+    "vhdx": ("names a parent image", vhdx_naming_the_canary),
+    "vdi": ("names a parent image", vdi_diff_image),
+}
+
+
+@pytest.mark.parametrize("fmt", list(PARENT_FORMATS))
+def test_qemu_opens_no_parent_of_these_formats_and_we_still_refuse_them(fmt: str, tmp_path: Path) -> None:
+    """QEMU 7.2's vpc driver ignores a differencing disk's parent locators, and its vhdx and
+    vdi drivers refuse differencing images outright; Hyper-V and VirtualBox do open the
+    parent, so the reference is refused all the same."""
+    reason, build = PARENT_FORMATS[fmt]
+    image = build(tmp_path)
+    (tmp_path / CANARY).write_bytes(CANARY_BYTES)
+    proc, opened = traced_openat(
+        [which("qemu-img"), "convert", "-f", fmt, "-O", "raw", str(image), str(tmp_path / "out.raw")],
+        tmp_path,
+    )
+    assert not any(os.path.basename(path) == CANARY for path in opened)
+    assert (proc.returncode == 0) == (fmt == "vpc"), proc.stderr
+    report = inspect_image(image)
+    assert not report.verdict.safe
+    assert any(reason in r for r in report.verdict.reasons), report.verdict.reasons

@@ -21,7 +21,8 @@ NOTE (safety): an undo or diff image reads its unallocated blocks from a parent 
 by its link/parent UUIDs; such references are refused by the policy (QEMU refuses non-null
 link or parent UUIDs too) and no guest view is offered for them. The block map is bounded
 by ``Limits.max_table_bytes`` and QEMU's own cap, and every allocated entry must point
-inside the file.
+inside the file. (QEMU 7.2's ``vdi_open`` refuses diff and undo images; VirtualBox opens
+their parents.)
 """
 
 from __future__ import annotations

@@ -36,6 +36,12 @@ locators); that reference is refused by the policy, and its guest view is not of
 because its unallocated blocks live in the parent. The BAT is bounded by
 ``Limits.max_table_bytes`` and every allocated block must lie inside the file, clear of the
 footer copy, the dynamic header and the BAT.
+
+NOTE (safety): QEMU 7.2's ``vpc`` driver never opens a parent — it reads a differencing disk
+as if it had none (``vpc_open`` knows no parent locators) — but Hyper-V and Virtual PC do,
+so the reference is refused all the same (``tests/formats/test_qemu_reading.py`` checks
+both). QEMU's probe sees only a cookie at offset 0, so it calls a fixed VHD raw: the same
+guest bytes plus the footer, which ``registry.probe_conflicts`` accepts.
 """
 
 from __future__ import annotations

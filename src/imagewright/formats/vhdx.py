@@ -31,6 +31,8 @@ locator's key/value pairs; the reference is refused by the policy and no guest v
 offered (unallocated blocks live in the parent). A non-empty log means the image must be
 replayed before its metadata can be trusted, so it is refused. Regions, metadata items and
 every FULLY_PRESENT block must lie inside the file and must not overlap each other.
+QEMU 7.2 itself refuses a HasParent image (``vhdx_parse_metadata``: ENOTSUP); Hyper-V opens
+the parent, so the reference is refused here whatever QEMU does.
 """
 
 from __future__ import annotations
