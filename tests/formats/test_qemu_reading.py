@@ -314,3 +314,35 @@ def test_qemu_opens_no_parent_of_these_formats_and_we_still_refuse_them(fmt: str
     report = inspect_image(image)
     assert not report.verdict.safe
     assert any(reason in r for r in report.verdict.reasons), report.verdict.reasons
+
+
+# -- the mirror's edges, where QEMU's C has no test to run against ------------------------------
+def test_a_hint_ending_the_10_kib_area_is_read_past_qemus_buffer() -> None:
+    from imagewright.formats.vmdk_qemu import QEMU_DESC_SIZE, qemu_parent_hint
+
+    key = b"parentFileNameHint"
+    hint = qemu_parent_hint(b"#" * (QEMU_DESC_SIZE - len(key)) + key)
+    assert hint is not None and hint.name is None and "past the end" in hint.failure
+    hint = qemu_parent_hint(b"#" * (QEMU_DESC_SIZE - len(key) - 2) + key + b'="')
+    assert hint is not None and hint.name is None  # no closing quote inside the buffer
+    assert qemu_parent_hint(b'# nothing\0parentFileNameHint="x"') is None
+
+
+def test_descriptor_offsets_wrap_like_a_u64_shift() -> None:
+    from imagewright.formats.vmdk_qemu import wrapped_sector_offset
+
+    assert wrapped_sector_offset(3) == 1536
+    assert wrapped_sector_offset((1 << 55) | 3) == 1536
+    assert wrapped_sector_offset(1 << 54) is None  # 2^63: bdrv_pread refuses the offset
+
+
+def test_cids_are_read_like_sscanf_hex() -> None:
+    from imagewright.formats.vmdk_qemu import qemu_read_cid
+
+    assert qemu_read_cid(b"CID=0badcafe\nparentCID=ffffffff\n", parent=False) == 0x0BADCAFE
+    assert qemu_read_cid(b"parentCID=  0x12\n", parent=True) == 0x12
+    assert qemu_read_cid(b"parentCID=" + b"f" * 40, parent=True) == 0xFFFFFFFF
+    assert qemu_read_cid(b"parentCID=-1", parent=True) == 0xFFFFFFFF
+    assert qemu_read_cid(b"parentCID=zz", parent=True) is None
+    # "CID" is found inside "parentCID" when that comes first, as strstr finds it.
+    assert qemu_read_cid(b"parentCID=ffffffff\nCID=1\n", parent=False) == 0xFFFFFFFF
