@@ -11,8 +11,9 @@ from click.testing import CliRunner, Result
 
 from imagewright.cli.main import cli
 
-# The test guest fixtures (testguest_rootfs, testguest_flat_ext4, testguest_tarball) for every boot test.
-pytest_plugins = ("tests.fixtures.testguest",)
+# The test guest fixtures (testguest_rootfs, testguest_flat_ext4, testguest_tarball) for every boot test;
+# s3_server (a real S3 endpoint: Swift + s3api) for the stores' and the registry's tests.
+pytest_plugins = ("tests.fixtures.testguest", "tests.fixtures.s3_server")
 
 
 @pytest.fixture

@@ -78,7 +78,7 @@ def open_store(spec: StoreSpec) -> BlobStore:
 
         store = FileStore(spec.id, Path(spec.root), is_default=spec.is_default)
     else:
-        from imagewright.stores.s3 import S3Store  # type: ignore[import-not-found]  # next commit
+        from imagewright.stores.s3 import S3Store
 
         store = S3Store(
             spec.id,
