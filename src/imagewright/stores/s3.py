@@ -32,6 +32,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -86,7 +87,8 @@ _CREDENTIAL_CODES = {
     "AuthFailure",
 }
 _MISSING_BUCKET_CODES = {"NoSuchBucket"}
-_MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
+_MISSING_KEY_CODES = {"NoSuchKey", "HTTP 404", "404", "NotFound"}
+_ERRNO_REASON = re.compile(r"\[Errno -?\d+\] ([^\]\)]+)")
 
 
 def part_size_for(part_number: int, size_hint: int | None) -> int:
@@ -193,10 +195,9 @@ class S3Store(BlobStore):
                 "AWS_SECRET_ACCESS_KEY, or configure ~/.aws/credentials."
             )
         if isinstance(err, BotoConnectionError):
-            reason = str(getattr(err, "kwargs", {}).get("error", "")) or type(err).__name__
             return StoreError(
                 f"The S3 endpoint {self.endpoint_url} of the store {store!r} cannot be reached "
-                f"({_one_line(reason)})."
+                f"({_connection_reason(err)})."
             )
         if isinstance(err, ClientError):
             error = err.response.get("Error", {})
@@ -205,7 +206,9 @@ class S3Store(BlobStore):
             message = _one_line(str(error.get("Message", "")))
             if code in _MISSING_BUCKET_CODES:
                 return self._missing_bucket()
-            if code in _CREDENTIAL_CODES or (status == 403 and code in ("403", "Forbidden")):
+            if code.isdigit():  # a HEAD answer has no body, hence no error code: the HTTP status
+                code = f"HTTP {code}"
+            if code in _CREDENTIAL_CODES or (status == 403 and code in ("HTTP 403", "Forbidden")):
                 return StoreError(
                     f"The S3 endpoint {self.endpoint_url} refused the credentials of the store {store!r} "
                     f"({code})."
@@ -369,6 +372,18 @@ class S3Store(BlobStore):
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _connection_reason(err: BotoConnectionError) -> str:
+    """ "Connection refused", "Name or service not known", "timed out" — not urllib3's repr."""
+    cause = _one_line(str(getattr(err, "kwargs", {}).get("error", "")))
+    text = _one_line(str(err))
+    match = _ERRNO_REASON.search(cause) or _ERRNO_REASON.search(text)
+    if match:
+        return match.group(1).strip().rstrip(".")
+    if "timeout" in f"{cause} {text}".lower():
+        return "timed out"
+    return text.rstrip(".")
 
 
 class S3BlobWriter(BlobWriter):
