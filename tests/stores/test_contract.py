@@ -347,3 +347,16 @@ def test_check_and_usage(sut: StoreUnderTest) -> None:
         assert usage.capacity_bytes == stat.f_blocks * stat.f_frsize
     else:
         assert usage is None
+
+
+def test_two_writers_of_one_key_never_mix(sut: StoreUnderTest) -> None:
+    first, second = sut.store.writer("twice"), sut.store.writer("twice")
+    data_a, data_b = pattern(MIN_PART_SIZE + 100, seed=6), pattern(MIN_PART_SIZE + 200, seed=7)
+    for offset in range(0, len(data_b), MiB):
+        first.write(data_a[offset : offset + MiB])
+        second.write(data_b[offset : offset + MiB])
+    location = first.finish()
+    assert sut.raw_read(location) == data_a
+    assert second.finish() == location
+    assert sut.raw_read(location) == data_b
+    assert leftovers(sut) == []

@@ -74,7 +74,7 @@ def open_store(spec: StoreSpec) -> BlobStore:
     """The store a parsed spec describes (no I/O: ``check()`` reaches it)."""
     store: BlobStore
     if isinstance(spec, FileStoreSpec):
-        from imagewright.stores.file import FileStore  # type: ignore[import-not-found]  # next commit
+        from imagewright.stores.file import FileStore
 
         store = FileStore(spec.id, Path(spec.root), is_default=spec.is_default)
     else:
