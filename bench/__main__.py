@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("inspect", "convert", "prepare")
+BENCHMARKS = ("inspect", "convert", "prepare", "stores")
 
 
 def main(names: list[str]) -> None:

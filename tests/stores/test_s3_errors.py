@@ -151,3 +151,34 @@ def test_check_passes_on_a_good_store(s3_server: S3Server, bucket: str) -> None:
     store = _store(f"s3://{bucket}/p?endpoint={s3_server.endpoint}&region={s3_server.region}")
     store.check()
     assert store.info.description == f"S3 bucket {bucket}/p at {s3_server.endpoint}"
+
+
+def test_an_upload_aborted_by_a_sweep_fails_the_writer_in_one_sentence(
+    s3_server: S3Server, bucket: str
+) -> None:
+    store = _store(f"s3://{bucket}?endpoint={s3_server.endpoint}")
+    writer = store.writer("swept")
+    writer.write(b"z" * (MIN_PART_SIZE + 1))  # the multipart upload exists, part 1 is on its way
+    assert len(store.sweep_incomplete(0)) == 1  # as a sweeper with a too short threshold would
+    with pytest.raises(StoreError) as info:
+        writer.write(b"z" * MIN_PART_SIZE)
+        writer.finish()
+    assert _one_sentence(info.value) == (
+        f"The multipart upload of s3://{bucket}/swept was aborted by someone else (a sweep of "
+        "incomplete uploads?) while it was written; nothing was stored."
+    )
+    assert not store.exists(store.location_for("swept"))
+    assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_a_blob_replaced_while_read_is_an_error_not_a_mixture(s3_server: S3Server, bucket: str) -> None:
+    store = _store(f"s3://{bucket}?endpoint={s3_server.endpoint}")
+    with store.writer("moving") as writer:
+        writer.write(b"a" * 3_000_000)
+        location = writer.finish()
+    reader = store.open(location)
+    assert reader.pread(0, 4) == b"aaaa"
+    s3_server.client().put_object(Bucket=bucket, Key="moving", Body=b"b" * 3_000_000)
+    with pytest.raises(StoreError) as info:
+        reader.pread(2_000_000, 4)  # not cached: a new ranged GET, If-Match the old ETag
+    assert _one_sentence(info.value) == f"The blob at {location} was replaced while it was being read."

@@ -36,6 +36,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,7 @@ from imagewright.stores.base import (
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 MiB = 1 << 20
 #: Smallest part we send (S3's minimum is 5 MiB; 8 MiB is s3transfer's default).
@@ -75,6 +77,8 @@ MAX_PARTS = 10_000
 HINT_PARTS = 9_000
 #: Without a size hint the part size doubles every this many parts.
 PARTS_PER_SIZE_STEP = 2_000
+#: Parts uploading at once while the next one is buffered (s3transfer uses 10 threads).
+PARTS_IN_FLIGHT = 1
 #: Reader cache: aligned blocks, at most this many kept (4 MiB in all).
 BLOCK_SIZE = 256 * 1024
 CACHE_BLOCKS = 16
@@ -100,7 +104,7 @@ def part_size_for(part_number: int, size_hint: int | None) -> int:
     return min(MAX_PART_SIZE, MIN_PART_SIZE << step)
 
 
-def _content_md5(data: bytes) -> str:
+def _content_md5(data: bytes | bytearray) -> str:
     # MD5 is what S3's Content-MD5 header is defined with (RFC 1864); not used for security here.
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
 
@@ -203,7 +207,7 @@ class S3Store(BlobStore):
             error = err.response.get("Error", {})
             code = str(error.get("Code", ""))
             status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            message = _one_line(str(error.get("Message", "")))
+            message = _one_line(str(error.get("Message", ""))).split(". ")[0].rstrip(".")
             if code in _MISSING_BUCKET_CODES:
                 return self._missing_bucket()
             if code.isdigit():  # a HEAD answer has no body, hence no error code: the HTTP status
@@ -218,9 +222,14 @@ class S3Store(BlobStore):
                     f"The S3 endpoint {self.endpoint_url} denied the store {store!r} access to the bucket "
                     f"{self.bucket!r} while {doing} (AccessDenied)."
                 )
+            if code == "NoSuchUpload" and location is not None:
+                return StoreError(
+                    f"The multipart upload of {location} was aborted by someone else (a sweep of "
+                    "incomplete uploads?) while it was written; nothing was stored."
+                )
             if location is not None and (code in _MISSING_KEY_CODES or status == 404):
                 return StoreError(f"There is no blob at {location}.")
-            if code in ("PreconditionFailed", "412") and location is not None:
+            if code in ("PreconditionFailed", "HTTP 412") and location is not None:
                 return StoreError(f"The blob at {location} was replaced while it was being read.")
             detail = f": {message}" if message else ""
             return StoreError(
@@ -327,7 +336,11 @@ class S3Store(BlobStore):
             raise self.error(err, f"listing the bucket {self.bucket!r}") from None
 
     def sweep_incomplete(self, older_than_seconds: float) -> list[str]:
-        """Abort multipart uploads under our prefix with no part uploaded for ``older_than_seconds``."""
+        """Abort multipart uploads under our prefix with no part uploaded for ``older_than_seconds``.
+
+        Idle time is measured against the server's clock readings (Swift rounds them up to the
+        second): 0 or less aborts every incomplete upload under the prefix, live or not.
+        """
         head = self._list_prefix()
         removed: list[str] = []
         now = datetime.now(UTC)
@@ -341,9 +354,10 @@ class S3Store(BlobStore):
                     name = key[len(head) :]
                     if not key.startswith(head) or not KEY_PATTERN.fullmatch(name) or not upload_id:
                         continue
-                    last = self._last_activity(key, upload_id, upload.get("Initiated"))
-                    if last is not None and (now - last).total_seconds() < older_than_seconds:
-                        continue
+                    if older_than_seconds > 0:
+                        last = self._last_activity(key, upload_id, upload.get("Initiated"))
+                        if last is not None and (now - last).total_seconds() < older_than_seconds:
+                            continue
                     with contextlib.suppress(ClientError):  # aborted meanwhile by another sweeper
                         self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
                     removed.append(f"{self.location_for(name)} (multipart upload {upload_id})")
@@ -387,7 +401,11 @@ def _connection_reason(err: BotoConnectionError) -> str:
 
 
 class S3BlobWriter(BlobWriter):
-    """Buffers one part at a time; PutObject for a blob under one part, multipart otherwise."""
+    """Fills one part while the previous one uploads in a thread (``PARTS_IN_FLIGHT``).
+
+    A blob smaller than one part is a single PutObject (no multipart upload, no thread).
+    Memory: the part being filled plus the part in flight, two parts (16 MiB at first).
+    """
 
     def __init__(self, store: S3Store, key: str, size_hint: int | None) -> None:
         self._store = store
@@ -397,7 +415,10 @@ class S3BlobWriter(BlobWriter):
         self.bytes_written = 0
         self._buffer = bytearray()
         self._upload_id: str | None = None
-        self._parts: list[dict[str, Any]] = []
+        self._parts: list[CompletedPartTypeDef] = []
+        self._next_part = 1
+        self._in_flight: set[Future[CompletedPartTypeDef]] = set()
+        self._pool: ThreadPoolExecutor | None = None
         self._state = "open"  # open | finished | aborted
 
     @property
@@ -414,21 +435,23 @@ class S3BlobWriter(BlobWriter):
 
     def _fail(self, err: Exception, doing: str) -> StoreError:
         self.abort()
+        if isinstance(err, StoreError):
+            return err
         return self._store.error(err, doing, self.location)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._require_open()
         self._buffer += data
         self.bytes_written += len(data)
-        while len(self._buffer) >= (size := part_size_for(len(self._parts) + 1, self._size_hint)):
-            with memoryview(self._buffer) as view, view[:size] as head:
-                part = bytes(head)  # the one copy; the buffer keeps only what follows the part
-            del self._buffer[:size]
-            self._upload_part(part)
+        while len(self._buffer) >= (size := part_size_for(self._next_part, self._size_hint)):
+            # The full buffer itself becomes the part (no copy of a part); only the tail beyond
+            # it, less than one write, is copied into the next buffer.
+            part, self._buffer = self._buffer, self._buffer[size:]
+            del part[size:]
+            self._submit_part(part)
 
-    def _upload_part(self, part: bytes) -> None:
-        client = self._store.client
-        number = len(self._parts) + 1
+    def _submit_part(self, part: bytearray) -> None:
+        number = self._next_part
         if number > MAX_PARTS:
             self.abort()
             raise StoreError(
@@ -437,19 +460,33 @@ class S3BlobWriter(BlobWriter):
             )
         try:
             if self._upload_id is None:
-                created = client.create_multipart_upload(Bucket=self._store.bucket, Key=self._key)
+                created = self._store.client.create_multipart_upload(Bucket=self._store.bucket, Key=self._key)
                 self._upload_id = created["UploadId"]
-            response = client.upload_part(
-                Bucket=self._store.bucket,
-                Key=self._key,
-                UploadId=self._upload_id,
-                PartNumber=number,
-                Body=part,
-                ContentMD5=_content_md5(part),
-            )
+                self._pool = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="s3-part")
+            self._collect(keep=PARTS_IN_FLIGHT - 1)
         except (ClientError, BotoCoreError) as err:
             raise self._fail(err, f"writing {self.location}") from None
-        self._parts.append({"PartNumber": number, "ETag": response["ETag"]})
+        assert self._pool is not None
+        self._in_flight.add(self._pool.submit(self._send_part, number, part))
+        self._next_part += 1
+
+    def _send_part(self, number: int, part: bytearray) -> CompletedPartTypeDef:
+        response = self._store.client.upload_part(
+            Bucket=self._store.bucket,
+            Key=self._key,
+            UploadId=str(self._upload_id),
+            PartNumber=number,
+            Body=part,  # type: ignore[arg-type]  # botocore takes bytearray (validate.py), the stubs say bytes
+            ContentMD5=_content_md5(part),
+        )
+        return {"PartNumber": number, "ETag": response["ETag"]}
+
+    def _collect(self, keep: int) -> None:
+        """Wait until at most ``keep`` parts are in flight; a failed part raises its error here."""
+        while len(self._in_flight) > keep:
+            done, self._in_flight = wait(self._in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                self._parts.append(future.result())
 
     def finish(self) -> str:
         self._require_open()
@@ -462,18 +499,27 @@ class S3BlobWriter(BlobWriter):
                 )
             else:
                 if self._buffer:
-                    self._upload_part(bytes(self._buffer))
+                    self._submit_part(self._buffer)
+                    self._buffer = bytearray()
+                self._collect(keep=0)
                 client.complete_multipart_upload(
                     Bucket=self._store.bucket,
                     Key=self._key,
                     UploadId=self._upload_id,
-                    MultipartUpload={"Parts": self._parts},  # type: ignore[typeddict-item]
+                    MultipartUpload={"Parts": sorted(self._parts, key=lambda p: p["PartNumber"])},
                 )
         except (ClientError, BotoCoreError) as err:
             raise self._fail(err, f"finishing {self.location}") from None
+        self._shutdown_pool()
         self._buffer = bytearray()
         self._state = "finished"
         return self.location
+
+    def _shutdown_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._in_flight = set()
 
     def abort(self) -> None:
         """Abort the multipart upload; best effort: if S3 cannot be reached, the sweep aborts it later."""
@@ -481,6 +527,7 @@ class S3BlobWriter(BlobWriter):
             return
         self._state = "aborted"
         self._buffer = bytearray()
+        self._shutdown_pool()  # parts still uploading finish first: an abort must come after them
         if self._upload_id is not None:
             with contextlib.suppress(ClientError, BotoCoreError):
                 self._store.client.abort_multipart_upload(
