@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.fixtures.tools import run, sparse_file
+from tests.fixtures.tools import mounted_tmpfs, run, sparse_file
 
 from imagewright.errors import ImageIOError, OutputExistsError
 from imagewright.files import (
@@ -45,13 +45,8 @@ def names(directory: Path) -> list[str]:
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs mounted for the test; unmounted afterwards."""
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    run("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mountpoint)
-    try:
+    with mounted_tmpfs(tmp_path / "small", "1m") as mountpoint:
         yield mountpoint
-    finally:
-        run("umount", "-l", mountpoint)
 
 
 def child(code: str, *args: str | Path) -> subprocess.Popen[str]:

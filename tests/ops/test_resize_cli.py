@@ -20,7 +20,7 @@ import tests.fixtures as fixtures_package
 from click.testing import Result
 from tests.fixtures.hostile import CASES
 from tests.fixtures.hostile_other_formats import create_luks
-from tests.fixtures.tools import qemu_img, run, sparse_file
+from tests.fixtures.tools import mounted_tmpfs, qemu_img, run, sparse_file
 from tests.ops.resize_fixtures import (
     Disk,
     MiB,
@@ -198,13 +198,8 @@ def test_unsupported_formats_and_wrappers(run_cli: Callable[..., Result], tmp_pa
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 48 MiB tmpfs mounted for the test (we are root); unmounted afterwards."""
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    run("mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", mountpoint)
-    try:
+    with mounted_tmpfs(tmp_path / "small", "48m") as mountpoint:
         yield mountpoint
-    finally:
-        run("umount", "-l", mountpoint)
 
 
 def data_disk(path: Path, data: bytes) -> Path:

@@ -212,24 +212,6 @@ def test_pread_edges(sut: StoreUnderTest) -> None:
             assert reader.pread(offset, length) == expected, (offset, length)
 
 
-def test_pread_repeats_come_from_the_s3_cache(sut: StoreUnderTest) -> None:
-    if sut.kind != "s3":
-        assert sut.kind == "file"  # the file store reads through the page cache; nothing to count
-        return
-    from imagewright.stores.s3 import S3BlobReader
-
-    data = pattern(2 * MiB, seed=4)
-    location = put(sut.store, "cached", data)
-    reader = sut.store.open(location)
-    assert isinstance(reader, S3BlobReader)
-    assert reader.pread(0, 512) == data[:512]
-    assert reader.pread(512, 4096) == data[512 : 512 + 4096]
-    assert reader.pread(0, 72) == data[:72]
-    assert reader.requests == 1
-    assert reader.pread(1_000_000, 100) == data[1_000_000:1_000_100]
-    assert reader.requests == 2
-
-
 READ_RANGES = [
     (0, None),
     (0, 0),

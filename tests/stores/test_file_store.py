@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.fixtures.tools import run
+from tests.fixtures.tools import mounted_tmpfs, run
 from tests.stores.conftest import file_path_of
 
 from imagewright.errors import StoreError
@@ -25,13 +25,8 @@ MiB = 1 << 20
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs, unmounted afterwards."""
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    run("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mountpoint)
-    try:
+    with mounted_tmpfs(tmp_path / "small", "8m") as mountpoint:
         yield mountpoint
-    finally:
-        run("umount", "-l", mountpoint)
 
 
 def files_under(root: Path) -> list[str]:

@@ -39,6 +39,7 @@ def child(sut: StoreUnderTest, key: str, size: int, mode: str) -> subprocess.Pop
     )
 
 
+@pytest.mark.slow  # 256 MiB through Swift and back, twice read: ~30 s on a busy machine
 def test_a_256_mib_blob_streams_in_and_out_with_flat_memory(
     sut: StoreUnderTest, tmp_path: Path, record_property: pytest.RecordProperty
 ) -> None:

@@ -20,7 +20,7 @@ The interface (``base.py``; the registry codes against nothing else)::
         def key_of(self, location) -> str         # inverse of location_for; StoreError for a foreign location
         def owns(self, location) -> bool
         def check(self) -> None                   # usable now? (dir created + writable / bucket reachable)
-        def writer(self, key, size_hint=None) -> BlobWriter
+        def writer(self, key, size_hint=None) -> BlobWriter   # size_hint: bytes expected (S3 part size)
         def open(self, location) -> BlobReader    # random access (inspection, Range downloads)
         def read_chunks(self, location, start=0, end=None, chunk_size=1 MiB) -> Iterator[bytes]
                                                   # blob[start:end] with slice semantics, streamed
@@ -28,15 +28,18 @@ The interface (``base.py``; the registry codes against nothing else)::
         def exists(self, location) -> bool
         def iter_locations(self) -> Iterator[str] # every finished blob (the registry's orphan sweep)
         def sweep_incomplete(self, older_than_seconds) -> list[str]
-                                                  # temp files / multipart uploads of dead writers,
-                                                  # idle longer than the threshold; returns what went
+                                                  # what dead writers left; returns what went. file:
+                                                  # temps of dead pids (any age) or idle > threshold;
+                                                  # S3: multipart uploads with no part for > threshold
+                                                  # (<= 0: every incomplete upload under the prefix)
         def usage(self) -> StoreUsage | None      # capacity_bytes, free_bytes (file); None (S3)
 
     class BlobWriter(ABC):            # context manager; leaving it without finish() aborts
         location: str                 # where the blob will be
         bytes_written: int
         finished: bool
-        def write(self, data) -> None # streaming; S3: multipart parts >= 8 MiB, one part buffered
+        def write(self, data) -> None # streaming; file: zeros left as holes; S3: multipart parts
+                                      # >= 8 MiB, one filling while the previous one uploads
         def finish(self) -> str       # durable + visible at location (replacing what was there)
         def abort(self) -> None       # removes everything written; idempotent; no-op after finish
 
@@ -48,6 +51,12 @@ The interface (``base.py``; the registry codes against nothing else)::
         # (also addressing=path|virtual, default=true); several must be named; the first or the one
         # with default=true is the default. No value: one file store "default" under DATA_DIR/images.
     StoreSet: store_set[id], .default, .infos(), .for_location(location), .check(), iteration
+
+Stores: ``file.py`` (``FileStore``: ROOT/<key[:2]>/<key>, atomic + durable through
+``imagewright.files``, sparse, a one-machine store) and ``s3.py`` (``S3Store``: any S3 through
+boto3, imported only when an s3:// store is configured). Tests: ``tests/stores`` runs one
+contract suite over both, against a real S3 server (``tests/fixtures/s3_server.py``: Swift +
+s3api, the ``s3_server`` fixture, usable by any test).
 
 Errors: every failure is a ``StoreError`` (an ``ImageIOError``) with one sentence: a bad spec,
 a full disk ("The store 'default' is full: no space left on ..."), S3 credentials refused, a

@@ -1,12 +1,14 @@
-"""S3 failures a user causes — wrong or missing credentials, a missing bucket, a dead endpoint —
-reported as one sentence that names the endpoint or bucket, with no botocore exception attached.
+"""What only the S3 store has: its errors, its read cache, uploads aborted or objects replaced meanwhile.
 
+S3 failures a user causes — wrong or missing credentials, a missing bucket, a dead endpoint —
+are one sentence that names the endpoint or bucket, with no botocore exception attached.
 Against the real Swift S3 server of the ``s3_server`` fixture; the dead endpoint is a free
 port of 127.0.0.1 that nothing listens on.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable
 
@@ -15,7 +17,9 @@ from tests.fixtures.s3_server import S3Server
 
 from imagewright.errors import StoreError
 from imagewright.stores import BlobStore, open_store, parse_store_spec
-from imagewright.stores.s3 import MIN_PART_SIZE
+from imagewright.stores.s3 import BLOCK_SIZE, MIN_PART_SIZE, S3BlobReader
+
+MiB = 1 << 20
 
 
 def _store(spec: str) -> BlobStore:
@@ -182,3 +186,23 @@ def test_a_blob_replaced_while_read_is_an_error_not_a_mixture(s3_server: S3Serve
     with pytest.raises(StoreError) as info:
         reader.pread(2_000_000, 4)  # not cached: a new ranged GET, If-Match the old ETag
     assert _one_sentence(info.value) == f"The blob at {location} was replaced while it was being read."
+
+
+def test_repeated_small_reads_come_from_the_cache(s3_server: S3Server, bucket: str) -> None:
+    store = _store(f"s3://{bucket}?endpoint={s3_server.endpoint}")
+    data = os.urandom(2 * MiB)
+    with store.writer("cached") as writer:
+        writer.write(data)
+        location = writer.finish()
+    reader = store.open(location)
+    assert isinstance(reader, S3BlobReader)
+    assert reader.pread(0, 512) == data[:512]  # a header
+    assert reader.pread(512, 4096) == data[512 : 512 + 4096]
+    assert reader.pread(0, 72) == data[:72]  # the header again
+    assert (reader.requests, reader.bytes_fetched) == (1, BLOCK_SIZE)
+    assert reader.pread(BLOCK_SIZE - 2, 4) == data[BLOCK_SIZE - 2 : BLOCK_SIZE + 2]  # one new block
+    assert (reader.requests, reader.bytes_fetched) == (2, 2 * BLOCK_SIZE)
+    assert reader.pread(0, 2 * MiB) == data  # large: one GET past the cache
+    assert reader.requests == 3
+    assert reader.pread(100, 10) == data[100:110]
+    assert reader.requests == 3
