@@ -224,7 +224,10 @@ class FileStore(BlobStore):
         where = self.root
         while not where.exists() and where != where.parent:
             where = where.parent
-        st = os.statvfs(where)
+        try:
+            st = os.statvfs(where)
+        except OSError as err:
+            raise StoreError(f"The space left in {where} cannot be measured ({err.strerror}).") from None
         return StoreUsage(capacity_bytes=st.f_blocks * st.f_frsize, free_bytes=st.f_bavail * st.f_frsize)
 
 

@@ -490,8 +490,8 @@ class S3BlobWriter(BlobWriter):
 
     def finish(self) -> str:
         self._require_open()
-        client = self._store.client
         try:
+            client = self._store.client
             if self._upload_id is None:
                 body = bytes(self._buffer)
                 client.put_object(
