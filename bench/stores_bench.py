@@ -135,7 +135,7 @@ def s3_bench(workdir: Path, source: Path, digest: str) -> None:
         )
         compare(
             "stores-s3-write",
-            "S3Store writer, 1 MiB chunks (8 MiB parts, one stream)",
+            "S3Store writer, 1 MiB chunks (8 MiB parts, 1 in flight)",
             "boto3 upload_file (s3transfer, threads)",
             times,
             server="Swift 2.30 s3api, single node, 127.0.0.1",
