@@ -92,7 +92,7 @@ def test_ova_made_with_tar_is_summarised(tmp_path: Path) -> None:
 
     assert ova_details.manifest is not None
     assert (ova_details.manifest.entries, ova_details.manifest.algorithms) == (2, ["SHA256"])
-    assert opened.disk_members() == ["disk1.vmdk"]
+    assert opened.details.ova is not None and opened.details.ova.disk_files == ["disk1.vmdk"]
     member = opened.member("disk1.vmdk")
     assert member is not None and member.source is not None
     assert member.source.pread(0, 4) == b"KDMV"
@@ -115,7 +115,7 @@ def test_gzipped_ova_is_judged_from_the_stream(tmp_path: Path) -> None:
     assert (opened.format, opened.kind, opened.layers) == ("gzip", "ova", ["gzip", "ova"])
     assert opened.problems == []
     assert opened.details.ova is not None and opened.details.ova.descriptor is not None
-    assert opened.disk_members() == ["disk1.vmdk"]
+    assert opened.details.ova is not None and opened.details.ova.disk_files == ["disk1.vmdk"]
     member = opened.member("disk1.vmdk")
     assert member is not None and isinstance(member.source, PrefixSource)
     vmdk = (tmp_path / "appliance.ova.d" / "disk1.vmdk").read_bytes()
