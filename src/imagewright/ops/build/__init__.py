@@ -282,7 +282,14 @@ def _build_raw(
     notes: list[str] = []
     fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)  # created empty by AtomicOutput
     try:
-        os.ftruncate(fd, layout.disk_size)
+        try:
+            os.ftruncate(fd, layout.disk_size)
+        except OSError as err:
+            # EFBIG: a disk larger than the output's filesystem can hold as one file.
+            raise BuildError(
+                f"A {format_size(layout.disk_size)} disk cannot be created next to the output "
+                f"({err.strerror}); nothing was written."
+            ) from None
         sfdisk.write_table(image, layout.sfdisk_script())
         # Read back with our own parser: the check and the report's ids come from one read.
         with FileSource(image) as disk:
