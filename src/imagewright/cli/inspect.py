@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 def command(images: tuple[Path, ...], as_json: bool, max_virtual_size: int | None) -> None:
     """Tell what each IMAGE is and whether it is safe to touch.
 
-    Reads only headers and metadata (at most a few MiB), runs no other program and opens
-    no file but IMAGE. Exits 1 when any image is refused.
+    Reads only headers and metadata, runs no other program and opens no file but IMAGE.
+    A compressed image is decompressed in memory, as far as its size pays for; whatever
+    could not be examined is a reason to refuse. Exits 1 when any image is refused.
     """
     limits = Limits() if max_virtual_size is None else Limits(max_virtual_size=max_virtual_size)
     reports = [inspect_image(path, limits=limits) for path in images]
