@@ -37,6 +37,7 @@ from pathlib import Path
 
 from imagewright.binary import ByteSource, FileSource
 from imagewright.errors import ImageIOError, ImagewrightError, UnsafeImageError
+from imagewright.files import io_error
 from imagewright.formats.base import Limits
 from imagewright.formats.containers import examine_stream
 from imagewright.formats.containers.compressed import probe_compression
@@ -192,7 +193,7 @@ def _spool(
     try:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError as err:
-        raise ImageIOError(f"Could not create a scratch file at {target}: {err.strerror}.") from None
+        raise io_error(err, target, "creating") from None
     try:
 
         def sink(offset: int, data: bytes) -> None:
@@ -215,7 +216,7 @@ def _spool(
         try:
             os.ftruncate(fd, size)
         except OSError as err:
-            raise ImageIOError(f"Could not write the scratch file {target}: {err.strerror}.") from None
+            raise io_error(err, target, "decompressing into") from None
     finally:
         os.close(fd)
     inner = inspect_image(target, limits=limits)
@@ -247,4 +248,4 @@ def _pwrite_all(fd: int, data: memoryview, offset: int, target: Path) -> None:
             data = data[written:]
             offset += written
     except OSError as err:
-        raise ImageIOError(f"Could not write the scratch file {target}: {err.strerror}.") from None
+        raise io_error(err, target, "decompressing into") from None
