@@ -221,15 +221,8 @@ def _spool(
         os.close(fd)
     inner = inspect_image(target, limits=limits)
     inner.path = f"{label} (decompressed)"
-    container = ContainerReport(
-        format=opened.format,
-        kind=opened.kind,
-        layers=list(opened.layers),
-        details=opened.details,
-        uncompressed_size=opened.uncompressed_size,
-        notes=list(opened.notes),
-        inner=inner,
-    )
+    container = ContainerReport.of(opened)
+    container.inner = inner
     wrapper = ImageReport(
         path=label,
         format=compression,

@@ -86,6 +86,20 @@ class ContainerReport:
     #: The report of the decompressed content of a compressed wrapper.
     inner: ImageReport | None = None
 
+    @classmethod
+    def of(cls, opened: OpenedContainer) -> ContainerReport:
+        """The report of what a container reader found (members and images not inspected yet)."""
+        return cls(
+            format=opened.format,
+            kind=opened.kind,
+            layers=list(opened.layers),
+            details=opened.details,
+            uncompressed_size=opened.uncompressed_size,
+            members=opened.members,
+            problems=list(opened.problems),
+            notes=list(opened.notes),
+        )
+
     def image_of(self, name: str) -> ImageReport | None:
         """The inspection of member ``name`` (None if it was not inspected as an image)."""
         for image in self.images:
@@ -251,16 +265,7 @@ def _inspect_container(src: ByteSource, name: str, walk: _Walk, depth: int) -> I
     opened = open_container(src, walk.limits, name_hint=os.path.basename(name), budget=walk.budget)
     if walk.on_open:
         walk.on_open(opened.format, depth)
-    container = ContainerReport(
-        format=opened.format,
-        kind=opened.kind,
-        layers=list(opened.layers),
-        details=opened.details,
-        uncompressed_size=opened.uncompressed_size,
-        members=opened.members,
-        problems=list(opened.problems),
-        notes=list(opened.notes),
-    )
+    container = ContainerReport.of(opened)
     reasons = list(opened.problems)
     if opened.partial and not opened.problems:
         # A reader that stopped early must say why; if it did not, the stop is still a refusal.

@@ -26,7 +26,7 @@ any decompression.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from imagewright.binary import ByteSource, HeldBytes, PrefixSource
 from imagewright.errors import ImageFormatError
@@ -168,10 +168,7 @@ def open_compressed(
     _keep(first, held, budget, findings, fmt)
     nested = probe_compression(first[:64])
     if nested is not None:
-        findings.problem(
-            f"the decompressed {fmt} stream is itself compressed ({nested}); compression inside compression "
-            "is how recursive decompression bombs are built"
-        )
+        findings.problem(_nested_sentence(fmt, nested))
     elif recorded.size is not None and recorded.size > limits.max_virtual_size:
         findings.problem(_bomb_sentence(fmt, recorded.size, limits))
     else:
@@ -190,6 +187,13 @@ def open_compressed(
         notes=findings.notes,
         partial=not stream.finished,
         inner=PrefixSource(held, size, limits.max_virtual_size),
+    )
+
+
+def _nested_sentence(fmt: str, nested: str) -> str:
+    return (
+        f"the decompressed {fmt} stream is itself compressed ({nested}); compression inside compression "
+        "is how recursive decompression bombs are built"
     )
 
 
@@ -212,6 +216,13 @@ def _hold(
     Stops with a problem at a decoding error, or when the stream would exceed the budget of
     work or memory, or the virtual-size limit: what is not held was not examined.
     """
+    for piece in _pieces(stream, findings):
+        _keep(piece, held, budget, findings, fmt)
+
+
+def _pieces(stream: DecompressedStream, findings: Findings) -> Iterator[bytes]:
+    """The decompressed stream in steps, until its end or the first problem (a decoding
+    error becomes one)."""
     while not findings.problems:
         try:
             piece = stream.read(_STEP)
@@ -220,7 +231,7 @@ def _hold(
             return
         if not piece:
             return
-        _keep(piece, held, budget, findings, fmt)
+        yield piece
 
 
 def _keep(piece: bytes, held: HeldBytes, budget: Budget, findings: Findings, fmt: CompressionFormat) -> None:
@@ -257,21 +268,11 @@ def examine_stream(src: ByteSource, fmt: CompressionFormat, limits: Limits, sink
     if recorded.size is not None and recorded.size > limits.max_virtual_size:
         findings.problem(_bomb_sentence(fmt, recorded.size, limits))
     stream = DecompressedStream(src, fmt, zstd_end=recorded.zstd_end)
-    while not findings.problems:
-        try:
-            piece = stream.read(_STEP)
-        except ImageFormatError as err:
-            findings.problem(as_problem(err))
-            break
-        if not piece:
-            break
+    for piece in _pieces(stream, findings):
         if stream.position == len(piece):
             nested = probe_compression(piece[:64])
             if nested is not None:
-                findings.problem(
-                    f"the decompressed {fmt} stream is itself compressed ({nested}); compression inside "
-                    "compression is how recursive decompression bombs are built"
-                )
+                findings.problem(_nested_sentence(fmt, nested))
                 break
         if stream.position > limits.max_virtual_size:
             findings.problem(_bomb_sentence(fmt, stream.position, limits))
