@@ -317,8 +317,8 @@ class PrefixSource:
         length = min(length, self._size - offset)
         if offset + length > self._held.length:
             raise PrefixExhaustedError(
-                f"Bytes {offset}..{offset + length} lie beyond the first {self._held.length} bytes of "
-                "the stream, which is all that could be examined within the limit."
+                f"Bytes {offset}..{offset + length} of the stream could not be examined within the limit: "
+                f"only its first {self._held.length} bytes were decompressed for inspection."
             )
         return self._held.read(offset, length)
 
