@@ -323,7 +323,7 @@ def _inspect_members(
             f"imagewright examines; they {NOT_EXAMINED}"
         ]
     reasons: list[str] = []
-    compressed = opened.layers[0] != opened.format or opened.format not in ("tar", "ova")
+    compressed = opened.format not in ("tar", "ova")  # a .tar.gz: members were kept in memory
     for name, source in targets:
         if source is None or not _complete(source):
             why = (
