@@ -12,7 +12,14 @@ NOTE on the rules:
 - Root filesystem: symlinks (absolute ones too: /etc/localtime → /usr/share/zoneinfo/…),
   hard links within the tree, device nodes and setuid files are what a root filesystem is
   made of. They are listed, not refused: ``build`` copies them into an image, never onto
-  the host.
+  the host. Its files become files of a guest, never disks, so they are not inspected as
+  images (a Debian tree holds thousands of ``.gz`` changelogs and a compressed initramfs),
+  and a file larger than the largest disk imagewright builds is refused (``archive``).
+
+NOTE: the kind is decided by names and shape, which the archive's author chooses. So nothing
+but a label hangs on "OVA" vs "disk archive" vs "archive": every member of each is inspected
+by its content. Only "root filesystem" changes what is examined, and what it permits is what
+``build`` (its one consumer) copies into an image.
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ DISK_SUFFIXES = (
     ".hdd",
 )
 _COMPRESSION_SUFFIXES = (".gz", ".xz", ".zst", ".bz2")
-#: A disk archive holds this many regular files at most ("one or a few disks").
+#: A disk archive holds this many regular files at most ("one or a few disks"). The kind is a
+#: label for people: whatever the kind, the inspection examines every member by its content.
 MAX_DISK_ARCHIVE_FILES = 4
 
 _ROOTFS_DIRS = {

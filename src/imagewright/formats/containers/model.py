@@ -6,7 +6,7 @@ byte sources (``OpenedContainer.inner``, ``ArchiveMember.source``) are declared 
 ``dataclasses.asdict`` on an ``OpenedContainer`` (it would deep-copy open files).
 
 Layers: ``layers`` lists the formats from the outside in, e.g. ``["gzip"]`` (a compressed
-disk image: ``inner`` reads its decompressed prefix), ``["xz", "tar"]`` (a ``.tar.xz``:
+disk image: ``inner`` reads its decompressed bytes), ``["xz", "tar"]`` (a ``.tar.xz``:
 ``format`` is ``"xz"``, ``kind`` is the tar's kind, ``members`` are the tar's members and
 ``inner`` is None because the archive is judged member by member), ``["ova"]`` (an OVA),
 ``["gzip", "ova"]`` (a gzipped OVA).
