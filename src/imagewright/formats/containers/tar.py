@@ -28,6 +28,7 @@ checksum, a truncated header or a limit stops the scan; everything before it is 
 from __future__ import annotations
 
 import re
+import struct
 import sys
 import zlib
 from collections.abc import Callable
@@ -205,6 +206,10 @@ def looks_like_tar(block: bytes) -> bool:
     return True
 
 
+#: The fields of a header block, in order (see the layout at the top), in one unpack.
+_HEADER_FIELDS = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s")
+
+
 def parse_header(block: bytes) -> TarHeader:
     """Parse one header block; TarHeaderError on a bad checksum, magic or number."""
     kind = _magic(block)
@@ -212,27 +217,29 @@ def parse_header(block: bytes) -> TarHeader:
         raise TarHeaderError("A tar header has an unknown magic.")
     if not checksum_matches(block):
         raise TarHeaderError("A tar header fails its checksum.")
-    name = _field(block, 0, 100)
+    (name, mode, uid, gid, size_field, mtime, _checksum, typeflag, linkname, _magic_field, uname, gname,
+     devmajor, devminor, prefix) = _HEADER_FIELDS.unpack_from(block)  # fmt: skip
+    name = name.partition(b"\0")[0]
     if kind == "ustar":
-        prefix = _field(block, 345, 155)
+        prefix = prefix.partition(b"\0")[0]
         if prefix:
             name = prefix + b"/" + name
-    size = _number(block[124:136], "size")
+    size = _number(size_field, "size")
     if size < 0 or size > MAX_MEMBER_SIZE:
         raise TarHeaderError("A tar header claims an impossible member size.")
     return TarHeader(
         name=name,
-        mode=_number(block[100:108], "mode") & 0o7777,
-        uid=_number(block[108:116], "uid"),
-        gid=_number(block[116:124], "gid"),
+        mode=_number(mode, "mode") & 0o7777,
+        uid=_number(uid, "uid"),
+        gid=_number(gid, "gid"),
         size=size,
-        mtime=_number(block[136:148], "mtime"),
-        typeflag=block[156:157],
-        linkname=_field(block, 157, 100),
-        uname=_field(block, 265, 32),
-        gname=_field(block, 297, 32),
-        devmajor=_number(block[329:337], "devmajor") if kind != "v7" else 0,
-        devminor=_number(block[337:345], "devminor") if kind != "v7" else 0,
+        mtime=_number(mtime, "mtime"),
+        typeflag=typeflag,
+        linkname=linkname.partition(b"\0")[0],
+        uname=uname.partition(b"\0")[0],
+        gname=gname.partition(b"\0")[0],
+        devmajor=_number(devmajor, "devmajor") if kind != "v7" else 0,
+        devminor=_number(devminor, "devminor") if kind != "v7" else 0,
         format=kind,
         block=block,
     )
@@ -295,6 +302,10 @@ class _Pending:
     long_name: bytes | None = None
     long_link: bytes | None = None
     count: int = 0
+
+
+#: The extension headers of a member that has none (shared, never written to).
+_NO_PENDING = _Pending()
 
 
 @dataclass
@@ -381,7 +392,7 @@ class TarScanner:
         return block
 
     def _walk(self) -> bool:
-        pending = _Pending()
+        pending = _NO_PENDING
         while True:
             header_offset = self._inp.position
             block = self._inp.read(BLOCK)
@@ -419,6 +430,8 @@ class TarScanner:
                 raise TarHeaderError(f"{str(err).rstrip('.')} (at offset {header_offset}).") from None
             self._formats.add(header.format)
             if header.typeflag in (b"x", b"g", b"L", b"K"):
+                if pending is _NO_PENDING:
+                    pending = _Pending()
                 pending.count += 1
                 if pending.count > MAX_EXTENSION_HEADERS:
                     raise ImageFormatError(
@@ -429,7 +442,7 @@ class TarScanner:
                 continue
             self._budget.charge_member()
             self._member(header, pending, header_offset)
-            pending = _Pending()
+            pending = _NO_PENDING
 
     def _read_extension_data(self, header: TarHeader, limit: int, what: str) -> bytes:
         if header.size > limit:
