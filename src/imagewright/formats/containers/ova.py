@@ -1,7 +1,8 @@
 """An OVA: the OVF package (descriptor, manifest, certificate, disks) as members of a tar.
 
 Judged against DSP0243 and what importers do (spec digest sections 2.1, 2.2, 2.6):
-- the descriptor is the first ``*.ovf`` member (VirtualBox picks the first one too);
+- the descriptor is the first ``*.ovf`` member (VirtualBox picks the first one too), and
+  every other ``*.ovf`` member is judged the same way (another importer may pick it);
 - every ``References/File`` must be a member of the archive (chunked files as
   ``href.000000000``, ``href.000000001`` …, every chunk but the last ``chunkSize`` bytes)
   with the size the descriptor states;
@@ -97,6 +98,12 @@ def read_ova(
     if descriptor is not None:
         details.chunks = _check_references(descriptor, by_name, findings)
         details.disk_files = [by_name[h].name for h in disk_hrefs(descriptor) if h in by_name]
+    # An importer may pick another descriptor than the first: each is judged (its hrefs, the
+    # files it references), not only the one summarised.
+    for other in descriptors[1:]:
+        reading = _read_descriptor(other, read_member, limits, findings)
+        if reading is not None:
+            details.chunks.update(_check_references(reading, by_name, findings))
 
     if manifest_member is not None:
         details.manifest_name = manifest_member.name
