@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from imagewright.binary import (
     MAX_SINGLE_READ,
     BytesSource,
+    ConcatSource,
     FileSource,
+    HeldBytes,
     Layout,
     PrefixExhaustedError,
     PrefixSource,
@@ -85,3 +87,48 @@ def test_layout_round_trip_and_padding() -> None:
 def test_layout_unpack_only_raises_format_errors(data: bytes, offset: int) -> None:
     with contextlib.suppress(ImageFormatError):
         LAYOUT.unpack(data, offset)
+
+
+_PIECES = st.lists(
+    st.one_of(st.binary(max_size=9000), st.integers(0, 20_000).map(bytes)),  # data, or a run of zeros
+    max_size=12,
+)
+
+
+@given(_PIECES, st.integers(0, 60_000), st.integers(0, 20_000))
+def test_held_bytes_read_back_what_was_appended_and_store_no_zero_block(
+    pieces: list[bytes], offset: int, length: int
+) -> None:
+    held = HeldBytes()
+    for piece in pieces:
+        held.append(piece)
+    whole = b"".join(pieces)
+    assert held.length == len(whole)
+    assert held.read(offset, length) == whole[offset : offset + length]
+    # Only data is stored: never more than the bytes outside 4 KiB blocks of zeros.
+    blocks = [whole[i : i + 4096] for i in range(0, len(whole), 4096)]
+    assert held.held <= sum(len(block) for block in blocks if any(block))
+    source = PrefixSource(held, len(whole), 0)
+    assert source.complete
+    assert source.pread(0, len(whole)) == whole
+
+
+def test_a_prefix_source_is_complete_only_when_every_byte_was_held() -> None:
+    held = HeldBytes()
+    held.append(b"abc")
+    held.extend_zeros(5)
+    assert PrefixSource(held, 8, 0).complete
+    assert PrefixSource(held, 8, 0).pread(0, 8) == b"abc" + bytes(5)
+    partial = PrefixSource(held, 100, 0)
+    assert not partial.complete
+    with pytest.raises(PrefixExhaustedError, match="could not be examined within the limit"):
+        partial.pread(6, 10)
+    assert not PrefixSource(held, None, 1 << 40).complete
+
+
+@given(st.lists(st.binary(max_size=50), max_size=6), st.integers(0, 400), st.integers(0, 400))
+def test_concat_source_reads_like_the_joined_bytes(parts: list[bytes], offset: int, length: int) -> None:
+    source = ConcatSource([BytesSource(part) for part in parts])
+    joined = b"".join(parts)
+    assert source.size == len(joined)
+    assert source.pread(offset, length) == joined[offset : offset + length]

@@ -13,9 +13,11 @@ header is described once (and can be packed again by writers).
 
 from __future__ import annotations
 
+import bisect
 import os
 import stat
 import struct
+from array import array
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -40,11 +42,16 @@ class ByteSource(Protocol):
     def pread(self, offset: int, length: int) -> bytes: ...
 
 
-class PrefixExhaustedError(ImageFormatError):
-    """A read went past the part of a stream that was decompressed for inspection.
+class NotExaminedError(ImageFormatError):
+    """Part of the input could not be examined within the limit (of work, memory or nesting).
 
-    Not a sign of a bad image: the caller reports the structure as only partly examined.
+    Not a sign of a bad image, but never a reason to call it safe: whatever was not examined
+    is refused, with this sentence as the reason.
     """
+
+
+class PrefixExhaustedError(NotExaminedError):
+    """A read went past the part of a stream that was decompressed for inspection."""
 
 
 def read_exact(src: ByteSource, offset: int, length: int, what: str) -> bytes:
@@ -170,16 +177,123 @@ class SliceSource:
         return self._parent.pread(self._offset + offset, length)
 
 
-class PrefixSource:
-    """The first bytes of a stream we cannot seek in (a ``.gz`` image), of possibly unknown size.
+class ConcatSource:
+    """Several sources read one after another as one (the chunks of a file in an OVA)."""
 
-    ``size`` is the full stream size when the container records it, else ``unknown_size``
-    (large, so that bounds checks of the inner format do not refuse a valid image). Reads
-    beyond the prefix raise ``PrefixExhaustedError``: the caller reports "partly examined".
+    def __init__(self, parts: Sequence[ByteSource]) -> None:
+        self._parts = list(parts)
+        self._starts: list[int] = []
+        total = 0
+        for part in self._parts:
+            self._starts.append(total)
+            total += part.size
+        self._size = total
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length <= 0 or offset >= self._size:
+            return b""
+        end = min(offset + length, self._size)
+        pieces: list[bytes] = []
+        index = bisect.bisect_right(self._starts, offset) - 1
+        while offset < end and index < len(self._parts):
+            part, start = self._parts[index], self._starts[index]
+            if offset >= start + part.size:
+                index += 1
+                continue
+            piece = part.pread(offset - start, min(end, start + part.size) - offset)
+            if not piece:
+                break
+            pieces.append(piece)
+            offset += len(piece)
+        return b"".join(pieces)
+
+
+#: Granularity at which ``HeldBytes`` drops zeros: a block of zeros costs no memory.
+HELD_BLOCK = 4096
+_ZERO_HELD_BLOCK = bytes(HELD_BLOCK)
+_ZERO_RUN = bytes(1024 * 1024)
+
+
+class HeldBytes:
+    """Decompressed bytes kept in memory as they stream past: runs of data, zeros implied.
+
+    ``append`` takes the stream in order; 4 KiB blocks of zeros are not stored, so a disk
+    image that is mostly empty costs only the memory of its data. ``held`` is what is stored.
     """
 
-    def __init__(self, prefix: bytes, total_size: int | None, unknown_size: int) -> None:
-        self._prefix = bytes(prefix)
+    def __init__(self) -> None:
+        self.length = 0
+        self.held = 0
+        self._starts = array("q")
+        self._runs: list[bytearray] = []
+
+    def append(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        if len(view) <= len(_ZERO_RUN) and view == _ZERO_RUN[: len(view)]:
+            self.length += len(view)  # the common case of an empty disk: one comparison per chunk
+            return
+        # Align on the stream's own block boundaries, so that blocks of zeros are found
+        # wherever the caller's chunks happen to end.
+        position = 0
+        while position < len(view):
+            absolute = self.length + position
+            step = min(HELD_BLOCK - absolute % HELD_BLOCK, len(view) - position)
+            block = view[position : position + step]
+            if block != _ZERO_HELD_BLOCK[:step]:
+                self._store(absolute, block)
+            position += step
+        self.length += len(view)
+
+    def extend_zeros(self, count: int) -> None:
+        """``count`` bytes of zeros (a hole of a sparse file): nothing is stored."""
+        self.length += max(0, count)
+
+    def _store(self, absolute: int, block: memoryview) -> None:
+        if self._runs and self._starts[-1] + len(self._runs[-1]) == absolute:
+            self._runs[-1] += block
+        else:
+            self._starts.append(absolute)
+            self._runs.append(bytearray(block))
+        self.held += len(block)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset + length)`` of what was appended (zeros where nothing is stored)."""
+        end = min(offset + length, self.length)
+        if offset < 0 or offset >= end:
+            return b""
+        out = bytearray(end - offset)
+        index = max(0, bisect.bisect_right(self._starts, offset) - 1)
+        while index < len(self._runs) and self._starts[index] < end:
+            run_start = self._starts[index]
+            run = self._runs[index]
+            start = max(offset, run_start)
+            stop = min(end, run_start + len(run))
+            if start < stop:
+                out[start - offset : stop - offset] = run[start - run_start : stop - run_start]
+            index += 1
+        return bytes(out)
+
+
+class PrefixSource:
+    """The examined part of a stream we cannot seek in (a ``.gz`` image, a member of a
+    ``.tar.gz``), of possibly unknown size.
+
+    ``prefix`` is the bytes examined, as plain bytes or as ``HeldBytes``. ``size`` is the full
+    stream size when known, else ``unknown_size`` (large, so that bounds checks of the inner
+    format do not refuse a valid image). A read beyond the examined bytes raises
+    ``PrefixExhaustedError``: that part could not be examined within the limit.
+    """
+
+    def __init__(self, prefix: bytes | HeldBytes, total_size: int | None, unknown_size: int) -> None:
+        if isinstance(prefix, HeldBytes):
+            self._held = prefix
+        else:
+            self._held = HeldBytes()
+            self._held.append(prefix)
         self.total_size_known = total_size is not None
         self._size = total_size if total_size is not None else unknown_size
 
@@ -189,18 +303,24 @@ class PrefixSource:
 
     @property
     def prefix_length(self) -> int:
-        return len(self._prefix)
+        """How many bytes from the start were examined (and can be read)."""
+        return self._held.length
+
+    @property
+    def complete(self) -> bool:
+        """True when every byte of the stream was examined."""
+        return self.total_size_known and self._held.length >= self._size
 
     def pread(self, offset: int, length: int) -> bytes:
         if offset < 0 or length <= 0 or offset >= self._size:
             return b""
         length = min(length, self._size - offset)
-        if offset + length > len(self._prefix):
+        if offset + length > self._held.length:
             raise PrefixExhaustedError(
-                f"Bytes {offset}..{offset + length} lie beyond the first {len(self._prefix)} bytes "
-                "of the compressed stream that were examined."
+                f"Bytes {offset}..{offset + length} of the stream could not be examined within the limit: "
+                f"only its first {self._held.length} bytes were decompressed for inspection."
             )
-        return self._prefix[offset : offset + length]
+        return self._held.read(offset, length)
 
 
 Endian = Literal["<", ">"]

@@ -2,9 +2,11 @@
 
 Pure Python, no subprocess, reads only headers and metadata. The walk:
 
-1. Peel containers (gzip/xz/bzip2/zstd, tar, OVA): a compressed wrapper is looked into
-   through a bounded decompressed prefix; an archive is judged by every member, and the
-   members that are disk images (the OVA's disks, a tarred disk.raw) are inspected in turn.
+1. Peel containers (gzip/xz/bzip2/zstd, tar, OVA): a compressed disk image is decompressed
+   into memory (blocks of zeros cost nothing); an archive is judged by every member header,
+   and every regular member of an image package (OVA, disk archive, any other archive but a
+   root filesystem) is inspected in turn *by its content* — whatever its name, whatever the
+   OVF descriptor says of it; nested containers too, up to ``Limits.max_nesting``.
 2. Identify the disk format (qcow2, qcow, vmdk, vdi, vhdx, vpc, qed, parallels, luks, raw)
    and open it: the reader validates every header field and records references to other
    files and its own reasons to refuse.
@@ -12,6 +14,13 @@ Pure Python, no subprocess, reads only headers and metadata. The walk:
    per partition (or a flat filesystem), boot code.
 4. Judge: any reference outside the file, any reader problem, any structural problem of the
    partition table, and any refused member refuses the whole image.
+
+NOTE: the verdict is ``safe`` only when every byte a later step could interpret was judged.
+Whatever could not be examined — past the decompressed data a budget allows, a member whose
+content was not kept, containers nested too deep, more members than are examined — is a
+reason to refuse that says "could not be examined within the limit". The work is paid for
+by the input (``formats.base.Budget``): decompressed bytes and archive members in proportion
+to its size, so a small hostile file costs little time and memory.
 
 A malformed or hostile image never raises here: it yields a report whose verdict is
 ``refused`` with the reason. Only I/O problems with the file itself raise.
@@ -23,41 +32,80 @@ import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from imagewright.binary import ByteSource, FileSource, PrefixExhaustedError, PrefixSource
+from imagewright.binary import ByteSource, ConcatSource, FileSource, PrefixSource
 from imagewright.disk.survey import DiskSurvey, survey_disk
-from imagewright.errors import ImageFormatError, UnsafeImageError
+from imagewright.errors import ImageFormatError
 from imagewright.formats import registry
-from imagewright.formats.base import HEAD_SIZE, Limits, OpenedImage
-from imagewright.formats.containers import OpenedContainer, open_container, probe_container
+from imagewright.formats.base import HEAD_SIZE, Budget, FormatDetails, Limits, OpenedImage
+from imagewright.formats.containers import (
+    ArchiveMember,
+    ContainerDetails,
+    ContainerFormat,
+    ContainerKind,
+    OpenedContainer,
+    open_container,
+    probe_container,
+)
 from imagewright.formats.safety import Verdict, judge
+from imagewright.units import format_size
+
+if TYPE_CHECKING:
+    from imagewright.disk.filesystems import FilesystemInfo
+    from imagewright.disk.table import PartitionTable
+
+#: The phrase every reason to refuse something not examined carries (users and tests look for it).
+NOT_EXAMINED = "could not be examined within the limit"
+
+
+@dataclass
+class MemberImage:
+    """An archive member inspected as an image (or the joined chunks of an OVA file)."""
+
+    name: str
+    report: ImageReport
 
 
 @dataclass
 class ContainerReport:
     """A wrapper or archive around the image: what it is and what it holds."""
 
-    format: str
-    kind: str
-    details: Any
+    format: ContainerFormat
+    kind: ContainerKind
+    #: The formats from the outside in (``["gzip", "ova"]``).
+    layers: list[str]
+    details: ContainerDetails
     uncompressed_size: int | None
-    members: list[MemberReport] = field(default_factory=list)
+    members: list[ArchiveMember] = field(default_factory=list)
+    #: The members inspected by their content, in archive order.
+    images: list[MemberImage] = field(default_factory=list)
+    #: The container's own reasons to refuse (also in the image's verdict).
+    problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     #: The report of the decompressed content of a compressed wrapper.
     inner: ImageReport | None = None
 
+    @classmethod
+    def of(cls, opened: OpenedContainer) -> ContainerReport:
+        """The report of what a container reader found (members and images not inspected yet)."""
+        return cls(
+            format=opened.format,
+            kind=opened.kind,
+            layers=list(opened.layers),
+            details=opened.details,
+            uncompressed_size=opened.uncompressed_size,
+            members=opened.members,
+            problems=list(opened.problems),
+            notes=list(opened.notes),
+        )
 
-@dataclass
-class MemberReport:
-    """One archive member; ``image`` is set for members that are disk images."""
-
-    name: str
-    type: str
-    size: int
-    mode: int | None = None
-    linkname: str | None = None
-    image: ImageReport | None = None
+    def image_of(self, name: str) -> ImageReport | None:
+        """The inspection of member ``name`` (None if it was not inspected as an image)."""
+        for image in self.images:
+            if image.name == name:
+                return image.report
+        return None
 
 
 @dataclass
@@ -73,12 +121,11 @@ class ImageReport:
     allocated_size: int | None = None
     backing_file: str | None = None
     backing_format: str | None = None
-    details: Any = None
+    #: The disk format's own header facts (``Qcow2Details``, ``VmdkDetails`` ...).
+    details: FormatDetails | None = None
     container: ContainerReport | None = None
     disk: DiskSurvey | None = None
     verdict: Verdict = field(default_factory=Verdict)
-    #: True when part of the image could not be examined (beyond a compressed prefix).
-    partial: bool = False
     notes: list[str] = field(default_factory=list)
     bytes_read: int = 0
 
@@ -87,11 +134,11 @@ class ImageReport:
         return self.verdict.safe
 
     @property
-    def partition_table(self) -> Any:
+    def partition_table(self) -> PartitionTable | None:
         return self.disk.partition_table if self.disk else None
 
     @property
-    def filesystem(self) -> Any:
+    def filesystem(self) -> FilesystemInfo | None:
         """The filesystem of an unpartitioned ("flat") image, if any."""
         return self.disk.filesystem if self.disk else None
 
@@ -118,6 +165,8 @@ def _jsonable(value: Any) -> Any:
 @dataclass
 class _Walk:
     limits: Limits
+    #: The work the whole inspection may still do (shared by nested containers).
+    budget: Budget
     #: A hook for tests and callers that want to see each image opened (format, depth).
     on_open: Callable[[str, int], None] | None = None
 
@@ -128,30 +177,31 @@ def inspect_image(path: str | os.PathLike[str], *, limits: Limits | None = None)
     Raises ImageIOError when the file cannot be read at all; everything wrong *inside* the
     file is reported in the verdict instead.
     """
-    limits = limits or Limits()
     with FileSource(path) as src:
-        report = _inspect_source(src, os.fspath(path), _Walk(limits), depth=0)
-        report.file_size = src.size
+        report = inspect_source(src, os.fspath(path), limits=limits)
         report.allocated_size = src.allocated_size
         report.bytes_read = src.bytes_read
     return report
 
 
-def require_safe(report: ImageReport) -> ImageReport:
-    """Return ``report`` if its image is safe, else raise UnsafeImageError with the reason."""
-    if not report.verdict.safe:
-        raise UnsafeImageError(
-            f"{report.path} is refused: {report.verdict.reasons[0]}", report.verdict.reasons
-        )
+def inspect_source(src: ByteSource, name: str, *, limits: Limits | None = None) -> ImageReport:
+    """Inspect the image ``src`` (any ``ByteSource``: a file, a blob read by ranges) called ``name``."""
+    limits = limits or Limits()
+    report = _inspect_source(src, name, _Walk(limits, Budget(limits, src.size)), depth=0)
+    report.file_size = src.size
     return report
+
+
+def _refused(name: str, fmt: str, reason: str) -> ImageReport:
+    return ImageReport(path=name, format=fmt, verdict=Verdict((reason,)))
 
 
 def _inspect_source(src: ByteSource, name: str, walk: _Walk, depth: int) -> ImageReport:
     if depth > walk.limits.max_nesting:
-        return ImageReport(
-            path=name,
-            format="unknown",
-            verdict=Verdict((f"containers are nested more than {walk.limits.max_nesting} deep",)),
+        return _refused(
+            name,
+            "unknown",
+            f"containers are nested more than {walk.limits.max_nesting} deep; what is inside {NOT_EXAMINED}",
         )
     try:
         head = src.pread(0, HEAD_SIZE)
@@ -159,10 +209,9 @@ def _inspect_source(src: ByteSource, name: str, walk: _Walk, depth: int) -> Imag
         if kind is not None:
             return _inspect_container(src, name, walk, depth)
         return _inspect_disk(src, head, name, walk)
-    except PrefixExhaustedError as err:
-        return ImageReport(path=name, format="unknown", partial=True, notes=[str(err)])
     except ImageFormatError as err:
-        return ImageReport(path=name, format="unknown", verdict=Verdict((_reason(err),)))
+        # NotExaminedError (a read past what was decompressed, a budget) is one of these.
+        return _refused(name, "unknown", _reason(err))
 
 
 def _reason(err: Exception) -> str:
@@ -175,21 +224,12 @@ def _inspect_disk(src: ByteSource, head: bytes, name: str, walk: _Walk) -> Image
     reader = registry.detect_disk_format(src, head)
     try:
         opened: OpenedImage = reader.module.open_image(src, walk.limits)
-    except PrefixExhaustedError as err:
-        return ImageReport(path=name, format=reader.name, partial=True, notes=[str(err)])
     except ImageFormatError as err:
-        return ImageReport(path=name, format=reader.name, verdict=Verdict((_reason(err),)))
+        return _refused(name, reader.name, _reason(err))
     opened.problems.extend(registry.probe_conflicts(src, head, reader))
     if walk.on_open:
         walk.on_open(opened.format, 0)
-    report = _report_from_opened(name, opened, walk.limits)
-    if opened.guest is not None and report.verdict.safe:
-        _survey_guest(report, opened)
-    return report
-
-
-def _report_from_opened(name: str, opened: OpenedImage, limits: Limits) -> ImageReport:
-    return ImageReport(
+    report = ImageReport(
         path=name,
         format=opened.format,
         subformat=opened.subformat,
@@ -197,68 +237,104 @@ def _report_from_opened(name: str, opened: OpenedImage, limits: Limits) -> Image
         backing_file=opened.backing_file,
         backing_format=opened.backing_format,
         details=opened.details,
-        verdict=judge(opened, limits),
+        verdict=judge(opened, walk.limits),
     )
+    if opened.guest is not None and report.verdict.safe:
+        _survey_guest(report, opened.guest)
+    return report
 
 
-def _survey_guest(report: ImageReport, opened: OpenedImage) -> None:
-    guest = opened.guest
-    assert guest is not None
+def _survey_guest(report: ImageReport, guest: ByteSource) -> None:
     try:
         survey = survey_disk(guest)
-    except PrefixExhaustedError as err:
-        report.partial = True
-        report.notes.append(f"the guest disk was only partly examined: {_reason(err)}")
-        return
     except ImageFormatError as err:
         report.verdict = Verdict((*report.verdict.reasons, _reason(err)))
         return
     report.disk = survey
-    if survey.problems:
-        report.verdict = Verdict((*report.verdict.reasons, *survey.problems))
-    report.notes.extend(survey.warnings)
+    reasons = list(survey.problems)
     if survey.partial:
-        report.partial = True
+        reasons.append(
+            f"part of the guest disk {NOT_EXAMINED} (it lies beyond the decompressed data examined)"
+        )
+    if reasons:
+        report.verdict = Verdict((*report.verdict.reasons, *reasons))
+    report.notes.extend(survey.warnings)
 
 
 def _inspect_container(src: ByteSource, name: str, walk: _Walk, depth: int) -> ImageReport:
-    opened = open_container(src, walk.limits, name_hint=os.path.basename(name))
+    opened = open_container(src, walk.limits, name_hint=os.path.basename(name), budget=walk.budget)
     if walk.on_open:
         walk.on_open(opened.format, depth)
-    container = ContainerReport(
-        format=opened.format,
-        kind=opened.kind,
-        details=opened.details,
-        uncompressed_size=opened.uncompressed_size,
-        notes=list(opened.notes),
-    )
+    container = ContainerReport.of(opened)
     reasons = list(opened.problems)
-    report = ImageReport(path=name, format=opened.format, container=container, partial=opened.partial)
+    if opened.partial and not opened.problems:
+        # A reader that stopped early must say why; if it did not, the stop is still a refusal.
+        reasons.append(f"the {opened.format} container {NOT_EXAMINED} to its end")
+    report = ImageReport(path=name, format=opened.format, container=container)
     if opened.inner is not None:
         inner = _inspect_source(opened.inner, f"{name} (decompressed)", walk, depth + 1)
-        if inner.format == "raw" and _is_prefix_of_unknown(opened):
+        if inner.format == "raw" and opened.uncompressed_size is None:
             # A raw disk's size is its length, which this wrapper does not record.
             inner.virtual_size = None
         container.inner = inner
         report.virtual_size = inner.virtual_size
-        report.partial = report.partial or inner.partial
         reasons.extend(inner.verdict.reasons)
-    # Archive members that are disk images (an OVA's disks, a tarred disk.raw) are judged in turn.
-    image_members = set(opened.disk_members())
-    for member in opened.members:
-        member_report = MemberReport(
-            name=member.name, type=member.type, size=member.size, mode=member.mode, linkname=member.linkname
-        )
-        if member.source is not None and member.name in image_members:
-            image = _inspect_source(member.source, member.name, walk, depth + 1)
-            member_report.image = image
-            report.partial = report.partial or image.partial
-            reasons.extend(f"member '{member.name}': {reason}" for reason in image.verdict.reasons)
-        container.members.append(member_report)
+    if opened.kind != "rootfs-archive":
+        reasons.extend(_inspect_members(opened, container, walk, depth))
     report.verdict = Verdict(tuple(dict.fromkeys(reasons)))
     return report
 
 
-def _is_prefix_of_unknown(opened: OpenedContainer) -> bool:
-    inner = opened.inner
-    return isinstance(inner, PrefixSource) and not inner.total_size_known
+def _member_targets(opened: OpenedContainer) -> list[tuple[str, ByteSource | None]]:
+    """What an importer could hand on from the archive: every regular member with data,
+    and each chunked OVA file as its joined chunks (instead of the chunks one by one)."""
+    chunks = opened.details.ova.chunks if opened.details.ova is not None else {}
+    in_chunks = {name for names in chunks.values() for name in names}
+    by_name: dict[str, ArchiveMember] = {}
+    targets: list[tuple[str, ByteSource | None]] = []
+    for member in opened.members:
+        if member.type != "file" or not member.size:
+            continue
+        if member.name in in_chunks:
+            by_name[member.name] = member
+            continue
+        targets.append((member.name, member.source))
+    for href, names in chunks.items():
+        sources = [by_name[name].source for name in names if name in by_name]
+        parts = [s for s in sources if s is not None and _complete(s)]
+        joined = ConcatSource(parts) if parts and len(parts) == len(names) else None
+        targets.append((f"{href} (joined from {len(names)} chunks)", joined))
+    return targets
+
+
+def _complete(src: ByteSource) -> bool:
+    return not isinstance(src, PrefixSource) or src.complete
+
+
+def _inspect_members(
+    opened: OpenedContainer, container: ContainerReport, walk: _Walk, depth: int
+) -> list[str]:
+    """Inspect every member by its content; the reasons to refuse the archive for them."""
+    targets = _member_targets(opened)
+    most = walk.limits.max_examined_members
+    if len(targets) > most:
+        return [
+            f"the archive holds {len(targets)} files, more than the {most} of an image package "
+            f"imagewright examines; they {NOT_EXAMINED}"
+        ]
+    reasons: list[str] = []
+    compressed = opened.format not in ("tar", "ova")  # a .tar.gz: members were kept in memory
+    for name, source in targets:
+        if source is None or not _complete(source):
+            why = (
+                f"imagewright keeps at most {format_size(walk.limits.max_held_bytes)} of the member data "
+                "of a compressed archive in memory"
+                if compressed
+                else "its data could not be read"
+            )
+            reasons.append(f"member '{name[:200]}' {NOT_EXAMINED}: {why}")
+            continue
+        image = _inspect_source(source, name, walk, depth + 1)
+        container.images.append(MemberImage(name, image))
+        reasons.extend(f"member '{name[:200]}': {reason}" for reason in image.verdict.reasons)
+    return reasons

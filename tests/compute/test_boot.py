@@ -16,6 +16,8 @@ from tests.fixtures.tools import run
 from imagewright.compute.accel import PROBE_BOOT_SECTOR, PROBE_EXIT_STATUS, PROBE_MESSAGE, write_probe_disk
 from imagewright.compute.boot import BootError, BootTimeoutError, DirectKernel, Drive, boot
 from imagewright.compute.testguest import FlatFilesystem, TestGuest, flat_ext4
+from imagewright.errors import UnsafeImageError
+from imagewright.programs.runner import record_invocations
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -223,11 +225,21 @@ def test_disk_boot_from_the_image_itself(tmp_path: Path) -> None:
     assert _qemu_processes(log) == []
 
 
-def test_qemu_refusing_the_image_is_a_boot_error(tmp_path: Path) -> None:
+def test_qemu_refusing_to_start_is_a_boot_error(tmp_path: Path) -> None:
+    disk = tmp_path / "probe.raw"
+    disk.write_bytes(PROBE_BOOT_SECTOR)
+    # 16 TiB of guest memory: QEMU itself refuses ("cannot set up guest memory").
+    with pytest.raises(BootError, match="QEMU could not start the guest"):
+        boot(disk, format="raw", timeout=60, expect="anything", memory_mib=16 << 20)
+
+
+def test_naming_another_format_than_the_image_has_is_refused_before_qemu(tmp_path: Path) -> None:
     disk = tmp_path / "not-really.qcow2"
     disk.write_bytes(PROBE_BOOT_SECTOR)
-    with pytest.raises(BootError, match="QEMU could not start the guest"):
+    # QEMU's qcow2 (or vmdk ...) driver would read the file by rules the gate did not judge.
+    with record_invocations() as calls, pytest.raises(UnsafeImageError, match="is a raw image, not qcow2"):
         boot(disk, format="qcow2", timeout=60, expect="anything")
+    assert calls.argvs == []
 
 
 RESPONDER = r"""

@@ -20,6 +20,7 @@ from imagewright.formats.base import HEAD_SIZE, Limits
 from imagewright.formats.containers import open_container, probe_container
 from imagewright.formats.containers.manifest import manifest_entries, parse_certificate, parse_manifest
 from imagewright.formats.containers.ovf import parse_descriptor
+from imagewright.inspection import inspect_source
 
 SETTINGS = settings(
     max_examples=int(os.environ.get("IMAGEWRIGHT_FUZZ_EXAMPLES", "400")),
@@ -27,7 +28,7 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 #: Small limits keep each example fast while still hitting every limit path.
-LIMITS = Limits(max_prefix_bytes=256 * 1024, max_scan_bytes=4 * 1024 * 1024, max_archive_members=64)
+LIMITS = Limits(max_held_bytes=256 * 1024, max_scan_bytes=4 * 1024 * 1024, max_archive_members=64)
 
 
 def _exercise(data: bytes) -> None:
@@ -40,7 +41,10 @@ def _exercise(data: bytes) -> None:
     except ImagewrightError:
         return
     opened.to_dict()
-    opened.disk_members()
+    # The whole inspection (every member by its content) must not raise either.
+    report = inspect_source(src, "fuzz.ova", limits=LIMITS)
+    for reason in report.verdict.reasons:
+        assert reason and "\n" not in reason
     for source in [opened.inner, *(m.source for m in opened.members)]:
         if source is None:
             continue

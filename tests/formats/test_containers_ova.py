@@ -15,8 +15,11 @@ from tests.fixtures import tools
 from tests.fixtures.hostile_containers import (
     BILLION_LAUGHS,
     STREAM_OPTIMIZED,
+    Entry,
     make_ova,
     ovf_descriptor,
+    stream_optimized_vmdk,
+    write_tar,
 )
 
 from imagewright.binary import FileSource, PrefixSource, read_exact
@@ -31,6 +34,7 @@ from imagewright.formats.containers import (
 )
 from imagewright.formats.containers.manifest import parse_certificate
 from imagewright.formats.containers.ovf import allocation_multiplier, href_problem, parse_descriptor
+from imagewright.inspection import inspect_image
 
 MiB = 1024 * 1024
 _OPEN: list[FileSource] = []
@@ -92,7 +96,7 @@ def test_ova_made_with_tar_is_summarised(tmp_path: Path) -> None:
 
     assert ova_details.manifest is not None
     assert (ova_details.manifest.entries, ova_details.manifest.algorithms) == (2, ["SHA256"])
-    assert opened.disk_members() == ["disk1.vmdk"]
+    assert opened.details.ova is not None and opened.details.ova.disk_files == ["disk1.vmdk"]
     member = opened.member("disk1.vmdk")
     assert member is not None and member.source is not None
     assert member.source.pread(0, 4) == b"KDMV"
@@ -115,7 +119,7 @@ def test_gzipped_ova_is_judged_from_the_stream(tmp_path: Path) -> None:
     assert (opened.format, opened.kind, opened.layers) == ("gzip", "ova", ["gzip", "ova"])
     assert opened.problems == []
     assert opened.details.ova is not None and opened.details.ova.descriptor is not None
-    assert opened.disk_members() == ["disk1.vmdk"]
+    assert opened.details.ova is not None and opened.details.ova.disk_files == ["disk1.vmdk"]
     member = opened.member("disk1.vmdk")
     assert member is not None and isinstance(member.source, PrefixSource)
     vmdk = (tmp_path / "appliance.ova.d" / "disk1.vmdk").read_bytes()
@@ -275,3 +279,40 @@ def test_unicode_digits_in_numbers_are_problems_not_crashes() -> None:
     reading = parse_descriptor(text.encode(), 1 << 44)
     assert reading.descriptor.disks[0].capacity is None
     assert any("unknown units" in problem for problem in reading.problems)
+
+
+def _chunked_ova(tmp_path: Path, chunk: int, cut: list[int] | None = None) -> Path:
+    """An OVA whose disk (a real streamOptimized VMDK) is stored in ``chunk``-byte pieces
+    (DSP0243 5.4), cut at ``cut`` instead when given (chunks of the wrong size)."""
+    disk = stream_optimized_vmdk(tmp_path / "disk1.vmdk").read_bytes()
+    ovf = ovf_descriptor(files=[("file1", "disk1.vmdk", len(disk))]).replace(
+        'ovf:href="disk1.vmdk"', f'ovf:href="disk1.vmdk" ovf:chunkSize="{chunk}"'
+    )
+    bounds = cut if cut is not None else list(range(0, len(disk), chunk))
+    pieces = [disk[start:end] for start, end in zip(bounds, [*bounds[1:], len(disk)], strict=True)]
+    entries = [Entry("appliance.ovf", ovf.encode())]
+    entries += [Entry(f"disk1.vmdk.{index:09d}", piece) for index, piece in enumerate(pieces)]
+    return write_tar(tmp_path / "chunked.ova", entries, tarfile.USTAR_FORMAT)
+
+
+def test_a_chunked_disk_is_inspected_as_its_joined_chunks(tmp_path: Path) -> None:
+    ova = _chunked_ova(tmp_path, 64 * 1024)
+    opened = open_path(ova)
+    assert opened.problems == []
+    assert opened.details.ova is not None
+    chunks = opened.details.ova.chunks["disk1.vmdk"]
+    assert chunks == [f"disk1.vmdk.{i:09d}" for i in range(len(chunks))] and len(chunks) > 1
+    report = inspect_image(ova)
+    assert report.verdict.safe, report.verdict.reasons
+    assert report.container is not None
+    joined = report.container.image_of(f"disk1.vmdk (joined from {len(chunks)} chunks)")
+    assert joined is not None and joined.format == "vmdk" and joined.subformat == "streamOptimized"
+    assert joined.virtual_size == 16 * MiB
+    # The chunks themselves are not inspected one by one (a middle chunk is no image).
+    assert all(not image.name.startswith("disk1.vmdk.0") for image in report.container.images)
+
+
+def test_chunks_of_the_wrong_size_are_refused(tmp_path: Path) -> None:
+    ova = _chunked_ova(tmp_path, 64 * 1024, cut=[0, 1000, 70000])
+    opened = open_path(ova)
+    assert any("are not 65536 bytes each" in problem for problem in opened.problems), opened.problems

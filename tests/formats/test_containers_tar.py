@@ -230,7 +230,7 @@ def test_a_dotdot_member_far_beyond_the_prefix_is_found(compression: str, tmp_pa
     tools.run(compression, "-k", archive)
     suffix = {"gzip": "gz", "xz": "xz", "zstd": "zst", "bzip2": "bz2"}[compression]
     opened = open_path(tmp_path / f"deep.tar.{suffix}")
-    assert opened.members[-1].data_offset > Limits().max_prefix_bytes
+    assert opened.members[-1].data_offset > 8 * MiB  # past the 8 MiB prefix inspection once stopped at
     assert any("'..' component" in problem for problem in opened.problems)
 
 
@@ -253,7 +253,6 @@ def test_gce_style_sparse_disk_tarball(tmp_path: Path) -> None:
     assert member.sparse and member.stored_size < 2 * MiB
     assert isinstance(member.source, SparseMemberSource)
     assert member.source.pread(0, member.size) == real
-    assert opened.disk_members() == ["disk.raw"]
 
     opened = open_path(compressed)
     assert (opened.format, opened.kind) == ("gzip", "disk-archive")

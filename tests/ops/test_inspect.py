@@ -15,7 +15,8 @@ from click.testing import Result
 from tests.fixtures.tools import blkid, qemu_img, qemu_img_info, run, sfdisk, sfdisk_json, sparse_file
 
 from imagewright.errors import ImageIOError, UnsafeImageError
-from imagewright.inspection import ImageReport, inspect_image, require_safe
+from imagewright.gate import require_safe
+from imagewright.inspection import ImageReport, inspect_image
 
 MiB = 1 << 20
 
@@ -263,9 +264,9 @@ def test_ova_members_are_inspected_in_turn(tmp_path: Path) -> None:
     assert report.format == "ova"
     assert report.verdict.safe, report.verdict.reasons
     assert report.container is not None
-    member = next(m for m in report.container.members if m.name == "disk1.vmdk")
-    assert member.image is not None and member.image.format == "vmdk"
-    assert member.image.virtual_size == 1 << 30
+    image = report.container.image_of("disk1.vmdk")
+    assert image is not None and image.format == "vmdk"
+    assert image.virtual_size == 1 << 30
 
 
 @pytest.mark.integration

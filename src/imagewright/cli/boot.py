@@ -3,45 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.text import Text
 
 from imagewright.cli.common import emit_json, json_option, stderr_console, stdout_console
-from imagewright.errors import ImagewrightError, UnsafeImageError
-from imagewright.programs.qemu_system import DISK_BUSES, DISK_FORMATS
+from imagewright.errors import UnsafeImageError
+from imagewright.programs.qemu_system import DISK_BUSES
+
+if TYPE_CHECKING:
+    from imagewright.compute.boot import Role
 
 _EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 #: Console lines shown when a boot fails.
 _SHOWN_LINES = 15
 
 
-def checked_format(path: Path, *, role: str) -> str:
-    """Inspect ``path``, refuse it unless it is safe, and return QEMU's driver name for it.
+def checked_format(path: Path, *, role: Role) -> str:
+    """The safety gate for a file QEMU is to be handed as ``role`` ("image", "drive", "CD-ROM");
+    returns QEMU's driver name for it (``compute.boot`` admits it again: the library guards itself)."""
+    from imagewright.compute.boot import admitted_format
 
-    ``role`` is "image", "CD-ROM" or "drive": every file handed to QEMU is an untrusted image.
-    """
-    import imagewright
-    from imagewright.inspection import require_safe
-
-    report = imagewright.inspect(str(path))
     try:
-        require_safe(report)
+        return admitted_format(path, role=role)
     except UnsafeImageError as err:
         raise UnsafeImageError(f"The {role} {err}", err.reasons) from None
-    if role == "CD-ROM":
-        # An ISO 9660 image is a raw image to QEMU, whatever name inspect gives its content.
-        if report.format not in ("raw", "iso9660"):
-            raise ImagewrightError(
-                f"The CD-ROM {path} is a {report.format} image; a CD-ROM must be a raw ISO."
-            )
-        return "raw"
-    if report.format not in DISK_FORMATS:
-        raise ImagewrightError(
-            f"{path} is a {report.format} file, not a disk image QEMU can boot; convert it first."
-        )
-    return report.format
 
 
 @click.command("boot")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
@@ -14,6 +14,9 @@ from imagewright.cli.format_highlights import highlights
 from imagewright.formats.base import Limits
 from imagewright.inspection import ContainerReport, ImageReport, inspect_image
 from imagewright.units import format_size
+
+if TYPE_CHECKING:
+    from imagewright.disk.filesystems import FilesystemInfo
 
 
 @click.command("inspect")
@@ -28,8 +31,9 @@ from imagewright.units import format_size
 def command(images: tuple[Path, ...], as_json: bool, max_virtual_size: int | None) -> None:
     """Tell what each IMAGE is and whether it is safe to touch.
 
-    Reads only headers and metadata (at most a few MiB), runs no other program and opens
-    no file but IMAGE. Exits 1 when any image is refused.
+    Reads only headers and metadata, runs no other program and opens no file but IMAGE.
+    A compressed image is decompressed in memory, as far as its size pays for; whatever
+    could not be examined is a reason to refuse. Exits 1 when any image is refused.
     """
     limits = Limits() if max_virtual_size is None else Limits(max_virtual_size=max_virtual_size)
     reports = [inspect_image(path, limits=limits) for path in images]
@@ -74,8 +78,6 @@ def render_report(report: ImageReport, indent: int = 0) -> None:
         _render_disk(report, indent)
     for note in report.notes:
         line("note", note)
-    if report.partial:
-        line("note", "part of the image could not be examined (see notes)")
     verdict = str(report.verdict)
     out.print(
         Text(f"{pad}{'verdict:':<16}") + Text(verdict, style="green" if report.verdict.safe else "bold red")
@@ -97,11 +99,13 @@ def _render_container(container: ContainerReport, indent: int) -> None:
         for heading in ("Member", "Type", "Size", "Image"):
             table.add_column(heading)
         shown = container.members[:50]
+        images = {image.name: image.report for image in container.images}
         for member in shown:
+            report = images.get(member.name)
             image = ""
-            if member.image is not None:
-                image = member.image.format + (
-                    f" {format_size(member.image.virtual_size)}" if member.image.virtual_size else ""
+            if report is not None:
+                image = report.format + (
+                    f" {format_size(report.virtual_size)}" if report.virtual_size else ""
                 )
             name = member.name + (f" -> {member.linkname}" if member.linkname else "")
             table.add_row(name, member.type, format_size(member.size), image)
@@ -109,16 +113,15 @@ def _render_container(container: ContainerReport, indent: int) -> None:
         out.print(table)
         if len(container.members) > len(shown):
             out.print(Text(f"{pad}  ... and {len(container.members) - len(shown)} more"))
-        for member in container.members:
-            if member.image is not None:
-                out.print()
-                render_report(member.image, indent + 2)
+        for member_image in container.images:
+            out.print()
+            render_report(member_image.report, indent + 2)
     if container.inner is not None:
         out.print(Text(f"{pad}contents:"))
         render_report(container.inner, indent + 2)
 
 
-def _fs_text(fs: Any) -> str:
+def _fs_text(fs: FilesystemInfo | None) -> str:
     if fs is None:
         return ""
     parts = [fs.type]
@@ -151,7 +154,7 @@ def _render_disk(report: ImageReport, indent: int) -> None:
                 str(part.sectors),
                 format_size(part.size),
                 part.type_name or part.type_id,
-                _fs_text(getattr(part, "filesystem", None)),
+                _fs_text(part.filesystem),
             )
         out.print(table)
     elif survey.filesystem is not None:

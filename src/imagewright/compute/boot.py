@@ -3,6 +3,9 @@
 ``boot`` starts qemu-system-x86_64 on the image's own disk (no ``-kernel``, unless a test
 asks for a direct kernel boot), reads the guest's first serial port live from QEMU's stdout
 and returns as soon as the expected text appears, the guest powers off, or time runs out.
+Before that, the safety gate (``imagewright.gate.admit``) admits the disk and every extra
+drive and CD-ROM: a library caller gets the same check as the CLI, and QEMU is told each
+file's format, never left to probe it.
 QEMU is always stopped and reaped before ``boot`` returns or raises (Ctrl-C included): it runs
 in its own process group, inside a ``with`` block whose exit terminates it (SIGTERM, then
 SIGKILL). The complete console goes to ``console_log`` (written by QEMU itself); only the last
@@ -11,6 +14,7 @@ lines are kept in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import selectors
@@ -23,11 +27,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from imagewright.compute.accel import AccelDecision, choose_accelerator
 from imagewright.compute.console import ConsoleWatcher
-from imagewright.errors import BootError, InvalidArgumentError
+from imagewright.errors import BootError, ImagewrightError, InvalidArgumentError
+from imagewright.formats.base import Limits
+from imagewright.gate import admit
 from imagewright.programs.qemu_system import (
     DirectKernel,
     DiskBus,
@@ -46,6 +52,7 @@ __all__ = [
     "DirectKernel",
     "Drive",
     "NetworkSpec",
+    "admitted_format",
     "boot",
     "running_qemu",
 ]
@@ -148,10 +155,31 @@ def running_qemu(argv: Sequence[str], *, stderr: IO[bytes]) -> Iterator[subproce
             stop_program(proc)
 
 
+Role = Literal["image", "drive", "CD-ROM"]
+
+
+def admitted_format(
+    path: Path, requested: str | None = None, *, role: Role = "image", limits: Limits | None = None
+) -> str:
+    """Admit ``path`` through the safety gate and return the QEMU driver to name for it.
+
+    ``requested``: the format the caller names (it must be the one inspection found, or raw).
+    A CD-ROM must be a raw image (an ISO 9660 filesystem is raw to QEMU).
+    """
+    admitted = admit(path, limits=limits)
+    if role == "CD-ROM":
+        if admitted.format != "raw":
+            raise ImagewrightError(
+                f"The CD-ROM {path} is a {admitted.format} image; a CD-ROM must be a raw ISO."
+            )
+        return "raw"
+    return admitted.qemu_format(requested, role=role)
+
+
 def boot(
     image: Path,
     *,
-    format: str,
+    format: str | None = None,
     timeout: float,
     expect: str | None = None,
     cdroms: Sequence[Path] = (),
@@ -166,8 +194,13 @@ def boot(
     direct_kernel: DirectKernel | None = None,
     accelerator: AccelDecision | None = None,
     on_line: Callable[[str], None] | None = None,
+    limits: Limits | None = None,
 ) -> BootResult:
-    """Boot ``image`` (QEMU driver ``format``, never probed) and watch its serial console.
+    """Boot ``image`` and watch its serial console.
+
+    ``image``, every drive and every CD-ROM pass the safety gate first (UnsafeImageError);
+    ``format`` is the QEMU driver the caller names for ``image`` (default: the format the
+    inspection found; it must be that one, or raw), never probed by QEMU.
 
     Returns when ``expect`` appears (``matched``), when the guest ends QEMU (power-off), or
     at ``timeout`` seconds. Raises ``BootTimeoutError`` (a ``BootError``) when ``expect`` was
@@ -180,15 +213,20 @@ def boot(
         raise InvalidArgumentError("A boot time limit must be a positive number of seconds.")
     if not image.is_file():
         raise InvalidArgumentError(f"{image} is not a file.")
-    decision = accelerator or choose_accelerator()
-    machine_drives = [Drive(image, format=format, bus=disk_bus, snapshot=snapshot)]
+    disk_format = admitted_format(image, format, limits=limits)
+    machine_drives = [Drive(image, format=disk_format, bus=disk_bus, snapshot=snapshot)]
     for extra in drives:
         if isinstance(extra, Drive):
-            machine_drives.append(extra)
+            role: Role = "CD-ROM" if extra.media == "cdrom" else "drive"
+            drive_format = admitted_format(extra.path, extra.format, role=role, limits=limits)
+            machine_drives.append(dataclasses.replace(extra, format=drive_format))
         else:
-            machine_drives.append(Drive(Path(extra), format="raw", bus="virtio", snapshot=snapshot))
+            drive_format = admitted_format(Path(extra), "raw", role="drive", limits=limits)
+            machine_drives.append(Drive(Path(extra), format=drive_format, bus="virtio", snapshot=snapshot))
     for iso in cdroms:
+        admitted_format(Path(iso), role="CD-ROM", limits=limits)
         machine_drives.append(Drive(Path(iso), format="raw", bus="ide", media="cdrom"))
+    decision = accelerator or choose_accelerator()
     if console_log is not None:
         console_log.parent.mkdir(parents=True, exist_ok=True)
     spec = MachineSpec(

@@ -54,20 +54,6 @@ class DiskLayout:
     partitioned: bool
 
 
-def inspect_and_require_safe(image: Path) -> ImageReport:
-    """``imagewright.inspect(image)``, refusing an unsafe image with UnsafeImageError."""
-    from imagewright.inspection import inspect_image
-    from imagewright.inspection import require_safe as refuse_unsafe
-
-    return refuse_unsafe(inspect_image(image))
-
-
-def require_safe(report: ImageReport) -> None:
-    from imagewright.inspection import require_safe as refuse_unsafe
-
-    refuse_unsafe(report)
-
-
 def layout_of(report: ImageReport, raw: Path) -> DiskLayout:
     """The filesystem regions an inspection report describes (``raw`` is the disk's raw bytes).
 

@@ -25,9 +25,7 @@ from imagewright.guest.locate import (
     OTHER_LINUX_TYPES,
     FilesystemRegion,
     choose_region,
-    inspect_and_require_safe,
     layout_of,
-    require_safe,
 )
 from imagewright.guest.workcopy import WorkingCopy
 from imagewright.programs import e2fs
@@ -58,10 +56,9 @@ def open_guest(
     ``verify`` runs ``e2fsck -fn`` before the first change and after the last one.
     """
     path = _existing_image(image)
-    if report is None:
-        report = inspect_and_require_safe(path)
-    else:
-        require_safe(report)
+    from imagewright.gate import admit
+
+    report = admit(path, report=report).report
     fmt = str(report.format)
     if format is not None and format != fmt:
         raise InvalidArgumentError(f"{path.name} is a {fmt} image, not {format}.")

@@ -3,7 +3,8 @@
 Peeled without extracting anything, and judged by what they contain::
 
     probe_container(src, head) -> "gzip" | "xz" | "bzip2" | "zstd" | "tar" | "ova" | None
-    open_container(src, limits, name_hint=None) -> OpenedContainer
+    open_container(src, limits, name_hint=None, budget=None) -> OpenedContainer
+    examine_stream(src, compression, limits, sink) -> OpenedContainer   # spool a whole stream, judged
 
 ``probe_container`` is cheap: magic bytes, and for a tar the first headers (``"ova"`` when
 one of the first ``PROBE_MEMBERS`` members is a ``.ovf`` at the top of the archive). ``open_container`` is
@@ -23,10 +24,10 @@ import dataclasses
 
 from imagewright.binary import ByteSource
 from imagewright.errors import ImageFormatError
-from imagewright.formats.base import HEAD_SIZE, Limits
+from imagewright.formats.base import HEAD_SIZE, Budget, Limits
 from imagewright.formats.containers.archive import judge_archive, read_from_source
 from imagewright.formats.containers.classify import is_top_level_ovf
-from imagewright.formats.containers.compressed import open_compressed, probe_compression
+from imagewright.formats.containers.compressed import examine_stream, open_compressed, probe_compression
 from imagewright.formats.containers.manifest import ManifestEntry, manifest_entries, parse_manifest
 from imagewright.formats.containers.model import (
     ArchiveMember,
@@ -51,6 +52,7 @@ __all__ = [
     "OpenedContainer",
     "OvaDetails",
     "TarDetails",
+    "examine_stream",
     "manifest_entries",
     "open_container",
     "parse_manifest",
@@ -71,27 +73,36 @@ def probe_container(src: ByteSource, head: bytes) -> str | None:
     if not looks_like_tar(head[:512]):
         return None
     limits = dataclasses.replace(Limits(), max_archive_members=PROBE_MEMBERS)
-    scan = TarScanner(SourceInput(src), limits, file_source=src).scan()
+    scan = TarScanner(SourceInput(src), limits, budget=Budget(limits, src.size), file_source=src).scan()
     return "ova" if any(is_top_level_ovf(m) for m in scan.members) else "tar"
 
 
-def open_container(src: ByteSource, limits: Limits, name_hint: str | None = None) -> OpenedContainer:
+def open_container(
+    src: ByteSource, limits: Limits, name_hint: str | None = None, budget: Budget | None = None
+) -> OpenedContainer:
     """Open the container at the start of ``src``; ImageFormatError if there is none or its
     headers cannot be read at all. Everything wrong inside is in ``problems``.
+
+    ``budget``: the work the whole inspection may still do (nested containers share one);
+    by default, what ``src``'s own size pays for.
     """
+    budget = budget if budget is not None else Budget(limits, src.size)
     head = src.pread(0, HEAD_SIZE)
     compression = probe_compression(head)
     if compression is not None:
-        return open_compressed(src, compression, limits, name_hint)
+        return open_compressed(src, compression, limits, name_hint, budget)
     if looks_like_tar(head[:512]):
-        return open_tar(src, limits, name_hint)
+        return open_tar(src, limits, name_hint, budget)
     raise ImageFormatError("The file is neither a compressed stream nor a tar archive.")
 
 
-def open_tar(src: ByteSource, limits: Limits, name_hint: str | None = None) -> OpenedContainer:
+def open_tar(
+    src: ByteSource, limits: Limits, name_hint: str | None = None, budget: Budget | None = None
+) -> OpenedContainer:
     """An uncompressed tar (or OVA): headers only; members get a window onto their bytes."""
     findings = Findings()
-    scan = TarScanner(SourceInput(src), limits, file_source=src, findings=findings).scan()
+    budget = budget if budget is not None else Budget(limits, src.size)
+    scan = TarScanner(SourceInput(src), limits, budget=budget, file_source=src, findings=findings).scan()
     if scan.complete:
         trailing = src.size - scan.details.archive_size
         if trailing > 0:

@@ -9,6 +9,7 @@ from imagewright.formats.containers.classify import classify, judge_members
 from imagewright.formats.containers.model import ArchiveMember, ContainerKind, OvaDetails
 from imagewright.formats.containers.ova import ReadMember, read_ova
 from imagewright.formats.containers.problems import Findings, as_problem
+from imagewright.units import format_size
 
 
 def judge_archive(
@@ -20,6 +21,15 @@ def judge_archive(
 ) -> tuple[ContainerKind, OvaDetails | None]:
     kind = classify(members)
     judge_members(kind, members, findings)
+    if kind == "rootfs-archive":
+        # A sparse member's size costs the archive nothing; no disk imagewright builds holds it.
+        for member in members:
+            if member.type == "file" and member.size > limits.max_virtual_size:
+                findings.problem(
+                    f"member '{member.name[:200]}' claims {format_size(member.size)}, more than the "
+                    f"{format_size(limits.max_virtual_size)} of the largest disk imagewright builds",
+                    "member too large",
+                )
     ova: OvaDetails | None = None
     if kind == "ova":
         try:

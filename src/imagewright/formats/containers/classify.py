@@ -12,7 +12,14 @@ NOTE on the rules:
 - Root filesystem: symlinks (absolute ones too: /etc/localtime → /usr/share/zoneinfo/…),
   hard links within the tree, device nodes and setuid files are what a root filesystem is
   made of. They are listed, not refused: ``build`` copies them into an image, never onto
-  the host.
+  the host. Its files become files of a guest, never disks, so they are not inspected as
+  images (a Debian tree holds thousands of ``.gz`` changelogs and a compressed initramfs),
+  and a file larger than the largest disk imagewright builds is refused (``archive``).
+
+NOTE: the kind is decided by names and shape, which the archive's author chooses. So nothing
+but a label hangs on "OVA" vs "disk archive" vs "archive": every member of each is inspected
+by its content. Only "root filesystem" changes what is examined, and what it permits is what
+``build`` (its one consumer) copies into an image.
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ DISK_SUFFIXES = (
     ".hdd",
 )
 _COMPRESSION_SUFFIXES = (".gz", ".xz", ".zst", ".bz2")
-#: A disk archive holds this many regular files at most ("one or a few disks").
+#: A disk archive holds this many regular files at most ("one or a few disks"). The kind is a
+#: label for people: whatever the kind, the inspection examines every member by its content.
 MAX_DISK_ARCHIVE_FILES = 4
 
 _ROOTFS_DIRS = {
@@ -127,25 +135,33 @@ def _path_fault(name: str) -> str | None:
     return None
 
 
+def _label(name: str) -> str:
+    return f"member '{name[:200]}'"
+
+
 def judge_members(kind: ContainerKind, members: list[ArchiveMember], findings: Findings) -> None:
     """Add the problems and notes of ``members`` for an archive of ``kind``."""
     package = kind in ("ova", "disk-archive", "archive")
-    seen: dict[str, int] = {}
+    # The paths extracted so far (also: the earlier members a hard link may point to).
+    seen: set[str] = set()
     symlinks: set[str] = set()
-    earlier: set[str] = set()
     devices = setuid = links = 0
     for member in members:
-        label = f"member '{member.name[:200]}'"
-        fault = _path_fault(member.name)
+        name = member.name
+        fault = _path_fault(name)
         if fault:
-            findings.problem(f"{label} {fault}; it would be written outside the extraction directory", fault)
-        path = normalize(member.name)
+            findings.problem(
+                f"{_label(name)} {fault}; it would be written outside the extraction directory", fault
+            )
+        path = normalize(name)
+        if path == name:
+            path = name  # keep one string per member, not two (200 000 members)
         parent = posixpath.dirname(path) if symlinks else ""
         while parent:
             if parent in symlinks:
                 findings.problem(
-                    f"{label} lies under the symbolic link member '{parent[:200]}'; extracting it would "
-                    "write wherever that link points",
+                    f"{_label(name)} lies under the symbolic link member '{parent[:200]}'; extracting it "
+                    "would write wherever that link points",
                     "under symlink",
                 )
                 break
@@ -157,14 +173,14 @@ def judge_members(kind: ContainerKind, members: list[ArchiveMember], findings: F
             if target_fault:
                 why = "is an absolute path" if target.startswith("/") else "has a '..' component"
                 findings.problem(
-                    f"{label} is a hard link to '{target[:200]}', which {why}; extracting it would link "
-                    "a file from outside the archive",
+                    f"{_label(name)} is a hard link to '{target[:200]}', which {why}; extracting it would "
+                    "link a file from outside the archive",
                     "hard link outside",
                 )
-            elif not package and normalize(target) not in earlier:
+            elif not package and normalize(target) not in seen:
                 findings.problem(
-                    f"{label} is a hard link to '{target[:200]}', which is not an earlier member of the "
-                    "archive",
+                    f"{_label(name)} is a hard link to '{target[:200]}', which is not an earlier member of "
+                    "the archive",
                     "hard link dangling",
                 )
 
@@ -177,9 +193,13 @@ def judge_members(kind: ContainerKind, members: list[ArchiveMember], findings: F
                 "fifo": "a FIFO",
             }.get(member.type)
             if what:
-                findings.problem(f"{label} is {what}; an image package holds only regular files", member.type)
+                findings.problem(
+                    f"{_label(name)} is {what}; an image package holds only regular files", member.type
+                )
             elif member.type == "other" and member.typeflag != "V":
-                findings.problem(f"{label} has the unknown tar type '{member.typeflag}'", "unknown type")
+                findings.problem(
+                    f"{_label(name)} has the unknown tar type '{member.typeflag}'", "unknown type"
+                )
         else:
             if member.type in ("chardev", "blockdev", "fifo"):
                 devices += 1
@@ -188,18 +208,17 @@ def judge_members(kind: ContainerKind, members: list[ArchiveMember], findings: F
             if member.type in ("symlink", "hardlink"):
                 links += 1
             if member.type == "other" and member.typeflag != "V":
-                findings.note(f"{label} has the unknown tar type '{member.typeflag}'", "unknown type")
+                findings.note(f"{_label(name)} has the unknown tar type '{member.typeflag}'", "unknown type")
 
         if member.type == "symlink":
             symlinks.add(path)
         if path in seen and member.type != "dir":
-            sentence = f"{label} appears twice; the second copy overwrites the first when extracted"
+            sentence = f"{_label(name)} appears twice; the second copy overwrites the first when extracted"
             if kind in ("ova", "disk-archive"):
                 findings.problem(sentence, "duplicate")
             else:
                 findings.note(sentence, "duplicate")
-        seen[path] = seen.get(path, 0) + 1
-        earlier.add(path)
+        seen.add(path)
     if kind == "rootfs-archive" and (devices or setuid or links):
         findings.note(
             f"the root filesystem holds links: {links}, device nodes or FIFOs: {devices}, setuid/setgid "

@@ -4,56 +4,48 @@ The walk:
 1. Read what the container records without decompressing: the gzip header and ISIZE, the
    xz indexes (exact size), the zstd frame headers and block walk (content size,
    truncation), the bzip2 level.
-2. Decompress a bounded prefix (``Limits.max_prefix_bytes``). A bomb costs that much memory
-   and the time to produce it, nothing more.
-3. If the prefix starts with a tar header, the content is an archive: decompress it again
-   from the start and stream the *whole* tar (bounded by ``Limits.max_scan_bytes`` and
-   ``Limits.max_archive_members``), judging every member — a hostile member deep inside a
-   ``.tar.gz`` is found wherever it is. Disk-image members keep their first bytes
-   (a few members, ``Limits.max_prefix_bytes`` in all) so they can be inspected in turn.
-4. Otherwise the content is a disk image: ``inner`` is a ``PrefixSource`` of the prefix,
-   sized by the container's record (xz index, zstd content sizes) or, when nothing records
-   it, of unknown size (``Limits.max_virtual_size``).
+2. Decompress a first piece. If it starts with a tar header, the content is an archive:
+   decompress it again from the start and stream the *whole* tar, judging every member —
+   a hostile member deep inside a ``.tar.gz`` is found wherever it is — and keeping the
+   content of every member (``_Captures``) so that each can be inspected in turn.
+3. Otherwise the content is a disk image: it is decompressed to its end into memory
+   (``HeldBytes``: blocks of zeros cost nothing), and ``inner`` reads it.
+
+NOTE: the inspection is paid for by its input (``formats.base.Budget``): decompressed
+bytes and members in proportion to the compressed size, data held in memory up to
+``Limits.max_held_bytes``. When a stream does not fit, it stops with a problem that says so:
+what was not examined is never called safe. ``examine_stream`` is the other way through a
+compressed image, for callers that spool it to a file (convert, build): the whole stream,
+judged the same way, handed on piece by piece.
 
 NOTE: compression inside compression (a gzip holding an xz ...) has no use for an image
 and is how recursive decompression bombs are built: it is refused. A stream whose recorded
-size exceeds the virtual-size limit (or, for an archive, the scan limit) is refused before
+size exceeds the virtual-size limit (or, for an archive, the scan budget) is refused before
 any decompression.
 """
 
 from __future__ import annotations
 
-from imagewright.binary import ByteSource, PrefixSource
+from collections.abc import Callable, Iterator
+
+from imagewright.binary import ByteSource, HeldBytes, PrefixSource
 from imagewright.errors import ImageFormatError
-from imagewright.formats.base import Limits
+from imagewright.formats.base import Budget, Limits
 from imagewright.formats.containers import bzip2, gzip, xz, zstd
 from imagewright.formats.containers.archive import judge_archive
-from imagewright.formats.containers.classify import (
-    is_disk_name,
-    is_ovf_name,
-    normalize,
-    top_component,
-    tops_look_like_rootfs,
-)
+from imagewright.formats.containers.classify import top_component, tops_look_like_rootfs
 from imagewright.formats.containers.decompress import CompressionFormat, DecompressedStream
-from imagewright.formats.containers.manifest import MAX_CERTIFICATE_BYTES, MAX_MANIFEST_BYTES
 from imagewright.formats.containers.model import (
     ArchiveMember,
     ContainerDetails,
     OpenedContainer,
 )
-from imagewright.formats.containers.ova import disk_hrefs
-from imagewright.formats.containers.ovf import MAX_DESCRIPTOR_BYTES, parse_descriptor
 from imagewright.formats.containers.problems import Findings, as_problem
-from imagewright.formats.containers.streams import DecompressedInput, ScanLimitError
+from imagewright.formats.containers.streams import DecompressedInput
 from imagewright.formats.containers.tar import TarScanner, looks_like_tar
 from imagewright.units import format_size
 
 _STEP = 1024 * 1024
-#: Most archive members whose first bytes are kept from a compressed archive.
-MAX_CAPTURED_MEMBERS = 4
-#: Most small package files (.mf/.cert) kept whole from a compressed OVA.
-MAX_CAPTURED_PACKAGE_FILES = 4
 
 Details = gzip.GzipDetails | xz.XzDetails | bzip2.Bzip2Details | zstd.ZstdDetails
 
@@ -119,21 +111,6 @@ def _describe(src: ByteSource, fmt: CompressionFormat, findings: Findings) -> _R
     return _Recorded(zdetails, walk.total_content_size, walk.end)
 
 
-def _read_prefix(stream: DecompressedStream, limit: int, findings: Findings) -> bytes:
-    """Up to ``limit`` decompressed bytes; a decoding error ends the prefix and is a problem."""
-    buffer = bytearray()
-    while len(buffer) < limit:
-        try:
-            piece = stream.read(min(_STEP, limit - len(buffer)))
-        except ImageFormatError as err:
-            findings.problem(as_problem(err))
-            break
-        if not piece:
-            break
-        buffer += piece
-    return bytes(buffer)
-
-
 def _judge_end(stream: DecompressedStream, recorded: _Recorded, findings: Findings) -> None:
     """A fully decompressed stream: members, trailing bytes, size against the record."""
     end = stream.end
@@ -163,44 +140,43 @@ def _judge_end(stream: DecompressedStream, recorded: _Recorded, findings: Findin
 
 
 def open_compressed(
-    src: ByteSource, fmt: CompressionFormat, limits: Limits, name_hint: str | None = None
+    src: ByteSource,
+    fmt: CompressionFormat,
+    limits: Limits,
+    name_hint: str | None = None,
+    budget: Budget | None = None,
 ) -> OpenedContainer:
+    """Open a compressed file: an archive is scanned member by member, a disk image is
+    decompressed whole into memory (zeros cost nothing) as far as ``budget`` allows."""
+    budget = budget if budget is not None else Budget(limits, src.size)
     findings = Findings()
     recorded = _describe(src, fmt, findings)
     stream = DecompressedStream(src, fmt, zstd_end=recorded.zstd_end)
-    prefix_findings = Findings()
-    # A first small piece tells an archive from a disk image without decompressing 8 MiB.
-    prefix = _read_prefix(stream, min(_STEP, limits.max_prefix_bytes), prefix_findings)
-    if looks_like_tar(prefix[:512]):
+    # A first small piece tells an archive from a disk image.
+    try:
+        first = stream.read(_STEP)
+    except ImageFormatError as err:
+        findings.problem(as_problem(err))
+        first = b""
+    if looks_like_tar(first[:512]):
         # The archive is scanned from the start again; its faults are found (and reported) there.
         return _open_compressed_tar(
-            src=src, fmt=fmt, recorded=recorded, limits=limits, findings=findings, name_hint=name_hint
-        )
-    if not prefix_findings.problems:
-        prefix += _read_prefix(stream, limits.max_prefix_bytes - len(prefix), prefix_findings)
-    findings.extend(prefix_findings)
-    _judge_end(stream, recorded, findings)
-
-    exact = stream.position if stream.finished else None
-    size = exact if exact is not None else recorded.size
-    nested = probe_compression(prefix[:64])
+            src=src, fmt=fmt, recorded=recorded, limits=limits, budget=budget, findings=findings,
+            name_hint=name_hint,
+        )  # fmt: skip
+    held = HeldBytes()
+    _keep(first, held, budget, findings, fmt)
+    nested = probe_compression(first[:64])
     if nested is not None:
-        findings.problem(
-            f"the decompressed {fmt} stream is itself compressed ({nested}); compression inside compression "
-            "is how recursive decompression bombs are built"
-        )
-    if size is not None and size > limits.max_virtual_size:
-        findings.problem(
-            f"the {fmt} stream claims {format_size(size)} of uncompressed data, more than the limit of "
-            f"{format_size(limits.max_virtual_size)} (a decompression bomb)"
-        )
-    elif not stream.finished:
-        findings.note(
-            f"only the first {format_size(len(prefix))} of the decompressed data were examined"
-            + ("" if size is not None else "; the uncompressed size is not recorded")
-        )
+        findings.problem(_nested_sentence(fmt, nested))
+    elif recorded.size is not None and recorded.size > limits.max_virtual_size:
+        findings.problem(_bomb_sentence(fmt, recorded.size, limits))
+    else:
+        _hold(stream, held, budget, findings, fmt)
+    if stream.finished:
+        _judge_end(stream, recorded, findings)
+    size = stream.position if stream.finished else recorded.size
     findings.finish()
-    inner = PrefixSource(prefix, size, limits.max_virtual_size)
     return OpenedContainer(
         format=fmt,
         kind="compressed",
@@ -210,63 +186,149 @@ def open_compressed(
         problems=findings.problems,
         notes=findings.notes,
         partial=not stream.finished,
-        inner=inner,
+        inner=PrefixSource(held, size, limits.max_virtual_size),
     )
 
 
-class _CapturePolicy:
-    """Which members of a compressed archive keep their first bytes, and how many.
+def _nested_sentence(fmt: str, nested: str) -> str:
+    return (
+        f"the decompressed {fmt} stream is itself compressed ({nested}); compression inside compression "
+        "is how recursive decompression bombs are built"
+    )
 
-    The descriptor, manifest and certificate of an OVA are kept whole (bounded by their
-    own limits) so the package can be judged; the first few disk-image members keep a
-    prefix — the first one half of ``max_prefix_bytes``, each next one half the rest.
+
+def _bomb_sentence(fmt: str, size: int, limits: Limits) -> str:
+    return (
+        f"the {fmt} stream claims {format_size(size)} of uncompressed data, more than the limit of "
+        f"{format_size(limits.max_virtual_size)} (a decompression bomb)"
+    )
+
+
+def _hold(
+    stream: DecompressedStream,
+    held: HeldBytes,
+    budget: Budget,
+    findings: Findings,
+    fmt: CompressionFormat,
+) -> None:
+    """Decompress the rest of the stream into ``held``.
+
+    Stops with a problem at a decoding error, or when the stream would exceed the budget of
+    work or memory, or the virtual-size limit: what is not held was not examined.
+    """
+    for piece in _pieces(stream, findings):
+        _keep(piece, held, budget, findings, fmt)
+
+
+def _pieces(stream: DecompressedStream, findings: Findings) -> Iterator[bytes]:
+    """The decompressed stream in steps, until its end or the first problem (a decoding
+    error becomes one)."""
+    while not findings.problems:
+        try:
+            piece = stream.read(_STEP)
+        except ImageFormatError as err:
+            findings.problem(as_problem(err))
+            return
+        if not piece:
+            return
+        yield piece
+
+
+def _keep(piece: bytes, held: HeldBytes, budget: Budget, findings: Findings, fmt: CompressionFormat) -> None:
+    """Charge ``piece`` to the budget and hold it; a problem (and nothing held) if it does not fit."""
+    what = f"the {fmt} stream"
+    try:
+        budget.charge_decompressed(len(piece), what)
+    except ImageFormatError as err:
+        findings.problem(as_problem(err))
+        return
+    before = held.held
+    held.append(piece)
+    if not budget.charge_held(held.held - before):
+        findings.problem(as_problem(budget.held_sentence(what)))
+    elif held.length > budget.limits.max_virtual_size:
+        findings.problem(_bomb_sentence(fmt, held.length, budget.limits))
+
+
+#: ``sink(offset, data)``: receives the decompressed stream in order.
+Sink = Callable[[int, bytes], None]
+
+
+def examine_stream(src: ByteSource, fmt: CompressionFormat, limits: Limits, sink: Sink) -> OpenedContainer:
+    """Decompress the whole of ``src`` into ``sink``, judging the stream as it goes.
+
+    For a caller that spools a compressed image to a file before handing it on (convert,
+    build): what the container records, every byte decoded (CRCs, truncation), compression
+    inside compression, the virtual-size limit (checked before each piece is handed on), and
+    what follows the end. Any problem stops the stream; the caller refuses the image, and
+    then inspects what it spooled in full, as any image.
+    """
+    findings = Findings()
+    recorded = _describe(src, fmt, findings)
+    if recorded.size is not None and recorded.size > limits.max_virtual_size:
+        findings.problem(_bomb_sentence(fmt, recorded.size, limits))
+    stream = DecompressedStream(src, fmt, zstd_end=recorded.zstd_end)
+    for piece in _pieces(stream, findings):
+        if stream.position == len(piece):
+            nested = probe_compression(piece[:64])
+            if nested is not None:
+                findings.problem(_nested_sentence(fmt, nested))
+                break
+        if stream.position > limits.max_virtual_size:
+            findings.problem(_bomb_sentence(fmt, stream.position, limits))
+            break
+        sink(stream.position - len(piece), piece)
+    if stream.finished:
+        _judge_end(stream, recorded, findings)
+    findings.finish()
+    return OpenedContainer(
+        format=fmt,
+        kind="compressed",
+        details=ContainerDetails(compression=recorded.details),
+        layers=[fmt],
+        uncompressed_size=stream.position if stream.finished else recorded.size,
+        problems=findings.problems,
+        notes=findings.notes,
+        partial=not stream.finished,
+    )
+
+
+class _Captures:
+    """The content of the regular members of a compressed archive, kept as the scan passes.
+
+    Every member is captured (zeros cost nothing) as far as the memory budget allows; a
+    member that does not fit gets no source, and the inspection refuses it as not examined.
+    Once the archive looks like a root filesystem, whose members are files for a guest and
+    never images, capturing stops and what was kept is let go.
     """
 
-    def __init__(self, limits: Limits) -> None:
-        self._budget = limits.max_prefix_bytes
-        self._limits = limits
-        self.heads: dict[int, bytes] = {}
-        self.whole: dict[int, bytes] = {}
-        self._descriptor_seen = False
-        self._package_files = 0
-        self._disk_hrefs: set[str] = set()
+    def __init__(self, budget: Budget) -> None:
+        self._budget = budget
+        self.content: dict[int, HeldBytes] = {}
         self._tops: set[str] = set()
+        self._rootfs = False
 
-    def want(self, member: ArchiveMember) -> int:
+    def want(self, member: ArchiveMember) -> bool:
+        if self._rootfs:
+            return False
         self._tops.add(top_component(member.name))
-        name = member.name.lower()
-        if is_ovf_name(name) and not self._descriptor_seen:
-            self._descriptor_seen = True
-            return member.size if member.size <= MAX_DESCRIPTOR_BYTES else 0
-        if name.endswith((".mf", ".cert")) and self._package_files < MAX_CAPTURED_PACKAGE_FILES:
-            self._package_files += 1
-            limit = MAX_MANIFEST_BYTES if name.endswith(".mf") else MAX_CERTIFICATE_BYTES
-            return member.size if member.size <= limit else 0
-        is_disk = normalize(member.name) in self._disk_hrefs or is_disk_name(member.name)
-        if not is_disk or len(self.heads) >= MAX_CAPTURED_MEMBERS or self._budget <= 0:
-            return 0
         if tops_look_like_rootfs(self._tops):
-            return 0
-        last = len(self.heads) == MAX_CAPTURED_MEMBERS - 1
-        return self._budget if last else max(1, self._budget // 2)
+            self._rootfs = True
+            for held in self.content.values():
+                self._budget.release_held(held.held)
+            self.content.clear()
+            return False
+        return True
 
-    def store(self, member: ArchiveMember, data: bytes) -> None:
-        name = member.name.lower()
-        if is_ovf_name(name) or name.endswith((".mf", ".cert")):
-            self.whole[id(member)] = data
-            if is_ovf_name(name):
-                try:
-                    reading = parse_descriptor(data, self._limits.max_virtual_size)
-                except ImageFormatError:
-                    return  # judged again, and reported, after the scan
-                self._disk_hrefs.update(disk_hrefs(reading.descriptor))
-            return
-        self.heads[id(member)] = data
-        self._budget -= len(data)
+    def store(self, member: ArchiveMember, held: HeldBytes | None) -> None:
+        if held is not None:
+            self.content[id(member)] = held
 
     def read(self, member: ArchiveMember, limit: int) -> bytes | None:
-        data = self.whole.get(id(member))
-        return data if data is not None and len(data) <= limit else None
+        held = self.content.get(id(member))
+        if held is None or member.size > limit:
+            return None
+        return held.read(0, member.size)
 
 
 def _drain(inp: DecompressedInput, findings: Findings) -> None:
@@ -275,9 +337,6 @@ def _drain(inp: DecompressedInput, findings: Findings) -> None:
     while True:
         try:
             piece = inp.read(_STEP)
-        except ScanLimitError as err:
-            findings.problem(as_problem(err))
-            return
         except ImageFormatError as err:
             findings.problem(as_problem(err))
             return
@@ -294,15 +353,15 @@ def _open_compressed_tar(
     fmt: CompressionFormat,
     recorded: _Recorded,
     limits: Limits,
+    budget: Budget,
     findings: Findings,
     name_hint: str | None,
 ) -> OpenedContainer:
     details = ContainerDetails(compression=recorded.details)
-    if recorded.size is not None and recorded.size > limits.max_scan_bytes:
+    if recorded.size is not None and recorded.size > budget.decompressed_left:
         findings.problem(
-            f"the {fmt} stream holds a {format_size(recorded.size)} archive, more than the "
-            f"{format_size(limits.max_scan_bytes)} imagewright decompresses to scan one "
-            "(a decompression bomb, or an archive too large to inspect)"
+            f"the {fmt} stream holds a {format_size(recorded.size)} archive; "
+            + as_problem(budget.decompressed_sentence("the archive"))
         )
         findings.finish()
         return OpenedContainer(
@@ -316,17 +375,19 @@ def _open_compressed_tar(
             partial=True,
         )
     stream = DecompressedStream(src, fmt, zstd_end=recorded.zstd_end)
-    inp = DecompressedInput(stream, limits.max_scan_bytes)
-    policy = _CapturePolicy(limits)
-    scan = TarScanner(inp, limits, capture=policy.want, store=policy.store, findings=findings).scan()
+    inp = DecompressedInput(stream, budget)
+    captures = _Captures(budget)
+    scan = TarScanner(
+        inp, limits, budget=budget, capture=captures.want, store=captures.store, findings=findings
+    ).scan()
     if scan.complete:
         _drain(inp, findings)
         _judge_end(stream, recorded, findings)
     for member in scan.members:
-        head = policy.heads.get(id(member))
-        if head is not None:
-            member.source = PrefixSource(head, member.size, member.size)
-    kind, ova = judge_archive(scan.members, policy.read, limits, findings, name_hint)
+        held = captures.content.get(id(member))
+        if held is not None:
+            member.source = PrefixSource(held, member.size, member.size)
+    kind, ova = judge_archive(scan.members, captures.read, limits, findings, name_hint)
     details.archive = scan.details
     details.ova = ova
     findings.finish()

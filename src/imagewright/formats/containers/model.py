@@ -6,7 +6,7 @@ byte sources (``OpenedContainer.inner``, ``ArchiveMember.source``) are declared 
 ``dataclasses.asdict`` on an ``OpenedContainer`` (it would deep-copy open files).
 
 Layers: ``layers`` lists the formats from the outside in, e.g. ``["gzip"]`` (a compressed
-disk image: ``inner`` reads its decompressed prefix), ``["xz", "tar"]`` (a ``.tar.xz``:
+disk image: ``inner`` reads its decompressed bytes), ``["xz", "tar"]`` (a ``.tar.xz``:
 ``format`` is ``"xz"``, ``kind`` is the tar's kind, ``members`` are the tar's members and
 ``inner`` is None because the archive is judged member by member), ``["ova"]`` (an OVA),
 ``["gzip", "ova"]`` (a gzipped OVA).
@@ -38,8 +38,9 @@ class ArchiveMember:
 
     ``source``: for an uncompressed tar, a window onto the member's bytes in the file (for a
     sparse member, a view that fills the holes with zeros); for a compressed tar, a
-    ``PrefixSource`` of the member's first bytes captured during the scan (only for a few
-    disk-image members); otherwise None.
+    ``PrefixSource`` of the member's whole content captured during the scan; None for an
+    empty or non-regular member, a member of a root filesystem tarball, and a member whose
+    content did not fit in the inspection's budget (which the inspection then refuses).
 
     Slotted: an archive may list 200 000 of them.
     """
@@ -100,8 +101,12 @@ class OvaDetails:
     manifest: ManifestSummary | None = None
     certificate_name: str | None = None
     certificate: CertificateInfo | None = None
-    #: Member names holding the disks the descriptor's DiskSection uses.
+    #: Member names holding the disks the descriptor's DiskSection uses (a label: every
+    #: member is inspected by its content, whatever the descriptor says of it).
     disk_files: list[str] = field(default_factory=list)
+    #: Files stored in chunks (``ovf:chunkSize``): href -> the chunk members, in order. An
+    #: importer joins them, so the inspection judges the joined file.
+    chunks: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -129,10 +134,11 @@ class OpenedContainer:
     problems: list[str] = field(default_factory=list)
     #: Observations that are not reasons to refuse.
     notes: list[str] = field(default_factory=list)
-    #: True when part of the container was not examined (a prefix only, a scan cut short).
+    #: True when part of the container was not examined (a stream or scan cut short by a
+    #: fault or a limit); ``problems`` then says why, so the container is refused.
     partial: bool = False
-    #: Compressed disk image: a PrefixSource of its first ``Limits.max_prefix_bytes``
-    #: decompressed bytes, sized by the container's record when there is one.
+    #: Compressed disk image: a PrefixSource of the decompressed bytes (all of them unless
+    #: ``partial``), sized by the container's record when there is one.
     inner: ByteSource | None = field(default=None, repr=False, compare=False)
 
     def member(self, name: str) -> ArchiveMember | None:
@@ -140,17 +146,6 @@ class OpenedContainer:
             if member.name == name:
                 return member
         return None
-
-    def disk_members(self) -> list[str]:
-        """Names of the members that are disk images to be inspected in turn.
-
-        OVA: the files the descriptor's disks use; disk-archive: its regular files.
-        """
-        if self.kind == "ova" and self.details.ova is not None:
-            return list(self.details.ova.disk_files)
-        if self.kind == "disk-archive":
-            return [m.name for m in self.members if m.type == "file"]
-        return []
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,9 +1,14 @@
 """An OVA: the OVF package (descriptor, manifest, certificate, disks) as members of a tar.
 
 Judged against DSP0243 and what importers do (spec digest sections 2.1, 2.2, 2.6):
-- the descriptor is the first ``*.ovf`` member (VirtualBox picks the first one too);
+- the descriptor is the first ``*.ovf`` member (VirtualBox picks the first one too), and
+  every other ``*.ovf`` member is judged the same way (another importer may pick it);
 - every ``References/File`` must be a member of the archive (chunked files as
-  ``href.000000000``, ``href.000000001`` …) with the size the descriptor states;
+  ``href.000000000``, ``href.000000001`` …, every chunk but the last ``chunkSize`` bytes)
+  with the size the descriptor states;
+- which members are disks is a label only: the inspection examines every member by its
+  content (an ISO only a CD-ROM item uses, a file no Disk references, a chunked disk as its
+  joined chunks), because importers differ in what they pick;
 - manifest and certificate are reported, not verified (that reads the members' data: the
   package stage does it with ``manifest.manifest_entries``);
 - member order (descriptor, then manifest/certificate, then files in References order; or
@@ -29,6 +34,7 @@ from imagewright.formats.containers.model import ArchiveMember, OvaDetails
 from imagewright.formats.containers.ovf import (
     MAX_DESCRIPTOR_BYTES,
     OvfDescriptor,
+    OvfFile,
     href_problem,
     parse_descriptor,
 )
@@ -90,8 +96,14 @@ def read_ova(
     details.descriptor = descriptor
     by_name = {normalize(m.name): m for m in files}
     if descriptor is not None:
-        _check_references(descriptor, by_name, findings)
+        details.chunks = _check_references(descriptor, by_name, findings)
         details.disk_files = [by_name[h].name for h in disk_hrefs(descriptor) if h in by_name]
+    # An importer may pick another descriptor than the first: each is judged (its hrefs, the
+    # files it references), not only the one summarised.
+    for other in descriptors[1:]:
+        reading = _read_descriptor(other, read_member, limits, findings)
+        if reading is not None:
+            details.chunks.update(_check_references(reading, by_name, findings))
 
     if manifest_member is not None:
         details.manifest_name = manifest_member.name
@@ -153,21 +165,47 @@ def _read_descriptor(
     return reading.descriptor
 
 
+#: Most chunks one file may be stored in.
+MAX_CHUNKS = 10_000
+
+
+def _chunks(ref: OvfFile, by_name: dict[str, ArchiveMember], findings: Findings) -> list[str]:
+    """The chunk members of a chunked file, in order (DSP0243 5.4), checked for size."""
+    names: list[str] = []
+    while len(names) < MAX_CHUNKS and chunk_name(ref.href, len(names)) in by_name:
+        names.append(chunk_name(ref.href, len(names)))
+    if not names:
+        findings.problem(
+            f"the OVF descriptor references the chunked file '{ref.href}', which is not in the archive"
+        )
+        return names
+    if len(names) == MAX_CHUNKS:
+        findings.problem(f"'{ref.href}' is stored in more than {MAX_CHUNKS} chunks")
+    sizes = [by_name[name].size for name in names]
+    chunk_size = ref.chunk_size or 0
+    if any(size != chunk_size for size in sizes[:-1]) or sizes[-1] > chunk_size or not sizes[-1]:
+        findings.problem(
+            f"the chunks of '{ref.href}' are not {chunk_size} bytes each (the last one at most); "
+            "importers would join them differently"
+        )
+    if ref.size is not None and sum(sizes) != ref.size:
+        findings.problem(
+            f"the chunks of '{ref.href}' hold {sum(sizes)} bytes, but the OVF descriptor says {ref.size}"
+        )
+    findings.note(f"'{ref.href}' is stored in {len(names)} chunks of {chunk_size} bytes")
+    return [by_name[name].name for name in names]
+
+
 def _check_references(
     descriptor: OvfDescriptor, by_name: dict[str, ArchiveMember], findings: Findings
-) -> None:
+) -> dict[str, list[str]]:
     file_ids = {f.id for f in descriptor.references}
+    chunks: dict[str, list[str]] = {}
     for ref in descriptor.references:
         if href_problem(ref.href) is not None:
             continue  # already a problem of the descriptor
         if ref.chunk_size:
-            if chunk_name(ref.href, 0) not in by_name:
-                findings.problem(
-                    f"the OVF descriptor references the chunked file '{ref.href}', which is not in "
-                    "the archive"
-                )
-            else:
-                findings.note(f"'{ref.href}' is stored in chunks of {ref.chunk_size} bytes")
+            chunks[ref.href] = _chunks(ref, by_name, findings)
             continue
         member = by_name.get(ref.href)
         if member is None:
@@ -181,6 +219,7 @@ def _check_references(
             findings.problem(
                 f"disk '{disk.disk_id}' uses the file id '{disk.file_ref}', which References does not declare"
             )
+    return chunks
 
 
 def _read_manifest(

@@ -28,19 +28,21 @@ checksum, a truncated header or a limit stops the scan; everything before it is 
 from __future__ import annotations
 
 import re
+import struct
+import sys
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from imagewright.binary import ByteSource, MiB, SliceSource
+from imagewright.binary import ByteSource, HeldBytes, MiB, SliceSource
 from imagewright.errors import ImageFormatError
-from imagewright.formats.base import Limits
+from imagewright.formats.base import Budget, Limits
 from imagewright.formats.containers.model import ArchiveMember, MemberType, TarDetails, TarFormat
 from imagewright.formats.containers.problems import Findings, as_problem
 from imagewright.formats.containers.sparse import (
     MAX_SPARSE_REGIONS,
     SparseMap,
     SparseMemberSource,
-    expand_prefix,
     parse_map_text,
     read_map_v1,
 )
@@ -75,6 +77,8 @@ _TYPES: dict[bytes, MemberType] = {
 #: Types that carry no data: a size on them is skipped by GNU tar and not by Python's tarfile.
 _NO_DATA_TYPES = {b"1", b"2", b"3", b"4", b"5", b"6"}
 _HIGH_BYTES = bytes(range(0x80, 0x100))
+#: The pax records of a member that has none (never written to).
+_NO_PAX: dict[str, bytes] = {}
 _PAX_NUMBER = re.compile(rb"^\d{1,20}$")
 _PAX_TIME = re.compile(rb"^-?\d{1,20}(\.\d{0,20})?$")
 
@@ -104,23 +108,52 @@ class TarHeader:
 
 
 def _field(block: bytes, start: int, length: int) -> bytes:
-    return block[start : start + length].split(b"\0", 1)[0]
+    return block[start : start + length].partition(b"\0")[0]
+
+
+#: Numbers seen before, raw field -> value: modes, owners and times repeat in an archive,
+#: and a dictionary lookup is far cheaper than parsing again (bounded, never trusted for size).
+_NUMBERS: dict[bytes, int] = {}
+_MAX_NUMBERS = 4096
 
 
 def _number(raw: bytes, what: str) -> int:
     """An octal ASCII number, or GNU base-256 (first byte 0x80 positive, 0xff negative)."""
+    value = _NUMBERS.get(raw)
+    if value is not None:
+        return value
     if raw and raw[0] & 0x80:
         if raw[0] == 0x80:
             return int.from_bytes(raw[1:], "big")
         if raw[0] == 0xFF:
             return int.from_bytes(raw, "big", signed=True)
         raise TarHeaderError(f"The tar header's {what} field holds an unknown binary encoding.")
-    text = raw.split(b"\0", 1)[0].strip(b" ")
+    text = raw.partition(b"\0")[0].strip(b" ")
     if not text:
-        return 0
-    if text.strip(b"01234567"):
+        value = 0
+    elif text.translate(None, b"01234567"):
         raise TarHeaderError(f"The tar header's {what} field is not an octal number.")
-    return int(text, 8)
+    else:
+        value = int(text, 8)
+    if len(_NUMBERS) < _MAX_NUMBERS:
+        _NUMBERS[raw] = value
+    return value
+
+
+def _byte_sum(data: bytes) -> int:
+    """The sum of the bytes of ``data`` (at most 512), in C.
+
+    NOTE: Adler-32's low half is 1 + the byte sum modulo 65521; 256 bytes sum to at most
+    65280, so per 256-byte piece it is the exact sum.
+    """
+    total = 0
+    for start in range(0, len(data), 256):
+        total += (zlib.adler32(data[start : start + 256]) & 0xFFFF) - 1
+    return total
+
+
+#: The checksum field counts as eight spaces.
+_CHECKSUM_SPACES = 8 * 0x20
 
 
 def checksum_matches(block: bytes) -> bool:
@@ -128,11 +161,11 @@ def checksum_matches(block: bytes) -> bool:
         stored = _number(block[148:156], "checksum")
     except TarHeaderError:
         return False
-    rest = block[:148] + b" " * 8 + block[156:]
-    unsigned = sum(rest)
+    unsigned = _byte_sum(block) - _byte_sum(block[148:156]) + _CHECKSUM_SPACES
     if stored == unsigned:
         return True
     # Some historic tars summed signed chars.
+    rest = block[:148] + b" " * 8 + block[156:]
     high = len(rest) - len(rest.translate(None, _HIGH_BYTES))
     return stored == unsigned - 256 * high
 
@@ -173,6 +206,10 @@ def looks_like_tar(block: bytes) -> bool:
     return True
 
 
+#: The fields of a header block, in order (see the layout at the top), in one unpack.
+_HEADER_FIELDS = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s")
+
+
 def parse_header(block: bytes) -> TarHeader:
     """Parse one header block; TarHeaderError on a bad checksum, magic or number."""
     kind = _magic(block)
@@ -180,27 +217,29 @@ def parse_header(block: bytes) -> TarHeader:
         raise TarHeaderError("A tar header has an unknown magic.")
     if not checksum_matches(block):
         raise TarHeaderError("A tar header fails its checksum.")
-    name = _field(block, 0, 100)
+    (name, mode, uid, gid, size_field, mtime, _checksum, typeflag, linkname, _magic_field, uname, gname,
+     devmajor, devminor, prefix) = _HEADER_FIELDS.unpack_from(block)  # fmt: skip
+    name = name.partition(b"\0")[0]
     if kind == "ustar":
-        prefix = _field(block, 345, 155)
+        prefix = prefix.partition(b"\0")[0]
         if prefix:
             name = prefix + b"/" + name
-    size = _number(block[124:136], "size")
+    size = _number(size_field, "size")
     if size < 0 or size > MAX_MEMBER_SIZE:
         raise TarHeaderError("A tar header claims an impossible member size.")
     return TarHeader(
         name=name,
-        mode=_number(block[100:108], "mode") & 0o7777,
-        uid=_number(block[108:116], "uid"),
-        gid=_number(block[116:124], "gid"),
+        mode=_number(mode, "mode") & 0o7777,
+        uid=_number(uid, "uid"),
+        gid=_number(gid, "gid"),
         size=size,
-        mtime=_number(block[136:148], "mtime"),
-        typeflag=block[156:157],
-        linkname=_field(block, 157, 100),
-        uname=_field(block, 265, 32),
-        gname=_field(block, 297, 32),
-        devmajor=_number(block[329:337], "devmajor") if kind != "v7" else 0,
-        devminor=_number(block[337:345], "devminor") if kind != "v7" else 0,
+        mtime=_number(mtime, "mtime"),
+        typeflag=typeflag,
+        linkname=linkname.partition(b"\0")[0],
+        uname=uname.partition(b"\0")[0],
+        gname=gname.partition(b"\0")[0],
+        devmajor=_number(devmajor, "devmajor") if kind != "v7" else 0,
+        devminor=_number(devminor, "devminor") if kind != "v7" else 0,
         format=kind,
         block=block,
     )
@@ -246,11 +285,13 @@ def _pax_time(value: bytes) -> int:
     return int(value.split(b".", 1)[0])
 
 
-#: Told each member before its data is read; returns how many of its (expanded) first
-#: bytes to capture (0 = none).
-CaptureHook = Callable[[ArchiveMember], int]
-#: Receives the captured bytes of a member.
-StoreHook = Callable[[ArchiveMember, bytes], None]
+#: Told each regular member before its data is read; True to capture its (expanded) content.
+CaptureHook = Callable[[ArchiveMember], bool]
+#: Receives the captured content of a member (zeros not stored), or None when it did not fit
+#: in the inspection's memory budget.
+StoreHook = Callable[[ArchiveMember, HeldBytes | None], None]
+#: Decompressed bytes moved per step while capturing a member.
+CAPTURE_CHUNK = 1 * MiB
 
 
 @dataclass
@@ -261,6 +302,10 @@ class _Pending:
     long_name: bytes | None = None
     long_link: bytes | None = None
     count: int = 0
+
+
+#: The extension headers of a member that has none (shared, never written to).
+_NO_PENDING = _Pending()
 
 
 @dataclass
@@ -279,7 +324,8 @@ class TarScanner:
 
     ``file_source``: the uncompressed archive itself, when there is one — then members get
     a ``source`` onto their bytes and sizes are checked against the file. Otherwise
-    (a decompressed stream), ``capture``/``store`` keep the first bytes of chosen members.
+    (a decompressed stream), ``capture``/``store`` keep the content of chosen members, as far
+    as ``budget`` allows. Every member is charged to ``budget`` (members per input byte).
     """
 
     def __init__(
@@ -287,6 +333,7 @@ class TarScanner:
         inp: SequentialInput,
         limits: Limits,
         *,
+        budget: Budget,
         file_source: ByteSource | None = None,
         capture: CaptureHook | None = None,
         store: StoreHook | None = None,
@@ -294,6 +341,7 @@ class TarScanner:
     ) -> None:
         self._inp = inp
         self._limits = limits
+        self._budget = budget
         self._file = file_source
         self._capture = capture
         self._store = store
@@ -344,7 +392,7 @@ class TarScanner:
         return block
 
     def _walk(self) -> bool:
-        pending = _Pending()
+        pending = _NO_PENDING
         while True:
             header_offset = self._inp.position
             block = self._inp.read(BLOCK)
@@ -382,6 +430,8 @@ class TarScanner:
                 raise TarHeaderError(f"{str(err).rstrip('.')} (at offset {header_offset}).") from None
             self._formats.add(header.format)
             if header.typeflag in (b"x", b"g", b"L", b"K"):
+                if pending is _NO_PENDING:
+                    pending = _Pending()
                 pending.count += 1
                 if pending.count > MAX_EXTENSION_HEADERS:
                     raise ImageFormatError(
@@ -390,13 +440,9 @@ class TarScanner:
                     )
                 self._extension(header, pending)
                 continue
-            if len(self.members) >= self._limits.max_archive_members:
-                raise ImageFormatError(
-                    f"The archive has more than {self._limits.max_archive_members} members, the most "
-                    "imagewright examines."
-                )
+            self._budget.charge_member()
             self._member(header, pending, header_offset)
-            pending = _Pending()
+            pending = _NO_PENDING
 
     def _read_extension_data(self, header: TarHeader, limit: int, what: str) -> bytes:
         if header.size > limit:
@@ -445,7 +491,7 @@ class TarScanner:
         return name
 
     def _member(self, header: TarHeader, pending: _Pending, header_offset: int) -> None:
-        pax: dict[str, bytes] = dict(self._global_pax)
+        pax: dict[str, bytes] = dict(self._global_pax) if self._global_pax or pending.pax else _NO_PAX
         sparse_offsets: list[tuple[int, int]] = []
         sparse_offset: int | None = None
         for key, value in pending.pax:
@@ -511,8 +557,9 @@ class TarScanner:
             mode=header.mode,
             uid=_pax_int(pax["uid"], "uid") if "uid" in pax else header.uid,
             gid=_pax_int(pax["gid"], "gid") if "gid" in pax else header.gid,
-            uname=_text(pax.get("uname", header.uname))[:256],
-            gname=_text(pax.get("gname", header.gname))[:256],
+            # Interned: 200 000 members owned by "root" share one string.
+            uname=sys.intern(_text(pax.get("uname", header.uname))[:256]),
+            gname=sys.intern(_text(pax.get("gname", header.gname))[:256]),
             mtime=mtime,
             linkname=_text(linkname) if member_type in ("symlink", "hardlink") else None,
             data_offset=data_offset,
@@ -569,7 +616,7 @@ class TarScanner:
         return sparse
 
     def _data(self, member: ArchiveMember, sparse: SparseMap | None) -> None:
-        """Attach a source or capture the head of the member, then move past its data."""
+        """Attach a source or capture the content of the member, then move past its data."""
         size = member.stored_size
         padded = size + (-size) % BLOCK
         if self._file is not None:
@@ -585,31 +632,54 @@ class TarScanner:
                 # (An empty member needs no window: 200 000 of them would cost 40 MiB.)
                 member.source = SliceSource(self._file, member.data_offset, size)
         elif self._inp.limit is not None and member.data_offset + padded > self._inp.limit:
-            # Refuse before decompressing any of it: the member alone is past the scan limit.
+            # Refuse before decompressing any of it: the member alone is past what may be decompressed.
             raise self._past_scan_limit(member)
-        elif member.type == "file" and self._capture is not None and self._store is not None:
-            want = self._capture(member) if not member.sparse or sparse is not None else 0
-            if want > 0:
-                head = self._capture_head(member, sparse, want)
-                self._store(member, head)
+        elif (
+            member.type == "file"
+            and member.size
+            and self._capture is not None
+            and self._store is not None
+            and (not member.sparse or sparse is not None)
+            and self._capture(member)
+        ):
+            self._store(member, self._capture_content(member, sparse))
         consumed = self._inp.position - member.data_offset
+        if consumed > padded:
+            raise ImageFormatError(f"Member '{member.name[:200]}' has a sparse map beyond its data.")
         try:
             self._skip_exact(padded - consumed, f"member '{member.name[:200]}'")
         except ScanLimitError:
             raise self._past_scan_limit(member) from None
 
     def _past_scan_limit(self, member: ArchiveMember) -> ScanLimitError:
+        sentence = self._budget.decompressed_sentence("the archive").rstrip(".")
         return ScanLimitError(
-            f"Member '{member.name[:200]}' claims {format_size(member.stored_size)} of data, which takes "
-            f"the archive past the {format_size(self._limits.max_scan_bytes)} imagewright decompresses "
-            "to scan it (a decompression bomb, or an archive too large to inspect)."
+            f"{sentence}; member '{member.name[:200]}' alone claims {format_size(member.stored_size)} "
+            "of data."
         )
 
-    def _capture_head(self, member: ArchiveMember, sparse: SparseMap | None, want: int) -> bytes:
-        if sparse is None:
-            head = self._inp.read(min(want, member.stored_size))
-        else:
-            head = expand_prefix(self._inp.read, self._inp.skip, sparse, want)
-        if self._inp.position - member.data_offset > member.stored_size:
-            raise ImageFormatError(f"Member '{member.name[:200]}' has a sparse map beyond its data.")
-        return head
+    def _capture_content(self, member: ArchiveMember, sparse: SparseMap | None) -> HeldBytes | None:
+        """The member's expanded content read forward once, or None when it does not fit in
+        the memory budget (then the rest of its data is left for the caller to skip)."""
+        held = HeldBytes()
+        regions = (
+            [(0, member.stored_size)]
+            if sparse is None
+            else list(zip(sparse.offsets, sparse.sizes, strict=True))
+        )
+        for offset, length in regions:
+            held.extend_zeros(offset - held.length)
+            left = length
+            while left > 0:
+                piece = self._inp.read(min(CAPTURE_CHUNK, left))
+                if not piece:
+                    self._budget.release_held(held.held)
+                    return None  # truncated: the skip that follows says so
+                before = held.held
+                held.append(piece)
+                left -= len(piece)
+                if not self._budget.charge_held(held.held - before):
+                    self._budget.release_held(before)
+                    return None
+        held.extend_zeros(member.size - held.length)
+        return held

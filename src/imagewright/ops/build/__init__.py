@@ -71,6 +71,7 @@ from imagewright.ops.build.swap import write_swap
 from imagewright.ops.build.tarball import extract_tarball
 from imagewright.ops.convert.plan import OutputPlan, plan_output
 from imagewright.programs import e2fs, sfdisk
+from imagewright.units import format_size
 
 __all__ = ["BuildReport", "PartitionReport", "Progress", "build"]
 
@@ -202,39 +203,45 @@ def build(
     if src_path.exists() and out_path.exists() and os.path.samefile(src_path, out_path):
         raise InvalidArgumentError("The output would overwrite the source; choose another output name.")
 
-    src = open_source(src_path, limits=limits)
-    if isinstance(src, FilesystemImageSource):
-        if fs_type is not None and fs_type != src.fs_type:
-            raise InvalidArgumentError(
-                f"The source is a {src.fs_type} filesystem, copied as it is; --fs {fs_type} applies only "
-                "to directories and tarballs."
-            )
-        if src.fs_type not in EXT_TYPES:
-            raise BuildError(
-                f"{src.path} holds a {src.fs_type} filesystem; build copies ext2/3/4 filesystems itself "
-                f"and needs libguestfs (Debian: libguestfs-tools) to read {src.fs_type}, which this build "
-                "does not use yet."
-            )
-        root_needed = src.fs_size
-    else:
-        if given is None and not src.content.kernels:
-            raise BuildError("Nothing to boot: no /boot/vmlinuz-* in the source and no --kernel given.")
-        if given is not None:
-            for extra in (given.kernel, given.initrd):
-                if extra is not None:
-                    src.content.add("file", extra.stat().st_size)
-        root_needed = root_bytes_needed(src.content)
-
-    disk_size = (
-        round_up_mib(size)
-        if size is not None
-        else default_disk_size(root_needed, table=table, swap_size=swap)
-    )
-    layout = plan_layout(disk_size, table=table, swap_size=swap)
-    if not isinstance(src, FilesystemImageSource):
-        check_tree_fits(src.content, layout.root.size, disk_size=disk_size, table=table, swap_size=swap)
-
     with AtomicOutput(out_path, force=force) as out:
+        # A compressed filesystem image is decompressed (and judged) next to the output.
+        src = open_source(src_path, limits=limits, spool=out.scratch)
+        if isinstance(src, FilesystemImageSource):
+            if fs_type is not None and fs_type != src.fs_type:
+                raise InvalidArgumentError(
+                    f"The source is a {src.fs_type} filesystem, copied as it is; --fs {fs_type} applies only "
+                    "to directories and tarballs."
+                )
+            if src.fs_type not in EXT_TYPES:
+                raise BuildError(
+                    f"{src.path} holds a {src.fs_type} filesystem; build copies ext2/3/4 filesystems "
+                    f"itself and needs libguestfs (Debian: libguestfs-tools) to read {src.fs_type}, which "
+                    "this build does not use yet."
+                )
+            root_needed = src.fs_size
+        else:
+            if given is None and not src.content.kernels:
+                raise BuildError("Nothing to boot: no /boot/vmlinuz-* in the source and no --kernel given.")
+            if given is not None:
+                for extra in (given.kernel, given.initrd):
+                    if extra is not None:
+                        src.content.add("file", extra.stat().st_size)
+            root_needed = root_bytes_needed(src.content)
+
+        disk_size = (
+            round_up_mib(size)
+            if size is not None
+            else default_disk_size(root_needed, table=table, swap_size=swap)
+        )
+        if disk_size > limits.max_virtual_size:
+            raise BuildError(
+                f"The disk would be {format_size(disk_size)}, more than the "
+                f"{format_size(limits.max_virtual_size)} imagewright builds; nothing was written."
+            )
+        layout = plan_layout(disk_size, table=table, swap_size=swap)
+        if not isinstance(src, FilesystemImageSource):
+            check_tree_fits(src.content, layout.root.size, disk_size=disk_size, table=table, swap_size=swap)
+
         work = out.scratch_directory("work")
         report = _build_raw(
             src, out.path, work, layout, given=given, fs_type=fs_type or "ext4", append=append,
@@ -275,7 +282,14 @@ def _build_raw(
     notes: list[str] = []
     fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)  # created empty by AtomicOutput
     try:
-        os.ftruncate(fd, layout.disk_size)
+        try:
+            os.ftruncate(fd, layout.disk_size)
+        except OSError as err:
+            # EFBIG: a disk larger than the output's filesystem can hold as one file.
+            raise BuildError(
+                f"A {format_size(layout.disk_size)} disk cannot be created next to the output "
+                f"({err.strerror}); nothing was written."
+            ) from None
         sfdisk.write_table(image, layout.sfdisk_script())
         # Read back with our own parser: the check and the report's ids come from one read.
         with FileSource(image) as disk:

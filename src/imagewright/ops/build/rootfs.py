@@ -200,11 +200,11 @@ def _raw_source(
     source: FilesystemImageSource, scratch: Callable[[str], Path], limits: Limits, progress: Progress | None
 ) -> Path:
     if not source.needs_conversion:
-        return source.path
+        return source.data_path
     from imagewright.ops.convert import convert
 
     raw = scratch("source.raw")
-    convert(source.path, raw, output_format="raw", checksums=(), limits=limits, progress=progress)
+    convert(source.data_path, raw, output_format="raw", checksums=(), limits=limits, progress=progress)
     return raw
 
 

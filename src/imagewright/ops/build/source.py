@@ -12,6 +12,13 @@ Three kinds of source, told apart without trusting names:
   refused the archive for absolute paths, '..' components, paths through symbolic-link members
   and hard links to files outside it — before build writes a single byte.
 
+Every file passes the safety gate (``imagewright.gate.admit``); a compressed filesystem image
+is decompressed by it into a scratch file (``spool``), judged as it streams and then in full.
+
+NOTE on sizes: a member's size is a claim (a sparse member stores no data for its holes), so
+a 1 PiB member costs a few bytes. Sizes no filesystem or disk imagewright builds can hold are
+refused here, in one sentence, before anything is written.
+
 Each kind comes with an estimate of what its content needs on an ext4 filesystem, so that
 ``--size`` is checked before the long work starts.
 """
@@ -20,12 +27,15 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagewright.errors import BuildError, ImageIOError, InvalidArgumentError, UnsafeImageError
 from imagewright.formats.base import Limits
-from imagewright.inspection import ImageReport, inspect_image, require_safe
+from imagewright.gate import admit
+from imagewright.inspection import ImageReport
+from imagewright.units import format_size
 
 #: Filesystems build copies block for block (and grows with resize2fs).
 EXT_TYPES = frozenset({"ext2", "ext3", "ext4"})
@@ -38,6 +48,8 @@ TAR_COMPRESSIONS = frozenset({"gzip", "xz", "bzip2", "zstd"})
 BLOCK = 4096
 #: Symbolic link targets up to 59 bytes live in the inode ("fast" links); longer ones take a block.
 FAST_SYMLINK_MAX = 59
+#: The largest file ext4 holds with 4 KiB blocks: 2^32 - 1 blocks (ext4 wiki, "File size").
+EXT4_MAX_FILE_BYTES = (2**32 - 1) * BLOCK
 
 
 @dataclass
@@ -86,13 +98,20 @@ class FilesystemImageSource:
     uuid: str | None
     label: str | None
     report: ImageReport
+    #: The decompressed copy of a compressed source (a scratch file the gate wrote).
+    decompressed: Path | None = None
 
     kind = "filesystem-image"
 
     @property
+    def data_path(self) -> Path:
+        """The file holding the image's bytes: the decompressed copy, or the source itself."""
+        return self.decompressed or self.path
+
+    @property
     def needs_conversion(self) -> bool:
-        """True unless the file itself is the raw filesystem (then it is read in place)."""
-        return self.format != "raw" or self.compression is not None
+        """True unless ``data_path`` is the raw filesystem (then it is read in place)."""
+        return self.format != "raw" or (self.compression is not None and self.decompressed is None)
 
 
 @dataclass
@@ -121,8 +140,14 @@ class TarballSource:
 BuildSource = FilesystemImageSource | DirectorySource | TarballSource
 
 
-def open_source(path: Path, *, limits: Limits | None = None) -> BuildSource:
-    """Judge ``path`` and say what kind of source it is; one clear sentence when it is none."""
+def open_source(
+    path: Path, *, limits: Limits | None = None, spool: Callable[[str], Path] | None = None
+) -> BuildSource:
+    """Judge ``path`` and say what kind of source it is; one clear sentence when it is none.
+
+    ``spool``: scratch paths for the decompressed copy of a compressed filesystem image
+    (without it, such an image must fit in what inspection examines in memory).
+    """
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -138,29 +163,40 @@ def open_source(path: Path, *, limits: Limits | None = None) -> BuildSource:
             f"The source {path} is neither a regular file nor a directory; give a filesystem image, "
             "a root filesystem directory or a rootfs tarball."
         )
-    report = inspect_image(path, limits=limits or Limits())
+    limits = limits or Limits()
     try:
-        require_safe(report)
+        admitted = admit(path, limits=limits, spool=spool)
     except UnsafeImageError as err:
         raise UnsafeImageError(f"{err}; nothing was written.", err.reasons) from None
+    report = admitted.report
+    if admitted.spooled is not None:
+        source = _flat_filesystem(path, admitted.wrapper or report, report, compression=admitted.compression)
+        source.decompressed = admitted.spooled
+        return source
     container = report.container
     if container is not None:
-        return _from_container(path, report)
+        return _from_container(path, report, limits)
     return _flat_filesystem(path, report, report, compression=None)
 
 
-def _from_container(path: Path, report: ImageReport) -> BuildSource:
+def _from_container(path: Path, report: ImageReport, limits: Limits) -> BuildSource:
     container = report.container
     assert container is not None
     if container.kind == "rootfs-archive":
-        if report.partial:
-            raise BuildError(
-                f"The tarball {path} could not be read to its end when it was inspected; nothing was written."
-            )
         content = ContentEstimate()
         for member in container.members:
+            if member.type == "file" and member.size > EXT4_MAX_FILE_BYTES:
+                raise BuildError(
+                    f"Member '{member.name[:200]}' of {path} claims {format_size(member.size)}, more than "
+                    f"the {format_size(EXT4_MAX_FILE_BYTES)} an ext4 file can hold; nothing was written."
+                )
             target = len((member.linkname or "").encode("utf-8", "surrogateescape"))
             content.add(member.type, member.size, member.name, target)
+        if content.block_bytes > limits.max_virtual_size:
+            raise BuildError(
+                f"The files of {path} claim {format_size(content.block_bytes)}, more than the "
+                f"{format_size(limits.max_virtual_size)} disk imagewright builds; nothing was written."
+            )
         compression = container.format if container.format in TAR_COMPRESSIONS else None
         return TarballSource(path, compression, len(container.members), content, report)
     if container.kind == "compressed" and container.inner is not None:

@@ -31,6 +31,7 @@ import base64
 import binascii
 import contextlib
 import errno
+import io
 import os
 import stat
 import tarfile
@@ -38,6 +39,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, cast
 
 from imagewright.binary import FileSource
 from imagewright.errors import BuildError
@@ -412,23 +414,20 @@ def _write_file(
         raise _staging_error(path, err) from None
     try:
         data = archive.extractfile(info)
-        written = 0
         if data is not None:
-            while True:
-                chunk = data.read(_CHUNK)
-                if not chunk:
-                    break
-                if chunk != _ZERO_CHUNK[: len(chunk)]:  # zero runs stay holes; mke2fs keeps them
-                    view = memoryview(chunk)
-                    position = written
-                    while view:
-                        done = os.pwrite(fd, view, position)
-                        view = view[done:]
-                        position += done
-                written += len(chunk)
-        if written != info.size:
-            raise BuildError(f"The tarball ends inside {path}; nothing was written.")
-        os.ftruncate(fd, written)
+            # A GNU sparse member is read region by region: its holes are never read as zeros
+            # (a member claiming 10 TiB of holes costs its stored data, not 10 TiB of reads).
+            # (typeshed declares TarInfo.sparse an int; tarfile sets a list of (offset, size).)
+            sparse = cast("list[tuple[int, int]] | None", info.sparse)
+            regions = sparse or [(0, info.size)]
+            # The unbuffered member (tarfile's _FileInFile) moves its position without touching
+            # the archive stream, which in stream mode cannot seek.
+            member = cast("IO[bytes]", cast("io.BufferedReader", data).raw)
+            for offset, length in regions:
+                member.seek(offset)
+                if _copy_region(member, fd, offset, length) != length:
+                    raise BuildError(f"The tarball ends inside {path}; nothing was written.")
+        os.ftruncate(fd, info.size)
         os.fchmod(fd, (info.mode & 0o7777) | _FILE_OWNER_BITS)
         os.utime(fd, ns=_times(info))
         tree.record_state(parts, _wanted(info, stat.S_IFREG), fd)
@@ -436,6 +435,25 @@ def _write_file(
         raise _staging_error(path, err) from None
     finally:
         os.close(fd)
+
+
+def _copy_region(data: IO[bytes], fd: int, offset: int, length: int) -> int:
+    """Copy ``length`` bytes from ``data`` to ``offset`` of ``fd``; blocks of zeros stay holes
+    (mke2fs keeps them). Returns the bytes read (fewer when the member ends early)."""
+    done = 0
+    while done < length:
+        chunk = data.read(min(_CHUNK, length - done))
+        if not chunk:
+            break
+        if chunk != _ZERO_CHUNK[: len(chunk)]:
+            view = memoryview(chunk)
+            position = offset + done
+            while view:
+                written = os.pwrite(fd, view, position)
+                view = view[written:]
+                position += written
+        done += len(chunk)
+    return done
 
 
 def _make_symlink(tree: _Staging, parts: tuple[str, ...], target: str, info: tarfile.TarInfo) -> None:

@@ -45,8 +45,9 @@ from imagewright.errors import (
 )
 from imagewright.files import AtomicOutput, copy_sparse, reflink
 from imagewright.formats.base import Limits
+from imagewright.gate import admit
 from imagewright.guest.workcopy import WriteBack, write_back_plan
-from imagewright.inspection import ImageReport, inspect_image, require_safe
+from imagewright.inspection import ImageReport, inspect_image
 from imagewright.ops.resize.filesystem import EXT_TYPES, FilesystemGrowth, grow_ext
 from imagewright.ops.resize.formats import (
     RESIZED_IN_PLACE,
@@ -204,7 +205,7 @@ def resize(
     real = path.resolve()
     limits = limits or Limits()
 
-    report = require_safe(inspect_image(real, limits=limits))
+    report = admit(real, limits=limits).report
     check_supported(report)
     assert report.virtual_size is not None
     table = report.partition_table
