@@ -73,3 +73,40 @@ class StoreError(ImageIOError):
     A kind of ``ImageIOError`` because a store is where image bytes are read and written: code
     that reports an unreadable image handles an unreadable blob the same way.
     """
+
+
+class CatalogError(ImagewrightError):
+    """The registry's catalog cannot be used (database unreachable, schema too old or too new)."""
+
+
+class RequestError(ImagewrightError):
+    """A request to the registry cannot be done as asked; ``status`` is its HTTP status.
+
+    The registry's API answers with ``status`` and the sentence; the CLI prints the sentence.
+    """
+
+    status = 400
+
+
+class NotAuthenticatedError(RequestError):
+    """No valid credentials: a missing, expired or revoked token, a wrong password."""
+
+    status = 401
+
+
+class ForbiddenError(RequestError):
+    """The caller is known but may not do this (a reader deleting, a non-owner sharing)."""
+
+    status = 403
+
+
+class NotFoundError(RequestError):
+    """No such thing, or one the caller may not know of (the registry hides rather than refuses)."""
+
+    status = 404
+
+
+class ConflictError(RequestError):
+    """The thing exists already, or is in a state that does not allow this (an active image's upload)."""
+
+    status = 409

@@ -1,0 +1,1 @@
+"""Alembic migrations of the catalog (package data: ``imagewright db upgrade`` runs them)."""

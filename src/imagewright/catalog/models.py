@@ -1,0 +1,245 @@
+"""The catalog's tables, as SQLAlchemy 2 declarative models (one schema for SQLite and PostgreSQL).
+
+Two groups:
+
+- **accounts** (Keystone v3's identity and assignment model, cut down): ``domains``, ``projects``,
+  ``users``, ``roles``, ``role_assignments`` (a user's role on a project), ``tokens`` (only the
+  SHA-256 of each token is stored, never the token) and ``application_credentials`` with their
+  ``application_credential_roles``. Ids are 32 hex digits as Keystone's; the ``Default`` domain
+  has the id ``default`` as in Keystone.
+- **images** (Glance's ``images``, ``image_properties``, ``image_tags``, ``image_members``):
+  columns named as Glance names the attributes, so the API renders rows without translation.
+  Rows are deleted, not marked deleted: a deleted image is gone (its blob is removed after the
+  row; the sweep removes a blob whose row went without it).
+
+An image being uploaded carries its **upload lease**: ``upload_holder`` (which process writes,
+``host/pid/start-time``) and ``upload_expires_at`` (renewed while bytes flow). A ``saving`` row
+whose lease expired, or whose holder is a dead process of this host, is reset by the sweep.
+
+Later tables (import tasks, instances) come with their own migrations; nothing here assumes
+they do not exist.
+
+Source: Glance ``glance/db/sqlalchemy/models.py`` (image columns and sizes), Keystone's
+``identity/backends/sql_model.py`` and ``assignment/backends/sql.py`` (names and id shapes).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+#: Constraint names fixed by convention, so Alembic migrations name them the same on both databases.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: Keystone's id of the Default domain.
+DEFAULT_DOMAIN_ID = "default"
+DEFAULT_DOMAIN_NAME = "Default"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+# --- accounts -----------------------------------------------------------------------------------
+
+
+class Domain(Base):
+    __tablename__ = "domains"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    __table_args__ = (UniqueConstraint("domain_id", "name", name="uq_projects_domain_id_name"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    domain_id: Mapped[str] = mapped_column(ForeignKey("domains.id"))
+    description: Mapped[str] = mapped_column(Text, default="")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+    domain: Mapped[Domain] = relationship(lazy="joined")
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("domain_id", "name", name="uq_users_domain_id_name"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    domain_id: Mapped[str] = mapped_column(ForeignKey("domains.id"))
+    #: argon2id hash (PHC string); None = the user cannot log in with a password.
+    password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    default_project_id: Mapped[str | None] = mapped_column(
+        ForeignKey("projects.id", ondelete="SET NULL"), nullable=True
+    )
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+    domain: Mapped[Domain] = relationship(lazy="joined")
+
+
+class Role(Base):
+    __tablename__ = "roles"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+
+
+class RoleAssignment(Base):
+    __tablename__ = "role_assignments"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    role_id: Mapped[str] = mapped_column(ForeignKey("roles.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+    __table_args__ = (Index("ix_tokens_expires_at", "expires_at"),)
+
+    #: SHA-256 (hex) of the token: a stolen catalog yields no usable token.
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[str | None] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), nullable=True
+    )
+    application_credential_id: Mapped[str | None] = mapped_column(
+        ForeignKey("application_credentials.id", ondelete="CASCADE"), nullable=True
+    )
+    #: Comma-separated auth methods ("password", "token", "application_credential").
+    methods: Mapped[str] = mapped_column(String(255))
+    audit_id: Mapped[str] = mapped_column(String(32))
+    #: The audit id of the token this one was made from (Keystone's audit chain), if any.
+    parent_audit_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    issued_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ApplicationCredential(Base):
+    __tablename__ = "application_credentials"
+    __table_args__ = (UniqueConstraint("user_id", "name", name="uq_application_credentials_user_id_name"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    #: argon2id hash of the secret (shown to its creator once).
+    secret_hash: Mapped[str] = mapped_column(String(255))
+    unrestricted: Mapped[bool] = mapped_column(Boolean, default=False)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+    roles: Mapped[list[ApplicationCredentialRole]] = relationship(
+        lazy="selectin", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class ApplicationCredentialRole(Base):
+    __tablename__ = "application_credential_roles"
+
+    application_credential_id: Mapped[str] = mapped_column(
+        ForeignKey("application_credentials.id", ondelete="CASCADE"), primary_key=True
+    )
+    role_id: Mapped[str] = mapped_column(ForeignKey("roles.id", ondelete="CASCADE"), primary_key=True)
+
+
+# --- images -------------------------------------------------------------------------------------
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        Index("ix_images_owner", "owner"),
+        Index("ix_images_status", "status"),
+        Index("ix_images_visibility", "visibility"),
+        Index("ix_images_created_at_id", "created_at", "id"),
+        Index("ix_images_upload_expires_at", "upload_expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    #: The project that owns the image (Glance allows any string, an admin may set it).
+    owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    status: Mapped[str] = mapped_column(String(30))
+    visibility: Mapped[str] = mapped_column(String(20))
+    disk_format: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    container_format: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    virtual_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    checksum: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    os_hash_algo: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    os_hash_value: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    min_disk: Mapped[int] = mapped_column(Integer, default=0)
+    min_ram: Mapped[int] = mapped_column(Integer, default=0)
+    protected: Mapped[bool] = mapped_column(Boolean, default=False)
+    os_hidden: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    #: Where the bytes are: the store's id and the blob's location (set when an upload starts).
+    store_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    location: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    upload_holder: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    upload_expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    properties: Mapped[list[ImageProperty]] = relationship(
+        lazy="selectin", cascade="all, delete-orphan", passive_deletes=True, order_by="ImageProperty.name"
+    )
+    tags: Mapped[list[ImageTag]] = relationship(
+        lazy="selectin", cascade="all, delete-orphan", passive_deletes=True, order_by="ImageTag.value"
+    )
+
+
+class ImageProperty(Base):
+    __tablename__ = "image_properties"
+    __table_args__ = (Index("ix_image_properties_name", "name"),)
+
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class ImageTag(Base):
+    __tablename__ = "image_tags"
+    __table_args__ = (Index("ix_image_tags_value", "value"),)
+
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255), primary_key=True)
+
+
+class ImageMember(Base):
+    __tablename__ = "image_members"
+    __table_args__ = (Index("ix_image_members_member_status", "member", "status"),)
+
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    #: The project the image is shared with.
+    member: Mapped[str] = mapped_column(String(255), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
