@@ -248,18 +248,15 @@ def create_image(
     if session.get(Image, image_id) is not None:
         raise ConflictError(f"An image with identifier {image_id} already exists.")
     now = utcnow()
-    image = Image(
-        id=image_id,
-        status="queued",
-        created_at=now,
-        updated_at=now,
-        min_disk=0,
-        min_ram=0,
-        protected=False,
-        os_hidden=False,
-        visibility="shared",
+    columns: dict[str, Any] = {
+        "min_disk": 0,
+        "min_ram": 0,
+        "protected": False,
+        "os_hidden": False,
+        "visibility": "shared",
         **values,
-    )
+    }
+    image = Image(id=image_id, status="queued", created_at=now, updated_at=now, **columns)
     image.properties = [ImageProperty(name=name, value=value) for name, value in properties.items()]
     image.tags = [ImageTag(value=tag) for tag in dict.fromkeys(tags)]
     session.add(image)

@@ -18,6 +18,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "copy_in",
     "boot",
     "prepare",
+    "serve",
+    "accounts",
+    "db",
 )
 
 

@@ -1,0 +1,77 @@
+"""``imagewright serve``: the image registry (OpenStack Image API v2 + a Keystone v3 subset)."""
+
+from __future__ import annotations
+
+import click
+
+from imagewright.service.config import DEFAULT_LISTEN, parse_listen
+
+
+@click.command("serve")
+@click.option(
+    "--data-dir",
+    default=None,
+    help="Where the catalog, the blobs and clouds.yaml live (default $IMAGEWRIGHT_DATA_DIR or ./imagewright-data).",
+)
+@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, help="HOST:PORT to listen on.")
+@click.option(
+    "--database",
+    default=None,
+    metavar="URL",
+    help="The catalog database (postgresql://USER@HOST/DB); default: SQLite in the data dir.",
+)
+@click.option(
+    "--store",
+    "stores",
+    multiple=True,
+    metavar="SPEC",
+    help="A blob store: [NAME=]file:///DIR or [NAME=]s3://BUCKET[/PREFIX]?endpoint=URL (repeatable; "
+    "default: files under DATA_DIR/images).",
+)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Server processes.")
+@click.option(
+    "--public-url", default=None, metavar="URL", help="The URL clients use (default http://HOST:PORT)."
+)
+def command(
+    data_dir: str | None,
+    listen: str,
+    database: str | None,
+    stores: tuple[str, ...],
+    workers: int,
+    public_url: str | None,
+) -> None:
+    """Run the image registry: Glance-compatible images at /image, identity at /identity/v3.
+
+    The first start creates the catalog, the admin project and user (password from
+    $IMAGEWRIGHT_ADMIN_PASSWORD, else generated and printed once) and writes DATA_DIR/clouds.yaml
+    and DATA_DIR/openrc for OpenStack clients. Every uploaded image is inspected; unsafe images
+    and images that are not what their disk_format says are refused.
+    """
+    from imagewright.service import datadir, serving
+
+    host, port = parse_listen(listen)
+    directory = datadir.resolve_data_dir(data_dir)
+    prepared = serving.prepare(
+        directory, host, port, database=database, store_specs=stores, public_url=public_url
+    )
+    config = prepared.config
+    before, after = prepared.schema
+    echo = click.echo
+    echo(f"imagewright registry: data dir {directory}, catalog {serving.describe_database(config)}")
+    if before != after:
+        echo(f"  catalog schema {before or 'empty'} -> {after}")
+    if prepared.sweep.reset_uploads or prepared.sweep.removed_orphans or prepared.sweep.removed_incomplete:
+        echo(f"  start-up sweep: {prepared.sweep.summary()}")
+    if prepared.admin_password is not None:
+        echo("  created the project 'admin' and the user 'admin' (role admin)")
+        echo(f"  admin password: {prepared.admin_password}   (shown once; also in {prepared.clouds_yaml})")
+    echo(f"  identity: {config.public_url}/identity/v3")
+    echo(f"  image:    {config.public_url}/image")
+    if prepared.clouds_yaml.exists():
+        echo(
+            f"  try:      OS_CLIENT_CONFIG_FILE={prepared.clouds_yaml} OS_CLOUD=imagewright openstack image list"
+        )
+    echo(
+        f"listening on {listen} with {workers} worker{'s' if workers != 1 else ''} (Ctrl-C stops)", err=False
+    )
+    serving.run(config, host, port, workers)

@@ -1,0 +1,191 @@
+"""What every API of the registry shares: the registry object, JSON, errors, the caller.
+
+Routes are thin: they parse the request, call the catalog / stores / gate through ``blocking``
+(SQLAlchemy and the stores are synchronous; they run in the thread pool so the event loop keeps
+serving), and render. Errors are ``RequestError`` subclasses carrying their HTTP status; each
+API renders them in its own shape (Keystone's ``{"error": {...}}``, Glance's ``{"message": ...}``)
+through ``error_handlers``. Anything else is a bug: it is logged with its traceback on the
+server and answered with one sentence, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, ParamSpec, TypeVar
+
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from imagewright.catalog import tokens
+from imagewright.catalog.database import Catalog
+from imagewright.catalog.tokens import AuthContext
+from imagewright.errors import (
+    CatalogError,
+    ImagewrightError,
+    NotAuthenticatedError,
+    RequestError,
+)
+from imagewright.service.config import ServiceConfig
+from imagewright.stores import StoreSet
+
+LOG = logging.getLogger("imagewright.service")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass
+class Registry:
+    """Everything a request handler may use; one per worker process (``app.state.registry``)."""
+
+    config: ServiceConfig
+    catalog: Catalog
+    stores: StoreSet
+
+    @property
+    def public_url(self) -> str:
+        return self.config.public_url.rstrip("/")
+
+
+def registry_of(request: Request) -> Registry:
+    """The registry of this worker (put into every request's state by the app's lifespan)."""
+    registry: Registry = request.state.registry
+    return registry
+
+
+async def blocking(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run synchronous catalog/store work in the thread pool."""
+    return await run_in_threadpool(function, *args, **kwargs)
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+async def read_json(request: Request, *, max_bytes: int = 1 << 20) -> Any:
+    """The request body as JSON (at most ``max_bytes``); RequestError with one sentence otherwise."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > max_bytes:
+            raise RequestError(f"The request body is larger than {max_bytes} bytes.")
+    if not body:
+        raise RequestError("The request body is empty; a JSON document was expected.")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RequestError(f"The request body is not valid JSON ({err}).") from None
+
+
+def auth_token(request: Request) -> str | None:
+    return request.headers.get("x-auth-token") or None
+
+
+async def caller_of(request: Request) -> AuthContext:
+    """The caller behind ``X-Auth-Token``; 401 without a valid one."""
+    token = auth_token(request)
+    if token is None:
+        raise NotAuthenticatedError("This request needs a token (X-Auth-Token); get one from /identity/v3.")
+    registry = registry_of(request)
+
+    def resolve() -> AuthContext:
+        with registry.catalog.reading() as session:
+            return tokens.resolve(session, token)
+
+    return await blocking(resolve)
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+ErrorRenderer = Callable[[int, str, dict[str, str]], Response]
+
+
+def error_status_and_message(exc: Exception) -> tuple[int, str]:
+    if isinstance(exc, RequestError):
+        return exc.status, _sentence(str(exc))
+    if isinstance(exc, HTTPException):
+        return exc.status_code, _sentence(
+            str(exc.detail) if exc.detail else HTTPStatus(exc.status_code).phrase
+        )
+    if isinstance(exc, CatalogError):
+        LOG.error("catalog unavailable: %s", exc)
+        return 503, _sentence(str(exc))
+    if isinstance(exc, ImagewrightError):
+        # A failure of the data path that names its cause (a store error, an I/O error).
+        LOG.warning("request failed: %s", exc)
+        return 500, _sentence(str(exc))
+    LOG.exception("internal error")
+    return 500, f"The registry failed unexpectedly ({type(exc).__name__}); the server log has the details."
+
+
+def _sentence(text: str) -> str:
+    text = " ".join(text.split())
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def render_error(render: ErrorRenderer, request: Request, exc: Exception) -> Response:
+    status, message = error_status_and_message(exc)
+    headers: dict[str, str] = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = f'Keystone uri="{registry_of(request).public_url}/identity"'
+    return render(status, message, headers)
+
+
+def guarded(render: ErrorRenderer) -> Callable[[Endpoint], Endpoint]:
+    """Wrap an endpoint so that every failure it raises is rendered by ``render``.
+
+    (A handler for ``Exception`` in a mounted Starlette app re-raises after answering, which the
+    parent app would answer again; catching here keeps one answer per request.)
+    """
+
+    def wrap(endpoint: Endpoint) -> Endpoint:
+        async def guarded_endpoint(request: Request) -> Response:
+            try:
+                return await endpoint(request)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes one rendered answer
+                return render_error(render, request, exc)
+
+        guarded_endpoint.__name__ = endpoint.__name__
+        guarded_endpoint.__doc__ = endpoint.__doc__
+        return guarded_endpoint
+
+    return wrap
+
+
+def http_exception_handlers(render: ErrorRenderer) -> dict[Any, Any]:
+    """Handlers for the router's own 404/405 (HTTPException), rendered in the API's shape."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        return render_error(render, request, exc)
+
+    return {HTTPException: handle}
+
+
+def keystone_error(status: int, message: str, headers: dict[str, str]) -> Response:
+    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    return JSONResponse(
+        {"error": {"code": status, "title": title, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def glance_error(status: int, message: str, headers: dict[str, str]) -> Response:
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    return JSONResponse(
+        {"message": message, "code": f"{status} {phrase}", "title": phrase},
+        status_code=status,
+        headers=headers,
+    )

@@ -1,0 +1,109 @@
+"""Starting a registry: prepare the data dir, catalog, accounts and stores once, then serve.
+
+``prepare`` does everything that must happen exactly once before any worker answers: the data
+dir and its lock (embedded catalog), the schema (a SQLite catalog upgrades itself; an empty
+PostgreSQL database is created; an outdated one is refused with the command that fixes it), the
+``Default`` domain and ``admin`` account, the client files, the stores' check, and the start-up
+sweep. ``run`` hands the config to uvicorn, which starts the workers (``app.create_app``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from imagewright.catalog import accounts
+from imagewright.catalog.database import Catalog, redact, sqlite_url
+from imagewright.service import datadir
+from imagewright.service.config import ENVIRONMENT_VARIABLE, ServiceConfig, url_host
+from imagewright.service.http import Registry
+from imagewright.service.sweep import SweepReport, sweep
+from imagewright.stores import open_stores
+
+ADMIN_PASSWORD_VARIABLE = "IMAGEWRIGHT_ADMIN_PASSWORD"  # noqa: S105 - a variable name, not a password
+
+
+@dataclass
+class Prepared:
+    config: ServiceConfig
+    #: The admin's password when the account was created now (printed once), else None.
+    admin_password: str | None
+    clouds_yaml: Path
+    openrc: Path
+    schema: tuple[str | None, str]
+    sweep: SweepReport
+    lock: datadir.DataDirLock | None
+
+
+def prepare(
+    data_dir: Path,
+    host: str,
+    port: int,
+    *,
+    database: str | None = None,
+    store_specs: tuple[str, ...] = (),
+    public_url: str | None = None,
+) -> Prepared:
+    datadir.ensure_data_dir(data_dir)
+    database_url = database or sqlite_url(data_dir)
+    catalog = Catalog(database_url)
+    lock: datadir.DataDirLock | None = None
+    try:
+        if catalog.is_sqlite:
+            # One server per SQLite file: a second one would fight the first for the write lock
+            # and, worse, sweep its live uploads.
+            lock = datadir.DataDirLock(data_dir)
+            lock.acquire()
+        if catalog.is_sqlite or catalog.is_empty():
+            schema = catalog.upgrade()
+        else:
+            catalog.check_schema()
+            schema = (catalog.current_revision(), catalog.head_revision())
+        with catalog.writing() as session:
+            created = accounts.bootstrap(session, os.environ.get(ADMIN_PASSWORD_VARIABLE) or None)
+        url = (public_url or f"http://{url_host(host)}:{port}").rstrip("/")
+        config = ServiceConfig(
+            data_dir=data_dir, database_url=database_url, store_specs=tuple(store_specs), public_url=url
+        )
+        stores = open_stores(list(store_specs), data_dir)
+        stores.check()
+        datadir.write_config(data_dir, datadir.DataDirConfig(database_url, tuple(store_specs), url))
+        clouds = data_dir / "clouds.yaml"
+        rc = data_dir / "openrc"
+        if created.password is not None:
+            clouds, rc = datadir.write_client_files(
+                data_dir, url, created.user.name, created.password, created.project.name, config.region
+            )
+        registry = Registry(config=config, catalog=catalog, stores=stores)
+        # With an embedded catalog no writer of another server can be alive (we hold the lock).
+        report = sweep(registry, incomplete_grace=0.0 if catalog.is_sqlite else None)
+    finally:
+        catalog.dispose()
+    return Prepared(config, created.password, clouds, rc, schema, report, lock)
+
+
+def run(config: ServiceConfig, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    os.environ[ENVIRONMENT_VARIABLE] = config.to_json()
+    logging.getLogger("imagewright").setLevel(logging.INFO)
+    uvicorn.run(
+        "imagewright.service.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
+
+
+def describe_database(config: ServiceConfig) -> str:
+    return redact(config.database_url)
+
+
+__all__ = ["Prepared", "describe_database", "prepare", "replace", "run"]
