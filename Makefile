@@ -12,7 +12,8 @@ APT_PACKAGES := qemu-utils qemu-system-x86 qemu-system-data seabios ipxe-qemu \
 	zstd xz-utils bzip2 gzip file shellcheck openssh-client dash \
 	ntfs-3g cryptsetup-bin squashfs-tools syslinux-common binutils curl jq \
 	libguestfs-tools linux-image-amd64 cloud-guest-utils strace \
-	swift swift-proxy swift-account swift-container swift-object
+	swift swift-proxy swift-account swift-container swift-object \
+	postgresql
 
 PYTEST_ARGS ?=
 
