@@ -28,6 +28,7 @@ from imagewright.catalog.tokens import AuthContext
 from imagewright.errors import (
     CatalogError,
     ImagewrightError,
+    InvalidArgumentError,
     NotAuthenticatedError,
     RequestError,
 )
@@ -114,6 +115,8 @@ ErrorRenderer = Callable[[int, str, dict[str, str]], Response]
 def error_status_and_message(exc: Exception) -> tuple[int, str]:
     if isinstance(exc, RequestError):
         return exc.status, _sentence(str(exc))
+    if isinstance(exc, InvalidArgumentError):
+        return 400, _sentence(str(exc))
     if isinstance(exc, HTTPException):
         return exc.status_code, _sentence(
             str(exc.detail) if exc.detail else HTTPStatus(exc.status_code).phrase
