@@ -745,6 +745,8 @@ async def update_member(request: Request) -> Response:
     def work() -> dict[str, Any]:
         with registry.catalog.writing() as session:
             image, _membership = _load(session, caller, image_id, lock=True)
+            if image.visibility == "public":
+                raise ForbiddenError("Public images do not have members.")
             if not image_policy.may_show_member(caller, image, member_id):
                 raise NotFoundError(f"{member_id} not found in the member list of the image {image_id}.")
             member = images.get_member(session, image, member_id)
@@ -766,6 +768,8 @@ async def remove_member(request: Request) -> Response:
     def work() -> None:
         with registry.catalog.writing() as session:
             image, _membership = _load(session, caller, image_id, lock=True)
+            if image.visibility == "public":
+                raise ForbiddenError("Public images do not have members.")
             if not image_policy.may_show_member(caller, image, member_id):
                 raise NotFoundError(f"{member_id} not found in the member list of the image {image_id}.")
             member = images.get_member(session, image, member_id)
