@@ -89,7 +89,9 @@ def judge_upload(source: ByteSource, name: str, disk_format: str, container_form
     """Refuse (UnsafeImageError, one sentence) an unsafe image or one that is not what it claims."""
     report = inspect_blob(source, name)
     if not report.verdict.safe:
-        raise UnsafeImageError(f"The image is refused: {report.verdict.reasons[0]}.", report.verdict.reasons)
+        reasons = report.verdict.reasons
+        more = f" (also: {'; '.join(reasons[1:4])})" if len(reasons) > 1 else ""
+        raise UnsafeImageError(f"The image is refused: {reasons[0]}{more}.", reasons)
     found_disk, found_container = content_formats(report)
     if container_format in ("bare", "ami", "aki", "ari"):
         if found_container != "bare":
