@@ -396,15 +396,11 @@ async def show_project(request: Request) -> Response:
     def work() -> dict[str, Any]:
         with registry.catalog.reading() as session:
             project = session.get(Project, project_id)
-            allowed = caller.is_admin or (
-                project is not None
-                and any(p.id == project.id for p in accounts.projects_of_user(session, caller.user.id))
-            )
-            if not allowed:
-                if caller.is_admin or project is None:
-                    raise NotFoundError(f"Could not find project: {project_id}.")
+            if project is None:
+                raise NotFoundError(f"Could not find project: {project_id}.")
+            mine = any(p.id == project.id for p in accounts.projects_of_user(session, caller.user.id))
+            if not (caller.is_admin or mine):
                 raise ForbiddenError("You are not authorized to see this project.")
-            assert project is not None
             return _project_view(project, registry.public_url)
 
     return json_response({"project": await blocking(work)})
