@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from tests.fixtures.postgres import PostgresCluster, postgres_cluster
 from tests.fixtures.registry import RegistryServer
 

@@ -6,7 +6,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from tests.fixtures.registry import ADMIN_PASSWORD, RegistryServer
 
 
@@ -65,7 +64,9 @@ def test_password_auth_shapes_and_token_body(registry: RegistryServer) -> None:
     unscoped = post_token(registry, password_auth({"id": user_id}, "bob-Pw-1", "unscoped"))
     assert unscoped.status_code == 201 and "project" not in unscoped.json()["token"]
     nocatalog = post_token(
-        registry, password_auth({"id": user_id}, "bob-Pw-1", {"project": {"id": project_id}}), params={"nocatalog": "1"}
+        registry,
+        password_auth({"id": user_id}, "bob-Pw-1", {"project": {"id": project_id}}),
+        params={"nocatalog": "1"},
     )
     assert "catalog" not in nocatalog.json()["token"]
 
@@ -77,12 +78,25 @@ def test_password_auth_shapes_and_token_body(registry: RegistryServer) -> None:
         password_auth({"name": "nobody", "domain": {"id": "default"}}, ADMIN_PASSWORD),
         password_auth({"name": "admin", "domain": {"name": "Nowhere"}}, ADMIN_PASSWORD),
         password_auth({"id": "0" * 32}, ADMIN_PASSWORD),
-        password_auth({"name": "admin", "domain": {"id": "default"}}, ADMIN_PASSWORD, {"project": {"id": "f" * 32}}),
-        password_auth({"name": "admin", "domain": {"id": "default"}}, ADMIN_PASSWORD, {"domain": {"id": "default"}}),
+        password_auth(
+            {"name": "admin", "domain": {"id": "default"}}, ADMIN_PASSWORD, {"project": {"id": "f" * 32}}
+        ),
+        password_auth(
+            {"name": "admin", "domain": {"id": "default"}}, ADMIN_PASSWORD, {"domain": {"id": "default"}}
+        ),
         {"auth": {"identity": {"methods": ["totp"], "totp": {}}}},
         {"auth": {"identity": {"methods": ["token"], "token": {"id": "not-a-token"}}}},
     ],
-    ids=["wrong-password", "unknown-user", "unknown-domain", "unknown-user-id", "foreign-project", "domain-scope", "totp", "bad-token"],
+    ids=[
+        "wrong-password",
+        "unknown-user",
+        "unknown-domain",
+        "unknown-user-id",
+        "foreign-project",
+        "domain-scope",
+        "totp",
+        "bad-token",
+    ],
 )
 def test_failed_authentication_is_401_with_keystone_error(registry: RegistryServer, body: Any) -> None:
     response = post_token(registry, body)
@@ -93,9 +107,13 @@ def test_failed_authentication_is_401_with_keystone_error(registry: RegistryServ
     assert "X-Subject-Token" not in response.headers
 
 
-@pytest.mark.parametrize("body", [b"not json", b"{}", b'{"auth": {"identity": {"methods": "password"}}}', b"[]"])
+@pytest.mark.parametrize(
+    "body", [b"not json", b"{}", b'{"auth": {"identity": {"methods": "password"}}}', b"[]"]
+)
 def test_malformed_auth_request_is_400(registry: RegistryServer, body: bytes) -> None:
-    response = httpx.post(f"{registry.url}/identity/v3/auth/tokens", content=body, headers={"Content-Type": "application/json"})
+    response = httpx.post(
+        f"{registry.url}/identity/v3/auth/tokens", content=body, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == 400
 
@@ -104,10 +122,24 @@ def test_no_member_of_project_no_token(registry: RegistryServer) -> None:
     registry.add_project("p1")
     registry.add_project("p2")
     registry.add_user("carol", "p1", "member", "carol-Pw-1")
-    ok = post_token(registry, password_auth({"name": "carol", "domain": {"id": "default"}}, "carol-Pw-1", {"project": {"name": "p1", "domain": {"id": "default"}}}))
+    ok = post_token(
+        registry,
+        password_auth(
+            {"name": "carol", "domain": {"id": "default"}},
+            "carol-Pw-1",
+            {"project": {"name": "p1", "domain": {"id": "default"}}},
+        ),
+    )
     assert ok.status_code == 201
     assert [r["name"] for r in ok.json()["token"]["roles"]] == ["member", "reader"]
-    refused = post_token(registry, password_auth({"name": "carol", "domain": {"id": "default"}}, "carol-Pw-1", {"project": {"name": "p2", "domain": {"id": "default"}}}))
+    refused = post_token(
+        registry,
+        password_auth(
+            {"name": "carol", "domain": {"id": "default"}},
+            "carol-Pw-1",
+            {"project": {"name": "p2", "domain": {"id": "default"}}},
+        ),
+    )
     assert refused.status_code == 401
 
 
@@ -141,7 +173,15 @@ def test_validate_check_revoke(registry: RegistryServer) -> None:
 
     # Re-scoping keeps the expiry and chains the audit ids.
     first = httpx.get(url, headers={"X-Auth-Token": dave, "X-Subject-Token": dave}).json()["token"]
-    rescoped = post_token(registry, {"auth": {"identity": {"methods": ["token"], "token": {"id": dave}}, "scope": {"project": {"name": "demo", "domain": {"id": "default"}}}}})
+    rescoped = post_token(
+        registry,
+        {
+            "auth": {
+                "identity": {"methods": ["token"], "token": {"id": dave}},
+                "scope": {"project": {"name": "demo", "domain": {"id": "default"}}},
+            }
+        },
+    )
     assert rescoped.status_code == 201
     token = rescoped.json()["token"]
     assert token["expires_at"] == first["expires_at"]
@@ -162,41 +202,96 @@ def test_application_credentials(registry: RegistryServer) -> None:
     registry.add_project("demo")
     registry.add_user("gina", "demo", "member", "gina-Pw-1")
     token = registry.token("gina", "gina-Pw-1", "demo")
-    user_id = httpx.get(f"{registry.url}/identity/v3/auth/tokens", headers={"X-Auth-Token": token, "X-Subject-Token": token}).json()["token"]["user"]["id"]
+    user_id = httpx.get(
+        f"{registry.url}/identity/v3/auth/tokens", headers={"X-Auth-Token": token, "X-Subject-Token": token}
+    ).json()["token"]["user"]["id"]
     base = f"{registry.url}/identity/v3/users/{user_id}/application_credentials"
     headers = {"X-Auth-Token": token}
 
-    created = httpx.post(base, headers=headers, json={"application_credential": {"name": "ci", "roles": [{"name": "reader"}]}})
+    created = httpx.post(
+        base, headers=headers, json={"application_credential": {"name": "ci", "roles": [{"name": "reader"}]}}
+    )
     assert created.status_code == 201, created.text
     credential = created.json()["application_credential"]
     assert credential["secret"] and [r["name"] for r in credential["roles"]] == ["reader"]
     assert credential["unrestricted"] is False
 
     # The secret works by id and by name + user; it carries only the reader role.
-    by_id = post_token(registry, {"auth": {"identity": {"methods": ["application_credential"], "application_credential": {"id": credential["id"], "secret": credential["secret"]}}}})
+    by_id = post_token(
+        registry,
+        {
+            "auth": {
+                "identity": {
+                    "methods": ["application_credential"],
+                    "application_credential": {"id": credential["id"], "secret": credential["secret"]},
+                }
+            }
+        },
+    )
     assert by_id.status_code == 201, by_id.text
     body = by_id.json()["token"]
-    assert body["application_credential"]["id"] == credential["id"] and body["application_credential"]["restricted"] is True
+    assert (
+        body["application_credential"]["id"] == credential["id"]
+        and body["application_credential"]["restricted"] is True
+    )
     assert [r["name"] for r in body["roles"]] == ["reader"]
     app_token = by_id.headers["X-Subject-Token"]
     with registry.api(app_token) as api:
         assert api.get("/image/v2/images").status_code == 200
         # A reader cannot create images.
         assert api.post("/image/v2/images", json={"name": "x"}).status_code == 403
-    by_name = post_token(registry, {"auth": {"identity": {"methods": ["application_credential"], "application_credential": {"name": "ci", "user": {"name": "gina", "domain": {"id": "default"}}, "secret": credential["secret"]}}}})
+    by_name = post_token(
+        registry,
+        {
+            "auth": {
+                "identity": {
+                    "methods": ["application_credential"],
+                    "application_credential": {
+                        "name": "ci",
+                        "user": {"name": "gina", "domain": {"id": "default"}},
+                        "secret": credential["secret"],
+                    },
+                }
+            }
+        },
+    )
     assert by_name.status_code == 201
-    wrong = post_token(registry, {"auth": {"identity": {"methods": ["application_credential"], "application_credential": {"id": credential["id"], "secret": "nope"}}}})
+    wrong = post_token(
+        registry,
+        {
+            "auth": {
+                "identity": {
+                    "methods": ["application_credential"],
+                    "application_credential": {"id": credential["id"], "secret": "nope"},
+                }
+            }
+        },
+    )
     assert wrong.status_code == 401
     # A restricted credential's token cannot make another credential.
-    refused = httpx.post(base, headers={"X-Auth-Token": app_token}, json={"application_credential": {"name": "ci2"}})
+    refused = httpx.post(
+        base, headers={"X-Auth-Token": app_token}, json={"application_credential": {"name": "ci2"}}
+    )
     assert refused.status_code == 403
     # Roles not held are refused; a duplicate name conflicts.
-    assert httpx.post(base, headers=headers, json={"application_credential": {"name": "adm", "roles": [{"name": "admin"}]}}).status_code == 403
-    assert httpx.post(base, headers=headers, json={"application_credential": {"name": "ci"}}).status_code == 409
+    assert (
+        httpx.post(
+            base,
+            headers=headers,
+            json={"application_credential": {"name": "adm", "roles": [{"name": "admin"}]}},
+        ).status_code
+        == 403
+    )
+    assert (
+        httpx.post(base, headers=headers, json={"application_credential": {"name": "ci"}}).status_code == 409
+    )
 
     listing = httpx.get(base, headers=headers).json()["application_credentials"]
     assert [c["name"] for c in listing] == ["ci"] and "secret" not in listing[0]
-    assert httpx.get(f"{base}/{credential['id']}", headers=headers).json()["application_credential"]["name"] == "ci"
+    assert (
+        httpx.get(f"{base}/{credential['id']}", headers=headers).json()["application_credential"]["name"]
+        == "ci"
+    )
     assert httpx.delete(f"{base}/{credential['id']}", headers=headers).status_code == 204
     assert httpx.get(f"{base}/{credential['id']}", headers=headers).status_code == 404
     # Deleting the credential kills its tokens.
@@ -212,17 +307,24 @@ def test_identity_lookups_for_clients(registry: RegistryServer) -> None:
     v3 = f"{registry.url}/identity/v3"
     assert httpx.get(f"{v3}/projects", headers={"X-Auth-Token": admin}).status_code == 200
     assert httpx.get(f"{v3}/projects", headers={"X-Auth-Token": hank}).status_code == 403
-    found = httpx.get(f"{v3}/projects", params={"name": "demo"}, headers={"X-Auth-Token": hank}).json()["projects"]
+    found = httpx.get(f"{v3}/projects", params={"name": "demo"}, headers={"X-Auth-Token": hank}).json()[
+        "projects"
+    ]
     assert [p["id"] for p in found] == [project_id]
     assert httpx.get(f"{v3}/projects/{project_id}", headers={"X-Auth-Token": hank}).status_code == 200
-    admin_project = httpx.get(f"{v3}/projects", params={"name": "admin"}, headers={"X-Auth-Token": admin}).json()["projects"][0]["id"]
+    admin_project = httpx.get(
+        f"{v3}/projects", params={"name": "admin"}, headers={"X-Auth-Token": admin}
+    ).json()["projects"][0]["id"]
     assert httpx.get(f"{v3}/projects/{admin_project}", headers={"X-Auth-Token": hank}).status_code == 403
     assert httpx.get(f"{v3}/projects/nope", headers={"X-Auth-Token": admin}).status_code == 404
     mine = httpx.get(f"{v3}/auth/projects", headers={"X-Auth-Token": hank}).json()["projects"]
     assert [p["name"] for p in mine] == ["demo"]
     catalog = httpx.get(f"{v3}/auth/catalog", headers={"X-Auth-Token": hank}).json()["catalog"]
     assert {entry["type"] for entry in catalog} == {"identity", "image"}
-    assert httpx.get(f"{v3}/domains/default", headers={"X-Auth-Token": hank}).json()["domain"]["name"] == "Default"
+    assert (
+        httpx.get(f"{v3}/domains/default", headers={"X-Auth-Token": hank}).json()["domain"]["name"]
+        == "Default"
+    )
     for path in ("/projects", "/auth/projects", "/auth/catalog", "/domains/default"):
         response = httpx.get(f"{v3}{path}")
         assert response.status_code == 401, path

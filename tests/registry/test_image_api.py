@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from tests.fixtures.registry import Api, RegistryServer
 from tests.registry.test_openstack_clients import qemu_virtual_size
 
@@ -49,7 +48,11 @@ def test_versions_document(server: RegistryServer) -> None:
     listing = httpx.get(f"{server.url}/image")
     assert listing.status_code == 300
     versions = listing.json()["versions"]
-    assert versions[0] == {"id": "v2.15", "status": "CURRENT", "links": [{"rel": "self", "href": f"{server.url}/image/v2/"}]}
+    assert versions[0] == {
+        "id": "v2.15",
+        "status": "CURRENT",
+        "links": [{"rel": "self", "href": f"{server.url}/image/v2/"}],
+    }
     assert {v["status"] for v in versions[1:]} == {"SUPPORTED"}
     assert versions[-1]["id"] == "v2.0"
     assert httpx.get(f"{server.url}/image/versions").status_code == 200
@@ -61,14 +64,24 @@ def test_schemas(admin: Api) -> None:
     assert image["properties"]["status"]["readOnly"] is True
     assert "qcow2" in image["properties"]["disk_format"]["enum"]
     assert admin.get("/image/v2/schemas/images").json()["properties"]["images"]["items"]["name"] == "image"
-    assert admin.get("/image/v2/schemas/member").json()["properties"]["status"]["enum"] == ["pending", "accepted", "rejected"]
+    assert admin.get("/image/v2/schemas/member").json()["properties"]["status"]["enum"] == [
+        "pending",
+        "accepted",
+        "rejected",
+    ]
     assert admin.get("/image/v2/schemas/members").status_code == 200
     glance_error(admin.get("/image/v2/schemas/nope"), 404)
 
 
 def test_info_stores(admin: Api) -> None:
     assert admin.get("/image/v2/info/stores").json() == {
-        "stores": [{"id": "default", "description": admin.get("/image/v2/info/stores").json()["stores"][0]["description"], "default": True}]
+        "stores": [
+            {
+                "id": "default",
+                "description": admin.get("/image/v2/info/stores").json()["stores"][0]["description"],
+                "default": True,
+            }
+        ]
     }
 
 
@@ -95,10 +108,14 @@ ENDPOINTS = [
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS, ids=[f"{m} {p}" for m, p in ENDPOINTS])
 @pytest.mark.parametrize("token", ["none", "bogus"])
-def test_every_endpoint_needs_a_valid_token(server: RegistryServer, admin: Api, method: str, path: str, token: str) -> None:
+def test_every_endpoint_needs_a_valid_token(
+    server: RegistryServer, admin: Api, method: str, path: str, token: str
+) -> None:
     image = admin.create_image(name="guarded", disk_format="raw", container_format="bare")
     with server.api(None if token == "none" else "bogus-token") as anonymous:
-        response = anonymous.request(method, path.format(id=image["id"]), json={} if method in ("POST", "PUT") else None)
+        response = anonymous.request(
+            method, path.format(id=image["id"]), json={} if method in ("POST", "PUT") else None
+        )
     glance_error(response, 401)
     assert response.headers["WWW-Authenticate"] == f'Keystone uri="{server.url}/identity"'
 
@@ -108,7 +125,13 @@ def test_unknown_image_is_404(admin: Api) -> None:
     for method, path in ENDPOINTS:
         if "{id}" not in path:
             continue
-        response = admin.request(method, path.format(id=missing), json={"member": "x", "status": "accepted"} if method in ("POST", "PUT") and "members" in path else None)
+        response = admin.request(
+            method,
+            path.format(id=missing),
+            json={"member": "x", "status": "accepted"}
+            if method in ("POST", "PUT") and "members" in path
+            else None,
+        )
         if method == "PATCH":
             response = admin.patch(path.format(id=missing), [])
         if method == "PUT" and path.endswith("/file"):
@@ -120,7 +143,9 @@ def test_unknown_image_is_404(admin: Api) -> None:
 def test_patch_media_type(admin: Api) -> None:
     image = admin.create_image(name="patchme", disk_format="raw", container_format="bare")
     for media_type in ("application/json", "application/json-patch+json", "text/plain"):
-        response = admin.patch(f"/image/v2/images/{image['id']}", [{"op": "replace", "path": "/name", "value": "n"}], media_type)
+        response = admin.patch(
+            f"/image/v2/images/{image['id']}", [{"op": "replace", "path": "/name", "value": "n"}], media_type
+        )
         glance_error(response, 415)
         assert V21 in response.headers["Accept-Patch"]
     assert admin.get(f"/image/v2/images/{image['id']}").json()["name"] == "patchme"
@@ -147,15 +172,35 @@ def test_patch_semantics(admin: Api) -> None:
     removed = admin.patch(url, [{"op": "remove", "path": "/shape"}])
     assert "shape" not in removed.json()
 
-    for path in ("/status", "/checksum", "/size", "/virtual_size", "/id", "/created_at", "/os_hash_value", "/self", "/file", "/schema"):
-        assert "read-only" in glance_error(admin.patch(url, [{"op": "replace", "path": path, "value": "x"}]), 403)
+    for path in (
+        "/status",
+        "/checksum",
+        "/size",
+        "/virtual_size",
+        "/id",
+        "/created_at",
+        "/os_hash_value",
+        "/self",
+        "/file",
+        "/schema",
+    ):
+        assert "read-only" in glance_error(
+            admin.patch(url, [{"op": "replace", "path": path, "value": "x"}]), 403
+        )
     for path in ("/location", "/deleted", "/os_glance_import_task", "/locations"):
         assert "reserved" in glance_error(admin.patch(url, [{"op": "add", "path": path, "value": "x"}]), 403)
     assert "may not be removed" in glance_error(admin.patch(url, [{"op": "remove", "path": "/name"}]), 403)
-    assert "does not exist" in glance_error(admin.patch(url, [{"op": "replace", "path": "/nothing", "value": "x"}]), 409)
+    assert "does not exist" in glance_error(
+        admin.patch(url, [{"op": "replace", "path": "/nothing", "value": "x"}]), 409
+    )
     assert "does not exist" in glance_error(admin.patch(url, [{"op": "remove", "path": "/nothing"}]), 409)
-    assert "already present" in glance_error(admin.request("PATCH", url, json=[{"add": "/color", "value": "x"}], headers={"Content-Type": V20}), 409)
-    v20 = admin.request("PATCH", url, json=[{"replace": "/color", "value": "green"}], headers={"Content-Type": V20})
+    assert "already present" in glance_error(
+        admin.request("PATCH", url, json=[{"add": "/color", "value": "x"}], headers={"Content-Type": V20}),
+        409,
+    )
+    v20 = admin.request(
+        "PATCH", url, json=[{"replace": "/color", "value": "green"}], headers={"Content-Type": V20}
+    )
     assert v20.status_code == 200 and v20.json()["color"] == "green"
     for bad in (
         [{"op": "move", "path": "/name", "from": "/x"}],
@@ -201,7 +246,13 @@ def test_listing_pagination_sorting_filters(server: RegistryServer) -> None:
     with server.api(server.token(project, "list-Pw-1", project)) as api:
         made = []
         for index, name in enumerate(["e", "b", "g", "a", "f", "c", "d"]):
-            image = api.create_image(name=name, disk_format="raw", container_format="bare", rank=str(index % 2), tags=["t"] + (["odd"] if index % 2 else []))
+            image = api.create_image(
+                name=name,
+                disk_format="raw",
+                container_format="bare",
+                rank=str(index % 2),
+                tags=["t"] + (["odd"] if index % 2 else []),
+            )
             made.append(image)
             time.sleep(0.01)
         # Walk `next` links: every image once, in order.
@@ -214,10 +265,22 @@ def test_listing_pagination_sorting_filters(server: RegistryServer) -> None:
             url = body.get("next")
             pages += 1
         assert seen == ["a", "b", "c", "d", "e", "f", "g"] and pages == 3
-        assert [i["name"] for i in api.get("/image/v2/images", params={"sort": "name:desc"}).json()["images"]] == list("gfedcba")
+        assert [
+            i["name"] for i in api.get("/image/v2/images", params={"sort": "name:desc"}).json()["images"]
+        ] == list("gfedcba")
         default = [i["name"] for i in api.get("/image/v2/images").json()["images"]]
         assert default == [i["name"] for i in reversed(made)]  # created_at desc
-        for params in ({"sort_key": "colour"}, {"sort_dir": "up"}, {"sort": "name:asc", "sort_key": "name"}, {"marker": str(uuid.uuid4())}, {"limit": "-1"}, {"member_status": "maybe"}, {"visibility": "everyone"}, {"size_min": "big"}, {"created_at": "gt:yesterday"}):
+        for params in (
+            {"sort_key": "colour"},
+            {"sort_dir": "up"},
+            {"sort": "name:asc", "sort_key": "name"},
+            {"marker": str(uuid.uuid4())},
+            {"limit": "-1"},
+            {"member_status": "maybe"},
+            {"visibility": "everyone"},
+            {"size_min": "big"},
+            {"created_at": "gt:yesterday"},
+        ):
             glance_error(api.get("/image/v2/images", params=params), 400)
 
         def names(**params: Any) -> list[str]:
@@ -236,7 +299,9 @@ def test_listing_pagination_sorting_filters(server: RegistryServer) -> None:
         assert names(owner=made[0]["owner"]) == list("abcdefg")
         assert names(visibility="private") == []
         # os_hidden images are left out unless asked for.
-        api.patch(f"/image/v2/images/{made[0]['id']}", [{"op": "replace", "path": "/os_hidden", "value": True}])
+        api.patch(
+            f"/image/v2/images/{made[0]['id']}", [{"op": "replace", "path": "/os_hidden", "value": True}]
+        )
         assert "e" not in names() and names(os_hidden="true") == ["e"]
         # Data-dependent filters.
         upload = api.upload(made[1]["id"], b"\0" * 4096)
@@ -280,7 +345,13 @@ def test_upload_rules_and_download(server: RegistryServer, admin: Api, tmp_path:
     url = f"/image/v2/images/{image['id']}"
     assert admin.get(f"{url}/file").status_code == 204  # no data yet
     assert "disk_format" in glance_error(admin.upload(image["id"], b"x"), 400)
-    admin.patch(url, [{"op": "add", "path": "/disk_format", "value": "raw"}, {"op": "add", "path": "/container_format", "value": "bare"}])
+    admin.patch(
+        url,
+        [
+            {"op": "add", "path": "/disk_format", "value": "raw"},
+            {"op": "add", "path": "/container_format", "value": "bare"},
+        ],
+    )
     glance_error(admin.put(f"{url}/file", content=b"x", headers={"Content-Type": "application/json"}), 415)
     data = bytes(range(256)) * 4096 + b"tail"
     assert admin.upload(image["id"], data).status_code == 204
@@ -298,7 +369,12 @@ def test_upload_rules_and_download(server: RegistryServer, admin: Api, tmp_path:
     assert full.status_code == 200 and full.content == data
     assert full.headers["Content-MD5"] == hashlib.md5(data).hexdigest()
     assert full.headers["Content-Length"] == str(len(data))
-    for header, start, end in (("bytes=0-9", 0, 10), ("bytes=1000-", 1000, len(data)), ("bytes=-4", len(data) - 4, len(data)), (f"bytes=5-{len(data) + 100}", 5, len(data))):
+    for header, start, end in (
+        ("bytes=0-9", 0, 10),
+        ("bytes=1000-", 1000, len(data)),
+        ("bytes=-4", len(data) - 4, len(data)),
+        (f"bytes=5-{len(data) + 100}", 5, len(data)),
+    ):
         part = admin.get(f"{url}/file", headers={"Range": header})
         assert part.status_code == 206, header
         assert part.content == data[start:end]

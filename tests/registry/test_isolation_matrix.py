@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-
 from tests.fixtures.registry import Api, RegistryServer
 
 KINDS = ("public", "community", "pending", "accepted", "rejected", "private")

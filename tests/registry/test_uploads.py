@@ -24,7 +24,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from tests.conftest import require_program
 from tests.fixtures.hostile import CASES, HostileCase
 from tests.fixtures.registry import Api, RegistryServer
@@ -61,7 +60,14 @@ def admin(server: RegistryServer) -> Iterator[Api]:
 def declared_formats(case: HostileCase) -> tuple[str, str]:
     """What a client would declare for the file (the refusal must come from the safety check)."""
     name = case.name
-    for prefix, disk in (("qcow2", "qcow2"), ("qcow-", "qcow2"), ("vmdk", "vmdk"), ("vhdx", "vhdx"), ("vhd", "vhd"), ("vdi", "vdi")):
+    for prefix, disk in (
+        ("qcow2", "qcow2"),
+        ("qcow-", "qcow2"),
+        ("vmdk", "vmdk"),
+        ("vhdx", "vhdx"),
+        ("vhd", "vhd"),
+        ("vdi", "vdi"),
+    ):
         if name.startswith(prefix):
             return disk, "bare"
     if name.startswith(("ova", "ovf")):
@@ -130,7 +136,12 @@ def test_declared_disk_format_must_match(
         assert response.status_code == 204, response.text
         shown = admin.get(f"/image/v2/images/{image['id']}").json()
         assert shown["status"] == "active"
-        info = subprocess.run([require_program("qemu-img"), "info", "--output=json", str(path)], capture_output=True, text=True, check=True)
+        info = subprocess.run(
+            [require_program("qemu-img"), "info", "--output=json", str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         import json
 
         assert shown["virtual_size"] == json.loads(info.stdout)["virtual-size"]
@@ -185,12 +196,15 @@ SLOW_UPLOAD = textwrap.dedent(
             sent += 1 << 20
             print(sent, flush=True)
             time.sleep(0.05)
-    httpx.put(url, content=body(), headers={"X-Auth-Token": token, "Content-Type": "application/octet-stream"}, timeout=600)
+    headers = {"X-Auth-Token": token, "Content-Type": "application/octet-stream"}
+    httpx.put(url, content=body(), headers=headers, timeout=600)
     """
 )
 
 
-def _start_slow_upload(server: RegistryServer, token: str, image_id: str, tmp_path: Path) -> subprocess.Popen[str]:
+def _start_slow_upload(
+    server: RegistryServer, token: str, image_id: str, tmp_path: Path
+) -> subprocess.Popen[str]:
     script = tmp_path / "slow_upload.py"
     script.write_text(SLOW_UPLOAD)
     return subprocess.Popen(
@@ -257,7 +271,10 @@ def test_kill9_client_mid_upload(server: RegistryServer, admin: Api, tmp_path: P
 def test_fifty_concurrent_clients(server: RegistryServer, admin: Api) -> None:
     clients = 50
     payloads = [os.urandom(256 << 10) + bytes([n]) * (n * 4096) for n in range(clients)]
-    ids = [admin.create_image(name=f"load-{n}", disk_format="raw", container_format="bare")["id"] for n in range(clients)]
+    ids = [
+        admin.create_image(name=f"load-{n}", disk_format="raw", container_format="bare")["id"]
+        for n in range(clients)
+    ]
     token = admin.client.headers["X-Auth-Token"]
     failures: list[str] = []
     statuses: list[int] = []
@@ -265,14 +282,21 @@ def test_fifty_concurrent_clients(server: RegistryServer, admin: Api) -> None:
 
     def worker(n: int) -> None:
         with httpx.Client(base_url=server.url, headers={"X-Auth-Token": token}, timeout=300) as http:
-            put = http.put(f"/image/v2/images/{ids[n]}/file", content=payloads[n], headers={"Content-Type": "application/octet-stream"})
+            put = http.put(
+                f"/image/v2/images/{ids[n]}/file",
+                content=payloads[n],
+                headers={"Content-Type": "application/octet-stream"},
+            )
             got = http.get(f"/image/v2/images/{ids[n]}/file")
             listed = http.get("/image/v2/images", params={"limit": 10})
             with lock:
                 statuses.extend([put.status_code, got.status_code, listed.status_code])
                 if put.status_code != 204:
                     failures.append(f"{n}: upload {put.status_code} {put.text}")
-                elif got.content != payloads[n] or got.headers["Content-MD5"] != hashlib.md5(payloads[n]).hexdigest():
+                elif (
+                    got.content != payloads[n]
+                    or got.headers["Content-MD5"] != hashlib.md5(payloads[n]).hexdigest()
+                ):
                     failures.append(f"{n}: download differs")
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]

@@ -11,7 +11,8 @@ from imagewright.service.config import DEFAULT_LISTEN, parse_listen
 @click.option(
     "--data-dir",
     default=None,
-    help="Where the catalog, the blobs and clouds.yaml live (default $IMAGEWRIGHT_DATA_DIR or ./imagewright-data).",
+    help="Where the catalog, the blobs and clouds.yaml live "
+    "(default $IMAGEWRIGHT_DATA_DIR or ./imagewright-data).",
 )
 @click.option("--listen", default=DEFAULT_LISTEN, show_default=True, help="HOST:PORT to listen on.")
 @click.option(
@@ -69,7 +70,8 @@ def command(
     echo(f"  image:    {config.public_url}/image")
     if prepared.clouds_yaml.exists():
         echo(
-            f"  try:      OS_CLIENT_CONFIG_FILE={prepared.clouds_yaml} OS_CLOUD=imagewright openstack image list"
+            f"  try:      OS_CLIENT_CONFIG_FILE={prepared.clouds_yaml} OS_CLOUD=imagewright "
+            "openstack image list"
         )
     echo(
         f"listening on {listen} with {workers} worker{'s' if workers != 1 else ''} (Ctrl-C stops)", err=False

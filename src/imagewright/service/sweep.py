@@ -39,8 +39,9 @@ class SweepReport:
 
     def summary(self) -> str:
         return (
-            f"{len(self.reset_uploads)} interrupted upload(s) reset, {len(self.removed_incomplete)} incomplete "
-            f"write(s) and {len(self.removed_orphans)} unreferenced blob(s) removed"
+            f"{len(self.reset_uploads)} interrupted upload(s) reset, "
+            f"{len(self.removed_incomplete)} incomplete write(s) and "
+            f"{len(self.removed_orphans)} unreferenced blob(s) removed"
         )
 
 

@@ -153,7 +153,8 @@ def _authenticate(session: Session, body: Any) -> tuple[str, AuthContext]:
         raise RequestError("Expecting to find auth.identity.methods as a list of method names.")
     if len(methods) != 1 or methods[0] not in ("password", "token", "application_credential"):
         raise NotAuthenticatedError(
-            "Attempted to authenticate with an unsupported method; use password, token or application_credential."
+            "Attempted to authenticate with an unsupported method; use password, token or "
+            "application_credential."
         )
     method = methods[0]
     scope = auth.get("scope")

@@ -76,6 +76,12 @@ def content_formats(report: ImageReport) -> tuple[str, str]:
     return GLANCE_DISK_FORMAT.get(report.format, report.format), "bare"
 
 
+def _describe(found_disk: str, found_container: str, wrapper: str) -> str:
+    if found_container == "bare":
+        return f"a bare {found_disk} image"
+    return f"a {wrapper} container"
+
+
 def _matches(declared: str, found: str) -> bool:
     if declared == found:
         return True
@@ -104,11 +110,12 @@ def judge_upload(source: ByteSource, name: str, disk_format: str, container_form
         if found_container != container_format:
             raise UnsafeImageError(
                 f"container_format says {container_format}, but the image data is "
-                f"{'a bare ' + found_disk + ' image' if found_container == 'bare' else 'a ' + report.format + ' container'}."
+                f"{_describe(found_disk, found_container, report.format)}."
             )
     else:
         raise UnsafeImageError(
-            f"container_format {container_format} is not accepted for uploads here; use bare, compressed or ova."
+            f"container_format {container_format} is not accepted for uploads here; "
+            "use bare, compressed or ova."
         )
     if found_disk == "unknown" and container_format == "compressed":
         # The wrapper hides an inner format the inspection could not name from its prefix: only

@@ -178,7 +178,9 @@ def image_schema() -> dict[str, Any]:
         "os_hash_value": {
             "type": _null_or("string"),
             "readOnly": True,
-            "description": "Hexdigest of the image contents using the algorithm specified by the os_hash_algo",
+            "description": (
+                "Hexdigest of the image contents using the algorithm specified by the os_hash_algo"
+            ),
             "maxLength": 128,
         },
         "owner": {"type": _null_or("string"), "description": "Owner of the image", "maxLength": 255},
@@ -228,7 +230,9 @@ def image_schema() -> dict[str, Any]:
         "stores": {
             "type": "string",
             "readOnly": True,
-            "description": "Store in which image data resides. May be a comma-separated list of store identifiers.",
+            "description": (
+                "Store in which image data resides. May be a comma-separated list of store identifiers."
+            ),
         },
         "schema": {"type": "string", "readOnly": True, "description": "An image schema url"},
         "locations": {
