@@ -16,6 +16,16 @@ def pg() -> Iterator[PostgresCluster]:
         yield cluster
 
 
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def backend_database(request: pytest.FixtureRequest) -> str | None:
+    """None for the embedded SQLite catalog, else a fresh PostgreSQL database's URL."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg").fresh_database())
+    return None
+
+
 def _server(tmp_path: Path, database: str | None, **kwargs: object) -> Iterator[RegistryServer]:
     server = RegistryServer(tmp_path / "data", database=database, **kwargs)  # type: ignore[arg-type]
     server.start()
@@ -31,10 +41,7 @@ def registry(tmp_path: Path) -> Iterator[RegistryServer]:
     yield from _server(tmp_path, None)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=BACKENDS)
 def any_registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RegistryServer]:
     """The same test on SQLite and on PostgreSQL (a fresh database each time)."""
-    database = None
-    if request.param == "postgresql":
-        database = request.getfixturevalue("pg").fresh_database()
-    yield from _server(tmp_path, database)
+    yield from _server(tmp_path, backend_database(request))

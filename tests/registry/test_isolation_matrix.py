@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from tests.fixtures.registry import Api, RegistryServer
+from tests.registry.conftest import BACKENDS, backend_database
 
 KINDS = ("public", "community", "pending", "accepted", "rejected", "private")
 ACTORS = ("owner", "member", "other", "admin", "anonymous")
@@ -134,9 +135,9 @@ class World:
     project_ids: dict[str, str]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    server = RegistryServer(tmp_path_factory.mktemp("matrix") / "data")
+@pytest.fixture(scope="module", params=BACKENDS)
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    server = RegistryServer(tmp_path_factory.mktemp("matrix") / "data", database=backend_database(request))
     server.start()
     try:
         ids = {}

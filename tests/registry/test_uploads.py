@@ -27,6 +27,7 @@ import pytest
 from tests.conftest import require_program
 from tests.fixtures.hostile import CASES, HostileCase
 from tests.fixtures.registry import Api, RegistryServer
+from tests.registry.conftest import BACKENDS, backend_database
 
 for _module in (
     "hostile_qcow2",
@@ -41,9 +42,11 @@ for _module in (
     importlib.import_module(f"tests.fixtures.{_module}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    registry = RegistryServer(tmp_path_factory.mktemp("uploads") / "data")
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RegistryServer]:
+    registry = RegistryServer(tmp_path_factory.mktemp("uploads") / "data", database=backend_database(request))
     registry.start()
     try:
         yield registry
@@ -227,8 +230,12 @@ def _status(server: RegistryServer, image_id: str) -> str:
         return str(api.get(f"/image/v2/images/{image_id}").json()["status"])
 
 
-def test_kill9_server_mid_upload_then_restart(tmp_path: Path) -> None:
-    server = RegistryServer(tmp_path / "data")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kill9_server_mid_upload_then_restart(
+    request: pytest.FixtureRequest, backend: str, tmp_path: Path
+) -> None:
+    database = request.getfixturevalue("pg").fresh_database() if backend == "postgresql" else None
+    server = RegistryServer(tmp_path / "data", database=database)
     server.start()
     try:
         token = server.token()
