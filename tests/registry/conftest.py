@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from tests.fixtures.postgres import PostgresCluster, postgres_cluster
-from tests.fixtures.registry import RegistryServer
+from tests.fixtures.registry import Api, RegistryServer
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +45,20 @@ def registry(tmp_path: Path) -> Iterator[RegistryServer]:
 def any_registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RegistryServer]:
     """The same test on SQLite and on PostgreSQL (a fresh database each time)."""
     yield from _server(tmp_path, backend_database(request))
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RegistryServer]:
+    """One registry per test module (and backend): for tests that tolerate each other's images."""
+    yield from _server(
+        tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]), backend_database(request)
+    )
+
+
+@pytest.fixture(scope="module")
+def admin(server: RegistryServer) -> Iterator[Api]:
+    """The module registry's admin, with a token."""
+    with server.api(server.token()) as api:
+        yield api

@@ -5,38 +5,16 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from tests.fixtures.registry import Api, RegistryServer
-from tests.registry.conftest import BACKENDS, backend_database
 from tests.registry.test_openstack_clients import qemu_virtual_size
 
 V21 = "application/openstack-images-v2.1-json-patch"
 V20 = "application/openstack-images-v2.0-json-patch"
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RegistryServer]:
-    registry = RegistryServer(
-        tmp_path_factory.mktemp("image-api") / "data", database=backend_database(request)
-    )
-    registry.start()
-    try:
-        yield registry
-    finally:
-        registry.stop()
-
-
-@pytest.fixture(scope="module")
-def admin(server: RegistryServer) -> Iterator[Api]:
-    with server.api(server.token()) as api:
-        yield api
 
 
 def glance_error(response: httpx.Response, status: int) -> str:

@@ -19,7 +19,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -27,7 +26,7 @@ import pytest
 from tests.conftest import require_program
 from tests.fixtures.hostile import CASES, HostileCase
 from tests.fixtures.registry import Api, RegistryServer
-from tests.registry.conftest import BACKENDS, backend_database
+from tests.registry.conftest import BACKENDS
 
 for _module in (
     "hostile_qcow2",
@@ -40,24 +39,6 @@ for _module in (
     "hostile_other_formats",
 ):
     importlib.import_module(f"tests.fixtures.{_module}")
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RegistryServer]:
-    registry = RegistryServer(tmp_path_factory.mktemp("uploads") / "data", database=backend_database(request))
-    registry.start()
-    try:
-        yield registry
-    finally:
-        registry.stop()
-
-
-@pytest.fixture(scope="module")
-def admin(server: RegistryServer) -> Iterator[Api]:
-    with server.api(server.token()) as api:
-        yield api
 
 
 def declared_formats(case: HostileCase) -> tuple[str, str]:
