@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from imagewright.catalog import accounts
@@ -104,6 +104,3 @@ def run(config: ServiceConfig, host: str, port: int, workers: int) -> None:
 
 def describe_database(config: ServiceConfig) -> str:
     return redact(config.database_url)
-
-
-__all__ = ["Prepared", "describe_database", "prepare", "replace", "run"]

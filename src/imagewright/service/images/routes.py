@@ -21,6 +21,7 @@ from imagewright.catalog.models import Image
 from imagewright.catalog.tokens import AuthContext
 from imagewright.errors import ConflictError, ForbiddenError, NotFoundError, RequestError, StoreError
 from imagewright.service.http import (
+    LOG,
     Registry,
     blocking,
     caller_of,
@@ -490,16 +491,10 @@ async def delete_image(request: Request) -> Response:
             try:
                 registry.stores[store_id].delete(location)
             except StoreError as err:
-                registry_log_warning(err)
+                LOG.warning("the data of a deleted image stays until the next sweep: %s", err)
 
     await blocking(work)
     return Response(status_code=204)
-
-
-def registry_log_warning(err: Exception) -> None:
-    from imagewright.service.http import LOG
-
-    LOG.warning("the data of a deleted image stays until the next sweep: %s", err)
 
 
 async def _set_active_state(request: Request, target: str) -> Response:
