@@ -1,7 +1,8 @@
 """The registry's gate: every uploaded image is judged by imagewright's one safety inspection.
 
 After the bytes are in the store (and before the image turns ``active``), the blob is opened
-as a ``ByteSource`` and inspected exactly as ``imagewright inspect`` inspects a file: backing
+as a ``ByteSource`` and judged by ``imagewright.gate.admit``, the gate every entry point of
+imagewright uses (random access by ranged reads: a blob in S3 is never downloaded whole): backing
 files, data files, external extents, hostile containers and everything else the inspection
 refuses are refused here with the same reason. Then the content must be what the client
 declared (``disk_format`` / ``container_format``): a qcow2 declared ``raw`` would make a cloud
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 from imagewright.binary import ByteSource
 from imagewright.errors import UnsafeImageError
+from imagewright.gate import admit
 from imagewright.inspection import ImageReport
 
 #: qemu driver name (as the inspection reports it) → Glance disk_format.
@@ -37,16 +39,17 @@ COMPRESSED_WRAPPERS = ("gzip", "xz", "zstd", "bzip2")
 RAW_LIKE = ("raw", "ami", "aki", "ari")
 
 
-def inspect_blob(source: ByteSource, name: str) -> ImageReport:
-    """Inspect ``source`` with imagewright's inspection — the ONE call the registry makes.
+def admit_blob(source: ByteSource, name: str) -> ImageReport:
+    """Judge ``source`` with imagewright's one safety gate (``imagewright.gate.admit``).
 
-    (The inspection's walk over any ``ByteSource`` is private to ``imagewright.inspection``
-    until its public streaming form lands; this adapter is the one line to switch.)
+    Raises UnsafeImageError naming every reason (up to four) when the blob is refused.
     """
-    from imagewright.formats.base import Limits
-    from imagewright.inspection import _inspect_source, _Walk
-
-    return _inspect_source(source, name, _Walk(Limits()), depth=0)
+    try:
+        return admit(source, name=name).report
+    except UnsafeImageError as err:
+        reasons = err.reasons
+        more = f" (also: {'; '.join(reasons[1:4])})" if len(reasons) > 1 else ""
+        raise UnsafeImageError(f"The image is refused: {reasons[0]}{more}.", reasons) from err
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,7 @@ def content_formats(report: ImageReport) -> tuple[str, str]:
             inner = container.inner
             return (content_formats(inner)[0] if inner is not None else "unknown"), "compressed"
         if report.format == "ova":
-            disks = [m.image for m in container.members if m.image is not None]
-            formats = {content_formats(d)[0] for d in disks}
+            formats = {content_formats(member.report)[0] for member in container.images}
             return (formats.pop() if len(formats) == 1 else "unknown"), "ova"
         return "unknown", report.format
     if (
@@ -93,11 +95,7 @@ def _matches(declared: str, found: str) -> bool:
 
 def judge_upload(source: ByteSource, name: str, disk_format: str, container_format: str) -> GateResult:
     """Refuse (UnsafeImageError, one sentence) an unsafe image or one that is not what it claims."""
-    report = inspect_blob(source, name)
-    if not report.verdict.safe:
-        reasons = report.verdict.reasons
-        more = f" (also: {'; '.join(reasons[1:4])})" if len(reasons) > 1 else ""
-        raise UnsafeImageError(f"The image is refused: {reasons[0]}{more}.", reasons)
+    report = admit_blob(source, name)
     found_disk, found_container = content_formats(report)
     if container_format in ("bare", "ami", "aki", "ari"):
         if found_container != "bare":
