@@ -73,3 +73,7 @@ class StoreError(ImageIOError):
     A kind of ``ImageIOError`` because a store is where image bytes are read and written: code
     that reports an unreadable image handles an unreadable blob the same way.
     """
+
+
+class SandboxUnavailableError(ImagewrightError):
+    """The sandbox that programs reading untrusted images run in cannot start on this machine."""
