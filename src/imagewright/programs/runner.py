@@ -41,7 +41,7 @@ import shutil
 import signal
 import subprocess
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from imagewright.errors import ProgramError, ProgramNotFoundError, SandboxUnavailableError
@@ -308,6 +308,24 @@ def sandbox_disabled() -> Iterator[None]:
         _policy.disabled = previous
 
 
+NO_SANDBOX_WARNING = (
+    "imagewright: warning: external programs run without a sandbox (--no-sandbox); "
+    "a hostile image can make them read or overwrite host files."
+)
+
+
+def warn_without_sandbox(emit: Callable[[str], None] | None = None) -> None:
+    """Say once per process that programs run unsandboxed (``emit``: the CLI's stderr;
+    by default the ``imagewright.sandbox`` logger, for a service's log)."""
+    if _policy.warned:
+        return
+    _policy.warned = True
+    if emit is None:
+        _log.warning(NO_SANDBOX_WARNING)
+    else:
+        emit(NO_SANDBOX_WARNING)
+
+
 def _bwrap_program() -> str:
     configured = os.environ.get(BWRAP_ENV, "").strip()
     return configured or shutil.which("bwrap") or "bwrap"
@@ -356,12 +374,7 @@ def _wrapper(program: str, sandbox: Sandbox | None, *, own_session: bool) -> lis
             )
         return []
     if not sandbox_requested():
-        if not _policy.warned:
-            _policy.warned = True
-            _log.warning(
-                "imagewright: warning: external programs run without a sandbox (--no-sandbox); "
-                "a hostile image can make them read or overwrite host files."
-            )
+        warn_without_sandbox()
         return []
     problem = sandbox_problem()
     if problem is not None:
