@@ -469,6 +469,47 @@ def test_boot_runs_qemu_in_the_sandbox_and_stop_reaches_qemu_itself(tmp_path: Pa
     assert "terminating on signal 15" in errors.read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_guestfish_sees_its_disk_and_passes_host_files_through_its_exchange(
+    tmp_path: Path, sandbox_on: None
+) -> None:
+    """Server and clients in the sandbox; upload/download of host files outside it work."""
+    from imagewright.programs.guestfish import GuestfishSession, _cache_directory, _socket_directory
+
+    disk = tmp_path / "disk.raw"
+    sparse_file(disk, 32 * MIB)
+    run("mkfs.ext4", "-q", disk)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    source = elsewhere / "in.txt"
+    source.write_text("uploaded\n")
+    target = elsewhere / "out.txt"
+    with record_invocations() as log:
+        session = GuestfishSession(disk, writable=True)
+        try:
+            session.call("mount", "/dev/sda", "/")
+            session.call("upload", str(source), "/file")
+            session.call("download", "/file", str(target))
+        finally:
+            session.close()
+    assert target.read_text() == "uploaded\n"
+    server, *clients = log.invocations
+    exchange = [p for p in server.sandbox.directories if "imagewright-guestfish-" in p]
+    assert len(exchange) == 1 and not Path(exchange[0]).exists(), "the exchange goes with the session"
+    appliance = [p for p in ("/etc", "/boot", "/var/lib/dpkg") if os.path.exists(p)]
+    devices = {("--dev-bind-try", "/dev/kvm")} if os.access("/dev/kvm", os.R_OK | os.W_OK) else set()
+    sockets = _socket_directory()
+    assert declared_binds(server) == (
+        rw(disk, _cache_directory()[1], sockets, exchange[0]) | ro(*appliance) | devices
+    )
+    assert "--unshare-pid" not in server.wrapper and "--unshare-net" in server.wrapper
+    for client in clients:
+        assert client.sandboxed and declared_binds(client) == rw(sockets)
+    named = " ".join(" ".join(c.argv) for c in clients)
+    assert str(source) not in named and str(target) not in named, "the server is handed exchange paths only"
+
+
 # --------------------------------------------------------------------------------------------
 # What a sandboxed program sees, and that it dies with its parent
 

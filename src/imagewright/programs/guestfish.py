@@ -66,8 +66,11 @@ def available() -> bool:
 
 
 def environment() -> dict[str, str]:
-    env = {"LIBGUESTFS_BACKEND": os.environ.get("LIBGUESTFS_BACKEND", "direct")}
-    if "LIBGUESTFS_BACKEND_SETTINGS" not in os.environ and Path("/sys/module/kvm_pvm").exists():
+    """The LIBGUESTFS_* variables guestfish runs with: the user's own (the sandbox passes no
+    other variable through), the direct backend by default, and TCG on a PVM host."""
+    env = {key: value for key, value in os.environ.items() if key.startswith("LIBGUESTFS_")}
+    env.setdefault("LIBGUESTFS_BACKEND", "direct")
+    if "LIBGUESTFS_BACKEND_SETTINGS" not in env and Path("/sys/module/kvm_pvm").exists():
         env["LIBGUESTFS_BACKEND_SETTINGS"] = "force_tcg"
     return env
 
@@ -109,7 +112,8 @@ class GuestfishSession:
             argv.append("--ro")
         argv += ["-a", disk]
         cache_base, cache = _cache_directory()
-        self._env = environment() | {"LIBGUESTFS_CACHEDIR": cache_base}
+        # Its temporary files (the appliance's overlay, the daemon's socket) go to the sandbox's /tmp.
+        self._env = environment() | {"LIBGUESTFS_CACHEDIR": cache_base, "LIBGUESTFS_TMPDIR": "/tmp"}
         sockets = _socket_directory()
         #: Where host files of upload/download pass through (the server sees only this one).
         self._exchange = Path(tempfile.mkdtemp(prefix="imagewright-guestfish-"))
