@@ -588,6 +588,19 @@ def test_the_sandboxed_program_dies_with_its_parent(sandbox_on: None) -> None:
         stop_program(proc)
 
 
+def test_a_program_killed_inside_the_sandbox_reports_its_signal(sandbox_on: None) -> None:
+    """bwrap exits 128+N for a program killed by signal N; callers see -N, as without it."""
+    killed = run_program(["/usr/bin/sh", "-c", "kill -TERM $$"], sandbox=Sandbox(), check=False)
+    assert killed.returncode == -signal.SIGTERM
+    with pytest.raises(ProgramError, match=r"exit -9"):
+        run_program(["/usr/bin/sh", "-c", "kill -KILL $$"], sandbox=Sandbox())
+    plain = run_program(["/usr/bin/sh", "-c", "exit 3"], sandbox=Sandbox(), check=False)
+    assert plain.returncode == 3
+    proc = start_program(["/usr/bin/sh", "-c", "kill -KILL $$"], sandbox=Sandbox())
+    assert proc.wait(timeout=30) == -signal.SIGKILL and proc.returncode == -signal.SIGKILL
+    stop_program(proc)
+
+
 # --------------------------------------------------------------------------------------------
 # Where the sandbox cannot start (user namespaces disabled): refuse, or run with a warning
 

@@ -40,7 +40,6 @@ import os
 import shutil
 import signal
 import subprocess
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -487,6 +486,18 @@ def telling_line(stderr: str) -> str:
     return lines[-1] if lines else "no message"
 
 
+def _exit_status(returncode: int) -> int:
+    """A sandboxed program's exit status as if it had run directly.
+
+    bwrap exits with 128 + N when the program inside was killed by signal N (bubblewrap's
+    ``propagate_exit_status``); ``subprocess`` says -N for a program it ran itself, and the
+    messages built on it ("killed by signal 9") should not depend on the sandbox.
+    """
+    if 128 < returncode < 128 + signal.NSIG:
+        return -(returncode - 128)
+    return returncode
+
+
 def run_program(
     argv: Sequence[str],
     *,
@@ -520,18 +531,31 @@ def run_program(
         raise ProgramError(f"{name} did not finish within {timeout:g} s.") from None
     except OSError as err:
         raise ProgramError(f"{name} could not be started: {err.strerror}.") from None
-    result = ProgramResult(tuple(args), completed.returncode, completed.stdout, completed.stderr)
-    if check and completed.returncode != 0:
+    returncode = completed.returncode
+    if len(command) > len(args):
+        returncode = _exit_status(returncode)
+    result = ProgramResult(tuple(args), returncode, completed.stdout, completed.stderr)
+    if check and returncode != 0:
         step = f" while {what}" if what else ""
-        raise ProgramError(
-            f"{name} failed{step} (exit {completed.returncode}): {telling_line(result.stderr_text)}"
-        )
+        raise ProgramError(f"{name} failed{step} (exit {returncode}): {telling_line(result.stderr_text)}")
     return result
 
 
-#: Started sandboxed programs: how many processes (bwrap, its PID-namespace init) stand
-#: between the ``Popen`` and the program itself, so ``stop_program`` can ask the program.
-_wrapped: weakref.WeakKeyDictionary[subprocess.Popen[bytes], int] = weakref.WeakKeyDictionary()
+class _SandboxedPopen(subprocess.Popen[bytes]):
+    """A started sandboxed program: ``returncode`` as if it had run directly (see
+    ``_exit_status``), and ``depth``, how many processes (bwrap, its PID-namespace init) stand
+    between this one and the program itself, so ``stop_program`` can ask the program."""
+
+    depth = 2
+    _status: int | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._status is None else _exit_status(self._status)
+
+    @returncode.setter
+    def returncode(self, value: int | None) -> None:
+        self._status = value
 
 
 def start_program(
@@ -551,8 +575,10 @@ def start_program(
     and we decide how to stop it (and clean up after it). ``sandbox`` as for ``run_program``.
     """
     args, command, full_env = _command(argv, sandbox, env, own_session=not new_session)
+    wrapped = len(command) > len(args)
+    popen = _SandboxedPopen if wrapped else subprocess.Popen
     try:
-        proc = subprocess.Popen(
+        proc = popen(
             command,
             stdin=stdin,
             stdout=stdout,
@@ -563,8 +589,8 @@ def start_program(
         )
     except OSError as err:
         raise ProgramError(f"{os.path.basename(args[0])} could not be started: {err.strerror}.") from None
-    if len(command) > len(args):
-        _wrapped[proc] = 1 if sandbox is not None and sandbox.host_pids else 2
+    if isinstance(proc, _SandboxedPopen) and sandbox is not None and sandbox.host_pids:
+        proc.depth = 1
     return proc
 
 
@@ -575,7 +601,7 @@ def _program_pid(proc: subprocess.Popen[bytes]) -> int:
     its chance to flush a writable disk. So follow ``/proc/PID/task/PID/children`` down to it.
     """
     pid = proc.pid
-    for _ in range(_wrapped.get(proc, 0)):
+    for _ in range(proc.depth if isinstance(proc, _SandboxedPopen) else 0):
         try:
             with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as children:
                 first = children.read().split()
