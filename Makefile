@@ -11,7 +11,7 @@ APT_PACKAGES := qemu-utils qemu-system-x86 qemu-system-data seabios ipxe-qemu \
 	grub-pc-bin grub-common genisoimage xorriso busybox-static cpio kmod gawk mawk \
 	zstd xz-utils bzip2 gzip file shellcheck openssh-client dash \
 	ntfs-3g cryptsetup-bin squashfs-tools syslinux-common binutils curl jq \
-	libguestfs-tools linux-image-amd64 cloud-guest-utils strace \
+	libguestfs-tools linux-image-amd64 cloud-guest-utils strace bubblewrap \
 	swift swift-proxy swift-account swift-container swift-object \
 	postgresql
 

@@ -110,3 +110,7 @@ class ConflictError(RequestError):
     """The thing exists already, or is in a state that does not allow this (an active image's upload)."""
 
     status = 409
+
+
+class SandboxUnavailableError(ImagewrightError):
+    """The sandbox that programs reading untrusted images run in cannot start on this machine."""

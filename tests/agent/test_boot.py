@@ -147,6 +147,9 @@ def test_ec2_metadata_through_guestfwd(
                 "169.254.169.254",
                 80,
                 (sys.executable, str(responder), str(config.save(tmp_path / "imds.json"))),
+                # What the responder may see inside QEMU's sandbox.
+                reads=(responder, tmp_path / "imds.json"),
+                writes=(tmp_path / "imds.jsonl",),
             ),
         ),
     )

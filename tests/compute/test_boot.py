@@ -292,7 +292,9 @@ def test_link_local_user_network_reaches_a_guestfwd_command(
             mode="user",
             link_local=True,
             restrict=True,
-            guest_forwards=(GuestForward("169.254.169.254", 80, (sys.executable, str(responder))),),
+            guest_forwards=(
+                GuestForward("169.254.169.254", 80, (sys.executable, str(responder)), reads=(responder,)),
+            ),
         ),
         direct_kernel=_direct(testguest_rootfs, f"UUID={root_fs.uuid}"),
     )

@@ -304,9 +304,26 @@ def slow_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _children(pid: int) -> list[int]:
     found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children = (task / "children").read_text().split()
-        found.extend(int(c) for c in children)
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children = (task / "children").read_text().split()
+            found.extend(int(c) for c in children)
+    except OSError:  # it ended meanwhile
+        pass
+    return found
+
+
+def _qemu_img_below(pid: int) -> list[int]:
+    """The qemu-img processes among ``pid``'s descendants (it runs inside bubblewrap, two
+    levels down; the first child may also be the one-time bwrap probe)."""
+    found: list[int] = []
+    for child in _children(pid):
+        try:
+            if Path(f"/proc/{child}/comm").read_text().strip() == "qemu-img":
+                found.append(child)
+        except OSError:
+            continue
+        found.extend(_qemu_img_below(child))
     return found
 
 
@@ -328,8 +345,8 @@ def test_sigint_leaves_no_output(slow_source: Path, tmp_path: Path) -> None:
 def test_killing_qemu_img_leaves_no_output(slow_source: Path, tmp_path: Path) -> None:
     dst = tmp_path / "out.vhdx"
     proc = _start_cli(slow_source, dst, "--checksum", "sha256")
-    _wait_for(lambda: bool(_children(proc.pid)))
-    for child in _children(proc.pid):
+    _wait_for(lambda: bool(_qemu_img_below(proc.pid)))
+    for child in _qemu_img_below(proc.pid):
         os.kill(child, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1

@@ -51,8 +51,19 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60) -> None:
 
 def children(pid: int) -> list[int]:
     found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found.extend(int(c) for c in (task / "children").read_text().split())
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found.extend(int(c) for c in (task / "children").read_text().split())
+    except OSError:  # it ended meanwhile
+        pass
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren ...: qemu-img runs inside bubblewrap, two processes down."""
+    found = children(pid)
+    for child in list(found):
+        found.extend(descendants(child))
     return found
 
 
@@ -98,8 +109,8 @@ def test_killing_qemu_img_leaves_the_image_untouched(slow_images: dict[str, Path
         return program_name(child) == "qemu-img" and b"convert" in command_line(child)
 
     # The first qemu-img runs are `info`/`check`; wait for the long `convert`.
-    wait_for(lambda: bool(stray_files(tmp_path)) and any(converting(c) for c in children(proc.pid)))
-    for child in children(proc.pid):
+    wait_for(lambda: bool(stray_files(tmp_path)) and any(converting(c) for c in descendants(proc.pid)))
+    for child in descendants(proc.pid):
         if converting(child):
             os.kill(child, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=120)

@@ -63,12 +63,27 @@ class ImagewrightGroup(click.Group):
 @click.group(cls=ImagewrightGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="imagewright")
 @click.option("--debug", is_flag=True, help="Show a traceback when something fails.")
-def cli(debug: bool) -> None:
+@click.option(
+    "--no-sandbox",
+    is_flag=True,
+    help="Run qemu-img, e2fsprogs, QEMU and the rest without their bubblewrap sandbox "
+    "(for machines without user namespaces; also IMAGEWRIGHT_NO_SANDBOX=1). "
+    "A hostile image can then make them read or overwrite host files.",
+)
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, no_sandbox: bool) -> None:
     """Inspect, convert, build, prepare and boot-test virtual machine images.
 
     Images are untrusted: imagewright refuses hostile ones before any other tool sees them,
-    never mounts a guest filesystem, and needs no root.
+    never mounts a guest filesystem, needs no root, and runs every program that reads an
+    image in a sandbox that shows it nothing else.
     """
+    from imagewright.programs.runner import sandbox_disabled, sandbox_requested, warn_without_sandbox
+
+    if no_sandbox:
+        ctx.with_resource(sandbox_disabled())
+    if not sandbox_requested():
+        warn_without_sandbox(lambda text: click.echo(text, err=True))
 
 
 def _register_commands() -> None:

@@ -42,6 +42,7 @@ from imagewright.programs.qemu_system import (
     NetworkSpec,
     SerialConsole,
     debug_exit_status,
+    machine_sandbox,
     qemu_system_argv,
 )
 from imagewright.programs.runner import run_program
@@ -302,7 +303,9 @@ def write_probe_disk(path: Path) -> Path:
 
 def _run_probe(spec: MachineSpec, what: str, timeout: float) -> ProbeOutcome:
     try:
-        result = run_program(qemu_system_argv(spec), timeout=timeout, check=False)
+        result = run_program(
+            qemu_system_argv(spec), timeout=timeout, check=False, sandbox=machine_sandbox(spec)
+        )
     except ProgramError:
         return ProbeOutcome(False, f"the {what} probe did not finish within {timeout:g} s")
     if result.returncode == PROBE_EXIT_STATUS:

@@ -41,9 +41,10 @@ from imagewright.programs.qemu_system import (
     MachineSpec,
     NetworkSpec,
     SerialConsole,
+    machine_sandbox,
     qemu_system_argv,
 )
-from imagewright.programs.runner import start_program, stop_program
+from imagewright.programs.runner import Sandbox, start_program, stop_program
 
 __all__ = [
     "BootError",
@@ -139,8 +140,11 @@ def _termination_signals_raise() -> Iterator[None]:
 
 
 @contextmanager
-def running_qemu(argv: Sequence[str], *, stderr: IO[bytes]) -> Iterator[subprocess.Popen[bytes]]:
-    """Start QEMU (own process group; console on its stdout) and always stop and reap it."""
+def running_qemu(
+    argv: Sequence[str], *, stderr: IO[bytes], sandbox: Sandbox
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start QEMU (own process group; console on its stdout; ``sandbox`` from
+    ``machine_sandbox``) and always stop and reap it."""
     with _termination_signals_raise():
         proc = start_program(
             argv,
@@ -148,6 +152,7 @@ def running_qemu(argv: Sequence[str], *, stderr: IO[bytes]) -> Iterator[subproce
             stdout=subprocess.PIPE,
             stderr=stderr.fileno(),
             new_session=True,
+            sandbox=sandbox,
         )
         try:
             yield proc
@@ -247,7 +252,7 @@ def boot(
         started = time.monotonic()
         exit_status: int | None = None
         timed_out = False
-        with running_qemu(argv, stderr=stderr) as proc:
+        with running_qemu(argv, stderr=stderr, sandbox=machine_sandbox(spec)) as proc:
             assert proc.stdout is not None
             exit_status, timed_out = _watch(proc, proc.stdout, watcher, started + timeout)
             elapsed = time.monotonic() - started

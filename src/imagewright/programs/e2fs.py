@@ -15,6 +15,17 @@ quote (lib/ss/parse.c). A line is at most 8 KiB (debugfs reads it with ``fgets``
 BUFSIZ). debugfs exits 0 when a command fails (it counts only unknown commands), so success is
 decided by reading each command's own output: ``run_debugfs`` separates the outputs with marker
 commands that carry a random token, which a file name in the guest cannot predict.
+
+NOTE: every program here runs in the sandbox (``programs/runner.py``) and sees the image file
+of its device name (the part before the first '?', where libext2fs splits it:
+lib/ext2fs/unix_io.c), read-only unless it writes, and nothing else of the host: not the
+other files next to the image, not the host's block devices (a crafted superblock naming an
+external journal by UUID sends e2fsck through blkid to every device it can find), not
+/etc. debugfs also sees the host files its commands name, by verb (``_host_files``: ``write``
+and ``ea_set -f`` read one, ``dump`` and ``ea_get -f`` write one); a verb not listed there
+sees none, so ``open``, ``logdump -f`` or ``rdump`` cannot reach a host file. mke2fs reads
+``/etc/mke2fs.conf`` (the host's defaults) and its ``-d`` tree; e2fsck reads
+``/etc/e2fsck.conf`` when there is one.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagewright.errors import GuestFilesystemError, InvalidArgumentError, ProgramError
-from imagewright.programs.runner import run_program, start_program, stop_program, telling_line
+from imagewright.programs.runner import Sandbox, run_program, start_program, stop_program, telling_line
 
 #: Longest command line we hand debugfs (its own buffer is 8192 bytes including the newline).
 MAX_COMMAND_BYTES = 8000
@@ -38,6 +49,10 @@ MAX_COMMAND_BYTES = 8000
 #: that sends debugfs into a loop from hanging imagewright.
 DEBUGFS_TIMEOUT = 900.0
 _FSCK_TIMEOUT = 3600.0
+
+#: The host's e2fsprogs configuration: mke2fs's defaults (features, inode sizes), e2fsck's options.
+_MKE2FS_CONFIG = ("/etc/mke2fs.conf",)
+_E2FSCK_CONFIG = tuple(path for path in ("/etc/e2fsck.conf",) if os.path.exists(path))
 
 
 def device_name(image: str | os.PathLike[str], offset: int = 0) -> str:
@@ -51,7 +66,26 @@ def device_name(image: str | os.PathLike[str], offset: int = 0) -> str:
         raise InvalidArgumentError("An image path cannot contain a NUL character.")
     if offset < 0:
         raise InvalidArgumentError("A filesystem offset cannot be negative.")
+    text = os.path.abspath(text)
     return f"{text}?offset={offset}" if offset else text
+
+
+def _device_parts(device: str) -> tuple[str, str]:
+    """(absolute image path, the '?options' suffix or ''), split where libext2fs splits."""
+    path, sep, options = device.partition("?")
+    if not path or "\0" in device:
+        raise InvalidArgumentError(f"'{device}' is not an e2fsprogs device name.")
+    return os.path.abspath(path), sep + options
+
+
+def _device_sandbox(
+    device: str, *, writable: bool, reads: Sequence[str] = (), writes: Sequence[str] = ()
+) -> tuple[str, Sandbox]:
+    """The absolute device name to pass, and a sandbox showing its image file (and the rest)."""
+    image, options = _device_parts(device)
+    if writable:
+        return image + options, Sandbox.of(reads=reads, writes=[image, *writes])
+    return image + options, Sandbox.of(reads=[image, *reads], writes=writes)
 
 
 def quote(arg: str) -> str:
@@ -77,6 +111,24 @@ class DebugfsCommand:
 
 def command(verb: str, *args: str) -> DebugfsCommand:
     return DebugfsCommand(verb, tuple(args))
+
+
+def _host_files(cmd: DebugfsCommand) -> tuple[list[str], list[str]]:
+    """(host files ``cmd`` reads, host files it writes): what its sandbox shows, by verb.
+
+    ``write HOST GUEST``, ``dump [-p] GUEST HOST``, ``ea_set ... -f HOST ...`` and
+    ``ea_get ... -f HOST ...`` (debugfs/debugfs.c, debugfs/dump.c, debugfs/xattrs.c). Any
+    other verb sees no host file at all.
+    """
+    args = cmd.args
+    if cmd.verb == "write" and len(args) == 2:
+        return [args[0]], []
+    if cmd.verb == "dump" and len(args) >= 2:
+        return [], [args[-1]]
+    if cmd.verb in ("ea_set", "ea_get") and "-f" in args[:-1]:
+        host = args[args.index("-f") + 1]
+        return ([host], []) if cmd.verb == "ea_set" else ([], [host])
+    return [], []
 
 
 def _encode(text: str) -> bytes:
@@ -106,14 +158,23 @@ def run_debugfs(
     lines.append(markers[-1])
     script = b"".join(_encode(line) + b"\n" for line in lines)
 
+    host_reads: list[str] = []
+    host_writes: list[str] = []
+    for cmd in commands:
+        reads, writes = _host_files(cmd)
+        host_reads += reads
+        host_writes += writes
     with tempfile.TemporaryDirectory(prefix="imagewright-debugfs-") as scratch:
         script_path = Path(scratch) / "commands"
         script_path.write_bytes(script)
+        name, sandbox = _device_sandbox(
+            device, writable=writable, reads=[str(script_path), *host_reads], writes=host_writes
+        )
         argv = ["debugfs"]
         if writable:
             argv.append("-w")
-        argv += ["-f", str(script_path), device]
-        output, returncode = _run_merged(argv, timeout)
+        argv += ["-f", str(script_path), name]
+        output, returncode = _run_merged(argv, sandbox, timeout)
 
     # debugfs makes stdout and stderr unbuffered while it reads a command file
     # (debugfs.c source_file), so with both on one pipe every error follows its command.
@@ -149,8 +210,8 @@ def run_debugfs(
     return outputs
 
 
-def _run_merged(argv: list[str], timeout: float) -> tuple[bytes, int]:
-    proc = start_program(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def _run_merged(argv: list[str], sandbox: Sandbox, timeout: float) -> tuple[bytes, int]:
+    proc = start_program(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, sandbox=sandbox)
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -205,7 +266,8 @@ class FsckResult:
 
 def e2fsck_check(device: str, *, timeout: float = _FSCK_TIMEOUT) -> FsckResult:
     """``e2fsck -fn DEVICE``: a full read-only check. Exit 0 clean, 4 errors left, 8 failed."""
-    result = run_program(["e2fsck", "-fn", device], timeout=timeout, check=False)
+    name, sandbox = _device_sandbox(device, writable=False, reads=_E2FSCK_CONFIG)
+    result = run_program(["e2fsck", "-fn", name], timeout=timeout, check=False, sandbox=sandbox)
     if result.returncode >= 8:
         raise ProgramError(
             f"e2fsck could not check the filesystem (exit {result.returncode}): "
@@ -220,7 +282,10 @@ def e2fsck_replay_journal(device: str, *, timeout: float = _FSCK_TIMEOUT) -> Non
     A filesystem whose journal still holds transactions (feature ``needs_recovery``) must not
     be written by debugfs before the replay: the replay would later overwrite our changes.
     """
-    result = run_program(["e2fsck", "-p", "-E", "journal_only", device], timeout=timeout, check=False)
+    name, sandbox = _device_sandbox(device, writable=True, reads=_E2FSCK_CONFIG)
+    result = run_program(
+        ["e2fsck", "-p", "-E", "journal_only", name], timeout=timeout, check=False, sandbox=sandbox
+    )
     # 0 nothing done, 1 journal replayed (errors corrected); anything else is a failure.
     if result.returncode not in (0, 1):
         raise ProgramError(
@@ -236,7 +301,8 @@ def e2fsck_preen(device: str, *, timeout: float = _FSCK_TIMEOUT) -> int:
     that check. Returns 0 (clean) or 1 (problems corrected); raises ProgramError when errors
     are left that need a person (exit 4) or e2fsck failed (8 and above).
     """
-    result = run_program(["e2fsck", "-fp", device], timeout=timeout, check=False)
+    name, sandbox = _device_sandbox(device, writable=True, reads=_E2FSCK_CONFIG)
+    result = run_program(["e2fsck", "-fp", name], timeout=timeout, check=False, sandbox=sandbox)
     if result.returncode not in (0, 1):
         raise ProgramError(
             f"e2fsck found problems in the filesystem it cannot fix on its own (exit {result.returncode}): "
@@ -268,7 +334,8 @@ class Superblock:
 
 def read_superblock(device: str, *, timeout: float = 120.0) -> Superblock:
     """``dumpe2fs -h DEVICE`` parsed."""
-    result = run_program(["dumpe2fs", "-h", device], timeout=timeout, check=False)
+    name, sandbox = _device_sandbox(device, writable=False)
+    result = run_program(["dumpe2fs", "-h", name], timeout=timeout, check=False, sandbox=sandbox)
     fields: dict[str, str] = {}
     for line in result.stdout_text.splitlines():
         key, sep, value = line.partition(":")
@@ -331,22 +398,35 @@ def mke2fs(
         if size_bytes is None:
             raise InvalidArgumentError("A filesystem placed at an offset needs an explicit size.")
         argv += ["-E", f"offset={offset}"]
+    reads = [path for path in _MKE2FS_CONFIG if os.path.exists(path)]
     if root_dir is not None:
-        argv += ["-d", os.fspath(root_dir)]
-    argv.append(os.fspath(target))
+        tree = os.path.abspath(os.fspath(root_dir))
+        argv += ["-d", tree]
+        reads.append(tree)
+    image = os.path.abspath(os.fspath(target))
+    argv.append(image)
     if size_bytes is not None:
         if size_bytes % 1024:
             raise InvalidArgumentError("An ext2/3/4 filesystem size must be a whole number of KiB.")
         argv.append(f"{size_bytes // 1024}k")
-    run_program(argv, timeout=timeout, what="creating the ext filesystem")
+    run_program(
+        argv,
+        timeout=timeout,
+        what="creating the ext filesystem",
+        sandbox=Sandbox.of(reads=reads, writes=[image]),
+    )
 
 
 def resize2fs(device: str, size_bytes: int, *, timeout: float = 3600.0) -> None:
     """``resize2fs DEVICE SIZEk``: grow or shrink to exactly ``size_bytes`` (a multiple of 1 KiB)."""
     if size_bytes <= 0 or size_bytes % 1024:
         raise InvalidArgumentError("A filesystem size must be a positive whole number of KiB.")
+    name, sandbox = _device_sandbox(device, writable=True)
     run_program(
-        ["resize2fs", device, f"{size_bytes // 1024}K"], timeout=timeout, what="resizing the ext filesystem"
+        ["resize2fs", name, f"{size_bytes // 1024}K"],
+        timeout=timeout,
+        what="resizing the ext filesystem",
+        sandbox=sandbox,
     )
 
 
@@ -359,5 +439,6 @@ def tune2fs(device: str, *, label: str | None = None, uuid: str | None = None) -
         argv += ["-U", uuid]
     if len(argv) == 1:
         return
-    argv.append(device)
-    run_program(argv, timeout=600.0, what="changing the ext filesystem's label or UUID")
+    name, sandbox = _device_sandbox(device, writable=True)
+    argv.append(name)
+    run_program(argv, timeout=600.0, what="changing the ext filesystem's label or UUID", sandbox=sandbox)

@@ -12,6 +12,19 @@ errors (``libguestfs: error: lstatns: /x: No such file or directory``).
 The appliance starts in 13-20 s under TCG. On hosts whose KVM hangs a standard kernel (the PVM
 hypervisor, ``/sys/module/kvm_pvm``), libguestfs is told to use TCG unless the user already
 chose its backend settings.
+
+The sandbox (``programs/runner.py``). libguestfs reads guest data inside its appliance VM, and
+the QEMU it starts opens the disk as ``--format=raw`` (no backing files to follow); the server
+still runs in bubblewrap, seeing the disk, what libguestfs needs to build and boot its
+appliance (``/usr``, ``/etc``, ``/boot``, dpkg's database for supermin, its cache directory
+``$LIBGUESTFS_CACHEDIR/.guestfs-UID``), the remote-control socket directory
+``/tmp/.guestfish-UID`` (fixed by guestfish: fish/rc.c) and one private exchange directory;
+no network, no other file. Two things follow from guestfish's design: the server and the
+clients keep the host's process IDs (a client checks its server with ``kill(pid, 0)``, and
+``--listen`` forks a server that must outlive the command), and ``upload``/``download`` run in
+the server, so their host files go through the exchange directory (``call`` does that).
+Run as root, supermin (re)building the appliance needs to set file owners: the server keeps
+CAP_CHOWN and CAP_FOWNER.
 """
 
 from __future__ import annotations
@@ -19,17 +32,29 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 from imagewright.errors import GuestFilesystemError, ProgramError
-from imagewright.programs.runner import find_program, run_program, start_program, stop_program, telling_line
+from imagewright.programs.runner import (
+    Sandbox,
+    find_program,
+    run_program,
+    start_program,
+    stop_program,
+    telling_line,
+)
 
 #: Starting the appliance (kernel + supermin appliance under TCG) takes tens of seconds.
 LAUNCH_TIMEOUT = 600.0
 COMMAND_TIMEOUT = 600.0
 _PID = re.compile(rb"GUESTFISH_PID=(\d+)")
+#: Commands whose words name a host file, and which word (the server opens it).
+_HOST_FILE_WORD = {"upload": 0, "download": 1}
+#: What supermin reads to (re)build the appliance from the host's own packages.
+_APPLIANCE_SOURCES = ("/etc", "/boot", "/var/lib/dpkg")
 
 
 def available() -> bool:
@@ -41,10 +66,32 @@ def available() -> bool:
 
 
 def environment() -> dict[str, str]:
-    env = {"LIBGUESTFS_BACKEND": os.environ.get("LIBGUESTFS_BACKEND", "direct")}
-    if "LIBGUESTFS_BACKEND_SETTINGS" not in os.environ and Path("/sys/module/kvm_pvm").exists():
+    """The LIBGUESTFS_* variables guestfish runs with: the user's own (the sandbox passes no
+    other variable through), the direct backend by default, and TCG on a PVM host."""
+    env = {key: value for key, value in os.environ.items() if key.startswith("LIBGUESTFS_")}
+    env.setdefault("LIBGUESTFS_BACKEND", "direct")
+    if "LIBGUESTFS_BACKEND_SETTINGS" not in env and Path("/sys/module/kvm_pvm").exists():
         env["LIBGUESTFS_BACKEND_SETTINGS"] = "force_tcg"
     return env
+
+
+def _socket_directory() -> str:
+    """``/tmp/.guestfish-EUID``, where guestfish puts its remote-control sockets (fish/rc.c)."""
+    path = f"/tmp/.guestfish-{os.geteuid()}"
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    return path
+
+
+def _cache_directory() -> tuple[str, str]:
+    """(LIBGUESTFS_CACHEDIR, its ``.guestfs-EUID`` where the appliance is kept), as libguestfs
+    picks them (src/tmpdirs.c): the variable, else TMPDIR, else /var/tmp."""
+    base = os.environ.get("LIBGUESTFS_CACHEDIR") or os.environ.get("TMPDIR") or "/var/tmp"
+    base = os.path.abspath(base)
+    cache = os.path.join(base, f".guestfs-{os.geteuid()}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(cache, 0o755)
+    return base, cache
 
 
 class GuestfishCommandError(GuestFilesystemError):
@@ -59,19 +106,41 @@ class GuestfishSession:
     """A running guestfish server with the raw disk ``image`` attached (read-only unless writable)."""
 
     def __init__(self, image: Path, *, writable: bool) -> None:
+        disk = os.path.abspath(image)
         argv = ["guestfish", "--listen", "--format=raw"]
         if not writable:
             argv.append("--ro")
-        argv += ["-a", os.fspath(image)]
-        self._env = environment()
+        argv += ["-a", disk]
+        cache_base, cache = _cache_directory()
+        # Its temporary files (the appliance's overlay, the daemon's socket) go to the sandbox's /tmp.
+        self._env = environment() | {"LIBGUESTFS_CACHEDIR": cache_base, "LIBGUESTFS_TMPDIR": "/tmp"}
+        sockets = _socket_directory()
+        #: Where host files of upload/download pass through (the server sees only this one).
+        self._exchange = Path(tempfile.mkdtemp(prefix="imagewright-guestfish-"))
+        self._transfers = 0
+        kvm = "/dev/kvm"
+        self._server_sandbox = Sandbox.of(
+            reads=[*(p for p in _APPLIANCE_SOURCES if os.path.exists(p)), *([] if writable else [disk])],
+            writes=[disk] if writable else [],
+            directories=[cache, sockets, self._exchange],
+            devices=[kvm] if os.access(kvm, os.R_OK | os.W_OK) else [],
+            host_pids=True,
+            capabilities=("CAP_CHOWN", "CAP_FOWNER"),
+        )
+        self._client_sandbox = Sandbox.of(directories=[sockets], host_pids=True)
         # The server's standard error: a file, read after every command (see the module docstring).
         self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
         self._errors_seen = 0
         self._open = False
-        output = self._start_server(argv)
+        try:
+            output = self._start_server(argv)
+        except BaseException:
+            shutil.rmtree(self._exchange, ignore_errors=True)
+            raise
         match = _PID.search(output)
         if match is None:
             self._errors.close()
+            shutil.rmtree(self._exchange, ignore_errors=True)
             raise ProgramError("guestfish --listen did not say which process it is.")
         self.pid = int(match.group(1))
         self._open = True
@@ -87,7 +156,13 @@ class GuestfishSession:
         The server is a child that outlives the command and keeps its standard error: that must
         be a file, not a pipe, or reading the command's output would wait for the server to end.
         """
-        proc = start_program(argv, stdout=subprocess.PIPE, stderr=self._errors.fileno(), env=self._env)
+        proc = start_program(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=self._errors.fileno(),
+            env=self._env,
+            sandbox=self._server_sandbox,
+        )
         try:
             output, _ = proc.communicate(timeout=LAUNCH_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -109,11 +184,36 @@ class GuestfishSession:
         return new
 
     def call(self, command: str, *args: str, timeout: float = COMMAND_TIMEOUT) -> bytes:
-        """Run one command; its standard output. GuestfishCommandError when it fails."""
+        """Run one command; its standard output. GuestfishCommandError when it fails.
+
+        ``upload HOST GUEST`` and ``download GUEST HOST`` take any host path: the file passes
+        through the exchange directory, the only one the server can see.
+        """
         if not self._open:
             raise GuestFilesystemError("The libguestfs appliance has already been shut down.")
+        word = _HOST_FILE_WORD.get(command)
+        if word is None or len(args) != 2:
+            return self._call(command, *args, timeout=timeout)
+        host = Path(args[word])
+        if host.parent.resolve() == self._exchange.resolve():
+            return self._call(command, *args, timeout=timeout)
+        self._transfers += 1
+        staged = self._exchange / f"t{self._transfers}"
+        words = list(args)
+        words[word] = str(staged)
+        try:
+            if command == "upload":
+                shutil.copyfile(host, staged)
+                return self._call(command, *words, timeout=timeout)
+            output = self._call(command, *words, timeout=timeout)
+            shutil.move(staged, host)
+            return output
+        finally:
+            staged.unlink(missing_ok=True)
+
+    def _call(self, command: str, *args: str, timeout: float) -> bytes:
         argv = ["guestfish", f"--remote={self.pid}", "--", f"-{command}", *args]
-        result = run_program(argv, env=self._env, timeout=timeout, check=False)
+        result = run_program(argv, env=self._env, timeout=timeout, check=False, sandbox=self._client_sandbox)
         server_errors = self._new_errors().decode("utf-8", "replace")
         errors = [line for line in (result.stderr_text + server_errors).splitlines() if line.strip()]
         if result.returncode != 0 or errors:
@@ -145,5 +245,6 @@ class GuestfishSession:
                 self.call("exit")
             self._open = False
             self._errors.close()
+            shutil.rmtree(self._exchange, ignore_errors=True)
         if failure is not None:
             raise failure

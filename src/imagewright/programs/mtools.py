@@ -8,20 +8,28 @@ Every call runs with a fixed environment so a user's ``~/.mtoolsrc`` or ``MTOOLS
 cannot change the result: ``MTOOLSRC=/dev/null`` (no user configuration),
 ``MTOOLS_SKIP_CHECK=1`` (image files have no floppy geometry to check) and
 ``MTOOLS_NO_VFAT=0`` (long names on, or ``local-hostname`` would become ``LOCAL-HO``).
+
+Every call runs in the sandbox (``programs/runner.py``): the image (read-write when it is
+changed) and, for ``mcopy``, the files copied in (read-only); nothing else.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from imagewright.errors import InvalidArgumentError
-from imagewright.programs.runner import run_program
+from imagewright.programs.runner import Sandbox, run_program
 
 _ENV = {"MTOOLSRC": "/dev/null", "MTOOLS_SKIP_CHECK": "1", "MTOOLS_NO_VFAT": "0"}
 _TIMEOUT = 120.0
 #: FAT volume labels are 11 characters from the OEM code page; we only write plain ASCII.
 MAX_FAT_LABEL = 11
+
+
+def _image(image: Path) -> str:
+    return os.path.abspath(image)
 
 
 def _fat_path(path: str) -> str:
@@ -38,11 +46,13 @@ def format_fat(image: Path, label: str, serial: int) -> None:
         raise InvalidArgumentError(
             f"'{label}' cannot be a FAT volume label (1-{MAX_FAT_LABEL} ASCII characters)."
         )
+    target = _image(image)
     run_program(
-        ["mformat", "-i", str(image), "-v", label, "-N", f"{serial & 0xFFFFFFFF:08x}", "::"],
+        ["mformat", "-i", target, "-v", label, "-N", f"{serial & 0xFFFFFFFF:08x}", "::"],
         env=_ENV,
         timeout=_TIMEOUT,
         what="formatting the FAT filesystem",
+        sandbox=Sandbox(writes=(target,)),
     )
 
 
@@ -50,11 +60,13 @@ def make_directories(image: Path, paths: Sequence[str]) -> None:
     """``mmd`` each path (parents first; an existing directory is an error)."""
     if not paths:
         return
+    target = _image(image)
     run_program(
-        ["mmd", "-i", str(image), *[_fat_path(p) for p in paths]],
+        ["mmd", "-i", target, *[_fat_path(p) for p in paths]],
         env=_ENV,
         timeout=_TIMEOUT,
         what="creating directories in the FAT filesystem",
+        sandbox=Sandbox(writes=(target,)),
     )
 
 
@@ -62,21 +74,26 @@ def copy_in(image: Path, sources: Sequence[Path], destination: str = "") -> None
     """``mcopy -s`` files and directory trees from the host into ``destination`` in the image."""
     if not sources:
         return
+    target = _image(image)
+    files = [os.path.abspath(s) for s in sources]
     run_program(
-        ["mcopy", "-s", "-Q", "-i", str(image), *[str(s) for s in sources], _fat_path(destination) + "/"],
+        ["mcopy", "-s", "-Q", "-i", target, *files, _fat_path(destination) + "/"],
         env=_ENV,
         timeout=_TIMEOUT,
         what="copying files into the FAT filesystem",
+        sandbox=Sandbox.of(reads=files, writes=[target]),
     )
 
 
 def list_tree(image: Path) -> list[str]:
     """Every path in the image, relative, directories with a trailing ``/`` (``mdir -/ -b``)."""
+    source = _image(image)
     result = run_program(
-        ["mdir", "-/", "-b", "-i", str(image), "::/"],
+        ["mdir", "-/", "-b", "-i", source, "::/"],
         env=_ENV,
         timeout=_TIMEOUT,
         what="listing the FAT filesystem",
+        sandbox=Sandbox(reads=(source,)),
     )
     paths: list[str] = []
     for raw in result.stdout_text.splitlines():
@@ -88,9 +105,11 @@ def list_tree(image: Path) -> list[str]:
 
 def read_file(image: Path, path: str) -> bytes:
     """The exact bytes of one file in the image (``mtype`` without text conversion)."""
+    source = _image(image)
     return run_program(
-        ["mtype", "-i", str(image), _fat_path(path)],
+        ["mtype", "-i", source, _fat_path(path)],
         env=_ENV,
         timeout=_TIMEOUT,
         what=f"reading {path} from the FAT filesystem",
+        sandbox=Sandbox(reads=(source,)),
     ).stdout

@@ -10,6 +10,13 @@ NOTE: every path handed to qemu-img is made absolute. qemu treats ``name:rest`` 
 (``nbd:``, ``json:{...}``, ``ssh:``) when the part before the first ':' has no '/', so a file
 named ``json:{"driver": ...}`` would be parsed, not opened; an absolute path starts with '/'
 and is always a plain file name.
+
+NOTE: every call runs in the sandbox (``programs/runner.py``) with only its own images
+visible: the image read (read-only), the image written, and for ``convert_to_nbd`` the NBD
+socket. Should a hostile image get past ``inspect``, the backing file, extent or ``json:``
+file name it names does not exist for qemu-img ("Could not open ...: No such file or
+directory"). qemu-img needs nothing else: no configuration file, no temporary file (also not
+with ``-p``; the progress goes to the pipe it was given).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imagewright.errors import InvalidArgumentError, ProgramError
-from imagewright.programs.runner import run_program, start_program, stop_program, telling_line
+from imagewright.programs.runner import Sandbox, run_program, start_program, stop_program, telling_line
 
 #: ``progress(done_bytes, total_bytes)``, as ``cli.common.ByteProgress`` takes it.
 ProgressCallback = Callable[[int, int | None], None]
@@ -83,10 +90,12 @@ def info(path: str | os.PathLike[str], fmt: str) -> dict[str, Any]:
     ``data.lazy-refcounts``, ``data.extended-l2``; vmdk: ``data.create-type``,
     ``data.extents[].compressed``).
     """
+    image = image_path(path)
     result = run_program(
-        ["qemu-img", "info", "--output=json", "-f", _check_format(fmt), image_path(path)],
+        ["qemu-img", "info", "--output=json", "-f", _check_format(fmt), image],
         timeout=_METADATA_TIMEOUT,
         what=f"reading the {fmt} header of {os.fspath(path)}",
+        sandbox=Sandbox(reads=(image,)),
     )
     try:
         data = json.loads(result.stdout)
@@ -116,8 +125,11 @@ def create(
     argv = ["qemu-img", "create", "-q", "-f", _check_format(fmt)]
     if options:
         argv += ["-o", format_options(options)]
-    argv += [image_path(path), str(size)]
-    run_program(argv, timeout=_METADATA_TIMEOUT, what=f"creating {os.fspath(path)}")
+    image = image_path(path)
+    argv += [image, str(size)]
+    run_program(
+        argv, timeout=_METADATA_TIMEOUT, what=f"creating {os.fspath(path)}", sandbox=Sandbox(writes=(image,))
+    )
 
 
 def resize(path: str | os.PathLike[str], fmt: str, size: int, *, shrink: bool = False) -> None:
@@ -127,8 +139,11 @@ def resize(path: str | os.PathLike[str], fmt: str, size: int, *, shrink: bool = 
     argv = ["qemu-img", "resize", "-q", "-f", _check_format(fmt)]
     if shrink:
         argv.append("--shrink")
-    argv += [image_path(path), str(size)]
-    run_program(argv, timeout=_METADATA_TIMEOUT, what=f"resizing {os.fspath(path)}")
+    image = image_path(path)
+    argv += [image, str(size)]
+    run_program(
+        argv, timeout=_METADATA_TIMEOUT, what=f"resizing {os.fspath(path)}", sandbox=Sandbox(writes=(image,))
+    )
 
 
 @dataclass(frozen=True)
@@ -154,10 +169,12 @@ _CHECK_UNSUPPORTED = 63
 
 def check(path: str | os.PathLike[str], fmt: str) -> CheckResult:
     """``qemu-img check --output=json -f FMT PATH``; never repairs."""
+    image = image_path(path)
     result = run_program(
-        ["qemu-img", "check", "--output=json", "-f", _check_format(fmt), image_path(path)],
+        ["qemu-img", "check", "--output=json", "-f", _check_format(fmt), image],
         timeout=_METADATA_TIMEOUT,
         check=False,
+        sandbox=Sandbox(reads=(image,)),
     )
     if result.returncode == _CHECK_UNSUPPORTED:
         return CheckResult(supported=False)
@@ -215,21 +232,23 @@ def convert(
         argv.append("-c")
     if progress is not None:
         argv.append("-p")
-    argv += [image_path(src), image_path(dst)]
+    source, target = image_path(src), image_path(dst)
+    argv += [source, target]
+    sandbox = Sandbox(reads=(source,), writes=(target,))
     what = f"converting {os.fspath(src)} from {src_fmt} to {dst_fmt}"
     if progress is None:
-        run_program(argv, what=what)
+        run_program(argv, what=what, sandbox=sandbox)
         return
-    _convert_with_progress(argv, progress, total_bytes, what)
+    _convert_with_progress(argv, sandbox, progress, total_bytes, what)
 
 
 def _convert_with_progress(
-    argv: list[str], progress: ProgressCallback, total_bytes: int | None, what: str
+    argv: list[str], sandbox: Sandbox, progress: ProgressCallback, total_bytes: int | None, what: str
 ) -> None:
     # stderr goes to a file so that reading stdout (the progress) can never block on a full
     # stderr pipe; the file is read once qemu-img has finished.
     with tempfile.TemporaryFile() as errors:
-        proc = start_program(argv, stdout=subprocess.PIPE, stderr=errors.fileno())
+        proc = start_program(argv, stdout=subprocess.PIPE, stderr=errors.fileno(), sandbox=sandbox)
         try:
             assert proc.stdout is not None
             pending = b""
@@ -286,13 +305,16 @@ def convert_to_nbd(
     """
     if not os.path.isabs(socket_path) or any(c in socket_path for c in "?&#\0"):
         raise InvalidArgumentError("The NBD socket path must be absolute and plain.")
+    source = image_path(src)
     argv = [
         "qemu-img", "convert", "-n", "--target-is-zero", "-m", "1",
-        "-f", _check_format(src_fmt), image_path(src),
+        "-f", _check_format(src_fmt), source,
         "-O", "raw", f"nbd+unix:///?socket={socket_path}",
     ]  # fmt: skip
+    # The socket itself is bound (connect() works through a bind mount), not its directory.
+    sandbox = Sandbox(reads=(source,), writes=(socket_path,))
     with tempfile.TemporaryFile() as errors:
-        proc = start_program(argv, stdout=subprocess.DEVNULL, stderr=errors.fileno())
+        proc = start_program(argv, stdout=subprocess.DEVNULL, stderr=errors.fileno(), sandbox=sandbox)
         try:
             while True:
                 try:

@@ -12,6 +12,9 @@ space; a ``TMPDIR`` that has some is refused rather than risk writing the wrong 
 
 qemu-io exits 1 when any command fails (``write failed: ...``, a missing file): that is how
 failure is detected; ``-q`` keeps successful writes silent.
+
+It runs in the sandbox (``programs/runner.py``): the image read-write, the data files
+read-only, nothing else.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from imagewright.errors import InvalidArgumentError, ProgramError
 from imagewright.programs.qemu_img import KNOWN_FORMATS, image_path
-from imagewright.programs.runner import run_program, telling_line
+from imagewright.programs.runner import Sandbox, run_program, telling_line
 
 #: A handful of sector writes takes milliseconds; the bound stops a stuck image from hanging us.
 _TIMEOUT = 300.0
@@ -56,12 +59,17 @@ def write_guest(image: str | os.PathLike[str], fmt: str, writes: Sequence[tuple[
                 "set TMPDIR to a plain path."
             )
         argv = ["qemu-io", "-f", fmt]
+        sources: list[Path] = []
         for index, (offset, data) in enumerate(todo):
             source = Path(scratch) / f"write{index}"
             source.write_bytes(data)
+            sources.append(source)
             argv += ["-c", f"write -q -s {source} {offset} {len(data)}"]
-        argv.append(image_path(image))
-        result = run_program(argv, timeout=_TIMEOUT, check=False)
+        target = image_path(image)
+        argv.append(target)
+        result = run_program(
+            argv, timeout=_TIMEOUT, check=False, sandbox=Sandbox.of(reads=sources, writes=[target])
+        )
     if result.returncode != 0:
         raise ProgramError(
             f"qemu-io could not write into {os.fspath(image)} (exit {result.returncode}): "

@@ -18,6 +18,14 @@ spells a QEMU option. Choices that matter:
   its stdin/stdout (libslirp splits the command like a shell, without running one).
 - QEMU option values are comma separated; a literal comma in a value is written ``,,``.
 - ``isa-debug-exit`` at 0xf4: a guest write of V makes QEMU exit with status ``(V << 1) | 1``.
+- Every host path is made absolute: a ``file=`` value with a ':' before any '/' would be read
+  as a protocol (``json:``, ``nbd:``), and the sandbox binds absolute paths.
+
+``machine_sandbox`` says what the QEMU process may see (``programs/runner.py``): its drives
+(read-only unless written; a ``snapshot=on`` drive is only read, the overlay goes to the
+sandbox's own /tmp), the direct kernel and initrd, the serial log, the files each guest-forward
+command declares, ``/dev/kvm`` under KVM, and the host's network only when a ``hostfwd`` or an
+unrestricted user network needs it.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from pathlib import Path
 from typing import Literal
 
 from imagewright.errors import InvalidArgumentError
+from imagewright.programs.runner import Sandbox
 
 QEMU_SYSTEM = "qemu-system-x86_64"
 
@@ -95,11 +104,17 @@ class Drive:
 
 @dataclass(frozen=True)
 class GuestForward:
-    """``guestfwd=tcp:ADDR:PORT-cmd:COMMAND``: a guest connection to ADDR:PORT runs COMMAND."""
+    """``guestfwd=tcp:ADDR:PORT-cmd:COMMAND``: a guest connection to ADDR:PORT runs COMMAND.
+
+    COMMAND runs inside QEMU's sandbox: it sees its own program (an absolute path), ``/usr``,
+    and the host files listed in ``reads`` (read-only) and ``writes``.
+    """
 
     address: str
     port: int
     command: tuple[str, ...]
+    reads: tuple[Path, ...] = ()
+    writes: tuple[Path, ...] = ()
 
     def option(self) -> str:
         if not self.command:
@@ -230,14 +245,42 @@ def qemu_system_argv(spec: MachineSpec, program: str = QEMU_SYSTEM) -> list[str]
         argv += ["-device", f"isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04"]
     if spec.direct_kernel is not None:
         kernel = spec.direct_kernel
-        argv += ["-kernel", os.fspath(kernel.kernel)]
+        argv += ["-kernel", os.path.abspath(kernel.kernel)]
         if kernel.initrd is not None:
-            argv += ["-initrd", os.fspath(kernel.initrd)]
+            argv += ["-initrd", os.path.abspath(kernel.initrd)]
         if kernel.append:
             if any(ord(ch) < 0x20 for ch in kernel.append):
                 raise InvalidArgumentError("A kernel command line cannot contain control characters.")
             argv += ["-append", kernel.append]
     return argv
+
+
+#: The device QEMU opens for ``-accel kvm``.
+KVM_DEVICE = "/dev/kvm"
+
+
+def machine_sandbox(spec: MachineSpec) -> Sandbox:
+    """What the QEMU process running ``spec`` may see of the host (see the module docstring)."""
+    reads: list[str | os.PathLike[str]] = []
+    writes: list[str | os.PathLike[str]] = []
+    for drive in spec.drives:
+        written = not (drive.readonly or drive.media == "cdrom" or drive.snapshot)
+        (writes if written else reads).append(drive.path)
+    if spec.direct_kernel is not None:
+        reads.append(spec.direct_kernel.kernel)
+        if spec.direct_kernel.initrd is not None:
+            reads.append(spec.direct_kernel.initrd)
+    if spec.serial.log_file is not None:
+        writes.append(spec.serial.log_file)
+    network = spec.network
+    for forward in network.guest_forwards:
+        if forward.command and os.path.isabs(forward.command[0]):
+            reads.append(forward.command[0])
+        reads += forward.reads
+        writes += forward.writes
+    host_network = network.mode == "user" and (not network.restrict or bool(network.host_forwards))
+    devices = [KVM_DEVICE] if spec.accelerator == "kvm" else []
+    return Sandbox.of(reads=reads, writes=writes, devices=devices, network=host_network)
 
 
 def _serial_args(serial: SerialConsole) -> list[str]:
@@ -247,9 +290,9 @@ def _serial_args(serial: SerialConsole) -> list[str]:
         # signal=off: a Ctrl-C byte from the guest side never stops QEMU; we stop it ourselves.
         options = ["stdio", "id=console0", "signal=off"]
     else:
-        options = ["file", "id=console0", f"path={option_value(serial.log_file or '')}"]
+        options = ["file", "id=console0", f"path={option_value(os.path.abspath(serial.log_file or ''))}"]
     if serial.stdio and serial.log_file is not None:
-        options += [f"logfile={option_value(serial.log_file)}", "logappend=off"]
+        options += [f"logfile={option_value(os.path.abspath(serial.log_file))}", "logappend=off"]
     return ["-chardev", ",".join(options), "-serial", "chardev:console0"]
 
 
@@ -261,7 +304,7 @@ def _drive_args(drives: Sequence[Drive], *, boot_from_disk: bool) -> list[str]:
     for index, drive in enumerate(drives):
         drive_id = f"drive{index}"
         options = [
-            f"file={option_value(drive.path)}",
+            f"file={option_value(os.path.abspath(drive.path))}",
             f"format={drive.format}",
             "if=none",
             f"id={drive_id}",
