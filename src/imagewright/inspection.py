@@ -192,8 +192,8 @@ def inspect_source(src: ByteSource, name: str, *, limits: Limits | None = None) 
     return report
 
 
-def _refused(name: str, fmt: str, reason: str) -> ImageReport:
-    return ImageReport(path=name, format=fmt, verdict=Verdict((reason,)))
+def _refused(name: str, fmt: str, reason: str, earlier: tuple[str, ...] = ()) -> ImageReport:
+    return ImageReport(path=name, format=fmt, verdict=Verdict((*earlier, reason)))
 
 
 def _inspect_source(src: ByteSource, name: str, walk: _Walk, depth: int) -> ImageReport:
@@ -222,11 +222,14 @@ def _reason(err: Exception) -> str:
 
 def _inspect_disk(src: ByteSource, head: bytes, name: str, walk: _Walk) -> ImageReport:
     reader = registry.detect_disk_format(src, head)
+    # Readers disagreeing on what the file is comes first: every other reason follows from
+    # which reader looked, and it stands even when that reader cannot open the file at all.
+    conflicts = registry.probe_conflicts(src, head, reader)
     try:
         opened: OpenedImage = reader.module.open_image(src, walk.limits)
     except ImageFormatError as err:
-        return _refused(name, reader.name, _reason(err))
-    opened.problems.extend(registry.probe_conflicts(src, head, reader))
+        return _refused(name, reader.name, _reason(err), tuple(conflicts))
+    opened.problems[:0] = conflicts
     if walk.on_open:
         walk.on_open(opened.format, 0)
     report = ImageReport(

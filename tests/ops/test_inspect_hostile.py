@@ -6,21 +6,16 @@ files opened can be measured for that image only.
 
 from __future__ import annotations
 
-import importlib
 import json
-import pkgutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import tests.fixtures as fixtures_package
-from tests.fixtures.hostile import CASES, HostileCase
+from tests.fixtures.hostile import HostileCase, every_case
 
-for _module in pkgutil.iter_modules(fixtures_package.__path__):
-    if _module.name.startswith("hostile_"):
-        importlib.import_module(f"tests.fixtures.{_module.name}")
+CASES = every_case()
 
 PROBE = Path(__file__).resolve().parent.parent / "inspect_probe.py"
 

@@ -4,10 +4,8 @@ one sentence, exit 1, the image byte for byte as it was, no temporary file left 
 from __future__ import annotations
 
 import gzip
-import importlib
 import json
 import os
-import pkgutil
 import resource
 import subprocess
 import sys
@@ -16,9 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import tests.fixtures as fixtures_package
 from click.testing import Result
-from tests.fixtures.hostile import CASES
+from tests.fixtures.hostile import every_case
 from tests.fixtures.hostile_other_formats import create_luks
 from tests.fixtures.tools import mounted_tmpfs, qemu_img, run, sparse_file
 from tests.ops.resize_fixtures import (
@@ -35,9 +32,7 @@ from imagewright.ops.resize import resize
 
 pytestmark = pytest.mark.integration
 
-for _module in pkgutil.iter_modules(fixtures_package.__path__):
-    if _module.name.startswith("hostile_"):
-        importlib.import_module(f"tests.fixtures.{_module.name}")
+CASES = every_case()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ running. Fifty concurrent clients upload and download without a corrupted byte o
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import signal
 import subprocess
@@ -24,21 +23,11 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.conftest import require_program
-from tests.fixtures.hostile import CASES, HostileCase
+from tests.fixtures.hostile import HostileCase, every_case
 from tests.fixtures.registry import Api, RegistryServer
 from tests.registry.conftest import BACKENDS
 
-for _module in (
-    "hostile_qcow2",
-    "hostile_vmdk",
-    "hostile_vhd",
-    "hostile_vhdx",
-    "hostile_vdi",
-    "hostile_containers",
-    "hostile_disk",
-    "hostile_other_formats",
-):
-    importlib.import_module(f"tests.fixtures.{_module}")
+CASES = every_case()
 
 
 def declared_formats(case: HostileCase) -> tuple[str, str]:
