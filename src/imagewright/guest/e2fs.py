@@ -49,7 +49,8 @@ _TYPE_WORDS: dict[bytes, FileType] = {
 #    mtime: 0x6b029fd3:00000000 -- Sun Nov 22 07:54:59 2026      (small inodes: no ":extra")
 #   Fast link dest: "/dev/null"
 _STAT_HEAD = re.compile(rb"Inode: (\d+)\s+Type: ([A-Za-z ]+?)\s+Mode:\s+([0-7]+)\s+Flags:")
-_STAT_OWNER = re.compile(rb"^User:\s*(\d+)\s+Group:\s*(\d+)(?:\s+Project:\s*\d+)?\s+Size:\s*(\d+)", re.M)
+# debugfs prints ids with %d: an id above 2^31 - 1 comes out negative (read back with _id).
+_STAT_OWNER = re.compile(rb"^User:\s*(-?\d+)\s+Group:\s*(-?\d+)(?:\s+Project:\s*\S+)?\s+Size:\s*(\d+)", re.M)
 _STAT_LINKS = re.compile(rb"^Links:\s*(\d+)", re.M)
 _STAT_MTIME = re.compile(rb"^\s*mtime:\s*0x([0-9a-fA-F]{1,8})(?::([0-9a-fA-F]{1,8}))?", re.M)
 _FAST_LINK = b'Fast link dest: "'
@@ -57,10 +58,15 @@ _FAST_LINK = b'Fast link dest: "'
 # debugfs "ls -p" (ls.c): "/ino/mode/uid/gid/name/size/" per entry, size empty for
 # directories. A name never contains '/', so a record parses unambiguously even when the
 # name holds a line break.
-_LS_RECORD = re.compile(rb"/(\d+)/([0-7]+)/(\d+)/(\d+)/([^/]*)/(\d*)/\n")
+_LS_RECORD = re.compile(rb"/(\d+)/([0-7]+)/(-?\d+)/(-?\d+)/([^/]*)/(\d*)/\n")
 
 _NOT_FOUND_MARKERS = (b"File not found by ext2_lookup", b"Ext2 inode is not a directory")
 _ALLOCATED = re.compile(rb"^Allocated inode: \d+\n?$")
+
+
+def _id(printed: bytes) -> int:
+    """A uid or gid as debugfs printed it (signed 32-bit) as the unsigned id it is."""
+    return int(printed) & 0xFFFFFFFF
 
 
 def _decode(name: bytes) -> str:
@@ -248,8 +254,8 @@ class E2fsGuest(GuestFS):
             path=path,
             type=file_type,
             mode=int(head.group(3), 8) & 0o7777,
-            uid=int(owner.group(1)),
-            gid=int(owner.group(2)),
+            uid=_id(owner.group(1)),
+            gid=_id(owner.group(2)),
             size=size,
             mtime=seconds,
             links=int(links.group(1)),
@@ -306,8 +312,8 @@ class E2fsGuest(GuestFS):
                     name=name,
                     type=FileType.from_mode(mode),
                     mode=mode & 0o7777,
-                    uid=int(record.group(3)),
-                    gid=int(record.group(4)),
+                    uid=_id(record.group(3)),
+                    gid=_id(record.group(4)),
                     size=int(record.group(6) or 0),
                     inode=int(record.group(1)),
                 )

@@ -40,6 +40,12 @@ def unavailable(fs_type: str) -> GuestFilesystemError:
     )
 
 
+def _c_int(value: int) -> str:
+    """An id for guestfish's ``lchown``, whose arguments are C ``int``s: ids above 2^31 - 1
+    are given as the negative number with the same 32 bits, which lchown(2) reads back."""
+    return str(value - (1 << 32) if value >= 1 << 31 else value)
+
+
 def _fields(output: bytes) -> dict[str, int]:
     """``key: number`` lines of guestfish's struct printing."""
     fields: dict[str, int] = {}
@@ -182,8 +188,12 @@ class LibguestfsGuest(GuestFS):
                 source.unlink(missing_ok=True)
         else:
             self._call("upload", str(content), real)
+        self._own_and_mode(real, uid, gid, mode)
+
+    def _own_and_mode(self, real: str, uid: int, gid: int, mode: int) -> None:
+        # In this order: the kernel's chown(2) clears set-uid and set-gid of a non-directory.
+        self._call("lchown", _c_int(uid), _c_int(gid), real)
         self._call("chmod", f"0{mode:o}", real)
-        self._call("lchown", str(uid), str(gid), real)
 
     def _remove(self, targets: list[GuestStat]) -> None:
         for found in targets:
@@ -193,15 +203,17 @@ class LibguestfsGuest(GuestFS):
         self._call("chmod", f"0{mode:o}", found.path)
 
     def _set_owner(self, found: GuestStat, uid: int, gid: int) -> None:
-        self._call("lchown", str(uid), str(gid), found.path)
+        self._call("lchown", _c_int(uid), _c_int(gid), found.path)
+        if found.mode & 0o6000 and not (found.is_dir or found.is_symlink):
+            # The kernel's chown(2) cleared set-uid/set-gid; the contract changes only the owner.
+            self._call("chmod", f"0{found.mode:o}", found.path)
 
     def _symlink(self, target: str, real: str) -> None:
         self._call("ln-s", target, real)
 
     def _mkdir(self, real: str, *, mode: int, uid: int, gid: int) -> None:
         self._call("mkdir", real)
-        self._call("chmod", f"0{mode:o}", real)
-        self._call("lchown", str(uid), str(gid), real)
+        self._own_and_mode(real, uid, gid, mode)
 
     def _truncate(self, real: str) -> None:
         self._call("truncate", real)
