@@ -7,8 +7,6 @@ neither, see ``cli.render``).
 
 from __future__ import annotations
 
-import json
-import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,6 +58,8 @@ def json_option(func: F) -> F:
 
 
 def emit_json(value: Any) -> None:
+    import json
+
     click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
 
 
@@ -159,6 +159,8 @@ def staged_progress(enabled: bool = True) -> Iterator[StagedProgress]:
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Treat SIGTERM like Ctrl-C for the duration, so that cleanup code runs."""
+
+    import signal
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from typing import Any
 
 import click
@@ -28,6 +27,12 @@ def _debug_enabled(ctx: click.Context) -> bool:
     if os.environ.get("IMAGEWRIGHT_DEBUG", "") not in ("", "0"):
         return True
     return bool(ctx.find_root().params.get("debug"))
+
+
+def _print_traceback() -> None:
+    import traceback  # only with --debug: it is not cheap to import
+
+    traceback.print_exc()
 
 
 def _sentence(text: str) -> str:
@@ -67,7 +72,7 @@ class ImagewrightGroup(click.Group):
             raise
         except ImagewrightError as err:
             if _debug_enabled(ctx):
-                traceback.print_exc()
+                _print_traceback()
             click.echo(f"imagewright: error: {_sentence(str(err))}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
@@ -75,7 +80,7 @@ class ImagewrightGroup(click.Group):
             ctx.exit(130)
         except Exception as err:  # noqa: BLE001 - the last line of defence: no traceback for users
             if _debug_enabled(ctx):
-                traceback.print_exc()
+                _print_traceback()
             click.echo(
                 f"imagewright: internal error: {type(err).__name__}: {err} "
                 "(this is a bug; run with --debug for the traceback).",

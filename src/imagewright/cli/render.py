@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
 from imagewright.cli.common import LOG_WIDTH, stdout_console
@@ -33,17 +32,24 @@ if TYPE_CHECKING:
 Segment = tuple[str, str]
 
 
-@dataclass(frozen=True)
 class _Line:
-    segments: tuple[Segment, ...]
+    # Plain classes, not dataclasses: this module is on the start-up path of inspect.
+    __slots__ = ("segments",)
+
+    def __init__(self, segments: tuple[Segment, ...]) -> None:
+        self.segments = segments
 
 
-@dataclass(frozen=True)
 class _Table:
-    headings: tuple[str, ...]
-    #: Headings of the columns justified to the right.
-    right: frozenset[str]
-    rows: tuple[tuple[str, ...], ...]
+    __slots__ = ("headings", "right", "rows")
+
+    def __init__(
+        self, headings: tuple[str, ...], right: frozenset[str], rows: tuple[tuple[str, ...], ...]
+    ) -> None:
+        self.headings = headings
+        #: Headings of the columns justified to the right.
+        self.right = right
+        self.rows = rows
 
 
 #: The space rich's tables here leave after every column but the last (``padding=(0, 2, 0, 0)``).
