@@ -46,28 +46,24 @@ def import_graph() -> dict[str, set[str]]:
     """Each module of the package -> the modules of the package it imports."""
     modules = module_files()
 
-    def known(name: str) -> str:
-        while name not in modules:
-            name = name.rpartition(".")[0]
-        return name
-
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            # An import of a module that does not exist (yet) is no edge: it cannot run.
             if isinstance(node, ast.Import):
-                targets.update(known(a.name) for a in node.names if a.name.split(".")[0] == "imagewright")
+                targets.update(a.name for a in node.names if a.name in modules)
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
                     anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                     base = f"{anchor}.{base}" if base else anchor
-                if base.split(".")[0] != "imagewright":
+                if base not in modules:
                     continue
                 for alias in node.names:
                     submodule = f"{base}.{alias.name}"
-                    targets.add(submodule if submodule in modules else known(base))
+                    targets.add(submodule if submodule in modules else base)
         targets.discard(name)
         graph[name] = targets
     return graph
