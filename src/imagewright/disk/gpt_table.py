@@ -8,7 +8,8 @@ they return the sectors to write (``DiskWrite``), callers write them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import NamedTuple
 
 from imagewright.binary import ByteSource, read_exact
 from imagewright.disk.gpt import (
@@ -27,8 +28,7 @@ from imagewright.disk.mbr import MbrSector, protective_mbr
 from imagewright.disk.table import DiskWrite, Partition, PartitionTable, resized
 
 
-@dataclass
-class _HeaderRead:
+class _HeaderRead(NamedTuple):
     header: GptHeader | None
     array: bytes
     problem: str | None
