@@ -16,14 +16,18 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import Result
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.fixtures.tools import run
 
 from imagewright.cli.commands import VERBS
+from imagewright.cli.inspect import path_spelling
 from imagewright.cli.main import cli
 
 #: Never on the start-up path of ``inspect``: what the issue that made commands lazy named
-#: (rich, zstandard, pycdlib, isal, hashlib), the other decompressors and XML, and the
-#: libraries of other commands and of the container readers.
+#: (rich, zstandard, pycdlib, isal, hashlib), the other decompressors and XML, pathlib (with
+#: urllib.parse and ipaddress behind it), and the libraries of other commands and of the
+#: container readers.
 HEAVY = (
     "rich",
     "zstandard",
@@ -34,6 +38,7 @@ HEAVY = (
     "lzma",
     "xml",
     "json",
+    "pathlib",
     "tarfile",
     "sqlalchemy",
     "imagewright.ops",
@@ -136,3 +141,9 @@ def test_every_verb_shows_its_own_help(run_cli: Callable[..., Result]) -> None:
         assert result.exit_code == 0, result.output
         assert result.output.startswith("Usage: ")
         assert " ".join(verb.summary.split()[:4]) in " ".join(result.output.split())
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.text(st.sampled_from("/.a b\u00e9"), max_size=12))
+def test_inspect_names_images_as_pathlib_did(text: str) -> None:
+    assert path_spelling(text) == str(Path(text))

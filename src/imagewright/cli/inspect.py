@@ -7,7 +7,6 @@ nothing), and ``tests/test_cli_startup.py`` keeps it that way.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -24,7 +23,8 @@ if TYPE_CHECKING:
 
 
 @click.command("inspect")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+# Paths stay strings: pathlib (with urllib.parse and ipaddress behind it) is not worth its import here.
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @json_option
 @click.option(
     "--max-virtual-size",
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     default=None,
     help="Refuse images whose virtual size exceeds this (default 16T).",
 )
-def command(images: tuple[Path, ...], as_json: bool, max_virtual_size: int | None) -> None:
+def command(images: tuple[str, ...], as_json: bool, max_virtual_size: int | None) -> None:
     """Tell what each IMAGE is and whether it is safe to touch.
 
     Reads only headers and metadata, runs no other program and opens no file but IMAGE.
@@ -40,7 +40,7 @@ def command(images: tuple[Path, ...], as_json: bool, max_virtual_size: int | Non
     could not be examined is a reason to refuse. Exits 1 when any image is refused.
     """
     limits = Limits() if max_virtual_size is None else Limits(max_virtual_size=max_virtual_size)
-    reports = [inspect_image(path, limits=limits) for path in images]
+    reports = [inspect_image(path_spelling(path), limits=limits) for path in images]
     if as_json:
         emit_json(reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports])
     else:
@@ -52,6 +52,17 @@ def command(images: tuple[Path, ...], as_json: bool, max_virtual_size: int | Non
         out.write()
     if any(not r.verdict.safe for r in reports):
         raise click.exceptions.Exit(1)
+
+
+def path_spelling(text: str) -> str:
+    """``str(pathlib.Path(text))`` (how reports have always named the image) without pathlib:
+    empty and '.' components dropped, a trailing '/' too; exactly two leading slashes stay
+    (POSIX leaves their meaning to the system), more become one."""
+    stripped = text.lstrip("/")
+    leading = len(text) - len(stripped)
+    root = "//" if leading == 2 else "/" if leading else ""
+    parts = [part for part in stripped.split("/") if part and part != "."]
+    return root + "/".join(parts) if root or parts else "."
 
 
 def render_report(out: Report, report: ImageReport, indent: int = 0) -> None:
