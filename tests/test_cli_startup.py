@@ -147,3 +147,10 @@ def test_every_verb_shows_its_own_help(run_cli: Callable[..., Result]) -> None:
 @given(text=st.text(st.sampled_from("/.a b\u00e9"), max_size=12))
 def test_inspect_names_images_as_pathlib_did(text: str) -> None:
     assert path_spelling(text) == str(Path(text))
+
+
+def test_the_sandbox_switch_is_named_as_the_runner_names_it() -> None:
+    from imagewright.cli import main
+    from imagewright.programs import runner
+
+    assert main.NO_SANDBOX_ENV == runner.NO_SANDBOX_ENV

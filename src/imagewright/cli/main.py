@@ -29,6 +29,11 @@ def _debug_enabled(ctx: click.Context) -> bool:
     return bool(ctx.find_root().params.get("debug"))
 
 
+#: ``programs.runner.NO_SANDBOX_ENV``, named here so that a command that runs no program
+#: (``inspect``) starts without importing the runner (tests/test_cli_startup.py checks both agree).
+NO_SANDBOX_ENV = "IMAGEWRIGHT_NO_SANDBOX"
+
+
 def _print_traceback() -> None:
     import traceback  # only with --debug: it is not cheap to import
 
@@ -107,6 +112,8 @@ def cli(ctx: click.Context, debug: bool, no_sandbox: bool) -> None:
     never mounts a guest filesystem, needs no root, and runs every program that reads an
     image in a sandbox that shows it nothing else.
     """
+    if not (no_sandbox or os.environ.get(NO_SANDBOX_ENV)):
+        return  # the sandbox is on: nothing to set up or say (and no subprocess machinery to import)
     from imagewright.programs.runner import sandbox_disabled, sandbox_requested, warn_without_sandbox
 
     if no_sandbox:
