@@ -7,7 +7,9 @@ hostile-image tests; also handy by hand: ``python tests/inspect_probe.py IMAGE``
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 import sys
 import time
 
@@ -25,10 +27,12 @@ def main(path: str) -> None:
     import imagewright.inspection as inspect_module
     from imagewright.formats import containers, registry
 
-    # Import every reader now so that module files are not counted as opened by inspect.
+    # Import every reader now so that module files are not counted as opened by inspect
+    # (the container package loads its readers on first use).
     for reader in registry.DISK_FORMATS:
         _ = reader.module
-    _ = containers
+    for module in pkgutil.iter_modules(containers.__path__):
+        importlib.import_module(f"{containers.__name__}.{module.name}")
     # Codecs are imported lazily by the interpreter on first use; load the ones readers use.
     for codec in ("utf-8", "utf-16-le", "utf-16-be", "utf-16", "latin-1", "ascii", "cp437"):
         "".encode(codec)

@@ -40,9 +40,9 @@ from imagewright.errors import ImageIOError, ImagewrightError, UnsafeImageError
 from imagewright.files import io_error
 from imagewright.formats.base import Limits
 from imagewright.formats.containers import examine_stream
-from imagewright.formats.containers.compressed import probe_compression
 from imagewright.formats.containers.decompress import CompressionFormat, DecompressedStream
-from imagewright.formats.containers.tar import looks_like_tar
+from imagewright.formats.containers.signature import probe_compression
+from imagewright.formats.containers.tar_header import looks_like_tar
 from imagewright.inspection import ContainerReport, ImageReport, inspect_image, inspect_source
 
 #: Formats QEMU is handed (its driver names); anything else (a container) is not a disk to it.

@@ -39,21 +39,22 @@ from imagewright.disk.survey import DiskSurvey, survey_disk
 from imagewright.errors import ImageFormatError
 from imagewright.formats import registry
 from imagewright.formats.base import HEAD_SIZE, Budget, FormatDetails, Limits, OpenedImage
-from imagewright.formats.containers import (
-    ArchiveMember,
-    ContainerDetails,
-    ContainerFormat,
-    ContainerKind,
-    OpenedContainer,
-    open_container,
-    probe_container,
-)
+from imagewright.formats.containers import open_container, probe_container
 from imagewright.formats.safety import Verdict, judge
 from imagewright.units import format_size
 
 if TYPE_CHECKING:
     from imagewright.disk.filesystems import FilesystemInfo
     from imagewright.disk.table import PartitionTable
+
+    # Annotations only: the container model is loaded when an image is a container.
+    from imagewright.formats.containers import (
+        ArchiveMember,
+        ContainerDetails,
+        ContainerFormat,
+        ContainerKind,
+        OpenedContainer,
+    )
 
 #: The phrase every reason to refuse something not examined carries (users and tests look for it).
 NOT_EXAMINED = "could not be examined within the limit"

@@ -21,13 +21,8 @@ from tests.disk.helpers import (
 from tests.fixtures import hostile_disk
 from tests.fixtures.tools import run, sparse_file
 
-from imagewright.disk.gpt import (
-    GptEntry,
-    gpt_writes,
-    new_gpt_header,
-    pack_header,
-    parse_header,
-)
+from imagewright.disk.gpt import GptEntry, new_gpt_header, pack_header, parse_header
+from imagewright.disk.gpt_table import gpt_writes
 from imagewright.disk.guids import BIOS_BOOT_GUID, EFI_SYSTEM_GUID, LINUX_FILESYSTEM_GUID, LINUX_SWAP_GUID
 from imagewright.disk.partitions import grow_partition, max_partition_end, relocate_gpt_backup
 from imagewright.disk.table import DiskWrite, PartitionTable

@@ -72,7 +72,7 @@ def project_list(data_dir: str | None, database: str | None, as_json: bool) -> N
         emit_json(rows)
         return
     for row in rows:
-        stdout_console.print(
+        stdout_console().print(
             f"{row['id']}  {row['name']}" + (f"  {row['description']}" if row["description"] else "")
         )
 
@@ -178,7 +178,7 @@ def user_list(data_dir: str | None, database: str | None, as_json: bool) -> None
         return
     for row in rows:
         roles = ", ".join(f"{r['role']} on {r['project']}" for r in row["roles"]) or "no roles"
-        stdout_console.print(f"{row['id']}  {row['name']}  ({roles})")
+        stdout_console().print(f"{row['id']}  {row['name']}  ({roles})")
 
 
 @user.command("remove")
@@ -201,4 +201,4 @@ def _report(as_json: bool, result: dict[str, Any], sentence: str) -> None:
     if as_json:
         emit_json(result)
     else:
-        stdout_console.print(sentence)
+        stdout_console().print(sentence)

@@ -125,10 +125,10 @@ def command(  # click passes every parameter by keyword
         checked_format(iso, role="CD-ROM")
 
     def show_line(line: str) -> None:
-        stderr_console.print(Text(line, style="dim"))
+        stderr_console().print(Text(line, style="dim"))
 
     if not as_json:
-        stderr_console.print(Text(f"booting {image} ({image_format}, {disk_bus}) ..."))
+        stderr_console().print(Text(f"booting {image} ({image_format}, {disk_bus}) ..."))
     try:
         result = boot(
             image,
@@ -164,12 +164,12 @@ def command(  # click passes every parameter by keyword
                 why = f"the guest did not power off within {timeout:g} s"
             else:
                 why = f"the guest ended with QEMU exit status {result.exit_status}"
-            stderr_console.print(Text(f"imagewright: boot failed: {why}.", style="bold red"))
+            stderr_console().print(Text(f"imagewright: boot failed: {why}.", style="bold red"))
         raise click.exceptions.Exit(1)
 
 
 def _render(result: Any, expect: str | None, *, show_tail: bool) -> None:
-    out = stdout_console
+    out = stdout_console()
     out.print(Text(f"{'accelerator:':<14}{result.accelerator} ({result.accelerator_reason})"))
     if result.matched:
         out.print(Text(f"{'matched:':<14}{result.matched_line.strip()}", style="green"))
@@ -181,6 +181,6 @@ def _render(result: Any, expect: str | None, *, show_tail: bool) -> None:
     if result.console_log is not None:
         out.print(Text(f"{'console log:':<14}{result.console_log}"))
     if show_tail and result.last_lines:
-        stderr_console.print(Text("last console lines:", style="bold"))
+        stderr_console().print(Text("last console lines:", style="bold"))
         for line in result.last_lines[-_SHOWN_LINES:]:
-            stderr_console.print(Text(f"  {line}"))
+            stderr_console().print(Text(f"  {line}"))

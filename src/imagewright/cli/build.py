@@ -131,7 +131,7 @@ def command(
     if as_json:
         emit_json(report.to_dict())
         return
-    out = stdout_console
+    out = stdout_console()
     fmt = report.output_format + (f" in {report.output_compression}" if report.output_compression else "")
     src = report.source_kind + (f", {report.source_format}" if report.source_format else "")
     out.print(

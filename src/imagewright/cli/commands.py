@@ -1,32 +1,78 @@
-"""The list of verbs. Add a module name here when you add ``cli/<name>.py`` with a ``command``."""
+"""The verbs of ``imagewright``, one line each; a verb's module is imported only when it runs.
+
+Adding a command is adding a line: its name, where its ``click.Command`` lives
+(``"module:attribute"``, the module inside ``imagewright.cli``), and the first sentence of
+its help, which ``imagewright --help`` lists without importing anything
+(``tests/test_cli_startup.py`` checks that the sentence matches the command's own help).
+Order is the order of ``imagewright --help``: the pipeline, left to right.
+"""
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, NamedTuple
 
-import click
+if TYPE_CHECKING:
+    import click
 
-# Order is the order of `imagewright --help`: the pipeline, left to right.
-COMMAND_MODULES: tuple[str, ...] = (
-    "inspect",
-    "convert",
-    "resize",
-    "build",
-    "context",
-    "cat",
-    "ls",
-    "copy_in",
-    "boot",
-    "prepare",
-    "serve",
-    "accounts",
-    "db",
+
+class Verb(NamedTuple):
+    name: str
+    #: ``"module:attribute"`` of the click command, the module inside ``imagewright.cli``.
+    target: str
+    #: The first sentence of the command's help (what ``imagewright --help`` shows).
+    summary: str
+
+    def load(self) -> click.Command:
+        module, _, attribute = self.target.partition(":")
+        command: click.Command = getattr(importlib.import_module(f"imagewright.cli.{module}"), attribute)
+        return command
+
+
+VERBS: tuple[Verb, ...] = (
+    Verb("inspect", "inspect:command", "Tell what each IMAGE is and whether it is safe to touch."),
+    Verb(
+        "convert",
+        "convert:command",
+        "Convert SRC to DST in another format, computing checksums as it writes.",
+    ),
+    Verb("resize", "resize:command", "Resize IMAGE to SIZE (8G), or by +DELTA (+1G) or -DELTA (-512M)."),
+    Verb("build", "build:command", "Build a bootable, partitioned disk from SOURCE, without root."),
+    Verb("context", "context:command", "Build context media: the seed an instance reads at first boot."),
+    Verb(
+        "cat",
+        "guestfiles:cat_command",
+        "Print a file from inside a guest image (symbolic links are followed).",
+    ),
+    Verb("ls", "guestfiles:ls_command", "List a directory inside a guest image."),
+    Verb(
+        "copy-in",
+        "guestfiles:copy_in_command",
+        "Copy a host file into a guest image (into a directory keeps the file's name).",
+    ),
+    Verb(
+        "boot",
+        "boot:command",
+        "Boot IMAGE under QEMU from its own disk and watch the serial console (ttyS0).",
+    ),
+    Verb(
+        "prepare",
+        "prepare:command",
+        "Make a guest image cloud-ready: fresh identity on every instance, no MAC addresses baked in, "
+        "clean logs, and (with --agent) a boot-time agent that asks the cloud for hostname, SSH keys, "
+        "network and user-data.",
+    ),
+    Verb(
+        "serve",
+        "serve:command",
+        "Run the image registry: Glance-compatible images at /image, identity at /identity/v3.",
+    ),
+    Verb(
+        "accounts",
+        "accounts:command",
+        "Manage the registry's projects and users (roles admin, member, reader per project).",
+    ),
+    Verb("db", "db:command", "The registry's catalog database."),
 )
 
-
-def all_commands() -> list[click.Command]:
-    commands: list[click.Command] = []
-    for name in COMMAND_MODULES:
-        module = importlib.import_module(f"imagewright.cli.{name}")
-        commands.append(module.command)
-    return commands
+BY_NAME: dict[str, Verb] = {verb.name: verb for verb in VERBS}

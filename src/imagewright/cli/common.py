@@ -1,33 +1,55 @@
-"""What every command shares: the consoles, ``--json``, size parameters, progress bars."""
+"""What every command shares: the consoles, ``--json``, size parameters, progress bars.
+
+Imported by every command, so it imports no more than click at start-up: rich is loaded
+when a console or a progress bar is first needed (``imagewright inspect`` to a pipe needs
+neither, see ``cli.render``).
+"""
 
 from __future__ import annotations
 
-import json
-import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from functools import cache
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from imagewright.errors import ImagewrightError
 from imagewright.units import parse_size
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Reports are read in terminals and in logs: wide enough that partition tables never wrap.
-stdout_console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-stderr_console = Console(stderr=True, highlight=False, soft_wrap=True)
+#: Width of reports written to anything but a terminal (logs, pipes): wide enough that
+#: partition tables never wrap.
+LOG_WIDTH = 160
+
+
+def new_console(file: IO[str] | None = None, *, stderr: bool = False) -> Console:
+    """A console as every command prints with (rich's own markup and highlighting off for
+    ``Text``; a terminal's width, or ``LOG_WIDTH`` on stdout when it is not a terminal)."""
+    from rich.console import Console
+
+    if stderr:
+        return Console(file=file, stderr=True, highlight=False, soft_wrap=True)
+    stream = file or sys.stdout
+    return Console(file=file, highlight=False, soft_wrap=True, width=None if stream.isatty() else LOG_WIDTH)
+
+
+@cache
+def stdout_console() -> Console:
+    """The console of reports (standard output), made on first use."""
+    return new_console()
+
+
+@cache
+def stderr_console() -> Console:
+    """The console of progress and diagnostics (standard error), made on first use."""
+    return new_console(stderr=True)
 
 
 def json_option(func: F) -> F:
@@ -36,6 +58,8 @@ def json_option(func: F) -> F:
 
 
 def emit_json(value: Any) -> None:
+    import json
+
     click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
 
 
@@ -73,13 +97,22 @@ class ByteProgress:
         if not self._enabled:
             return
         if self._progress is None:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 DownloadColumn(binary_units=True),
                 TransferSpeedColumn(),
                 TimeRemainingColumn(),
-                console=stderr_console,
+                console=stderr_console(),
                 transient=True,
             )
             self._progress.start()
@@ -126,6 +159,8 @@ def staged_progress(enabled: bool = True) -> Iterator[StagedProgress]:
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Treat SIGTERM like Ctrl-C for the duration, so that cleanup code runs."""
+
+    import signal
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

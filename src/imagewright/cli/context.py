@@ -101,7 +101,7 @@ def build(
     if as_json:
         emit_json(report.to_dict())
         return
-    out = stdout_console
+    out = stdout_console()
 
     def line(label: str, value: object) -> None:
         out.print(Text(f"{label + ':':<10}{value}"))

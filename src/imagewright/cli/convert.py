@@ -100,7 +100,7 @@ def command(
     if as_json:
         emit_json(result.to_dict())
         return
-    out = stdout_console
+    out = stdout_console()
     kind = result.format + (f" ({result.subformat})" if result.subformat else "")
     if result.cluster_compression:
         kind += f", {result.cluster_compression} clusters"

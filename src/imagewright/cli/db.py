@@ -33,9 +33,9 @@ def upgrade(data_dir: str | None, database: str | None, as_json: bool) -> None:
     if as_json:
         emit_json({"database": redact(catalog.url), "from": before, "to": after})
     elif before == after:
-        stdout_console.print(f"catalog {redact(catalog.url)} is at revision {after} already")
+        stdout_console().print(f"catalog {redact(catalog.url)} is at revision {after} already")
     else:
-        stdout_console.print(f"catalog {redact(catalog.url)} upgraded from {before or 'empty'} to {after}")
+        stdout_console().print(f"catalog {redact(catalog.url)} upgraded from {before or 'empty'} to {after}")
 
 
 @command.command("current")
@@ -55,6 +55,6 @@ def current(data_dir: str | None, database: str | None, as_json: bool) -> None:
     if as_json:
         emit_json({"database": redact(catalog.url), "current": now, "head": head})
     else:
-        stdout_console.print(
+        stdout_console().print(
             f"catalog {redact(catalog.url)}: revision {now or 'empty'} (this imagewright needs {head})"
         )

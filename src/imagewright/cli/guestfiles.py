@@ -22,6 +22,7 @@ import click
 from imagewright.cli.common import byte_progress, emit_json, json_option
 from imagewright.errors import GuestFilesystemError, InvalidArgumentError
 from imagewright.guest import DirEntry, FileType, GuestFS, GuestStat, guest_path, open_guest
+from imagewright.guest.base import check_mode
 from imagewright.guest.model import join
 
 
@@ -134,9 +135,7 @@ def _parse_mode(text: str | None) -> int | None:
         value = int(text, 8)
     except ValueError:
         raise InvalidArgumentError(f"'{text}' is not an octal file mode such as 0644.") from None
-    if not 0 <= value <= 0o7777:
-        raise InvalidArgumentError(f"'{text}' is not a file mode (0000 to 7777).")
-    return value
+    return check_mode(value)
 
 
 def _parse_owner(text: str | None, guest: GuestFS) -> tuple[int | None, int | None]:

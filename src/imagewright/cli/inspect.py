@@ -1,16 +1,19 @@
-"""``imagewright inspect IMAGE...``: qemu-img info + fdisk -l + blkid in one, plus a verdict."""
+"""``imagewright inspect IMAGE...``: qemu-img info + fdisk -l + blkid in one, plus a verdict.
+
+This is the command people run in loops over directories of images, so it starts like a
+tool: nothing here imports rich (``cli.render`` writes plain text when rich would add
+nothing), and ``tests/test_cli_startup.py`` keeps it that way.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from rich.table import Table
-from rich.text import Text
 
-from imagewright.cli.common import SIZE, emit_json, json_option, stdout_console
+from imagewright.cli.common import SIZE, emit_json, json_option
 from imagewright.cli.format_highlights import highlights
+from imagewright.cli.render import Report
 from imagewright.formats.base import Limits
 from imagewright.inspection import ContainerReport, ImageReport, inspect_image
 from imagewright.units import format_size
@@ -20,7 +23,8 @@ if TYPE_CHECKING:
 
 
 @click.command("inspect")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+# Paths stay strings: pathlib (with urllib.parse and ipaddress behind it) is not worth its import here.
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @json_option
 @click.option(
     "--max-virtual-size",
@@ -28,7 +32,7 @@ if TYPE_CHECKING:
     default=None,
     help="Refuse images whose virtual size exceeds this (default 16T).",
 )
-def command(images: tuple[Path, ...], as_json: bool, max_virtual_size: int | None) -> None:
+def command(images: tuple[str, ...], as_json: bool, max_virtual_size: int | None) -> None:
     """Tell what each IMAGE is and whether it is safe to touch.
 
     Reads only headers and metadata, runs no other program and opens no file but IMAGE.
@@ -36,24 +40,36 @@ def command(images: tuple[Path, ...], as_json: bool, max_virtual_size: int | Non
     could not be examined is a reason to refuse. Exits 1 when any image is refused.
     """
     limits = Limits() if max_virtual_size is None else Limits(max_virtual_size=max_virtual_size)
-    reports = [inspect_image(path, limits=limits) for path in images]
+    reports = [inspect_image(path_spelling(path), limits=limits) for path in images]
     if as_json:
         emit_json(reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports])
     else:
+        out = Report()
         for index, report in enumerate(reports):
             if index:
-                stdout_console.print()
-            render_report(report)
+                out.line()
+            render_report(out, report)
+        out.write()
     if any(not r.verdict.safe for r in reports):
         raise click.exceptions.Exit(1)
 
 
-def render_report(report: ImageReport, indent: int = 0) -> None:
+def path_spelling(text: str) -> str:
+    """``str(pathlib.Path(text))`` (how reports have always named the image) without pathlib:
+    empty and '.' components dropped, a trailing '/' too; exactly two leading slashes stay
+    (POSIX leaves their meaning to the system), more become one."""
+    stripped = text.lstrip("/")
+    leading = len(text) - len(stripped)
+    root = "//" if leading == 2 else "/" if leading else ""
+    parts = [part for part in stripped.split("/") if part and part != "."]
+    return root + "/".join(parts) if root or parts else "."
+
+
+def render_report(out: Report, report: ImageReport, indent: int = 0) -> None:
     pad = " " * indent
-    out = stdout_console
 
     def line(label: str, value: object) -> None:
-        out.print(Text(f"{pad}{label + ':':<16}{value}"))
+        out.line(f"{pad}{label + ':':<16}{value}")
 
     line("image", report.path)
     fmt = report.format + (f" ({report.subformat})" if report.subformat else "")
@@ -73,33 +89,28 @@ def render_report(report: ImageReport, indent: int = 0) -> None:
     for label, value in highlights(report.format, report.details):
         line(label, value)
     if report.container is not None:
-        _render_container(report.container, indent)
+        _render_container(out, report.container, indent)
     if report.disk is not None:
-        _render_disk(report, indent)
+        _render_disk(out, report, indent)
     for note in report.notes:
         line("note", note)
     verdict = str(report.verdict)
-    out.print(
-        Text(f"{pad}{'verdict:':<16}") + Text(verdict, style="green" if report.verdict.safe else "bold red")
-    )
+    out.line(f"{pad}{'verdict:':<16}", (verdict, "green" if report.verdict.safe else "bold red"))
     for extra in report.verdict.reasons[1:]:
-        out.print(Text(f"{pad}{'':<16}also: {extra}", style="red"))
+        out.line((f"{pad}{'':<16}also: {extra}", "red"))
 
 
-def _render_container(container: ContainerReport, indent: int) -> None:
+def _render_container(out: Report, container: ContainerReport, indent: int) -> None:
     pad = " " * indent
-    out = stdout_console
-    out.print(Text(f"{pad}{'container:':<16}{container.format} ({container.kind})"))
+    out.line(f"{pad}{'container:':<16}{container.format} ({container.kind})")
     if container.uncompressed_size is not None:
-        out.print(Text(f"{pad}{'uncompressed:':<16}{format_size(container.uncompressed_size)}"))
+        out.line(f"{pad}{'uncompressed:':<16}{format_size(container.uncompressed_size)}")
     for note in container.notes:
-        out.print(Text(f"{pad}{'note:':<16}{note}"))
+        out.line(f"{pad}{'note:':<16}{note}")
     if container.members:
-        table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0))
-        for heading in ("Member", "Type", "Size", "Image"):
-            table.add_column(heading)
         shown = container.members[:50]
         images = {image.name: image.report for image in container.images}
+        rows = []
         for member in shown:
             report = images.get(member.name)
             image = ""
@@ -108,17 +119,17 @@ def _render_container(container: ContainerReport, indent: int) -> None:
                     f" {format_size(report.virtual_size)}" if report.virtual_size else ""
                 )
             name = member.name + (f" -> {member.linkname}" if member.linkname else "")
-            table.add_row(name, member.type, format_size(member.size), image)
-        out.print(Text(f"{pad}members:"))
-        out.print(table)
+            rows.append((name, member.type, format_size(member.size), image))
+        out.line(f"{pad}members:")
+        out.table(("Member", "Type", "Size", "Image"), rows)
         if len(container.members) > len(shown):
-            out.print(Text(f"{pad}  ... and {len(container.members) - len(shown)} more"))
+            out.line(f"{pad}  ... and {len(container.members) - len(shown)} more")
         for member_image in container.images:
-            out.print()
-            render_report(member_image.report, indent + 2)
+            out.line()
+            render_report(out, member_image.report, indent + 2)
     if container.inner is not None:
-        out.print(Text(f"{pad}contents:"))
-        render_report(container.inner, indent + 2)
+        out.line(f"{pad}contents:")
+        render_report(out, container.inner, indent + 2)
 
 
 def _fs_text(fs: FilesystemInfo | None) -> str:
@@ -132,21 +143,15 @@ def _fs_text(fs: FilesystemInfo | None) -> str:
     return " ".join(parts)
 
 
-def _render_disk(report: ImageReport, indent: int) -> None:
+def _render_disk(out: Report, report: ImageReport, indent: int) -> None:
     pad = " " * indent
-    out = stdout_console
     survey = report.disk
     assert survey is not None
     table_info = survey.partition_table
     if table_info is not None:
-        out.print(Text(f"{pad}{'partitions:':<16}{table_info.kind}, disk identifier {table_info.disk_id}"))
-        table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0))
-        for heading in ("Device", "Boot", "Start", "End", "Sectors", "Size", "Type", "Filesystem"):
-            table.add_column(
-                heading, justify="right" if heading in ("Start", "End", "Sectors", "Size") else "left"
-            )
-        for part in table_info.partitions:
-            table.add_row(
+        out.line(f"{pad}{'partitions:':<16}{table_info.kind}, disk identifier {table_info.disk_id}")
+        rows = [
+            (
                 str(part.number),
                 "*" if part.bootable else "",
                 str(part.start),
@@ -156,10 +161,16 @@ def _render_disk(report: ImageReport, indent: int) -> None:
                 part.type_name or part.type_id,
                 _fs_text(part.filesystem),
             )
-        out.print(table)
+            for part in table_info.partitions
+        ]
+        out.table(
+            ("Device", "Boot", "Start", "End", "Sectors", "Size", "Type", "Filesystem"),
+            rows,
+            right=("Start", "End", "Sectors", "Size"),
+        )
     elif survey.filesystem is not None:
-        out.print(Text(f"{pad}{'filesystem:':<16}{_fs_text(survey.filesystem)} (no partition table)"))
+        out.line(f"{pad}{'filesystem:':<16}{_fs_text(survey.filesystem)} (no partition table)")
     else:
-        out.print(Text(f"{pad}{'contents:':<16}no partition table or filesystem recognised"))
+        out.line(f"{pad}{'contents:':<16}no partition table or filesystem recognised")
     if survey.boot is not None:
-        out.print(Text(f"{pad}{'boot:':<16}{survey.boot.description}"))
+        out.line(f"{pad}{'boot:':<16}{survey.boot.description}")

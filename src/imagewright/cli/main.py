@@ -3,18 +3,23 @@
 Exit codes: 0 ok, 1 failed or refused, 2 usage (click's own), 130 interrupted.
 An ``ImagewrightError`` is printed as one sentence; anything else is a bug and is reported
 as one too, with the traceback only under ``--debug`` (or ``IMAGEWRIGHT_DEBUG=1``).
+
+Start-up is part of the interface: ``imagewright inspect`` must start like a tool, not like an
+application. So the group imports a verb's module only when that verb runs (``cli.commands``
+is the table), ``--help`` lists the verbs from the table alone, and nothing here imports
+more than click (``bench/cli_bench.py`` measures it, ``tests/test_cli_startup.py`` guards it).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import traceback
 from typing import Any
 
 import click
 
 from imagewright import __version__
+from imagewright.cli.commands import BY_NAME, VERBS
 from imagewright.errors import ImagewrightError
 
 
@@ -22,6 +27,17 @@ def _debug_enabled(ctx: click.Context) -> bool:
     if os.environ.get("IMAGEWRIGHT_DEBUG", "") not in ("", "0"):
         return True
     return bool(ctx.find_root().params.get("debug"))
+
+
+#: ``programs.runner.NO_SANDBOX_ENV``, named here so that a command that runs no program
+#: (``inspect``) starts without importing the runner (tests/test_cli_startup.py checks both agree).
+NO_SANDBOX_ENV = "IMAGEWRIGHT_NO_SANDBOX"
+
+
+def _print_traceback() -> None:
+    import traceback  # only with --debug: it is not cheap to import
+
+    traceback.print_exc()
 
 
 def _sentence(text: str) -> str:
@@ -33,8 +49,26 @@ class ImagewrightGroup(click.Group):
     """A click group that turns every failure into one line on stderr and an exit code."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        # The order of registration is the pipeline's order (inspect, convert, build ...).
-        return list(self.commands)
+        # The table's order is the pipeline's order (inspect, convert, build ...).
+        return [verb.name for verb in VERBS] + [name for name in self.commands if name not in BY_NAME]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in BY_NAME:
+            self.commands[cmd_name] = BY_NAME[cmd_name].load()
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The verbs and their first sentences, as click lays them out, without importing them."""
+        added = [(name, cmd) for name, cmd in self.commands.items() if name not in BY_NAME and not cmd.hidden]
+        limit = formatter.width - 6 - max(len(name) for name in [*BY_NAME, *(name for name, _ in added)])
+        # click's own shortening (to the first sentence, and to the width), applied to the table's text.
+        rows = [
+            (verb.name, click.Command(verb.name, help=verb.summary).get_short_help_str(limit))
+            for verb in VERBS
+        ]
+        rows += [(name, cmd.get_short_help_str(limit)) for name, cmd in added]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -43,7 +77,7 @@ class ImagewrightGroup(click.Group):
             raise
         except ImagewrightError as err:
             if _debug_enabled(ctx):
-                traceback.print_exc()
+                _print_traceback()
             click.echo(f"imagewright: error: {_sentence(str(err))}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
@@ -51,7 +85,7 @@ class ImagewrightGroup(click.Group):
             ctx.exit(130)
         except Exception as err:  # noqa: BLE001 - the last line of defence: no traceback for users
             if _debug_enabled(ctx):
-                traceback.print_exc()
+                _print_traceback()
             click.echo(
                 f"imagewright: internal error: {type(err).__name__}: {err} "
                 "(this is a bug; run with --debug for the traceback).",
@@ -78,23 +112,14 @@ def cli(ctx: click.Context, debug: bool, no_sandbox: bool) -> None:
     never mounts a guest filesystem, needs no root, and runs every program that reads an
     image in a sandbox that shows it nothing else.
     """
+    if not (no_sandbox or os.environ.get(NO_SANDBOX_ENV)):
+        return  # the sandbox is on: nothing to set up or say (and no subprocess machinery to import)
     from imagewright.programs.runner import sandbox_disabled, sandbox_requested, warn_without_sandbox
 
     if no_sandbox:
         ctx.with_resource(sandbox_disabled())
     if not sandbox_requested():
         warn_without_sandbox(lambda text: click.echo(text, err=True))
-
-
-def _register_commands() -> None:
-    # Each verb lives in its own module; importing it is all registration takes.
-    from imagewright.cli import commands
-
-    for command in commands.all_commands():
-        cli.add_command(command)
-
-
-_register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -85,4 +85,4 @@ def command(
         emit_json(report.to_dict())
         return
     for line in report.summary():
-        stdout_console.print(Text(line))
+        stdout_console().print(Text(line))

@@ -12,21 +12,28 @@ bounded by ``read_exact``.
 
 The writers re-exported here (``grow_partition``, ``relocate_gpt_backup``) are pure: they
 return a new table and the sectors to write.
+
+Floors (``tests/test_import_graph.py`` keeps them): ``guids``, ``mbr`` and ``gpt`` (on-disk
+structures) at the bottom; ``table`` (the parsed table) above them; ``mbr_table`` and
+``gpt_table`` (reading and writing each kind) above that; this module on top, the only one
+that also asks a filesystem probe (is sector 0 a FAT or NTFS boot sector rather than an MBR?).
 """
 
 from __future__ import annotations
 
 from imagewright.binary import ByteSource, read_exact
+from imagewright.disk.filesystems.fat import is_fat_boot_sector
+from imagewright.disk.filesystems.ntfs import is_ntfs_boot_sector
 from imagewright.disk.gpt import SIGNATURE as GPT_SIGNATURE
-from imagewright.disk.gpt import grow_gpt_partition, read_gpt_table, relocate_backup
+from imagewright.disk.gpt_table import grow_gpt_partition, read_gpt_table, relocate_backup
 from imagewright.disk.mbr import (
+    BOOT_SIGNATURE,
+    ENTRIES_OFFSET,
     MAX_SECTORS_32,
-    grow_mbr_partition,
     has_protective_entry,
-    not_an_mbr_reason,
     parse_mbr_sector,
-    read_mbr_table,
 )
+from imagewright.disk.mbr_table import grow_mbr_partition, read_mbr_table
 from imagewright.disk.table import DiskWrite, Partition, PartitionTable
 from imagewright.errors import ImageFormatError, InvalidArgumentError
 
@@ -71,6 +78,21 @@ def read_partition_table(disk: ByteSource, sector_size: int = 512) -> PartitionT
         table = read_mbr_table(disk, sector_size, mbr)
     check_layout(table)
     return table
+
+
+def not_an_mbr_reason(sector: bytes) -> str | None:
+    """Why sector 0 is not an MBR partition table, or None when it is one (libblkid's rules)."""
+    if len(sector) < 512 or sector[510:512] != BOOT_SIGNATURE:
+        return "no 55 AA boot signature"
+    if is_fat_boot_sector(sector[:512]):
+        return "it is a FAT boot sector"
+    if is_ntfs_boot_sector(sector[:512]):
+        return "it is an NTFS boot sector"
+    for index in range(4):
+        status = sector[ENTRIES_OFFSET + 16 * index]
+        if status not in (0x00, 0x80):
+            return f"entry {index + 1} has the invalid status byte 0x{status:02x}"
+    return None
 
 
 def _gpt_sector_size(disk: ByteSource, requested: int) -> int:

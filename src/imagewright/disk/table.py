@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from imagewright.disk.filesystems.info import FilesystemInfo
-
 if TYPE_CHECKING:
+    # Annotations only: the table keeps the structures it was read from, and survey puts
+    # a probe's result on each partition; nothing here looks inside them.
+    from imagewright.disk.filesystems.info import FilesystemInfo
     from imagewright.disk.gpt import GptEntry, GptHeader
     from imagewright.disk.mbr import MbrSector
 

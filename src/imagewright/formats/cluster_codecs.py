@@ -20,8 +20,6 @@ from __future__ import annotations
 import io
 import zlib
 
-import zstandard
-
 from imagewright.errors import ImageFormatError
 
 #: zstd frames may ask for a window of up to this many bytes; qcow2 clusters are at most 2 MiB,
@@ -45,6 +43,8 @@ def inflate_raw_cluster(data: bytes, cluster_size: int, what: str) -> bytes:
 
 def unzstd_cluster(data: bytes, cluster_size: int, what: str) -> bytes:
     """Decompress zstd frames in ``data`` into exactly ``cluster_size`` bytes."""
+    import zstandard  # here, not at the top: most images hold no zstd cluster (start-up of inspect)
+
     decompressor = zstandard.ZstdDecompressor(max_window_size=_ZSTD_MAX_WINDOW)
     out = bytearray()
     try:

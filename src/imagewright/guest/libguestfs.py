@@ -7,7 +7,8 @@ this backend drives ``guestfish`` as a program (``programs.guestfish``). When gu
 installed, ``unavailable`` gives the one sentence to show instead.
 
 Every call is one guestfish command (tens of milliseconds) after an appliance start of 13-20 s
-under TCG: fine for prepare's few dozen files, not for bulk work.
+under TCG: fine for prepare's few dozen files, not for bulk work. Only the primitives live
+here; what a call means and what it refuses is ``base.GuestFS``'s.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from __future__ import annotations
 import shutil
 import stat as stat_module
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
-from imagewright.errors import GuestFilesystemError, InvalidArgumentError
-from imagewright.guest.base import DEFAULT_READ_LIMIT, GuestFS, host_path_ok
-from imagewright.guest.model import DirEntry, FileType, GuestFileNotFoundError, GuestStat, guest_path, join
+from imagewright.errors import GuestFilesystemError
+from imagewright.guest.base import GuestFS
+from imagewright.guest.model import DirEntry, FileType, GuestStat, join
 from imagewright.programs import guestfish
 from imagewright.programs.guestfish import GuestfishCommandError, GuestfishSession
 
@@ -38,6 +38,12 @@ def unavailable(fs_type: str) -> GuestFilesystemError:
         f"The root filesystem {what}; imagewright edits ext2/3/4 directly and needs libguestfs "
         f"(Debian: libguestfs-tools) for {name}."
     )
+
+
+def _c_int(value: int) -> str:
+    """An id for guestfish's ``lchown``, whose arguments are C ``int``s: ids above 2^31 - 1
+    are given as the negative number with the same 32 bits, which lchown(2) reads back."""
+    return str(value - (1 << 32) if value >= 1 << 31 else value)
 
 
 def _fields(output: bytes) -> dict[str, int]:
@@ -63,10 +69,7 @@ class LibguestfsGuest(GuestFS):
         description: str = "the guest filesystem",
         find_root: bool = False,
     ) -> None:
-        self.writable = writable
-        self.fs_type = fs_type
-        self.description = description
-        self.modified = False
+        super().__init__(description=description, fs_type=fs_type, writable=writable)
         self._scratch = Path(tempfile.mkdtemp(prefix="imagewright-guestfs-"))
         self._counter = 0
         self._session = GuestfishSession(raw_image, writable=writable)
@@ -103,26 +106,14 @@ class LibguestfsGuest(GuestFS):
     def _call(self, command: str, *args: str) -> bytes:
         return self._session.call(command, *args)
 
-    def _write(self, command: str, *args: str) -> bytes:
-        if not self.writable:
-            raise GuestFilesystemError(f"{self.description} was opened read-only; cannot {command}.")
-        self.modified = True
-        return self._session.call(command, *args)
-
     def _scratch_file(self) -> Path:
         self._counter += 1
         return self._scratch / f"f{self._counter}"
 
     # ---- reads -------------------------------------------------------------------------
 
-    def stat_many(self, paths: Sequence[str]) -> dict[str, GuestStat | None]:
-        result: dict[str, GuestStat | None] = {}
-        for original in paths:
-            path = guest_path(original)
-            if path not in result:
-                result[path] = self._lstat(path)
-            result[original] = result[path]
-        return result
+    def _lstat_many(self, paths: list[str]) -> dict[str, GuestStat | None]:
+        return {path: self._lstat(path) for path in paths}
 
     def _lstat(self, path: str) -> GuestStat | None:
         try:
@@ -151,21 +142,10 @@ class LibguestfsGuest(GuestFS):
             link_target=target,
         )
 
-    def listdir_many(self, paths: Sequence[str]) -> dict[str, list[DirEntry]]:
-        result: dict[str, list[DirEntry]] = {}
-        for original in paths:
-            path = guest_path(original)
-            if path not in result:
-                result[path] = self._listdir(path)
-            result[original] = result[path]
-        return result
+    def _listdir_many(self, directories: list[str]) -> dict[str, list[DirEntry]]:
+        return {path: self._listdir(path) for path in directories}
 
     def _listdir(self, path: str) -> list[DirEntry]:
-        info = self._lstat(path)
-        if info is None:
-            raise GuestFileNotFoundError(f"{path} does not exist in {self.description}.")
-        if not info.is_dir:
-            raise GuestFilesystemError(f"{path} in {self.description} is not a directory.")
         names = self._call("ls", path).decode("utf-8", "surrogateescape").split("\n")
         entries: list[DirEntry] = []
         for name in names:
@@ -179,161 +159,64 @@ class LibguestfsGuest(GuestFS):
             )
         return entries
 
-    def _regular(self, path: str) -> tuple[str, GuestStat]:
-        real = self.resolve(path)
-        found = self._lstat(real)
-        if found is None or not found.is_file:
-            kind = found.type.value if found else "missing path"
-            raise GuestFilesystemError(f"{path} in {self.description} is a {kind}, not a file.")
-        return real, found
-
-    def read_file(self, path: str, *, limit: int = DEFAULT_READ_LIMIT) -> bytes:
-        real, found = self._regular(path)
-        if found.size > limit:
-            raise GuestFilesystemError(
-                f"{path} in {self.description} is {found.size} bytes, more than the {limit} read at once."
-            )
+    def _read_file(self, real: str, limit: int) -> bytes:
         target = self._scratch_file()
         try:
             self._call("download", real, str(target))
+            if target.stat().st_size > limit:
+                raise GuestFilesystemError(f"{real} in {self.description} is larger than {limit} bytes.")
             return target.read_bytes()
         finally:
             target.unlink(missing_ok=True)
 
-    def copy_out(self, path: str, host_path: Path) -> None:
-        real, _ = self._regular(path)
-        self._call("download", real, host_path_ok(host_path))
-
-    def readlink(self, path: str) -> str:
-        found = self.stat(path)
-        if not found.is_symlink or found.link_target is None:
-            raise GuestFilesystemError(f"{found.path} in {self.description} is not a symbolic link.")
-        return found.link_target
+    def _copy_out(self, real: str, host_path: str) -> None:
+        self._call("download", real, host_path)
 
     # ---- writes ------------------------------------------------------------------------
 
-    def _install(self, source: str, path: str, *, mode: int | None, uid: int | None, gid: int | None) -> None:
-        path = guest_path(path)
-        parent = path.rpartition("/")[0] or "/"
-        if not self.is_dir(parent):
-            raise GuestFileNotFoundError(f"The directory {parent} does not exist in {self.description}.")
-        existing = self._lstat(path)
-        if existing is not None and existing.is_dir:
-            raise GuestFilesystemError(f"{path} in {self.description} is a directory.")
-        keep = existing if existing is not None and existing.is_file else None
-        final_mode = mode if mode is not None else (keep.mode if keep else 0o644)
-        final_uid = uid if uid is not None else (keep.uid if keep else 0)
-        final_gid = gid if gid is not None else (keep.gid if keep else 0)
-        if not 0 <= final_mode <= 0o7777:
-            raise InvalidArgumentError(f"{final_mode:o} is not a file mode (0000 to 7777).")
-        if existing is not None and not existing.is_file:
-            self._write("rm", path)  # a link or special file is replaced, not written through
-        self._write("upload", source, path)
-        self._write("chmod", f"0{final_mode:o}", path)
-        self._write("lchown", str(final_uid), str(final_gid), path)
-
-    def write_file(
-        self,
-        path: str,
-        data: bytes,
-        *,
-        mode: int | None = None,
-        uid: int | None = None,
-        gid: int | None = None,
+    def _write_file(
+        self, real: str, content: bytes | Path, *, replaces: GuestStat | None, mode: int, uid: int, gid: int
     ) -> None:
-        source = self._scratch_file()
-        source.write_bytes(data)
-        try:
-            self._install(str(source), path, mode=mode, uid=uid, gid=gid)
-        finally:
-            source.unlink(missing_ok=True)
-
-    def copy_in(
-        self,
-        host_path: Path,
-        path: str,
-        *,
-        mode: int | None = None,
-        uid: int | None = None,
-        gid: int | None = None,
-    ) -> None:
-        if not host_path.is_file():
-            raise GuestFilesystemError(f"{host_path} is not a regular file on this machine.")
-        self._install(host_path_ok(host_path.absolute()), path, mode=mode, uid=uid, gid=gid)
-
-    def delete(self, path: str, *, recursive: bool = False, missing_ok: bool = False) -> None:
-        path = guest_path(path)
-        if path == "/":
-            raise GuestFilesystemError("Refusing to delete the root directory of a guest.")
-        found = self._lstat(path)
-        if found is None:
-            if missing_ok:
-                return
-            raise GuestFileNotFoundError(f"{path} does not exist in {self.description}.")
-        if not found.is_dir:
-            self._write("rm", path)
-        elif recursive:
-            self._write("rm-rf", path)
-        else:
-            if self._call("ls", path).strip():
-                raise GuestFilesystemError(f"The directory {path} in {self.description} is not empty.")
-            self._write("rmdir", path)
-
-    def chmod(self, path: str, mode: int) -> None:
-        if not 0 <= mode <= 0o7777:
-            raise InvalidArgumentError(f"{mode:o} is not a file mode (0000 to 7777).")
-        self._write("chmod", f"0{mode:o}", self.stat(path).path)
-
-    def chown(self, path: str, uid: int, gid: int) -> None:
-        self._write("lchown", str(uid), str(gid), self.stat(path).path)
-
-    def symlink(self, target: str, path: str) -> None:
-        if not target or any(ch in target for ch in "\0\n"):
-            raise InvalidArgumentError(
-                "A symbolic link target must be non-empty, without NUL or line breaks."
-            )
-        path = guest_path(path)
-        if self._lstat(path) is not None:
-            raise GuestFilesystemError(f"{path} already exists in {self.description}.")
-        self._write("ln-s", target, path)
-
-    def mkdir(
-        self, path: str, *, parents: bool = False, mode: int = 0o755, uid: int = 0, gid: int = 0
-    ) -> None:
-        path = guest_path(path)
-        missing: list[str] = []
-        current = path
-        while current != "/":
-            found = self._lstat(current)
-            if found is not None:
-                if found.is_dir or self.is_dir(current):
-                    break
-                raise GuestFilesystemError(f"{current} in {self.description} exists and is not a directory.")
-            missing.append(current)
-            if not parents:
-                break
-            current = current.rpartition("/")[0] or "/"
-        if not missing:
-            if not parents:
-                raise GuestFilesystemError(f"{path} already exists in {self.description}.")
-            return
-        for created in reversed(missing):
+        if replaces is not None and not replaces.is_file:
+            self._call("rm", real)  # a link or special file is replaced, not written through
+        if isinstance(content, bytes):
+            source = self._scratch_file()
+            source.write_bytes(content)
             try:
-                self._write("mkdir", created)
-            except GuestfishCommandError as err:
-                if err.missing:
-                    parent = created.rpartition("/")[0] or "/"
-                    raise GuestFileNotFoundError(
-                        f"The directory {parent} does not exist in {self.description}."
-                    ) from None
-                raise
-            self._write("chmod", f"0{mode:o}", created)
-            self._write("lchown", str(uid), str(gid), created)
+                self._call("upload", str(source), real)
+            finally:
+                source.unlink(missing_ok=True)
+        else:
+            self._call("upload", str(content), real)
+        self._own_and_mode(real, uid, gid, mode)
 
-    def truncate(self, path: str) -> None:
-        real, found = self._regular(path)
-        if found.size:
-            self._write("truncate", real)
+    def _own_and_mode(self, real: str, uid: int, gid: int, mode: int) -> None:
+        # In this order: the kernel's chown(2) clears set-uid and set-gid of a non-directory.
+        self._call("lchown", _c_int(uid), _c_int(gid), real)
+        self._call("chmod", f"0{mode:o}", real)
+
+    def _remove(self, targets: list[GuestStat]) -> None:
+        for found in targets:
+            self._call("rm-rf" if found.is_dir else "rm", found.path)
+
+    def _set_mode(self, found: GuestStat, mode: int) -> None:
+        self._call("chmod", f"0{mode:o}", found.path)
+
+    def _set_owner(self, found: GuestStat, uid: int, gid: int) -> None:
+        self._call("lchown", _c_int(uid), _c_int(gid), found.path)
+        if found.mode & 0o6000 and not (found.is_dir or found.is_symlink):
+            # The kernel's chown(2) cleared set-uid/set-gid; the contract changes only the owner.
+            self._call("chmod", f"0{found.mode:o}", found.path)
+
+    def _symlink(self, target: str, real: str) -> None:
+        self._call("ln-s", target, real)
+
+    def _mkdir(self, real: str, *, mode: int, uid: int, gid: int) -> None:
+        self._call("mkdir", real)
+        self._own_and_mode(real, uid, gid, mode)
+
+    def _truncate(self, real: str) -> None:
+        self._call("truncate", real)
 
     def flush(self) -> None:
         """Every command runs at once; nothing is queued."""

@@ -70,15 +70,9 @@ def open_guest(
         try:
             yield guest
             guest.close()
-            modified = bool(getattr(guest, "modified", False))
-            if writable and modified:
-                if verify and isinstance(guest, E2fsGuest):
-                    result = guest.check()
-                    if not result.clean:
-                        raise GuestFilesystemError(
-                            f"e2fsck finds errors in {guest.description} after editing "
-                            f"({result.first_problem()}); the image was left unchanged."
-                        )
+            if writable and guest.modified:
+                if verify:
+                    guest.verify_edits()
                 work.commit()
         finally:
             guest.discard()

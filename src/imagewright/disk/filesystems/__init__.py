@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from imagewright.binary import ByteSource, SliceSource
 from imagewright.disk.filesystems import (
@@ -35,8 +35,7 @@ __all__ = ["PROBES", "FilesystemInfo", "SignatureProbe", "probe_filesystem"]
 ProbeFunction = Callable[[ByteSource], FilesystemInfo | None]
 
 
-@dataclass(frozen=True)
-class SignatureProbe:
+class SignatureProbe(NamedTuple):
     """One family's probe. ``tolerant`` signatures (ISO 9660) may coexist with another one."""
 
     family: str

@@ -21,26 +21,50 @@ members), ``classify`` (archive kinds and member rules), ``ovf`` (descriptor), `
 from __future__ import annotations
 
 import dataclasses
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from imagewright.binary import ByteSource
 from imagewright.errors import ImageFormatError
 from imagewright.formats.base import HEAD_SIZE, Budget, Limits
-from imagewright.formats.containers.archive import judge_archive, read_from_source
-from imagewright.formats.containers.classify import is_top_level_ovf
-from imagewright.formats.containers.compressed import examine_stream, open_compressed, probe_compression
-from imagewright.formats.containers.manifest import ManifestEntry, manifest_entries, parse_manifest
-from imagewright.formats.containers.model import (
-    ArchiveMember,
-    ContainerDetails,
-    ContainerFormat,
-    ContainerKind,
-    OpenedContainer,
-    OvaDetails,
-    TarDetails,
-)
-from imagewright.formats.containers.problems import Findings
-from imagewright.formats.containers.streams import SourceInput
-from imagewright.formats.containers.tar import TarScanner, looks_like_tar
+from imagewright.formats.containers.signature import probe_compression
+from imagewright.formats.containers.tar_header import looks_like_tar
+
+if TYPE_CHECKING:
+    from imagewright.formats.containers.compressed import examine_stream
+    from imagewright.formats.containers.manifest import ManifestEntry, manifest_entries, parse_manifest
+    from imagewright.formats.containers.model import (
+        ArchiveMember,
+        ContainerDetails,
+        ContainerFormat,
+        ContainerKind,
+        OpenedContainer,
+        OvaDetails,
+        TarDetails,
+    )
+
+#: Names this package exports from its modules, loaded on first use: every inspection asks
+#: ``probe_container``, and only a container needs the readers, the model and the OVF parser.
+_EXPORTED = {
+    "ArchiveMember": "model",
+    "ContainerDetails": "model",
+    "ContainerFormat": "model",
+    "ContainerKind": "model",
+    "OpenedContainer": "model",
+    "OvaDetails": "model",
+    "TarDetails": "model",
+    "ManifestEntry": "manifest",
+    "manifest_entries": "manifest",
+    "parse_manifest": "manifest",
+    "examine_stream": "compressed",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTED[name]}"), name)
+
 
 __all__ = [
     "PROBE_MEMBERS",
@@ -72,6 +96,10 @@ def probe_container(src: ByteSource, head: bytes) -> str | None:
         return compression
     if not looks_like_tar(head[:512]):
         return None
+    from imagewright.formats.containers.classify import is_top_level_ovf
+    from imagewright.formats.containers.streams import SourceInput
+    from imagewright.formats.containers.tar import TarScanner
+
     limits = dataclasses.replace(Limits(), max_archive_members=PROBE_MEMBERS)
     scan = TarScanner(SourceInput(src), limits, budget=Budget(limits, src.size), file_source=src).scan()
     return "ova" if any(is_top_level_ovf(m) for m in scan.members) else "tar"
@@ -86,6 +114,8 @@ def open_container(
     ``budget``: the work the whole inspection may still do (nested containers share one);
     by default, what ``src``'s own size pays for.
     """
+    from imagewright.formats.containers.compressed import open_compressed
+
     budget = budget if budget is not None else Budget(limits, src.size)
     head = src.pread(0, HEAD_SIZE)
     compression = probe_compression(head)
@@ -100,6 +130,12 @@ def open_tar(
     src: ByteSource, limits: Limits, name_hint: str | None = None, budget: Budget | None = None
 ) -> OpenedContainer:
     """An uncompressed tar (or OVA): headers only; members get a window onto their bytes."""
+    from imagewright.formats.containers.archive import judge_archive, read_from_source
+    from imagewright.formats.containers.model import ContainerDetails, OpenedContainer
+    from imagewright.formats.containers.problems import Findings
+    from imagewright.formats.containers.streams import SourceInput
+    from imagewright.formats.containers.tar import TarScanner
+
     findings = Findings()
     budget = budget if budget is not None else Budget(limits, src.size)
     scan = TarScanner(SourceInput(src), limits, budget=budget, file_source=src, findings=findings).scan()

@@ -41,25 +41,15 @@ from imagewright.formats.containers.model import (
     OpenedContainer,
 )
 from imagewright.formats.containers.problems import Findings, as_problem
+from imagewright.formats.containers.signature import probe_compression
 from imagewright.formats.containers.streams import DecompressedInput
-from imagewright.formats.containers.tar import TarScanner, looks_like_tar
+from imagewright.formats.containers.tar import TarScanner
+from imagewright.formats.containers.tar_header import looks_like_tar
 from imagewright.units import format_size
 
 _STEP = 1024 * 1024
 
 Details = gzip.GzipDetails | xz.XzDetails | bzip2.Bzip2Details | zstd.ZstdDetails
-
-
-def probe_compression(head: bytes) -> CompressionFormat | None:
-    if gzip.probe(head):
-        return "gzip"
-    if xz.probe(head):
-        return "xz"
-    if bzip2.probe(head):
-        return "bzip2"
-    if zstd.probe(head):
-        return "zstd"
-    return None
 
 
 class _Recorded:

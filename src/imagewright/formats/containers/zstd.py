@@ -24,8 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import IO, Any, cast
 
-import zstandard
-
 from imagewright.binary import ByteSource, KiB, MiB
 from imagewright.errors import ImageFormatError
 
@@ -260,6 +258,8 @@ def open_reader(src: ByteSource, end: int) -> Any:
 
     ``read(n)`` never returns more than ``n`` bytes, whatever the frame claims.
     """
+    import zstandard  # only here: reading headers (and inspecting anything else) needs no decompressor
+
     decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
     source = cast(IO[bytes], _SourceFile(src, end))
     return decompressor.stream_reader(source, read_size=64 * KiB, read_across_frames=True)

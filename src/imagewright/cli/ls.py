@@ -1,7 +1,0 @@
-"""``imagewright ls [-l] IMAGE:/PATH`` (see ``cli.guestfiles``)."""
-
-from __future__ import annotations
-
-from imagewright.cli.guestfiles import ls_command as command
-
-__all__ = ["command"]
