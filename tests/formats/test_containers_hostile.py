@@ -42,7 +42,8 @@ def test_every_required_category_is_registered() -> None:
 @pytest.mark.parametrize("case", CONTAINER_CASES, ids=lambda case: case.name)
 def test_hostile_container_is_refused(case: HostileCase, tmp_path: Path) -> None:
     path = case.build(tmp_path)
-    started = time.monotonic()
+    # CPU time, not wall time: what the case costs, not how busy the machine is.
+    started = time.process_time()
     with FileSource(path) as src:
         assert probe_container(src, src.pread(0, HEAD_SIZE)) is not None
         try:
@@ -51,7 +52,7 @@ def test_hostile_container_is_refused(case: HostileCase, tmp_path: Path) -> None
             reasons = [str(err)]
         else:
             reasons = opened.problems
-    elapsed = time.monotonic() - started
+    elapsed = time.process_time() - started
     assert any(case.reason.lower() in reason.lower() for reason in reasons), reasons
     for reason in reasons:
         assert reason and "\n" not in reason

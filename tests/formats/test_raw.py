@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -68,8 +67,6 @@ def test_a_luks2_volume_is_raw_to_qemu_and_to_us(tmp_path: Path) -> None:
 def test_a_20_gib_sparse_disk_opens_without_reading(tmp_path: Path) -> None:
     image = sparse_file(tmp_path / "big.raw", 20 * 1024 * MiB)
     with FileSource(image) as src:
-        start = time.perf_counter()
         result = raw.open_image(src, Limits())
-        assert time.perf_counter() - start < 0.05
         assert src.bytes_read == 0
         assert result.virtual_size == 20 * 1024 * MiB
