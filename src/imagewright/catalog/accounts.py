@@ -31,6 +31,7 @@ from imagewright.catalog.models import (
     DEFAULT_DOMAIN_ID,
     Domain,
     Image,
+    Instance,
     Project,
     Role,
     RoleAssignment,
@@ -182,8 +183,17 @@ def create_project(
 
 
 def remove_project(session: Session, ref: str) -> Project:
-    """Remove a project with its role assignments and tokens; refused while it owns images."""
+    """Remove a project with its role assignments and tokens; refused while it owns images or instances."""
     project = find_project(session, ref)
+    instances = (
+        session.scalar(select(func.count()).select_from(Instance).where(Instance.project_id == project.id))
+        or 0
+    )
+    if instances:
+        raise ConflictError(
+            f"The project {project.name!r} still owns {instances} instance{'s' if instances != 1 else ''}; "
+            "delete them first."
+        )
     owned = session.scalar(select(func.count()).select_from(Image).where(Image.owner == project.id)) or 0
     if owned:
         raise ConflictError(

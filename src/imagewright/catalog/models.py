@@ -16,8 +16,10 @@ An image being uploaded carries its **upload lease**: ``upload_holder`` (which p
 ``host/pid/start-time``) and ``upload_expires_at`` (renewed while bytes flow). A ``saving`` row
 whose lease expired, or whose holder is a dead process of this host, is reset by the sweep.
 
-Later tables (import tasks, instances) come with their own migrations; nothing here assumes
-they do not exist.
+- **instances** (migration 0002): ``instances`` and their ``instance_interfaces`` (MACs and fixed
+  addresses, each unique), and ``catalog_versions``, the change counter the metadata service polls.
+
+Later tables (import tasks) come with their own migrations; nothing here assumes they do not exist.
 
 Source: Glance ``glance/db/sqlalchemy/models.py`` (image columns and sizes), Keystone's
 ``identity/backends/sql_model.py`` and ``assignment/backends/sql.py`` (names and id shapes).
@@ -34,6 +36,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -243,3 +246,87 @@ class ImageMember(Base):
     status: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+# --- instances ----------------------------------------------------------------------------------
+
+
+class Instance(Base):
+    """A virtual machine's record: what the metadata service tells it and who owns it.
+
+    ``revision`` is the value of the ``instances`` change counter (``CatalogVersion``) written by
+    the transaction that last changed the row: a metadata service compares it with the revision it
+    cached. Owned data (keys, user-data, tags, vendor-data) lives in the row; interfaces, which are
+    looked up by address and MAC, in ``instance_interfaces``.
+    """
+
+    __tablename__ = "instances"
+    __table_args__ = (
+        Index("ix_instances_project_id_created_at", "project_id", "created_at"),
+        Index("ix_instances_revision", "revision"),
+    )
+
+    #: ``i-`` and 17 hex digits, as EC2's.
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    #: The registry image it was made from (a Glance UUID; not a foreign key: images may go first).
+    image_id: Mapped[str] = mapped_column(String(36))
+    hostname: Mapped[str] = mapped_column(String(253))
+    instance_type: Mapped[str] = mapped_column(String(64))
+    availability_zone: Mapped[str] = mapped_column(String(255))
+    reservation_id: Mapped[str] = mapped_column(String(32))
+    launch_index: Mapped[int] = mapped_column(Integer, default=0)
+    #: JSON: [[key name, OpenSSH public key line], ...] in the order given.
+    ssh_keys: Mapped[str] = mapped_column(Text, default="[]")
+    user_data: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    #: JSON object served as OpenStack's vendor_data.json; None: none given.
+    vendor_data: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: JSON object of tag key -> value.
+    tags: Mapped[str] = mapped_column(Text, default="{}")
+    #: ``dhcp`` or ``static:IP/MASK,GATEWAY,DNS…`` (``metadata.network.parse_network_spec``).
+    network: Mapped[str] = mapped_column(String(255), default="dhcp")
+    security_groups: Mapped[str] = mapped_column(Text, default='["default"]')
+    #: IMDS options, as EC2's ``MetadataOptions``: optional|required, enabled|disabled.
+    http_tokens: Mapped[str] = mapped_column(String(16), default="optional")
+    http_endpoint: Mapped[str] = mapped_column(String(16), default="enabled")
+    revision: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+    interfaces: Mapped[list[InstanceInterface]] = relationship(
+        lazy="selectin",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="InstanceInterface.device_index",
+    )
+
+
+class InstanceInterface(Base):
+    """A NIC of an instance: its MAC and fixed address, each unique in the catalog.
+
+    A fixed address names one instance to the metadata service (a request from it is that
+    instance's), so no two interfaces may share one; no two may share a MAC either.
+    """
+
+    __tablename__ = "instance_interfaces"
+
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
+    device_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mac: Mapped[str] = mapped_column(String(17), unique=True)
+    #: The fixed address (IPv4 or IPv6, canonical text); None: the instance has none known.
+    address: Mapped[str | None] = mapped_column(String(45), nullable=True, unique=True)
+    public_address: Mapped[str | None] = mapped_column(String(45), nullable=True)
+
+
+class CatalogVersion(Base):
+    """Change counters: ``instances`` goes up by one in every transaction that changes an instance.
+
+    Every metadata service process polls this one row (a primary-key read) to learn that its
+    cache is stale, whichever process or machine made the change.
+    """
+
+    __tablename__ = "catalog_versions"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -68,6 +68,16 @@ VERBS: tuple[Verb, ...] = (
         "Run the image registry: Glance-compatible images at /image, identity at /identity/v3.",
     ),
     Verb(
+        "instance",
+        "instance:command",
+        "Instances: what the metadata service tells each VM (keys, user-data, network).",
+    ),
+    Verb(
+        "metadata",
+        "metadata:command",
+        "The instance metadata service (EC2 and OpenStack trees) for the registry's instances.",
+    ),
+    Verb(
         "accounts",
         "accounts:command",
         "Manage the registry's projects and users (roles admin, member, reader per project).",

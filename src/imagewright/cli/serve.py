@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from imagewright.cli.metadata import build_config, metadata_options
 from imagewright.service.config import DEFAULT_LISTEN, parse_listen
 
 
@@ -33,6 +34,13 @@ from imagewright.service.config import DEFAULT_LISTEN, parse_listen
 @click.option(
     "--public-url", default=None, metavar="URL", help="The URL clients use (default http://HOST:PORT)."
 )
+@click.option(
+    "--metadata-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Also run the instance metadata service (its own process), instances reaching it here.",
+)
+@metadata_options("metadata-")
 def command(
     data_dir: str | None,
     listen: str,
@@ -40,6 +48,11 @@ def command(
     stores: tuple[str, ...],
     workers: int,
     public_url: str | None,
+    metadata_listen: str | None,
+    trusted_proxies: tuple[str, ...],
+    rate_limit: float | None,
+    access_log: str | None,
+    cache_check: float,
 ) -> None:
     """Run the image registry: Glance-compatible images at /image, identity at /identity/v3.
 
@@ -51,6 +64,8 @@ def command(
     from imagewright.service import datadir, serving
 
     host, port = parse_listen(listen)
+    if metadata_listen is not None:
+        parse_listen(metadata_listen)
     directory = datadir.resolve_data_dir(data_dir)
     prepared = serving.prepare(
         directory, host, port, database=database, store_specs=stores, public_url=public_url
@@ -73,7 +88,23 @@ def command(
             f"  try:      OS_CLIENT_CONFIG_FILE={prepared.clouds_yaml} OS_CLOUD=imagewright "
             "openstack image list"
         )
+    metadata = None
+    if metadata_listen is not None:
+        metadata = build_config(
+            directory,
+            config.database_url,
+            metadata_listen,
+            trusted_proxies,
+            rate_limit,
+            access_log,
+            cache_check,
+        )
+        echo(
+            f"  metadata: http://{metadata_listen} (instances), "
+            f"{directory / 'metadata' / 'guest.sock'} (forwarders)"
+        )
+    echo(f"  compute:  {config.public_url}/compute/v1/instances")
     echo(
         f"listening on {listen} with {workers} worker{'s' if workers != 1 else ''} (Ctrl-C stops)", err=False
     )
-    serving.run(config, host, port, workers)
+    serving.run(config, host, port, workers, metadata=metadata)

@@ -8,8 +8,9 @@ metadata service of a later issue will care about) can run the same object. uvic
 reference ASGI server, ships as a wheel with uvloop/httptools, and runs ``--workers N`` from an
 import string with ``factory=True`` — which is what ``create_app`` is.
 
-Layout: ``/identity`` (Keystone v3 subset), ``/image`` (Glance v2); later APIs (``/compute``, the
-metadata service, ``/ec2``, the console at ``/``) mount here the same way and add their row to
+Layout: ``/identity`` (Keystone v3 subset), ``/image`` (Glance v2), ``/compute`` (instance
+records, ``service.compute``); the metadata service is its own process (``service.imds``).
+Later APIs (``/ec2``, the console at ``/``) mount here the same way and add their row to
 ``catalog_entries.SERVICES``.
 
 State: each worker process builds its own ``Registry`` (catalog engine + stores) in the lifespan
@@ -30,6 +31,8 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 
 from imagewright.catalog.database import Catalog
+from imagewright.service.compute.routes import build_compute_app
+from imagewright.service.compute.routes import versions as compute_versions
 from imagewright.service.config import ServiceConfig
 from imagewright.service.http import Registry, blocking, json_response
 from imagewright.service.identity.routes import build_identity_app
@@ -65,7 +68,11 @@ async def _root(request: Request) -> Response:
     return json_response(
         {
             "name": "imagewright registry",
-            "apis": {"identity": f"{base}/identity/v3", "image": f"{base}/image"},
+            "apis": {
+                "identity": f"{base}/identity/v3",
+                "image": f"{base}/image",
+                "compute": f"{base}/compute/v1",
+            },
         }
     )
 
@@ -83,14 +90,16 @@ def build_app(config: ServiceConfig) -> Starlette:
                 await task
             registry.catalog.dispose()
 
-    identity, image = build_identity_app(), build_images_app()
+    identity, image, compute = build_identity_app(), build_images_app(), build_compute_app()
     routes = [
         Route("/", _root, methods=["GET"]),
         # The bare mount points answer too (version discovery asks for them without a slash).
         Route("/identity", identity_versions, methods=["GET"]),
         Route("/image", image_versions, methods=["GET"]),
+        Route("/compute", compute_versions, methods=["GET"]),
         Mount("/identity", app=identity),
         Mount("/image", app=image),
+        Mount("/compute", app=compute),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

@@ -13,12 +13,15 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imagewright.catalog import accounts
 from imagewright.catalog.database import Catalog, redact, sqlite_url
 from imagewright.service import datadir
 from imagewright.service.config import ENVIRONMENT_VARIABLE, ServiceConfig, url_host
 from imagewright.service.http import Registry
+from imagewright.service.imds import serving as imds_serving
+from imagewright.service.imds.config import MetadataConfig
 from imagewright.service.sweep import SweepReport, sweep
 from imagewright.stores import open_stores
 
@@ -84,11 +87,23 @@ def prepare(
     return Prepared(config, created.password, clouds, rc, schema, report, lock)
 
 
-def run(config: ServiceConfig, host: str, port: int, workers: int) -> None:
+def run(
+    config: ServiceConfig, host: str, port: int, workers: int, *, metadata: MetadataConfig | None = None
+) -> None:
+    """Serve until stopped; with ``metadata``, the metadata service runs as a child process."""
     import uvicorn
 
     os.environ[ENVIRONMENT_VARIABLE] = config.to_json()
     logging.getLogger("imagewright").setLevel(logging.INFO)
+    child = imds_serving.start_child(metadata) if metadata is not None else None
+    try:
+        _run_uvicorn(uvicorn, host, port, workers)
+    finally:
+        if child is not None:
+            imds_serving.stop_child(child)
+
+
+def _run_uvicorn(uvicorn: Any, host: str, port: int, workers: int) -> None:
     uvicorn.run(
         "imagewright.service.app:create_app",
         factory=True,
