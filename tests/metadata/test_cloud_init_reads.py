@@ -1,10 +1,8 @@
 """cloud-init itself reads our NoCloud, config drive and OpenNebula media.
 
-The reader is Debian 12's cloud-init package (the one the boot-test guests run), fetched with
-``apt-get download`` and unpacked with ``dpkg-deb -x`` - never installed on the host, where it
-would try to configure the machine. Its datasource code reads the files copied off each ISO
-(``xorriso -extract``), and its renderers turn the network part into what a Debian (ENI) or Ubuntu
-(netplan) guest would write.
+The reader is Debian 12's cloud-init package, unpacked (``tests.fixtures.cloud_init``). Its
+datasource code reads the files copied off each ISO (``xorriso -extract``), and its renderers
+turn the network part into what a Debian (ENI) or Ubuntu (netplan) guest would write.
 """
 
 from __future__ import annotations
@@ -16,30 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 from tests.fixtures.tools import run
 
 from imagewright.metadata.context import build_context_medium
 from imagewright.metadata.instance import InstanceDescription
 
 READER = Path(__file__).with_name("cloud_init_reader.py")
-
-
-@pytest.fixture(scope="session")
-def cloud_init_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``…/dist-packages`` of Debian's cloud-init, unpacked from its .deb (not installed)."""
-    work = tmp_path_factory.mktemp("cloud-init")
-    proc = subprocess.run(["apt-get", "download", "cloud-init"], cwd=work, capture_output=True, check=False)
-    if proc.returncode != 0:
-        pytest.fail(
-            "apt-get download cloud-init failed (run `apt-get update` first): "
-            + proc.stderr.decode(errors="replace").strip()
-        )
-    (deb,) = work.glob("cloud-init_*.deb")
-    run("dpkg-deb", "-x", deb, work / "root")
-    site = work / "root/usr/lib/python3/dist-packages"
-    assert (site / "cloudinit/sources/DataSourceNoCloud.py").exists()
-    return site
 
 
 def copy_off(image: Path, directory: Path) -> Path:

@@ -54,8 +54,11 @@ class IdentitySigner:
             .set_data(document)
             .add_signer(self.certificate, self.key, hashes.SHA256())
         )
-        detached = builder.sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.DetachedSignature])
-        attached = builder.sign(serialization.Encoding.DER, [])
+        # Binary: sign the document's bytes as they are (without it, S/MIME text rules would
+        # sign a copy with CRLF line ends, which no verifier of the served document reproduces).
+        binary = pkcs7.PKCS7Options.Binary
+        detached = builder.sign(serialization.Encoding.DER, [binary, pkcs7.PKCS7Options.DetachedSignature])
+        attached = builder.sign(serialization.Encoding.DER, [binary])
         return IdentityDocuments(
             document=document,
             signature=base64.b64encode(signature),
