@@ -110,6 +110,41 @@ class _Listener:
     sock: socket.socket
 
 
+#: The largest request head (request line and headers) the service reads; IMDS requests are tiny.
+MAX_REQUEST_HEAD_BYTES = 32 * 1024
+
+
+def _bounded_protocol() -> type:
+    """uvicorn's httptools protocol with a bound on the request head.
+
+    llhttp (through httptools) keeps a header value in memory until it is complete, with no
+    limit: a client could send one endless header. Here the bytes a connection sends between two
+    completed request heads are counted, and beyond ``MAX_REQUEST_HEAD_BYTES`` the connection is
+    answered 431 and closed.
+    """
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        _head_bytes = 0
+
+        def data_received(self, data: bytes) -> None:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_REQUEST_HEAD_BYTES:
+                self.transport.write(
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\n"
+                    b"content-length: 0\r\nconnection: close\r\n\r\n"
+                )
+                self.transport.close()
+                return
+            super().data_received(data)
+
+        def on_headers_complete(self) -> None:
+            self._head_bytes = 0
+            super().on_headers_complete()
+
+    return BoundedHttpToolsProtocol
+
+
 def _server(listener: _Listener) -> object:
     import uvicorn
 
@@ -121,7 +156,7 @@ def _server(listener: _Listener) -> object:
     config = uvicorn.Config(
         listener.app,
         loop="none",
-        http="httptools",
+        http=_bounded_protocol(),
         lifespan="off",
         proxy_headers=False,
         server_header=False,
