@@ -1,4 +1,4 @@
-"""One registry + metadata service per test module, with a handful of instances made by the CLI.
+"""A registry + metadata service (one per session), with a handful of instances made by the CLI.
 
 Instances (fixed loopback addresses: Linux lets a client bind any 127/8 address as its source):
 
@@ -76,7 +76,7 @@ def make_fleet(stack: MetadataStack, directory: Path) -> Fleet:
     return Fleet(stack, views, [path.read_text().strip() for path in keys], directory)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     directory = tmp_path_factory.mktemp("metadata")
     stack = start_stack(directory / "data")

@@ -191,6 +191,8 @@ def relay(
         data = bytes(buffer)
         end = data.find(b"\r\n\r\n")
         end, skip = (end, 4) if end >= 0 else (data.find(b"\n\n"), 2)
+        if end > MAX_HEAD_BYTES:
+            raise RefusedError(431, "Request Header Fields Too Large")
         raw_head, rest = data[:end], bytearray(data[end + skip :])
         length = _content_length(raw_head)
         if length and not _read_until(in_fd, rest, deadline, head=False, want=length):

@@ -17,8 +17,8 @@ running when the counter moved is not kept (its result answers that one request 
 stale tree is never installed after the drop. Why polling and not a push: it works unchanged on
 SQLite (no LISTEN/NOTIFY) and across machines, costs two reads a second per process whatever
 the request rate, and bounds staleness by the interval — a deleted instance is forgotten within
-about half a second, a new one is found at once (a miss is looked up; a remembered miss is
-forgotten at the next counter change).
+about half a second; a new one is found at its first request, unless its address (or id) asked
+before and was remembered as nobody's, which is forgotten at the next check too.
 
 What that bound means for isolation: after ``instance delete`` an address could, for up to the
 interval, still be answered with the deleted instance's tree if a new instance with the same
