@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("inspect", "convert", "prepare", "stores", "sandbox", "cli")
+BENCHMARKS = ("inspect", "convert", "prepare", "stores", "sandbox", "cli", "metadata")
 
 
 def main(names: list[str]) -> None:
