@@ -2,7 +2,8 @@
 
 The instance is made with ``imagewright instance create`` (IMDSv2 tokens required); QEMU's user
 network sits on 169.254.0.0/16 and runs the instance's forwarder for each guest connection to
-169.254.169.254:80 (``MetadataChannel.forwarder_command``, as ``imagewright run`` will); the
+169.254.169.254:80 (``MetadataChannel.forwarder``, as ``imagewright run`` will; inside QEMU's sandbox it sees
+only its interpreter, its script, its signature file and the socket); the
 forwarder signs and passes each request over the service's unix socket. The agent's ready line
 shows the values given to ``instance create``; the access log shows the token flow.
 """
@@ -33,7 +34,8 @@ def test_agent_reads_its_instance_through_the_forwarder(
         "--user-data", str(tmp_path / "ud"), "--tokens", "required",
     )  # fmt: skip
     root = guest_with_agent(testguest_rootfs, tmp_path)
-    forward = GuestForward(METADATA_ADDRESS, 80, stack.channel.forwarder_command(view["id"]))
+    spec = stack.channel.forwarder(view["id"])
+    forward = GuestForward(METADATA_ADDRESS, 80, spec.command, reads=spec.reads, writes=spec.writes)
     network = NetworkSpec(mode="user", link_local=True, restrict=True, guest_forwards=(forward,))
 
     lines = boot_once(testguest_rootfs, root, network=network, snapshot=True)

@@ -95,7 +95,7 @@ def command() -> None:
     default=DEFAULT_METADATA_LISTEN,
     show_default=True,
     metavar="HOST:PORT",
-    help="Where instances reach it (the forwarders' unix socket DATA_DIR/metadata/guest.sock "
+    help="Where instances reach it (the forwarders' unix socket DATA_DIR/metadata/socket/guest.sock "
     "is always served).",
 )
 @metadata_options("")

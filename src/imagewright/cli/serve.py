@@ -101,7 +101,7 @@ def command(
         )
         echo(
             f"  metadata: http://{metadata_listen} (instances), "
-            f"{directory / 'metadata' / 'guest.sock'} (forwarders)"
+            f"{directory / 'metadata' / 'socket' / 'guest.sock'} (forwarders)"
         )
     echo(f"  compute:  {config.public_url}/compute/v1/instances")
     echo(

@@ -7,7 +7,7 @@ SIGINT. Both listeners are uvicorn servers in one event loop, sharing one ``Meta
 ``app``), no ``Server``/``Date`` work beyond uvicorn's cached date. Signals are handled here, not
 by each uvicorn server (they would replace each other's handlers).
 
-The unix socket (``DATA_DIR/metadata/guest.sock``) is created 0600 inside the 0700 channel
+The unix socket (``DATA_DIR/metadata/socket/guest.sock``) is created 0600 inside a 0700
 directory; a socket file left by a dead service is replaced, a live one is refused in one
 sentence (one metadata service per data dir).
 
