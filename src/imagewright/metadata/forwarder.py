@@ -25,8 +25,10 @@ carry one, so an HTTP proxy inside the guest cannot obtain a token (EC2's rule).
 
 Stdlib only and no other imagewright module: this runs once per connection, so it must start
 fast, and it runs as a plain script (``python3 -I -S forwarder.py``) inside QEMU's sandbox,
-where nothing of imagewright's installation is visible. Source: Nova ``api/metadata/handler.py`` (``_validate_shared_secret``: the signature
-over the instance id), neutron ``agent/metadata/agent.py`` (the headers a proxy adds).
+where nothing of imagewright's installation is visible.
+
+Source: Nova ``api/metadata/handler.py`` (``_validate_shared_secret``: the signature over the
+instance id), neutron ``agent/metadata/agent.py`` (the headers a proxy adds).
 """
 
 from __future__ import annotations
