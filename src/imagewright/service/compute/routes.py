@@ -31,6 +31,7 @@ from starlette.routing import Route
 from imagewright.catalog import instances
 from imagewright.catalog.tokens import AuthContext
 from imagewright.errors import ForbiddenError, InvalidArgumentError, RequestError
+from imagewright.metadata.channel import MetadataChannel
 from imagewright.metadata.instance import parse_ssh_public_keys
 from imagewright.service.http import (
     blocking,
@@ -222,6 +223,8 @@ async def delete_instance(request: Request) -> Response:
             instances.delete_instance(session, row)
 
     await blocking(work)
+    # Its forwarder (if one was made for it on this host) has nothing left to sign for.
+    MetadataChannel.for_data_dir(registry.config.data_dir).remove_forwarder(instance_id)
     return Response(status_code=204)
 
 
