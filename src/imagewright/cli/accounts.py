@@ -11,17 +11,8 @@ from typing import Any
 
 import click
 
-from imagewright.cli.common import emit_json, json_option, stdout_console
+from imagewright.cli.common import data_dir_option, database_option, emit_json, json_option, stdout_console
 from imagewright.errors import InvalidArgumentError
-
-_data_dir = click.option(
-    "--data-dir",
-    default=None,
-    help="The registry's data dir (default $IMAGEWRIGHT_DATA_DIR or ./imagewright-data).",
-)
-_database = click.option(
-    "--database", default=None, metavar="URL", help="The catalog database (instead of the data dir's)."
-)
 
 
 @click.group("accounts")
@@ -37,8 +28,8 @@ def project() -> None:
 @project.command("add")
 @click.argument("name")
 @click.option("--description", default="", help="Free text.")
-@_data_dir
-@_database
+@data_dir_option
+@database_option
 @json_option
 def project_add(
     name: str, description: str, data_dir: str | None, database: str | None, as_json: bool
@@ -55,8 +46,8 @@ def project_add(
 
 
 @project.command("list")
-@_data_dir
-@_database
+@data_dir_option
+@database_option
 @json_option
 def project_list(data_dir: str | None, database: str | None, as_json: bool) -> None:
     """List the projects."""
@@ -79,8 +70,8 @@ def project_list(data_dir: str | None, database: str | None, as_json: bool) -> N
 
 @project.command("remove")
 @click.argument("project_ref", metavar="PROJECT")
-@_data_dir
-@_database
+@data_dir_option
+@database_option
 @json_option
 def project_remove(project_ref: str, data_dir: str | None, database: str | None, as_json: bool) -> None:
     """Remove PROJECT (name or id) with its role assignments; refused while it owns images."""
@@ -111,8 +102,8 @@ def user() -> None:
     help="The role.",
 )
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input (first line).")
-@_data_dir
-@_database
+@data_dir_option
+@database_option
 @json_option
 def user_add(
     name: str,
@@ -155,8 +146,8 @@ def user_add(
 
 
 @user.command("list")
-@_data_dir
-@_database
+@data_dir_option
+@database_option
 @json_option
 def user_list(data_dir: str | None, database: str | None, as_json: bool) -> None:
     """List the users and their roles."""
@@ -183,8 +174,8 @@ def user_list(data_dir: str | None, database: str | None, as_json: bool) -> None
 
 @user.command("remove")
 @click.argument("user_ref", metavar="USER")
-@_data_dir
-@_database
+@data_dir_option
+@database_option
 @json_option
 def user_remove(user_ref: str, data_dir: str | None, database: str | None, as_json: bool) -> None:
     """Remove USER (name or id), its tokens and application credentials."""

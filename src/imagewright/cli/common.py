@@ -57,6 +57,17 @@ def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(func)
 
 
+#: ``--data-dir`` and ``--database`` of the commands that act on the registry's catalog.
+data_dir_option = click.option(
+    "--data-dir",
+    default=None,
+    help="The registry's data dir (default $IMAGEWRIGHT_DATA_DIR or ./imagewright-data).",
+)
+database_option = click.option(
+    "--database", default=None, metavar="URL", help="The catalog database (instead of the data dir's)."
+)
+
+
 def emit_json(value: Any) -> None:
     import json
 

@@ -13,17 +13,8 @@ from typing import Any
 
 import click
 
-from imagewright.cli.common import emit_json, json_option, stdout_console
+from imagewright.cli.common import data_dir_option, database_option, emit_json, json_option, stdout_console
 from imagewright.errors import InvalidArgumentError
-
-_data_dir = click.option(
-    "--data-dir",
-    default=None,
-    help="The registry's data dir (default $IMAGEWRIGHT_DATA_DIR or ./imagewright-data).",
-)
-_database = click.option(
-    "--database", default=None, metavar="URL", help="The catalog database (instead of the data dir's)."
-)
 
 
 @click.group("instance")
@@ -106,8 +97,8 @@ def _vendor_data(path: str | None) -> Any:
     show_default=True,
     help="disabled: the metadata service answers this instance 404.",
 )
-@_data_dir
-@_database
+@data_dir_option
+@database_option
 @json_option
 def create(
     image_ref: str,
@@ -177,8 +168,8 @@ def create(
 
 @command.command("list")
 @click.option("--project", default=None, help="Only this project's (default: every project's).")
-@_data_dir
-@_database
+@data_dir_option
+@database_option
 @json_option
 def list_command(project: str | None, data_dir: str | None, database: str | None, as_json: bool) -> None:
     """List the instances."""
@@ -206,8 +197,8 @@ def list_command(project: str | None, data_dir: str | None, database: str | None
 
 @command.command("show")
 @click.argument("instance_id")
-@_data_dir
-@_database
+@data_dir_option
+@database_option
 @json_option
 def show(instance_id: str, data_dir: str | None, database: str | None, as_json: bool) -> None:
     """Show one instance (with its keys, user-data and vendor data under --json)."""
@@ -251,8 +242,8 @@ def show(instance_id: str, data_dir: str | None, database: str | None, as_json: 
 
 @command.command("delete")
 @click.argument("instance_ids", nargs=-1, required=True)
-@_data_dir
-@_database
+@data_dir_option
+@database_option
 @json_option
 def delete(instance_ids: tuple[str, ...], data_dir: str | None, database: str | None, as_json: bool) -> None:
     """Delete instances (the metadata service forgets them within its cache check interval)."""
