@@ -163,7 +163,7 @@ def create(
     if as_json:
         emit_json(view)
     else:
-        stdout_console.print(f"instance {view['id']} created ({view['name']}, image {view['image_id']})")
+        stdout_console().print(f"instance {view['id']} created ({view['name']}, image {view['image_id']})")
 
 
 @command.command("list")
@@ -189,7 +189,7 @@ def list_command(project: str | None, data_dir: str | None, database: str | None
     for row in rows:
         addresses = ",".join(i["address"] for i in row["interfaces"] if i["address"]) or "-"
         options = row["metadata_options"]
-        stdout_console.print(
+        stdout_console().print(
             f"{row['id']}  {row['name']}  image {row['image_id']}  {addresses}  "
             f"tokens {options['http_tokens']}  endpoint {options['http_endpoint']}"
         )
@@ -224,20 +224,20 @@ def show(instance_id: str, data_dir: str | None, database: str | None, as_json: 
         "availability_zone",
         "network",
     ):
-        stdout_console.print(f"{key + ':':<20}{view[key]}")
+        stdout_console().print(f"{key + ':':<20}{view[key]}")
     for interface in view["interfaces"]:
-        stdout_console.print(
+        stdout_console().print(
             f"{'interface:':<20}{interface['device_index']} mac {interface['mac']} "
             f"address {interface['address'] or '-'}"
             + (f" public {interface['public_address']}" if interface["public_address"] else "")
         )
-    stdout_console.print(f"{'keys:':<20}{', '.join(view['key_names']) or '-'}")
-    stdout_console.print(f"{'tags:':<20}{json.dumps(view['tags'])}")
+    stdout_console().print(f"{'keys:':<20}{', '.join(view['key_names']) or '-'}")
+    stdout_console().print(f"{'tags:':<20}{json.dumps(view['tags'])}")
     options = view["metadata_options"]
-    stdout_console.print(
+    stdout_console().print(
         f"{'metadata:':<20}tokens {options['http_tokens']}, endpoint {options['http_endpoint']}"
     )
-    stdout_console.print(f"{'user-data:':<20}{'yes' if view['has_user_data'] else 'none'}")
+    stdout_console().print(f"{'user-data:':<20}{'yes' if view['has_user_data'] else 'none'}")
 
 
 @command.command("delete")
@@ -267,4 +267,4 @@ def delete(instance_ids: tuple[str, ...], data_dir: str | None, database: str | 
         emit_json({"deleted": list(instance_ids)})
     else:
         for instance_id in instance_ids:
-            stdout_console.print(f"instance {instance_id} deleted")
+            stdout_console().print(f"instance {instance_id} deleted")
