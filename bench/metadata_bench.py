@@ -178,6 +178,10 @@ def _in_namespace() -> None:
         ours, body = _ours(work)
         theirs = _nginx(work, body)
     load_after = os.getloadavg()
+    for label, runs in (("the service", ours), ("nginx", theirs)):
+        if any(r["non_2xx"] for r in runs):
+            # an error page is not the answer: its rate would make the comparison meaningless
+            raise SystemExit(f"{label} answered errors under load; no result is recorded")
     best_ours, best_nginx = _best(ours), _best(theirs)
     payload: dict[str, Any] = {
         "name": "metadata",
