@@ -503,3 +503,26 @@ def _copy_run(fin: int, fout: int, start: int, end: int, shift: int) -> None:
                 raise OSError(errno.EIO, "the source file ended early")
             copied = os.pwrite(fout, chunk, position + shift)
         position += copied
+
+
+# --- the cache directory ---------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """``${IMAGEWRIGHT_CACHE:-~/.cache/imagewright}``: downloads kept between runs (kernels, boot loaders)."""
+    configured = os.environ.get("IMAGEWRIGHT_CACHE")
+    if configured:
+        return Path(configured)
+    return Path.home() / ".cache" / "imagewright"
+
+
+@contextlib.contextmanager
+def cache_lock(cache_root: Path) -> Iterator[None]:
+    """Hold the exclusive lock of one cache directory (``.lock``; blocks until other writers finish)."""
+    cache_root.mkdir(parents=True, exist_ok=True)
+    with (cache_root / ".lock").open("a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -93,8 +93,12 @@ def test_directory_to_mbr_raw_with_swap(
     run_cli: Callable[..., Result], testguest_rootfs: TestGuest, tmp_path: Path
 ) -> None:
     image = tmp_path / "disk.raw"
-    report = build_json(run_cli, "--from", testguest_rootfs.root, "-o", image, "--swap", "64M")
+    report = build_json(
+        run_cli, "--from", testguest_rootfs.root, "-o", image, "--swap", "64M", "--table", "mbr"
+    )
     assert report["table"] == "mbr" and report["output_format"] == "raw"
+    assert report["firmware"] == "bios" and report["boots_under"] == ["bios"]
+    assert any("BIOS only" in note for note in report["notes"]), report["notes"]
     assert report["source_kind"] == "directory"
     assert [p["role"] for p in report["partitions"]] == ["root", "swap"]
     assert by_role(report, "root")["bootable"] is True
@@ -205,8 +209,8 @@ def test_boot_flat_ext4_mbr_raw(
     tmp_path: Path,
 ) -> None:
     image = tmp_path / "disk.raw"
-    report = build_json(run_cli, "--from", testguest_flat_ext4.path, "-o", image)
-    assert report["source_kind"] == "filesystem-image"
+    report = build_json(run_cli, "--from", testguest_flat_ext4.path, "-o", image, "--firmware", "bios")
+    assert report["source_kind"] == "filesystem-image" and report["table"] == "mbr"
     # The flat image is copied as it is: its UUID survives into the disk.
     assert report["root_filesystem"]["uuid"] == testguest_flat_ext4.uuid
     line = boot_to_marker(image, "raw", testguest_rootfs, tmp_path)
@@ -230,7 +234,9 @@ def test_boot_directory_mbr_qcow2_with_swap(
     run_cli: Callable[..., Result], testguest_rootfs: TestGuest, tmp_path: Path
 ) -> None:
     image = tmp_path / "disk.qcow2"
-    report = build_json(run_cli, "--from", testguest_rootfs.root, "-o", image, "--swap", "64M")
+    report = build_json(
+        run_cli, "--from", testguest_rootfs.root, "-o", image, "--swap", "64M", "--table", "mbr"
+    )
     assert report["table"] == "mbr" and report["output_format"] == "qcow2"
     line = boot_to_marker(image, "qcow2", testguest_rootfs, tmp_path)
     assert " swaps=1 " in line, line

@@ -89,6 +89,18 @@ def checked_format(path: Path, *, role: Role) -> str:
     metavar="FILE",
     help="Write the whole serial console to FILE.",
 )
+@click.option(
+    "--firmware",
+    type=click.Choice(["auto", "bios", "uefi"]),
+    default="auto",
+    show_default=True,
+    help="SeaBIOS or OVMF (UEFI); auto: BIOS when IMAGE boots under BIOS, else UEFI if it boots under UEFI.",
+)
+@click.option(
+    "--secure-boot",
+    is_flag=True,
+    help="UEFI with Secure Boot on and Microsoft's keys enrolled (implies --firmware uefi).",
+)
 @click.option("--follow", is_flag=True, help="Print the console on stderr as it arrives.")
 @json_option
 def command(  # click passes every parameter by keyword
@@ -102,6 +114,8 @@ def command(  # click passes every parameter by keyword
     memory_mib: int,
     disk_bus: str,
     console_log: Path | None,
+    firmware: str,
+    secure_boot: bool,
     follow: bool,
     as_json: bool,
 ) -> None:
@@ -112,12 +126,20 @@ def command(  # click passes every parameter by keyword
     probe boot shows it runs a standard guest, else TCG (override: IMAGEWRIGHT_ACCEL=tcg|kvm).
     QEMU is always stopped when the command ends.
 
+    The firmware is SeaBIOS or OVMF (Debian's ovmf package), chosen from what inspect finds
+    on IMAGE unless --firmware says; each UEFI boot starts from a fresh copy of OVMF's
+    variable store. With --secure-boot the report says whether the kernel found Secure Boot
+    enabled (every stage was verified to get there) or the firmware refused the boot loader.
+
     Exits 0 when TEXT appeared (or, without --expect, when the guest powered off cleanly),
     1 otherwise, showing the last console lines.
     """
     from imagewright.compute.boot import BootTimeoutError, Drive, boot
 
-    image_format = checked_format(image, role="image")
+    if secure_boot and firmware == "bios":
+        raise click.UsageError("--secure-boot needs UEFI firmware; drop --firmware bios.")
+    image_format, needed = _checked_image(image)
+    chosen = "uefi" if secure_boot else (needed or "bios") if firmware == "auto" else firmware
     extra_drives = [
         Drive(path, format=checked_format(path, role="drive"), snapshot=snapshot) for path in drives
     ]
@@ -128,7 +150,7 @@ def command(  # click passes every parameter by keyword
         stderr_console().print(Text(line, style="dim"))
 
     if not as_json:
-        stderr_console().print(Text(f"booting {image} ({image_format}, {disk_bus}) ..."))
+        stderr_console().print(Text(f"booting {image} ({image_format}, {disk_bus}, {chosen.upper()}) ..."))
     try:
         result = boot(
             image,
@@ -142,6 +164,8 @@ def command(  # click passes every parameter by keyword
             console_log=console_log,
             disk_bus=disk_bus,  # type: ignore[arg-type]  # click.Choice guarantees a DiskBus
             on_line=show_line if follow else None,
+            firmware=chosen,  # type: ignore[arg-type]
+            secure_boot=secure_boot,
         )
     except BootTimeoutError as err:
         if as_json:
@@ -151,6 +175,8 @@ def command(  # click passes every parameter by keyword
         raise
 
     ok = result.matched if expect is not None else result.exit_status == 0
+    if secure_boot and ok and result.kernel_secure_boot == "disabled":
+        ok = False  # the firmware ran with Secure Boot but the kernel says it was off: not proven
     if as_json:
         payload: dict[str, Any] = {**result.to_dict(), "ok": ok}
         emit_json(payload)
@@ -168,9 +194,31 @@ def command(  # click passes every parameter by keyword
         raise click.exceptions.Exit(1)
 
 
+def _checked_image(image: Path) -> tuple[str, str | None]:
+    """QEMU's driver for IMAGE (through the safety gate) and the firmware it needs ("bios"/"uefi"/None)."""
+    from imagewright.disk.survey import required_firmware
+    from imagewright.gate import admit
+
+    try:
+        admitted = admit(image)
+    except UnsafeImageError as err:
+        raise UnsafeImageError(f"The image {err}", err.reasons) from None
+    disk = admitted.report.disk
+    return admitted.qemu_format(role="image"), required_firmware(disk.boot if disk is not None else None)
+
+
 def _render(result: Any, expect: str | None, *, show_tail: bool) -> None:
     out = stdout_console()
     out.print(Text(f"{'accelerator:':<14}{result.accelerator} ({result.accelerator_reason})"))
+    out.print(Text(f"{'firmware:':<14}{result.firmware_description}"))
+    if result.firmware == "uefi":
+        if result.kernel_secure_boot is not None:
+            verified = (
+                " (the firmware verified shim, GRUB and the kernel)" if result.secure_boot_verified else ""
+            )
+            out.print(Text(f"{'secure boot:':<14}the kernel says '{result.kernel_secure_boot}'{verified}"))
+        for refusal in result.firmware_refusals:
+            out.print(Text(f"{'refused:':<14}{refusal}", style="red"))
     if result.matched:
         out.print(Text(f"{'matched:':<14}{result.matched_line.strip()}", style="green"))
     elif expect is not None:

@@ -47,9 +47,28 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option(
     "--table",
     type=click.Choice(["mbr", "gpt"]),
-    default="mbr",
+    default=None,
+    help="Partition table (default: gpt; mbr with --firmware bios). An MBR disk boots under BIOS only.",
+)
+@click.option(
+    "--firmware",
+    type=click.Choice(["hybrid", "bios", "uefi"]),
+    default=None,
+    help="What the disk boots under (default hybrid: both BIOS and UEFI, with Secure Boot).",
+)
+@click.option(
+    "--esp-size",
+    type=SIZE,
+    default=None,
+    help="Size of the EFI System Partition (default 100M).",
+)
+@click.option(
+    "--efi-loader",
+    type=click.Choice(["auto", "signed", "unsigned"]),
+    default="auto",
     show_default=True,
-    help="Partition table (GPT adds a 1 MiB BIOS boot partition for GRUB).",
+    help="UEFI boot loader: Debian's signed shim + GRUB (Secure Boot), an unsigned GRUB, "
+    "or the signed one when it can be had.",
 )
 @click.option(
     "--fs",
@@ -75,7 +94,10 @@ def command(
     output: Path,
     size: int | None,
     swap: int,
-    table: str,
+    table: str | None,
+    firmware: str | None,
+    esp_size: int | None,
+    efi_loader: str,
     fs_type: str | None,
     kernel: Path | None,
     initrd: Path | None,
@@ -93,10 +115,14 @@ def command(
     refused if unsafe; a tarball member that would land outside the image stops the build
     before anything is written.
 
-    The disk gets a root partition (MBR: partition 1, bootable; GPT: partition 2 after a BIOS
-    boot partition), an optional swap partition at the end, GRUB 2 for BIOS with a grub.cfg
+    By default the disk boots under both BIOS and UEFI (--firmware hybrid): a GPT disk with a
+    BIOS boot partition for GRUB 2 (i386-pc), an EFI System Partition holding Debian's signed
+    shim and GRUB (Secure Boot works; without them, an unsigned GRUB, said in the report) and
+    the root partition after them; an optional swap partition at the end. --firmware bios
+    gives an MBR disk (root partition 1, bootable) or, with --table gpt, a BIOS boot partition
+    and the root; --firmware uefi an ESP and the root. Both firmwares read the same grub.cfg,
     booting the newest /boot/vmlinuz-* (or --kernel) with root=UUID= and a serial console, and
-    an /etc/fstab naming root and swap by UUID.
+    /etc/fstab names root and swap by UUID.
 
     Owners, modes, device nodes, links and extended attributes of a tarball come out as the
     tarball says, also when build runs as an ordinary user. A directory is read as it is on
@@ -120,6 +146,9 @@ def command(
             size=size,
             swap=swap,
             table=table,  # type: ignore[arg-type]
+            firmware=firmware,  # type: ignore[arg-type]
+            esp_size=esp_size,
+            efi_loader=efi_loader,  # type: ignore[arg-type]
             fs_type=fs_type,
             kernel=kernel,
             initrd=initrd,
@@ -152,13 +181,23 @@ def command(
         )
     out.print(Text(f"{report.table.upper()} partition table, disk id {report.disk_id}"))
     out.print(grid)
+    out.print(Text(f"boots under: {' and '.join(name.upper() for name in report.boots_under)}"))
     boot = report.bootloader
-    out.print(
-        Text(
-            f"{boot.loader}: core image at sector {boot.core_image_lba} ({boot.location}), "
-            f"prefix {boot.prefix}"
+    if boot is not None:
+        out.print(
+            Text(
+                f"{boot.loader}: core image at sector {boot.core_image_lba} ({boot.location}), "
+                f"prefix {boot.prefix}"
+            )
         )
-    )
+    esp = report.esp
+    if esp is not None:
+        chain = "shim -> GRUB (signed: Secure Boot)" if esp.secure_boot else "GRUB (unsigned: no Secure Boot)"
+        out.print(
+            Text(f"UEFI: {chain} at EFI/BOOT/BOOTX64.EFI on partition {esp.partition} ({esp.fat_type})")
+        )
+    for key, value in report.image_properties.items():
+        out.print(Text(f"image property: {key}={value}"))
     kernel_line = report.kernel.kernel + (f" + {report.kernel.initrd}" if report.kernel.initrd else "")
     out.print(Text(f"boots {kernel_line} ({report.kernel.origin})"))
     out.print(Text(f"kernel command line: {' '.join(report.kernel_command_line)}"))

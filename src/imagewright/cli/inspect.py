@@ -174,3 +174,6 @@ def _render_disk(out: Report, report: ImageReport, indent: int) -> None:
         out.line(f"{pad}{'contents:':<16}no partition table or filesystem recognised")
     if survey.boot is not None:
         out.line(f"{pad}{'boot:':<16}{survey.boot.description}")
+        for efi in survey.boot.efi_files:
+            out.line(f"{pad}{'':<16}{efi.description}")
+        out.line(f"{pad}{'boots under:':<16}{survey.boot.firmware_description}")

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from imagewright.errors import ImagewrightError, InvalidArgumentError, ProgramError
-from imagewright.files import write_file_atomically
+from imagewright.files import default_cache_dir, write_file_atomically
 from imagewright.programs.qemu_system import (
     Accelerator,
     DirectKernel,
@@ -221,8 +221,6 @@ def choose_accelerator(*, cache_dir: Path | None = None) -> AccelDecision:
 
 
 def _cache_file(cache_dir: Path | None) -> Path:
-    from imagewright.compute.testguest.kernel import default_cache_dir
-
     return (cache_dir or default_cache_dir()) / "accel.json"
 
 

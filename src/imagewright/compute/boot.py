@@ -10,14 +10,30 @@ QEMU is always stopped and reaped before ``boot`` returns or raises (Ctrl-C incl
 in its own process group, inside a ``with`` block whose exit terminates it (SIGTERM, then
 SIGKILL). The complete console goes to ``console_log`` (written by QEMU itself); only the last
 lines are kept in memory.
+
+Firmware: SeaBIOS by default (QEMU's BIOS), or OVMF (``firmware="uefi"``, ``programs/ovmf.py``)
+with a copy of its variable store made for this boot and removed after it; ``secure_boot``
+starts OVMF with Microsoft's keys enrolled and Secure Boot on. What the console says about
+the boot is kept in the result:
+
+- ``secureboot: Secure boot enabled`` (or ``disabled``): the kernel's own report
+  (``arch/x86/kernel/setup.c``, from the firmware's SecureBoot variable) — under Secure Boot
+  it means the firmware verified shim, shim GRUB, and GRUB the kernel, or it would not run;
+- ``efi: EFI v2.70 by EDK II``: the kernel found UEFI firmware (it is absent under BIOS);
+- OVMF's ``BdsDxe: failed to load Boot0001 ...: Access Denied``: the firmware refused a boot
+  loader (Secure Boot: not signed by a key in db); once OVMF says ``No bootable option or
+  device was found`` it waits forever in its setup screen, so the boot stops there with
+  ``FirmwareRefusedError`` instead of running into the time limit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 import selectors
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -34,6 +50,7 @@ from imagewright.compute.console import ConsoleWatcher
 from imagewright.errors import BootError, ImagewrightError, InvalidArgumentError
 from imagewright.formats.base import Limits
 from imagewright.gate import admit
+from imagewright.programs.ovmf import find_ovmf
 from imagewright.programs.qemu_system import (
     DirectKernel,
     DiskBus,
@@ -41,6 +58,7 @@ from imagewright.programs.qemu_system import (
     MachineSpec,
     NetworkSpec,
     SerialConsole,
+    UefiFlash,
     machine_sandbox,
     qemu_system_argv,
 )
@@ -48,10 +66,12 @@ from imagewright.programs.runner import Sandbox, start_program, stop_program
 
 __all__ = [
     "BootError",
+    "BootFirmware",
     "BootResult",
     "BootTimeoutError",
     "DirectKernel",
     "Drive",
+    "FirmwareRefusedError",
     "NetworkSpec",
     "admitted_format",
     "boot",
@@ -65,6 +85,36 @@ _READ_SIZE = 64 * 1024
 _EXIT_GRACE = 10.0
 #: When ``expect`` shows up in a line still being printed, how long to wait for its end.
 _LINE_GRACE = 1.0
+
+
+BootFirmware = Literal["bios", "uefi"]
+FIRMWARES: tuple[BootFirmware, ...] = ("bios", "uefi")
+SEABIOS_DESCRIPTION = "SeaBIOS (BIOS)"
+
+_KERNEL_SECURE_BOOT = re.compile(r"secureboot: Secure boot (enabled|disabled)")
+_KERNEL_EFI = re.compile(r"efi: EFI v[0-9.]+ by (.+?)\s*$")
+_FIRMWARE_REFUSED = re.compile(r"BdsDxe: failed to (?:load|start) (.*)$")
+_FIRMWARE_GAVE_UP = "No bootable option or device was found"
+
+
+@dataclass
+class _BootFacts:
+    """What the console said about firmware and Secure Boot (see the module docstring)."""
+
+    kernel_secure_boot: str | None = None
+    kernel_efi: str | None = None
+    refusals: list[str] = field(default_factory=list)
+    gave_up: bool = False
+
+    def see(self, line: str) -> None:
+        if self.kernel_secure_boot is None and (found := _KERNEL_SECURE_BOOT.search(line)):
+            self.kernel_secure_boot = found.group(1)
+        elif self.kernel_efi is None and (found := _KERNEL_EFI.search(line)):
+            self.kernel_efi = found.group(1)
+        elif (found := _FIRMWARE_REFUSED.search(line)) and len(self.refusals) < 8:
+            self.refusals.append(found.group(1).strip())
+        elif _FIRMWARE_GAVE_UP in line:
+            self.gave_up = True
 
 
 @dataclass(frozen=True)
@@ -85,6 +135,21 @@ class BootResult:
     matched_line: str | None = None
     timed_out: bool = False
     argv: tuple[str, ...] = field(default=(), repr=False)
+    #: "bios" or "uefi", and what exactly ("SeaBIOS (BIOS)", "OVMF UEFI with Secure Boot ...").
+    firmware: BootFirmware = "bios"
+    firmware_description: str = SEABIOS_DESCRIPTION
+    secure_boot: bool = False
+    #: The kernel's own word: "enabled" / "disabled" (its "secureboot:" line), None if unsaid.
+    kernel_secure_boot: str | None = None
+    #: The firmware the kernel found ("EDK II"), None under BIOS.
+    kernel_efi: str | None = None
+    #: OVMF's "failed to load" lines ("Boot0001 ... : Access Denied").
+    firmware_refusals: tuple[str, ...] = ()
+
+    @property
+    def secure_boot_verified(self) -> bool:
+        """Secure Boot was on and the kernel says so: every stage was verified to get there."""
+        return self.secure_boot and self.kernel_secure_boot == "enabled"
 
     @property
     def powered_off(self) -> bool:
@@ -101,6 +166,13 @@ class BootResult:
             "exit_status": self.exit_status,
             "timed_out": self.timed_out,
             "console_log": str(self.console_log) if self.console_log else None,
+            "firmware": self.firmware,
+            "firmware_description": self.firmware_description,
+            "secure_boot": self.secure_boot,
+            "kernel_secure_boot": self.kernel_secure_boot,
+            "secure_boot_verified": self.secure_boot_verified,
+            "kernel_efi": self.kernel_efi,
+            "firmware_refusals": list(self.firmware_refusals),
             "last_lines": list(self.last_lines),
         }
 
@@ -111,6 +183,10 @@ class BootTimeoutError(BootError):
     def __init__(self, message: str, result: BootResult) -> None:
         super().__init__(message)
         self.result = result
+
+
+class FirmwareRefusedError(BootTimeoutError):
+    """UEFI firmware refused every boot loader and gave up; ``result`` says which and why."""
 
 
 @contextmanager
@@ -200,6 +276,8 @@ def boot(
     accelerator: AccelDecision | None = None,
     on_line: Callable[[str], None] | None = None,
     limits: Limits | None = None,
+    firmware: BootFirmware = "bios",
+    secure_boot: bool = False,
 ) -> BootResult:
     """Boot ``image`` and watch its serial console.
 
@@ -212,12 +290,19 @@ def boot(
     given and did not appear in time, and ``BootError`` when QEMU itself refuses to start.
     ``drives`` are extra disks (a bare path is a raw virtio disk, e.g. a VFAT metadata disk);
     ``cdroms`` are ISO images on the IDE bus. ``snapshot`` leaves every disk unchanged.
-    ``on_line`` sees each console line as it arrives.
+    ``on_line`` sees each console line as it arrives. ``firmware``: "bios" (SeaBIOS) or "uefi"
+    (OVMF), ``secure_boot`` with it; raises ``FirmwareRefusedError`` when OVMF refuses every
+    boot loader (see the module docstring).
     """
     if timeout <= 0:
         raise InvalidArgumentError("A boot time limit must be a positive number of seconds.")
+    if firmware not in FIRMWARES:
+        raise InvalidArgumentError(f"'{firmware}' is not a firmware; choose bios or uefi.")
+    if secure_boot and firmware != "uefi":
+        raise InvalidArgumentError("Secure Boot needs UEFI firmware (--firmware uefi).")
     if not image.is_file():
         raise InvalidArgumentError(f"{image} is not a file.")
+    ovmf = find_ovmf(secure_boot=secure_boot) if firmware == "uefi" else None
     disk_format = admitted_format(image, format, limits=limits)
     machine_drives = [Drive(image, format=disk_format, bus=disk_bus, snapshot=snapshot)]
     for extra in drives:
@@ -234,6 +319,37 @@ def boot(
     decision = accelerator or choose_accelerator()
     if console_log is not None:
         console_log.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="imagewright-uefi-vars-") as vars_directory:
+        uefi: UefiFlash | None = None
+        if ovmf is not None:
+            variables = Path(vars_directory) / "OVMF_VARS.fd"
+            shutil.copyfile(ovmf.variables_template, variables)
+            uefi = UefiFlash(ovmf.code, variables, secure_boot)
+        return _boot(
+            timeout=timeout, expect=expect, drives=machine_drives, network=network,
+            memory_mib=memory_mib, cpus=cpus, console_log=console_log, smbios_system=smbios_system,
+            direct_kernel=direct_kernel, decision=decision, on_line=on_line, uefi=uefi,
+            firmware_description=ovmf.description if ovmf is not None else SEABIOS_DESCRIPTION,
+        )  # fmt: skip
+
+
+def _boot(
+    *,
+    timeout: float,
+    expect: str | None,
+    drives: list[Drive],
+    network: NetworkSpec | None,
+    memory_mib: int,
+    cpus: int,
+    console_log: Path | None,
+    smbios_system: Mapping[str, str] | None,
+    direct_kernel: DirectKernel | None,
+    decision: AccelDecision,
+    on_line: Callable[[str], None] | None,
+    uefi: UefiFlash | None,
+    firmware_description: str,
+) -> BootResult:
+    machine_drives = drives
     spec = MachineSpec(
         accelerator=decision.accelerator,
         drives=tuple(machine_drives),
@@ -244,9 +360,17 @@ def boot(
         serial=SerialConsole(stdio=True, log_file=console_log),
         direct_kernel=direct_kernel,
         name=f"imagewright-boot-{secrets.token_hex(6)}",
+        uefi=uefi,
     )
     argv = qemu_system_argv(spec)
-    watcher = ConsoleWatcher(expect, tail_lines=TAIL_LINES, on_line=on_line)
+    facts = _BootFacts()
+
+    def each_line(line: str) -> None:
+        facts.see(line)
+        if on_line is not None:
+            on_line(line)
+
+    watcher = ConsoleWatcher(expect, tail_lines=TAIL_LINES, on_line=each_line)
 
     with tempfile.TemporaryFile(prefix="imagewright-qemu-stderr-") as stderr:
         started = time.monotonic()
@@ -254,7 +378,9 @@ def boot(
         timed_out = False
         with running_qemu(argv, stderr=stderr, sandbox=machine_sandbox(spec)) as proc:
             assert proc.stdout is not None
-            exit_status, timed_out = _watch(proc, proc.stdout, watcher, started + timeout)
+            exit_status, timed_out = _watch(
+                proc, proc.stdout, watcher, started + timeout, stop=lambda: facts.gave_up
+            )
             elapsed = time.monotonic() - started
         watcher.finish()
         qemu_error = _qemu_error(stderr) if exit_status not in (None, 0) else None
@@ -270,9 +396,18 @@ def boot(
         matched_line=watcher.matched_line,
         timed_out=timed_out,
         argv=tuple(argv),
+        firmware="uefi" if uefi is not None else "bios",
+        firmware_description=firmware_description,
+        secure_boot=uefi is not None and uefi.secure_boot,
+        kernel_secure_boot=facts.kernel_secure_boot,
+        kernel_efi=facts.kernel_efi,
+        firmware_refusals=tuple(facts.refusals),
     )
     if qemu_error is not None and watcher.bytes_seen == 0:
         raise BootError(f"QEMU could not start the guest: {qemu_error}")
+    if facts.gave_up and not watcher.matched:
+        why = f" (it refused {facts.refusals[0]})" if facts.refusals else ""
+        raise FirmwareRefusedError(f"The UEFI firmware found nothing it would boot{why}.", result)
     if timed_out and expect is not None:
         last = next((line for line in reversed(result.last_lines) if line.strip()), "")
         said = f"; the last console line was '{last.strip()}'" if last else "; the console stayed silent"
@@ -281,9 +416,13 @@ def boot(
 
 
 def _watch(
-    proc: subprocess.Popen[bytes], stream: IO[bytes], watcher: ConsoleWatcher, deadline: float
+    proc: subprocess.Popen[bytes],
+    stream: IO[bytes],
+    watcher: ConsoleWatcher,
+    deadline: float,
+    stop: Callable[[], bool] = lambda: False,
 ) -> tuple[int | None, bool]:
-    """Read the console until a match, EOF (QEMU exiting) or the deadline.
+    """Read the console until a match, EOF (QEMU exiting), ``stop()`` or the deadline.
 
     Returns (QEMU's exit status if it ended by itself, whether the deadline passed).
     """
@@ -311,7 +450,7 @@ def _watch(
             if watcher.feed(data) is not None:
                 # Seen: return once its line is complete, or after a short grace for the rest.
                 deadline = min(deadline, time.monotonic() + _LINE_GRACE)
-            if watcher.match_complete:
+            if watcher.match_complete or stop():
                 return None, False
 
 

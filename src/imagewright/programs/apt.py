@@ -1,21 +1,23 @@
 """APT and dpkg (Debian ``apt``, ``dpkg``): resolve a package, download it, read its files.
 
-Used to build the small test guest from the Debian archive without root and without
-installing anything on the host: ``apt-cache depends`` names the versioned kernel package
-behind ``linux-image-amd64``, ``apt-get download`` fetches the ``.deb`` into a directory
-(no root needed; APT only warns that its ``_apt`` user cannot write there), and
-``dpkg-deb --fsys-tarfile`` streams the package's file tree as one tar archive whatever
-compression the ``data.tar`` member uses.
+Used to take files from the Debian archive without root and without installing anything on
+the host (the test guest's kernel; the signed UEFI boot loaders ``build`` puts on an ESP):
+``apt-cache policy`` names the version APT would install (its *candidate*), ``apt-cache
+depends`` names the versioned kernel package behind ``linux-image-amd64``, ``apt-get
+download`` fetches the ``.deb`` into a directory (no root needed; APT only warns that its
+``_apt`` user cannot write there), and ``dpkg-deb --fsys-tarfile`` streams the package's file
+tree as one tar archive whatever compression the ``data.tar`` member uses.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import tarfile
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
 
 from imagewright.errors import ProgramError
 from imagewright.programs.runner import run_program, start_program, stop_program, telling_line
@@ -42,6 +44,21 @@ def package_depends(package: str, *, timeout: float = 120.0) -> list[str]:
         if name and not name.startswith("<"):
             names.append(name)
     return names
+
+
+def candidate_version(package: str, *, timeout: float = 120.0) -> str | None:
+    """The version APT would install for ``package`` (``apt-cache policy``), or None if it has none."""
+    result = run_program(
+        ["apt-cache", "policy", package],
+        timeout=timeout,
+        what=f"asking APT about {package}",
+    )
+    for raw in result.stdout_text.splitlines():
+        key, sep, value = raw.strip().partition(":")
+        if sep and key == "Candidate":
+            version = value.strip()
+            return None if version in ("", "(none)") else version
+    return None
 
 
 def download_package(package: str, dest_dir: Path, *, timeout: float = 1800.0) -> Path:
@@ -85,3 +102,30 @@ def open_package_tree(deb: Path) -> Iterator[tarfile.TarFile]:
         raise ProgramError(f"The package {deb.name} holds an unreadable file tree: {err}.") from None
     finally:
         stop_program(proc)
+
+
+def extract_package_files(deb: Path, wanted: Mapping[str, Path], *, max_file_bytes: int = 256 << 20) -> None:
+    """Write the regular files of ``deb`` named in ``wanted`` (package paths such as
+    ``usr/lib/shim/shimx64.efi.signed``) to the host paths they map to.
+
+    ProgramError when one is missing from the package or larger than ``max_file_bytes``.
+    """
+    remaining = {PurePosixPath(name.lstrip("/")): target for name, target in wanted.items()}
+    with open_package_tree(deb) as tar:
+        for member in tar:
+            path = PurePosixPath(member.name)  # "./usr/lib/x" -> "usr/lib/x"
+            target = remaining.get(path)
+            if target is None or not member.isfile():
+                continue
+            if member.size > max_file_bytes:
+                raise ProgramError(
+                    f"The package {deb.name} holds a {member.size}-byte /{path}; that is not plausible."
+                )
+            source = tar.extractfile(member)
+            if source is None:
+                continue
+            with source, target.open("wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+            del remaining[path]
+    if remaining:
+        raise ProgramError(f"The package {deb.name} holds no /{sorted(remaining)[0]}.")

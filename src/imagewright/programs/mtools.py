@@ -9,6 +9,9 @@ cannot change the result: ``MTOOLSRC=/dev/null`` (no user configuration),
 ``MTOOLS_SKIP_CHECK=1`` (image files have no floppy geometry to check) and
 ``MTOOLS_NO_VFAT=0`` (long names on, or ``local-hostname`` would become ``LOCAL-HO``).
 
+A filesystem inside a partition of a disk image is reached as ``-i IMAGE@@OFFSET`` (mtools(1),
+"Drive letters": the image at byte OFFSET of the file), so nothing is copied out and back.
+
 Every call runs in the sandbox (``programs/runner.py``): the image (read-write when it is
 changed) and, for ``mcopy``, the files copied in (read-only); nothing else.
 """
@@ -30,6 +33,19 @@ MAX_FAT_LABEL = 11
 
 def _image(image: Path) -> str:
     return os.path.abspath(image)
+
+
+def _image_at(image: str, offset: int) -> str:
+    """The ``-i`` argument: the image file, at ``offset`` bytes when the filesystem is a partition."""
+    if offset < 0:
+        raise InvalidArgumentError("A FAT filesystem cannot start before its image file.")
+    if not offset:
+        return image
+    if "@@" in image:
+        raise InvalidArgumentError(
+            f"mtools cannot reach a partition of {image}: its name contains '@@'; choose another name."
+        )
+    return f"{image}@@{offset}"
 
 
 def _fat_path(path: str) -> str:
@@ -56,13 +72,13 @@ def format_fat(image: Path, label: str, serial: int) -> None:
     )
 
 
-def make_directories(image: Path, paths: Sequence[str]) -> None:
+def make_directories(image: Path, paths: Sequence[str], *, offset: int = 0) -> None:
     """``mmd`` each path (parents first; an existing directory is an error)."""
     if not paths:
         return
     target = _image(image)
     run_program(
-        ["mmd", "-i", target, *[_fat_path(p) for p in paths]],
+        ["mmd", "-i", _image_at(target, offset), *[_fat_path(p) for p in paths]],
         env=_ENV,
         timeout=_TIMEOUT,
         what="creating directories in the FAT filesystem",
@@ -70,14 +86,21 @@ def make_directories(image: Path, paths: Sequence[str]) -> None:
     )
 
 
-def copy_in(image: Path, sources: Sequence[Path], destination: str = "") -> None:
-    """``mcopy -s`` files and directory trees from the host into ``destination`` in the image."""
+def copy_in(
+    image: Path, sources: Sequence[Path], destination: str = "", *, offset: int = 0, keep_times: bool = False
+) -> None:
+    """``mcopy -s`` files and directory trees from the host into ``destination`` in the image.
+
+    ``keep_times``: ``-m``, the files keep their modification times (else they get the time
+    of the copy).
+    """
     if not sources:
         return
     target = _image(image)
     files = [os.path.abspath(s) for s in sources]
+    options = ["-s", "-Q", *(["-m"] if keep_times else [])]
     run_program(
-        ["mcopy", "-s", "-Q", "-i", target, *files, _fat_path(destination) + "/"],
+        ["mcopy", *options, "-i", _image_at(target, offset), *files, _fat_path(destination) + "/"],
         env=_ENV,
         timeout=_TIMEOUT,
         what="copying files into the FAT filesystem",
@@ -85,11 +108,11 @@ def copy_in(image: Path, sources: Sequence[Path], destination: str = "") -> None
     )
 
 
-def list_tree(image: Path) -> list[str]:
+def list_tree(image: Path, *, offset: int = 0) -> list[str]:
     """Every path in the image, relative, directories with a trailing ``/`` (``mdir -/ -b``)."""
     source = _image(image)
     result = run_program(
-        ["mdir", "-/", "-b", "-i", source, "::/"],
+        ["mdir", "-/", "-b", "-i", _image_at(source, offset), "::/"],
         env=_ENV,
         timeout=_TIMEOUT,
         what="listing the FAT filesystem",
@@ -103,11 +126,11 @@ def list_tree(image: Path) -> list[str]:
     return paths
 
 
-def read_file(image: Path, path: str) -> bytes:
+def read_file(image: Path, path: str, *, offset: int = 0) -> bytes:
     """The exact bytes of one file in the image (``mtype`` without text conversion)."""
     source = _image(image)
     return run_program(
-        ["mtype", "-i", source, _fat_path(path)],
+        ["mtype", "-i", _image_at(source, offset), _fat_path(path)],
         env=_ENV,
         timeout=_TIMEOUT,
         what=f"reading {path} from the FAT filesystem",

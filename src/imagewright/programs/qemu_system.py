@@ -20,12 +20,19 @@ spells a QEMU option. Choices that matter:
 - ``isa-debug-exit`` at 0xf4: a guest write of V makes QEMU exit with status ``(V << 1) | 1``.
 - Every host path is made absolute: a ``file=`` value with a ':' before any '/' would be read
   as a protocol (``json:``, ``nbd:``), and the sandbox binds absolute paths.
+- Firmware: SeaBIOS (QEMU's default BIOS) unless a ``UefiFlash`` is given: then OVMF's code
+  (read-only) and a per-boot copy of its variable store as the two pflash units
+  (``programs/ovmf.py``). Secure Boot needs the q35 machine with SMM and the flash marked
+  secure (only SMM code may write the variables): ``-machine q35,smm=on -global
+  driver=cfi.pflash01,property=secure,value=on``. On q35 the IDE bus is the ICH9 AHCI
+  controller: six ports ``ide.0``..``ide.5`` with one unit each.
 
 ``machine_sandbox`` says what the QEMU process may see (``programs/runner.py``): its drives
 (read-only unless written; a ``snapshot=on`` drive is only read, the overlay goes to the
 sandbox's own /tmp), the direct kernel and initrd, the serial log, the files each guest-forward
-command declares, ``/dev/kvm`` under KVM, and the host's network only when a ``hostfwd`` or an
-unrestricted user network needs it.
+command declares, OVMF's code (read) and this boot's copy of its variable store (written),
+``/dev/kvm`` under KVM, and the host's network only when a ``hostfwd`` or an unrestricted user
+network needs it.
 """
 
 from __future__ import annotations
@@ -64,6 +71,8 @@ DISK_FORMATS: tuple[str, ...] = (
 
 #: The four IDE slots of the PIIX controller (bus, unit), in the order they are handed out.
 _IDE_SLOTS: tuple[tuple[str, int], ...] = (("ide.0", 0), ("ide.1", 0), ("ide.0", 1), ("ide.1", 1))
+#: The six ports of q35's ICH9 AHCI controller, one unit each.
+_Q35_IDE_SLOTS: tuple[tuple[str, int], ...] = tuple((f"ide.{port}", 0) for port in range(6))
 
 
 def debug_exit_status(value: int) -> int:
@@ -186,6 +195,29 @@ class DirectKernel:
 
 
 @dataclass(frozen=True)
+class UefiFlash:
+    """OVMF as the machine's firmware: its code and this boot's own copy of the variable store."""
+
+    code: Path
+    variables: Path
+    secure_boot: bool = False
+
+    @property
+    def machine(self) -> str:
+        return "q35,smm=on" if self.secure_boot else "pc"
+
+    def args(self) -> list[str]:
+        argv: list[str] = []
+        if self.secure_boot:
+            argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+        argv += [
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={option_value(os.path.abspath(self.code))}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={option_value(os.path.abspath(self.variables))}",
+        ]  # fmt: skip
+        return argv
+
+
+@dataclass(frozen=True)
 class SerialConsole:
     """Where the guest's first serial port (ttyS0) goes.
 
@@ -215,6 +247,8 @@ class MachineSpec:
     direct_kernel: DirectKernel | None = None
     #: ``-name``: shows in ``ps``; a unique one lets a caller find its own process.
     name: str | None = None
+    #: UEFI firmware (OVMF); None boots QEMU's default BIOS, SeaBIOS.
+    uefi: UefiFlash | None = None
 
 
 _SMBIOS_TYPE1_FIELDS = ("manufacturer", "product", "version", "serial", "uuid", "sku", "family")
@@ -226,7 +260,8 @@ def qemu_system_argv(spec: MachineSpec, program: str = QEMU_SYSTEM) -> list[str]
         raise InvalidArgumentError("A guest needs at least 16 MiB of memory.")
     if not 1 <= spec.cpus <= 64:
         raise InvalidArgumentError("A guest has between 1 and 64 CPUs.")
-    argv = [program, "-nodefaults", "-no-user-config", "-machine", "pc", "-accel", spec.accelerator]
+    machine = spec.uefi.machine if spec.uefi is not None else "pc"
+    argv = [program, "-nodefaults", "-no-user-config", "-machine", machine, "-accel", spec.accelerator]
     if spec.accelerator == "kvm":
         # Only after accel.py proved KVM runs a standard guest; "host" passes the real CPU.
         argv += ["-cpu", "host"]
@@ -236,8 +271,11 @@ def qemu_system_argv(spec: MachineSpec, program: str = QEMU_SYSTEM) -> list[str]
         argv += ["-name", option_value(spec.name)]
     if spec.no_reboot:
         argv.append("-no-reboot")
+    if spec.uefi is not None:
+        argv += spec.uefi.args()
     argv += _serial_args(spec.serial)
-    argv += _drive_args(spec.drives, boot_from_disk=spec.direct_kernel is None)
+    ide_slots = _Q35_IDE_SLOTS if machine.startswith("q35") else _IDE_SLOTS
+    argv += _drive_args(spec.drives, boot_from_disk=spec.direct_kernel is None, ide_slots=ide_slots)
     argv += spec.network.args()
     if spec.smbios_system:
         argv += ["-smbios", _smbios_type1(spec.smbios_system)]
@@ -272,6 +310,9 @@ def machine_sandbox(spec: MachineSpec) -> Sandbox:
             reads.append(spec.direct_kernel.initrd)
     if spec.serial.log_file is not None:
         writes.append(spec.serial.log_file)
+    if spec.uefi is not None:
+        reads.append(spec.uefi.code)
+        writes.append(spec.uefi.variables)
     network = spec.network
     for forward in network.guest_forwards:
         if forward.command and os.path.isabs(forward.command[0]):
@@ -296,9 +337,11 @@ def _serial_args(serial: SerialConsole) -> list[str]:
     return ["-chardev", ",".join(options), "-serial", "chardev:console0"]
 
 
-def _drive_args(drives: Sequence[Drive], *, boot_from_disk: bool) -> list[str]:
+def _drive_args(
+    drives: Sequence[Drive], *, boot_from_disk: bool, ide_slots: Sequence[tuple[str, int]] = _IDE_SLOTS
+) -> list[str]:
     argv: list[str] = []
-    ide_slots = list(_IDE_SLOTS)
+    free_slots = list(ide_slots)
     scsi_controller = False
     boot_assigned = False
     for index, drive in enumerate(drives):
@@ -319,9 +362,10 @@ def _drive_args(drives: Sequence[Drive], *, boot_from_disk: bool) -> list[str]:
         if drive.bus == "virtio":
             device = ["virtio-blk-pci", f"drive={drive_id}"]
         elif drive.bus == "ide":
-            if not ide_slots:
-                raise InvalidArgumentError("The IDE controller holds at most four disks and CD-ROMs.")
-            bus, unit = ide_slots.pop(0)
+            if not free_slots:
+                count = {4: "four", 6: "six"}.get(len(ide_slots), str(len(ide_slots)))
+                raise InvalidArgumentError(f"The IDE controller holds at most {count} disks and CD-ROMs.")
+            bus, unit = free_slots.pop(0)
             kind = "ide-cd" if drive.media == "cdrom" else "ide-hd"
             device = [kind, f"drive={drive_id}", f"bus={bus}", f"unit={unit}"]
         else:

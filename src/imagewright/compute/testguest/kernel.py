@@ -20,18 +20,15 @@ parallel test workers (pytest-xdist) and parallel commands build it once.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from imagewright.errors import BuildError, ImagewrightError
-from imagewright.files import ScratchFiles
+from imagewright.files import ScratchFiles, cache_lock, default_cache_dir
 from imagewright.programs import apt, kmod
 
 #: The metapackage that always points at Debian's current kernel for amd64.
@@ -70,14 +67,6 @@ _MANIFEST = "kernel.json"
 _MANIFEST_VERSION = 1
 
 
-def default_cache_dir() -> Path:
-    """``${IMAGEWRIGHT_CACHE:-~/.cache/imagewright}``."""
-    configured = os.environ.get("IMAGEWRIGHT_CACHE")
-    if configured:
-        return Path(configured)
-    return Path.home() / ".cache" / "imagewright"
-
-
 @dataclass(frozen=True)
 class KernelBundle:
     """One cached kernel release: the kernel image and the guest's module subset."""
@@ -104,18 +93,6 @@ class KernelBundle:
     @property
     def modules_dir(self) -> Path:
         return self.modules_base / "lib" / "modules" / self.release
-
-
-@contextlib.contextmanager
-def cache_lock(cache_root: Path) -> Iterator[None]:
-    """Hold the test guest cache's exclusive lock (blocks until other builders finish)."""
-    cache_root.mkdir(parents=True, exist_ok=True)
-    with (cache_root / ".lock").open("a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def testguest_cache_root(cache_dir: Path | None = None) -> Path:

@@ -16,9 +16,9 @@ from pathlib import Path, PurePosixPath
 
 from imagewright.compute.initramfs import InitramfsWriter
 from imagewright.compute.testguest import scripts
-from imagewright.compute.testguest.kernel import KernelBundle, cache_lock, testguest_cache_root
+from imagewright.compute.testguest.kernel import KernelBundle, testguest_cache_root
 from imagewright.errors import BuildError
-from imagewright.files import AtomicOutput
+from imagewright.files import AtomicOutput, cache_lock
 from imagewright.programs import ldd
 from imagewright.programs.runner import find_program, run_program
 

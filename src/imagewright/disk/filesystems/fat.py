@@ -8,11 +8,36 @@ sector (a "superfloppy" or a partition's first sector) from an MBR that also end
 Labels, as blkid 2.38 reports them: LABEL is the volume-label entry of the root directory
 (searched with a bound: the FAT12/16 root directory's fixed entries, or at most 99 clusters
 of the FAT32 root chain); the boot sector's own label is LABEL_FATBOOT (``details``).
+
+``FatVolume`` reads directories and file contents (what ``inspect`` needs to see the boot
+loaders on an EFI System Partition), after the same BPB check, following the FAT spec
+(Microsoft "FAT: General Overview of On-Disk Format" 1.03, sections 3-7):
+
+- the FAT12/16 root directory is a fixed region after the FATs (``BPB_RootEntCnt`` entries);
+  FAT32's is a cluster chain from ``BPB_RootClus`` like any other directory;
+- a directory entry is 32 bytes: 8.3 name (0x00 ends the directory, 0xE5 marks a deleted
+  entry, 0x05 stands for a leading 0xE5), attributes at 11 (0x10 directory, 0x08 volume
+  label, 0x0F a long-name entry), case flags at 12 (Windows NT: 0x08 lower-case base, 0x10
+  lower-case extension), first cluster high/low at 20/26, size at 28;
+- long names (section 7): entries before the short one, last piece first (order byte | 0x40),
+  13 UTF-16 code units each at bytes 1, 14 and 28, every piece carrying the checksum of the
+  short name. A long name whose order or checksum does not add up is ignored and the short
+  name used, as Windows and Linux do;
+- a cluster chain: FAT entry N names the next cluster (12, 16 or 28 bits); values from the
+  "bad" mark up end it.
+
+NOTE on hostile volumes: every count is bounded — entries per directory
+(``MAX_DIRECTORY_ENTRIES``), the clusters walked in any chain (the volume's cluster count,
+and a loop is caught by that bound), bytes read from a file per call, FAT bytes cached
+(``_FAT_CACHE_BLOCKS``) — and a structure pointing outside the volume is an
+ImageFormatError, never an IndexError.
 """
 
 from __future__ import annotations
 
-from imagewright.binary import ByteSource
+from dataclasses import dataclass
+
+from imagewright.binary import ByteSource, read_exact
 from imagewright.disk.filesystems.info import FilesystemInfo
 from imagewright.disk.filesystems.reading import (
     blkid_id_label,
@@ -22,6 +47,7 @@ from imagewright.disk.filesystems.reading import (
     u16le,
     u32le,
 )
+from imagewright.errors import ImageFormatError
 
 FAT12_MAX = 0xFF4
 FAT16_MAX = 0xFFF4
@@ -235,3 +261,289 @@ def _search_fat32_root(src: ByteSource, bpb: _Bpb, sector: bytes) -> bytes | Non
             return None
         cluster = u32le(entry, 0) & 0x0FFFFFFF
     return None
+
+
+# --- directories and files --------------------------------------------------------------------
+
+#: Entries read from one directory before giving up on it (a real ESP directory has a handful).
+MAX_DIRECTORY_ENTRIES = 4096
+#: Bytes one ``read_file`` call may return.
+MAX_FILE_READ = 1 << 20
+_FAT_BLOCK = 4096
+_FAT_CACHE_BLOCKS = 256
+_ATTR_VOLUME = 0x08
+_ATTR_DIRECTORY = 0x10
+_ATTR_LONG_NAME = 0x0F
+_LFN_LAST = 0x40
+_LFN_OFFSETS = ((1, 10), (14, 12), (28, 4))
+_MAX_LFN_PIECES = 20  # 255 characters
+
+
+@dataclass(frozen=True)
+class FatEntry:
+    """One file or directory: its name (the long name when there is a valid one) and where it lies."""
+
+    name: str
+    short_name: str
+    is_directory: bool
+    size: int
+    first_cluster: int
+
+
+def _short_name(raw: bytes, case_flags: int) -> str:
+    base = raw[:8].rstrip(b" ")
+    ext = raw[8:11].rstrip(b" ")
+    if base[:1] == b"\x05":
+        base = b"\xe5" + base[1:]
+    base_text = base.decode("cp437")
+    ext_text = ext.decode("cp437")
+    if case_flags & 0x08:
+        base_text = base_text.lower()
+    if case_flags & 0x10:
+        ext_text = ext_text.lower()
+    return f"{base_text}.{ext_text}" if ext_text else base_text
+
+
+def _short_name_checksum(raw: bytes) -> int:
+    total = 0
+    for byte in raw[:11]:
+        total = (((total & 1) << 7) + (total >> 1) + byte) & 0xFF
+    return total
+
+
+def _long_name(pieces: list[bytes], short_raw: bytes) -> str | None:
+    """The long name from its entries (in disk order: last piece first), or None if they do not add up."""
+    if not pieces or len(pieces) > _MAX_LFN_PIECES:
+        return None
+    checksum = _short_name_checksum(short_raw)
+    count = len(pieces)
+    units = bytearray()
+    for index, entry in enumerate(pieces):
+        order = entry[0]
+        expected = count - index
+        if (order & 0x3F) != expected or bool(order & _LFN_LAST) != (index == 0) or entry[13] != checksum:
+            return None
+    for entry in reversed(pieces):
+        for start, length in _LFN_OFFSETS:
+            units += entry[start : start + length]
+    text = units.decode("utf-16-le", "replace")
+    end = text.find("\0")
+    name = text if end < 0 else text[:end]
+    return name or None
+
+
+class FatVolume:
+    """Read-only access to the directories and files of a FAT12/16/32 volume (see the module docstring)."""
+
+    def __init__(self, src: ByteSource, bpb: _Bpb, fat32_root: int) -> None:
+        self._src = src
+        self._bpb = bpb
+        self.sector_size = bpb.sector_size
+        self.cluster_bytes = bpb.cluster_size * bpb.sector_size
+        self.cluster_count = bpb.cluster_count
+        self.fat_bits = (
+            32
+            if (not bpb.fat_length16 and bpb.fat32_length)
+            else (12 if bpb.cluster_count <= FAT12_MAX else 16)
+        )
+        self._fat_offset = bpb.reserved * bpb.sector_size
+        self._fat_bytes = bpb.fat_length * bpb.sector_size
+        self._root_dir_offset = (bpb.reserved + bpb.fat_size) * bpb.sector_size
+        self._data_offset = (bpb.reserved + bpb.fat_size + bpb.root_dir_sectors) * bpb.sector_size
+        self._fat32_root = fat32_root
+        self._fat_cache: dict[int, bytes] = {}
+
+    @classmethod
+    def open(cls, src: ByteSource) -> FatVolume | None:
+        """The volume at the start of ``src``, or None when it holds no valid FAT boot sector."""
+        sector = read_or_none(src, 0, 512)
+        if sector is None:
+            return None
+        bpb = _valid_bpb(sector)
+        if bpb is None:
+            return None
+        fat32_root = u32le(sector, 0x2C) if (not bpb.fat_length16 and bpb.fat32_length) else 0
+        return cls(src, bpb, fat32_root)
+
+    # -- the allocation table
+
+    def _fat_entry(self, cluster: int) -> int:
+        offset = cluster + cluster // 2 if self.fat_bits == 12 else cluster * (self.fat_bits // 8)
+        width = 2 if self.fat_bits in (12, 16) else 4
+        if offset + width > self._fat_bytes:
+            raise ImageFormatError(f"The FAT entry of cluster {cluster} lies beyond the allocation table.")
+        raw = self._fat_bytes_at(offset, width)
+        value = int.from_bytes(raw, "little")
+        if self.fat_bits == 12:
+            return (value >> 4) if cluster & 1 else (value & 0xFFF)
+        if self.fat_bits == 32:
+            return value & 0x0FFFFFFF
+        return value
+
+    def _fat_bytes_at(self, offset: int, width: int) -> bytes:
+        data = b""
+        while len(data) < width:
+            block = (offset + len(data)) // _FAT_BLOCK
+            cached = self._fat_cache.get(block)
+            if cached is None:
+                start = block * _FAT_BLOCK
+                length = min(_FAT_BLOCK, self._fat_bytes - start)
+                cached = read_exact(self._src, self._fat_offset + start, length, "FAT allocation table")
+                if len(self._fat_cache) >= _FAT_CACHE_BLOCKS:
+                    self._fat_cache.pop(next(iter(self._fat_cache)))
+                self._fat_cache[block] = cached
+            inner = (offset + len(data)) % _FAT_BLOCK
+            data += cached[inner : inner + width - len(data)]
+        return data
+
+    def _end_of_chain(self, value: int) -> bool:
+        bad = {12: 0xFF7, 16: 0xFFF7, 32: 0x0FFFFFF7}[self.fat_bits]
+        return value >= bad
+
+    def _check_cluster(self, cluster: int, what: str) -> None:
+        if not 2 <= cluster < self.cluster_count + 2:
+            raise ImageFormatError(f"The FAT {what} points at cluster {cluster}, outside the volume.")
+
+    def _chain(self, first: int, what: str, limit: int) -> list[int]:
+        """The first ``limit`` clusters of the chain from ``first`` (fewer if it ends sooner)."""
+        clusters: list[int] = []
+        cluster = first
+        steps = 0
+        while len(clusters) < limit:
+            self._check_cluster(cluster, what)
+            clusters.append(cluster)
+            steps += 1
+            if steps > self.cluster_count:
+                raise ImageFormatError(f"The FAT cluster chain of {what} loops.")
+            following = self._fat_entry(cluster)
+            if self._end_of_chain(following) or following in (0, 1):
+                break
+            cluster = following
+        return clusters
+
+    def _cluster_offset(self, cluster: int) -> int:
+        return self._data_offset + (cluster - 2) * self.cluster_bytes
+
+    # -- directories
+
+    def _directory_chunks(self, first_cluster: int, what: str) -> list[tuple[int, int]]:
+        """(offset, length) regions holding a directory's entries, at most MAX_DIRECTORY_ENTRIES."""
+        if first_cluster == 0:
+            if self.fat_bits == 32:
+                first_cluster = self._fat32_root
+            else:
+                entries = min(self._bpb.dir_entries, MAX_DIRECTORY_ENTRIES)
+                return [(self._root_dir_offset, entries * _DIR_ENTRY)]
+        per_cluster = max(1, self.cluster_bytes // _DIR_ENTRY)
+        limit = max(1, MAX_DIRECTORY_ENTRIES // per_cluster)
+        return [
+            (self._cluster_offset(c), self.cluster_bytes) for c in self._chain(first_cluster, what, limit)
+        ]
+
+    def list_directory(self, first_cluster: int = 0, *, what: str = "root directory") -> list[FatEntry]:
+        """The entries of the directory starting at ``first_cluster`` (0: the root directory).
+
+        Deleted entries, the volume label, ``.`` and ``..`` are left out.
+        """
+        found: list[FatEntry] = []
+        pieces: list[bytes] = []
+        seen = 0
+        for offset, length in self._directory_chunks(first_cluster, what):
+            data = read_exact(
+                self._src, offset, min(length, MAX_DIRECTORY_ENTRIES * _DIR_ENTRY), f"FAT {what}"
+            )
+            for position in range(0, len(data) - _DIR_ENTRY + 1, _DIR_ENTRY):
+                seen += 1
+                if seen > MAX_DIRECTORY_ENTRIES:
+                    return found
+                entry = data[position : position + _DIR_ENTRY]
+                if entry[0] == 0x00:
+                    return found
+                if entry[0] == 0xE5:
+                    pieces = []
+                    continue
+                attr = entry[11]
+                if attr & 0x3F == _ATTR_LONG_NAME:
+                    if entry[0] & _LFN_LAST:
+                        pieces = []
+                    if len(pieces) < _MAX_LFN_PIECES:
+                        pieces.append(entry)
+                    continue
+                lfn, pieces = pieces, []
+                if attr & _ATTR_VOLUME:
+                    continue
+                short = _short_name(entry[:11], entry[12])
+                if short in (".", ".."):
+                    continue
+                cluster = (
+                    (u16le(entry, 20) << 16 | u16le(entry, 26)) if self.fat_bits == 32 else u16le(entry, 26)
+                )
+                name = _long_name(lfn, entry[:11]) or short
+                is_dir = bool(attr & _ATTR_DIRECTORY)
+                found.append(FatEntry(name, short, is_dir, 0 if is_dir else u32le(entry, 28), cluster))
+        return found
+
+    def lookup(self, path: str) -> FatEntry | None:
+        """The entry at ``path`` ("EFI/BOOT/BOOTX64.EFI"), names compared case-insensitively as FAT does."""
+        parts = [part for part in path.split("/") if part]
+        if not parts:
+            return None
+        directory = 0
+        entry: FatEntry | None = None
+        for index, part in enumerate(parts):
+            if index and (entry is None or not entry.is_directory):
+                return None
+            listing = self.list_directory(directory, what=f"directory /{'/'.join(parts[:index])}")
+            wanted = part.casefold()
+            entry = next(
+                (e for e in listing if e.name.casefold() == wanted or e.short_name.casefold() == wanted), None
+            )
+            if entry is None:
+                return None
+            directory = entry.first_cluster
+            if entry.is_directory and directory == 0:
+                return None  # a subdirectory pointing at the root: nothing real lives there
+        return entry
+
+    # -- files
+
+    def read_file(self, entry: FatEntry, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes of a file from ``offset`` (fewer at its end); at most MAX_FILE_READ."""
+        if entry.is_directory:
+            raise ImageFormatError(f"{entry.name} is a directory, not a file.")
+        if offset < 0 or length < 0 or length > MAX_FILE_READ:
+            raise ImageFormatError(f"A read of {length} bytes at {offset} in a FAT file is out of bounds.")
+        end = min(entry.size, offset + length)
+        if offset >= end:
+            return b""
+        if entry.first_cluster == 0:
+            raise ImageFormatError(f"The FAT file {entry.name} has a size but no clusters.")
+        first_index = offset // self.cluster_bytes
+        last_index = (end - 1) // self.cluster_bytes
+        chain = self._chain(entry.first_cluster, f"file {entry.name}", last_index + 1)
+        if len(chain) <= last_index:
+            raise ImageFormatError(f"The FAT file {entry.name} is shorter than its size says.")
+        data = bytearray()
+        for index in range(first_index, last_index + 1):
+            cluster_start = index * self.cluster_bytes
+            lo = max(offset, cluster_start) - cluster_start
+            hi = min(end, cluster_start + self.cluster_bytes) - cluster_start
+            data += read_exact(
+                self._src, self._cluster_offset(chain[index]) + lo, hi - lo, f"FAT file {entry.name}"
+            )
+        return bytes(data)
+
+
+class FatFileSource:
+    """One file of a FAT volume as a ``ByteSource`` (reads bounded by ``FatVolume.read_file``)."""
+
+    def __init__(self, volume: FatVolume, entry: FatEntry) -> None:
+        self._volume = volume
+        self._entry = entry
+
+    @property
+    def size(self) -> int:
+        return self._entry.size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return self._volume.read_file(self._entry, offset, length)

@@ -8,15 +8,19 @@ root, loop devices or mounting anything. The steps, in order:
 1. Judge the source (``source.py``: inspect refuses hostile images and tarballs) and the sizes
    (``sizing.py``): the content, ext4's own metadata, swap and alignment must fit ``--size``.
 2. Create the raw image under a temporary name next to the output; partition it with sfdisk
-   (``layout.py`` documents the layout) and read the table back with our own reader and with
-   ``sfdisk --json``: all three must agree.
+   (``layout.py`` documents the layout and which firmware each ``--firmware`` boots under)
+   and read the table back with our own reader: the two must agree. A disk that boots under
+   UEFI first gets its boot loader (``efiloader.py``: Debian's signed shim and GRUB, else an
+   unsigned GRUB, said in the report) and the ESP's room is checked.
 3. Write the root filesystem into its partition's byte range (``rootfs.py``; tarballs through a
    rootless staging tree, ``tarball.py`` and ``metadata.py``).
 4. Put the kernel (``--kernel``) into /boot or choose the newest there, write ``grub.cfg`` and
    ``/etc/fstab`` (``configure.py``, ``grubcfg.py``, ``fstab.py``).
-5. Write the swap signature (``swap.py``) and install GRUB for BIOS (``bootloader.py``).
-6. Check the result: ``e2fsck -fn`` must find the root filesystem clean, and ``inspect`` must see
-   the table, the filesystems and GRUB's boot code.
+5. Write the swap signature (``swap.py``), install GRUB for BIOS (``bootloader.py``) and write
+   the EFI System Partition (``esp.py``), as the firmware choice asks.
+6. Check the result: ``e2fsck -fn`` must find the root filesystem clean, ``fsck.fat -n`` the
+   ESP, and ``inspect`` must see the table, the filesystems, GRUB's boot code and the UEFI
+   loaders, and say the disk boots under exactly the firmware asked for.
 7. Convert to the output format if it is not raw, and move the result into place. Any failure,
    Ctrl-C included, leaves neither the output nor a temporary file behind.
 """
@@ -48,13 +52,20 @@ from imagewright.ops.build.configure import (
     write_fstab,
     write_grub_config,
 )
+from imagewright.ops.build.efiloader import EfiLoader, LoaderChoice, choose_loader
+from imagewright.ops.build.esp import ESP_LABEL, EspPlacement, check_esp, check_esp_room, write_esp
 from imagewright.ops.build.grubcfg import KernelChoice, command_line, kernel_parameters
 from imagewright.ops.build.layout import (
+    DEFAULT_ESP_BYTES,
     DiskLayout,
+    Firmware,
+    LayoutShape,
     PlannedPartition,
     TableKind,
     check_table,
+    minimum_disk_size,
     plan_layout,
+    resolve_shape,
     round_up_mib,
 )
 from imagewright.ops.build.rootfs import RootFilesystem, directory_plan, write_filesystem_image, write_tree
@@ -116,11 +127,32 @@ class BuildReport:
     partitions: list[PartitionReport]
     root: RootFilesystem
     swap_uuid: str | None
-    bootloader: BootloaderPlacement
+    #: GRUB for BIOS; None on a UEFI-only disk.
+    bootloader: BootloaderPlacement | None
     kernel: KernelChoice
     kernel_command_line: list[str]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    #: "hybrid", "bios" or "uefi" (``--firmware``).
+    firmware: Firmware = "bios"
+    #: The EFI System Partition; None on a BIOS-only disk.
+    esp: EspPlacement | None = None
+
+    @property
+    def boots_under(self) -> list[str]:
+        return [name for name in ("bios", "uefi") if name in self.firmware or self.firmware == "hybrid"]
+
+    @property
+    def image_properties(self) -> dict[str, str]:
+        """The Glance image properties a cloud needs to start the disk right: ``hw_firmware_type``
+        only when it boots under UEFI alone (hybrid and BIOS disks boot on every default);
+        ``os_secure_boot`` "optional" on top when the ESP starts Debian's signed chain."""
+        properties: dict[str, str] = {}
+        if self.firmware == "uefi":
+            properties["hw_firmware_type"] = "uefi"
+        if self.esp is not None and self.esp.secure_boot and self.firmware == "uefi":
+            properties["os_secure_boot"] = "optional"
+        return properties
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,7 +168,11 @@ class BuildReport:
             "partitions": [asdict(p) for p in self.partitions],
             "root_filesystem": self.root.to_dict(),
             "swap_uuid": self.swap_uuid,
-            "bootloader": self.bootloader.to_dict(),
+            "firmware": self.firmware,
+            "boots_under": self.boots_under,
+            "image_properties": self.image_properties,
+            "bootloader": self.bootloader.to_dict() if self.bootloader is not None else None,
+            "uefi": self.esp.to_dict() if self.esp is not None else None,
             "kernel": self.kernel.to_dict(),
             "kernel_command_line": list(self.kernel_command_line),
             "seconds": round(self.seconds, 3),
@@ -160,7 +196,11 @@ def build(
     *,
     size: int | None = None,
     swap: int = 0,
-    table: TableKind = "mbr",
+    table: TableKind | None = None,
+    firmware: Firmware | None = None,
+    esp_size: int | None = None,
+    efi_loader: LoaderChoice = "auto",
+    cache_dir: Path | None = None,
     fs_type: str | None = None,
     kernel: str | os.PathLike[str] | None = None,
     initrd: str | os.PathLike[str] | None = None,
@@ -174,15 +214,23 @@ def build(
 
     ``size``: the disk's size in bytes (rounded up to whole MiB; default: the content plus a
     quarter, in whole GiB). ``swap``: bytes of swap (0: no swap partition). ``table``: "mbr" or
-    "gpt". ``fs_type``: ext2/ext3/ext4 for a tree or tarball (default ext4). ``kernel``/``initrd``:
-    host files copied into /boot and booted. ``append``: more kernel parameters.
-    ``output_format``: raw, qcow2, vmdk, vhd, vhdx or vdi (default: from the output's name, else raw).
+    "gpt"; ``firmware``: "hybrid", "bios" or "uefi" (both None: a hybrid GPT disk; see
+    ``layout.resolve_shape``). ``esp_size``: bytes of the EFI System Partition (default
+    100 MiB). ``efi_loader``: "auto" (Debian's signed shim and GRUB, else an unsigned GRUB),
+    "signed" or "unsigned"; ``cache_dir``: where the signed packages are kept (default
+    ``$IMAGEWRIGHT_CACHE``). ``fs_type``: ext2/ext3/ext4 for a tree or tarball (default ext4).
+    ``kernel``/``initrd``: host files copied into /boot and booted. ``append``: more kernel
+    parameters. ``output_format``: raw, qcow2, vmdk, vhd, vhdx or vdi (default: from the
+    output's name, else raw).
     """
     started = time.monotonic()
     src_path, out_path = Path(source), Path(output)
     limits = limits or Limits()
-    if table not in ("mbr", "gpt"):
-        raise InvalidArgumentError(f"'{table}' is not a partition table type; choose mbr or gpt.")
+    if swap < 0:
+        raise InvalidArgumentError("--swap cannot be negative.")
+    shape, shape_notes = resolve_shape(
+        table, firmware, swap_size=swap, esp_size=DEFAULT_ESP_BYTES if esp_size is None else esp_size
+    )
     if fs_type is not None and fs_type not in EXT_TYPES:
         raise InvalidArgumentError(f"'{fs_type}' is not a filesystem build makes; choose ext4, ext3 or ext2.")
     if initrd is not None and kernel is None:
@@ -195,8 +243,6 @@ def build(
     kernel_parameters(append)  # a bad --append fails now, not after the copy
     if size is not None and size <= 0:
         raise InvalidArgumentError("--size must be a positive size such as 4G.")
-    if swap < 0:
-        raise InvalidArgumentError("--swap cannot be negative.")
     plan = _output_plan(out_path, output_format)
     if out_path.exists() and not force:
         raise OutputExistsError(f"{out_path} already exists; use --force to overwrite it.")
@@ -228,26 +274,35 @@ def build(
                         src.content.add("file", extra.stat().st_size)
             root_needed = root_bytes_needed(src.content)
 
-        disk_size = (
-            round_up_mib(size)
-            if size is not None
-            else default_disk_size(root_needed, table=table, swap_size=swap)
-        )
+        disk_size = round_up_mib(size) if size is not None else default_disk_size(root_needed, shape)
         if disk_size > limits.max_virtual_size:
             raise BuildError(
                 f"The disk would be {format_size(disk_size)}, more than the "
                 f"{format_size(limits.max_virtual_size)} imagewright builds; nothing was written."
             )
-        layout = plan_layout(disk_size, table=table, swap_size=swap)
+        try:
+            layout = plan_layout(disk_size, shape)
+        except BuildError:
+            needed = minimum_disk_size(root_needed, shape)
+            raise BuildError(
+                f"A {format_size(disk_size)} disk leaves too little room for the root filesystem"
+                f"{_beside_root(shape)}; give --size {format_size(needed)} or more."
+            ) from None
         if not isinstance(src, FilesystemImageSource):
-            check_tree_fits(src.content, layout.root.size, disk_size=disk_size, table=table, swap_size=swap)
+            check_tree_fits(src.content, layout.root.size, disk_size=disk_size, shape=shape)
 
         work = out.scratch_directory("work")
+        loader: EfiLoader | None = None
+        loader_notes: list[str] = []
+        if shape.uefi:
+            loader, loader_notes = choose_loader(efi_loader, scratch=work, cache_dir=cache_dir)
+            check_esp_room(shape.esp_size, loader)
         report = _build_raw(
             src, out.path, work, layout, given=given, fs_type=fs_type or "ext4", append=append,
-            scratch=out.scratch, limits=limits, progress=progress,
+            loader=loader, scratch=out.scratch, limits=limits, progress=progress,
         )  # fmt: skip
-        _check_built(out.path, layout, report.root)
+        report.notes[:0] = shape_notes + loader_notes
+        _check_built(out.path, layout, report, work)
         if plan.format == "raw" and plan.compression is None:
             out.commit()
         else:
@@ -265,6 +320,13 @@ def build(
     return report
 
 
+def _beside_root(shape: LayoutShape) -> str:
+    beside = [f"a {format_size(shape.esp_size)} EFI System Partition"] if shape.uefi else []
+    if shape.swap_size:
+        beside.append(f"{format_size(round_up_mib(shape.swap_size))} of swap")
+    return f" next to {' and '.join(beside)}" if beside else ""
+
+
 def _build_raw(
     src: BuildSource,
     image: Path,
@@ -274,6 +336,7 @@ def _build_raw(
     given: GivenKernel | None,
     fs_type: str,
     append: str,
+    loader: EfiLoader | None,
     scratch: Callable[[str], Path],
     limits: Limits,
     progress: Progress | None,
@@ -301,8 +364,7 @@ def _build_raw(
         if isinstance(src, FilesystemImageSource):
             root = write_filesystem_image(
                 image, fd, root_part, src, scratch=scratch, disk_size=layout.disk_size,
-                table=layout.table, swap_size=layout.swap.size if layout.swap else 0,
-                limits=limits, progress=progress,
+                shape=layout.shape, limits=limits, progress=progress,
             )  # fmt: skip
             source_format: str | None = (
                 src.format if src.compression is None else f"{src.format} in {src.compression}"
@@ -343,7 +405,11 @@ def _build_raw(
             write_swap(fd, swap_part, swap_uuid, work / "swap")
     finally:
         os.close(fd)
-    placement = install_grub_bios(image, layout, root.uuid, work)
+    placement = install_grub_bios(image, layout, root.uuid, work) if layout.shape.bios else None
+    esp: EspPlacement | None = None
+    if layout.esp is not None:
+        assert loader is not None
+        esp = write_esp(image, layout.esp, loader, root.uuid, work)
     return BuildReport(
         source=str(src.path),
         source_kind=src.kind,
@@ -354,7 +420,7 @@ def _build_raw(
         disk_size=layout.disk_size,
         table=layout.table,
         disk_id=written.disk_id,
-        partitions=_partition_reports(layout, written, root, swap_uuid),
+        partitions=_partition_reports(layout, written, root, swap_uuid, esp),
         root=root,
         swap_uuid=swap_uuid,
         bootloader=placement,
@@ -362,6 +428,8 @@ def _build_raw(
         kernel_command_line=command_line(root.uuid, append),
         seconds=0.0,
         notes=notes,
+        firmware=layout.firmware,
+        esp=esp,
     )
 
 
@@ -390,7 +458,11 @@ def _write_tarball(
 
 
 def _partition_reports(
-    layout: DiskLayout, written: PartitionTable, root: RootFilesystem, swap_uuid: str | None
+    layout: DiskLayout,
+    written: PartitionTable,
+    root: RootFilesystem,
+    swap_uuid: str | None,
+    esp: EspPlacement | None,
 ) -> list[PartitionReport]:
     by_number = {p.number: p for p in written.partitions}
     reports: list[PartitionReport] = []
@@ -410,7 +482,9 @@ def _partition_reports(
             name=part.name,
             bootable=part.bootable,
         )
-        if part.role == "root":
+        if part.role == "esp" and esp is not None:
+            report.filesystem, report.filesystem_uuid, report.label = "vfat", esp.volume_id, ESP_LABEL
+        elif part.role == "root":
             report.filesystem, report.filesystem_uuid, report.label = root.fs_type, root.uuid, root.label
         elif part.role == "swap":
             report.filesystem, report.filesystem_uuid, report.label = "swap", swap_uuid, "swap"
@@ -418,11 +492,14 @@ def _partition_reports(
     return reports
 
 
-def _check_built(image: Path, layout: DiskLayout, root: RootFilesystem) -> None:
-    """Step 6: the root filesystem is clean, and inspect sees what was built."""
+def _check_built(image: Path, layout: DiskLayout, built: BuildReport, work: Path) -> None:
+    """Step 6: the filesystems are clean, and inspect sees what was built and how it boots."""
+    root = built.root
     result = e2fs.e2fsck_check(e2fs.device_name(image, layout.root.offset))
     if not result.clean:
         raise BuildError(f"e2fsck finds the new root filesystem damaged: {result.first_problem()}.")
+    if layout.esp is not None and built.esp is not None:
+        check_esp(image, layout.esp, built.esp, work)
     report = inspect_image(image)
     disk = report.disk
     table = disk.partition_table if disk is not None else None
@@ -438,5 +515,20 @@ def _check_built(image: Path, layout: DiskLayout, root: RootFilesystem) -> None:
         swap_fs = swap_part.filesystem if swap_part is not None else None
         if swap_fs is None or swap_fs.type != "swap":
             raise BuildError("inspect does not find the swap signature in the swap partition.")
-    if disk.boot is None or disk.boot.code.kind != "grub2":
+    boot = disk.boot
+    if boot is None:
+        raise BuildError("inspect finds no boot sector on the built disk.")
+    if layout.shape.bios and boot.code.kind != "grub2":
         raise BuildError("inspect does not recognise GRUB 2's boot code in the built disk's MBR.")
+    if layout.esp is not None and built.esp is not None:
+        first = [f for f in boot.efi_files if f.removable_media_path and f.partition == layout.esp.number]
+        expected = "shim" if built.esp.secure_boot else "grub"
+        if not first or first[0].loader != expected or first[0].architecture != "x86_64":
+            raise BuildError(
+                f"inspect does not find {expected} at EFI/BOOT/BOOTX64.EFI on the new EFI System Partition."
+            )
+    if boot.boots_under != built.boots_under:
+        raise BuildError(
+            f"inspect says the built disk boots under {boot.firmware_description}, "
+            f"not under {' and '.join(built.boots_under)} as built."
+        )

@@ -155,3 +155,20 @@ def early_config(root_uuid: str) -> str:
     if not re.fullmatch(r"[0-9a-fA-F-]{8,64}", root_uuid):
         raise InvalidArgumentError(f"'{root_uuid}' is not a filesystem UUID.")
     return f"search --no-floppy --fs-uuid --set=root {root_uuid}\nset prefix=($root)/boot/grub\n"
+
+
+def esp_config(root_uuid: str) -> str:
+    """The ``grub.cfg`` on the ESP (``EFI/debian/grub.cfg``) that UEFI GRUB reads first.
+
+    Debian's signed GRUB reads ``$prefix/grub.cfg`` with the prefix ``/EFI/debian`` on the
+    ESP (the unsigned one build links is given the same prefix). This file only finds the
+    root filesystem by UUID and hands over to its ``/boot/grub/grub.cfg`` — the one BIOS
+    GRUB reads and a guest's update-grub rewrites — as ``grub-install`` does on Debian, so
+    one menu serves both firmwares and a kernel update inside the guest reaches both.
+    """
+    search = early_config(root_uuid)
+    return (
+        "# Written by imagewright build: continue with the root filesystem's own GRUB menu.\n"
+        f"{search}"
+        "configfile $prefix/grub.cfg\n"
+    )

@@ -3,7 +3,15 @@
 Every partition starts on a 1 MiB boundary (2048 sectors of 512 bytes), as fdisk, parted and
 every cloud image do: aligned for any physical or virtual block size up to 1 MiB.
 
-MBR (``--table mbr``)::
+What boots the disk (``--firmware``) decides which boot partitions there are:
+
+- ``bios``: GRUB for BIOS only (boot.img in the MBR, core.img in the MBR gap or a BIOS boot
+  partition). The only choice on an MBR disk.
+- ``uefi``: an EFI System Partition (ESP) only; the protective MBR carries no boot code.
+- ``hybrid``: both, on one GPT disk — what the cloud images people download are: it boots
+  whichever firmware the cloud starts it with (``bootloader.py``, ``esp.py``).
+
+MBR (``--table mbr``, BIOS only)::
 
     sector 0         MBR: GRUB's boot.img in the first 440 bytes, the partition table
     sectors 1-2047   the "MBR gap": GRUB's core.img, from sector 1
@@ -12,18 +20,23 @@ MBR (``--table mbr``)::
 
 GPT (``--table gpt``)::
 
-    sector 0         protective MBR with GRUB's boot.img in the first 440 bytes
+    sector 0         protective MBR (with GRUB's boot.img in the first 440 bytes, unless uefi)
     sectors 1-33     primary GPT header and entry array (128 entries)
-    partition 1      BIOS boot partition, 1 MiB (21686148-6449-6E6F-744E-656564454649):
-                     GRUB's core.img (GPT keeps no gap after the MBR)   2048 .. 4095
-    partition 2      root filesystem, Linux filesystem type, name "root"   4096 ..
-    partition 3      swap, Linux swap type, name "swap" (only with --swap)
+    BIOS boot        1 MiB (21686148-6449-6E6F-744E-656564454649): GRUB's core.img
+                     (GPT keeps no gap after the MBR); bios and hybrid only
+    ESP              EFI System (C12A7328-F81F-11D2-BA4B-00A0C93EC93B), 100 MiB by default,
+                     FAT32, name "EFI System"; uefi and hybrid only
+    root             Linux filesystem type, name "root"
+    swap             Linux swap type, name "swap" (only with --swap)
     last 33 sectors  backup entry array and header
 
-So the root filesystem is partition 1 on MBR and partition 2 on GPT (the BIOS boot partition
-comes first on the disk and takes number 1, as grub-install's documentation lays it out).
-The swap partition is at the end of the disk, exactly the size asked for (rounded up to whole
-MiB); the root partition takes everything between.
+Partitions are numbered in disk order: on GPT the root filesystem is partition 2 (bios: after
+the BIOS boot partition, as grub-install's documentation lays it out; uefi: after the ESP) or
+3 (hybrid). The boot partitions come first and the root partition after them, so the root
+partition is the one that ends last when there is no swap: ``resize`` and the guest's
+growpart grow it and never move or touch the ESP. The swap partition is at the end of the
+disk, exactly the size asked for (rounded up to whole MiB); the root partition takes
+everything between.
 """
 
 from __future__ import annotations
@@ -31,7 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from imagewright.disk.guids import BIOS_BOOT_GUID, LINUX_FILESYSTEM_GUID, LINUX_SWAP_GUID
+from imagewright.disk.guids import BIOS_BOOT_GUID, EFI_SYSTEM_GUID, LINUX_FILESYSTEM_GUID, LINUX_SWAP_GUID
 from imagewright.disk.table import PartitionTable
 from imagewright.errors import BuildError, InvalidArgumentError
 from imagewright.units import format_size
@@ -44,13 +57,19 @@ ALIGNMENT_SECTORS = MiB // SECTOR
 GPT_RESERVED_SECTORS = 33
 #: The BIOS boot partition holding GRUB's core.img on GPT disks.
 BIOS_BOOT_SECTORS = ALIGNMENT_SECTORS
+#: The EFI System Partition's default size: room for the signed boot chain twice (removable
+#: path and distribution path) many times over, and FAT32 (which needs at least 65525 clusters).
+DEFAULT_ESP_BYTES = 100 * MiB
 #: Smallest root partition we lay out at all (the content check decides what is enough).
 MIN_ROOT_BYTES = 8 * MiB
 #: Largest disk an MBR can describe: 2^32 sectors of 512 bytes.
 MBR_MAX_BYTES = (1 << 32) * SECTOR
 
 TableKind = Literal["mbr", "gpt"]
-Role = Literal["bios-boot", "root", "swap"]
+#: Which firmware the disk boots under (see the module docstring).
+Firmware = Literal["bios", "uefi", "hybrid"]
+FIRMWARES: tuple[Firmware, ...] = ("hybrid", "bios", "uefi")
+Role = Literal["bios-boot", "esp", "root", "swap"]
 
 MBR_LINUX = "83"
 MBR_SWAP = "82"
@@ -92,12 +111,65 @@ class PlannedPartition:
 
 
 @dataclass(frozen=True)
+class LayoutShape:
+    """What the disk is made of, whatever its size: the table, the firmware, swap, ESP size."""
+
+    table: TableKind
+    firmware: Firmware = "bios"
+    #: Bytes of swap (rounded up to whole MiB; 0: no swap partition).
+    swap_size: int = 0
+    #: Bytes of the EFI System Partition (whole MiB; only with uefi or hybrid firmware).
+    esp_size: int = DEFAULT_ESP_BYTES
+
+    @property
+    def bios(self) -> bool:
+        return self.firmware in ("bios", "hybrid")
+
+    @property
+    def uefi(self) -> bool:
+        return self.firmware in ("uefi", "hybrid")
+
+    def check(self) -> None:
+        """InvalidArgumentError for a shape no disk can have."""
+        if self.table not in ("mbr", "gpt"):
+            raise InvalidArgumentError(f"'{self.table}' is not a partition table type; choose mbr or gpt.")
+        if self.firmware not in FIRMWARES:
+            raise InvalidArgumentError(f"'{self.firmware}' is not a firmware; choose hybrid, bios or uefi.")
+        if self.table == "mbr" and self.uefi:
+            raise InvalidArgumentError(
+                f"--firmware {self.firmware} needs a GPT disk: imagewright puts the EFI System Partition "
+                "only on GPT, and an MBR disk it builds boots under BIOS only; use --table gpt."
+            )
+        if self.swap_size < 0:
+            raise InvalidArgumentError("A swap size cannot be negative.")
+        if self.uefi and (self.esp_size <= 0 or self.esp_size % MiB):
+            raise InvalidArgumentError(
+                "The EFI System Partition's size must be a positive whole number of MiB."
+            )
+
+    @property
+    def leading_sectors(self) -> int:
+        """Sectors before the root partition: the first MiB and the boot partitions."""
+        sectors = ALIGNMENT_SECTORS
+        if self.table == "gpt" and self.bios:
+            sectors += BIOS_BOOT_SECTORS
+        if self.uefi:
+            sectors += self.esp_size // SECTOR
+        return sectors
+
+
+@dataclass(frozen=True)
 class DiskLayout:
     """The partitions of a disk of ``disk_size`` bytes with a ``table`` partition table."""
 
     table: TableKind
     disk_size: int
     partitions: tuple[PlannedPartition, ...]
+    shape: LayoutShape
+
+    @property
+    def firmware(self) -> Firmware:
+        return self.shape.firmware
 
     @property
     def disk_sectors(self) -> int:
@@ -124,6 +196,10 @@ class DiskLayout:
         return self._role("bios-boot")
 
     @property
+    def esp(self) -> PlannedPartition | None:
+        return self._role("esp")
+
+    @property
     def core_image_lba(self) -> int:
         """Where GRUB's core.img starts: sector 1 (MBR gap) or the BIOS boot partition."""
         bios = self.bios_boot
@@ -144,6 +220,31 @@ class DiskLayout:
         return "\n".join(lines) + "\n"
 
 
+def resolve_shape(
+    table: TableKind | None,
+    firmware: Firmware | None,
+    *,
+    swap_size: int = 0,
+    esp_size: int = DEFAULT_ESP_BYTES,
+) -> tuple[LayoutShape, list[str]]:
+    """The shape for ``--table``/``--firmware`` as given (None: not given), and notes for the report.
+
+    Neither given: a hybrid GPT disk. ``--firmware bios`` alone: MBR, as builds always were.
+    ``--table mbr`` alone: BIOS only, said in a note. An MBR disk asked to boot under UEFI:
+    InvalidArgumentError (``LayoutShape.check``).
+    """
+    notes: list[str] = []
+    if firmware is None:
+        firmware = "bios" if table == "mbr" else "hybrid"
+        if table == "mbr":
+            notes.append("an MBR disk boots under BIOS only (no EFI System Partition); --table gpt adds UEFI")
+    if table is None:
+        table = "mbr" if firmware == "bios" else "gpt"
+    shape = LayoutShape(table, firmware, swap_size, esp_size)
+    shape.check()
+    return shape, notes
+
+
 def _align_down(sectors: int) -> int:
     return sectors // ALIGNMENT_SECTORS * ALIGNMENT_SECTORS
 
@@ -156,39 +257,42 @@ def _last_usable(table: TableKind, disk_sectors: int) -> int:
     return disk_sectors - 1 - (GPT_RESERVED_SECTORS if table == "gpt" else 0)
 
 
-def _root_start(table: TableKind) -> int:
-    return ALIGNMENT_SECTORS + (BIOS_BOOT_SECTORS if table == "gpt" else 0)
-
-
-def plan_layout(disk_size: int, *, table: TableKind, swap_size: int = 0) -> DiskLayout:
+def plan_layout(disk_size: int, shape: LayoutShape) -> DiskLayout:
     """Lay out a disk of ``disk_size`` bytes (a whole number of MiB) as the module docstring says.
 
-    ``swap_size`` is rounded up to whole MiB (0: no swap partition). Raises InvalidArgumentError
-    for impossible sizes and BuildError when the root partition would be smaller than 8 MiB.
+    ``shape.swap_size`` is rounded up to whole MiB (0: no swap partition). Raises
+    InvalidArgumentError for impossible sizes and shapes and BuildError when the root
+    partition would be smaller than 8 MiB.
     """
-    if table not in ("mbr", "gpt"):
-        raise InvalidArgumentError(f"'{table}' is not a partition table type; choose mbr or gpt.")
+    shape.check()
+    table = shape.table
     if disk_size <= 0 or disk_size % MiB:
         raise InvalidArgumentError("A disk size must be a positive whole number of MiB.")
-    if swap_size < 0:
-        raise InvalidArgumentError("A swap size cannot be negative.")
     if table == "mbr" and disk_size > MBR_MAX_BYTES:
         raise InvalidArgumentError(
             f"An MBR partition table describes at most {format_size(MBR_MAX_BYTES)}; "
             f"use --table gpt for a {format_size(disk_size)} disk."
         )
-    swap_sectors = round_up_mib(swap_size) // SECTOR
+    swap_sectors = round_up_mib(shape.swap_size) // SECTOR
     disk_sectors = disk_size // SECTOR
     end = _last_usable(table, disk_sectors) + 1  # first sector past the usable area
     partitions: list[PlannedPartition] = []
     gpt = table == "gpt"
-    if gpt:
+    position = ALIGNMENT_SECTORS
+    if gpt and shape.bios:
         partitions.append(
             PlannedPartition(
-                1, "bios-boot", ALIGNMENT_SECTORS, BIOS_BOOT_SECTORS, BIOS_BOOT_GUID, "BIOS boot"
+                len(partitions) + 1, "bios-boot", position, BIOS_BOOT_SECTORS, BIOS_BOOT_GUID, "BIOS boot"
             )
         )
-    root_start = _root_start(table)
+        position += BIOS_BOOT_SECTORS
+    if shape.uefi:
+        esp_sectors = shape.esp_size // SECTOR
+        partitions.append(
+            PlannedPartition(len(partitions) + 1, "esp", position, esp_sectors, EFI_SYSTEM_GUID, "EFI System")
+        )
+        position += esp_sectors
+    root_start = position
     if swap_sectors:
         swap_start = _align_down(end - swap_sectors)
         root_end = swap_start  # exclusive
@@ -197,12 +301,15 @@ def plan_layout(disk_size: int, *, table: TableKind, swap_size: int = 0) -> Disk
         root_end = _align_down(end)
     root_sectors = root_end - root_start
     if root_sectors * SECTOR < MIN_ROOT_BYTES:
+        beside = [f"{format_size(swap_sectors * SECTOR)} of swap"] if swap_sectors else []
+        if shape.uefi:
+            beside.insert(0, f"a {format_size(shape.esp_size)} EFI System Partition")
         raise BuildError(
             f"A {format_size(disk_size)} disk leaves no room for a root partition"
-            + (f" next to {format_size(swap_sectors * SECTOR)} of swap" if swap_sectors else "")
+            + (f" next to {' and '.join(beside)}" if beside else "")
             + "; give a larger --size."
         )
-    root_number = 2 if gpt else 1
+    root_number = len(partitions) + 1
     partitions.append(
         PlannedPartition(
             root_number,
@@ -225,22 +332,22 @@ def plan_layout(disk_size: int, *, table: TableKind, swap_size: int = 0) -> Disk
                 "swap" if gpt else None,
             )
         )
-    return DiskLayout(table, disk_size, tuple(partitions))
+    return DiskLayout(table, disk_size, tuple(partitions), shape)
 
 
-def root_partition_size(disk_size: int, *, table: TableKind, swap_size: int = 0) -> int:
+def root_partition_size(disk_size: int, shape: LayoutShape) -> int:
     """Bytes of the root partition ``plan_layout`` gives a disk of ``disk_size`` bytes."""
-    return plan_layout(disk_size, table=table, swap_size=swap_size).root.size
+    return plan_layout(disk_size, shape).root.size
 
 
-def minimum_disk_size(root_size: int, *, table: TableKind, swap_size: int = 0) -> int:
+def minimum_disk_size(root_size: int, shape: LayoutShape) -> int:
     """The smallest disk (whole MiB) whose root partition holds at least ``root_size`` bytes."""
-    swap = round_up_mib(swap_size)
-    # Everything around the root partition: leading MiB (+ BIOS boot), swap, and on GPT the
-    # backup table, which costs a whole aligned MiB at the end.
-    around = _root_start(table) * SECTOR + swap + (MiB if table == "gpt" else 0)
+    swap = round_up_mib(shape.swap_size)
+    # Everything around the root partition: leading MiB and boot partitions, swap, and on
+    # GPT the backup table, which costs a whole aligned MiB at the end.
+    around = shape.leading_sectors * SECTOR + swap + (MiB if shape.table == "gpt" else 0)
     size = round_up_mib(max(root_size, MIN_ROOT_BYTES)) + around
-    while root_partition_size(size, table=table, swap_size=swap_size) < root_size:
+    while root_partition_size(size, shape) < root_size:
         size += MiB  # pragma: no cover - the formula above is exact; this only guards it
     return size
 

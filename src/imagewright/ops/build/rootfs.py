@@ -29,7 +29,7 @@ from pathlib import Path
 
 from imagewright.errors import BuildError, ProgramError
 from imagewright.formats.base import Limits
-from imagewright.ops.build.layout import PlannedPartition, TableKind
+from imagewright.ops.build.layout import LayoutShape, PlannedPartition
 from imagewright.ops.build.metadata import InodeState, MetadataPlan, apply_metadata
 from imagewright.ops.build.sizing import check_filesystem_fits
 from imagewright.ops.build.source import FilesystemImageSource
@@ -150,8 +150,7 @@ def write_filesystem_image(
     *,
     scratch: Callable[[str], Path],
     disk_size: int,
-    table: TableKind,
-    swap_size: int,
+    shape: LayoutShape,
     limits: Limits,
     progress: Progress | None = None,
 ) -> RootFilesystem:
@@ -173,8 +172,7 @@ def write_filesystem_image(
         fs_size - free,
         part.size,
         disk_size=disk_size,
-        table=table,
-        swap_size=swap_size,
+        shape=shape,
         fs_type=source.fs_type,
     )
 

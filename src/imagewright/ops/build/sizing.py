@@ -14,7 +14,7 @@ into the same sentence.
 from __future__ import annotations
 
 from imagewright.errors import BuildError
-from imagewright.ops.build.layout import MiB, TableKind, minimum_disk_size, round_up_mib
+from imagewright.ops.build.layout import LayoutShape, MiB, minimum_disk_size, round_up_mib
 from imagewright.ops.build.source import ContentEstimate
 from imagewright.units import format_size
 
@@ -79,20 +79,18 @@ def root_bytes_needed(content: ContentEstimate) -> int:
     return size  # pragma: no cover - converges in a few steps
 
 
-def check_tree_fits(
-    content: ContentEstimate, root_size: int, *, disk_size: int, table: TableKind, swap_size: int
-) -> None:
+def check_tree_fits(content: ContentEstimate, root_size: int, *, disk_size: int, shape: LayoutShape) -> None:
     """BuildError with the numbers when ``content`` cannot fit a root partition of ``root_size``."""
     free = root_size - metadata_bytes(root_size)
     inodes = inode_count(root_size)
     if content.block_bytes <= free and content.inodes + 16 <= inodes:
         return
-    needed_disk = minimum_disk_size(root_bytes_needed(content), table=table, swap_size=swap_size)
+    needed_disk = minimum_disk_size(root_bytes_needed(content), shape)
     if content.block_bytes > free:
         what = (
             f"needs about {format_size(content.block_bytes)} for its {content.inodes} files and "
             f"directories, but the root partition of a {format_size(disk_size)} disk"
-            f"{_swap_words(swap_size)} has room for about {format_size(max(free, 0))} after "
+            f"{_beside_root(shape)} has room for about {format_size(max(free, 0))} after "
             f"{format_size(metadata_bytes(root_size))} of ext4 metadata"
         )
     else:
@@ -109,8 +107,7 @@ def check_filesystem_fits(
     root_size: int,
     *,
     disk_size: int,
-    table: TableKind,
-    swap_size: int,
+    shape: LayoutShape,
     fs_type: str,
 ) -> bool:
     """Whether a flat filesystem of ``fs_size`` must shrink to fit ``root_size``.
@@ -123,21 +120,25 @@ def check_filesystem_fits(
     shrunk = used_bytes + used_bytes // 20 + 16 * MiB
     if shrunk <= root_size:
         return True
-    needed_disk = minimum_disk_size(round_up_mib(shrunk), table=table, swap_size=swap_size)
+    needed_disk = minimum_disk_size(round_up_mib(shrunk), shape)
     raise BuildError(
         f"The {fs_type} filesystem of the source is {format_size(fs_size)} with "
         f"{format_size(used_bytes)} in use, but the root partition of a {format_size(disk_size)} disk"
-        f"{_swap_words(swap_size)} is {format_size(root_size)}; give --size {format_size(needed_disk)} "
+        f"{_beside_root(shape)} is {format_size(root_size)}; give --size {format_size(needed_disk)} "
         "or more."
     )
 
 
-def default_disk_size(root_needed: int, *, table: TableKind, swap_size: int) -> int:
+def default_disk_size(root_needed: int, shape: LayoutShape) -> int:
     """The disk size used without --size: the root needed plus headroom, in whole GiB."""
     root = round_up_mib(int(root_needed * (1 + DEFAULT_HEADROOM)))
-    disk = minimum_disk_size(root, table=table, swap_size=swap_size)
+    disk = minimum_disk_size(root, shape)
     return -(-disk // GiB) * GiB
 
 
-def _swap_words(swap_size: int) -> str:
-    return f" with {format_size(round_up_mib(swap_size))} of swap" if swap_size else ""
+def _beside_root(shape: LayoutShape) -> str:
+    """What else the disk holds: " with 100 MiB of EFI System Partition and 64 MiB of swap"."""
+    beside = [f"{format_size(shape.esp_size)} of EFI System Partition"] if shape.uefi else []
+    if shape.swap_size:
+        beside.append(f"{format_size(round_up_mib(shape.swap_size))} of swap")
+    return f" with {' and '.join(beside)}" if beside else ""
