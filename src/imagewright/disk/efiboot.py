@@ -19,16 +19,18 @@ Sources:
   package,version,url`` — shim, GRUB (since 2.06) and systemd-boot (since 250) carry one;
   shim refuses a component whose generation its revocation list has passed.
 
-A loader is named by, in order: its SBAT components (``shim`` — ``mmx64.efi``/``fbx64.efi``
-by name are shim's MokManager and fallback —, ``grub``, ``systemd-boot``); the section
-grub-mkimage writes (``mods``); systemd-boot's ``.sdmagic``; shim's ``.vendor_cert``; a
-unified kernel image's ``.linux``; a bzImage's ``HdrS`` at 0x202 (a Linux kernel's EFI stub);
-and for Windows Boot Manager its fixed path ``EFI/Microsoft/Boot/bootmgfw.efi``.
+A loader is named by, in order: shim's SBAT component ``shim`` or its ``.vendor_cert``
+section (``mmx64.efi``/``fbx64.efi`` by name are shim's MokManager and fallback); GRUB's
+SBAT ``grub`` or the ``mods`` section grub-mkimage writes; a unified kernel image's ``.linux``
+section; systemd's ``.sdmagic`` section (``#### LoaderInfo: systemd-boot 252 ####``; its SBAT
+component is plain ``systemd``); Windows Boot Manager by its fixed path
+``EFI/Microsoft/Boot/bootmgfw.efi``; a bzImage's ``HdrS`` at 0x202 (a Linux kernel's EFI stub).
 
 "signed" means the file carries an Authenticode signature; it is the firmware's job (and
-its keys') to decide whether to trust it. ``signers`` are the X.509 common names found in the
-signature (the certificates' subjects and issuers, e.g. "Microsoft Corporation UEFI CA
-2011"), read without verifying anything.
+its keys') to decide whether to trust it. ``certificate_names`` are the X.509 common names
+in the signature's certificates, in the order they appear (the signer's chain first, e.g.
+"Microsoft Corporation UEFI CA 2011"; then any time-stamping authority's), read without
+verifying anything.
 
 NOTE on hostile partitions: every read is bounded (PE headers 64 KiB, SBAT 4 KiB, the
 signature 64 KiB, at most ``MAX_EFI_FILES`` files in a walk of at most ``MAX_DEPTH``
@@ -64,6 +66,7 @@ _MAX_HEADER_OFFSET = 64 * 1024
 _MAX_SECTIONS = 96
 _MAX_SBAT_BYTES = 4096
 _MAX_SBAT_LINES = 32
+_MAX_SDMAGIC_BYTES = 128
 _MAX_SIGNATURE_BYTES = 64 * 1024
 _MAX_SIGNERS = 16
 #: The X.509 attribute type commonName (2.5.4.3), DER-encoded.
@@ -86,9 +89,11 @@ class PeImage:
     certificate_table: tuple[int, int]
     #: "component,generation" of each SBAT line (after the "sbat" header line).
     sbat: tuple[str, ...] = ()
-    signers: tuple[str, ...] = ()
+    certificate_names: tuple[str, ...] = ()
     #: The Linux boot protocol's "HdrS" at 0x202: a kernel with an EFI stub.
     linux_header: bool = False
+    #: systemd's ``.sdmagic`` text: "systemd-boot 252" or "systemd-stub 252".
+    loader_info: str | None = None
 
     @property
     def signed(self) -> bool:
@@ -149,6 +154,7 @@ def read_pe_image(src: ByteSource) -> PeImage | None:
                 certificate = (offset, size)
     sections: list[str] = []
     sbat_range: tuple[int, int] | None = None
+    sdmagic_range: tuple[int, int] | None = None
     for index in range(section_count):
         at = optional_size + index * 40
         name = headers[at : at + 8].split(b"\0", 1)[0].decode("latin-1")
@@ -156,6 +162,8 @@ def read_pe_image(src: ByteSource) -> PeImage | None:
         virtual_size, _address, raw_size, raw_offset = struct.unpack_from("<IIII", headers, at + 8)
         if name == ".sbat" and raw_size:
             sbat_range = (raw_offset, min(raw_size, virtual_size or raw_size, _MAX_SBAT_BYTES))
+        elif name == ".sdmagic" and raw_size:
+            sdmagic_range = (raw_offset, min(raw_size, virtual_size or raw_size, _MAX_SDMAGIC_BYTES))
     linux_header = src.size >= 0x206 and read_exact(src, 0x202, 4, "kernel header") == b"HdrS"
     return PeImage(
         machine=machine,
@@ -164,9 +172,23 @@ def read_pe_image(src: ByteSource) -> PeImage | None:
         sections=tuple(sections),
         certificate_table=certificate,
         sbat=_read_sbat(src, sbat_range),
-        signers=_read_signers(src, certificate),
+        certificate_names=_read_certificate_names(src, certificate),
         linux_header=linux_header,
+        loader_info=_read_loader_info(src, sdmagic_range),
     )
+
+
+def _read_loader_info(src: ByteSource, where: tuple[int, int] | None) -> str | None:
+    """ "systemd-boot 252" from ``#### LoaderInfo: systemd-boot 252 ####``."""
+    if where is None or where[0] + where[1] > src.size:
+        return None
+    text = (
+        read_exact(src, where[0], where[1], "systemd section").split(b"\0", 1)[0].decode("ascii", "replace")
+    )
+    marker = "LoaderInfo:"
+    if marker not in text:
+        return None
+    return text.split(marker, 1)[1].strip().strip("#").strip() or None
 
 
 def _read_sbat(src: ByteSource, where: tuple[int, int] | None) -> tuple[str, ...]:
@@ -181,7 +203,7 @@ def _read_sbat(src: ByteSource, where: tuple[int, int] | None) -> tuple[str, ...
     return tuple(lines)
 
 
-def _read_signers(src: ByteSource, certificate: tuple[int, int]) -> tuple[str, ...]:
+def _read_certificate_names(src: ByteSource, certificate: tuple[int, int]) -> tuple[str, ...]:
     offset, size = certificate
     if not size:
         return ()
@@ -215,7 +237,7 @@ class EfiBootFile:
     loader: str
     architecture: str | None = None
     signed: bool = False
-    signers: list[str] = field(default_factory=list)
+    certificate_names: list[str] = field(default_factory=list)
     sbat: list[str] = field(default_factory=list)
     #: The removable-media path firmware starts with no boot entry (``EFI/BOOT/BOOTX64.EFI``).
     removable_media_path: bool = False
@@ -238,7 +260,7 @@ class EfiBootFile:
         if self.architecture:
             text += f" ({self.architecture})"
         if self.signed:
-            text += ", signed" + (f" ({self.signers[0]})" if self.signers else "")
+            text += ", signed" + (f" ({self.certificate_names[0]})" if self.certificate_names else "")
         elif self.loader != "not-efi":
             text += ", unsigned"
         return text
@@ -250,7 +272,8 @@ def identify_loader(path: str, pe: PeImage | None) -> str:
         return "not-efi"
     name = path.rsplit("/", 1)[-1].casefold()
     components = pe.sbat_components()
-    if "shim" in components or ".vendor_cert" in pe.sections:
+    # PE section names are 8 bytes: shim's ".vendor_cert" is ".vendor_" in the section table.
+    if "shim" in components or ".vendor_" in pe.sections:
         if name.startswith("mm"):
             return "mokmanager"
         if name.startswith("fb"):
@@ -258,12 +281,12 @@ def identify_loader(path: str, pe: PeImage | None) -> str:
         return "shim"
     if "grub" in components or "mods" in pe.sections:
         return "grub"
-    if "systemd-boot" in components or ".sdmagic" in pe.sections:
+    if ".linux" in pe.sections:
+        return "unified-kernel-image"
+    if (pe.loader_info or "").startswith("systemd-boot") or "systemd-boot" in components:
         return "systemd-boot"
     if path.casefold() == "efi/microsoft/boot/bootmgfw.efi":
         return "windows-boot-manager"
-    if ".linux" in pe.sections:
-        return "unified-kernel-image"
     if pe.linux_header:
         return "linux-kernel"
     return "efi-application"
@@ -315,7 +338,7 @@ def _walk(
                 loader=identify_loader(child, pe),
                 architecture=pe.architecture if pe is not None else None,
                 signed=pe.signed if pe is not None else False,
-                signers=list(pe.signers) if pe is not None else [],
+                certificate_names=list(pe.certificate_names) if pe is not None else [],
                 sbat=list(pe.sbat) if pe is not None else [],
                 removable_media_path=removable,
             )

@@ -269,6 +269,9 @@ def _search_fat32_root(src: ByteSource, bpb: _Bpb, sector: bytes) -> bytes | Non
 MAX_DIRECTORY_ENTRIES = 4096
 #: Bytes one ``read_file`` call may return.
 MAX_FILE_READ = 1 << 20
+#: FAT lookups one volume may make in all (a hostile chain costs time, not only memory): a
+#: real ESP's boot loaders take a few tens of thousands at 512-byte clusters.
+MAX_CLUSTER_LOOKUPS = 1 << 20
 _FAT_BLOCK = 4096
 _FAT_CACHE_BLOCKS = 256
 _ATTR_VOLUME = 0x08
@@ -277,6 +280,21 @@ _ATTR_LONG_NAME = 0x0F
 _LFN_LAST = 0x40
 _LFN_OFFSETS = ((1, 10), (14, 12), (28, 4))
 _MAX_LFN_PIECES = 20  # 255 characters
+
+
+class ClusterChain:
+    """The clusters of one chain found so far (and which, to catch a loop)."""
+
+    __slots__ = ("clusters", "ended", "seen")
+
+    def __init__(self) -> None:
+        self.clusters: list[int] = []
+        self.seen: set[int] = set()
+        self.ended = False
+
+    def add(self, cluster: int) -> None:
+        self.clusters.append(cluster)
+        self.seen.add(cluster)
 
 
 @dataclass(frozen=True)
@@ -352,6 +370,8 @@ class FatVolume:
         self._data_offset = (bpb.reserved + bpb.fat_size + bpb.root_dir_sectors) * bpb.sector_size
         self._fat32_root = fat32_root
         self._fat_cache: dict[int, bytes] = {}
+        self.max_lookups = MAX_CLUSTER_LOOKUPS
+        self._lookups = 0
 
     @classmethod
     def open(cls, src: ByteSource) -> FatVolume | None:
@@ -404,22 +424,28 @@ class FatVolume:
         if not 2 <= cluster < self.cluster_count + 2:
             raise ImageFormatError(f"The FAT {what} points at cluster {cluster}, outside the volume.")
 
-    def _chain(self, first: int, what: str, limit: int) -> list[int]:
-        """The first ``limit`` clusters of the chain from ``first`` (fewer if it ends sooner)."""
-        clusters: list[int] = []
-        cluster = first
-        steps = 0
-        while len(clusters) < limit:
-            self._check_cluster(cluster, what)
-            clusters.append(cluster)
-            steps += 1
-            if steps > self.cluster_count:
-                raise ImageFormatError(f"The FAT cluster chain of {what} loops.")
-            following = self._fat_entry(cluster)
+    def _extend_chain(self, chain: ClusterChain, first: int, needed: int, what: str) -> None:
+        """Extend ``chain`` (the clusters from ``first`` found so far) to ``needed`` clusters, or
+        to the chain's end if it is shorter. Every FAT lookup counts against the volume's budget;
+        a cluster met twice is a loop."""
+        if not chain.clusters:
+            self._check_cluster(first, what)
+            chain.add(first)
+        while len(chain.clusters) < needed and not chain.ended:
+            self._lookups += 1
+            if self._lookups > self.max_lookups:
+                raise ImageFormatError(
+                    f"Reading the FAT volume takes more than {self.max_lookups} cluster lookups; "
+                    "it was not examined further."
+                )
+            following = self._fat_entry(chain.clusters[-1])
             if self._end_of_chain(following) or following in (0, 1):
-                break
-            cluster = following
-        return clusters
+                chain.ended = True
+                return
+            self._check_cluster(following, what)
+            if following in chain.seen:
+                raise ImageFormatError(f"The FAT cluster chain of {what} loops.")
+            chain.add(following)
 
     def _cluster_offset(self, cluster: int) -> int:
         return self._data_offset + (cluster - 2) * self.cluster_bytes
@@ -435,10 +461,9 @@ class FatVolume:
                 entries = min(self._bpb.dir_entries, MAX_DIRECTORY_ENTRIES)
                 return [(self._root_dir_offset, entries * _DIR_ENTRY)]
         per_cluster = max(1, self.cluster_bytes // _DIR_ENTRY)
-        limit = max(1, MAX_DIRECTORY_ENTRIES // per_cluster)
-        return [
-            (self._cluster_offset(c), self.cluster_bytes) for c in self._chain(first_cluster, what, limit)
-        ]
+        chain = ClusterChain()
+        self._extend_chain(chain, first_cluster, max(1, MAX_DIRECTORY_ENTRIES // per_cluster), what)
+        return [(self._cluster_offset(c), self.cluster_bytes) for c in chain.clusters]
 
     def list_directory(self, first_cluster: int = 0, *, what: str = "root directory") -> list[FatEntry]:
         """The entries of the directory starting at ``first_cluster`` (0: the root directory).
@@ -507,8 +532,14 @@ class FatVolume:
 
     # -- files
 
-    def read_file(self, entry: FatEntry, offset: int, length: int) -> bytes:
-        """Up to ``length`` bytes of a file from ``offset`` (fewer at its end); at most MAX_FILE_READ."""
+    def read_file(
+        self, entry: FatEntry, offset: int, length: int, chain: ClusterChain | None = None
+    ) -> bytes:
+        """Up to ``length`` bytes of a file from ``offset`` (fewer at its end); at most MAX_FILE_READ.
+
+        ``chain``: the file's clusters found by earlier reads (extended in place), so reading
+        a file piece by piece walks its chain once.
+        """
         if entry.is_directory:
             raise ImageFormatError(f"{entry.name} is a directory, not a file.")
         if offset < 0 or length < 0 or length > MAX_FILE_READ:
@@ -520,8 +551,10 @@ class FatVolume:
             raise ImageFormatError(f"The FAT file {entry.name} has a size but no clusters.")
         first_index = offset // self.cluster_bytes
         last_index = (end - 1) // self.cluster_bytes
-        chain = self._chain(entry.first_cluster, f"file {entry.name}", last_index + 1)
-        if len(chain) <= last_index:
+        chain = ClusterChain() if chain is None else chain
+        self._extend_chain(chain, entry.first_cluster, last_index + 1, f"file {entry.name}")
+        clusters = chain.clusters
+        if len(clusters) <= last_index:
             raise ImageFormatError(f"The FAT file {entry.name} is shorter than its size says.")
         data = bytearray()
         for index in range(first_index, last_index + 1):
@@ -529,21 +562,23 @@ class FatVolume:
             lo = max(offset, cluster_start) - cluster_start
             hi = min(end, cluster_start + self.cluster_bytes) - cluster_start
             data += read_exact(
-                self._src, self._cluster_offset(chain[index]) + lo, hi - lo, f"FAT file {entry.name}"
+                self._src, self._cluster_offset(clusters[index]) + lo, hi - lo, f"FAT file {entry.name}"
             )
         return bytes(data)
 
 
 class FatFileSource:
-    """One file of a FAT volume as a ``ByteSource`` (reads bounded by ``FatVolume.read_file``)."""
+    """One file of a FAT volume as a ``ByteSource`` (reads bounded by ``FatVolume.read_file``;
+    its cluster chain is walked once, however many reads)."""
 
     def __init__(self, volume: FatVolume, entry: FatEntry) -> None:
         self._volume = volume
         self._entry = entry
+        self._chain = ClusterChain()
 
     @property
     def size(self) -> int:
         return self._entry.size
 
     def pread(self, offset: int, length: int) -> bytes:
-        return self._volume.read_file(self._entry, offset, length)
+        return self._volume.read_file(self._entry, offset, length, self._chain)
