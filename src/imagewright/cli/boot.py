@@ -140,6 +140,10 @@ def command(  # click passes every parameter by keyword
         raise click.UsageError("--secure-boot needs UEFI firmware; drop --firmware bios.")
     image_format, needed = _checked_image(image)
     chosen = "uefi" if secure_boot else (needed or "bios") if firmware == "auto" else firmware
+    if chosen == "uefi":
+        from imagewright.programs.ovmf import find_ovmf
+
+        find_ovmf(secure_boot=secure_boot)  # a missing firmware is said before anything starts
     extra_drives = [
         Drive(path, format=checked_format(path, role="drive"), snapshot=snapshot) for path in drives
     ]

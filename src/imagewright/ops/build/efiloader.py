@@ -157,6 +157,8 @@ def choose_loader(
 def _clause(err: ImagewrightError) -> str:
     """An error's sentence as a clause inside another sentence."""
     text = str(err).strip().rstrip(".")
+    if text[1:2].isupper():  # "APT ...", "GRUB ...": an acronym keeps its case
+        return text
     return text[:1].lower() + text[1:]
 
 
@@ -167,14 +169,14 @@ def signed_loader(cache_dir: Path | None = None) -> EfiLoader:
     for wanted in SIGNED_FILES:
         version = apt.candidate_version(wanted.package)
         if version is None:
-            raise BuildError(f"APT knows no package {wanted.package}")
+            raise BuildError(f"APT knows no package {wanted.package}.")
         binaries.append(_cached_or_fetched(root, wanted, version))
     return EfiLoader("signed", tuple(binaries))
 
 
 def _safe_version(version: str) -> str:
     if not re.fullmatch(r"[0-9A-Za-z.+~:-]{1,128}", version):
-        raise BuildError(f"'{version}' is not a Debian package version imagewright can cache")
+        raise BuildError(f"'{version}' is not a Debian package version imagewright can cache.")
     return version.replace(":", "%3a")
 
 
@@ -189,7 +191,7 @@ def _cached_or_fetched(root: Path, wanted: _SignedFile, version: str) -> EfiBina
             _fetch(directory, wanted, version)
             found = _load_cached(directory, wanted, version)
     if found is None:
-        raise BuildError(f"the {wanted.package} files could not be stored in {root}")
+        raise BuildError(f"The {wanted.package} files could not be stored in {root}.")
     return found
 
 
@@ -201,7 +203,7 @@ def _fetch(directory: Path, wanted: _SignedFile, version: str) -> None:
         deb = apt.download_package(wanted.package, scratch / "download")
         got = deb.name.split("_")[1] if deb.name.count("_") >= 2 else ""
         if got.replace("%3a", ":") != version:
-            raise BuildError(f"apt-get download fetched {deb.name}, not {wanted.package} {version}")
+            raise BuildError(f"apt-get download fetched {deb.name}, not {wanted.package} {version}.")
         final = scratch / "files"
         final.mkdir()
         target = final / wanted.name
@@ -247,13 +249,13 @@ def _describe(path: Path, name: str, origin: str, *, must_be_signed: bool) -> Ef
             digest.update(chunk)
             size += len(chunk)
             if size > MAX_LOADER_BYTES:
-                raise BuildError(f"{path} is larger than any boot loader")
+                raise BuildError(f"{path} is larger than any boot loader.")
     with FileSource(path) as src:
         pe = read_pe_image(src)
     if pe is None or not pe.is_x86_64_efi_application:
-        raise BuildError(f"{path} is not an x86-64 EFI application")
+        raise BuildError(f"{path} is not an x86-64 EFI application.")
     if must_be_signed and not pe.signed:
-        raise BuildError(f"{path} carries no Authenticode signature")
+        raise BuildError(f"{path} carries no Authenticode signature.")
     return EfiBinary(name, path, size, digest.hexdigest(), pe.signed, origin)
 
 

@@ -4,8 +4,10 @@ Never mounted: ``mkfs.fat --offset`` makes the filesystem in the partition's byt
 image file (``programs/dosfstools.py``) and mtools copies the files in through ``IMAGE@@OFFSET``
 (``programs/mtools.py``). FAT32 from 36 MiB up (the UEFI specification's choice for fixed
 disks; FAT32 needs 65525 clusters, 32.5 MiB at 512 bytes each, plus its tables); a smaller ESP
-gets the FAT16 or FAT12 mkfs.fat picks, which OVMF and every firmware read too, and the report
-says so.
+is FAT16 (from 16 MiB) or FAT12, which OVMF and every firmware read too, and the report says
+which. The type is always given: mkfs.fat would choose it from the size of the whole image
+file, not of the partition (dosfstools 4.2: FAT32 for a 20 MiB partition of a 1 GiB file,
+which then fails).
 
 What goes on it (the layout Debian's ``grub-install --uefi-secure-boot --force-extra-removable``
 makes, ``efiloader.py`` says where the files come from)::
@@ -46,8 +48,9 @@ from imagewright.ops.build.layout import MiB, PlannedPartition
 from imagewright.programs import dosfstools, mtools
 from imagewright.units import format_size
 
-#: FAT32 from this size up (see the module docstring).
+#: FAT32 from this size up, FAT16 from the next (see the module docstring).
 FAT32_MINIMUM = 36 * MiB
+FAT16_MINIMUM = 16 * MiB
 #: FAT32 cluster sizes, as Microsoft's format table has them: 512 bytes up to 260 MiB, 4 KiB
 #: up to 8 GiB — always at least the 65525 clusters that make a volume FAT32.
 FAT32_SMALL_CLUSTER_LIMIT = 260 * MiB
@@ -185,12 +188,14 @@ def write_esp(
 ) -> EspPlacement:
     """Make the ESP's filesystem in ``part`` of ``image`` and copy the boot files in."""
     check_esp_room(part.size, loader, root_uuid)
-    fat32 = part.size >= FAT32_MINIMUM
+    fat_bits: dosfstools.FatBits = (
+        32 if part.size >= FAT32_MINIMUM else 16 if part.size >= FAT16_MINIMUM else 12
+    )
     volume_id = _volume_id(root_uuid)
     dosfstools.make_fat(
         image, offset=part.offset, size=part.size, label=ESP_LABEL, volume_id=volume_id,
-        fat_bits=32 if fat32 else None,
-        sectors_per_cluster=(1 if part.size <= FAT32_SMALL_CLUSTER_LIMIT else 8) if fat32 else None,
+        fat_bits=fat_bits,
+        sectors_per_cluster=(1 if part.size <= FAT32_SMALL_CLUSTER_LIMIT else 8) if fat_bits == 32 else None,
     )  # fmt: skip
     staging = scratch / "esp"
     staging.mkdir(mode=0o700)
