@@ -353,3 +353,20 @@ def test_secure_boot_with_bios_is_a_usage_error(
     image, _report = uefi_unsigned
     result = run_cli(["boot", "--firmware", "bios", "--secure-boot", image])
     assert result.exit_code == 2 and "--secure-boot needs UEFI firmware" in result.stderr
+
+
+def test_prepare_leaves_the_boot_paths_alone(hybrid: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    image, report = hybrid
+    copy = tmp_path / "disk.raw"
+    run("cp", "--sparse=always", image, copy)
+    from imagewright.ops.prepare import prepare
+    from imagewright.ops.prepare.model import PrepareOptions
+
+    prepared = prepare(copy, options=PrepareOptions(agent=True, dns=("192.0.2.53",)))
+    assert prepared.change_count > 0  # the root filesystem did change
+    root_start = by_role(report, "root")["start"] * SECTOR
+    with image.open("rb") as before, copy.open("rb") as after:
+        assert before.read(root_start) == after.read(root_start)  # MBR, GPT, BIOS boot, ESP
+    assert "No problems found" in run("sgdisk", "-v", copy).stdout.decode()
+    disk = inspect_image(copy).disk
+    assert disk is not None and disk.boot is not None and disk.boot.boots_under == ["bios", "uefi"]
