@@ -230,7 +230,7 @@ def test_tarball_metadata_preserved(
     image = tmp_path / "disk.raw"
     result = run_cli([
         "build", "--from", archive, "--kernel", testguest_rootfs.kernel,
-        "--initrd", testguest_rootfs.initrd, "-o", image, "--size", "64M",
+        "--initrd", testguest_rootfs.initrd, "-o", image, "--size", "64M", "--firmware", "bios",
     ])  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert_fidelity(image, tmp_path)
@@ -263,6 +263,7 @@ def test_tarball_metadata_preserved_as_ordinary_user(testguest_rootfs: TestGuest
             [
                 *become, os.path.join(venv_bin, "imagewright"), "build", "--from", str(archive),
                 "--kernel", str(kernel), "--initrd", str(initrd), "-o", str(image), "--size", "64M",
+                "--firmware", "bios",
             ],
             env=env, cwd=work, capture_output=True, check=False,
         )  # fmt: skip

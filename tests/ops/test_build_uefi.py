@@ -19,7 +19,7 @@ from click.testing import Result
 from tests.fixtures.tools import run, sfdisk_json, which
 
 from imagewright.binary import FileSource
-from imagewright.compute.testguest import TestGuest
+from imagewright.compute.testguest import FlatFilesystem, TestGuest
 from imagewright.disk.filesystems.fat import FatVolume
 from imagewright.disk.survey import required_firmware
 from imagewright.inspection import inspect_image
@@ -274,6 +274,11 @@ def assert_refused(result: Result, *fragments: str) -> str:
         (["--esp-size", "8M"], ["EFI System Partition of 8 MiB cannot hold", "give --esp-size"]),
         (["--esp-size", "1500K"], ["whole number of MiB"]),
         (["--size", "64M"], ["64 MiB disk", "100 MiB EFI System Partition", "give --size"]),
+        (["--firmware", "bios", "--esp-size", "64M"], ["--esp-size applies to a disk that boots under UEFI"]),
+        (
+            ["--table", "mbr", "--efi-loader", "signed"],
+            ["--efi-loader applies to a disk that boots under UEFI"],
+        ),
     ],
 )
 def test_bad_input(
@@ -370,3 +375,18 @@ def test_prepare_leaves_the_boot_paths_alone(hybrid: tuple[Path, dict[str, Any]]
     assert "No problems found" in run("sgdisk", "-v", copy).stdout.decode()
     disk = inspect_image(copy).disk
     assert disk is not None and disk.boot is not None and disk.boot.boots_under == ["bios", "uefi"]
+
+
+def test_esp_is_reproducible_with_source_date_epoch(
+    testguest_flat_ext4: FlatFilesystem, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same root filesystem (a flat ext4 with a fixed UUID) and SOURCE_DATE_EPOCH: the same ESP."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    esps = []
+    for name in ("one.raw", "two.raw"):
+        report = build(testguest_flat_ext4.path, tmp_path / name, size=256 * MiB).to_dict()
+        esp = by_role(report, "esp")
+        esps.append(extract(tmp_path / name, esp, tmp_path / f"{name}.esp").read_bytes())
+    assert esps[0] == esps[1]
+    listing = mtools("mdir", "-i", tmp_path / "one.raw.esp", "::/EFI/BOOT").decode()
+    assert "2023-11-14" in listing  # 1700000000 is 2023-11-14 22:13:20 UTC

@@ -39,20 +39,22 @@ def make_fat(
     volume_id: int,
     fat_bits: FatBits | None = None,
     sectors_per_cluster: int | None = None,
+    invariant: bool = False,
 ) -> None:
     """``mkfs.fat`` over ``size`` bytes of ``image`` from byte ``offset`` (both whole sectors).
 
     ``fat_bits`` None lets mkfs.fat choose FAT12/16/32 from the size; ``sectors_per_cluster``
     None lets it choose the cluster size (NOTE: for FAT32 it may choose clusters so large that
     the volume has fewer than the 65525 clusters FAT32 needs, which readers that follow the
-    specification, mtools among them, then take for FAT16 — give it for FAT32).
+    specification, mtools among them, then take for FAT16 — give it for FAT32). ``invariant``:
+    ``--invariant``, no time-based value in the new filesystem (reproducible builds).
     """
     if offset < 0 or offset % SECTOR or size <= 0 or size % 1024:
         raise InvalidArgumentError("A FAT filesystem needs a sector-aligned offset and a size in whole KiB.")
     plain = all(ch.isascii() and (ch.isupper() or ch.isdigit() or ch in "-_") for ch in label)
     if not label or len(label) > MAX_LABEL or not plain:
         raise InvalidArgumentError(f"'{label}' cannot be a FAT volume label (1-{MAX_LABEL} of A-Z 0-9 - _).")
-    argv = ["mkfs.fat"]
+    argv = ["mkfs.fat", *(["--invariant"] if invariant else [])]
     if fat_bits is not None:
         argv += ["-F", str(fat_bits)]
     if sectors_per_cluster is not None:

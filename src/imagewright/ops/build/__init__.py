@@ -231,6 +231,11 @@ def build(
     shape, shape_notes = resolve_shape(
         table, firmware, swap_size=swap, esp_size=DEFAULT_ESP_BYTES if esp_size is None else esp_size
     )
+    if not shape.uefi and (esp_size is not None or efi_loader != "auto"):
+        option = "--esp-size" if esp_size is not None else "--efi-loader"
+        raise InvalidArgumentError(
+            f"{option} applies to a disk that boots under UEFI; this one boots under BIOS only."
+        )
     if fs_type is not None and fs_type not in EXT_TYPES:
         raise InvalidArgumentError(f"'{fs_type}' is not a filesystem build makes; choose ext4, ext3 or ext2.")
     if initrd is not None and kernel is None:
