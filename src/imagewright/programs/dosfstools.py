@@ -12,6 +12,9 @@ place needs the explicit offset and size above, which mformat takes only through
 
 ``fsck.fat -n FILE`` checks a filesystem that starts at byte 0 and changes nothing; exit 0
 means clean, 1 errors found.
+
+Both run in the sandbox (``programs/runner.py``): mkfs.fat sees the image it writes into,
+fsck.fat the file it checks (read-only); nothing else.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from imagewright.errors import InvalidArgumentError
-from imagewright.programs.runner import ProgramResult, run_program
+from imagewright.programs.runner import ProgramResult, Sandbox, run_program
 
 SECTOR = 512
 _TIMEOUT = 120.0
@@ -54,6 +57,7 @@ def make_fat(
     plain = all(ch.isascii() and (ch.isupper() or ch.isdigit() or ch in "-_") for ch in label)
     if not label or len(label) > MAX_LABEL or not plain:
         raise InvalidArgumentError(f"'{label}' cannot be a FAT volume label (1-{MAX_LABEL} of A-Z 0-9 - _).")
+    target = os.path.abspath(os.fspath(image))
     argv = ["mkfs.fat", *(["--invariant"] if invariant else [])]
     if fat_bits is not None:
         argv += ["-F", str(fat_bits)]
@@ -66,12 +70,15 @@ def make_fat(
         "-h", str(offset // SECTOR),
         "-n", label,
         "-i", f"{volume_id & 0xFFFFFFFF:08X}",
-        os.path.abspath(os.fspath(image)),
+        target,
         str(size // 1024),
     ]  # fmt: skip
-    run_program(argv, timeout=_TIMEOUT, what="making the FAT filesystem")
+    run_program(argv, timeout=_TIMEOUT, what="making the FAT filesystem", sandbox=Sandbox(writes=(target,)))
 
 
 def check_fat(path: Path) -> ProgramResult:
     """``fsck.fat -n PATH`` (read-only); the result's returncode is 0 when the filesystem is clean."""
-    return run_program(["fsck.fat", "-n", os.fspath(path)], timeout=_TIMEOUT, check=False)
+    source = os.path.abspath(path)
+    return run_program(
+        ["fsck.fat", "-n", source], timeout=_TIMEOUT, check=False, sandbox=Sandbox(reads=(source,))
+    )

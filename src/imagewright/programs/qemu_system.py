@@ -210,9 +210,10 @@ class UefiFlash:
         argv: list[str] = []
         if self.secure_boot:
             argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+        code, variables = (option_value(os.path.abspath(path)) for path in (self.code, self.variables))
         argv += [
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={option_value(os.path.abspath(self.code))}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={option_value(os.path.abspath(self.variables))}",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={variables}",
         ]  # fmt: skip
         return argv
 

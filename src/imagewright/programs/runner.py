@@ -64,6 +64,8 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "blkid": "util-linux",
     "grub-mkimage": "grub-common",
     "mkfs.vfat": "dosfstools",
+    "mkfs.fat": "dosfstools",
+    "fsck.fat": "dosfstools",
     "mformat": "mtools",
     "mcopy": "mtools",
     "mmd": "mtools",
