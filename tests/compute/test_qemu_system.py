@@ -178,3 +178,34 @@ def test_qemu_accepts_the_argument_list(tmp_path: Path) -> None:
     # -S: do not start the CPU; the monitor-less QEMU is stopped by timeout after parsing.
     proc = run("timeout", "3", *argv, "-S", check=False)
     assert proc.returncode == 124, proc.stderr.decode()  # still running when timeout stopped it
+
+
+def test_uefi_flash_without_secure_boot() -> None:
+    from imagewright.programs.qemu_system import UefiFlash, machine_sandbox
+
+    flash = UefiFlash(Path("/usr/share/OVMF/OVMF_CODE_4M.fd"), Path("/run/vars,1.fd"))
+    spec = MachineSpec(accelerator="tcg", uefi=flash, drives=(Drive(Path("/img/d.raw")),))
+    argv = qemu_system_argv(spec)
+    assert _after(argv, "-machine") == ["pc"] and "-global" not in argv
+    assert _after(argv, "-drive")[:2] == [
+        "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+        "if=pflash,format=raw,unit=1,file=/run/vars,,1.fd",  # a comma in a path is doubled
+    ]
+    sandbox = machine_sandbox(spec)
+    assert "/usr/share/OVMF/OVMF_CODE_4M.fd" in sandbox.reads and "/run/vars,1.fd" in sandbox.writes
+
+
+def test_secure_boot_needs_q35_smm_and_secure_flash() -> None:
+    from imagewright.programs.qemu_system import UefiFlash
+
+    flash = UefiFlash(Path("/usr/share/OVMF/OVMF_CODE_4M.ms.fd"), Path("/tmp/vars.fd"), secure_boot=True)
+    drives = tuple(Drive(Path(f"/img/{n}.iso"), bus="ide", media="cdrom") for n in range(6))
+    argv = qemu_system_argv(MachineSpec(accelerator="tcg", uefi=flash, drives=drives))
+    assert _after(argv, "-machine") == ["q35,smm=on"]
+    assert _after(argv, "-global") == ["driver=cfi.pflash01,property=secure,value=on"]
+    # q35's AHCI controller: six ports with one unit each (PIIX's ide.0 unit 1 does not exist there).
+    devices = [d for d in _after(argv, "-device") if d.startswith("ide-cd")]
+    assert [d.split(",")[2:] for d in devices] == [[f"bus=ide.{n}", "unit=0"] for n in range(6)]
+    seven = (*drives, Drive(Path("/img/7.iso"), bus="ide", media="cdrom"))
+    with pytest.raises(InvalidArgumentError, match="at most six"):
+        qemu_system_argv(MachineSpec(accelerator="tcg", uefi=flash, drives=seven))
