@@ -6,7 +6,6 @@ EFI stub); an ESP scanned through our FAT reader; hostile headers refused or ign
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.fixtures.tools import run, sparse_file, which
+from tests.fixtures.tools import mtools, run, sparse_file, which
 
 from imagewright.binary import BytesSource, FileSource
 from imagewright.disk.efiboot import PeImage, identify_loader, read_pe_image, scan_esp
@@ -25,7 +24,6 @@ from imagewright.programs import grub
 
 pytestmark = pytest.mark.integration
 
-MTOOLS_ENV = {**os.environ, "MTOOLSRC": "/dev/null", "MTOOLS_SKIP_CHECK": "1", "MTOOLS_NO_VFAT": "0"}
 SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 
 
@@ -207,10 +205,7 @@ def test_scan_esp(loaders: dict[str, Path], tmp_path: Path) -> None:
     for path, data in files.items():
         (tree / path).parent.mkdir(parents=True, exist_ok=True)
         (tree / path).write_bytes(data)
-    proc = subprocess.run(
-        [which("mcopy"), "-s", "-Q", "-i", str(image), str(tree / "EFI"), "::/"], env=MTOOLS_ENV, check=False
-    )
-    assert proc.returncode == 0
+    mtools("mcopy", "-s", "-Q", "-i", image, tree / "EFI", "::/")
     with FileSource(image) as src:
         found, warnings = scan_esp(src, 1)
     assert warnings == []

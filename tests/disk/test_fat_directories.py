@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 import random
 import struct
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.fixtures.tools import run, sparse_file, which
+from tests.fixtures.tools import mtools, run, sparse_file
 
 from imagewright.binary import BytesSource, FileSource
 from imagewright.disk.filesystems.fat import MAX_DIRECTORY_ENTRIES, FatEntry, FatVolume
@@ -23,15 +22,6 @@ from imagewright.errors import ImageFormatError
 pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
-MTOOLS_ENV = {**os.environ, "MTOOLSRC": "/dev/null", "MTOOLS_SKIP_CHECK": "1", "MTOOLS_NO_VFAT": "0"}
-
-
-def mtools(*argv: str | Path) -> str:
-    args = [str(a) for a in argv]
-    args[0] = which(args[0])
-    proc = subprocess.run(args, env=MTOOLS_ENV, capture_output=True, check=False)
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
-    return proc.stdout.decode("utf-8", "replace")
 
 
 def make_fat(tmp: Path, bits: int, size: int, *extra: str) -> Path:
@@ -83,7 +73,8 @@ def test_tree_and_bytes_match_mtools(tmp_path: Path, bits: int, size: int) -> No
     extra = ["-s", "1"] if bits == 32 else []  # 512-byte clusters: FAT32 needs 65525 of them
     image = make_fat(tmp_path, bits, size, *extra)
     files = populate(image, tmp_path)
-    listed = {line.strip()[3:] for line in mtools("mdir", "-/", "-b", "-i", image, "::/").splitlines()}
+    listing = mtools("mdir", "-/", "-b", "-i", image, "::/").decode()
+    listed = {line.strip()[3:] for line in listing.splitlines()}
     with FileSource(image) as src:
         volume = FatVolume.open(src)
         assert volume is not None and volume.fat_bits == bits
@@ -118,15 +109,7 @@ def test_fragmented_file(tmp_path: Path) -> None:
         assert volume is not None
         entry = volume.lookup("d")
         assert entry is not None
-        assert read_all(volume, entry) == payload == mtools_bytes(image, "d")
-
-
-def mtools_bytes(image: Path, path: str) -> bytes:
-    proc = subprocess.run(
-        [which("mtype"), "-i", str(image), f"::/{path}"], env=MTOOLS_ENV, capture_output=True, check=False
-    )
-    assert proc.returncode == 0
-    return proc.stdout
+        assert read_all(volume, entry) == payload == mtools("mtype", "-i", image, "::/d")
 
 
 # --- hostile volumes -------------------------------------------------------------------------

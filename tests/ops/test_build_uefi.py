@@ -6,17 +6,16 @@ the ESP's files and what the disk boots under. Bad input is one sentence with no
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import Result
-from tests.fixtures.tools import run, sfdisk_json, which
+from tests.fixtures.tools import mtools, run, sfdisk_json
+from tests.ops.test_build import build_json, by_role, extract
 
 from imagewright.binary import FileSource
 from imagewright.compute.testguest import FlatFilesystem, TestGuest
@@ -29,28 +28,6 @@ pytestmark = pytest.mark.integration
 
 SECTOR = 512
 MiB = 1 << 20
-MTOOLS_ENV = {**os.environ, "MTOOLSRC": "/dev/null", "MTOOLS_SKIP_CHECK": "1", "MTOOLS_NO_VFAT": "0"}
-
-
-def mtools(*argv: str | Path) -> bytes:
-    args = [str(a) for a in argv]
-    args[0] = which(args[0])
-    proc = subprocess.run(args, env=MTOOLS_ENV, capture_output=True, check=False)
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
-    return proc.stdout
-
-
-def by_role(report: dict[str, Any], role: str) -> dict[str, Any]:
-    (part,) = [p for p in report["partitions"] if p["role"] == role]
-    return part
-
-
-def extract(image: Path, part: dict[str, Any], dest: Path) -> Path:
-    run(
-        "dd", f"if={image}", f"of={dest}", "bs=512", f"skip={part['start']}",
-        f"count={part['sectors']}", "conv=sparse", "status=none",
-    )  # fmt: skip
-    return dest
 
 
 @pytest.fixture(scope="module")
@@ -197,13 +174,6 @@ def test_uefi_only_unsigned(uefi_unsigned: tuple[Path, dict[str, Any]], tmp_path
     assert required_firmware(disk.boot) == "uefi"
     (first,) = [f for f in disk.boot.efi_files if f.removable_media_path]
     assert first.loader == "grub" and not first.signed
-
-
-def build_json(run_cli: Callable[..., Result], *args: str | Path) -> dict[str, Any]:
-    result = run_cli(["build", "--json", *args])
-    assert result.exit_code == 0, result.stderr
-    report: dict[str, Any] = json.loads(result.stdout)
-    return report
 
 
 def test_bios_on_gpt_has_no_esp(

@@ -175,13 +175,18 @@ def _search_label(src: ByteSource, offset: int, entries: int) -> bytes | None:
     return None
 
 
-def probe(src: ByteSource) -> FilesystemInfo | None:
+def _boot_sector(src: ByteSource) -> tuple[bytes, _Bpb] | None:
+    """The first sector of ``src`` and its BPB, when it is a valid FAT boot sector."""
     sector = read_or_none(src, 0, 512)
-    if sector is None:
+    bpb = _valid_bpb(sector) if sector is not None else None
+    return (sector, bpb) if sector is not None and bpb is not None else None
+
+
+def probe(src: ByteSource) -> FilesystemInfo | None:
+    found = _boot_sector(src)
+    if found is None:
         return None
-    bpb = _valid_bpb(sector)
-    if bpb is None:
-        return None
+    sector, bpb = found
     vol_label: bytes | None = None
     boot_label: bytes | None = None
     serial: bytes | None = None
@@ -376,12 +381,10 @@ class FatVolume:
     @classmethod
     def open(cls, src: ByteSource) -> FatVolume | None:
         """The volume at the start of ``src``, or None when it holds no valid FAT boot sector."""
-        sector = read_or_none(src, 0, 512)
-        if sector is None:
+        found = _boot_sector(src)
+        if found is None:
             return None
-        bpb = _valid_bpb(sector)
-        if bpb is None:
-            return None
+        sector, bpb = found
         fat32_root = u32le(sector, 0x2C) if (not bpb.fat_length16 and bpb.fat32_length) else 0
         return cls(src, bpb, fat32_root)
 
