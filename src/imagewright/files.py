@@ -62,6 +62,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import re
 import secrets
@@ -69,6 +70,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from imagewright.errors import ImageIOError, OutputExistsError
 
@@ -526,3 +528,18 @@ def cache_lock(cache_root: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def read_manifest(path: Path, version: int) -> dict[str, Any] | None:
+    """The JSON object a cache entry's manifest holds, when it has ``manifest_version == version``.
+
+    None for a missing or damaged file or another version: the entry is then rebuilt (cache
+    entries write their manifest last, so one without a valid manifest is incomplete).
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("manifest_version") != version:
+        return None
+    return data

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from click.testing import Result
 from tests.fixtures.tools import mtools, run, sfdisk_json
-from tests.ops.test_build import build_json, by_role, extract
+from tests.ops.test_build import assert_refused, build_json, by_role, extract
 
 from imagewright.binary import FileSource
 from imagewright.compute.testguest import FlatFilesystem, TestGuest
@@ -225,15 +225,6 @@ def empty_apt(tmp_path: Path) -> Path:
 
 
 # --- bad input ----------------------------------------------------------------------------------
-
-
-def assert_refused(result: Result, *fragments: str) -> str:
-    assert result.exit_code != 0, (result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("imagewright: error:"), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from imagewright.errors import BuildError, ImagewrightError
-from imagewright.files import ScratchFiles, cache_lock, default_cache_dir
+from imagewright.files import ScratchFiles, cache_lock, default_cache_dir, read_manifest
 from imagewright.programs import apt, kmod
 
 #: The metapackage that always points at Debian's current kernel for amd64.
@@ -160,11 +160,8 @@ def _check_release(release: str) -> None:
 
 
 def _load_manifest(directory: Path) -> KernelBundle | None:
-    try:
-        data = json.loads((directory / _MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("manifest_version") != _MANIFEST_VERSION:
+    data = read_manifest(directory / _MANIFEST, _MANIFEST_VERSION)
+    if data is None:
         return None
     if tuple(data.get("requested_modules", ())) != GUEST_MODULES:
         return None  # built for another module list: rebuild

@@ -44,7 +44,7 @@ from typing import Any, Literal
 from imagewright.binary import FileSource
 from imagewright.disk.efiboot import read_pe_image
 from imagewright.errors import BuildError, ImagewrightError, InvalidArgumentError
-from imagewright.files import ScratchFiles, cache_lock, default_cache_dir
+from imagewright.files import ScratchFiles, cache_lock, default_cache_dir, read_manifest
 from imagewright.programs import apt, grub
 
 LoaderKind = Literal["signed", "unsigned"]
@@ -223,11 +223,8 @@ def _fetch(directory: Path, wanted: _SignedFile, version: str) -> None:
 
 
 def _load_cached(directory: Path, wanted: _SignedFile, version: str) -> EfiBinary | None:
-    try:
-        data = json.loads((directory / _MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("manifest_version") != _MANIFEST_VERSION:
+    data = read_manifest(directory / _MANIFEST, _MANIFEST_VERSION)
+    if data is None:
         return None
     if (data.get("package"), data.get("version"), data.get("file")) != (wanted.package, version, wanted.name):
         return None
