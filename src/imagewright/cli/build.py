@@ -134,7 +134,7 @@ def command(
     \b
     Examples:
       imagewright build --from ec2-root.img -o disk.qcow2 --size 8G --swap 512M
-      imagewright build --from rootfs.tar.xz -o disk.raw --table gpt
+      imagewright build --from rootfs.tar.xz -o disk.raw --firmware uefi --esp-size 200M
       imagewright build --from root.img --kernel vmlinuz --initrd initrd.img -o disk.qcow2
     """
     from imagewright.ops.build import build
