@@ -27,7 +27,7 @@ DISK_FLOORS: tuple[frozenset[str], ...] = tuple(
         ("table",),
         ("mbr_table", "gpt_table"),
         ("partitions",),
-        ("bootcode",),
+        ("bootcode", "efiboot"),
         ("survey",),
     )
 )

@@ -17,6 +17,8 @@ The modules, bottom floor first; each imports only modules listed before it:
   NTFS boot sector?), the checks shared by both kinds, ``grow_partition`` and
   ``relocate_gpt_backup``;
 - ``bootcode``: ``detect_boot_code`` and which partitions matter for booting;
+- ``efiboot``: the UEFI boot files on an EFI System Partition (``scan_esp``, read through
+  ``filesystems.fat``) and the PE/SBAT/Authenticode facts of each (``read_pe_image``);
 - ``survey``: one look at a whole disk (table, filesystems, boot code) for ``inspect``.
 
 ``tests/test_import_graph.py`` holds the package to this order and to having no import cycle.
