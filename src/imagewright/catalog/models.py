@@ -19,7 +19,9 @@ whose lease expired, or whose holder is a dead process of this host, is reset by
 - **instances** (migration 0002): ``instances`` and their ``instance_interfaces`` (MACs and fixed
   addresses, each unique), and ``catalog_versions``, the change counter the metadata service polls.
 
-Later tables (import tasks) come with their own migrations; nothing here assumes they do not exist.
+``image_locations`` holds an image's other blobs (copies in other stores, staged import data);
+the tables of background work (tasks, exports) are in ``task_models``. Later tables come with
+their own migrations; nothing here assumes they do not exist.
 
 Source: Glance ``glance/db/sqlalchemy/models.py`` (image columns and sizes), Keystone's
 ``identity/backends/sql_model.py`` and ``assignment/backends/sql.py`` (names and id shapes).
@@ -217,6 +219,10 @@ class Image(Base):
     tags: Mapped[list[ImageTag]] = relationship(
         lazy="selectin", cascade="all, delete-orphan", passive_deletes=True, order_by="ImageTag.value"
     )
+    #: Blobs besides ``location``: copies in other stores, staged and pending import data.
+    extra_locations: Mapped[list[ImageLocation]] = relationship(
+        lazy="selectin", viewonly=True, order_by="ImageLocation.created_at"
+    )
 
 
 class ImageProperty(Base):
@@ -246,6 +252,22 @@ class ImageMember(Base):
     status: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ImageLocation(Base):
+    """A blob of an image besides ``images.location`` (its primary copy); see ``task_models``."""
+
+    __tablename__ = "image_locations"
+    __table_args__ = (Index("ix_image_locations_image_id", "image_id"),)
+
+    #: The blob's location (``file:///…``, ``s3://…``): one row per blob.
+    location: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    store_id: Mapped[str] = mapped_column(String(64))
+    #: ``active`` (a copy), ``staging`` (glance-direct data), ``pending`` (being written by a task).
+    status: Mapped[str] = mapped_column(String(20))
+    task_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 # --- instances ----------------------------------------------------------------------------------

@@ -41,6 +41,68 @@ from imagewright.service.config import DEFAULT_LISTEN, parse_listen
     help="Also run the instance metadata service (its own process), instances reaching it here.",
 )
 @metadata_options("metadata-")
+@click.option(
+    "--task-queue",
+    type=click.Choice(["embedded", "procrastinate"]),
+    default="embedded",
+    show_default=True,
+    help="Who runs imports and exports: threads of this server, or 'imagewright worker' processes "
+    "(Procrastinate on the PostgreSQL catalog).",
+)
+@click.option(
+    "--task-threads",
+    default=1,
+    show_default=True,
+    type=click.IntRange(0, 64),
+    help="Task threads per server process (embedded task queue).",
+)
+@click.option(
+    "--web-download-allow",
+    "web_download_allow",
+    multiple=True,
+    metavar="URL_PREFIX",
+    help="Let web-download fetch URLs starting with this prefix from any address and port "
+    "(repeatable; by default only public addresses on ports 80/443).",
+)
+@click.option(
+    "--web-download-timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(1.0),
+    metavar="SECONDS",
+    help="A web-download fails when the server sends nothing for this long.",
+)
+@click.option(
+    "--convert-to",
+    "convert_to",
+    multiple=True,
+    metavar="[STORE=]FORMAT",
+    help="Convert imported images to raw or qcow2 (in every store, or in STORE; repeatable).",
+)
+@click.option(
+    "--glance-region",
+    "glance_regions",
+    multiple=True,
+    metavar="NAME=CLOUD[@CLOUDS_YAML]",
+    help="A Glance-compatible registry glance-download may copy from: the cloud of that name in "
+    "clouds.yaml (repeatable).",
+)
+@click.option(
+    "--task-lease",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(2.0),
+    metavar="SECONDS",
+    help="A task whose worker sent no heartbeat for this long is run again (or failed).",
+)
+@click.option(
+    "--sweep-interval",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(1.0),
+    metavar="SECONDS",
+    help="How often each server sweeps interrupted uploads, abandoned tasks and orphan blobs.",
+)
 def command(
     data_dir: str | None,
     listen: str,
@@ -53,6 +115,14 @@ def command(
     rate_limit: float | None,
     access_log: str | None,
     cache_check: float,
+    task_queue: str,
+    task_threads: int,
+    web_download_allow: tuple[str, ...],
+    web_download_timeout: float,
+    convert_to: tuple[str, ...],
+    glance_regions: tuple[str, ...],
+    task_lease: float,
+    sweep_interval: float,
 ) -> None:
     """Run the image registry: Glance-compatible images at /image, identity at /identity/v3.
 
@@ -67,8 +137,24 @@ def command(
     if metadata_listen is not None:
         parse_listen(metadata_listen)
     directory = datadir.resolve_data_dir(data_dir)
+    settings = {
+        "task_queue": task_queue,
+        "task_threads": task_threads,
+        "web_download_allow": web_download_allow,
+        "web_download_idle_timeout": web_download_timeout,
+        "convert_to": convert_to,
+        "glance_regions": glance_regions,
+        "task_lease_seconds": task_lease,
+        "sweep_interval_seconds": sweep_interval,
+    }
     prepared = serving.prepare(
-        directory, host, port, database=database, store_specs=stores, public_url=public_url
+        directory,
+        host,
+        port,
+        database=database,
+        store_specs=stores,
+        public_url=public_url,
+        settings=settings,
     )
     config = prepared.config
     before, after = prepared.schema
@@ -76,8 +162,10 @@ def command(
     echo(f"imagewright registry: data dir {directory}, catalog {serving.describe_database(config)}")
     if before != after:
         echo(f"  catalog schema {before or 'empty'} -> {after}")
-    if prepared.sweep.reset_uploads or prepared.sweep.removed_orphans or prepared.sweep.removed_incomplete:
+    if prepared.sweep:
         echo(f"  start-up sweep: {prepared.sweep.summary()}")
+    if config.task_queue == "procrastinate":
+        echo("  tasks:    run by 'imagewright worker' processes (Procrastinate on the catalog)")
     if prepared.admin_password is not None:
         echo("  created the project 'admin' and the user 'admin' (role admin)")
         echo(f"  admin password: {prepared.admin_password}   (shown once; also in {prepared.clouds_yaml})")

@@ -40,6 +40,9 @@ from imagewright.service.identity.routes import versions as identity_versions
 from imagewright.service.images.routes import build_images_app
 from imagewright.service.images.routes import versions as image_versions
 from imagewright.service.sweep import sweep
+from imagewright.service.tasks.environment import TaskEnvironment
+from imagewright.service.tasks.queue import EmbeddedQueue, open_queue
+from imagewright.service.tasks.runner import EmbeddedRunner
 from imagewright.stores import open_stores
 
 LOG = logging.getLogger("imagewright.service")
@@ -48,7 +51,23 @@ LOG = logging.getLogger("imagewright.service")
 def open_registry(config: ServiceConfig) -> Registry:
     catalog = Catalog(config.database_url)
     stores = open_stores(list(config.store_specs), config.data_dir)
-    return Registry(config=config, catalog=catalog, stores=stores)
+    queue = open_queue(config.task_queue, config.database_url)
+    tasks = TaskEnvironment.for_service(config, catalog, stores, queue)
+    return Registry(config=config, catalog=catalog, stores=stores, tasks=tasks)
+
+
+def _start_task_runner(registry: Registry) -> EmbeddedRunner | None:
+    """The embedded task threads of this process (none when Procrastinate workers run tasks)."""
+    environment = registry.tasks
+    if environment is None or not isinstance(environment.queue, EmbeddedQueue):
+        return None
+    if registry.config.task_threads < 1:
+        return None
+    environment.prepare_scratch()
+    runner = EmbeddedRunner(environment, registry.config.task_threads)
+    environment.queue.add_waker(runner.wake)
+    runner.start()
+    return runner
 
 
 async def _periodic_sweep(registry: Registry) -> None:
@@ -56,7 +75,7 @@ async def _periodic_sweep(registry: Registry) -> None:
         await asyncio.sleep(registry.config.sweep_interval_seconds)
         try:
             report = await blocking(sweep, registry)
-            if report.reset_uploads or report.removed_orphans or report.removed_incomplete:
+            if report:
                 LOG.info("sweep: %s", report.summary())
         except Exception:
             LOG.exception("sweep failed")
@@ -81,6 +100,7 @@ def build_app(config: ServiceConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Registry]]:
         registry = await blocking(open_registry, config)
+        runner = await blocking(_start_task_runner, registry)
         task = asyncio.create_task(_periodic_sweep(registry))
         try:
             yield {"registry": registry}
@@ -88,6 +108,11 @@ def build_app(config: ServiceConfig) -> Starlette:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            if runner is not None:
+                # Running tasks give themselves back (pending) for the next server to run.
+                await blocking(runner.stop)
+            if registry.tasks is not None:
+                registry.tasks.queue.close()
             registry.catalog.dispose()
 
     identity, image, compute = build_identity_app(), build_images_app(), build_compute_app()

@@ -38,19 +38,40 @@ class ServiceConfig:
     incomplete_grace_seconds: float = 3600.0
     #: The largest image accepted (Glance's ``image_size_cap``, 1 TiB by default).
     image_size_cap: int = 1 << 40
+    # --- background work (``service.tasks``) ---
+    #: Who runs import/export tasks: ``embedded`` (threads of each server process) or
+    #: ``procrastinate`` (``imagewright worker`` processes on the catalog's PostgreSQL).
+    task_queue: str = "embedded"
+    #: Task threads per server process (embedded queue).
+    task_threads: int = 1
+    #: Seconds a task lease lasts without a heartbeat, and how often a task may be tried.
+    task_lease_seconds: float = 30.0
+    task_attempts: int = 3
+    #: URL prefixes web-download may fetch from whatever their address (``--web-download-allow``).
+    web_download_allow: tuple[str, ...] = ()
+    #: Seconds without a byte before a web-download fails, and its overall limit.
+    web_download_idle_timeout: float = 60.0
+    web_download_timeout: float = 6 * 3600.0
+    #: ``FORMAT`` (every store) or ``STORE=FORMAT``: what imports are converted to (``--convert-to``).
+    convert_to: tuple[str, ...] = ()
+    #: ``NAME=CLOUD@CLOUDS_YAML``: other Glance-compatible registries glance-download copies from.
+    glance_regions: tuple[str, ...] = ()
+    #: How long an export's download URL (and its blob) stays valid.
+    export_ttl_seconds: float = 24 * 3600.0
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         data = asdict(self)
         data["data_dir"] = str(self.data_dir)
-        data["store_specs"] = list(self.store_specs)
         return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> ServiceConfig:
         data = json.loads(text)
         data["data_dir"] = Path(data["data_dir"])
-        data["store_specs"] = tuple(data.get("store_specs", ()))
+        for name, value in data.items():
+            if isinstance(value, list):
+                data[name] = tuple(value)  # JSON has no tuples
         return cls(**data)
 
     @classmethod

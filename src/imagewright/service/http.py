@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -33,6 +34,7 @@ from imagewright.errors import (
     RequestError,
 )
 from imagewright.service.config import ServiceConfig
+from imagewright.service.tasks.environment import TaskEnvironment
 from imagewright.stores import StoreSet
 
 LOG = logging.getLogger("imagewright.service")
@@ -48,6 +50,8 @@ class Registry:
     config: ServiceConfig
     catalog: Catalog
     stores: StoreSet
+    #: Background work: the task queue and what runs tasks (``service.tasks``).
+    tasks: TaskEnvironment | None = None
 
     @property
     def public_url(self) -> str:
@@ -105,6 +109,41 @@ async def caller_of(request: Request) -> AuthContext:
             return tokens.resolve(session, token)
 
     return await blocking(resolve)
+
+
+# --- byte ranges --------------------------------------------------------------------------------
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class RangeNotSatisfiableError(RequestError):
+    status = 416
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"The requested range is not satisfiable: the data has {size} bytes.")
+        self.size = size
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, end exclusive) of a single-range ``Range`` header; None for the whole blob."""
+    if header is None:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None:
+        raise RangeNotSatisfiableError(size)
+    first, last = match.groups()
+    if first == "" and last == "":
+        raise RangeNotSatisfiableError(size)
+    if first == "":
+        length = int(last)
+        if length == 0 or size == 0:
+            raise RangeNotSatisfiableError(size)
+        return max(0, size - length), size
+    start = int(first)
+    end = size if last == "" else min(int(last) + 1, size)
+    if start >= size or end <= start:
+        raise RangeNotSatisfiableError(size)
+    return start, end
 
 
 # --- errors -------------------------------------------------------------------------------------

@@ -17,12 +17,22 @@ from typing import Any
 
 from imagewright.catalog import accounts
 from imagewright.catalog.database import Catalog, redact, sqlite_url
+from imagewright.errors import InvalidArgumentError
 from imagewright.service import datadir
 from imagewright.service.config import ENVIRONMENT_VARIABLE, ServiceConfig, url_host
 from imagewright.service.http import Registry
 from imagewright.service.imds import serving as imds_serving
 from imagewright.service.imds.config import MetadataConfig
 from imagewright.service.sweep import SweepReport, sweep
+from imagewright.service.tasks import procrastinate_queue
+from imagewright.service.tasks.environment import (
+    QUEUE_NAMES,
+    TaskEnvironment,
+    parse_conversions,
+    parse_regions,
+)
+from imagewright.service.tasks.queue import open_queue
+from imagewright.service.tasks.web_download import UrlPolicy
 from imagewright.stores import open_stores
 
 ADMIN_PASSWORD_VARIABLE = "IMAGEWRIGHT_ADMIN_PASSWORD"  # noqa: S105 - a variable name, not a password
@@ -48,7 +58,9 @@ def prepare(
     database: str | None = None,
     store_specs: tuple[str, ...] = (),
     public_url: str | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> Prepared:
+    """Everything before the first request; ``settings``: more ``ServiceConfig`` fields (tasks)."""
     datadir.ensure_data_dir(data_dir)
     database_url = database or sqlite_url(data_dir)
     catalog = Catalog(database_url)
@@ -68,10 +80,17 @@ def prepare(
             created = accounts.bootstrap(session, os.environ.get(ADMIN_PASSWORD_VARIABLE) or None)
         url = (public_url or f"http://{url_host(host)}:{port}").rstrip("/")
         config = ServiceConfig(
-            data_dir=data_dir, database_url=database_url, store_specs=tuple(store_specs), public_url=url
+            data_dir=data_dir,
+            database_url=database_url,
+            store_specs=tuple(store_specs),
+            public_url=url,
+            **(settings or {}),
         )
         stores = open_stores(list(store_specs), data_dir)
         stores.check()
+        check_task_settings(config, [info.id for info in stores.infos()])
+        if config.task_queue == "procrastinate":
+            procrastinate_queue.ensure_schema(database_url)
         datadir.write_config(data_dir, datadir.DataDirConfig(database_url, tuple(store_specs), url))
         clouds = data_dir / "clouds.yaml"
         rc = data_dir / "openrc"
@@ -79,12 +98,30 @@ def prepare(
             clouds, rc = datadir.write_client_files(
                 data_dir, url, created.user.name, created.password, created.project.name, config.region
             )
-        registry = Registry(config=config, catalog=catalog, stores=stores)
+        queue = open_queue(config.task_queue, database_url)
+        tasks = TaskEnvironment.for_service(config, catalog, stores, queue)
+        registry = Registry(config=config, catalog=catalog, stores=stores, tasks=tasks)
         # With an embedded catalog no writer of another server can be alive (we hold the lock).
-        report = sweep(registry, incomplete_grace=0.0 if catalog.is_sqlite else None)
+        try:
+            report = sweep(registry, incomplete_grace=0.0 if catalog.is_sqlite else None)
+        finally:
+            queue.close()
     finally:
         catalog.dispose()
     return Prepared(config, created.password, clouds, rc, schema, report, lock)
+
+
+def check_task_settings(config: ServiceConfig, store_ids: list[str]) -> None:
+    """Refuse, in one sentence, task settings that cannot work (before anything is served)."""
+    if config.task_queue not in QUEUE_NAMES:
+        raise InvalidArgumentError(f"--task-queue must be one of {', '.join(QUEUE_NAMES)}.")
+    if config.task_queue == "procrastinate" and not config.database_url.startswith("postgresql"):
+        raise InvalidArgumentError(
+            "--task-queue procrastinate needs the catalog on PostgreSQL (--database postgresql://…)."
+        )
+    parse_conversions(config.convert_to, store_ids)
+    parse_regions(config.glance_regions)
+    UrlPolicy.from_prefixes(config.web_download_allow)
 
 
 def run(

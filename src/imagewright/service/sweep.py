@@ -7,12 +7,15 @@ conditional on the catalog row it read, so several servers sweeping at once do n
 1. ``saving`` rows whose lease ran out — or whose holder is a dead process of this host
    (``leases.holder_is_dead_here``: right after a ``kill -9`` and restart, no waiting) — go back to
    ``queued`` and the blob at their location, finished or not, is deleted.
-2. Each store's ``sweep_incomplete`` removes temp files and multipart uploads of writers that
+2. Tasks whose worker died are requeued or failed with that reason, stalled stages reset,
+   expired exports removed (``service.tasks.sweep``).
+3. Each store's ``sweep_incomplete`` removes temp files and multipart uploads of writers that
    died (at start-up with an embedded catalog no writer of ours can be alive: ``incomplete_grace``
    is 0 then; otherwise writers idle longer than the grace).
-3. Finished blobs that no catalog row names are deleted. The store is listed *before* the
-   catalog is read: a blob written after the listing is not seen, and a blob in the listing was
-   claimed (its row records the location) before its first byte, so it is in the catalog read.
+4. Finished blobs that no catalog row names (``images``, ``image_locations``, ``exports``) are
+   deleted. The store is listed *before* the catalog is read: a blob written after the listing
+   is not seen, and a blob in the listing was claimed (its row records the location) before its
+   first byte, so it is in the catalog read.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from imagewright.catalog import images
+from imagewright.catalog import images, imports
 from imagewright.catalog.accounts import utcnow
 from imagewright.catalog.tokens import purge_expired
 from imagewright.errors import StoreError
 from imagewright.service.http import Registry
 from imagewright.service.leases import holder_is_dead_here
+from imagewright.service.tasks.sweep import TaskSweepReport, sweep_tasks
 
 LOG = logging.getLogger("imagewright.service.sweep")
 
@@ -36,13 +40,18 @@ class SweepReport:
     removed_incomplete: list[str] = field(default_factory=list)
     removed_orphans: list[str] = field(default_factory=list)
     purged_tokens: int = 0
+    tasks: TaskSweepReport = field(default_factory=TaskSweepReport)
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{len(self.reset_uploads)} interrupted upload(s) reset, "
             f"{len(self.removed_incomplete)} incomplete write(s) and "
             f"{len(self.removed_orphans)} unreferenced blob(s) removed"
         )
+        return f"{text}; {self.tasks.summary()}" if self.tasks else text
+
+    def __bool__(self) -> bool:
+        return bool(self.reset_uploads or self.removed_orphans or self.removed_incomplete or self.tasks)
 
 
 def sweep(registry: Registry, *, incomplete_grace: float | None = None) -> SweepReport:
@@ -65,6 +74,10 @@ def sweep(registry: Registry, *, incomplete_grace: float | None = None) -> Sweep
             _delete(registry, upload.store_id or "", upload.location)
         LOG.warning("upload of image %s was interrupted; the image is queued again", upload.image_id)
 
+    if registry.tasks is not None:
+        # Before the orphan pass: the blobs of tasks whose worker died lose their names here.
+        report.tasks = sweep_tasks(registry.tasks)
+
     for store in registry.stores:
         try:
             report.removed_incomplete.extend(store.sweep_incomplete(grace))
@@ -73,7 +86,7 @@ def sweep(registry: Registry, *, incomplete_grace: float | None = None) -> Sweep
             LOG.warning("sweep of store %s skipped: %s", store.info.id, err)
             continue
         with registry.catalog.reading() as session:
-            referenced = images.referenced_locations(session)
+            referenced = images.referenced_locations(session) | imports.referenced_blob_locations(session)
         for location in listed:
             if location not in referenced:
                 _delete(registry, store.info.id, location)

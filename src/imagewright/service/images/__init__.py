@@ -13,5 +13,9 @@
   download (``Content-MD5``, ``Range`` → 206/416, streamed from the store).
 - ``/v2/images/{id}/members``: Glance's sharing, with ``catalog.image_policy``'s rules.
 
-Later: ``/v2/metadefs`` (metadata definitions), ``/v2/tasks`` and interoperable import.
+- ``import_api``: interoperable import (``/v2/info/import``, ``PUT /stage``, ``POST /import``);
+  ``task_api``: ``/v2/tasks``, ``/v2/images/{id}/tasks``, exports (``/actions/export`` and the
+  signed ``/v2/exports/…`` downloads). The tasks themselves run in ``service.tasks``.
+
+Later: ``/v2/metadefs`` (metadata definitions).
 """

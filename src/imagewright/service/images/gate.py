@@ -95,7 +95,11 @@ def _matches(declared: str, found: str) -> bool:
 
 def judge_upload(source: ByteSource, name: str, disk_format: str, container_format: str) -> GateResult:
     """Refuse (UnsafeImageError, one sentence) an unsafe image or one that is not what it claims."""
-    report = admit_blob(source, name)
+    return judge_report(admit_blob(source, name), disk_format, container_format)
+
+
+def judge_report(report: ImageReport, disk_format: str, container_format: str) -> GateResult:
+    """``judge_upload`` for an image the gate already admitted (``admit_blob``)."""
     found_disk, found_container = content_formats(report)
     if container_format in ("bare", "ami", "aki", "ari"):
         if found_container != "bare":

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from imagewright.catalog import image_policy, images
+from imagewright.catalog import image_policy, images, imports
 from imagewright.catalog.accounts import utcnow
 from imagewright.catalog.images import ImageQuery
 from imagewright.catalog.models import Image
@@ -22,8 +22,10 @@ from imagewright.catalog.tokens import AuthContext
 from imagewright.errors import ConflictError, ForbiddenError, NotFoundError, RequestError, StoreError
 from imagewright.service.http import (
     LOG,
+    RangeNotSatisfiableError,
     Registry,
     blocking,
+    byte_range,
     caller_of,
     glance_error,
     guarded,
@@ -33,6 +35,8 @@ from imagewright.service.http import (
     registry_of,
 )
 from imagewright.service.images import schemas
+from imagewright.service.images.import_api import import_routes
+from imagewright.service.images.task_api import task_routes
 from imagewright.service.images.upload import UnsupportedMediaTypeError, receive_upload
 from imagewright.service.images.views import image_view, member_view
 
@@ -130,15 +134,6 @@ async def info_stores(request: Request) -> Response:
             entry["default"] = True
         stores.append(entry)
     return json_response({"stores": stores})
-
-
-@_route
-async def info_import(request: Request) -> Response:
-    await caller_of(request)
-    # Interoperable import (glance-direct, web-download, copy-image) comes with the import tasks.
-    return json_response(
-        {"import-methods": {"description": "Import methods available.", "type": "array", "value": []}}
-    )
 
 
 # --- images -------------------------------------------------------------------------------------
@@ -485,11 +480,14 @@ async def delete_image(request: Request) -> Response:
             image_policy.require_owner_member(caller, image, membership, "delete")
             if image.protected:
                 raise ForbiddenError(f"Image {image_id} is protected and cannot be deleted.")
-            store_id, location = images.delete_image(session, image)
-        # The row is gone (committed); now the bytes. If this fails, the sweep finds the orphan.
-        if store_id and location and store_id in registry.stores:
+            blobs = imports.all_blobs_of_image(image)
+            images.delete_image(session, image)
+        # The row is gone (committed); now the bytes. If this fails, the sweep finds the orphans.
+        for blob in blobs:
+            if blob.store_id not in registry.stores:
+                continue
             try:
-                registry.stores[store_id].delete(location)
+                registry.stores[blob.store_id].delete(blob.location)
             except StoreError as err:
                 LOG.warning("the data of a deleted image stays until the next sweep: %s", err)
 
@@ -594,39 +592,6 @@ async def upload(request: Request) -> Response:
     return Response(status_code=204)
 
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
-def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """(start, end exclusive) of a single-range ``Range`` header; None for the whole blob."""
-    if header is None:
-        return None
-    match = _RANGE.match(header.strip())
-    if match is None:
-        raise _RangeNotSatisfiableError(size)
-    first, last = match.groups()
-    if first == "" and last == "":
-        raise _RangeNotSatisfiableError(size)
-    if first == "":
-        length = int(last)
-        if length == 0 or size == 0:
-            raise _RangeNotSatisfiableError(size)
-        return max(0, size - length), size
-    start = int(first)
-    end = size if last == "" else min(int(last) + 1, size)
-    if start >= size or end <= start:
-        raise _RangeNotSatisfiableError(size)
-    return start, end
-
-
-class _RangeNotSatisfiableError(RequestError):
-    status = 416
-
-    def __init__(self, size: int) -> None:
-        super().__init__(f"The requested range is not satisfiable: the image data has {size} bytes.")
-        self.size = size
-
-
 @_route
 async def download(request: Request) -> Response:
     caller = await caller_of(request)
@@ -645,8 +610,8 @@ async def download(request: Request) -> Response:
     store = registry.stores[image.store_id or ""]
     size = image.size
     try:
-        span = _byte_range(request.headers.get("range"), size)
-    except _RangeNotSatisfiableError as err:
+        span = byte_range(request.headers.get("range"), size)
+    except RangeNotSatisfiableError as err:
         return glance_error(416, str(err), {"Content-Range": f"bytes */{err.size}"})
     headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
     start, end = span if span is not None else (0, size)
@@ -781,7 +746,6 @@ def build_images_app() -> Starlette:
         Route("/versions", versions, methods=["GET"]),
         Route("/v2/schemas/{name}", show_schema, methods=["GET"]),
         Route("/v2/info/stores", info_stores, methods=["GET"]),
-        Route("/v2/info/import", info_import, methods=["GET"]),
         Route("/v2/images", list_images, methods=["GET"]),
         Route("/v2/images", create_image, methods=["POST"]),
         Route("/v2/images/{image_id}", show_image, methods=["GET"]),
@@ -798,7 +762,8 @@ def build_images_app() -> Starlette:
         Route("/v2/images/{image_id}/members/{member_id}", show_member, methods=["GET"]),
         Route("/v2/images/{image_id}/members/{member_id}", update_member, methods=["PUT"]),
         Route("/v2/images/{image_id}/members/{member_id}", remove_member, methods=["DELETE"]),
-        # /v2/metadefs/* (the metadata definitions catalog) and /v2/tasks, /v2/images/{id}/import
-        # and /stage (interoperable import) are mounted here by their own modules.
+        # /v2/metadefs/* (the metadata definitions catalog) is mounted here by its own module.
+        *import_routes(),
+        *task_routes(),
     ]
     return Starlette(routes=routes, exception_handlers=http_exception_handlers(glance_error))

@@ -27,6 +27,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -50,7 +51,7 @@ class PayloadTooLargeError(RequestError):
     status = 413
 
 
-class _Hashing:
+class Hashing:
     """md5 + sha512 of the bytes as they pass, and their count."""
 
     def __init__(self) -> None:
@@ -117,8 +118,15 @@ async def receive_upload(request: Request, registry: Registry, caller: AuthConte
     try:
         size_hint = int(expected) if expected is not None and expected.isdigit() else None
         writer = await blocking(store.writer, store.key_of(claim.location), size_hint)
-        hashing = _Hashing()
-        await _stream_into(request, registry, claim, writer, hashing, cap)
+        hashing = Hashing()
+        await stream_into(
+            request,
+            writer,
+            hashing,
+            cap,
+            renew_every=registry.config.upload_lease_seconds / 4,
+            renew=lambda: _renew(registry, claim),
+        )
         if expected is not None and expected.isdigit() and hashing.size != int(expected):
             raise RequestError(f"The upload ended after {hashing.size} of {expected} bytes.")
         location = await blocking(writer.finish)
@@ -149,16 +157,21 @@ class UnsupportedMediaTypeError(RequestError):
     status = 415
 
 
-async def _stream_into(
+async def stream_into(
     request: Request,
-    registry: Registry,
-    claim: images.UploadClaim,
     writer: BlobWriter,
-    hashing: _Hashing,
+    hashing: Hashing,
     cap: int,
+    *,
+    renew_every: float,
+    renew: Callable[[], bool],
 ) -> None:
+    """Stream the request body into ``writer`` in ~1 MiB blocks, hashed, within ``cap`` bytes.
+
+    ``renew`` (run in the thread pool every ``renew_every`` seconds while bytes flow) renews the
+    writer's lease; when it answers False the lease is lost and the upload stops (409).
+    """
     block = bytearray()
-    renew_every = registry.config.upload_lease_seconds / 4
     renewed = time.monotonic()
     async for chunk in request.stream():
         if not chunk:
@@ -172,7 +185,7 @@ async def _stream_into(
             await blocking(_write_block, writer, hashing, data)
             if time.monotonic() - renewed > renew_every:
                 renewed = time.monotonic()
-                if not await blocking(_renew, registry, claim):
+                if not await blocking(renew):
                     raise ConflictError(
                         "The upload lease was lost (the image was deleted or reset meanwhile)."
                     )
@@ -180,7 +193,7 @@ async def _stream_into(
         await blocking(_write_block, writer, hashing, bytes(block))
 
 
-def _write_block(writer: BlobWriter, hashing: _Hashing, data: bytes) -> None:
+def _write_block(writer: BlobWriter, hashing: Hashing, data: bytes) -> None:
     hashing.update(data)
     writer.write(data)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from imagewright.catalog.imports import image_stores
 from imagewright.catalog.models import Image, ImageMember
 
 
@@ -42,7 +43,7 @@ def image_view(image: Image) -> dict[str, Any]:
         }
     )
     if image.status in ("active", "deactivated") and image.store_id:
-        view["stores"] = image.store_id
+        view["stores"] = ",".join(image_stores(image))
     return view
 
 

@@ -1,0 +1,474 @@
+"""The interoperable import pipeline: fetch, judge, convert, store, activate — or undo and say why.
+
+One task, four methods (Glance's, ``glance/async_/flows/api_image_import.py``):
+
+- **web-download**: the URL is fetched into the task's scratch directory under the URL policy
+  that was in force when the import was accepted (``web_download``).
+- **glance-download**: the image's data is fetched from another Glance-compatible registry
+  (``/v2/images/{id}/file``) with the token the API obtained when it accepted the import.
+- **glance-direct**: the data staged by ``PUT /stage`` (a blob in a store).
+- **copy-image**: the active image's data is copied into more stores, checked against its
+  checksum and hash on the way; the image stays ``active``.
+
+For the first three, the bytes then go through the same gate as an upload
+(``service.images.gate``: imagewright's inspection, and the content must be what
+``disk_format``/``container_format`` say — an image created without them gets them from its
+content). If the target stores convert (``--convert-to``), ``ops.convert`` writes the image in
+that format (the source judged again by its own gate; md5 and sha512 of the output computed as
+it is written); ``disk_format`` becomes the target and ``container_format`` ``bare``, as
+Glance's image_conversion plugin does. The data is written into each target store (each blob
+named in the catalog before its first byte), hashed on the way when no conversion hashed it, and
+the image turns ``active`` with size, ``virtual_size``, ``checksum`` (md5) and ``os_hash_value``
+(sha512) of what the stores hold.
+
+Any failure (a refused URL, a hostile image, a full store, the image deleted meanwhile) deletes
+every blob this attempt wrote and the staged data, and puts the image back to ``queued``
+(``catalog.imports.revert_import``); the task's message is the error's one sentence. With
+``all_stores_must_succeed`` false, a store that fails is listed in ``os_glance_failed_import``
+and the import succeeds if one store took the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagewright.binary import ByteSource, FileSource
+from imagewright.catalog import imports
+from imagewright.catalog.imports import BlobRef
+from imagewright.catalog.models import Image
+from imagewright.errors import ImagewrightError, StoreError, UnsafeImageError
+from imagewright.files import ScratchFiles
+from imagewright.service.images.gate import admit_blob, content_formats, judge_report
+from imagewright.service.tasks import web_download
+from imagewright.service.tasks.runner import TaskRun, TaskStoppedError
+from imagewright.stores import BlobStore
+from imagewright.stores.file import FileStore
+
+LOG = logging.getLogger("imagewright.service.tasks")
+
+CHUNK = 1 << 20
+HASH_ALGORITHM = "sha512"
+
+
+class ImportFailedError(ImagewrightError):
+    """An import that cannot complete; the message is the task's."""
+
+
+@dataclass(frozen=True)
+class ImportPlan:
+    """What the API decided when it accepted the import (the task's private input)."""
+
+    method: str
+    stores: tuple[str, ...]
+    all_stores_must_succeed: bool
+    convert_to: str | None
+    uri: str | None = None
+    allow: tuple[str, ...] = ()
+    max_bytes: int = 1 << 40
+    idle_timeout: float = 60.0
+    timeout: float = 6 * 3600.0
+    remote_url: str | None = None
+    remote_token: str | None = None
+
+    def to_private(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "stores": list(self.stores),
+            "all_stores_must_succeed": self.all_stores_must_succeed,
+            "convert_to": self.convert_to,
+            "uri": self.uri,
+            "allow": list(self.allow),
+            "max_bytes": self.max_bytes,
+            "idle_timeout": self.idle_timeout,
+            "timeout": self.timeout,
+            "remote_url": self.remote_url,
+            "remote_token": self.remote_token,
+        }
+
+    @classmethod
+    def from_private(cls, data: dict[str, Any]) -> ImportPlan:
+        return cls(
+            method=str(data["method"]),
+            stores=tuple(data["stores"]),
+            all_stores_must_succeed=bool(data["all_stores_must_succeed"]),
+            convert_to=data.get("convert_to"),
+            uri=data.get("uri"),
+            allow=tuple(data.get("allow") or ()),
+            max_bytes=int(data.get("max_bytes") or 1 << 40),
+            idle_timeout=float(data.get("idle_timeout") or 60.0),
+            timeout=float(data.get("timeout") or 6 * 3600.0),
+            remote_url=data.get("remote_url"),
+            remote_token=data.get("remote_token"),
+        )
+
+
+@dataclass
+class ImageData:
+    """The bytes to store: a local file or a blob, what they are, and (when known) their hashes."""
+
+    size: int
+    disk_format: str
+    container_format: str
+    virtual_size: int | None
+    path: Path | None = None
+    blob: BlobRef | None = None
+    md5: str | None = None
+    sha512: str | None = None
+
+
+@dataclass(frozen=True)
+class DeclaredImage:
+    disk_format: str | None
+    container_format: str | None
+    checksum: str | None
+    os_hash_value: str | None
+    size: int | None
+    primary: BlobRef | None
+
+
+def run_import(run: TaskRun) -> dict[str, Any]:
+    task = run.task
+    if task.image_id is None:
+        raise ImportFailedError("The import task names no image.")
+    plan = ImportPlan.from_private(task.private)
+    environment = run.environment
+    written: list[BlobRef] = []
+    failed: list[str] = []
+    try:
+        with ScratchFiles(environment.scratch_root / task.id) as scratch:
+            work = scratch.scratch_directory("work")
+            if plan.method == "copy-image":
+                return _copy_image(run, plan, task.image_id, written, failed)
+            return _import(run, plan, task.image_id, work, written, failed)
+    except TaskStoppedError as err:
+        if err.requeue:
+            # Another attempt will start over: what this one wrote goes, the image stays importing.
+            with environment.catalog.writing() as session:
+                blobs = imports.drop_pending_blobs(session, task.id)
+            _delete_blobs(run, [*blobs, *written])
+        raise
+    except BaseException:
+        # The import failed for every store it targeted (what was written is deleted below).
+        with environment.catalog.writing() as session:
+            blobs = imports.revert_import(session, task.image_id, task.id, plan.method, plan.stores)
+        _delete_blobs(run, [*blobs, *written])
+        raise
+
+
+# --- web-download, glance-download, glance-direct ----------------------------------------------
+
+
+def _declared(run: TaskRun, image_id: str) -> DeclaredImage:
+    with run.environment.catalog.reading() as session:
+        image = session.get(Image, image_id)
+        if image is None:
+            raise ImportFailedError(f"The image {image_id} was deleted before its import started.")
+        if not imports.holds_lock(image, run.task.id):
+            raise ImportFailedError("Another import of this image took over.")
+        primary = BlobRef(image.store_id, image.location) if image.store_id and image.location else None
+        return DeclaredImage(
+            image.disk_format,
+            image.container_format,
+            image.checksum,
+            image.os_hash_value,
+            image.size,
+            primary,
+        )
+
+
+def _import(
+    run: TaskRun, plan: ImportPlan, image_id: str, work: Path, written: list[BlobRef], failed: list[str]
+) -> dict[str, Any]:
+    declared = _declared(run, image_id)
+    data = _acquire(run, plan, image_id, work)
+    run.progress("inspecting", 0, data.size)
+    _judge(run, data, image_id, declared)
+    data = _convert(run, plan, data, work)
+    for store_id in plan.stores:
+        run.check()
+        try:
+            written.append(_store(run, image_id, store_id, data))
+        except StoreError as err:
+            if plan.all_stores_must_succeed:
+                raise
+            LOG.warning("import of %s into store %s failed: %s", image_id, store_id, err)
+            failed.append(store_id)
+    if not written:
+        raise ImportFailedError(f"No store took the image ({', '.join(failed)} failed).")
+    values = {
+        "size": data.size,
+        "virtual_size": data.virtual_size,
+        "checksum": data.md5,
+        "os_hash_algo": HASH_ALGORITHM,
+        "os_hash_value": data.sha512,
+        "disk_format": data.disk_format,
+        "container_format": data.container_format,
+    }
+    with run.environment.catalog.writing() as session:
+        staged = imports.complete_import(
+            session,
+            image_id,
+            run.task.id,
+            values=values,
+            written=written,
+            failed_stores=failed,
+            stores=plan.stores,
+        )
+    if staged is None:
+        raise ImportFailedError(
+            "The image was deleted, or its import taken over, while the data was imported."
+        )
+    _delete_blobs(run, staged)
+    return {"image_id": image_id}
+
+
+def _acquire(run: TaskRun, plan: ImportPlan, image_id: str, work: Path) -> ImageData:
+    """The bytes to import: downloaded into ``work``, or the staged blob."""
+    if plan.method == "glance-direct":
+        with run.environment.catalog.reading() as session:
+            staged = imports.staging_blob(session, image_id)
+        if staged is None:
+            raise ImportFailedError("The image has no staged data; stage it again (PUT /stage).")
+        store = run.environment.stores[staged.store_id]
+        with store.open(staged.location) as reader:
+            size = reader.size
+        return ImageData(size=size, disk_format="", container_format="", virtual_size=None, blob=staged)
+    target = work / "download"
+    limits = web_download.Limits(plan.max_bytes, plan.idle_timeout, plan.timeout)
+    if plan.method == "web-download":
+        if not plan.uri:
+            raise ImportFailedError("The web-download import names no URI.")
+        url, headers = plan.uri, {}
+        policy = web_download.UrlPolicy.from_prefixes(plan.allow)
+    elif plan.method == "glance-download":
+        if not plan.remote_url:
+            raise ImportFailedError("The glance-download import names no remote image.")
+        url = plan.remote_url
+        headers = {"X-Auth-Token": plan.remote_token or ""}
+        # The remote registry is the operator's (configured with --glance-region): allowed as such.
+        policy = web_download.UrlPolicy.from_prefixes([_origin(url)])
+    else:
+        raise ImportFailedError(f"Unknown import method {plan.method!r}.")
+    result = web_download.download(
+        url,
+        target,
+        policy,
+        limits,
+        headers=headers,
+        progress=run.reporter("downloading"),
+        should_stop=run.should_stop,
+    )
+    run.check()
+    LOG.info("task %s downloaded %d bytes from %s", run.task.id, result.size, result.final_url)
+    if result.size == 0:
+        raise ImportFailedError(f"{url} sent no data.")
+    return ImageData(size=result.size, disk_format="", container_format="", virtual_size=None, path=target)
+
+
+def _origin(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/"
+
+
+def _open_source(run: TaskRun, data: ImageData) -> ByteSource:
+    if data.path is not None:
+        return FileSource(str(data.path))
+    assert data.blob is not None
+    return run.environment.stores[data.blob.store_id].open(data.blob.location)
+
+
+def _judge(run: TaskRun, data: ImageData, image_id: str, declared: DeclaredImage) -> None:
+    """The upload gate on the bytes; fills in the formats (declared, or found when undeclared)."""
+    source = _open_source(run, data)
+    try:
+        report = admit_blob(source, f"image {image_id}")
+        found_disk, found_container = content_formats(report)
+        if found_container == "compressed" and found_disk == "unknown":
+            found_disk = "raw"
+        disk = declared.disk_format or found_disk
+        container = declared.container_format or found_container
+        if disk == "unknown":
+            raise UnsafeImageError(
+                f"The image data is a {report.format} file whose disk format cannot be told; "
+                "it is not imported."
+            )
+        judged = judge_report(report, disk, container)
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+    data.disk_format, data.container_format, data.virtual_size = disk, container, judged.virtual_size
+
+
+def _convert(run: TaskRun, plan: ImportPlan, data: ImageData, work: Path) -> ImageData:
+    """The data in ``plan.convert_to`` (via ``ops.convert``), or unchanged when it already is."""
+    target = plan.convert_to
+    if target is None or data.disk_format == "iso":
+        return data
+    if data.disk_format == target and data.container_format == "bare":
+        return data
+    if data.container_format == "ova":
+        raise ImportFailedError(
+            f"The target store keeps {target} images, and an OVA package cannot be converted on import; "
+            "import its disk image instead."
+        )
+    from imagewright.ops.convert import convert
+
+    source = data.path if data.path is not None else _local_copy(run, data, work)
+    output = work / f"converted.{target}"
+
+    def progress(stage: str, done: int, total: int | None) -> None:
+        run.progress(stage, done, total)
+
+    result = convert(source, output, output_format=target, checksums=("md5", "sha512"), progress=progress)
+    run.check()
+    LOG.info(
+        "task %s converted %s to %s (%d bytes) in %.1f s",
+        run.task.id,
+        data.disk_format,
+        target,
+        result.output_size,
+        result.seconds,
+    )
+    return ImageData(
+        size=result.output_size,
+        disk_format=target,
+        container_format="bare",
+        virtual_size=result.virtual_size,
+        path=output,
+        md5=result.checksums["md5"],
+        sha512=result.checksums["sha512"],
+    )
+
+
+def _local_copy(run: TaskRun, data: ImageData, work: Path) -> Path:
+    """A path to the blob's bytes: the file store's own file, or a copy in ``work``."""
+    assert data.blob is not None
+    store = run.environment.stores[data.blob.store_id]
+    if isinstance(store, FileStore):
+        return store.path_for(store.key_of(data.blob.location))
+    path = work / "staged"
+    done = 0
+    with open(path, "wb") as out:
+        for chunk in store.read_chunks(data.blob.location):
+            out.write(chunk)
+            done += len(chunk)
+            run.progress("fetching", done, data.size)
+    return path
+
+
+class _Hashes:
+    def __init__(self) -> None:
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.sha512 = hashlib.sha512()
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.md5.update(data)
+        self.sha512.update(data)
+
+
+def _chunks(run: TaskRun, data: ImageData) -> Iterator[bytes]:
+    if data.path is not None:
+        with open(data.path, "rb") as source:
+            while chunk := source.read(CHUNK):
+                yield chunk
+    else:
+        assert data.blob is not None
+        yield from run.environment.stores[data.blob.store_id].read_chunks(data.blob.location)
+
+
+def _store(run: TaskRun, image_id: str, store_id: str, data: ImageData) -> BlobRef:
+    """Write ``data`` into the store as a new blob (named in the catalog first); hash if unknown."""
+    store = run.environment.stores[store_id]
+    blob = _new_blob(run, image_id, store)
+    hashes = _Hashes() if data.md5 is None or data.sha512 is None else None
+    done = 0
+    with store.writer(store.key_of(blob.location), data.size) as writer:
+        for chunk in _chunks(run, data):
+            if hashes is not None:
+                hashes.update(chunk)
+            writer.write(chunk)
+            done += len(chunk)
+            run.progress(f"storing:{store_id}", done, data.size)
+        if done != data.size:
+            raise ImportFailedError(
+                f"The image data changed while it was stored ({done} of {data.size} bytes)."
+            )
+        location = writer.finish()
+    if location != blob.location:
+        raise StoreError(f"The store wrote the blob to {location}, not to {blob.location}.")
+    if hashes is not None:
+        data.md5, data.sha512 = hashes.md5.hexdigest(), hashes.sha512.hexdigest()
+    return blob
+
+
+def _new_blob(run: TaskRun, image_id: str, store: BlobStore) -> BlobRef:
+    key = f"{image_id}.{uuid.uuid4().hex[:12]}"
+    location = store.location_for(key)
+    with run.environment.catalog.writing() as session:
+        imports.add_pending_blob(session, image_id, run.task.id, store.info.id, location)
+    return BlobRef(store.info.id, location)
+
+
+# --- copy-image ---------------------------------------------------------------------------------
+
+
+def _copy_image(
+    run: TaskRun, plan: ImportPlan, image_id: str, written: list[BlobRef], failed: list[str]
+) -> dict[str, Any]:
+    declared = _declared(run, image_id)
+    if declared.primary is None or declared.size is None:
+        raise ImportFailedError("The image has no data to copy.")
+    source = ImageData(
+        size=declared.size,
+        disk_format=declared.disk_format or "",
+        container_format=declared.container_format or "",
+        virtual_size=None,
+        blob=declared.primary,
+    )
+    for store_id in plan.stores:
+        run.check()
+        try:
+            blob = _store(run, image_id, store_id, source)
+            if source.md5 != declared.checksum or source.sha512 != declared.os_hash_value:
+                _delete_blobs(run, [blob])
+                raise ImportFailedError(
+                    f"The copy of the image in store {store_id} does not match its checksum: the data in "
+                    f"store {declared.primary.store_id} may be damaged."
+                )
+            written.append(blob)
+        except StoreError as err:
+            if plan.all_stores_must_succeed:
+                raise
+            LOG.warning("copy of %s into store %s failed: %s", image_id, store_id, err)
+            failed.append(store_id)
+        source.md5 = source.sha512 = None  # each copy is checked on its own pass
+    if not written:
+        raise ImportFailedError(f"No store took the copy ({', '.join(failed)} failed).")
+    with run.environment.catalog.writing() as session:
+        done = imports.complete_copy(
+            session, image_id, run.task.id, written=written, failed_stores=failed, stores=plan.stores
+        )
+    if not done:
+        raise ImportFailedError("The image was deleted, or deactivated, while it was copied.")
+    return {"image_id": image_id, "stores": [blob.store_id for blob in written]}
+
+
+def _delete_blobs(run: TaskRun, blobs: list[BlobRef]) -> None:
+    seen: set[str] = set()
+    for blob in blobs:
+        if blob.location in seen or blob.store_id not in run.environment.stores:
+            continue
+        seen.add(blob.location)
+        try:
+            run.environment.stores[blob.store_id].delete(blob.location)
+        except StoreError as err:
+            LOG.warning("could not delete %s (the sweep will): %s", blob.location, err)

@@ -1,0 +1,250 @@
+"""Running one task, and the embedded task threads of ``imagewright serve``.
+
+``run_task(environment, task_id)``:
+
+1. **Claim** (``pending`` → ``processing``, this process as holder, a lease): exactly one of
+   any number of racing runners wins; a job for a task that is not pending returns at once.
+2. **Heartbeat**: a thread renews the lease every quarter lease and writes the progress the
+   task reports (stage, bytes done, total). If the renewal finds the task no longer held — the
+   sweep decided this runner was dead and gave the task to another — the task is told to stop
+   (``TaskRun.check``) and leaves the catalog alone.
+3. **Run** the handler for the task's type (``importing`` / ``exporting``); it cleans up after
+   itself on failure (blobs written, the image's import state).
+4. **Finish**: ``success`` with the handler's result, or ``failure`` with the error's one
+   sentence. An unexpected exception is logged with its traceback and reported as such.
+   When the runner itself is stopping (server shutdown), the task goes back to ``pending``
+   instead, for the next runner.
+
+``EmbeddedRunner``: ``task_threads`` threads per server process that poll the catalog for
+pending tasks of the embedded queue (and are woken by submissions in the same process).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from imagewright.catalog import tasks as task_rows
+from imagewright.catalog.task_models import EXPORT_TASK_TYPE, IMPORT_TASK_TYPE
+from imagewright.errors import ImagewrightError
+from imagewright.service.leases import this_holder
+from imagewright.service.tasks.environment import TaskEnvironment
+
+LOG = logging.getLogger("imagewright.service.tasks")
+
+#: Seconds between polls of the catalog for pending tasks.
+POLL_SECONDS = 1.0
+
+
+class TaskStoppedError(ImagewrightError):
+    """The task must stop: its lease was lost, or its runner is shutting down."""
+
+    def __init__(self, message: str, *, requeue: bool) -> None:
+        super().__init__(message)
+        self.requeue = requeue
+
+
+@dataclass
+class LoadedTask:
+    id: str
+    type: str
+    image_id: str | None
+    input: dict[str, Any]
+    private: dict[str, Any]
+    owner: str | None
+    attempt: int
+    max_attempts: int
+
+
+class TaskRun:
+    """A claimed task while it runs: progress, heartbeat, and whether to stop."""
+
+    def __init__(
+        self, environment: TaskEnvironment, task: LoadedTask, holder: str, stopping: threading.Event
+    ) -> None:
+        self.environment = environment
+        self.task = task
+        self.holder = holder
+        self._stopping = stopping
+        self._lost = False
+        self._progress: tuple[str, int, int | None] | None = None
+        self._written: tuple[str, int, int | None] | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{task.id[:8]}", daemon=True)
+
+    def __enter__(self) -> TaskRun:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def progress(self, stage: str, done: int, total: int | None) -> None:
+        """Record progress (written by the heartbeat); raises TaskStoppedError when told to stop."""
+        self._progress = (stage, done, total)
+        self.check()
+
+    def reporter(self, stage: str) -> Callable[[int, int | None], None]:
+        def report(done: int, total: int | None) -> None:
+            self.progress(stage, done, total)
+
+        return report
+
+    def should_stop(self) -> bool:
+        return self._lost or self._stopping.is_set()
+
+    def check(self) -> None:
+        if self._lost:
+            raise TaskStoppedError("The task's lease was lost (another worker took it over).", requeue=False)
+        if self._stopping.is_set():
+            raise TaskStoppedError("The worker running this task is shutting down.", requeue=True)
+
+    def _beat(self) -> None:
+        interval = max(0.2, self.environment.lease_seconds / 4)
+        while not self._done.wait(min(interval, 1.0) if self._progress != self._written else interval):
+            self._renew()
+
+    def _renew(self) -> None:
+        progress = self._progress
+        try:
+            with self.environment.catalog.writing() as session:
+                held = task_rows.heartbeat(
+                    session, self.task.id, self.holder, self.environment.lease, progress
+                )
+        except ImagewrightError as err:
+            LOG.warning("heartbeat of task %s failed (will retry): %s", self.task.id, err)
+            return
+        self._written = progress
+        if not held:
+            LOG.warning("task %s is no longer held by this worker; stopping it", self.task.id)
+            self._lost = True
+
+
+Handler = Callable[[TaskRun], dict[str, Any]]
+
+
+def _handlers() -> dict[str, Handler]:
+    from imagewright.service.tasks import exporting, importing
+
+    return {IMPORT_TASK_TYPE: importing.run_import, EXPORT_TASK_TYPE: exporting.run_export}
+
+
+def _load(environment: TaskEnvironment, task_id: str) -> LoadedTask:
+    with environment.catalog.reading() as session:
+        row = task_rows.get_task(session, task_id)
+        return LoadedTask(
+            id=row.id,
+            type=row.type,
+            image_id=row.image_id,
+            input=task_rows.loads(row.input),
+            private=task_rows.loads(row.private),
+            owner=row.owner,
+            attempt=row.attempts,
+            max_attempts=row.max_attempts,
+        )
+
+
+def run_task(environment: TaskEnvironment, task_id: str, stopping: threading.Event | None = None) -> bool:
+    """Claim and run ``task_id``; False when it was not pending (someone else has or had it)."""
+    holder = this_holder()
+    with environment.catalog.writing() as session:
+        if not task_rows.claim_task(session, task_id, holder, environment.lease):
+            return False
+    task = _load(environment, task_id)
+    handler = _handlers().get(task.type)
+    LOG.info("task %s (%s, attempt %d) started", task.id, task.type, task.attempt)
+    status, message, result = "failure", "", None
+    with TaskRun(environment, task, holder, stopping or threading.Event()) as run:
+        try:
+            if handler is None:
+                raise ImagewrightError(f"There is no runner for tasks of type {task.type!r}.")
+            result = handler(run)
+            status = "success"
+        except TaskStoppedError as err:
+            if err.requeue:
+                _give_back(environment, task, holder, str(err))
+            else:
+                LOG.warning("task %s stopped: %s", task.id, err)
+            return True
+        except ImagewrightError as err:
+            message = _sentence(str(err))
+        except Exception as err:
+            LOG.exception("task %s failed unexpectedly", task.id)
+            message = (
+                f"The task failed unexpectedly ({type(err).__name__}: {_sentence(str(err))}); "
+                "the registry's log has the details."
+            )
+    with environment.catalog.writing() as session:
+        finished = task_rows.finish_task(
+            session, task.id, holder, status=status, message=message, result=result
+        )
+    if finished:
+        LOG.info("task %s ended: %s %s", task.id, status, message)
+    else:
+        LOG.warning("task %s ended (%s) after it was taken over; its outcome is dropped", task.id, status)
+    return True
+
+
+def _give_back(environment: TaskEnvironment, task: LoadedTask, holder: str, reason: str) -> None:
+    with environment.catalog.writing() as session:
+        requeued = task_rows.requeue_task(
+            session, task.id, holder, f"Interrupted ({reason.rstrip('.')}); the task will run again."
+        )
+    if requeued:
+        LOG.info("task %s goes back to the queue: %s", task.id, reason)
+        environment.queue.resubmit(environment.catalog, task.id, None)
+
+
+def _sentence(text: str) -> str:
+    text = " ".join(text.split())
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+class EmbeddedRunner:
+    """Task threads inside a server process, taking pending tasks of the embedded queue."""
+
+    def __init__(self, environment: TaskEnvironment, threads: int) -> None:
+        self.environment = environment
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"task-runner-{n}", daemon=True) for n in range(threads)
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask running tasks to give themselves back, and wait for the threads."""
+        self._stopping.set()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            ran = False
+            try:
+                with self.environment.catalog.reading() as session:
+                    candidates = task_rows.pending_task_ids(session, "embedded")
+                for task_id in candidates:
+                    if self._stopping.is_set():
+                        break
+                    if run_task(self.environment, task_id, self._stopping):
+                        ran = True
+                        break
+            except Exception:
+                LOG.exception("the task runner hit an error; it goes on")
+            if not ran:
+                self._wake.wait(POLL_SECONDS)
+                self._wake.clear()
