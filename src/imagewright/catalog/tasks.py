@@ -201,11 +201,15 @@ def finish_task(
     status: str,
     message: str = "",
     result: dict[str, Any] | None = None,
+    progress: tuple[str, int, int | None] | None = None,
 ) -> bool:
     """``processing`` (held by ``holder``; None: by anyone) → ``success`` / ``failure``."""
     if status not in FINISHED_TASK_STATUSES:
         raise ValueError(status)
     now = utcnow()
+    last: dict[str, Any] = {}
+    if progress is not None:
+        last = {"progress_stage": progress[0], "progress_done": progress[1], "progress_total": progress[2]}
     conditions = [Task.id == task_id, Task.status == "processing"]
     if holder is not None:
         conditions.append(Task.holder == holder)
@@ -222,6 +226,7 @@ def finish_task(
             updated_at=now,
             finished_at=now,
             expires_at=now + TASK_TIME_TO_LIVE,
+            **last,
         )
         .execution_options(synchronize_session=False)
     )

@@ -95,6 +95,10 @@ class TaskRun:
 
         return report
 
+    @property
+    def last_progress(self) -> tuple[str, int, int | None] | None:
+        return self._progress
+
     def should_stop(self) -> bool:
         return self._lost or self._stopping.is_set()
 
@@ -181,7 +185,13 @@ def run_task(environment: TaskEnvironment, task_id: str, stopping: threading.Eve
             )
     with environment.catalog.writing() as session:
         finished = task_rows.finish_task(
-            session, task.id, holder, status=status, message=message, result=result
+            session,
+            task.id,
+            holder,
+            status=status,
+            message=message,
+            result=result,
+            progress=run.last_progress,
         )
     if finished:
         LOG.info("task %s ended: %s %s", task.id, status, message)

@@ -197,11 +197,6 @@ def check_url(url: str, policy: UrlPolicy) -> Target:
     port = _port(parts, url)
     path = parts.path or "/"
     allowed = any(prefix.matches(parts.scheme, host, port, path) for prefix in policy.allow)
-    if not allowed and port not in ALLOWED_PORTS:
-        raise DeniedURLError(
-            f"{url} is refused: port {port} is not 80 or 443 (the operator may allow it with "
-            "--web-download-allow)."
-        )
     addresses = resolve(host, port)
     if not allowed:
         for address in addresses:
@@ -212,6 +207,11 @@ def check_url(url: str, policy: UrlPolicy) -> Target:
                     f"{url} is refused: {named} is {reason}; web-download fetches only from public "
                     "addresses unless the operator allows the URL with --web-download-allow."
                 )
+        if port not in ALLOWED_PORTS:
+            raise DeniedURLError(
+                f"{url} is refused: port {port} is not 80 or 443 (the operator may allow it with "
+                "--web-download-allow)."
+            )
     request_path = path + (f"?{parts.query}" if parts.query else "")
     return Target(url, parts.scheme, host, port, request_path, str(addresses[0]))
 
