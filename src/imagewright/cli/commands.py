@@ -68,6 +68,11 @@ VERBS: tuple[Verb, ...] = (
         "Run the image registry: Glance-compatible images at /image, identity at /identity/v3.",
     ),
     Verb(
+        "worker",
+        "worker:command",
+        "Run import/export tasks of a registry started with '--task-queue procrastinate'.",
+    ),
+    Verb(
         "instance",
         "instance:command",
         "Instances: what the metadata service tells each VM (keys, user-data, network).",
