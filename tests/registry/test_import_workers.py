@@ -60,7 +60,10 @@ def _task_row(read: Callable[[str], Any], image_id: str) -> dict[str, Any]:
     return {} if row is None else dict(zip(("id", "status", "stage", "holder", "attempts"), row, strict=True))
 
 
-_ROW_QUERY = "SELECT id, status, progress_stage, holder, attempts FROM tasks WHERE image_id = {} ORDER BY created_at DESC"
+_ROW_QUERY = (
+    "SELECT id, status, progress_stage, holder, attempts FROM tasks WHERE image_id = {} "
+    "ORDER BY created_at DESC"
+)
 
 
 def _sqlite_reader(data_dir: Path) -> Callable[[str], Any]:
