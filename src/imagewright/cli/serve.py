@@ -88,6 +88,14 @@ from imagewright.service.config import DEFAULT_LISTEN, parse_listen
     "clouds.yaml (repeatable).",
 )
 @click.option(
+    "--export-ttl",
+    default=24 * 3600.0,
+    show_default=True,
+    type=click.FloatRange(1.0),
+    metavar="SECONDS",
+    help="How long an export's signed download URL (and its file) stays valid.",
+)
+@click.option(
     "--task-lease",
     default=30.0,
     show_default=True,
@@ -121,6 +129,7 @@ def command(
     web_download_timeout: float,
     convert_to: tuple[str, ...],
     glance_regions: tuple[str, ...],
+    export_ttl: float,
     task_lease: float,
     sweep_interval: float,
 ) -> None:
@@ -144,6 +153,7 @@ def command(
         "web_download_idle_timeout": web_download_timeout,
         "convert_to": convert_to,
         "glance_regions": glance_regions,
+        "export_ttl_seconds": export_ttl,
         "task_lease_seconds": task_lease,
         "sweep_interval_seconds": sweep_interval,
     }
