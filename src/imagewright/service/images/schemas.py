@@ -303,9 +303,12 @@ def schemas() -> dict[str, dict[str, Any]]:
     """Every schema the API serves, by its path below ``/v2/schemas/``."""
     image = image_schema()
     member = member_schema()
+    from imagewright.service.images.task_schemas import task_schemas
+
     return {
         "image": image,
         "images": _collection("images", image),
         "member": member,
         "members": _collection("members", member),
+        **task_schemas(),
     }
