@@ -63,6 +63,11 @@ VERBS: tuple[Verb, ...] = (
         "network and user-data.",
     ),
     Verb(
+        "image",
+        "image:command",
+        "Images in a cloud's image service (ours or any OpenStack Glance), through clouds.yaml.",
+    ),
+    Verb(
         "serve",
         "serve:command",
         "Run the image registry: Glance-compatible images at /image, identity at /identity/v3.",

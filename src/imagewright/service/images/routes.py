@@ -35,7 +35,7 @@ from imagewright.service.http import (
     registry_of,
 )
 from imagewright.service.images import schemas
-from imagewright.service.images.import_api import import_routes
+from imagewright.service.images.import_api import enabled_methods, import_routes
 from imagewright.service.images.task_api import task_routes
 from imagewright.service.images.upload import UnsupportedMediaTypeError, receive_upload
 from imagewright.service.images.views import image_view, member_view
@@ -324,6 +324,7 @@ async def create_image(request: Request) -> Response:
     headers = {
         "Location": f"{registry.public_url}/image/v2/images/{view['id']}",
         "OpenStack-image-store-ids": ",".join(info.id for info in registry.stores.infos()),
+        "OpenStack-image-import-methods": ",".join(enabled_methods(registry)),
     }
     return json_response(view, status=201, headers=headers)
 
