@@ -110,7 +110,7 @@ def test_abandoned_task_is_requeued_then_failed_with_the_reason(environment: Tas
 
 
 def test_a_live_holder_is_left_alone(environment: TaskEnvironment) -> None:
-    image_id, task_id = _importing_task(environment, max_attempts=3)
+    _image_id, task_id = _importing_task(environment, max_attempts=3)
     with environment.catalog.writing() as session:
         assert task_rows.claim_task(session, task_id, this_holder(), timedelta(seconds=300))
     assert not sweep_tasks(environment)
