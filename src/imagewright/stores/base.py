@@ -17,6 +17,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 from imagewright.errors import StoreError
@@ -153,6 +154,20 @@ class BlobStore(ABC):
     @abstractmethod
     def writer(self, key: str, size_hint: int | None = None) -> BlobWriter:
         """A writer of a new blob for ``key``; ``size_hint`` (bytes expected, if known) sizes S3 parts."""
+
+    def adopt(self, key: str, path: Path) -> str:
+        """Make the finished local file ``path`` the blob of ``key``; the file is consumed.
+
+        The default streams it through ``writer`` (and removes it); a store that can take the
+        file as it is (the file store, on the same filesystem) moves it instead: a task that
+        converted an image into its scratch directory stores it without copying a byte.
+        """
+        with self.writer(key, path.stat().st_size) as writer, open(path, "rb") as source:
+            while chunk := source.read(DEFAULT_CHUNK_SIZE):
+                writer.write(chunk)
+            location = writer.finish()
+        path.unlink()
+        return location
 
     @abstractmethod
     def open(self, location: str) -> BlobReader:

@@ -120,6 +120,8 @@ class ImageData:
     blob: BlobRef | None = None
     md5: str | None = None
     sha512: str | None = None
+    #: ``path`` is this task's own scratch file (a store may take it instead of a copy).
+    owned: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,10 +192,11 @@ def _import(
     run.progress("inspecting", 0, data.size)
     _judge(run, data, image_id, declared)
     data = _convert(run, plan, data, work)
-    for store_id in plan.stores:
+    for index, store_id in enumerate(plan.stores):
         run.check()
+        last = index == len(plan.stores) - 1
         try:
-            written.append(_store(run, image_id, store_id, data))
+            written.append(_store(run, image_id, store_id, data, adopt=last and data.owned))
         except StoreError as err:
             if plan.all_stores_must_succeed:
                 raise
@@ -255,6 +258,8 @@ def _acquire(run: TaskRun, plan: ImportPlan, image_id: str, work: Path) -> Image
         policy = web_download.UrlPolicy.from_prefixes([_origin(url)])
     else:
         raise ImportFailedError(f"Unknown import method {plan.method!r}.")
+    # Without a conversion the downloaded bytes are what is stored: hash them as they arrive.
+    hashes = _Hashes() if plan.convert_to is None else None
     result = web_download.download(
         url,
         target,
@@ -263,12 +268,18 @@ def _acquire(run: TaskRun, plan: ImportPlan, image_id: str, work: Path) -> Image
         headers=headers,
         progress=run.reporter("downloading"),
         should_stop=run.should_stop,
+        on_data=hashes.update if hashes is not None else None,
     )
     run.check()
     LOG.info("task %s downloaded %d bytes from %s", run.task.id, result.size, result.final_url)
     if result.size == 0:
         raise ImportFailedError(f"{url} sent no data.")
-    return ImageData(size=result.size, disk_format="", container_format="", virtual_size=None, path=target)
+    data = ImageData(
+        size=result.size, disk_format="", container_format="", virtual_size=None, path=target, owned=True
+    )
+    if hashes is not None:
+        data.md5, data.sha512 = hashes.md5.hexdigest(), hashes.sha512.hexdigest()
+    return data
 
 
 def _origin(url: str) -> str:
@@ -346,6 +357,7 @@ def _convert(run: TaskRun, plan: ImportPlan, data: ImageData, work: Path) -> Ima
         path=output,
         md5=result.checksums["md5"],
         sha512=result.checksums["sha512"],
+        owned=True,
     )
 
 
@@ -385,13 +397,38 @@ def _chunks(run: TaskRun, data: ImageData) -> Iterator[bytes]:
         yield from run.environment.stores[data.blob.store_id].read_chunks(data.blob.location)
 
 
-def _store(run: TaskRun, image_id: str, store_id: str, data: ImageData) -> BlobRef:
-    """Write ``data`` into the store as a new blob (named in the catalog first); hash if unknown."""
+def _store(run: TaskRun, image_id: str, store_id: str, data: ImageData, *, adopt: bool = False) -> BlobRef:
+    """Write ``data`` into the store as a new blob (named in the catalog first); hash if unknown.
+
+    ``adopt``: the store takes the scratch file itself (moved, not copied, where it can).
+    """
     store = run.environment.stores[store_id]
     blob = _new_blob(run, image_id, store)
+    key = store.key_of(blob.location)
+    if adopt and data.path is not None:
+        if data.md5 is None or data.sha512 is None:
+            hashes = _Hashes()
+            done = 0
+            for chunk in _chunks(run, data):
+                hashes.update(chunk)
+                done += len(chunk)
+                run.progress("hashing", done, data.size)
+            data.md5, data.sha512 = hashes.md5.hexdigest(), hashes.sha512.hexdigest()
+        run.progress(f"storing:{store_id}", 0, data.size)
+        location = store.adopt(key, data.path)
+        data.path = None
+        run.progress(f"storing:{store_id}", data.size, data.size)
+    else:
+        location = _write(run, store, key, store_id, data)
+    if location != blob.location:
+        raise StoreError(f"The store wrote the blob to {location}, not to {blob.location}.")
+    return blob
+
+
+def _write(run: TaskRun, store: BlobStore, key: str, store_id: str, data: ImageData) -> str:
     hashes = _Hashes() if data.md5 is None or data.sha512 is None else None
     done = 0
-    with store.writer(store.key_of(blob.location), data.size) as writer:
+    with store.writer(key, data.size) as writer:
         for chunk in _chunks(run, data):
             if hashes is not None:
                 hashes.update(chunk)
@@ -403,11 +440,9 @@ def _store(run: TaskRun, image_id: str, store_id: str, data: ImageData) -> BlobR
                 f"The image data changed while it was stored ({done} of {data.size} bytes)."
             )
         location = writer.finish()
-    if location != blob.location:
-        raise StoreError(f"The store wrote the blob to {location}, not to {blob.location}.")
     if hashes is not None:
         data.md5, data.sha512 = hashes.md5.hexdigest(), hashes.sha512.hexdigest()
-    return blob
+    return location
 
 
 def _new_blob(run: TaskRun, image_id: str, store: BlobStore) -> BlobRef:

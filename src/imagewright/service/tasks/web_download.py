@@ -276,11 +276,21 @@ def download(
     headers: dict[str, str] | None = None,
     progress: DownloadProgress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_data: Callable[[bytes], None] | None = None,
 ) -> DownloadResult:
-    """Fetch ``url`` into ``target_path`` (created or truncated) under ``policy``; see the docstring."""
+    """Fetch ``url`` into ``target_path`` (created or truncated) under ``policy``; see the docstring.
+
+    ``on_data`` sees every byte once, in order (resumed pieces included): a hash of the file.
+    """
     deadline = time.monotonic() + limits.total_timeout
     with open(target_path, "wb") as out:
-        fetch = _Fetch(url, policy, limits, deadline, dict(headers or {}), out, progress, should_stop)
+
+        def write(chunk: bytes) -> None:
+            out.write(chunk)
+            if on_data is not None:
+                on_data(chunk)
+
+        fetch = _Fetch(url, policy, limits, deadline, dict(headers or {}), write, progress, should_stop)
         fetch.run()
         out.flush()
         os.fsync(out.fileno())
@@ -295,7 +305,7 @@ class _Fetch:
         limits: Limits,
         deadline: float,
         headers: dict[str, str],
-        out: object,
+        write: Callable[[bytes], None],
         progress: DownloadProgress | None,
         should_stop: Callable[[], bool] | None,
     ) -> None:
@@ -304,7 +314,7 @@ class _Fetch:
         self.limits = limits
         self.deadline = deadline
         self.headers = headers
-        self.out = out
+        self.write = write
         self.progress = progress
         self.should_stop = should_stop
         self.final_url = url
@@ -416,7 +426,7 @@ class _Fetch:
             )
 
     def _read(self, response: http.client.HTTPResponse) -> None:
-        write = self.out.write  # type: ignore[attr-defined]
+        write = self.write
         while True:
             if self.should_stop is not None and self.should_stop():
                 raise WebDownloadError(f"The download of {self.final_url} was stopped.")
