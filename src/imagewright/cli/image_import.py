@@ -113,7 +113,7 @@ def command(
         if as_json:
             emit_json({"image": image_api.get(f"/images/{image_id}").json()})
         else:
-            stdout_console.print(f"image {image_id} is importing from {url}")
+            stdout_console().print(f"image {image_id} is importing from {url}")
         return
     task = _wait(image_api, image_id, show=not as_json)
     image = image_api.get(f"/images/{image_id}").json()
@@ -124,7 +124,7 @@ def command(
     if as_json:
         emit_json({"image": image, "task": task})
         return
-    stdout_console.print(
+    stdout_console().print(
         f"image {image_id} ({image.get('name')}) is {image.get('status')}: {image.get('disk_format')}, "
         f"{image.get('size')} bytes, checksum {image.get('checksum')}"
     )
