@@ -3,7 +3,9 @@
 - ``environment``: what a task runner needs (catalog, stores, scratch space, lease) — built by
   ``imagewright serve`` for its embedded threads and by ``imagewright worker``.
 - ``runner``: ``run_task`` (claim → heartbeat → run → finish, one conditional UPDATE each) and
-  the ``EmbeddedRunner`` threads inside every server process.
+  the ``EmbeddedRunner`` threads inside every server process; ``run``: the ``TaskRun`` a
+  handler is given (progress, heartbeat, whether to stop), apart so the handlers never
+  import the runner that dispatches to them.
 - ``importing``: the interoperable import pipeline (web-download, glance-direct,
   glance-download, copy-image): fetch or read the bytes, judge them with the registry's gate,
   convert them (``ops.convert``) when the target store wants another format, write them into

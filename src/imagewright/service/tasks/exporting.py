@@ -30,7 +30,7 @@ from imagewright.catalog.accounts import utcnow
 from imagewright.catalog.models import Image
 from imagewright.errors import ImagewrightError, StoreError
 from imagewright.files import ScratchFiles
-from imagewright.service.tasks.runner import TaskRun
+from imagewright.service.tasks.run import TaskRun
 from imagewright.stores.file import FileStore
 
 LOG = logging.getLogger("imagewright.service.tasks")

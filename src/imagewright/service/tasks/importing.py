@@ -46,7 +46,7 @@ from imagewright.errors import ImagewrightError, StoreError, UnsafeImageError
 from imagewright.files import ScratchFiles
 from imagewright.service.images.gate import admit_blob, content_formats, judge_report
 from imagewright.service.tasks import web_download
-from imagewright.service.tasks.runner import TaskRun, TaskStoppedError
+from imagewright.service.tasks.run import TaskRun, TaskStoppedError
 from imagewright.stores import BlobStore
 from imagewright.stores.file import FileStore
 
