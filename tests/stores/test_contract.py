@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import pytest
 from tests.stores.conftest import StoreUnderTest, file_path_of
@@ -172,6 +173,36 @@ def test_finish_replaces_an_existing_blob(sut: StoreUnderTest) -> None:
     assert first == second
     assert sut.raw_read(second) == pattern(7000, seed=2)
     assert list(sut.store.iter_locations()) == [second]
+
+
+def test_adopt_makes_a_local_file_the_blob_and_consumes_it(sut: StoreUnderTest, tmp_path: Path) -> None:
+    store = sut.store
+    data = pattern(MIN_PART_SIZE + 3 * MiB + 77)  # S3: more than one part
+    scratch = tmp_path / "converted.raw"
+    scratch.write_bytes(data)
+    reported: list[int] = []
+    location = store.adopt("adopted", scratch, reported.append)
+    assert location == store.location_for("adopted")
+    assert not scratch.exists()
+    assert sut.raw_read(location) == data
+    assert list(store.iter_locations()) == [location]
+    assert leftovers(sut) == []
+    if sut.kind == "file":
+        assert reported == []  # renamed in: nothing was copied
+    else:
+        assert reported == sorted(reported) and reported[-1] == len(data)
+
+
+def test_adopt_of_what_is_not_there_is_one_sentence_and_leaves_nothing(
+    sut: StoreUnderTest, tmp_path: Path
+) -> None:
+    with pytest.raises(StoreError) as info:
+        sut.store.adopt("nothing", tmp_path / "missing")
+    assert str(info.value).endswith(".") and "\n" not in str(info.value)
+    assert "missing" in str(info.value)
+    assert info.value.__cause__ is None
+    assert list(sut.store.iter_locations()) == []
+    assert leftovers(sut) == []
 
 
 def test_empty_blob(sut: StoreUnderTest) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.fixtures.tools import mounted_tmpfs, run
+from tests.fixtures.tools import bind_mounted, mounted_tmpfs, run
 from tests.stores.conftest import file_path_of
 
 from imagewright.errors import StoreError
@@ -179,3 +179,85 @@ def test_sweep_removes_idle_temps_of_live_pids_only_past_the_threshold(tmp_path:
         stale.finish()  # its temp is gone: the write fails in one sentence, nothing appears
     assert not store.exists(store.location_for("stale"))
     assert files_under(tmp_path / "images") == ["fr/fresh"]
+
+
+def test_adopt_renames_the_file_in_keeping_its_holes(tmp_path: Path) -> None:
+    store = FileStore("default", tmp_path / "images")
+    scratch = tmp_path / "scratch" / "converted.raw"
+    scratch.parent.mkdir()
+    with scratch.open("wb") as f:  # 64 MiB with 8 bytes of data: what qemu-img convert leaves
+        f.truncate(64 * MiB)
+        f.write(b"bootsect")
+    before = scratch.stat()
+    location = store.adopt("adopted", scratch)
+    blob = file_path_of(location)
+    after = blob.stat()
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)  # the same file, moved
+    assert after.st_size == 64 * MiB and after.st_blocks == before.st_blocks
+    assert after.st_mode & 0o7777 == 0o640
+    assert not scratch.exists()
+    assert files_under(tmp_path / "images") == ["ad/adopted"]
+    assert b"".join(store.read_chunks(location, 0, 16)) == b"bootsect" + bytes(8)
+
+
+@pytest.mark.parametrize("across", ["tmpfs", "bind mount"])
+def test_adopt_across_filesystems_or_mounts_streams_the_file(tmp_path: Path, across: str) -> None:
+    """A tmpfs is another filesystem; a bind mount of the same one makes rename fail with EXDEV."""
+    store = FileStore("default", tmp_path / "images")
+    source_dir = tmp_path / "source"
+    source_dir.mkdir()
+    if across == "tmpfs":
+        context = mounted_tmpfs(tmp_path / "elsewhere", "80m")
+    else:
+        context = bind_mounted(source_dir, tmp_path / "elsewhere")
+    with context as elsewhere:
+        scratch = elsewhere / "converted.raw"
+        with scratch.open("wb") as f:
+            f.truncate(40 * MiB)
+            f.write(b"head")
+            f.seek(20 * MiB)
+            f.write(b"middle")
+        reference = tmp_path / "reference"
+        run("cp", "--sparse=always", scratch, reference)
+        reported: list[int] = []
+        location = store.adopt("streamed", scratch, reported.append)
+        assert not scratch.exists()
+    blob = file_path_of(location)
+    run("cmp", reference, blob)
+    assert blob.stat().st_blocks * 512 <= 4 * HOLE_GRAIN  # written sparsely, as a writer does
+    assert blob.stat().st_mode & 0o7777 == 0o640
+    assert reported[-1] == 40 * MiB
+    assert files_under(tmp_path / "images") == ["st/streamed"]
+
+
+def test_adopt_stops_when_its_progress_raises_and_keeps_the_file(tmp_path: Path) -> None:
+    store = FileStore("default", tmp_path / "images")
+
+    class StopError(Exception):
+        pass
+
+    def stop(done: int) -> None:
+        if done >= 2 * MiB:
+            raise StopError
+
+    with mounted_tmpfs(tmp_path / "elsewhere", "16m") as elsewhere:
+        scratch = elsewhere / "converted.raw"
+        data = os.urandom(8 * MiB)
+        scratch.write_bytes(data)
+        with pytest.raises(StopError):
+            store.adopt("stopped", scratch, stop)
+        assert scratch.read_bytes() == data  # still the caller's
+    assert files_under(tmp_path / "images") == []
+
+
+def test_adopt_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    store = FileStore("default", tmp_path / "images")
+    (tmp_path / "target").write_bytes(b"secret")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    (tmp_path / "directory").mkdir()
+    for name in ("link", "directory"):
+        with pytest.raises(StoreError) as info:
+            store.adopt("refused", tmp_path / name)
+        assert str(info.value).endswith(".") and info.value.__cause__ is None
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "directory").is_dir()
+    assert files_under(tmp_path / "images") == []

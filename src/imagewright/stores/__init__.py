@@ -21,9 +21,9 @@ The interface (``base.py``; the registry codes against nothing else)::
         def owns(self, location) -> bool
         def check(self) -> None                   # usable now? (dir created + writable / bucket reachable)
         def writer(self, key, size_hint=None) -> BlobWriter   # size_hint: bytes expected (S3 part size)
-        def adopt(self, key, path) -> str         # a finished local file becomes the blob (consumed):
-                                                  # file store: renamed in on the same filesystem;
-                                                  # otherwise streamed through writer()
+        def adopt(self, key, path, progress=None) -> str   # a finished local file becomes the
+                                                  # blob (consumed): file store: renamed in on the
+                                                  # same filesystem; else streamed through writer()
         def open(self, location) -> BlobReader    # random access (inspection, Range downloads)
         def read_chunks(self, location, start=0, end=None, chunk_size=1 MiB) -> Iterator[bytes]
                                                   # blob[start:end] with slice semantics, streamed

@@ -13,14 +13,16 @@ streaming, inspecting registry needs, with writes as a context manager instead o
 
 from __future__ import annotations
 
+import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from imagewright.errors import StoreError
+from imagewright.files import io_error
 
 #: A key is one path component that cannot be mistaken for a temp file, "." or "..":
 #: an ASCII letter or digit first, then letters, digits, "_", "-" and ".".
@@ -155,18 +157,26 @@ class BlobStore(ABC):
     def writer(self, key: str, size_hint: int | None = None) -> BlobWriter:
         """A writer of a new blob for ``key``; ``size_hint`` (bytes expected, if known) sizes S3 parts."""
 
-    def adopt(self, key: str, path: Path) -> str:
+    def adopt(self, key: str, path: Path, progress: Callable[[int], None] | None = None) -> str:
         """Make the finished local file ``path`` the blob of ``key``; the file is consumed.
 
-        The default streams it through ``writer`` (and removes it); a store that can take the
-        file as it is (the file store, on the same filesystem) moves it instead: a task that
-        converted an image into its scratch directory stores it without copying a byte.
+        The default streams it through ``writer`` (calling ``progress`` with the bytes written
+        so far; an exception it raises aborts the blob) and removes it once the blob is
+        finished; a store that can take the file as it is (the file store, on the same
+        filesystem) moves it instead: a task that converted an image into its scratch directory
+        stores it without copying a byte. On failure no blob appears and ``path`` stays the
+        caller's.
         """
-        with self.writer(key, path.stat().st_size) as writer, open(path, "rb") as source:
-            while chunk := source.read(DEFAULT_CHUNK_SIZE):
-                writer.write(chunk)
-            location = writer.finish()
-        path.unlink()
+        try:
+            with open(path, "rb") as source, self.writer(key, os.fstat(source.fileno()).st_size) as writer:
+                while chunk := source.read(DEFAULT_CHUNK_SIZE):
+                    writer.write(chunk)
+                    if progress is not None:
+                        progress(writer.bytes_written)
+                location = writer.finish()
+        except OSError as err:
+            raise StoreError(str(io_error(err, path, "reading"))) from None
+        path.unlink(missing_ok=True)
         return location
 
     @abstractmethod

@@ -8,6 +8,8 @@ store's, for directories that hold hundreds of thousands of images.
 Writes go through ``imagewright.files.AtomicOutput``: a hidden temp file beside the target
 (``.<key>.iw-<pid>-<random>.part``), fsynced, renamed into place, the directory fsynced — a
 reader sees the whole blob or none, also after a crash or a power cut once ``finish`` returned.
+``adopt`` does the same with a finished file on the store's filesystem (an import's converted
+scratch file): fsynced and renamed in, so a 1 GiB image is stored without being copied.
 Writes are sparse: a 64 KiB-aligned piece of zeros (or the zero part of one cut by a write's
 edges) is skipped, left a hole, so a raw image costs the space of its data (Glance's store
 writes every zero); blobs are written once, front to back, so what is skipped reads as zeros.
@@ -31,7 +33,7 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from imagewright.errors import ImageIOError, StoreError
@@ -112,38 +114,49 @@ class FileStore(BlobStore):
     def writer(self, key: str, size_hint: int | None = None) -> FileBlobWriter:
         return FileBlobWriter(self, check_key(key))
 
-    def adopt(self, key: str, path: Path) -> str:
-        """Move ``path`` into place when it is on the store's filesystem (else copy, as any store).
+    def adopt(self, key: str, path: Path, progress: Callable[[int], None] | None = None) -> str:
+        """Rename ``path`` into place when the store's directory is on its filesystem, else copy it.
 
         The file is fsynced, given the blob mode, renamed over the blob's place and the
-        directory fsynced: the same all-or-nothing appearance as a writer's ``finish``.
+        directory fsynced: the same all-or-nothing appearance as a writer's ``finish``, without
+        a copy. Across filesystems (or mounts: ``EXDEV``) it is streamed as any store does.
         """
         target = self.path_for(check_key(key))
+        self._make_fanout(target, key)
         try:
-            if not target.parent.is_dir():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fsync_directory(target.parent.parent)
-            same_filesystem = os.stat(path).st_dev == os.stat(target.parent).st_dev
-        except (OSError, ImageIOError) as err:
-            raise StoreError(
-                f"The blob {key} cannot be placed in the store {self.info.id!r} ({err})."
-            ) from None
-        if not same_filesystem:
-            return super().adopt(key, path)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY)
+        except OSError as err:
+            raise StoreError(str(io_error(err, path, "reading"))) from None
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            try:
-                os.fsync(fd)
-                os.fchmod(fd, BLOB_MODE)
-            finally:
-                os.close(fd)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StoreError(f"{path} is not a regular file; it cannot become a blob.")
+            os.fsync(fd)
+            os.fchmod(fd, BLOB_MODE)
             os.rename(path, target)
+        except OSError as err:
+            if err.errno == errno.EXDEV:
+                return super().adopt(key, path, progress)
+            raise StoreError(str(io_error(err, target, "placing"))) from None
+        finally:
+            os.close(fd)
+        try:
             fsync_directory(target.parent)
         except ImageIOError as err:
             raise StoreError(str(err)) from None
-        except OSError as err:
-            raise StoreError(str(io_error(err, target, "placing"))) from None
         return target.as_uri()
+
+    def _make_fanout(self, path: Path, key: str) -> None:
+        """Create the fan-out directory of the blob ``path`` (and record it durably) if missing."""
+        try:
+            if not path.parent.is_dir():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fsync_directory(path.parent.parent)  # the new fan-out directory's own entry
+        except ImageIOError as err:
+            raise StoreError(str(err)) from None
+        except OSError as err:
+            if err.errno in _FULL:
+                raise self.full_error(err, key) from None
+            raise StoreError(str(io_error(err, path.parent, "creating"))) from None
 
     def open(self, location: str) -> FileBlobReader:
         return FileBlobReader(location, self._open_blob(location))
@@ -299,10 +312,8 @@ class FileBlobWriter(BlobWriter):
         self.location = path.as_uri()
         self.bytes_written = 0
         self._state = "open"
+        store._make_fanout(path, key)
         try:
-            if not path.parent.is_dir():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fsync_directory(path.parent.parent)  # the new fan-out directory's own entry
             self._out = AtomicOutput(path, force=True, mode=BLOB_MODE)
         except ImageIOError as err:
             raise StoreError(str(err)) from None

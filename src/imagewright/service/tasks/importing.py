@@ -196,7 +196,10 @@ def _import(
         run.check()
         last = index == len(plan.stores) - 1
         try:
-            written.append(_store(run, image_id, store_id, data, adopt=last and data.owned))
+            # The last store may take the task's own file: the file store renames it in (the
+            # others would stream it as _write does, and _write hashes in the same pass).
+            adopt = last and data.owned and isinstance(run.environment.stores[store_id], FileStore)
+            written.append(_store(run, image_id, store_id, data, adopt=adopt))
         except StoreError as err:
             if plan.all_stores_must_succeed:
                 raise
@@ -414,10 +417,11 @@ def _store(run: TaskRun, image_id: str, store_id: str, data: ImageData, *, adopt
                 done += len(chunk)
                 run.progress("hashing", done, data.size)
             data.md5, data.sha512 = hashes.md5.hexdigest(), hashes.sha512.hexdigest()
-        run.progress(f"storing:{store_id}", 0, data.size)
-        location = store.adopt(key, data.path)
+        stage = f"storing:{store_id}"
+        run.progress(stage, 0, data.size)
+        location = store.adopt(key, data.path, lambda done: run.progress(stage, done, data.size))
         data.path = None
-        run.progress(f"storing:{store_id}", data.size, data.size)
+        run.progress(stage, data.size, data.size)
     else:
         location = _write(run, store, key, store_id, data)
     if location != blob.location:
