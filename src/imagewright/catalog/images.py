@@ -395,10 +395,13 @@ def claim_upload(
     return bool(getattr(result, "rowcount", 0))
 
 
-def renew_lease(session: Session, image_id: str, holder: str, lease: timedelta) -> bool:
+def renew_lease(
+    session: Session, image_id: str, holder: str, lease: timedelta, *, status: str = "saving"
+) -> bool:
+    """Extend ``holder``'s lease of an upload (``saving``) or a stage (``uploading``)."""
     result = session.execute(
         update(Image)
-        .where(Image.id == image_id, Image.status == "saving", Image.upload_holder == holder)
+        .where(Image.id == image_id, Image.status == status, Image.upload_holder == holder)
         .values(upload_expires_at=utcnow() + lease)
         .execution_options(synchronize_session=False)
     )

@@ -111,16 +111,6 @@ def claim_stage(
     return True
 
 
-def renew_stage(session: Session, image_id: str, holder: str, lease: timedelta) -> bool:
-    result = session.execute(
-        update(Image)
-        .where(Image.id == image_id, Image.status == "uploading", Image.upload_holder == holder)
-        .values(upload_expires_at=utcnow() + lease)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(getattr(result, "rowcount", 0))
-
-
 def finish_stage(session: Session, image_id: str, holder: str, size: int) -> bool:
     """All staged bytes are in: drop the lease (the image stays ``uploading``, staged)."""
     result = session.execute(

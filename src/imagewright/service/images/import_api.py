@@ -97,9 +97,8 @@ def _claim_stage(registry: Registry, caller: AuthContext, image_id: str) -> tupl
 
 def _renew_stage(registry: Registry, image_id: str, holder: str) -> bool:
     with registry.catalog.writing() as session:
-        return imports.renew_stage(
-            session, image_id, holder, timedelta(seconds=registry.config.upload_lease_seconds)
-        )
+        lease = timedelta(seconds=registry.config.upload_lease_seconds)
+        return images.renew_lease(session, image_id, holder, lease, status="uploading")
 
 
 @_route
