@@ -13,5 +13,8 @@
   download (``Content-MD5``, ``Range`` → 206/416, streamed from the store).
 - ``/v2/images/{id}/members``: Glance's sharing, with ``catalog.image_policy``'s rules.
 
-Later: ``/v2/metadefs`` (metadata definitions), ``/v2/tasks`` and interoperable import.
+- ``/v2/metadefs``: the metadata definitions catalog (``metadefs.py``, schemas in
+  ``metadef_schemas.py``, rules and the shipped default set in ``catalog.metadefs``).
+
+Later: ``/v2/tasks`` and interoperable import.
 """

@@ -33,6 +33,7 @@ from imagewright.service.http import (
     registry_of,
 )
 from imagewright.service.images import schemas
+from imagewright.service.images.metadefs import metadef_routes
 from imagewright.service.images.upload import UnsupportedMediaTypeError, receive_upload
 from imagewright.service.images.views import image_view, member_view
 
@@ -798,7 +799,7 @@ def build_images_app() -> Starlette:
         Route("/v2/images/{image_id}/members/{member_id}", show_member, methods=["GET"]),
         Route("/v2/images/{image_id}/members/{member_id}", update_member, methods=["PUT"]),
         Route("/v2/images/{image_id}/members/{member_id}", remove_member, methods=["DELETE"]),
-        # /v2/metadefs/* (the metadata definitions catalog) and /v2/tasks, /v2/images/{id}/import
-        # and /stage (interoperable import) are mounted here by their own modules.
+        # /v2/tasks, /v2/images/{id}/import and /stage (interoperable import) come with their modules.
+        *metadef_routes(),
     ]
     return Starlette(routes=routes, exception_handlers=http_exception_handlers(glance_error))
