@@ -25,7 +25,7 @@ import pytest
 from tests.conftest import require_program
 from tests.fixtures.hostile import HostileCase, every_case
 from tests.fixtures.registry import Api, RegistryServer
-from tests.registry.conftest import BACKENDS
+from tests.registry.conftest import BACKENDS, S3, make_server
 
 CASES = every_case()
 
@@ -200,12 +200,11 @@ def _status(server: RegistryServer, image_id: str) -> str:
         return str(api.get(f"/image/v2/images/{image_id}").json()["status"])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [*BACKENDS, S3])
 def test_kill9_server_mid_upload_then_restart(
     request: pytest.FixtureRequest, backend: str, tmp_path: Path
 ) -> None:
-    database = request.getfixturevalue("pg").fresh_database() if backend == "postgresql" else None
-    server = RegistryServer(tmp_path / "data", database=database)
+    server = make_server(request, tmp_path, backend)
     server.start()
     try:
         token = server.token()
@@ -214,6 +213,10 @@ def test_kill9_server_mid_upload_then_restart(
         client = _start_slow_upload(server, token, image["id"], tmp_path)
         _wait_for_bytes(client, 8 << 20)
         assert _status(server, image["id"]) == "saving"
+        # (An S3 store starts its multipart upload with the first full part.)
+        deadline = time.monotonic() + 60
+        while not server.blobs() and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert server.blobs(), "the upload should be writing into the store"
         server.kill9()
         client.wait(timeout=60)

@@ -35,6 +35,13 @@ from imagewright.service.config import DEFAULT_LISTEN, parse_listen
     "--public-url", default=None, metavar="URL", help="The URL clients use (default http://HOST:PORT)."
 )
 @click.option(
+    "--max-image-size",
+    default="1T",
+    show_default=True,
+    metavar="SIZE",
+    help="The largest image data accepted (Glance's image_size_cap), e.g. 20G; larger uploads get 413.",
+)
+@click.option(
     "--metadata-listen",
     default=None,
     metavar="HOST:PORT",
@@ -48,6 +55,7 @@ def command(
     stores: tuple[str, ...],
     workers: int,
     public_url: str | None,
+    max_image_size: str,
     metadata_listen: str | None,
     trusted_proxies: tuple[str, ...],
     rate_limit: float | None,
@@ -62,13 +70,25 @@ def command(
     and images that are not what their disk_format says are refused.
     """
     from imagewright.service import datadir, serving
+    from imagewright.units import format_size, parse_size
 
     host, port = parse_listen(listen)
     if metadata_listen is not None:
         parse_listen(metadata_listen)
+    size_cap = parse_size(max_image_size)
+    if size_cap <= 0:
+        raise click.BadParameter(
+            "must be a size larger than zero (for example 20G).", param_hint="--max-image-size"
+        )
     directory = datadir.resolve_data_dir(data_dir)
     prepared = serving.prepare(
-        directory, host, port, database=database, store_specs=stores, public_url=public_url
+        directory,
+        host,
+        port,
+        database=database,
+        store_specs=stores,
+        public_url=public_url,
+        image_size_cap=size_cap,
     )
     config = prepared.config
     before, after = prepared.schema
@@ -82,7 +102,7 @@ def command(
         echo("  created the project 'admin' and the user 'admin' (role admin)")
         echo(f"  admin password: {prepared.admin_password}   (shown once; also in {prepared.clouds_yaml})")
     echo(f"  identity: {config.public_url}/identity/v3")
-    echo(f"  image:    {config.public_url}/image")
+    echo(f"  image:    {config.public_url}/image (images up to {format_size(config.image_size_cap)})")
     if prepared.clouds_yaml.exists():
         echo(
             f"  try:      OS_CLIENT_CONFIG_FILE={prepared.clouds_yaml} OS_CLOUD=imagewright "

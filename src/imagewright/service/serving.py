@@ -9,6 +9,7 @@ sweep. ``run`` hands the config to uvicorn, which starts the workers (``app.crea
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ def prepare(
     database: str | None = None,
     store_specs: tuple[str, ...] = (),
     public_url: str | None = None,
+    image_size_cap: int | None = None,
 ) -> Prepared:
     datadir.ensure_data_dir(data_dir)
     database_url = database or sqlite_url(data_dir)
@@ -70,6 +72,8 @@ def prepare(
         config = ServiceConfig(
             data_dir=data_dir, database_url=database_url, store_specs=tuple(store_specs), public_url=url
         )
+        if image_size_cap is not None:
+            config = dataclasses.replace(config, image_size_cap=image_size_cap)
         stores = open_stores(list(store_specs), data_dir)
         stores.check()
         datadir.write_config(data_dir, datadir.DataDirConfig(database_url, tuple(store_specs), url))
