@@ -9,8 +9,8 @@
   ``limit``/``marker`` with a ``next`` link), show, JSON-patch update
   (``application/openstack-images-v2.1-json-patch`` or v2.0; 415 otherwise; 403 for read-only and
   reserved attributes), delete (403 when ``protected``), deactivate/reactivate, tags.
-- ``/v2/images/{id}/file``: upload (``upload.py``: streamed, hashed, judged by ``gate.py``) and
-  download (``Content-MD5``, ``Range`` → 206/416, streamed from the store).
+- ``/v2/images/{id}/file``: upload (``upload.py``: streamed, hashed, judged by
+  ``imagewright.upload_gate``) and download (``Content-MD5``, ``Range`` → 206/416, streamed from the store).
 - ``/v2/images/{id}/members``: Glance's sharing, with ``catalog.image_policy``'s rules.
 
 - ``/v2/metadefs``: the metadata definitions catalog (``metadefs.py``, schemas in

@@ -37,9 +37,9 @@ from imagewright.catalog import image_policy, images
 from imagewright.catalog.tokens import AuthContext
 from imagewright.errors import ConflictError, RequestError, StoreError, UnsafeImageError
 from imagewright.service.http import Registry, blocking
-from imagewright.service.images.gate import judge_upload
 from imagewright.service.leases import this_holder
 from imagewright.stores import BlobStore, BlobWriter
+from imagewright.upload_gate import judge_upload
 
 LOG = logging.getLogger("imagewright.service.upload")
 

@@ -1,4 +1,9 @@
-"""The registry's gate: every uploaded image is judged by imagewright's one safety inspection.
+"""What a Glance-compatible registry accepts: the safety gate, and the content matching its formats.
+
+The registry (``service.images.upload``) judges every upload with ``judge_upload``; the client
+(``imagewright.registry``: ``imagewright image upload``) judges the file with the same function
+before it sends a byte, so it refuses what the server would, and names the formats to declare
+with ``content_formats`` — one judgment, two doors.
 
 After the bytes are in the store (and before the image turns ``active``), the blob is opened
 as a ``ByteSource`` and judged by ``imagewright.gate.admit``, the gate every entry point of
@@ -36,6 +41,9 @@ from imagewright.formats.containers.compressed import probe_compression
 from imagewright.gate import admit
 from imagewright.inspection import NOT_EXAMINED, ImageReport
 
+#: Glance's disk and container formats (the Image API's enums).
+DISK_FORMATS = ("ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop")
+CONTAINER_FORMATS = ("ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed")
 #: qemu driver name (as the inspection reports it) → Glance disk_format.
 GLANCE_DISK_FORMAT = {
     "raw": "raw",
@@ -66,8 +74,8 @@ def admit_blob(source: ByteSource, name: str) -> ImageReport:
             raise UnsafeImageError(
                 f"The image is refused: it is {compression}-compressed and {reasons[0]}; the registry "
                 "examines every byte it accepts and does not decompress uploads to a scratch disk, so "
-                "upload large images uncompressed or as qcow2 ('imagewright image upload' does that "
-                "for you).",
+                "upload large images uncompressed or as qcow2 ('imagewright image upload --convert-to qcow2' "
+                "does that for you).",
                 reasons,
             ) from err
         more = f" (also: {'; '.join(reasons[1:4])})" if len(reasons) > 1 else ""
@@ -78,6 +86,9 @@ def admit_blob(source: ByteSource, name: str) -> ImageReport:
 class GateResult:
     report: ImageReport
     virtual_size: int | None
+    #: The formats to declare (Glance's names): the declared ones, which matched the content.
+    disk_format: str
+    container_format: str
 
 
 def content_formats(report: ImageReport) -> tuple[str, str]:
@@ -115,10 +126,25 @@ def _matches(declared: str, found: str) -> bool:
     return False
 
 
-def judge_upload(source: ByteSource, name: str, disk_format: str, container_format: str) -> GateResult:
-    """Refuse (UnsafeImageError, one sentence) an unsafe image or one that is not what it claims."""
+def judge_upload(
+    source: ByteSource, name: str, disk_format: str | None = None, container_format: str | None = None
+) -> GateResult:
+    """Refuse (UnsafeImageError, one sentence) an unsafe image or one that is not what it claims.
+
+    ``disk_format`` / ``container_format`` None: whatever the content is (a client that lets the
+    inspection name the formats, as ``imagewright image upload`` and ``register-local`` do).
+    """
     report = admit_blob(source, name)
     found_disk, found_container = content_formats(report)
+    if container_format is None:
+        container_format = found_container
+    if disk_format is None:
+        disk_format = "raw" if found_disk == "unknown" and found_container == "compressed" else found_disk
+        if disk_format not in DISK_FORMATS:
+            raise UnsafeImageError(
+                f"The image is a {found_disk} image, which a Glance registry has no disk_format for; "
+                "convert it first (for example to qcow2)."
+            )
     if container_format in ("bare", "ami", "aki", "ari"):
         if found_container != "bare":
             raise UnsafeImageError(
@@ -146,5 +172,4 @@ def judge_upload(source: ByteSource, name: str, disk_format: str, container_form
             f"The image data is {found_disk}, but disk_format says {disk_format}; declare disk_format "
             f"{found_disk} (or convert the image)."
         )
-    virtual_size = report.virtual_size
-    return GateResult(report, virtual_size)
+    return GateResult(report, report.virtual_size, disk_format, container_format)
