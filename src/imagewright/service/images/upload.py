@@ -164,7 +164,13 @@ def _chosen_store(request: Request, registry: Registry) -> BlobStore:
         raise RequestError(
             f"There is no store named {store_id!r} (X-Image-Meta-Store); the stores are: {known}."
         )
-    return registry.stores[store_id]
+    store = registry.stores[store_id]
+    if store.info.scheme == "file-inplace":
+        raise RequestError(
+            f"The store {store_id!r} registers files where they lie and takes no uploads; "
+            "upload to another store."
+        )
+    return store
 
 
 async def _stream_into(
