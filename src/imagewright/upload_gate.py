@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from imagewright.binary import ByteSource
 from imagewright.errors import UnsafeImageError
-from imagewright.formats.containers.compressed import probe_compression
+from imagewright.formats.containers.signature import probe_compression
 from imagewright.gate import admit
 from imagewright.inspection import NOT_EXAMINED, ImageReport
 

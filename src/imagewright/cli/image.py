@@ -126,7 +126,7 @@ def upload(
         emit_json(result.to_dict())
         return
     converted = f", converted from {result.converted_from}" if result.converted_from else ""
-    stdout_console.print(
+    stdout_console().print(
         f"uploaded {file} as {result.name} ({result.id}) to {result.cloud}: {result.disk_format}/"
         f"{result.container_format}{converted}, {_size(result.size)}, checksum {result.checksum} verified"
     )
@@ -180,7 +180,7 @@ def list_command(
             _size(image.get("size")),
             image.get("visibility", ""),
         )
-    stdout_console.print(table)
+    stdout_console().print(table)
 
 
 @command.command("show")
@@ -196,7 +196,7 @@ def show(image: str, cloud_name: str | None, clouds_file: str | None, as_json: b
         emit_json(found)
         return
     for key in sorted(found):
-        stdout_console.print(f"{key:18} {found[key]}", markup=False, highlight=False)
+        stdout_console().print(f"{key:18} {found[key]}", markup=False, highlight=False)
 
 
 @command.command("download")
@@ -217,7 +217,7 @@ def download(
     if as_json:
         emit_json(result.to_dict())
         return
-    stdout_console.print(
+    stdout_console().print(
         f"downloaded {result.id} to {output}: {_size(result.size)}, md5 {result.checksum} verified"
     )
 
@@ -234,7 +234,7 @@ def delete(image: str, cloud_name: str | None, clouds_file: str | None, as_json:
     if as_json:
         emit_json({"id": deleted["id"], "name": deleted.get("name"), "deleted": True})
         return
-    stdout_console.print(f"deleted {deleted.get('name') or ''} ({deleted['id']})")
+    stdout_console().print(f"deleted {deleted.get('name') or ''} ({deleted['id']})")
 
 
 @command.command("share")
@@ -254,7 +254,7 @@ def share(
     if as_json:
         emit_json(result)
         return
-    stdout_console.print(f"image {result['image_id']}: project {result['member_id']} {result['status']}")
+    stdout_console().print(f"image {result['image_id']}: project {result['member_id']} {result['status']}")
 
 
 @command.command("register-local")
@@ -322,7 +322,7 @@ def register_local(
     if as_json:
         emit_json(view)
         return
-    stdout_console.print(
+    stdout_console().print(
         f"registered {path} as {view['name']} ({view['id']}) in store {view['stores']}: "
         f"{view['disk_format']}/{view['container_format']}, {_size(view['size'])}, "
         f"checksum {view['checksum']}"
