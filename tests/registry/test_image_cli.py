@@ -160,7 +160,8 @@ def test_convert_on_the_way(registry: RegistryServer, tmp_path: Path) -> None:
 # --- a corrupting proxy: the client's own checksum check ------------------------------------------
 
 MARKER = b"<<imagewright-corrupt-me-here>>"
-CORRUPTED = b"<<imagewright-CORRUPTED-here>>"
+# The same length: the request's Content-Length stays true, only the bytes differ.
+CORRUPTED = MARKER.upper()
 
 
 @contextlib.contextmanager
