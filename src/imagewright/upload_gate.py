@@ -69,8 +69,9 @@ def admit_blob(source: ByteSource, name: str) -> ImageReport:
     except UnsafeImageError as err:
         reasons = err.reasons
         compression = probe_compression(source.pread(0, 64))
-        if compression is not None and any(NOT_EXAMINED in reason for reason in reasons):
+        if compression is not None and reasons and all(NOT_EXAMINED in reason for reason in reasons):
             # See the module docstring: a compressed upload is examined as far as memory allows.
+            # Only when its size is all that is wrong: a bomb or a corrupt stream is said as such.
             raise UnsafeImageError(
                 f"The image is refused: it is {compression}-compressed and {reasons[0]}; the registry "
                 "examines every byte it accepts and does not decompress uploads to a scratch disk, so "
