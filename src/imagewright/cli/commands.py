@@ -68,6 +68,11 @@ VERBS: tuple[Verb, ...] = (
         "Run the image registry: Glance-compatible images at /image, identity at /identity/v3.",
     ),
     Verb(
+        "image",
+        "image:command",
+        "Images in a cloud's image service (ours or any OpenStack Glance), through clouds.yaml.",
+    ),
+    Verb(
         "instance",
         "instance:command",
         "Instances: what the metadata service tells each VM (keys, user-data, network).",

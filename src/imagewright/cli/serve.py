@@ -28,7 +28,7 @@ from imagewright.service.config import DEFAULT_LISTEN, parse_listen
     multiple=True,
     metavar="SPEC",
     help="A blob store: [NAME=]file:///DIR or [NAME=]s3://BUCKET[/PREFIX]?endpoint=URL (repeatable; "
-    "default: files under DATA_DIR/images).",
+    "NAME=file-inplace:///DIR for image register-local; default: files under DATA_DIR/images).",
 )
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Server processes.")
 @click.option(
