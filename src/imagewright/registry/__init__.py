@@ -1,7 +1,7 @@
 """The client side of image registries: any Glance-compatible cloud, ours or a real OpenStack.
 
-``imagewright image upload/list/show/download/delete/share`` and ``package publish --to
-registry`` stand on this room. Authentication, the service catalog and endpoint discovery are
+``imagewright image upload/list/show/download/delete/share`` stands on this room (a future
+``package publish --to registry`` would too). Authentication, the service catalog and endpoint discovery are
 openstacksdk's and keystoneauth's (a ``clouds.yaml`` cloud, or the ``OS_*`` variables of an
 openrc); this room only speaks the Image API v2 over the session they give.
 
