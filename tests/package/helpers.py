@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from tests.fixtures.tools import qemu_img, qemu_io_write, sparse_file
+from tests.fixtures.tools import qemu_img, qemu_io_write, run, sparse_file
 
 from imagewright.files import ScratchFiles
 from imagewright.package.passes import SequentialFile, read_source, run_pass
@@ -65,3 +65,93 @@ def libvmdk_sha256(path: Path) -> tuple[int, str]:
         return handle.get_media_size(), digest.hexdigest()
     finally:
         handle.close()
+
+
+SCHEMAS = Path(__file__).parent / "schemas"
+
+
+def ovf_schema(version: str, directory: Path) -> object:
+    """The OVF structure rules (``schemas/``) for the envelope namespace of ``version``."""
+    import xmlschema
+
+    namespace = {
+        "1.0": "http://schemas.dmtf.org/ovf/envelope/1",
+        "2.0": "http://schemas.dmtf.org/ovf/envelope/2",
+    }
+    for name in ("rasd.xsd", "vssd.xsd"):
+        (directory / name).write_text((SCHEMAS / name).read_text())
+    envelope = directory / "ovf-envelope.xsd"
+    envelope.write_text((SCHEMAS / "ovf-envelope.xsd").read_text().replace("{OVF_NS}", namespace[version]))
+    return xmlschema.XMLSchema(str(envelope))
+
+
+def make_key(
+    directory: Path, name: str, *, issuer: tuple[Path, Path] | None = None, ca: bool = False
+) -> tuple[Path, Path]:
+    """An RSA key and an X.509 certificate made by openssl: self-signed, or issued by ``issuer``."""
+    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
+    subject = f"/CN={name}"
+    if issuer is None:
+        extra = ["-addext", "basicConstraints=critical,CA:TRUE"] if ca else []
+        run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+            "-days", "30", "-subj", subject, *extra)  # fmt: skip
+        return key, cert
+    csr = directory / f"{name}.csr"
+    run(
+        "openssl",
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        csr,
+        "-subj",
+        subject,
+    )
+    run("openssl", "x509", "-req", "-in", csr, "-CA", issuer[1], "-CAkey", issuer[0], "-CAcreateserial",
+        "-out", cert, "-days", "30")  # fmt: skip
+    return key, cert
+
+
+def tar_members(path: Path) -> list[str]:
+    """Member names in archive order, as GNU tar lists them."""
+    return run("tar", "tf", path).stdout.decode().split()
+
+
+def extract(path: Path, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    run("tar", "xf", path, "-C", directory)
+    return directory
+
+
+def repack(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """An OVA (USTAR, in the given order) holding ``members`` as given: for hostile packages."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def read_members(path: Path) -> list[tuple[str, bytes]]:
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        out = []
+        for info in tar.getmembers():
+            handle = tar.extractfile(info)
+            assert handle is not None
+            out.append((info.name, handle.read()))
+        return out
+
+
+def manifest_line(algorithm: str, name: str, data: bytes) -> bytes:
+    return f"{algorithm.upper()}({name})= {hashlib.new(algorithm, data).hexdigest()}\n".encode()

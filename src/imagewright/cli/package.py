@@ -168,3 +168,61 @@ def ova_command(
     )
     for member in result.members:
         out.print(Text(f"  {member.name:<40} {member.size:>14}  {result.digest_algorithm} {member.digest}"))
+
+
+@command.command("verify")
+@click.argument("package", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "--ca",
+    "ca_paths",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Trusted certificate(s) (PEM) the signing certificate must chain to.",
+)
+@click.option(
+    "--max-virtual-size", type=SIZE, default=None, help="Refuse disks larger than this (default 16T)."
+)
+@json_option
+def verify_command(
+    package: Path, ca_paths: tuple[Path, ...], max_virtual_size: int | None, as_json: bool
+) -> None:
+    """Check an OVA: member order, every digest, the signature and its certificate chain,
+    the descriptor against the members, and each disk's own safety.
+
+    Exit status 0 when it checks out, 1 when anything is wrong.
+    """
+    from imagewright.cli.common import byte_progress
+    from imagewright.package.ova_verify import verify_ova
+    from imagewright.package.signing import load_certificate_file
+
+    trusted = [cert for path in ca_paths for cert in load_certificate_file(path)]
+    with sigterm_as_interrupt(), byte_progress("verifying", enabled=not as_json) as progress:
+        result = verify_ova(package, trusted=trusted, limits=_limits(max_virtual_size), progress=progress)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        out = stdout_console
+        out.print(Text(f"package:     {package}"))
+        out.print(Text(f"descriptor:  {result.descriptor or '-'}"))
+        out.print(Text(f"manifest:    {result.manifest or '-'}"))
+        for member in result.members:
+            state = "ok" if member.ok else "MISMATCH"
+            out.print(Text(f"  {member.name:<40} {', '.join(member.digests)}  {state}"))
+        signature = result.signature
+        if signature is None:
+            out.print(Text("signature:   none"))
+        else:
+            state = "valid" if signature.valid else "INVALID"
+            chain = f", {signature.chain.status}" if signature.chain is not None else ""
+            out.print(Text(f"signature:   {signature.algorithm} {state} ({signature.subject}{chain})"))
+        for name, disk in result.disks.items():
+            kind = disk["format"] + (f" ({disk['subformat']})" if disk["subformat"] else "")
+            size = format_size(disk["virtual_size"]) if disk["virtual_size"] is not None else "?"
+            out.print(Text(f"disk:        {name}: {kind}, {size}, {'safe' if disk['safe'] else 'REFUSED'}"))
+        for warning in result.warnings:
+            out.print(Text(f"warning:     {warning}"))
+        for problem in result.problems:
+            out.print(Text(f"problem:     {problem}"))
+        out.print(Text(f"verdict:     {'ok' if result.ok else 'refused'}"))
+    if not result.ok:
+        raise click.exceptions.Exit(1)
