@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from imagewright.errors import InvalidArgumentError
-from imagewright.files import AtomicOutput
+from imagewright.files import AtomicOutput, io_error
 from imagewright.formats.base import Limits
 from imagewright.package.deflate import DEFAULT_LEVEL
 from imagewright.package.ovf_descriptor import CONTROLLERS, DiskFacts, MachineSpec, build_descriptor
@@ -259,8 +259,11 @@ class OvaWriter:
 def file_digests(path: Path, algorithms: tuple[str, ...]) -> dict[str, str]:
     """Digests of a finished file (one sequential read, from the page cache when just written)."""
     hashers = {name: hashlib.new(name) for name in algorithms}
-    with path.open("rb") as f:
-        while chunk := f.read(4 << 20):
-            for hasher in hashers.values():
-                hasher.update(chunk)
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(4 << 20):
+                for hasher in hashers.values():
+                    hasher.update(chunk)
+    except OSError as err:
+        raise io_error(err, path, "reading") from None
     return {name: hasher.hexdigest() for name, hasher in hashers.items()}
