@@ -226,3 +226,154 @@ def verify_command(
         out.print(Text(f"verdict:     {'ok' if result.ok else 'refused'}"))
     if not result.ok:
         raise click.exceptions.Exit(1)
+
+
+@command.command("bundle")
+@click.argument("image", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-d", "--destination", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("-u", "--user", required=True, help="Your account ID.")
+@click.option("-c", "--cert", "cert_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("-k", "--privatekey", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option(
+    "--ec2cert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The cloud's certificate.",
+)
+@click.option(
+    "-r",
+    "--arch",
+    type=click.Choice(["i386", "x86_64", "armhf", "ppc", "ppc64", "ppc64le"]),
+    default="x86_64",
+)
+@click.option("--kernel", help="aki-… to link a kernel, or 'true': IMAGE is a kernel.")
+@click.option("--ramdisk", help="ari-… to link a ramdisk, or 'true': IMAGE is a ramdisk.")
+@click.option("-B", "--block-device-mapping", "mappings", help="VIRTUAL=DEVICE,… (ami=sda1,root=/dev/sda1).")
+@click.option("--productcodes", help="CODE1,CODE2,…")
+@click.option("--part-size", type=SIZE, default="10M", show_default=True)
+@click.option("-p", "--prefix", help="The bundle's file name prefix (default: the image's name).")
+@click.option("--force", is_flag=True, help="Overwrite an existing bundle of the same prefix.")
+@click.option(
+    "--max-virtual-size", type=SIZE, default=None, help="Refuse sources larger than this (default 16T)."
+)
+@json_option
+def bundle_command(
+    image: Path,
+    destination: Path,
+    user: str,
+    cert_path: Path,
+    privatekey: Path,
+    ec2cert: Path,
+    arch: str,
+    kernel: str | None,
+    ramdisk: str | None,
+    mappings: str | None,
+    productcodes: str | None,
+    part_size: int,
+    prefix: str | None,
+    force: bool,
+    max_virtual_size: int | None,
+    as_json: bool,
+) -> None:
+    """Bundle IMAGE for an EC2-style cloud as euca2ools does, in one pass.
+
+    tar, SHA-1, gzip (every core), AES-128-CBC, parts and a signed manifest. A machine
+    image is bundled as its raw disk (any source format); --kernel true / --ramdisk true
+    bundle the file as it is.
+    """
+    from imagewright.package.bundle import BundleOptions, bundle_image, parse_block_device_mappings
+
+    options = BundleOptions(
+        user=user,
+        user_certificate=cert_path,
+        private_key=privatekey,
+        cloud_certificate=ec2cert,
+        architecture=arch,
+        kernel=kernel,
+        ramdisk=ramdisk,
+        block_device_mappings=parse_block_device_mappings(mappings) if mappings else (),
+        product_codes=tuple(c.strip() for c in productcodes.split(",") if c.strip()) if productcodes else (),
+        part_size=part_size,
+        prefix=prefix,
+    )
+    with sigterm_as_interrupt(), staged_progress(enabled=not as_json) as progress:
+        result = bundle_image(
+            image, destination, options, force=force, limits=_limits(max_virtual_size), progress=progress
+        )
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    out = stdout_console
+    out.print(Text(f"bundled {image} -> {result.manifest} ({result.image_type})"))
+    out.print(
+        Text(
+            f"image {format_size(result.image_size)}, {len(result.parts)} parts, "
+            f"{format_size(result.bundled_size)} bundled, {result.seconds:.1f} s"
+        )
+    )
+    out.print(Text(f"sha1  {result.image_digest}  (tar stream)"))
+
+
+def _print_check(check: object) -> None:
+    from imagewright.package.bundle import BundleCheck
+
+    assert isinstance(check, BundleCheck)
+    out = stdout_console
+    out.print(Text(f"manifest:    {check.manifest} ({check.image_type}, {format_size(check.image_size)})"))
+    out.print(Text(f"signature:   {check.signature}"))
+    out.print(Text(f"parts:       {check.parts_checked} checked"))
+    out.print(Text(f"image:       {check.image_digest}"))
+    for warning in check.warnings:
+        out.print(Text(f"warning:     {warning}"))
+    for problem in check.problems:
+        out.print(Text(f"problem:     {problem}"))
+    out.print(Text(f"verdict:     {'ok' if check.ok else 'refused'}"))
+
+
+@command.command("verify-bundle")
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("-c", "--cert", "cert_path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "-k",
+    "--privatekey",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="With it, the parts are also decrypted and the image digest checked.",
+)
+@json_option
+def verify_bundle_command(
+    manifest: Path, cert_path: Path | None, privatekey: Path | None, as_json: bool
+) -> None:
+    """Check an EC2 bundle: the manifest's signature, every part's SHA-1, the image digest."""
+    from imagewright.package.bundle import verify_bundle
+
+    with sigterm_as_interrupt():
+        check = verify_bundle(manifest, certificate=cert_path, private_key=privatekey)
+    if as_json:
+        emit_json(check.to_dict())
+    else:
+        _print_check(check)
+    if not check.ok:
+        raise click.exceptions.Exit(1)
+
+
+@command.command("unbundle")
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("-d", "--destination", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option(
+    "-k", "--privatekey", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True
+)
+@click.option("-c", "--cert", "cert_path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--force", is_flag=True, help="Overwrite the image if it exists.")
+@json_option
+def unbundle_command(
+    manifest: Path, destination: Path, privatekey: Path, cert_path: Path | None, force: bool, as_json: bool
+) -> None:
+    """Unbundle an EC2 bundle into DESTINATION, refusing a tampered one before writing anything."""
+    from imagewright.package.bundle import unbundle
+
+    with sigterm_as_interrupt():
+        result = unbundle(manifest, destination, privatekey, certificate=cert_path, force=force)
+    if as_json:
+        emit_json({"image": result.image, "size": result.size, "check": result.check.to_dict()})
+        return
+    stdout_console.print(Text(f"unbundled {manifest} -> {result.image} ({format_size(result.size)})"))

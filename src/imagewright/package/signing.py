@@ -105,7 +105,7 @@ class Signer:
         return (self.key.key_size + 7) // 8
 
     def sign(self, data: bytes, algorithm: str) -> bytes:
-        return self.key.sign(data, padding.PKCS1v15(), DIGESTS[algorithm]())
+        return sign_with(self.key, data, algorithm)
 
     def certificate_pem(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.PEM)
@@ -123,16 +123,24 @@ def load_signer(key_path: Path, cert_path: Path) -> Signer:
     return Signer(key, certificate)
 
 
-def verify_signature(certificate: x509.Certificate, signature: bytes, data: bytes, algorithm: str) -> bool:
-    """True when ``signature`` is the certificate's key's PKCS#1 v1.5 signature of ``data``."""
-    key = certificate.public_key()
-    if not isinstance(key, rsa.RSAPublicKey):
-        return False
+def sign_with(key: rsa.RSAPrivateKey, data: bytes, algorithm: str) -> bytes:
+    """RSA PKCS#1 v1.5 signature of ``data`` with the ``algorithm`` digest (SHA1/SHA256/SHA512)."""
+    return key.sign(data, padding.PKCS1v15(), DIGESTS[algorithm]())
+
+
+def verify_with(key: rsa.RSAPublicKey, signature: bytes, data: bytes, algorithm: str) -> bool:
+    """True when ``signature`` is ``key``'s PKCS#1 v1.5 signature of ``data``."""
     try:
         key.verify(signature, data, padding.PKCS1v15(), DIGESTS[algorithm]())
     except InvalidSignature:
         return False
     return True
+
+
+def verify_signature(certificate: x509.Certificate, signature: bytes, data: bytes, algorithm: str) -> bool:
+    """True when ``signature`` is the certificate's key's PKCS#1 v1.5 signature of ``data``."""
+    key = certificate.public_key()
+    return isinstance(key, rsa.RSAPublicKey) and verify_with(key, signature, data, algorithm)
 
 
 def encrypt_for(certificate: x509.Certificate, data: bytes) -> bytes:
