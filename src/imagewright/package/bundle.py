@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from imagewright import __version__
 from imagewright.errors import ImageFormatError, ImageIOError, InvalidArgumentError, UnsafeImageError
-from imagewright.files import AtomicOutput, io_error
+from imagewright.files import AtomicOutput, ScratchFiles, io_error
 from imagewright.formats.base import Limits
 from imagewright.formats.containers.tar import TarHeaderError, parse_header
 from imagewright.ops.convert.output import OutputFile, stream_file
@@ -255,6 +255,106 @@ class BundleWriter:
         self._parts.finish()
 
 
+class BundleJob:
+    """One bundle being written into ``directory``: its parts, its writer, then its manifest.
+
+    ``writer`` is the ``GrainTarget`` of the pass; ``complete()`` writes the manifest once the
+    pass is done, ``commit()`` puts the parts and then the manifest in place. Everything is
+    held in ``stack`` (leaving it without ``commit`` removes every file written).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        prefix: str,
+        image_size: int,
+        options: BundleOptions,
+        stack: contextlib.ExitStack,
+        *,
+        force: bool = False,
+        level: int = DEFAULT_LEVEL,
+        key: bytes | None = None,
+        iv: bytes | None = None,
+    ) -> None:
+        options.check()
+        if not directory.is_dir():
+            raise ImageIOError(f"The bundle directory {directory} does not exist.")
+        self.options = options
+        self.user_cert = load_certificate_file(options.user_certificate)[0]
+        self.cloud_cert = load_certificate_file(options.cloud_certificate)[0]
+        self.private_key = load_private_key(options.private_key)
+        self.prefix = check_plain_name(prefix, "a bundle prefix")
+        self.image_size = image_size
+        self.key_hex = (key or secrets.token_bytes(16)).hex()
+        self.iv_hex = (iv or secrets.token_bytes(16)).hex()
+        self.manifest_out = stack.enter_context(
+            AtomicOutput(directory / f"{self.prefix}.manifest.xml", force=force)
+        )
+        self.parts = PartWriter(directory, self.prefix, options.part_size, stack, force)
+        stack.callback(self.parts.close)
+        self.writer = BundleWriter(
+            self.prefix,
+            image_size,
+            bytes.fromhex(self.key_hex),
+            bytes.fromhex(self.iv_hex),
+            self.parts,
+            level,
+        )
+        self.manifest: BundleManifest | None = None
+
+    def complete(self) -> BundleManifest:
+        """Write the manifest (after the pass)."""
+        options = self.options
+        key, iv = self.key_hex.encode("ascii"), self.iv_hex.encode("ascii")
+        manifest = BundleManifest(
+            name=self.prefix,
+            user=options.user.replace("-", ""),
+            image_type=options.image_type,
+            architecture=options.architecture,
+            image_digest=self.writer.tar_sha1.hexdigest(),
+            image_size=self.image_size,
+            bundled_size=sum(part.size for part in self.parts.parts),
+            ec2_encrypted_key=encrypt_for(self.cloud_cert, key).hex(),
+            user_encrypted_key=encrypt_for(self.user_cert, key).hex(),
+            ec2_encrypted_iv=encrypt_for(self.cloud_cert, iv).hex(),
+            user_encrypted_iv=encrypt_for(self.user_cert, iv).hex(),
+            parts=self.parts.parts,
+            block_device_mappings=list(options.block_device_mappings),
+            product_codes=list(options.product_codes),
+            kernel_id=options.kernel,
+            ramdisk_id=options.ramdisk,
+            bundler=("imagewright", __version__, "0"),
+        )
+        # EC2 bundle manifests are signed with SHA-1 by definition (spec digest section 3.4).
+        manifest.signature = sign_with(self.private_key, manifest.signed_bytes(), "SHA1").hex()
+        try:
+            self.manifest_out.path.write_bytes(manifest.to_xml())
+        except OSError as err:
+            raise io_error(err, self.manifest_out.target) from None
+        self.manifest = manifest
+        return manifest
+
+    def commit(self) -> None:
+        for output in self.parts.outputs:
+            output.commit()
+        self.manifest_out.commit()
+
+    def result(self, seconds: float) -> BundleResult:
+        assert self.manifest is not None
+        return BundleResult(
+            manifest=str(self.manifest_out.target),
+            prefix=self.prefix,
+            image_type=self.options.image_type,
+            image_size=self.image_size,
+            image_digest=self.manifest.image_digest,
+            bundled_size=self.manifest.bundled_size,
+            parts=[{"filename": p.filename, "size": p.size, "sha1": p.sha1} for p in self.parts.parts],
+            seconds=seconds,
+            key=self.key_hex,
+            iv=self.iv_hex,
+        )
+
+
 def bundle_image(
     image: str | Path,
     directory: str | Path,
@@ -273,67 +373,22 @@ def bundle_image(
     image_path, out_dir = Path(image), Path(directory)
     if not out_dir.is_dir():
         raise ImageIOError(f"The bundle directory {out_dir} does not exist.")
-    user_cert = load_certificate_file(options.user_certificate)[0]
-    cloud_cert = load_certificate_file(options.cloud_certificate)[0]
-    private_key = load_private_key(options.private_key)
-    prefix = check_plain_name(
-        options.prefix or default_prefix(image_path, options.image_type), "a bundle prefix"
-    )
-    key_hex = (key or secrets.token_bytes(16)).hex()
-    iv_hex = (iv or secrets.token_bytes(16)).hex()
+    prefix = options.prefix or default_prefix(image_path, options.image_type)
     with contextlib.ExitStack() as stack:
-        manifest_out = stack.enter_context(AtomicOutput(out_dir / f"{prefix}.manifest.xml", force=force))
-        parts = PartWriter(out_dir, prefix, options.part_size, stack, force)
-        stack.callback(parts.close)
         if options.image_type == "machine":
-            source = read_source(image_path, manifest_out.scratch, limits, progress)
-            size = source.virtual_size
-            writer = BundleWriter(prefix, size, bytes.fromhex(key_hex), bytes.fromhex(iv_hex), parts, level)
-            run_pass(source, [writer], progress=progress, level=level)
+            scratch = stack.enter_context(ScratchFiles(out_dir / prefix))
+            source = read_source(image_path, scratch.scratch, limits, progress)
+            job = BundleJob(
+                out_dir, prefix, source.virtual_size, options, stack, force=force, level=level, key=key, iv=iv
+            )
+            run_pass(source, [job.writer], progress=progress, level=level)
         else:
             size = _file_size(image_path)
-            writer = BundleWriter(prefix, size, bytes.fromhex(key_hex), bytes.fromhex(iv_hex), parts, level)
-            _stream_file_once(image_path, size, writer, progress, level)
-        manifest = BundleManifest(
-            name=prefix,
-            user=options.user.replace("-", ""),
-            image_type=options.image_type,
-            architecture=options.architecture,
-            image_digest=writer.tar_sha1.hexdigest(),
-            image_size=size,
-            bundled_size=sum(part.size for part in parts.parts),
-            ec2_encrypted_key=encrypt_for(cloud_cert, key_hex.encode("ascii")).hex(),
-            user_encrypted_key=encrypt_for(user_cert, key_hex.encode("ascii")).hex(),
-            ec2_encrypted_iv=encrypt_for(cloud_cert, iv_hex.encode("ascii")).hex(),
-            user_encrypted_iv=encrypt_for(user_cert, iv_hex.encode("ascii")).hex(),
-            parts=parts.parts,
-            block_device_mappings=list(options.block_device_mappings),
-            product_codes=list(options.product_codes),
-            kernel_id=options.kernel,
-            ramdisk_id=options.ramdisk,
-            bundler=("imagewright", __version__, "0"),
-        )
-        # EC2 bundle manifests are signed with SHA-1 by definition (spec digest section 3.4).
-        manifest.signature = sign_with(private_key, manifest.signed_bytes(), "SHA1").hex()
-        try:
-            manifest_out.path.write_bytes(manifest.to_xml())
-        except OSError as err:
-            raise io_error(err, manifest_out.target) from None
-        for output in parts.outputs:
-            output.commit()
-        manifest_out.commit()
-    return BundleResult(
-        manifest=str(manifest_out.target),
-        prefix=prefix,
-        image_type=options.image_type,
-        image_size=size,
-        image_digest=manifest.image_digest,
-        bundled_size=manifest.bundled_size,
-        parts=[{"filename": p.filename, "size": p.size, "sha1": p.sha1} for p in parts.parts],
-        seconds=time.monotonic() - started,
-        key=key_hex,
-        iv=iv_hex,
-    )
+            job = BundleJob(out_dir, prefix, size, options, stack, force=force, level=level, key=key, iv=iv)
+            _stream_file_once(image_path, size, job.writer, progress, level)
+        job.complete()
+        job.commit()
+    return job.result(time.monotonic() - started)
 
 
 def _file_size(path: Path) -> int:
