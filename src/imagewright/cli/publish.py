@@ -137,4 +137,4 @@ def command(
         out.print(
             Text(f"{published.target:<8} {Path(published.path).name:<{width}} {size:>10}  {published.sha256}")
         )
-    out.print(Text(f"checksums: {result.sums}; the image itself: sha256 {result.content_sha256}"))
+    out.print(Text(f"checksums: {result.sums}"))

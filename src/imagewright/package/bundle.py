@@ -184,6 +184,8 @@ class PartWriter:
         self._stack = stack
         self._force = force
         self.parts: list[BundlePart] = []
+        #: sha256 of each part as written (for checksum lists; the manifest holds the SHA-1).
+        self.sha256: dict[str, str] = {}
         self.outputs: list[AtomicOutput] = []
         self._file: SequentialFile | None = None
 
@@ -195,7 +197,7 @@ class PartWriter:
                 name = f"{self.prefix}.part.{len(self.outputs):02}"
                 output = self._stack.enter_context(AtomicOutput(self.directory / name, force=self._force))
                 self.outputs.append(output)
-                self._file = SequentialFile(output.path, ("sha1",))
+                self._file = SequentialFile(output.path, ("sha1", "sha256"))
             take = min(len(view), self.part_size - self._file.size)
             self._file.write(bytes(view[:take]))
             view = view[take:]
@@ -205,7 +207,9 @@ class PartWriter:
             return
         self._file.finish()
         name = self.outputs[-1].target.name
-        self.parts.append(BundlePart(name, self._file.digests()["sha1"], self._file.size))
+        digests = self._file.digests()
+        self.parts.append(BundlePart(name, digests["sha1"], self._file.size))
+        self.sha256[name] = digests["sha256"]
         self._file = None
 
     def finish(self) -> None:

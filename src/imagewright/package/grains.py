@@ -180,3 +180,55 @@ class DigestTarget:
 
     def hexdigests(self) -> dict[str, str]:
         return {name: hasher.hexdigest() for name, hasher in self._hashers.items()}
+
+
+class BackgroundTarget:
+    """Runs another target's work on a thread of its own, fed in order through a bounded queue.
+
+    When one pass feeds several targets (``publish``), each one's hashing, encryption and
+    writing (all of which release the GIL) then run side by side instead of one after the
+    other in the thread that receives qemu-img's stream. At most ``depth`` grains wait.
+    """
+
+    _DONE = object()
+
+    def __init__(self, inner: GrainTarget, depth: int = 64) -> None:
+        import queue
+        import threading
+
+        self.inner = inner
+        self._queue: queue.Queue[object] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="grain-target", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._DONE:
+                return
+            if self._error is not None:
+                continue  # drain: the error is raised in the feeding thread
+            try:
+                assert isinstance(item, Grain)
+                self.inner.grain(item)
+            except BaseException as err:  # noqa: BLE001 - handed to the feeding thread
+                self._error = err
+
+    def grain(self, grain: Grain) -> None:
+        if self._error is not None:
+            self.close()
+            raise self._error
+        self._queue.put(grain)
+
+    def finish(self) -> None:
+        self.close()
+        if self._error is not None:
+            raise self._error
+        self.inner.finish()
+
+    def close(self) -> None:
+        """Stop the thread (idempotent); whatever was queued has been handled or dropped."""
+        if self._thread.is_alive():
+            self._queue.put(self._DONE)
+            self._thread.join()

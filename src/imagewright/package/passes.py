@@ -18,7 +18,7 @@ from imagewright.ops.convert import stream_raw
 from imagewright.ops.convert.output import OutputFile
 from imagewright.ops.convert.source import PreparedSource, prepare_source
 from imagewright.package.deflate import DEFAULT_LEVEL
-from imagewright.package.grains import GrainStream, GrainTarget
+from imagewright.package.grains import BackgroundTarget, GrainStream, GrainTarget
 
 #: ``progress(stage, done, total)`` as convert reports it ("decompressing", "packaging" ...).
 Progress = Callable[[str, int, int | None], None]
@@ -39,20 +39,28 @@ def run_pass(
     progress: Progress | None = None,
     level: int = DEFAULT_LEVEL,
     workers: int | None = None,
+    concurrent: bool = False,
 ) -> GrainStream:
-    """Stream ``source`` once through ``targets``; returns the finished stream (its counters)."""
+    """Stream ``source`` once through ``targets``; returns the finished stream (its counters).
+
+    ``concurrent``: each target works on a thread of its own (``BackgroundTarget``), for a
+    pass that feeds several.
+    """
     size = source.virtual_size
 
     def report(done: int) -> None:
         if progress is not None:
             progress(stage, done, size)
 
-    stream = GrainStream(size, targets, level=level, workers=workers, progress=report)
+    wrapped: list[BackgroundTarget] = [BackgroundTarget(t) for t in targets] if concurrent else []
+    stream = GrainStream(size, wrapped or targets, level=level, workers=workers, progress=report)
     try:
         stream_raw(source, stream)
         stream.finish()
     finally:
         stream.close()
+        for target in wrapped:
+            target.close()
     return stream
 
 

@@ -64,8 +64,6 @@ class PublishResult:
     source: str
     source_format: str
     virtual_size: int
-    #: sha256 of the guest's raw bytes (what every output holds).
-    content_sha256: str
     files: list[PublishedFile]
     sums: str
     seconds: float
@@ -262,9 +260,15 @@ class Bundle(Target):
         self.job.complete()
 
     def files(self) -> list[tuple[AtomicOutput, int, str]]:
-        out = []
-        for output in [*self.job.parts.outputs, self.job.manifest_out]:
-            out.append((output, output.path.stat().st_size, file_digests(output.path, (CHECKSUM,))[CHECKSUM]))
+        parts = self.job.parts
+        out = [
+            (output, part.size, parts.sha256[part.filename])
+            for output, part in zip(parts.outputs, parts.parts, strict=True)
+        ]
+        manifest = self.job.manifest_out
+        out.append(
+            (manifest, manifest.path.stat().st_size, file_digests(manifest.path, (CHECKSUM,))[CHECKSUM])
+        )
         return out
 
 
@@ -378,11 +382,10 @@ def publish(
             source=image_path,
         )
         built = [record.build(context) for record in TARGETS.values() if record.name in targets]
-        content = DigestTarget((CHECKSUM,))
-        grain_targets: list[GrainTarget] = [content]
+        grain_targets: list[GrainTarget] = []
         for target in built:
             grain_targets.extend(target.grain_targets())
-        run_pass(source, grain_targets, stage="publishing", progress=progress, level=level)
+        run_pass(source, grain_targets, stage="publishing", progress=progress, level=level, concurrent=True)
         for target in built:
             target.after_pass()
         files: list[PublishedFile] = []
@@ -399,7 +402,6 @@ def publish(
         source=str(image_path),
         source_format=source.format,
         virtual_size=source.virtual_size,
-        content_sha256=content.hexdigests()[CHECKSUM],
         files=files,
         sums=str(out_dir / SUMS_FILE),
         seconds=time.monotonic() - started,
