@@ -6,13 +6,14 @@ opens the streamOptimized disk through qemu, inspects the guest operating system
 local qcow2 — which then boots under our harness to the login prompt on the serial console.
 
 The guest: Debian bookworm (kernel, systemd, initramfs-tools) made by ``mmdebstrap`` into a
-tarball (cached under ``${IMAGEWRIGHT_CACHE:-~/.cache/imagewright}/debian-bookworm/``, it
+tarball (cached under ``${IMAGEWRIGHT_CACHE:-~/.cache/imagewright}/debian-bookworm-<recipe>/``, it
 downloads ~200 MiB of packages once), made a bootable disk by ``imagewright build``.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -23,9 +24,12 @@ import pytest
 from click.testing import Result
 from tests.fixtures.tools import qemu_img_info, which
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+#: mmdebstrap (first run only), build, virt-v2v's appliance and a TCG boot take their time.
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(3600)]
 
-PACKAGES = "linux-image-amd64,systemd-sysv,initramfs-tools,udev,kmod,e2fsprogs"
+#: A real Debian's boot pieces: virt-v2v regenerates the GRUB configuration with the guest's own
+#: grub-mkconfig, so GRUB's tools are part of it as they are of any installed Debian.
+PACKAGES = "linux-image-amd64,systemd-sysv,initramfs-tools,udev,kmod,e2fsprogs,grub-pc"
 #: Written into the guest so that whatever rewrites its boot configuration keeps the serial console.
 GRUB_DEFAULTS = 'GRUB_CMDLINE_LINUX="console=ttyS0,115200"\nGRUB_TERMINAL=serial\nGRUB_TIMEOUT=1\n'
 
@@ -49,7 +53,8 @@ def locked(directory: Path) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def debian_tarball() -> Path:
     """A Debian bookworm root filesystem with a kernel, as a tarball (made once, cached)."""
-    directory = cache_root() / "debian-bookworm"
+    recipe = hashlib.sha256((PACKAGES + GRUB_DEFAULTS).encode()).hexdigest()[:12]
+    directory = cache_root() / f"debian-bookworm-{recipe}"
     tarball = directory / "rootfs.tar.gz"
     with locked(directory):
         if not tarball.exists():
