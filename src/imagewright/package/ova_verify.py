@@ -375,13 +375,12 @@ def _check_disks(
 ) -> None:
     container = report.container
     assert container is not None
-    images = {m.name: m.image for m in container.members if m.image is not None}
     by_id = {ref.id: ref for ref in descriptor.references}
     for disk in descriptor.disks:
         ref = by_id.get(disk.file_ref or "")
         if ref is None:
             continue
-        image = images.get(ref.href)
+        image = container.image_of(ref.href)
         if image is None:
             continue
         result.disks[ref.href] = {
