@@ -156,7 +156,7 @@ def ova_command(
     if as_json:
         emit_json(result.to_dict())
         return
-    out = stdout_console
+    out = stdout_console()
     signed = "signed" if result.signed else "unsigned"
     size = format_size(result.size)
     out.print(Text(f"packaged {image} ({result.source_format}) -> {result.output} ({signed}, {size})"))
@@ -201,7 +201,7 @@ def verify_command(
     if as_json:
         emit_json(result.to_dict())
     else:
-        out = stdout_console
+        out = stdout_console()
         out.print(Text(f"package:     {package}"))
         out.print(Text(f"descriptor:  {result.descriptor or '-'}"))
         out.print(Text(f"manifest:    {result.manifest or '-'}"))
@@ -303,7 +303,7 @@ def bundle_command(
     if as_json:
         emit_json(result.to_dict())
         return
-    out = stdout_console
+    out = stdout_console()
     out.print(Text(f"bundled {image} -> {result.manifest} ({result.image_type})"))
     out.print(
         Text(
@@ -318,7 +318,7 @@ def _print_check(check: object) -> None:
     from imagewright.package.bundle import BundleCheck
 
     assert isinstance(check, BundleCheck)
-    out = stdout_console
+    out = stdout_console()
     out.print(Text(f"manifest:    {check.manifest} ({check.image_type}, {format_size(check.image_size)})"))
     out.print(Text(f"signature:   {check.signature}"))
     out.print(Text(f"parts:       {check.parts_checked} checked"))
@@ -376,4 +376,4 @@ def unbundle_command(
     if as_json:
         emit_json({"image": result.image, "size": result.size, "check": result.check.to_dict()})
         return
-    stdout_console.print(Text(f"unbundled {manifest} -> {result.image} ({format_size(result.size)})"))
+    stdout_console().print(Text(f"unbundled {manifest} -> {result.image} ({format_size(result.size)})"))

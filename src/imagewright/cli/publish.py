@@ -123,7 +123,7 @@ def command(
     if as_json:
         emit_json(result.to_dict())
         return
-    out = stdout_console
+    out = stdout_console()
     out.print(
         Text(
             f"published {result.source} ({result.source_format}, {format_size(result.virtual_size)}) "

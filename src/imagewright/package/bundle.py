@@ -44,7 +44,8 @@ from imagewright import __version__
 from imagewright.errors import ImageFormatError, ImageIOError, InvalidArgumentError, UnsafeImageError
 from imagewright.files import AtomicOutput, ScratchFiles, io_error
 from imagewright.formats.base import Limits
-from imagewright.formats.containers.tar import TarHeaderError, parse_header
+from imagewright.formats.containers.tar import parse_header
+from imagewright.formats.containers.tar_header import TarHeaderError
 from imagewright.ops.convert.output import OutputFile, stream_file
 from imagewright.package.bundle_manifest import (
     ARCHITECTURES,
