@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("inspect", "convert", "prepare", "stores", "sandbox", "cli", "metadata", "registry")
+BENCHMARKS = ("inspect", "convert", "prepare", "stores", "sandbox", "cli", "metadata", "registry", "package")
 
 
 def main(names: list[str]) -> None:

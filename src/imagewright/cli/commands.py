@@ -63,6 +63,16 @@ VERBS: tuple[Verb, ...] = (
         "network and user-data.",
     ),
     Verb(
+        "package",
+        "package:command",
+        "Make and check packages: OVA (signed or not) and EC2 image bundles.",
+    ),
+    Verb(
+        "publish",
+        "publish:command",
+        "Write every output of IMAGE (qcow2, raw.gz, OVA, EC2 bundle ...) from one read.",
+    ),
+    Verb(
         "serve",
         "serve:command",
         "Run the image registry: Glance-compatible images at /image, identity at /identity/v3.",

@@ -34,7 +34,7 @@ from typing import Any
 from imagewright.errors import ImageIOError, InvalidArgumentError
 from imagewright.files import AtomicOutput
 from imagewright.formats.base import Limits
-from imagewright.ops.convert.nbd_sink import NbdStreamSink
+from imagewright.ops.convert.nbd_sink import NbdStreamSink, StreamConsumer
 from imagewright.ops.convert.output import HashingConsumer, ImageStreamWriter, stream_file
 from imagewright.ops.convert.plan import DEFAULT_CHECKSUMS, OutputPlan, plan_output
 from imagewright.ops.convert.source import PreparedSource, prepare_source
@@ -43,7 +43,7 @@ from imagewright.programs import qemu_img
 #: ``progress(stage, done, total)``: stage is "decompressing", "converting", "compressing" or "hashing".
 Progress = Callable[[str, int, int | None], None]
 
-__all__ = ["ConvertResult", "OutputPlan", "Progress", "convert", "plan_output"]
+__all__ = ["ConvertResult", "OutputPlan", "Progress", "convert", "plan_output", "stream_raw"]
 
 
 @dataclass
@@ -145,27 +145,48 @@ def _socket_dir() -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def stream_raw(
+    source: PreparedSource,
+    consumer: StreamConsumer,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Stream ``source``'s guest bytes, front to back, into ``consumer`` (raw, in one pass).
+
+    qemu-img writes raw into the in-process NBD sink, which hands ``consumer`` every write
+    in ascending order and the zero runs between them (``nbd_sink``). The package stage
+    uses this too (OVA, EC2 bundles, publish): one way to read any image as a stream.
+    ``progress(done, total)`` is polled while qemu-img runs.
+    """
+    size = source.virtual_size
+    with _socket_dir() as sockdir:
+        sink_path = os.path.join(sockdir, "sink")
+        with NbdStreamSink(sink_path, size, consumer) as sink:
+
+            def poll() -> None:
+                if progress is not None:
+                    progress(sink.position, size)
+
+            qemu_img.convert_to_nbd(source.path, source.format, sink_path, poll=poll)
+            sink.finish()
+    if progress is not None:
+        progress(size, size)
+
+
 def _write_raw(
     source: PreparedSource, temp: Path, plan: OutputPlan, progress: Progress | None
 ) -> tuple[dict[str, str], dict[str, str]]:
     size = source.virtual_size
     writer = ImageStreamWriter(temp, compression=plan.compression, checksums=plan.checksums)
+
+    def converting(done: int, total: int) -> None:
+        if progress is not None:
+            progress("converting", done, total)
+
     try:
-        with _socket_dir() as sockdir:
-            sink_path = os.path.join(sockdir, "sink")
-            with NbdStreamSink(sink_path, size, writer) as sink:
-
-                def poll() -> None:
-                    if progress is not None:
-                        progress("converting", sink.position, size)
-
-                qemu_img.convert_to_nbd(source.path, source.format, sink_path, poll=poll)
-                sink.finish()
+        stream_raw(source, writer, converting)
         writer.finish(size)
     finally:
         writer.close()
-    if progress is not None:
-        progress("converting", size, size)
     return writer.content.hexdigests(), writer.output.hexdigests()
 
 
