@@ -20,6 +20,8 @@ from imagewright.units import format_size
 
 if TYPE_CHECKING:
     from imagewright.disk.filesystems import FilesystemInfo
+    from imagewright.ops.inspect_os import OsInspection
+    from imagewright.ops.inspect_os.model import OsFacts
 
 
 @click.command("inspect")
@@ -32,26 +34,105 @@ if TYPE_CHECKING:
     default=None,
     help="Refuse images whose virtual size exceeds this (default 16T).",
 )
-def command(images: tuple[str, ...], as_json: bool, max_virtual_size: int | None) -> None:
+@click.option(
+    "--os",
+    "with_os",
+    is_flag=True,
+    help="Also tell the operating system inside: distribution, kernels, architecture, packages ...",
+)
+def command(images: tuple[str, ...], as_json: bool, max_virtual_size: int | None, with_os: bool) -> None:
     """Tell what each IMAGE is and whether it is safe to touch.
 
     Reads only headers and metadata, runs no other program and opens no file but IMAGE.
     A compressed image is decompressed in memory, as far as its size pays for; whatever
     could not be examined is a reason to refuse. Exits 1 when any image is refused.
+
+    With --os, the root filesystems of a safe image are read (ext2/3/4 through debugfs,
+    read-only; nothing in the guest runs) to tell the operating system inside.
     """
     limits = Limits() if max_virtual_size is None else Limits(max_virtual_size=max_virtual_size)
     reports = [inspect_image(path_spelling(path), limits=limits) for path in images]
+    systems = [_os_of(report) if with_os else None for report in reports]
     if as_json:
-        emit_json(reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports])
+        documents = []
+        for report, found in zip(reports, systems, strict=True):
+            document = report.to_dict()
+            if found is not None:
+                document["os"] = found.to_dict()
+            documents.append(document)
+        emit_json(documents[0] if len(documents) == 1 else documents)
     else:
         out = Report()
-        for index, report in enumerate(reports):
+        for index, (report, found) in enumerate(zip(reports, systems, strict=True)):
             if index:
                 out.line()
             render_report(out, report)
+            if found is not None:
+                render_os(out, found)
         out.write()
     if any(not r.verdict.safe for r in reports):
         raise click.exceptions.Exit(1)
+
+
+def _os_of(report: ImageReport) -> OsInspection:
+    """The operating systems in a safe image; for any other, a note why none were looked for."""
+    from imagewright.errors import ImagewrightError
+    from imagewright.ops.inspect_os import OsInspection, inspect_os
+
+    if not report.verdict.safe:
+        return OsInspection(notes=["the image was refused; nothing inside it was read"])
+    try:
+        return inspect_os(report.path, report=report)
+    except ImagewrightError as err:
+        return OsInspection(notes=[str(err)])
+
+
+def render_os(out: Report, found: OsInspection) -> None:
+    for facts in found.roots:
+        _render_os_facts(out, facts)
+    for note in found.notes:
+        out.line(f"{'os:':<16}{note}")
+
+
+def _render_os_facts(out: Report, facts: OsFacts) -> None:
+    def line(label: str, value: object) -> None:
+        out.line(f"  {label + ':':<14}{value}")
+
+    dist = facts.distribution
+    out.line(f"{'os:':<16}{dist.pretty_name or dist.name or dist.id or 'unknown Linux'} ({facts.filesystem})")
+    if dist.id:
+        version = dist.version or dist.version_id or "no version"
+        codename = f" ({dist.codename})" if dist.codename and dist.codename not in version else ""
+        line("distribution", f"{dist.id} {version}{codename}")
+    source = f" (from {facts.architecture_source})" if facts.architecture_source else ""
+    line("architecture", (facts.architecture or "unknown") + source)
+    line("init system", facts.init_system or "unknown")
+    default_kernel = facts.boot_default.kernel if facts.boot_default else None
+    for kernel in facts.kernels:
+        is_default = default_kernel is not None and default_kernel.rpartition("/")[2] == kernel.path[6:]
+        line("kernel", kernel.path + ("  (boots by default)" if is_default else ""))
+    for initrd in facts.initrds:
+        line("initrd", initrd.path)
+    if facts.boot_default is not None:
+        entry = facts.boot_default
+        line("boot loader", f"{entry.loader} ({entry.config}): {entry.title or 'untitled'} -> {entry.kernel}")
+    for database in facts.packages:
+        more = " or more" if database.truncated else ""
+        line("packages", f"{database.count}{more} {database.format} packages installed ({database.path})")
+    line("hostname", facts.hostname or "not set")
+    for mount in facts.fstab:
+        where = {True: "on this disk", False: "NOT on this disk", None: ""}[mount.on_this_disk]
+        line("fstab", f"{mount.spec} {mount.mountpoint} {mount.fs_type}" + (f" ({where})" if where else ""))
+    cloud = facts.cloud_init
+    if cloud.present:
+        sources = ", ".join(cloud.datasources) if cloud.datasources else "all"
+        line("cloud-init", f"{cloud.version or 'version unknown'}; datasources: {sources}")
+    else:
+        line("cloud-init", "not installed")
+    line("agent", facts.agent or "not installed")
+    line("ssh server", facts.ssh_server or "none")
+    for note in facts.notes:
+        line("note", note)
 
 
 def path_spelling(text: str) -> str:

@@ -1,0 +1,158 @@
+"""Bounded reads of guest files for inspection: never more than a file of its kind can be.
+
+NOTE: every file read here is untrusted. A read names the most bytes a file of its kind may
+hold (an os-release of 2 GiB is refused by its size, before anything is read); a link loop,
+a link that dangles or leaves the guest (it cannot: links resolve inside the guest,
+``guest.model.resolve_link``), a directory or device where a file should be, all become a note
+and an absent value, never an exception. Big databases (dpkg status) are copied to a host
+scratch file and streamed, so memory stays flat whatever they hold.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from imagewright.errors import GuestFilesystemError, InvalidArgumentError
+from imagewright.guest import GuestFileNotFoundError, GuestFS
+from imagewright.units import format_size
+
+#: Longest line any parser here looks at; longer lines are skipped whole.
+MAX_LINE = 64 * 1024
+
+
+class GuestReader:
+    """Reads of one guest's files that turn every refusal into a note."""
+
+    def __init__(self, guest: GuestFS) -> None:
+        self.guest = guest
+        self.notes: list[str] = []
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def size_of(self, path: str, limit: int, what: str) -> int | None:
+        """The size of the regular file at ``path`` (links followed) if it is one of at most
+        ``limit`` bytes; None (and a note, unless it is just missing) otherwise."""
+        try:
+            found = self.guest.stat(path, follow=True)
+        except GuestFileNotFoundError:
+            return None
+        except (GuestFilesystemError, InvalidArgumentError) as err:
+            self.note(f"{path}: {_sentence(err)}")
+            return None
+        if not found.is_file:
+            self.note(f"{path} is a {found.type.value}, not a file; {what} not read")
+            return None
+        if found.size > limit:
+            self.note(
+                f"{path} is {format_size(found.size)}, more than the {format_size(limit)} "
+                f"{what} can be; not read"
+            )
+            return None
+        return found.size
+
+    def read(self, path: str, limit: int, what: str) -> bytes | None:
+        """The content of a regular file of at most ``limit`` bytes, or None (see ``size_of``)."""
+        if self.size_of(path, limit, what) is None:
+            return None
+        try:
+            return self.guest.read_file(path, limit=limit)
+        except (GuestFilesystemError, InvalidArgumentError) as err:
+            self.note(f"{path}: {_sentence(err)}")
+            return None
+
+    def text(self, path: str, limit: int, what: str) -> str | None:
+        """``read`` as text: UTF-8, undecodable bytes replaced; a note when it holds NUL bytes."""
+        data = self.read(path, limit, what)
+        if data is None:
+            return None
+        if b"\0" in data:
+            self.note(f"{path} holds binary data (NUL bytes); only its text lines were read")
+            data = data.replace(b"\0", b"\n")
+        return data.decode("utf-8", "replace")
+
+    @contextmanager
+    def host_copy(self, path: str, limit: int, what: str) -> Iterator[Path | None]:
+        """A host scratch copy of a regular file of at most ``limit`` bytes (removed afterwards)."""
+        if self.size_of(path, limit, what) is None:
+            yield None
+            return
+        with tempfile.TemporaryDirectory(prefix="imagewright-inspect-") as scratch:
+            target = Path(scratch) / "copy"
+            try:
+                self.guest.copy_out(path, target)
+            except (GuestFilesystemError, InvalidArgumentError) as err:
+                self.note(f"{path}: {_sentence(err)}")
+                yield None
+                return
+            yield target
+
+    def exists(self, *paths: str) -> str | None:
+        """The first of ``paths`` that is there (a dangling link counts), or None."""
+        try:
+            found = self.guest.stat_many(list(paths))
+        except (GuestFilesystemError, InvalidArgumentError) as err:
+            self.note(_sentence(err))
+            return None
+        for path in paths:
+            if found[path] is not None:
+                return path
+        return None
+
+    def resolve(self, path: str) -> str | None:
+        """``path`` with its links followed inside the guest; None when missing or a loop."""
+        try:
+            return self.guest.resolve(path)
+        except GuestFileNotFoundError:
+            return None
+        except (GuestFilesystemError, InvalidArgumentError) as err:
+            self.note(f"{path}: {_sentence(err)}")
+            return None
+
+    def is_dir(self, path: str) -> bool:
+        """True if ``path`` is a directory (links followed); a loop is a note and False."""
+        real = self.resolve(path)
+        try:
+            return real is not None and self.guest.stat(real).is_dir
+        except (GuestFilesystemError, InvalidArgumentError):
+            return False
+
+    def glob(self, pattern: str) -> list[str]:
+        try:
+            return self.guest.glob(pattern)
+        except (GuestFilesystemError, InvalidArgumentError) as err:
+            self.note(f"{pattern}: {_sentence(err)}")
+            return []
+
+
+def lines(text: str, most: int) -> Iterator[str]:
+    """The lines of ``text`` (without line ends), at most ``most``, overlong ones skipped."""
+    for count, line in enumerate(text.splitlines()):
+        if count >= most:
+            return
+        if len(line) <= MAX_LINE:
+            yield line
+
+
+def file_lines(path: Path) -> Iterator[str]:
+    """The lines of a host file, streamed; a line longer than ``MAX_LINE`` is skipped whole."""
+    with path.open("rb") as stream:
+        skipping = False
+        while True:
+            raw = stream.readline(MAX_LINE + 1)
+            if not raw:
+                return
+            complete = raw.endswith(b"\n")
+            if skipping or (not complete and len(raw) > MAX_LINE):
+                skipping = not complete
+                continue
+            yield raw.rstrip(b"\r\n").decode("utf-8", "replace")
+
+
+def _sentence(err: Exception) -> str:
+    text = str(err).strip().rstrip(".")
+    return text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text
