@@ -20,6 +20,7 @@ from imagewright.units import format_size
 
 if TYPE_CHECKING:
     from imagewright.disk.filesystems import FilesystemInfo
+    from imagewright.ops.audit import AuditReport
     from imagewright.ops.inspect_os import OsInspection
     from imagewright.ops.inspect_os.model import OsFacts
 
@@ -40,7 +41,21 @@ if TYPE_CHECKING:
     is_flag=True,
     help="Also tell the operating system inside: distribution, kernels, architecture, packages ...",
 )
-def command(images: tuple[str, ...], as_json: bool, max_virtual_size: int | None, with_os: bool) -> None:
+@click.option(
+    "--audit",
+    is_flag=True,
+    help="Also tell what the image would leak if published (host keys, authorized_keys, histories, "
+    "password hashes, machine-id ...), each with the prepare operation that removes it.",
+)
+@click.option("--strict", is_flag=True, help="With --audit: exit 1 when the audit finds anything.")
+def command(
+    images: tuple[str, ...],
+    as_json: bool,
+    max_virtual_size: int | None,
+    with_os: bool,
+    audit: bool,
+    strict: bool,
+) -> None:
     """Tell what each IMAGE is and whether it is safe to touch.
 
     Reads only headers and metadata, runs no other program and opens no file but IMAGE.
@@ -48,17 +63,22 @@ def command(images: tuple[str, ...], as_json: bool, max_virtual_size: int | None
     could not be examined is a reason to refuse. Exits 1 when any image is refused.
 
     With --os, the root filesystems of a safe image are read (ext2/3/4 through debugfs,
-    read-only; nothing in the guest runs) to tell the operating system inside.
+    read-only; nothing in the guest runs) to tell the operating system inside; with --audit,
+    what it would leak if published. --audit --strict exits 1 when the audit finds anything.
     """
+    if strict and not audit:
+        raise click.UsageError("--strict applies to --audit; give both.")
     limits = Limits() if max_virtual_size is None else Limits(max_virtual_size=max_virtual_size)
     reports = [inspect_image(path_spelling(path), limits=limits) for path in images]
-    systems = [_os_of(report) if with_os else None for report in reports]
+    systems = [_os_of(report, with_os, audit) if with_os or audit else None for report in reports]
     if as_json:
         documents = []
         for report, found in zip(reports, systems, strict=True):
             document = report.to_dict()
-            if found is not None:
+            if found is not None and with_os:
                 document["os"] = found.to_dict()
+            if found is not None and found.audit is not None:
+                document["audit"] = found.audit.to_dict()
             documents.append(document)
         emit_json(documents[0] if len(documents) == 1 else documents)
     else:
@@ -68,30 +88,55 @@ def command(images: tuple[str, ...], as_json: bool, max_virtual_size: int | None
                 out.line()
             render_report(out, report)
             if found is not None:
-                render_os(out, found)
+                render_os(out, found, with_os)
         out.write()
     if any(not r.verdict.safe for r in reports):
         raise click.exceptions.Exit(1)
+    if strict and any(found is None or found.audit is None or not found.audit.clean for found in systems):
+        raise click.exceptions.Exit(1)
 
 
-def _os_of(report: ImageReport) -> OsInspection:
+def _os_of(report: ImageReport, facts: bool, audit: bool) -> OsInspection:
     """The operating systems in a safe image; for any other, a note why none were looked for."""
     from imagewright.errors import ImagewrightError
+    from imagewright.ops.audit import AuditReport
     from imagewright.ops.inspect_os import OsInspection, inspect_os
 
     if not report.verdict.safe:
-        return OsInspection(notes=["the image was refused; nothing inside it was read"])
+        note = "the image was refused; nothing inside it was read"
+        return OsInspection(audit=AuditReport(notes=[note]) if audit else None, notes=[note])
     try:
-        return inspect_os(report.path, report=report)
+        return inspect_os(report.path, report=report, facts=facts, audit=audit)
     except ImagewrightError as err:
-        return OsInspection(notes=[str(err)])
+        return OsInspection(audit=AuditReport(notes=[str(err)]) if audit else None, notes=[str(err)])
 
 
-def render_os(out: Report, found: OsInspection) -> None:
+def render_os(out: Report, found: OsInspection, with_os: bool) -> None:
     for facts in found.roots:
         _render_os_facts(out, facts)
-    for note in found.notes:
-        out.line(f"{'os:':<16}{note}")
+    if with_os or found.audit is None:
+        for note in found.notes:
+            out.line(f"{'os:':<16}{note}")
+    if found.audit is not None:
+        _render_audit(out, found.audit)
+
+
+def _render_audit(out: Report, audit: AuditReport) -> None:
+    for root in audit.roots:
+        findings = root.findings
+        secrets = sum(f.severity == "secret" for f in findings)
+        if not findings:
+            out.line(f"{'audit:':<16}", (f"clean: nothing would leak ({root.filesystem})", "green"))
+        else:
+            summary = f"{len(findings)} findings, {secrets} of them secrets ({root.filesystem})"
+            out.line(f"{'audit:':<16}", (summary, "bold red" if secrets else "yellow"))
+        for finding in findings:
+            fix = f"prepare: {finding.fixed_by}" if finding.fixed_by else "no prepare operation fixes it"
+            out.line(f"  {finding.severity.value:<9}{finding.path}  {finding.detail}  [{fix}]")
+        for note in root.notes:
+            out.line(f"  {'note:':<9}{note}")
+    for note in audit.notes:
+        out.line(f"{'audit:':<16}{note}")
 
 
 def _render_os_facts(out: Report, facts: OsFacts) -> None:

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from imagewright.guest import GuestFS
+from imagewright.guest.bounded import GuestReader
+from imagewright.ops.audit import AuditReport, audit_guest
 from imagewright.ops.inspect_os.boot import read_boot_default, read_boot_files
 from imagewright.ops.inspect_os.elf import read_architecture
 from imagewright.ops.inspect_os.model import OsFacts
 from imagewright.ops.inspect_os.packages import read_packages
-from imagewright.ops.inspect_os.reader import GuestReader
 from imagewright.ops.inspect_os.releases import read_distribution
 from imagewright.ops.inspect_os.system import (
     read_cloud_init,
@@ -46,9 +47,11 @@ SpecResolver = Callable[[str], bool | None]
 
 @dataclass
 class OsInspection:
-    """Every root filesystem's facts, and notes on what was not looked into."""
+    """Every root filesystem's facts (with ``facts``), its audit (with ``audit``), and notes on
+    what was not looked into."""
 
     roots: list[OsFacts] = field(default_factory=list)
+    audit: AuditReport | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,18 +119,30 @@ def spec_resolver(report: ImageReport) -> SpecResolver:
     return resolves
 
 
-def inspect_os(image: str | os.PathLike[str], *, report: ImageReport | None = None) -> OsInspection:
-    """The operating system of every Linux root filesystem in ``image`` (judged safe first)."""
+def inspect_os(
+    image: str | os.PathLike[str],
+    *,
+    report: ImageReport | None = None,
+    facts: bool = True,
+    audit: bool = False,
+) -> OsInspection:
+    """The operating system of every Linux root filesystem in ``image`` (judged safe first):
+    its facts (``facts``) and what it would leak if published (``audit``), in one opening."""
     from imagewright.guest.session import open_root_filesystems
     from imagewright.inspection import inspect_image
 
     report = report or inspect_image(image)
-    result = OsInspection()
+    result = OsInspection(audit=AuditReport() if audit else None)
     with open_root_filesystems(image, report=report) as (guests, notes):
         result.notes.extend(notes)
         resolves = spec_resolver(report)
         for guest in guests:
-            result.roots.append(os_facts(guest, resolves))
+            if facts:
+                result.roots.append(os_facts(guest, resolves))
+            if result.audit is not None:
+                result.audit.roots.append(audit_guest(guest))
+    if result.audit is not None:
+        result.audit.notes.extend(notes)
     return result
 
 

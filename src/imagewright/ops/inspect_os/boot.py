@@ -24,9 +24,9 @@ import re
 import shlex
 
 from imagewright.errors import GuestFilesystemError, InvalidArgumentError
+from imagewright.guest.bounded import GuestReader, lines
 from imagewright.guest.model import FileType, join
 from imagewright.ops.inspect_os.model import BootEntry, BootFile
-from imagewright.ops.inspect_os.reader import GuestReader, lines
 
 MAX_CONFIG = 1024 * 1024
 MAX_ENTRIES = 1000

@@ -10,7 +10,7 @@ NOTE: only the first 20 bytes are looked at, each checked; anything else is "not
 
 from __future__ import annotations
 
-from imagewright.ops.inspect_os.reader import GuestReader
+from imagewright.guest.bounded import GuestReader
 
 ELF_MAGIC = b"\x7fELF"
 HEADER_BYTES = 20

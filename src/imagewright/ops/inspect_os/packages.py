@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from imagewright.guest.bounded import GuestReader, file_lines
 from imagewright.ops.inspect_os.model import Package, PackageDatabase
-from imagewright.ops.inspect_os.reader import GuestReader, file_lines
 
 #: The largest package database copied out (Debian's with 5000 packages is ~10 MiB).
 MAX_DATABASE = 256 * 1024 * 1024

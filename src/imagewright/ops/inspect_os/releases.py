@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import re
 
+from imagewright.guest.bounded import GuestReader, lines
 from imagewright.ops.inspect_os.model import Distribution
-from imagewright.ops.inspect_os.reader import GuestReader, lines
 
 #: The most bytes a release file is read from (real ones are under 1 KiB).
 MAX_RELEASE_FILE = 64 * 1024

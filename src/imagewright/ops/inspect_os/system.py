@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from imagewright.guest.bounded import GuestReader, lines
 from imagewright.ops.inspect_os.model import CloudInit, FstabEntry, PackageDatabase
-from imagewright.ops.inspect_os.reader import GuestReader, lines
 
 MAX_SMALL_FILE = 64 * 1024
 MAX_FSTAB_ENTRIES = 1000

@@ -1,4 +1,4 @@
-"""Bounded reads of guest files for inspection: never more than a file of its kind can be.
+"""Bounded reads of guest files for inspection and audits: never more than a file of its kind can be.
 
 NOTE: every file read here is untrusted. A read names the most bytes a file of its kind may
 hold (an os-release of 2 GiB is refused by its size, before anything is read); a link loop,
@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from imagewright.errors import GuestFilesystemError, InvalidArgumentError
-from imagewright.guest import GuestFileNotFoundError, GuestFS
+from imagewright.guest.base import GuestFS
+from imagewright.guest.model import GuestFileNotFoundError
 from imagewright.units import format_size
 
 #: Longest line any parser here looks at; longer lines are skipped whole.
