@@ -17,7 +17,7 @@ from pathlib import Path
 
 from imagewright.errors import GuestFilesystemError, InvalidArgumentError
 from imagewright.guest.base import GuestFS
-from imagewright.guest.model import GuestFileNotFoundError
+from imagewright.guest.model import MAX_SYMLINK_HOPS, GuestFileNotFoundError, guest_path, join
 from imagewright.units import format_size
 
 #: Longest line any parser here looks at; longer lines are skipped whole.
@@ -35,11 +35,13 @@ class GuestReader:
         if text not in self.notes:
             self.notes.append(text)
 
-    def size_of(self, path: str, limit: int, what: str) -> int | None:
-        """The size of the regular file at ``path`` (links followed) if it is one of at most
-        ``limit`` bytes; None (and a note, unless it is just missing) otherwise."""
+    def regular_file(self, path: str, limit: int, what: str) -> tuple[str, int] | None:
+        """``(real path, size)`` of the regular file at ``path`` (links followed inside the
+        guest) if it holds at most ``limit`` bytes; None (and a note, unless it is just
+        missing) otherwise."""
         try:
-            found = self.guest.stat(path, follow=True)
+            real = self.realpath(path)
+            found = self.guest.stat(real)
         except GuestFileNotFoundError:
             return None
         except (GuestFilesystemError, InvalidArgumentError) as err:
@@ -54,14 +56,15 @@ class GuestReader:
                 f"{what} can be; not read"
             )
             return None
-        return found.size
+        return real, found.size
 
     def read(self, path: str, limit: int, what: str) -> bytes | None:
-        """The content of a regular file of at most ``limit`` bytes, or None (see ``size_of``)."""
-        if self.size_of(path, limit, what) is None:
+        """The content of a regular file of at most ``limit`` bytes, or None (see ``regular_file``)."""
+        found = self.regular_file(path, limit, what)
+        if found is None:
             return None
         try:
-            return self.guest.read_file(path, limit=limit)
+            return self.guest.read_file(found[0], limit=limit)
         except (GuestFilesystemError, InvalidArgumentError) as err:
             self.note(f"{path}: {_sentence(err)}")
             return None
@@ -79,13 +82,14 @@ class GuestReader:
     @contextmanager
     def host_copy(self, path: str, limit: int, what: str) -> Iterator[Path | None]:
         """A host scratch copy of a regular file of at most ``limit`` bytes (removed afterwards)."""
-        if self.size_of(path, limit, what) is None:
+        found = self.regular_file(path, limit, what)
+        if found is None:
             yield None
             return
         with tempfile.TemporaryDirectory(prefix="imagewright-inspect-") as scratch:
             target = Path(scratch) / "copy"
             try:
-                self.guest.copy_out(path, target)
+                self.guest.copy_out(found[0], target)
             except (GuestFilesystemError, InvalidArgumentError) as err:
                 self.note(f"{path}: {_sentence(err)}")
                 yield None
@@ -105,14 +109,55 @@ class GuestReader:
         return None
 
     def resolve(self, path: str) -> str | None:
-        """``path`` with its links followed inside the guest; None when missing or a loop."""
+        """The real path of ``path``: every link in it followed inside the guest; None when
+        something on the way is missing, and a note for a loop."""
         try:
-            return self.guest.resolve(path)
+            return self.realpath(path)
         except GuestFileNotFoundError:
             return None
         except (GuestFilesystemError, InvalidArgumentError) as err:
             self.note(f"{path}: {_sentence(err)}")
             return None
+
+    def realpath(self, path: str) -> str:
+        """``realpath(3)`` inside the guest: each component looked up in the real directory
+        reached so far, so a relative link target is taken from where the link really is
+        (``/sbin/init -> ../lib/systemd/systemd`` with ``/sbin -> usr/sbin`` is
+        ``/usr/lib/systemd/systemd``); an absolute target restarts at the guest's root.
+        At most ``MAX_SYMLINK_HOPS`` links are followed."""
+        pending = [part for part in guest_path(path).split("/") if part]
+        real = "/"
+        hops = 0
+        while pending:
+            # One lookup for every prefix still ahead (cached; links change the guess).
+            ahead, prefix = [], real
+            for part in pending:
+                if part == "..":
+                    break
+                prefix = join(prefix, part) if part != "." else prefix
+                ahead.append(prefix)
+            self.guest.stat_many(ahead)
+            part = pending.pop(0)
+            if part == ".":
+                continue
+            if part == "..":
+                real = real.rpartition("/")[0] or "/"
+                continue
+            candidate = join(real, part)
+            found = self.guest.lstat_or_none(candidate)
+            if found is None:
+                raise GuestFileNotFoundError(f"{candidate} does not exist in {self.guest.description}.")
+            if not found.is_symlink:
+                real = candidate
+                continue
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                raise GuestFilesystemError(f"Too many levels of symbolic links at {path}.")
+            target = found.link_target or ""
+            if target.startswith("/"):
+                real = "/"
+            pending[:0] = [p for p in target.split("/") if p]
+        return real
 
     def is_dir(self, path: str) -> bool:
         """True if ``path`` is a directory (links followed); a loop is a note and False."""

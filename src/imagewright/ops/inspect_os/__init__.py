@@ -91,7 +91,7 @@ def spec_resolver(report: ImageReport) -> SpecResolver:
                     filesystems.append(part.filesystem)
                 if part.uuid:
                     tags["PARTUUID"].add(part.uuid.lower())
-                elif table.kind == "dos":
+                elif table.kind in ("mbr", "dos"):
                     # An MBR partition's PARTUUID is the disk identifier and the number (blkid).
                     tags["PARTUUID"].add(f"{disk_id}-{part.number:02x}")
                 if part.name:
