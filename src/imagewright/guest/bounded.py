@@ -11,7 +11,7 @@ scratch file and streamed, so memory stays flat whatever they hold.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,6 +30,26 @@ class GuestReader:
     def __init__(self, guest: GuestFS) -> None:
         self.guest = guest
         self.notes: list[str] = []
+
+    def prefetch(self, paths: Iterable[str], directories: Iterable[str] = ()) -> None:
+        """Look up ``paths`` (and every directory above them) and list ``directories`` in as
+        few backend rounds as possible, so that the reads that follow hit the cache (each
+        round of the e2fs backend is one debugfs process). Failures are left to those reads."""
+        wanted: set[str] = set()
+        listed = list(directories)
+        for path in [*paths, *listed]:
+            prefix = path
+            while prefix not in ("/", "") and prefix not in wanted:
+                wanted.add(prefix)
+                prefix = prefix.rpartition("/")[0]
+        try:
+            self.guest.stat_many(sorted(wanted))
+            found = self.guest.stat_many(listed)
+            real = [path for path in listed if (info := found[path]) is not None and info.is_dir]
+            if real:
+                self.guest.listdir_many(real)
+        except (GuestFilesystemError, InvalidArgumentError):
+            pass
 
     def note(self, text: str) -> None:
         if text not in self.notes:

@@ -28,6 +28,13 @@ MAX_FINDINGS_PER_CHECK = 200
 def audit_guest(guest: GuestFS, checks: tuple[AuditCheck, ...] = CHECKS) -> RootAudit:
     """Run ``checks`` on one root filesystem (opened read-only or not; nothing is written)."""
     reader = GuestReader(guest)
+    reader.prefetch(
+        [path for check in checks for path in check.looks_at], [d for check in checks for d in check.lists]
+    )
+    names = [name for check in checks for name in check.in_homes]
+    if names:
+        homes = ["/root", *reader.glob("/home/*")]
+        reader.prefetch([f"{home}/{name}" for home in homes for name in names])
     result = RootAudit(filesystem=guest.description)
     for check in checks:
         try:

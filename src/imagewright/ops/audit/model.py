@@ -42,6 +42,11 @@ class AuditCheck:
     #: The prepare operation that fixes what this check finds; None when none does.
     fixed_by: str | None
     run: Callable[[GuestReader], Iterable[Leak]]
+    #: Paths the check looks at and directories it lists: looked up for all checks at once.
+    looks_at: tuple[str, ...] = ()
+    lists: tuple[str, ...] = ()
+    #: Names it looks for in every home directory (/root and /home/*).
+    in_homes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

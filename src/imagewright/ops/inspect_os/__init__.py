@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from imagewright.guest import GuestFS
 from imagewright.guest.bounded import GuestReader
 from imagewright.ops.audit import AuditReport, audit_guest
+from imagewright.ops.inspect_os import boot, elf, packages, releases, system
 from imagewright.ops.inspect_os.boot import read_boot_default, read_boot_files
 from imagewright.ops.inspect_os.elf import read_architecture
 from imagewright.ops.inspect_os.model import OsFacts
@@ -61,6 +62,10 @@ class OsInspection:
 def os_facts(guest: GuestFS, resolves: SpecResolver | None = None) -> OsFacts:
     """What the operating system on ``guest`` (a root filesystem) is."""
     reader = GuestReader(guest)
+    reader.prefetch(
+        (*releases.LOOKS_AT, *elf.PROGRAMS, *boot.LOOKS_AT, *packages.LOOKS_AT, *system.LOOKS_AT, AGENT_PATH),
+        (*boot.LISTS, *system.LISTS),
+    )
     facts = OsFacts(filesystem=guest.description)
     facts.distribution = read_distribution(reader)
     facts.architecture, facts.architecture_source = read_architecture(reader)

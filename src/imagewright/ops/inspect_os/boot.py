@@ -38,6 +38,9 @@ GRUB_CONFIGS = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg", "/boot/efi/EFI/*/
 GRUBENV = ("/boot/grub/grubenv", "/boot/grub2/grubenv")
 EXTLINUX_CONFIGS = ("/boot/extlinux.conf", "/boot/extlinux/extlinux.conf", "/boot/syslinux/syslinux.cfg")
 BLS_ENTRIES = "/boot/loader/entries"
+#: Every file looked at, and the directories listed (``GuestReader.prefetch``).
+LOOKS_AT = (*GRUB_CONFIGS[:2], *GRUBENV, *EXTLINUX_CONFIGS)
+LISTS = ("/boot", BLS_ENTRIES)
 
 _KERNEL = re.compile(r"^(?:vmlinuz|vmlinux|bzImage|kernel)(?:-(?P<release>.+))?$")
 _INITRD = re.compile(r"^(?:initrd\.img|initramfs|initrd)(?:-(?P<release>.+?))?(?:\.img)?$")

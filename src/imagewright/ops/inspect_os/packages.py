@@ -30,6 +30,7 @@ MAX_FIELD = 200
 DPKG_STATUS = "/var/lib/dpkg/status"
 APK_INSTALLED = "/lib/apk/db/installed"
 RPM_DATABASES = ("/var/lib/rpm/rpmdb.sqlite", "/var/lib/rpm/Packages", "/usr/lib/sysimage/rpm/rpmdb.sqlite")
+LOOKS_AT = (DPKG_STATUS, APK_INSTALLED, *RPM_DATABASES)
 
 
 def _stanzas(source: Iterable[str], separator: str) -> Iterable[dict[str, str]]:

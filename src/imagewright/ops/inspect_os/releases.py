@@ -25,6 +25,14 @@ MAX_LINES = 1000
 MAX_VALUE = 256
 
 OS_RELEASE_FILES = ("/etc/os-release", "/usr/lib/os-release")
+#: Every file looked at (``GuestReader.prefetch``).
+LOOKS_AT = (
+    *OS_RELEASE_FILES,
+    "/etc/lsb-release",
+    "/etc/redhat-release",
+    "/etc/alpine-release",
+    "/etc/debian_version",
+)
 
 _ASSIGNMENT = re.compile(r"^\s*(?:export\s+)?([A-Z][A-Z0-9_]*)=(.*)$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

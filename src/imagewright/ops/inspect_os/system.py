@@ -29,10 +29,33 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9][A-Za-z0-
 _OCTAL = re.compile(r"\\([0-7]{3})")
 _DATASOURCE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 _VERSION_PY = re.compile(r"""^__VERSION__\s*=\s*["']([0-9][0-9A-Za-z.+~-]{0,63})["']""")
+INIT_MARKERS = ("/sbin/openrc", "/usr/sbin/openrc", "/sbin/openrc-init")
+CLOUD_INIT_MARKERS = (
+    "/usr/bin/cloud-init",
+    "/etc/cloud/cloud.cfg",
+    "/usr/lib/python3/dist-packages/cloudinit",
+)
+SSH_SERVERS = (("/usr/sbin/sshd", "openssh"), ("/sbin/sshd", "openssh"), ("/usr/sbin/dropbear", "dropbear"))
 CLOUD_INIT_VERSION_FILES = (
     "/usr/lib/python3/dist-packages/cloudinit/version.py",
     "/usr/lib/python3*/site-packages/cloudinit/version.py",
 )
+#: Every file looked at, and the directories listed (``GuestReader.prefetch``).
+LOOKS_AT = (
+    "/sbin/init",
+    "/usr/sbin/init",
+    "/sbin/initctl",
+    "/etc/init",
+    "/etc/inittab",
+    *INIT_MARKERS,
+    "/etc/hostname",
+    "/etc/sysconfig/network",
+    "/etc/fstab",
+    *CLOUD_INIT_MARKERS,
+    CLOUD_INIT_VERSION_FILES[0],
+    *(path for path, _ in SSH_SERVERS),
+)
+LISTS = ("/etc/cloud/cloud.cfg.d",)
 
 
 def read_init_system(reader: GuestReader) -> str | None:
@@ -40,7 +63,7 @@ def read_init_system(reader: GuestReader) -> str | None:
     init = reader.resolve("/sbin/init") or reader.resolve("/usr/sbin/init")
     if init is not None and "systemd" in init:
         return "systemd"
-    if reader.exists("/sbin/openrc", "/usr/sbin/openrc", "/sbin/openrc-init") is not None:
+    if reader.exists(*INIT_MARKERS) is not None:
         return "openrc"
     if init is not None and init.rpartition("/")[2] == "upstart":
         return "upstart"
@@ -125,9 +148,7 @@ def parse_datasource_list(text: str) -> list[str] | None:
 
 
 def read_cloud_init(reader: GuestReader, databases: list[PackageDatabase]) -> CloudInit:
-    marker = reader.exists(
-        "/usr/bin/cloud-init", "/etc/cloud/cloud.cfg", "/usr/lib/python3/dist-packages/cloudinit"
-    )
+    marker = reader.exists(*CLOUD_INIT_MARKERS)
     if marker is None:
         return CloudInit(present=False)
     version = next((v for db in databases if (v := db.version_of("cloud-init"))), None)
@@ -149,8 +170,5 @@ def read_cloud_init(reader: GuestReader, databases: list[PackageDatabase]) -> Cl
 
 
 def read_ssh_server(reader: GuestReader) -> str | None:
-    if reader.exists("/usr/sbin/sshd", "/sbin/sshd") is not None:
-        return "openssh"
-    if reader.exists("/usr/sbin/dropbear", "/usr/bin/dropbear") is not None:
-        return "dropbear"
-    return None
+    found = reader.exists(*(path for path, _ in SSH_SERVERS))
+    return dict(SSH_SERVERS)[found] if found is not None else None

@@ -73,4 +73,6 @@ CHECK = AuditCheck(
     summary="authorized_keys and private keys in ~/.ssh of root and users",
     fixed_by="ssh-userdir",
     run=run,
+    lists=("/home",),
+    in_homes=tuple(f".ssh/{name}" for name in (*KEY_FILES, *PRIVATE_KEYS)),
 )

@@ -36,6 +36,7 @@ CHECK = AuditCheck(
     summary="non-empty .bash_history / .ash_history of root and users",
     fixed_by="bash-history",
     run=run,
+    in_homes=HISTORIES,
 )
 OTHER_CHECK = AuditCheck(
     name="other-histories",
@@ -43,4 +44,5 @@ OTHER_CHECK = AuditCheck(
     summary="other non-empty histories (zsh, sh, python, mysql, psql)",
     fixed_by=None,
     run=run_others,
+    in_homes=OTHER_HISTORIES,
 )

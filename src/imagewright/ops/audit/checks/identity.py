@@ -52,6 +52,7 @@ MACHINE_ID_CHECK = AuditCheck(
     summary="a set /etc/machine-id or /var/lib/dbus/machine-id",
     fixed_by="machine-id",
     run=run_machine_id,
+    looks_at=(MACHINE_ID, DBUS_MACHINE_ID),
 )
 RANDOM_SEED_CHECK = AuditCheck(
     name="random-seed",
@@ -59,6 +60,7 @@ RANDOM_SEED_CHECK = AuditCheck(
     summary="a saved random seed",
     fixed_by="random-seed",
     run=run_random_seed,
+    looks_at=SEEDS,
 )
 CLOUD_INIT_CHECK = AuditCheck(
     name="cloud-init-state",
@@ -66,4 +68,6 @@ CLOUD_INIT_CHECK = AuditCheck(
     summary="cloud-init's state of an earlier instance (/var/lib/cloud)",
     fixed_by="cloud-init-state",
     run=run_cloud_init_state,
+    looks_at=("/var/lib/cloud/instance",),
+    lists=STATE_DIRECTORIES,
 )

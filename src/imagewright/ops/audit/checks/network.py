@@ -63,6 +63,7 @@ MAC_CHECK = AuditCheck(
     summary="MAC addresses in ifcfg, netplan and NetworkManager files",
     fixed_by="net-hwaddr",
     run=run_mac,
+    lists=tuple(p.rpartition("/")[0] for patterns, _ in _EDITORS for p in patterns),
 )
 PERSISTENT_CHECK = AuditCheck(
     name="persistent-net-rules",
@@ -70,6 +71,7 @@ PERSISTENT_CHECK = AuditCheck(
     summary="udev's 70-persistent-net.rules with the builder's MACs",
     fixed_by="net-persistent",
     run=run_persistent,
+    looks_at=(PERSISTENT_RULES,),
 )
 LEASES_CHECK = AuditCheck(
     name="dhcp-leases",
@@ -77,4 +79,5 @@ LEASES_CHECK = AuditCheck(
     summary="DHCP leases",
     fixed_by="dhcp-leases",
     run=run_leases,
+    lists=(*dhcp_leases.LEASE_DIRECTORIES, *(p.rpartition("/")[0] for p in dhcp_leases.LEASE_PATTERNS)),
 )

@@ -67,6 +67,7 @@ ROOT_CHECK = AuditCheck(
     summary="root can log in with a password (hash present, or empty)",
     fixed_by="root-password",
     run=run_root,
+    looks_at=(SHADOW,),
 )
 USERS_CHECK = AuditCheck(
     name="user-passwords",
@@ -81,4 +82,5 @@ BACKUPS_CHECK = AuditCheck(
     summary="/etc/shadow- and other account-file backups",
     fixed_by="passwd-backups",
     run=run_backups,
+    looks_at=BACKUPS,
 )

@@ -49,6 +49,7 @@ LOGS_CHECK = AuditCheck(
     summary="logs with content and rotated logs under /var/log",
     fixed_by="logfiles",
     run=run_logs,
+    lists=("/var/log",),
 )
 PACKAGE_CACHE_CHECK = AuditCheck(
     name="package-cache",
@@ -56,6 +57,7 @@ PACKAGE_CACHE_CHECK = AuditCheck(
     summary="package caches (apt, yum, dnf, zypper, apk)",
     fixed_by="package-cache",
     run=run_package_cache,
+    lists=(*(p.rpartition("/")[0] for p in package_cache.FILE_PATTERNS), *package_cache.CACHE_DIRECTORIES),
 )
 TMP_CHECK = AuditCheck(
     name="tmp",
@@ -63,4 +65,5 @@ TMP_CHECK = AuditCheck(
     summary="files in /tmp and /var/tmp",
     fixed_by="tmp",
     run=run_tmp,
+    lists=("/tmp", "/var/tmp"),
 )

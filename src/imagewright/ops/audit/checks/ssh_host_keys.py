@@ -26,4 +26,5 @@ CHECK = AuditCheck(
     summary="SSH host keys (/etc/ssh/ssh_host_*)",
     fixed_by="ssh-hostkeys",
     run=run,
+    lists=("/etc/ssh",),
 )
