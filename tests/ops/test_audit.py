@@ -154,9 +154,7 @@ def test_secrets_never_reach_the_output(run_cli: RunCli, seeded: GuestImage) -> 
             assert secret not in result.output
 
 
-@pytest.mark.parametrize(
-    "operation", sorted({op for check in CHECKS if (op := check.fixed_by) is not None})
-)
+@pytest.mark.parametrize("operation", sorted({op for check in CHECKS if (op := check.fixed_by) is not None}))
 def test_the_named_operation_alone_removes_its_findings(image: Path, operation: str) -> None:
     named = {check.name for check in CHECKS if check.fixed_by == operation}
     before = findings_of(image)
