@@ -125,7 +125,11 @@ def _render_audit(out: Report, audit: AuditReport) -> None:
     for root in audit.roots:
         findings = root.findings
         secrets = sum(f.severity == "secret" for f in findings)
-        if not findings:
+        if root.incomplete:
+            unknown = ", ".join(root.incomplete)
+            summary = f"{len(findings)} findings; NOT complete: the {unknown} check could not finish"
+            out.line(f"{'audit:':<16}", (f"{summary} ({root.filesystem})", "bold red"))
+        elif not findings:
             out.line(f"{'audit:':<16}", (f"clean: nothing would leak ({root.filesystem})", "green"))
         else:
             summary = f"{len(findings)} findings, {secrets} of them secrets ({root.filesystem})"

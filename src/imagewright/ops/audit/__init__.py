@@ -41,6 +41,7 @@ def audit_guest(guest: GuestFS, checks: tuple[AuditCheck, ...] = CHECKS) -> Root
             leaks = list(islice(check.run(reader), MAX_FINDINGS_PER_CHECK + 1))
         except (GuestFilesystemError, InvalidArgumentError) as err:
             reader.note(f"the {check.name} check could not finish: {err}")
+            result.incomplete.append(check.name)
             continue
         for leak in leaks[:MAX_FINDINGS_PER_CHECK]:
             result.findings.append(

@@ -70,12 +70,15 @@ class RootAudit:
 
     filesystem: str
     findings: list[Finding] = field(default_factory=list)
+    #: The checks that could not finish (a hostile tree): what they would find is unknown.
+    incomplete: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "filesystem": self.filesystem,
             "findings": [asdict(f) | {"remedy": f.remedy} for f in self.findings],
+            "incomplete": list(self.incomplete),
             "notes": list(self.notes),
         }
 
@@ -91,8 +94,8 @@ class AuditReport:
 
     @property
     def clean(self) -> bool:
-        """Nothing would leak (and something was audited)."""
-        return bool(self.roots) and not self.findings
+        """Nothing would leak: something was audited, every check finished, none found anything."""
+        return bool(self.roots) and not self.findings and not any(root.incomplete for root in self.roots)
 
     @property
     def secrets(self) -> list[Finding]:

@@ -8,6 +8,7 @@ line only split; nothing of the password field but its kind reaches the report.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from imagewright.guest.bounded import GuestReader, lines
@@ -16,6 +17,9 @@ from imagewright.ops.prepare.operations.passwd_backups import BACKUPS
 from imagewright.ops.prepare.operations.root_password import SHADOW
 
 MAX_SHADOW = 4 * 1024 * 1024
+#: An account name as shadow-utils accepts it (useradd(8), NAME_REGEX relaxed: upper case too);
+#: a line whose first field is not one is garbage, not an account.
+_ACCOUNT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
 MAX_ACCOUNTS = 100_000
 
 
@@ -26,13 +30,12 @@ def _accounts(reader: GuestReader) -> Iterator[tuple[str, str]]:
         return
     for line in lines(text, MAX_ACCOUNTS):
         fields = line.split(":")
-        if len(fields) < 2 or not fields[0] or fields[0].startswith(("#", "+", "-")):
+        if len(fields) < 2 or not _ACCOUNT.match(fields[0]):
             continue
         password = fields[1]
         if password.startswith(("!", "*")):
             continue
-        name = "".join(ch if ch.isprintable() else "?" for ch in fields[0])[:64]
-        yield name, "empty" if password == "" else "hash"
+        yield fields[0], "empty" if password == "" else "hash"
 
 
 def _leak(name: str, kind: str) -> Leak:
