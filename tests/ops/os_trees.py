@@ -10,9 +10,12 @@ extlinux). Each returns the truth it wrote as a ``Truth``.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree import ElementTree
 
 from tests.guest.images import link, write
 
@@ -96,6 +99,8 @@ def debian_tree(root: Path) -> Path:
     _copy(HOST_SYSTEMD, root / "usr/lib/systemd/systemd", 0o755)
     link(root, "usr/sbin/init", "../lib/systemd/systemd")
     _copy(HOST_BUSYBOX, root / "usr/bin/busybox", 0o755)
+    # libguestfs reads the architecture from /bin/ls and friends (inspect-fs-unix.c).
+    _copy(Path("/usr/bin/ls"), root / "usr/bin/ls", 0o755)
     _copy(HOST_DPKG_STATUS, root / "var/lib/dpkg/status", 0o644)
     for release in (DEBIAN_KERNEL, "6.1.0-17-amd64"):
         write(root, f"boot/vmlinuz-{release}", b"MZ" + b"\0" * 1022, 0o644)
@@ -171,6 +176,8 @@ def alpine_tree(root: Path) -> Path:
     write(root, "etc/fstab", "UUID=deadbeef-0000-4000-8000-000000000002 / ext4 rw,relatime 0 1\n")
     _copy(HOST_BUSYBOX, root / "bin/busybox", 0o755)
     link(root, "sbin/init", "/bin/busybox")
+    for applet in ("bin/sh", "bin/ls", "bin/echo"):
+        link(root, applet, "/bin/busybox")
     write(root, "sbin/openrc", b"\x7fELF", 0o755)
     write(root, "etc/inittab", "::sysinit:/sbin/openrc sysinit\n::wait:/sbin/openrc default\n")
     write(root, "lib/apk/db/installed", apk_installed(APK_PACKAGES))
@@ -205,6 +212,27 @@ def alpine_truth() -> Truth:
         default_kernel="vmlinuz-virt",
         hostname="alpine-builder",
     )
+
+
+def virt_inspector(image: Path, fmt: str) -> dict[str, object]:
+    """What libguestfs' ``virt-inspector`` (TCG appliance) says of the image's first OS:
+    distro, major/minor version, arch, hostname, package format, installed application names."""
+    environment = dict(os.environ, LIBGUESTFS_BACKEND="direct")
+    if Path("/sys/module/kvm_pvm").exists():
+        environment["LIBGUESTFS_BACKEND_SETTINGS"] = "force_tcg"
+    out = subprocess.run(
+        ["virt-inspector", f"--format={fmt}", "-a", str(image)],
+        capture_output=True,
+        check=True,
+        env=environment,
+    ).stdout
+    system = ElementTree.fromstring(out).find("operatingsystem")
+    assert system is not None
+    fields = {
+        key: system.findtext(key)
+        for key in ("distro", "major_version", "minor_version", "arch", "hostname", "package_format", "root")
+    }
+    return fields | {"applications": sorted(a.findtext("name") or "" for a in system.iter("application"))}
 
 
 def _mk(root: Path, rel: str) -> Path:

@@ -176,6 +176,7 @@ def test_alpine_every_field(alpine_image: GuestImage) -> None:
     truth = alpine_truth()
     dist = facts.distribution
     assert (dist.id, dist.version_id, dist.version, dist.codename) == ("alpine", "3.19.1", "3.19.1", None)
+    assert dist.os_distro == "alpinelinux"  # libosinfo's and virt-inspector's name
     assert dist.pretty_name == "Alpine Linux v3.19"
     assert dist.sources == ["/etc/os-release", "/etc/alpine-release"]
     assert facts.architecture == readelf_arch_name(Path("/bin/busybox")) == truth.architecture

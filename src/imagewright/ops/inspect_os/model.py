@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-#: os-release ``ID`` -> Glance/libosinfo ``os_distro`` where they differ (the rest are equal).
+#: os-release ``ID`` -> Glance's ``os_distro`` where they differ (the rest are equal); names
+#: Glance's list lacks are libosinfo's/libguestfs' (``virt-inspector`` says "alpinelinux").
 OS_DISTRO_NAMES: dict[str, str] = {
+    "alpine": "alpinelinux",
     "opensuse-leap": "opensuse",
     "opensuse-tumbleweed": "opensuse",
     "sled": "sled",
