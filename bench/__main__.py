@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("inspect", "convert", "prepare", "stores", "sandbox", "cli", "metadata")
+BENCHMARKS = ("inspect", "convert", "prepare", "stores", "sandbox", "cli", "metadata", "inspect_os")
 
 
 def main(names: list[str]) -> None:
