@@ -13,7 +13,7 @@ APT_PACKAGES := qemu-utils qemu-system-x86 qemu-system-data seabios ipxe-qemu \
 	ntfs-3g cryptsetup-bin squashfs-tools syslinux-common binutils curl jq \
 	libguestfs-tools linux-image-amd64 cloud-guest-utils strace bubblewrap \
 	swift swift-proxy swift-account swift-container swift-object \
-	postgresql valgrind wrk nginx ovmf grub-efi-amd64-bin sbsigntool systemd-boot-efi
+	postgresql valgrind wrk nginx ovmf grub-efi-amd64-bin sbsigntool systemd-boot-efi rpm
 
 PYTEST_ARGS ?=
 

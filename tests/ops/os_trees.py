@@ -214,6 +214,78 @@ def alpine_truth() -> Truth:
     )
 
 
+RPM_PACKAGES = [
+    ("bash", "5.2.26", "1.fc40", "x86_64"),
+    ("coreutils", "9.4", "5.fc40", "x86_64"),
+    ("cloud-init", "24.1.4", "1.fc40", "noarch"),
+    ("openssh-server", "9.6p1", "1.fc40.4", "x86_64"),
+    ("kernel-core", "6.8.5", "301.fc40", "x86_64"),
+]
+
+
+def rpm_database(workdir: Path, dbpath: Path, packages: list[tuple[str, str, str, str]]) -> None:
+    """An rpm sqlite database holding ``packages``, made by rpm itself: each package built by
+    rpmbuild from an empty spec and recorded with ``rpm -i --justdb``."""
+    built: list[Path] = []
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name, version, release, arch in packages:
+        spec = workdir / f"{name}.spec"
+        spec.write_text(
+            f"Name: {name}\nVersion: {version}\nRelease: {release}\nSummary: test\nLicense: MIT\n"
+            f"BuildArch: {arch}\n%description\ntest\n%files\n"
+        )
+        top = workdir / "rpmbuild"
+        run_quiet("rpmbuild", "-bb", "--target", arch, "--define", f"_topdir {top}", str(spec))
+        built.append(top / "RPMS" / arch / f"{name}-{version}-{release}.{arch}.rpm")
+    dbpath.mkdir(parents=True, exist_ok=True)
+    options = ["--dbpath", str(dbpath), "--define", "_db_backend sqlite"]
+    run_quiet("rpm", *options, "--initdb")
+    run_quiet("rpm", *options, "-i", "--justdb", "--nodeps", "--ignorearch", *map(str, built))
+
+
+def run_quiet(*argv: str) -> None:
+    subprocess.run(argv, capture_output=True, check=True)
+
+
+def fedora_tree(root: Path) -> Path:
+    """A Fedora 40 root: os-release, redhat-release, its rpm sqlite database, BLS boot entries."""
+    write(
+        root,
+        "usr/lib/os-release",
+        'NAME="Fedora Linux"\nVERSION="40 (Cloud Edition)"\nID=fedora\nVERSION_ID=40\n'
+        'VERSION_CODENAME=""\nPRETTY_NAME="Fedora Linux 40 (Cloud Edition)"\nVARIANT_ID=cloud\n',
+    )
+    link(root, "etc/os-release", "../usr/lib/os-release")
+    write(root, "etc/redhat-release", "Fedora release 40 (Forty)\n")
+    for name in ("bin", "sbin", "lib", "lib64"):
+        link(root, name, f"usr/{name}")
+    _copy(HOST_SYSTEMD, root / "usr/lib/systemd/systemd", 0o755)
+    link(root, "usr/sbin/init", "../lib/systemd/systemd")
+    rpm_database(root.parent / "rpm-work", root / "usr/lib/sysimage/rpm", RPM_PACKAGES)
+    link(root, "var/lib/rpm", "../../usr/lib/sysimage/rpm")
+    write(root, "boot/vmlinuz-6.8.5-301.fc40.x86_64", b"MZ" + bytes(1022))
+    write(root, "boot/initramfs-6.8.5-301.fc40.x86_64.img", b"\x1f\x8b" + bytes(510))
+    write(root, "boot/grub2/grub.cfg", 'set default="${saved_entry}"\ninsmod blscfg\nblscfg\n')
+    write(
+        root,
+        "boot/grub2/grubenv",
+        "# GRUB Environment Block\nsaved_entry=abc-6.8.5-301.fc40.x86_64\n" + "#" * 900,
+    )
+    write(
+        root,
+        "boot/loader/entries/abc-6.8.5-301.fc40.x86_64.conf",
+        "title Fedora Linux (6.8.5-301.fc40.x86_64) 40 (Cloud Edition)\nversion 6.8.5-301.fc40.x86_64\n"
+        "linux /boot/vmlinuz-6.8.5-301.fc40.x86_64\ninitrd /boot/initramfs-6.8.5-301.fc40.x86_64.img\n",
+    )
+    write(
+        root,
+        "boot/loader/entries/abc-0-rescue.conf",
+        "title Fedora Linux (0-rescue-abc) 40\nlinux /boot/vmlinuz-0-rescue-abc\n",
+    )
+    write(root, "etc/hostname", "fedora-builder\n")
+    return root
+
+
 def virt_inspector(image: Path, fmt: str) -> dict[str, object]:
     """What libguestfs' ``virt-inspector`` (TCG appliance) says of the image's first OS:
     distro, major/minor version, arch, hostname, package format, installed application names."""

@@ -18,10 +18,12 @@ from tests.ops.os_trees import (
     APK_PACKAGES,
     HOST_DPKG_STATUS,
     HOST_SYSTEMD,
+    RPM_PACKAGES,
     alpine_tree,
     alpine_truth,
     debian_tree,
     debian_truth,
+    fedora_tree,
 )
 
 from imagewright.guest import open_guest
@@ -255,3 +257,38 @@ def test_a_refused_image_is_not_looked_into(run_cli: RunCli, tmp_path: Path) -> 
     result = run_cli(["inspect", "--os", "--json", str(image)])
     assert result.exit_code == 1
     assert json.loads(result.output)["os"]["notes"] == ["the image was refused; nothing inside it was read"]
+
+
+def test_fedora_rpm_database_and_bls_default(tmp_path: Path) -> None:
+    root = fedora_tree(tmp_path / "root")
+    truth = run(
+        "rpm",
+        "--dbpath",
+        str(root / "usr/lib/sysimage/rpm"),
+        "-qa",
+        "--qf",
+        "%{NAME} %{VERSION}-%{RELEASE} %{ARCH}\n",
+    ).stdout.decode()
+    image = partitioned_ext4(root, tmp_path / "fedora.raw", table="gpt", size_mib=64)
+    facts = only_root(inspect_os(image.path))
+    dist = facts.distribution
+    # The codename is what redhat-release says (os-release leaves it empty).
+    assert (dist.id, dist.version_id, dist.codename, dist.os_distro) == ("fedora", "40", "Forty", "fedora")
+    assert dist.sources == ["/etc/os-release", "/etc/redhat-release"]
+    [database] = facts.packages
+    # /var/lib/rpm is a link to /usr/lib/sysimage/rpm: the database is read once, by its first name.
+    assert (database.format, database.path, database.truncated) == ("rpm", "/var/lib/rpm/rpmdb.sqlite", False)
+    ours = {f"{p.name} {p.version} {p.architecture}" for p in database.packages}
+    assert ours == set(truth.splitlines())
+    assert database.count == len(RPM_PACKAGES)
+    entry = facts.boot_default
+    assert entry is not None
+    assert (entry.loader, entry.config) == (
+        "grub2 (bls)",
+        "/boot/loader/entries/abc-6.8.5-301.fc40.x86_64.conf",
+    )
+    assert entry.kernel == "/boot/vmlinuz-6.8.5-301.fc40.x86_64"
+    assert entry.initrd == "/boot/initramfs-6.8.5-301.fc40.x86_64.img"
+    assert [k.path for k in facts.kernels] == ["/boot/vmlinuz-6.8.5-301.fc40.x86_64"]
+    assert [i.release for i in facts.initrds] == ["6.8.5-301.fc40.x86_64"]
+    assert facts.notes == []

@@ -73,9 +73,10 @@ def hostile(tmp_path_factory: pytest.TempPathFactory, host_secrets: Path) -> Gue
     link(root, "usr/bin/busybox", str(HOST_BUSYBOX))  # absolute: the guest's /bin/busybox, missing
     _copy(HOST_BUSYBOX, root / "usr/bin/dash", 0o755)
     link(root, "usr/bin/sh", "dash")
-    # A million dpkg stanzas; an apk database of one 10 MiB line; a 3 GiB sparse rpm database.
+    # A million dpkg stanzas; an apk database of one 10 MiB line; garbage as the rpm database.
     million_stanzas(root / "var/lib/dpkg/status")
     write(root, "lib/apk/db/installed", b"P:" + b"x" * (10 << 20))
+    write(root, "var/lib/rpm/rpmdb.sqlite", b"SQLite format 3\0" + GARBAGE)
     # Special files and directories where files should be.
     (root / "etc/fstab").unlink()
     os.mkfifo(root / "etc/fstab")
@@ -134,6 +135,8 @@ def test_a_million_dpkg_stanzas_are_read_to_the_budget(inspected: tuple[OsFacts,
     # The apk database's only line is longer than any line read: no package, no memory spent on it.
     [apk] = [db for db in facts.packages if db.format == "apk"]
     assert apk.count == 0
+    assert not [db for db in facts.packages if db.format == "rpm"]
+    assert any(n.startswith("/var/lib/rpm/rpmdb.sqlite was not read: it cannot be") for n in facts.notes)
     # Memory: the 60 MiB database and the 10 MiB line were streamed; what is kept is the budget's
     # package list (tracemalloc's peak of the whole inspection, audit included).
     assert peak < 96 * (1 << 20), peak

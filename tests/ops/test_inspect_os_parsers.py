@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import platform
 import re
+import sqlite3
 import struct
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.fixtures.tools import run
 
+from imagewright.ops.inspect_os import rpmdb
 from imagewright.ops.inspect_os.boot import _find, parse_extlinux, parse_grub_cfg
 from imagewright.ops.inspect_os.elf import architecture
 from imagewright.ops.inspect_os.packages import MAX_STANZAS, parse_apk_installed, parse_dpkg_status
@@ -22,6 +24,7 @@ from imagewright.ops.inspect_os.releases import (
     parse_redhat_release,
     parse_single_version,
 )
+from imagewright.ops.inspect_os.rpmdb import RpmDatabaseError, header_fields, read_rpm_sqlite
 from imagewright.ops.inspect_os.system import parse_datasource_list
 
 UBUNTU = """PRETTY_NAME="Ubuntu 22.04.4 LTS"
@@ -67,8 +70,12 @@ def test_ubuntu_and_old_debian() -> None:
         "jammy",
         ["debian"],
     )
-    stretch = from_os_release(parse_assignments('ID=debian\nVERSION_ID="9"\nVERSION="9 (stretch)"\n'))
-    assert stretch.codename == "stretch"
+    jessie = from_os_release(parse_assignments('ID=debian\nVERSION_ID="8"\nVERSION="8 (jessie)"\n'))
+    assert jessie.codename == "jessie"
+    fedora = from_os_release(
+        parse_assignments('ID=fedora\nVERSION="40 (Cloud Edition)"\nVERSION_CODENAME=""\n')
+    )
+    assert fedora.codename is None
 
 
 @pytest.mark.parametrize(
@@ -280,3 +287,72 @@ def test_parsers_never_raise_on_text(text: str) -> None:
 def test_elf_never_raises(data: bytes) -> None:
     found = architecture(data)
     assert found is None or data[:4] == b"\x7fELF"
+
+
+def rpm_header(fields: dict[int, bytes]) -> bytes:
+    """A stored rpm header (lib/header.c layout) holding STRING tags."""
+    index, data = b"", b""
+    for tag, value in fields.items():
+        index += struct.pack(">IIII", tag, 6, len(data), 1)
+        data += value + b"\0"
+    return struct.pack(">II", len(fields), len(data)) + index + data
+
+
+def packages_db(path: Path, blobs: list[bytes], schema: str | None = None) -> Path:
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            schema or "CREATE TABLE Packages (hnum INTEGER PRIMARY KEY AUTOINCREMENT, blob BLOB NOT NULL)"
+        )
+        if schema is None:
+            connection.executemany("INSERT INTO Packages (blob) VALUES (?)", [(b,) for b in blobs])
+    connection.close()
+    return path
+
+
+def test_rpm_headers_and_their_refusals(tmp_path: Path) -> None:
+    good = rpm_header({1000: b"bash", 1001: b"5.2", 1002: b"1.fc40", 1022: b"x86_64"})
+    assert header_fields(good) == {1000: "bash", 1001: "5.2", 1002: "1.fc40", 1022: "x86_64"}
+    assert header_fields(good[:-3]) == {}  # data shorter than dl says
+    lying = struct.pack(">II", 1, 4) + struct.pack(">IIII", 1000, 6, 99, 1) + b"abc\0"
+    assert header_fields(lying) == {}  # offset past the data
+    unterminated = struct.pack(">II", 1, 3) + struct.pack(">IIII", 1000, 6, 0, 1) + b"abc"
+    assert header_fields(unterminated) == {}
+    assert header_fields(struct.pack(">II", 2**31, 0)) == {}
+    db = packages_db(tmp_path / "ok.sqlite", [good, b"garbage", rpm_header({1000: b"zsh"})])
+    packages, truncated = read_rpm_sqlite(db, 10)
+    assert [(p.name, p.version, p.architecture) for p in packages] == [
+        ("bash", "5.2-1.fc40", "x86_64"),
+        ("zsh", "", None),
+    ]
+    assert not truncated
+    assert read_rpm_sqlite(db, 2)[1] is True
+
+
+def test_hostile_rpm_databases_are_refused_in_bounded_time(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"SQLite format 3\0" + bytes(range(256)) * 64)
+    with pytest.raises(RpmDatabaseError, match="cannot be"):
+        read_rpm_sqlite(garbage, 10)
+    view = packages_db(
+        tmp_path / "view.sqlite",
+        [],
+        "CREATE VIEW Packages AS WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) "
+        "SELECT x AS hnum, zeroblob(10) AS blob FROM n",
+    )
+    with pytest.raises(RpmDatabaseError, match="no Packages table"):
+        read_rpm_sqlite(view, 10)
+
+
+def test_the_step_budget_stops_a_long_statement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = tmp_path / "rows.sqlite"
+    packages_db(rows, [rpm_header({1000: f"p{i}".encode()}) for i in range(20_000)])
+    assert len(read_rpm_sqlite(rows, 100_000)[0]) == 20_000
+    monkeypatch.setattr(rpmdb, "MAX_STEPS", 50_000)
+    with pytest.raises(RpmDatabaseError, match="interrupted"):
+        read_rpm_sqlite(rows, 100_000)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_rpm_header_never_raises(data: bytes) -> None:
+    header_fields(data)

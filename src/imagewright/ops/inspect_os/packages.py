@@ -1,4 +1,5 @@
-"""Installed packages: dpkg's status file and apk's installed database, streamed.
+"""Installed packages: dpkg's status file and apk's installed database, streamed; rpm's sqlite
+database through ``rpmdb``.
 
 Sources: deb-control(5)/dpkg(1) (``/var/lib/dpkg/status``: RFC 822-style stanzas separated by
 blank lines; ``Status: want flag status`` and only ``installed`` is installed; continuation
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from imagewright.guest.bounded import GuestReader, file_lines
 from imagewright.ops.inspect_os.model import Package, PackageDatabase
+from imagewright.ops.inspect_os.rpmdb import RpmDatabaseError, read_rpm_sqlite
 
 #: The largest package database copied out (Debian's with 5000 packages is ~10 MiB).
 MAX_DATABASE = 256 * 1024 * 1024
@@ -29,8 +31,9 @@ MAX_FIELD = 200
 
 DPKG_STATUS = "/var/lib/dpkg/status"
 APK_INSTALLED = "/lib/apk/db/installed"
-RPM_DATABASES = ("/var/lib/rpm/rpmdb.sqlite", "/var/lib/rpm/Packages", "/usr/lib/sysimage/rpm/rpmdb.sqlite")
-LOOKS_AT = (DPKG_STATUS, APK_INSTALLED, *RPM_DATABASES)
+RPM_SQLITE = ("/var/lib/rpm/rpmdb.sqlite", "/usr/lib/sysimage/rpm/rpmdb.sqlite")
+RPM_BERKELEY = "/var/lib/rpm/Packages"
+LOOKS_AT = (DPKG_STATUS, APK_INSTALLED, *RPM_SQLITE, RPM_BERKELEY)
 
 
 def _stanzas(source: Iterable[str], separator: str) -> Iterable[dict[str, str]]:
@@ -97,7 +100,24 @@ def read_packages(reader: GuestReader) -> list[PackageDatabase]:
                 f"{path} holds more than {MAX_STANZAS} entries; only the first {MAX_STANZAS} were read"
             )
         databases.append(PackageDatabase(fmt, path, len(packages), packages, truncated))
-    rpm = reader.exists(*RPM_DATABASES)
-    if rpm is not None:
-        reader.note(f"an rpm database is at {rpm}; imagewright does not count rpm packages yet")
+    for path in RPM_SQLITE:
+        with reader.host_copy(path, MAX_DATABASE, "a package database") as copy:
+            if copy is None:
+                continue
+            try:
+                packages, truncated = read_rpm_sqlite(Path(copy), MAX_STANZAS)
+            except RpmDatabaseError as err:
+                reader.note(f"{path} was not read: {err}")
+                continue
+        if truncated:
+            reader.note(
+                f"{path} holds more than {MAX_STANZAS} entries; only the first {MAX_STANZAS} were read"
+            )
+        databases.append(PackageDatabase("rpm", path, len(packages), packages, truncated))
+        break  # /var/lib/rpm is a link to /usr/lib/sysimage/rpm on current systems
+    if not any(db.format == "rpm" for db in databases) and reader.exists(RPM_BERKELEY) is not None:
+        reader.note(
+            f"{RPM_BERKELEY} is an rpm Berkeley DB database (RHEL 8 and before), "
+            "which imagewright does not read"
+        )
     return databases

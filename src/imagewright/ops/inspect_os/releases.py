@@ -72,8 +72,8 @@ def parse_assignments(text: str) -> dict[str, str]:
 def from_os_release(fields: dict[str, str]) -> Distribution:
     codename = fields.get("VERSION_CODENAME") or fields.get("UBUNTU_CODENAME")
     version = fields.get("VERSION")
-    if codename is None and version:
-        # Debian before 11 and others put it only in VERSION: "9 (stretch)".
+    if codename is None and version and fields.get("ID") == "debian" and "VERSION_CODENAME" not in fields:
+        # Debian 8 puts it only in VERSION: "8 (jessie)" (Fedora's parentheses hold an edition).
         found = re.search(r"\(([A-Za-z][A-Za-z0-9 ._-]*)\)", version)
         codename = found.group(1).split()[0].lower() if found else None
     identifier = fields.get("ID")
