@@ -16,7 +16,6 @@ from tests.fixtures.tools import blkid, run, sfdisk_json
 from tests.guest.images import GuestImage, converted, flat_ext4, partitioned_ext4, write
 from tests.ops.os_trees import (
     APK_PACKAGES,
-    HOST_DPKG_STATUS,
     HOST_SYSTEMD,
     RPM_PACKAGES,
     alpine_tree,
@@ -35,9 +34,28 @@ RunCli = Callable[..., Result]
 
 
 @pytest.fixture(scope="module")
-def debian_image(tmp_path_factory: pytest.TempPathFactory) -> GuestImage:
-    base = tmp_path_factory.mktemp("debian")
-    return partitioned_ext4(debian_tree(base / "root"), base / "debian.raw", table="gpt", size_mib=64)
+def debian_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return debian_tree(tmp_path_factory.mktemp("debian") / "root")
+
+
+@pytest.fixture(scope="module")
+def debian_image(debian_root: Path) -> GuestImage:
+    return partitioned_ext4(debian_root, debian_root.parent / "debian.raw", table="gpt", size_mib=64)
+
+
+@pytest.fixture(scope="module")
+def dpkg_truth(debian_root: Path) -> set[str]:
+    """What dpkg itself says is installed, from the status file the tree holds (a copy of this
+    machine's, taken when the tree was written)."""
+    out = run(
+        "dpkg-query",
+        "--admindir",
+        str(debian_root / "var/lib/dpkg"),
+        "-W",
+        "-f",
+        "${db:Status-Status} ${Package}:${Architecture} ${Version}\n",
+    ).stdout.decode()
+    return {line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("installed ")}
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +72,6 @@ def debian(debian_image: GuestImage) -> OsInspection:
 def only_root(found: OsInspection) -> OsFacts:
     assert len(found.roots) == 1, found.notes
     return found.roots[0]
-
-
-def dpkg_installed() -> set[str]:
-    """What dpkg itself says is installed, from the same status file the tree holds."""
-    out = run(
-        "dpkg-query",
-        "--admindir",
-        str(HOST_DPKG_STATUS.parent),
-        "-W",
-        "-f",
-        "${db:Status-Status} ${Package}:${Architecture} ${Version}\n",
-    ).stdout.decode()
-    return {line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("installed ")}
 
 
 def readelf_machine(path: Path) -> str:
@@ -101,13 +106,13 @@ def test_debian_architecture_is_the_elf_machine_readelf_reads(debian: OsInspecti
     assert facts.init_system == "systemd"
 
 
-def test_debian_packages_are_what_dpkg_query_says(debian: OsInspection) -> None:
+def test_debian_packages_are_what_dpkg_query_says(debian: OsInspection, dpkg_truth: set[str]) -> None:
     facts = only_root(debian)
     [database] = facts.packages
     assert (database.format, database.path, database.truncated) == ("deb", "/var/lib/dpkg/status", False)
     ours = {f"{p.name}:{p.architecture} {p.version}" for p in database.packages}
-    assert ours == dpkg_installed()
-    assert database.count == len(dpkg_installed()) > 100
+    assert ours == dpkg_truth
+    assert database.count == len(dpkg_truth) > 100
 
 
 def test_debian_boot_files_and_grub_default(debian: OsInspection) -> None:
@@ -222,14 +227,16 @@ def test_qcow2_image_gives_the_same_facts(
     assert "debian.qcow2" in only_root(again).filesystem
 
 
-def test_cli_os_text_and_json(run_cli: RunCli, debian_image: GuestImage, alpine_image: GuestImage) -> None:
+def test_cli_os_text_and_json(
+    run_cli: RunCli, debian_image: GuestImage, alpine_image: GuestImage, dpkg_truth: set[str]
+) -> None:
     result = run_cli(["inspect", "--os", str(debian_image.path)])
     assert result.exit_code == 0, result.output
     assert (
         "os:             Debian GNU/Linux 12 (bookworm) (partition 2 (ext4) of debian.raw)" in result.output
     )
     assert "kernel:       /boot/vmlinuz-6.1.0-18-amd64  (boots by default)" in result.output
-    assert f"packages:     {len(dpkg_installed())} deb packages installed" in result.output
+    assert f"packages:     {len(dpkg_truth)} deb packages installed" in result.output
     result = run_cli(["inspect", "--os", "--json", str(debian_image.path), str(alpine_image.path)])
     assert result.exit_code == 0, result.output
     documents = json.loads(result.output)

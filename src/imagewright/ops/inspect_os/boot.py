@@ -31,6 +31,8 @@ from imagewright.ops.inspect_os.model import BootEntry, BootFile
 MAX_CONFIG = 1024 * 1024
 MAX_ENTRIES = 1000
 MAX_LINES = 100_000
+#: Deepest nesting of blocks followed (GRUB's own configurations nest three deep).
+MAX_DEPTH = 64
 #: Most files in /boot looked at.
 MAX_BOOT_FILES = 10_000
 
@@ -136,7 +138,7 @@ def parse_grub_cfg(text: str) -> tuple[str | None, _Menu, bool]:
         current = stack[-1]
         if head in ("menuentry", "submenu") and stripped.endswith("{"):
             count += 1
-            if count > MAX_ENTRIES or len(stack) > 16:
+            if count > MAX_ENTRIES or len(stack) > MAX_DEPTH:
                 break
             title, ident = _block_head(words)
             item: _Menu | _Entry = _Menu(title, ident) if head == "submenu" else _Entry(title, ident)
@@ -155,6 +157,8 @@ def parse_grub_cfg(text: str) -> tuple[str | None, _Menu, bool]:
         elif len(stack) == 1 and head == "set" and len(words) > 1 and words[1].startswith("default="):
             default = words[1][len("default=") :]
         elif stripped.endswith("{"):
+            if len(stack) > MAX_DEPTH:
+                break
             stack.append(_Menu(None, None))  # a function body: nothing in it is a menu entry
     return default, top, bls
 
