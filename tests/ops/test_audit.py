@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from tests.guest.images import GuestImage, flat_ext4, sysprep_tree, write
+from tests.guest.images import GuestImage, flat_ext4, sha256_file, sysprep_tree, write
 
 from imagewright.guest import open_guest
 from imagewright.ops.audit import CHECKS, audit_guest
@@ -209,3 +209,28 @@ def test_audit_guest_on_an_open_guest(seeded: GuestImage) -> None:
     with open_guest(seeded.path) as guest:
         result = audit_guest(guest)
     assert {(f.check, f.path) for f in result.findings} == EXPECTED
+
+
+def test_prepare_dry_run_says_what_the_audit_would_still_find(run_cli: RunCli, image: Path) -> None:
+    before = sha256_file(image)
+    result = run_cli(["prepare", "--dry-run", "--json", str(image)])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    left = {(f["check"], f["path"]) for f in document["audit"]["left_after_this_run"]}
+    # The default operations leave what only non-default operations (or none) fix.
+    assert left == {
+        ("authorized-keys", "/root/.ssh/authorized_keys"),
+        ("authorized-keys", "/home/alice/.ssh/id_ed25519"),
+        ("root-password", "/etc/shadow"),
+        ("user-passwords", "/etc/shadow"),
+        ("other-histories", "/home/alice/.zsh_history"),
+    }
+    assert document["audit"]["fixed_by_this_run"] == len(EXPECTED) - len(left)
+    text = run_cli(["prepare", "--dry-run", "--operations", "defaults,root-password,ssh-userdir", str(image)])
+    assert text.exit_code == 0, text.output
+    assert (
+        f"audit: {len(EXPECTED)} findings (inspect --audit); "
+        f"these operations fix {len(EXPECTED) - 2}, 2 would be left:" in text.output
+    )
+    assert "/home/alice/.zsh_history  shell history, 20 bytes  [no prepare operation]" in text.output
+    assert sha256_file(image) == before  # a dry run changes nothing

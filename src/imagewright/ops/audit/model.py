@@ -97,6 +97,10 @@ class AuditReport:
         """Nothing would leak: something was audited, every check finished, none found anything."""
         return bool(self.roots) and not self.findings and not any(root.incomplete for root in self.roots)
 
+    def left_after(self, operations: set[str]) -> list[Finding]:
+        """The findings that running these prepare operations would not fix."""
+        return [f for f in self.findings if f.fixed_by not in operations]
+
     @property
     def secrets(self) -> list[Finding]:
         return [f for f in self.findings if f.severity is Severity.SECRET]
