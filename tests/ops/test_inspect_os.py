@@ -149,6 +149,20 @@ def test_debian_hostname_fstab_cloud_init_ssh(debian: OsInspection, debian_image
     assert facts.notes == []
 
 
+def test_a_separate_boot_filesystem_is_named(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write(root, "etc/os-release", "ID=rhel\nVERSION_ID=9.3\n")
+    write(root, "etc/fstab", "UUID=1111 / xfs defaults 0 0\nUUID=2222 /boot xfs defaults 0 0\n")
+    (root / "boot").mkdir()
+    image = flat_ext4(root, tmp_path / "rhel.raw", size_mib=8)
+    facts = only_root(inspect_os(image.path))
+    assert facts.kernels == []
+    assert facts.notes == [
+        "/boot is a filesystem of its own (UUID=2222); the kernels and boot loader configuration on it "
+        "were not looked at"
+    ]
+
+
 def test_fstab_specs_are_resolved_against_this_disk(tmp_path: Path) -> None:
     image = partitioned_ext4(debian_tree(tmp_path / "root"), tmp_path / "disk.raw", table="dos", size_mib=64)
     uuid = blkid(image.path, image.offset)["UUID"]  # blkid's own reading of partition 2
@@ -166,6 +180,8 @@ def test_fstab_specs_are_resolved_against_this_disk(tmp_path: Path) -> None:
     with open_guest(image.path, writable=True) as guest:
         guest.write_text("/etc/fstab", fstab)
     facts = only_root(inspect_os(image.path))
+    # The tree has its kernels in /boot: a /boot entry alone is no reason for a note.
+    assert not any(note.startswith("/boot is a filesystem of its own") for note in facts.notes)
     assert [(e.mountpoint, e.on_this_disk) for e in facts.fstab] == [
         ("/", True),
         ("/boot", True),

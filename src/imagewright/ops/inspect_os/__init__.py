@@ -78,6 +78,13 @@ def os_facts(guest: GuestFS, resolves: SpecResolver | None = None) -> OsFacts:
     facts.cloud_init = read_cloud_init(reader, facts.packages)
     facts.agent = AGENT_PATH if reader.exists(AGENT_PATH) else None
     facts.ssh_server = read_ssh_server(reader)
+    boot_mount = next((m for m in facts.fstab if m.mountpoint == "/boot"), None)
+    if boot_mount is not None and not facts.kernels:
+        # The root's /boot is only a mount point; its files are on another filesystem.
+        reader.note(
+            f"/boot is a filesystem of its own ({boot_mount.spec}); the kernels and boot loader "
+            "configuration on it were not looked at"
+        )
     facts.notes = reader.notes
     return facts
 
