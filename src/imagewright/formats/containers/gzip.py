@@ -24,6 +24,7 @@ produces more than the caller asked for.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from isal import isal_zlib
 
@@ -31,7 +32,7 @@ from imagewright.binary import ByteSource
 from imagewright.errors import ImageFormatError
 
 #: What the inflater raises for a corrupt member (bad data, CRC32 or ISIZE mismatch).
-InflateError = isal_zlib.error
+InflateError = cast("type[Exception]", isal_zlib.error)  # (its stub calls it an instance)
 
 MAGIC = b"\x1f\x8b\x08"
 
