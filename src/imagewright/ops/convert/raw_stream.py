@@ -233,6 +233,7 @@ class RawStream:
         judged = self._judged
         held = (0, self._first)
         self._capture.feed(0, self._first)
+        self._look()  # the head is in: the survey asks for what it needs next
         for piece in judged.pieces(PIECE):
             offset = judged.position - len(piece)
             self._capture.feed(offset, piece)
