@@ -55,13 +55,13 @@ def pack(raw: Path, tool: str, out_dir: Path | None = None, *extra: str) -> Path
 
 @pytest.fixture(scope="module")
 def disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """256 MiB: a GPT (sfdisk) with ext4 in its last partition, and 64 MiB of random data in
-    runs (more than a 100 MiB filesystem holds twice)."""
+    """160 MiB: a GPT (sfdisk) with ext4 in its last partition, and 48 MiB of random data in
+    runs (more than a 72 MiB filesystem holds twice)."""
     directory = tmp_path_factory.mktemp("stream-disk")
-    made = make_disk(directory, "gpt", 256 * MiB)
+    made = make_disk(directory, "gpt", 160 * MiB)
     with made.path.open("r+b") as f:
-        for index in range(8):
-            f.seek(40 * MiB + index * 20 * MiB)
+        for index in range(6):
+            f.seek(40 * MiB + index * 18 * MiB)
             f.write(os.urandom(8 * MiB))
     return made.path
 
@@ -89,10 +89,10 @@ def small_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 def test_a_compressed_raw_disk_larger_than_the_free_space_converts(
     disk: Path, tmp_path: Path, small_tmp: Path, tool: str, extra: tuple[str, ...], out_name: str
 ) -> None:
-    """The output's filesystem holds the output (64 MiB of data) but not also a scratch copy
+    """The output's filesystem holds the output (48 MiB of data) but not also a scratch copy
     of the data; TMPDIR holds nothing. The result is the disk, bit for bit."""
     packed = pack(disk, tool, tmp_path, *extra)
-    with tools.mounted_tmpfs(tmp_path / "out", "100m") as out_dir:
+    with tools.mounted_tmpfs(tmp_path / "out", "72m") as out_dir:
         out = out_dir / out_name
         result = convert(packed, out)
         fmt = "qcow2" if out_name.endswith("qcow2") else "raw"
