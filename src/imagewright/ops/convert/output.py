@@ -6,10 +6,13 @@ destination and renamed into place only when complete (see ``imagewright.files``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import lzma
 import os
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -197,34 +200,73 @@ class StreamConsumer(Protocol):
     def zeros(self, offset: int, length: int) -> None: ...
 
 
+#: Bytes read at once when a finished file is streamed (hashed, compressed).
+READ_CHUNK = 4 * CHUNK
+
+
 def stream_file(
     path: Path, consumer: StreamConsumer, progress: Callable[[int, int], None] | None = None
 ) -> int:
-    """Feed a file to ``consumer`` front to back; holes are passed as zero runs, not read."""
-    done = 0
+    """Feed a file to ``consumer`` front to back; holes are passed as zero runs, not read.
+
+    A thread reads ahead while the consumer works on the previous chunk: ``os.pread``,
+    hashlib and the compressors all release the GIL, so reading overlaps hashing.
+    """
     try:
         with path.open("rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
-            for offset, length, is_data in file_extents(f.fileno(), size):
-                if not is_data:
+            for offset, length, data in _read_ahead(f.fileno(), size, path):
+                if data is None:
                     consumer.zeros(offset, length)
                 else:
-                    f.seek(offset)
-                    remaining = length
-                    position = offset
-                    while remaining:
-                        chunk = f.read(min(remaining, CHUNK * 4))
-                        if not chunk:
-                            raise ImageIOError(f"{path} shrank while it was being read.")
-                        consumer.write(position, chunk)
-                        position += len(chunk)
-                        remaining -= len(chunk)
-                done = offset + length
+                    consumer.write(offset, data)
                 if progress is not None:
-                    progress(done, size)
+                    progress(offset + length, size)
     except OSError as err:
         raise io_error(err, path, "reading") from None
     return size
+
+
+def _read_ahead(fd: int, size: int, path: Path) -> Iterator[tuple[int, int, bytes | None]]:
+    """``(offset, length, data or None for a hole)`` of the file, read by a thread two chunks ahead."""
+    chunks: queue.Queue[tuple[int, int, bytes | None] | BaseException | None] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            for offset, length, is_data in file_extents(fd, size):
+                if not is_data:
+                    chunks.put((offset, length, None))
+                    continue
+                position, end = offset, offset + length
+                while position < end and not stop.is_set():
+                    data = os.pread(fd, min(READ_CHUNK, end - position), position)
+                    if not data:
+                        raise ImageIOError(f"{path} shrank while it was being read.")
+                    chunks.put((position, len(data), data))
+                    position += len(data)
+                if stop.is_set():
+                    return
+            chunks.put(None)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer's thread
+            chunks.put(err)
+
+    thread = threading.Thread(target=reader, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = chunks.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a reader waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                chunks.get_nowait()
+            thread.join(0.01)
 
 
 class HashingConsumer:
