@@ -33,17 +33,71 @@ class Hashes:
         self._hashers = {name: hashlib.new(name) for name in algorithms}
 
     def update(self, data: bytes | memoryview) -> None:
+        self._feed(data)
+
+    def update_zeros(self, length: int) -> None:
+        self._feed_zeros(length)
+
+    def _feed(self, data: bytes | memoryview) -> None:
         for hasher in self._hashers.values():
             hasher.update(data)
 
-    def update_zeros(self, length: int) -> None:
+    def _feed_zeros(self, length: int) -> None:
         while length:
             step = min(length, CHUNK)
-            self.update(_ZEROS[:step] if step < CHUNK else _ZEROS)
+            self._feed(_ZEROS[:step] if step < CHUNK else _ZEROS)
             length -= step
 
     def hexdigests(self) -> dict[str, str]:
         return {name: hasher.hexdigest() for name, hasher in self._hashers.items()}
+
+    def close(self) -> None:
+        """Nothing to let go (see ``BackgroundHashes``)."""
+
+
+class BackgroundHashes(Hashes):
+    """``Hashes`` computed by a thread of their own: ``update`` hands an immutable buffer over
+    and returns, so the caller writes or compresses it while it is hashed (hashlib releases
+    the GIL on large buffers). A buffer that may change later (a ``memoryview`` into a
+    reused receive buffer) is copied first: a copy costs a small part of hashing it."""
+
+    _DONE = object()
+
+    def __init__(self, algorithms: tuple[str, ...], depth: int = 16) -> None:
+        super().__init__(algorithms)
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._thread: threading.Thread | None = None
+        if algorithms:
+            self._thread = threading.Thread(target=self._run, name="hashing", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not self._DONE:
+            if isinstance(item, int):
+                self._feed_zeros(item)
+            else:
+                assert isinstance(item, bytes)
+                self._feed(item)
+
+    def update(self, data: bytes | memoryview) -> None:
+        if self._thread is not None:
+            self._queue.put(data if isinstance(data, bytes) else bytes(data))
+
+    def update_zeros(self, length: int) -> None:
+        if self._thread is not None and length > 0:
+            self._queue.put(length)
+
+    def _wait(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(self._DONE)
+            self._thread.join()
+
+    def hexdigests(self) -> dict[str, str]:
+        self._wait()
+        return super().hexdigests()
+
+    def close(self) -> None:
+        self._wait()
 
 
 class Compressor(Protocol):
@@ -146,9 +200,9 @@ class ImageStreamWriter:
 
     def __init__(self, path: Path, *, compression: str | None, checksums: tuple[str, ...]) -> None:
         self.file = OutputFile(path)
-        self.content = Hashes(checksums)
+        self.content: Hashes = BackgroundHashes(checksums)
         self.compression = compression
-        self.output = Hashes(checksums) if compression else self.content
+        self.output: Hashes = BackgroundHashes(checksums) if compression else self.content
         self._compressor = new_compressor(compression) if compression else None
         self.bytes_in = 0
 
@@ -192,6 +246,8 @@ class ImageStreamWriter:
 
     def close(self) -> None:
         self.file.close()
+        self.content.close()
+        self.output.close()
 
 
 class StreamConsumer(Protocol):
