@@ -21,8 +21,9 @@ read the file by rules nobody judged (``-f vmdk`` makes any text file a descript
 extents QEMU opens). Naming ``raw`` for any image is allowed: raw interprets nothing.
 
 ``spool`` is for the entry points that accept compressed disk images (convert, build from a
-``.img.gz``): inspection alone examines a compressed image only as far as its budget allows,
-so they decompress it whole instead — ``formats.containers.examine_stream`` judges the stream
+``.img.gz``; convert streams a compressed *raw* disk instead, judged the same way as it flows —
+``ops/convert/raw_stream.py``): inspection alone examines a compressed image only as far as its
+budget allows, so they decompress it whole instead — ``formats.containers.examine_stream`` judges the stream
 as it goes, before any other program reads a byte — and the gate then inspects the
 decompressed file like any image. Compressed archives (a ``.tar.gz``) are not spooled:
 their scan already streams through every member.
