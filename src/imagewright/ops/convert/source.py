@@ -20,9 +20,9 @@ from pathlib import Path
 from imagewright.binary import FileSource
 from imagewright.errors import ImagewrightError, UnsupportedFormatError
 from imagewright.formats.base import Limits
-from imagewright.formats.containers.compressed import probe_compression
 from imagewright.formats.containers.decompress import DecompressedStream
-from imagewright.formats.containers.tar import looks_like_tar
+from imagewright.formats.containers.signature import probe_compression
+from imagewright.formats.containers.tar_header import looks_like_tar
 from imagewright.gate import admit
 from imagewright.inspection import ImageReport
 from imagewright.ops.convert.raw_stream import NotRawError, RawStream
