@@ -21,13 +21,17 @@ from __future__ import annotations
 import bz2
 import lzma
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import zstandard
+from isal import isal_zlib
 
 from imagewright.binary import ByteSource, KiB, MiB
 from imagewright.errors import ImageFormatError, ImagewrightError, UnsupportedFormatError
 from imagewright.formats.containers import bzip2, gzip, xz, zstd
+
+#: What ISA-L's inflater raises for a corrupt gzip member (bad data, CRC32 or ISIZE mismatch).
+_INFLATE_ERROR = cast("type[Exception]", isal_zlib.error)  # (its stub calls it an instance)
 
 CompressionFormat = Literal["gzip", "xz", "bzip2", "zstd"]
 
@@ -123,7 +127,7 @@ class DecompressedStream:
             data = self._read_zstd(n) if self._zstd is not None else self._read_members(n)
         except ImagewrightError:
             raise
-        except (gzip.InflateError, lzma.LZMAError, OSError, EOFError, ValueError, zstandard.ZstdError) as err:
+        except (_INFLATE_ERROR, lzma.LZMAError, OSError, EOFError, ValueError, zstandard.ZstdError) as err:
             raise _decode_error(self.format, self.position, err) from None
         except MemoryError:
             raise ImageFormatError(

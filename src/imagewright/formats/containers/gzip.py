@@ -24,15 +24,9 @@ produces more than the caller asked for.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
-
-from isal import isal_zlib
 
 from imagewright.binary import ByteSource
 from imagewright.errors import ImageFormatError
-
-#: What the inflater raises for a corrupt member (bad data, CRC32 or ISIZE mismatch).
-InflateError = cast("type[Exception]", isal_zlib.error)  # (its stub calls it an instance)
 
 MAGIC = b"\x1f\x8b\x08"
 
@@ -157,6 +151,10 @@ class GzipMemberDecoder:
     """
 
     def __init__(self) -> None:
+        # Imported here: ``probe_container`` imports this module's header checks for every
+        # image inspected, and only a gzip stream needs ISA-L (tests/test_cli_startup.py).
+        from isal import isal_zlib
+
         self._inflate = isal_zlib.decompressobj(wbits=16 + isal_zlib.MAX_WBITS)
         self._tail = b""
         self._needs_input = True
