@@ -122,3 +122,5 @@ def command(
         out.print(Text(f"{name}  {digest}  {result.output}"))
     for name, digest in (result.content_checksums or {}).items():
         out.print(Text(f"{name}  {digest}  (uncompressed image)"))
+    for note in result.notes:
+        out.print(Text(f"note: {note}"))
