@@ -86,7 +86,6 @@ tmp="$boot/grub/grub.cfg.imagewright-new"
     echo "    linux '/boot/{KERNEL_PREFIX}$version' {parameters}"
     if [ -n "$initrd" ]; then echo "    initrd '/boot/$initrd'"; fi
     echo "}}"
-    echo
 }} > "$tmp"
 mv -f "$tmp" "$boot/grub/grub.cfg"
 """

@@ -36,6 +36,7 @@ import contextlib
 import os
 import re
 import shlex
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -205,11 +206,15 @@ def build_distribution(
     commands: Sequence[str] = (),
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
+    keep_rootfs: str | os.PathLike[str] | None = None,
     force: bool = False,
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
 ) -> DistroBuildReport:
-    """Build a cloud image of ``release`` at ``output``; see the module docstring for the phases."""
+    """Build a cloud image of ``release`` at ``output``; see the module docstring for the phases.
+
+    ``keep_rootfs``: also keep the root filesystem tarball the disk was made from at this path.
+    """
     started = time.monotonic()
     out_path = Path(output)
     rel = parse_release(release)
@@ -256,7 +261,7 @@ def build_distribution(
     cache = PackageCache(Path(cache_dir) if cache_dir else default_cache_root(), rel) if use_cache else None
     reports = [CustomizationReport(c.name, c.summary) for c in selected]
     with ScratchFiles(out_path) as scratch:
-        work = scratch.scratch_directory("distro")
+        work = scratch.scratch_directory("distro").absolute()
         scripts = _write_scripts(plan, selected, reports, work)
         # mmdebstrap compresses by the target's suffix: a disk build reads a plain .tar fastest.
         suffix = next(s for s in _TARBALL_SUFFIXES if out_path.name.endswith(s)) if tarball_only else ".tar"
@@ -301,8 +306,13 @@ def build_distribution(
             )  # fmt: skip
         try:
             write_file_atomically(manifest, manifest_text, force=True)
+            if keep_rootfs is not None and not tarball_only:
+                with AtomicOutput(Path(keep_rootfs), force=force) as kept:
+                    shutil.move(tarball, kept.path)
+                    kept.commit()
         except BaseException:
             out_path.unlink(missing_ok=True)
+            manifest.unlink(missing_ok=True)
             raise
         phase("done")
     notes = list(plan.notes)

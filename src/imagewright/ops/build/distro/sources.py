@@ -156,6 +156,11 @@ def choose_sources(
     return Sources(tuple(lines), "host", main_uri)
 
 
+def host_mirror(release: Release) -> str | None:
+    """The archive this machine's apt uses for ``release``'s vendor (None if it names none)."""
+    return _host_uri(read_host_sources(), release, security=False)
+
+
 def _host_uri(found: list[AptSource], release: Release, *, security: bool) -> str | None:
     """The URI of the host's first source of ``release``'s vendor (its security archive)."""
     codenames = set(release.vendor.releases) | set(release.vendor.aliases)
