@@ -93,7 +93,8 @@ def test_host_sources_both_formats() -> None:
     ]
     one_line = parse_one_line(
         "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main contrib\n"
-        "deb-src http://m.example/debian bookworm main\ndeb http://m.example/debian-security bookworm-security main\n"
+        "deb-src http://m.example/debian bookworm main\n"
+        "deb http://m.example/debian-security bookworm-security main\n"
     )
     assert [(s.uri, s.suite, s.components) for s in one_line] == [
         ("http://m.example/debian", "bookworm", ("main", "contrib")),
@@ -115,9 +116,8 @@ def test_sources_from_the_host_mirror_and_snapshot() -> None:
     assert [line.split()[3] for line in trixie.lines] == ["trixie", "trixie-updates", "trixie-security"]
 
     mirror = choose_sources(BOOKWORM, mirror="http://other.example/debian/")
-    assert mirror.lines == (
-        "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://other.example/debian bookworm main",
-    )
+    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    assert mirror.lines == (f"deb [signed-by={keyring}] http://other.example/debian bookworm main",)
     snapshot = choose_sources(BOOKWORM, snapshot="20250520T000000Z", mirror="http://snap.example")
     assert snapshot.mirror == "http://snap.example/archive/debian/20250520T000000Z"
     assert "check-valid-until=no" in snapshot.lines[0]
@@ -183,6 +183,7 @@ def test_status_lines_give_phases_downloads_and_the_failure() -> None:
         "http://m.example/debian",
         "http://m.example/debian",
     ]
+    assert reader.packages_fetched == 1
     assert reader.unpacked == 1 and reader.configured == 1
     assert reader.failure_line() == "Unable to locate package no-such-package"
 

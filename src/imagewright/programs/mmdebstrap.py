@@ -73,7 +73,10 @@ _STATUS_PHASES: tuple[tuple[str, str], ...] = (
     ("I: creating tarball", "pack"),
 )
 #: apt's and dpkg's own lines in --verbose mode, and the phase they belong to.
-_GET = re.compile(r"^Get:\d+ (\S+) ")
+#: ``Get:N URI SUITE/COMPONENT ARCH NAME ARCH VERSION [SIZE]`` is a package; index files
+#: (``Get:N URI SUITE InRelease [SIZE]``, ``... SUITE/main amd64 Packages [SIZE]``) have fewer words.
+_GET = re.compile(r"^Get:\d+ (\S+) ([^\[]*)")
+_PACKAGE_WORDS = 5
 _UNPACKING = re.compile(r"^Unpacking ")
 _SETTING_UP = re.compile(r"^Setting up ")
 
@@ -178,16 +181,13 @@ class StatusReader:
 
     progress: PhaseProgress | None = None
     phase: str = "fetch"
-    #: URLs of the packages and lists apt fetched (``Get:`` lines).
+    #: What apt fetched (``Get:`` lines): ``URI words-before-the-size``.
     fetched: list[str] = field(default_factory=list)
+    #: Packages among them.
+    packages_fetched: int = 0
     unpacked: int = 0
     configured: int = 0
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=_TAIL_LINES))
-
-    @property
-    def packages_fetched(self) -> int:
-        """How many ``.deb`` files apt downloaded (lists and Release files not counted)."""
-        return sum(1 for url in self.fetched if url.endswith(".deb") or "/pool/" in url)
 
     def _enter(self, phase: str, done: int = 0) -> None:
         self.phase = phase
@@ -206,6 +206,8 @@ class StatusReader:
         got = _GET.match(line)
         if got is not None:
             self.fetched.append(got.group(1))
+            if len(got.group(2).split()) >= _PACKAGE_WORDS:
+                self.packages_fetched += 1
             self._enter("fetch", len(self.fetched))
         elif _UNPACKING.match(line):
             self.unpacked += 1
