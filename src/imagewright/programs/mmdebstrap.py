@@ -217,16 +217,24 @@ class StatusReader:
             self._enter("configure", self.configured)
 
     def failure_line(self) -> str:
-        """The line that best says why mmdebstrap failed (``E:`` lines first)."""
-        errors = [line for line in self.tail if line.startswith(("E:", "W:"))]
-        meaningful = [
-            line
-            for line in errors
-            if not line.startswith(("E: mmdebstrap failed", "E: apt-get update failed", "E: setup failed"))
-            and "Some index files failed" not in line
+        """The line that best says why mmdebstrap failed (apt's ``E:`` lines before mmdebstrap's own)."""
+        generic = (
+            "mmdebstrap failed",
+            "apt-get update failed",
+            "setup failed",
+            "apt-get --yes install failed",
+        )
+        errors = [line[2:].strip() for line in self.tail if line.startswith("E:")]
+        specific = [
+            line for line in errors if not line.startswith(generic) and "Some index files failed" not in line
         ]
-        if meaningful:
-            return meaningful[0][2:].strip()
+        if specific:
+            return specific[0]
+        fetch = [line for line in self.tail if line.startswith(("Err:", "W: Failed to fetch"))]
+        if fetch:
+            return fetch[-1].split(" ", 1)[-1].strip()
+        if errors:
+            return errors[0]
         return telling_line("\n".join(self.tail))
 
     def lines(self) -> list[str]:

@@ -445,7 +445,7 @@ def _run(
 
 def _explain(err: ProgramError, plan: DistroPlan) -> BuildError:
     """mmdebstrap's failure as one sentence about what the user gave."""
-    line = str(err).split(": ", 1)[-1]
+    line = " ".join(str(err).split(": ", 1)[-1].split())
     mirror = plan.sources.mirror or "the default mirror"
     for pattern, sentence in _FAILURES:
         match = pattern.search(line)
