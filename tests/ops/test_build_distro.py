@@ -51,10 +51,11 @@ def cat(disk: Path, path: str, cwd: Path) -> str:
 
 
 def root_partition_bytes(disk: Path, cwd: Path) -> int:
+    """The size of the root filesystem, as its superblock says (grown = partition and fs grown)."""
     report = json.loads(imagewright("inspect", "--json", disk, cwd=cwd).stdout)
-    images = report if isinstance(report, list) else report.get("images", [report])
-    table = images[0]["disk"]["partition_table"]
-    return max(int(p["size_bytes"] if "size_bytes" in p else p["size"]) for p in table["partitions"])
+    partitions = report["disk"]["partition_table"]["partitions"]
+    root = max(partitions, key=lambda p: int(p["size"]))
+    return int(root["filesystem"]["size_bytes"])
 
 
 def grown_copy(guest: DebianGuest, tmp_path: Path) -> Path:
