@@ -12,6 +12,11 @@ build places GRUB's boot code and core image itself (``ops/build/bootloader.py``
 - At first boot a oneshot unit records the disk the root filesystem is on as the install device
   (``/dev/disk/by-id/...`` when udev gives the disk one, else ``/dev/vda``-style), as the
   Debian installer would have; from then on a ``grub-pc`` upgrade reinstalls GRUB on it.
+- GRUB's i386-pc modules are copied to ``/boot/grub/i386-pc`` from the guest's own grub-pc-bin,
+  as ``grub-install`` does: the menu ``update-grub`` writes loads some (``gzio``, ``all_video``)
+  that build's core image does not carry. (build links its core image with the build machine's
+  GRUB; a guest of another GRUB version gets its own core image at its first grub-pc upgrade,
+  through the install device recorded below.)
 - ``/etc/default/grub.d/50-imagewright.cfg`` makes ``update-grub`` write the menu build wrote:
   the serial console and the screen, a one-second menu, no "quiet", no recovery entries or
   submenu, and ``root=UUID=`` (grub-mkconfig's default).
@@ -91,6 +96,11 @@ def _essential(plan: DistroPlan, script: TargetScript) -> None:
 
 
 def _customize(plan: DistroPlan, script: TargetScript) -> None:
+    script.run(
+        "mkdir -p /boot/grub/i386-pc && cp /usr/lib/grub/i386-pc/*.mod /usr/lib/grub/i386-pc/*.lst "
+        "/boot/grub/i386-pc/",
+        "copied the guest's GRUB modules to /boot/grub/i386-pc (as grub-install does)",
+    )
     script.write_file(
         GRUB_DEFAULTS,
         grub_defaults(plan.append),

@@ -5,7 +5,10 @@ interface by type, so the predictable names (``ens3``, ``enp0s3``, ``eth0`` on X
 known when the image is built and a clone with a new MAC address still comes up. It is named
 ``90-…`` so that a cloud-init network configuration (``10-cloud-init-*.network``) or a file of
 the user's sorts before it and wins. ``systemd-resolved`` puts the DNS servers DHCP hands out
-into ``/etc/resolv.conf``.
+into ``/etc/resolv.conf``. ``systemd-networkd-wait-online`` (which cloud-init's network stage
+waits for) is content with any one interface online and gives up after 30 s instead of two
+minutes, so an instance without a network, or with a NIC nobody configured, still boots in
+reasonable time.
 
 Sources: systemd.network(5) ([Match] Type=, Name=; [Network] DHCP=).
 """
@@ -26,8 +29,19 @@ DHCP=yes
 """
 
 
+WAIT_ONLINE_DROP_IN = "/etc/systemd/system/systemd-networkd-wait-online.service.d/50-imagewright.conf"
+WAIT_ONLINE_TEXT = """# Written by imagewright build: any interface online is enough; give up after 30 s.
+[Service]
+ExecStart=
+ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=30
+"""
+
+
 def _customize(plan: DistroPlan, script: TargetScript) -> None:
     script.write_file(NETWORK_FILE, NETWORK_TEXT)
+    script.write_file(
+        WAIT_ONLINE_DROP_IN, WAIT_ONLINE_TEXT, change="wait-online: any interface, 30 s at most"
+    )
     script.run(
         "systemctl enable systemd-networkd.service systemd-resolved.service >/dev/null 2>&1",
         "enabled systemd-networkd and systemd-resolved",
