@@ -351,3 +351,18 @@ def test_a_package_that_does_not_exist_is_one_sentence_and_leaves_nothing(tmp_pa
     assert proc.returncode == 1
     assert "The package 'imagewright-no-such-package' does not exist in debian:bookworm" in proc.stderr
     assert _leftovers(tmp_path, set()) == []
+
+
+@pytest.mark.slow
+def test_a_recipe_reaches_the_build(tmp_path: Path) -> None:
+    """The recipe's mirror, packages and output are what the build uses (it stops at the mirror)."""
+    (tmp_path / "motd").write_text("hello\n")
+    recipe = tmp_path / "web.toml"
+    recipe.write_text(
+        'release = "debian:bookworm"\nmirror = "http://127.0.0.1:9/debian"\npackages = ["nginx"]\n'
+        'outputs = ["web.qcow2"]\n[[files]]\nsource = "motd"\ndestination = "/etc/motd"\n'
+    )
+    proc = imagewright("build", "--recipe", recipe, "--no-cache", cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert "The mirror http://127.0.0.1:9/debian cannot be reached" in proc.stderr
+    assert _leftovers(tmp_path, {"web.toml", "motd"}) == []
