@@ -57,7 +57,8 @@ def by_hand(work: Path, mirror: str, packages: list[str]) -> None:
     run(["debootstrap", "--variant=minbase", f"--include={','.join(first)}", "bookworm", tree, mirror])
     run(
         ["chroot", tree, "debconf-set-selections"],
-        input=b"grub-pc grub-pc/install_devices multiselect\ngrub-pc grub-pc/install_devices_empty boolean true\n",
+        input=b"grub-pc grub-pc/install_devices multiselect\n"
+        b"grub-pc grub-pc/install_devices_empty boolean true\n",
     )
     run(
         ["chroot", tree, "apt-get", "install", "-y", "-q", "--no-install-recommends", "grub-pc"],
