@@ -51,19 +51,25 @@ def package_set(mirror: str) -> list[str]:
 
 def by_hand(work: Path, mirror: str, packages: list[str]) -> None:
     tree = work / "tree"
-    # grub-pc cannot be configured by debootstrap (its postinst wants an install device): it is
-    # installed afterwards in a chroot, with debconf told there is none, as people script it.
-    first = [p for p in packages if p != "grub-pc"]
+    # debootstrap configures its --include packages in its base stage, where grub-pc (no
+    # install device) and cloud-init's python3-cryptography fail: people install those
+    # afterwards with apt in a chroot (/proc mounted, debconf preseeded), as here.
+    later = {"grub-pc", "cloud-init", "cloud-guest-utils"}
+    first = [p for p in packages if p not in later]
     run(["debootstrap", "--variant=minbase", f"--include={','.join(first)}", "bookworm", tree, mirror])
     run(
         ["chroot", tree, "debconf-set-selections"],
         input=b"grub-pc grub-pc/install_devices multiselect\n"
         b"grub-pc grub-pc/install_devices_empty boolean true\n",
     )
-    run(
-        ["chroot", tree, "apt-get", "install", "-y", "-q", "--no-install-recommends", "grub-pc"],
-        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
-    )
+    run(["mount", "-t", "proc", "proc", tree / "proc"])
+    try:
+        run(
+            ["chroot", tree, "apt-get", "install", "-y", "-q", "--no-install-recommends", *sorted(later)],
+            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+        )
+    finally:
+        subprocess.run(["umount", str(tree / "proc")], check=False)
     (tree / "etc/fstab").write_text("LABEL=root / ext4 defaults 0 1\n")
     (tree / "etc/default/grub.d").mkdir(parents=True, exist_ok=True)
     (tree / "etc/default/grub.d/50-cloud.cfg").write_text(
