@@ -62,6 +62,8 @@ def by_hand(work: Path, mirror: str, packages: list[str]) -> None:
         input=b"grub-pc grub-pc/install_devices multiselect\n"
         b"grub-pc grub-pc/install_devices_empty boolean true\n",
     )
+    # systemd-resolved made /etc/resolv.conf a link into /run: the chroot needs the host's to resolve.
+    run(["cp", "--remove-destination", "/etc/resolv.conf", tree / "etc/resolv.conf"])
     run(["mount", "-t", "proc", "proc", tree / "proc"])
     try:
         run(
