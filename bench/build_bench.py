@@ -122,7 +122,7 @@ def by_hand(work: Path, mirror: str, packages: list[str]) -> None:
             run([
                 "grub-mkimage", "-O", "i386-pc", "-o", core, "-p", "(hd0,msdos1)/boot/grub",
                 "biosdisk", "part_msdos", "ext2", "normal", "linux", "serial", "terminal", "search",
-                "search_fs_label", "configfile", "echo", "test", "gzio",
+                "search_label", "configfile", "echo", "test", "gzio",
             ])  # fmt: skip
             run(["dd", "if=/usr/lib/grub/i386-pc/boot.img", f"of={raw}", "bs=440", "count=1", "conv=notrunc"])
             run(["dd", f"if={core}", f"of={raw}", "bs=512", "seek=1", "conv=notrunc"])
