@@ -49,7 +49,17 @@ def package_set(mirror: str) -> list[str]:
     return list(dict.fromkeys(p for c in CUSTOMIZATIONS if c.applies(plan) for p in c.packages(plan)))
 
 
-def by_hand(work: Path, mirror: str, packages: list[str]) -> None:
+def by_hand(work: Path, mirror: str, packages: list[str]) -> dict[str, float]:
+    """The hand-made image in ``work``; the seconds each step took."""
+    steps: dict[str, float] = {}
+    mark = time.perf_counter()
+
+    def step(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        steps[name] = round(now - mark, 1)
+        mark = now
+
     tree = work / "tree"
     # debootstrap configures its --include packages in its base stage, where grub-pc (no
     # install device) and cloud-init's python3-cryptography fail: people install those
@@ -57,6 +67,7 @@ def by_hand(work: Path, mirror: str, packages: list[str]) -> None:
     later = {"grub-pc", "cloud-init", "cloud-guest-utils"}
     first = [p for p in packages if p not in later]
     run(["debootstrap", "--variant=minbase", f"--include={','.join(first)}", "bookworm", tree, mirror])
+    step("debootstrap")
     run(
         ["chroot", tree, "debconf-set-selections"],
         input=b"grub-pc grub-pc/install_devices multiselect\n"
@@ -72,6 +83,7 @@ def by_hand(work: Path, mirror: str, packages: list[str]) -> None:
         )
     finally:
         subprocess.run(["umount", str(tree / "proc")], check=False)
+    step("apt_in_chroot")
     (tree / "etc/fstab").write_text("LABEL=root / ext4 defaults 0 1\n")
     (tree / "etc/default/grub.d").mkdir(parents=True, exist_ok=True)
     (tree / "etc/default/grub.d/50-cloud.cfg").write_text(
@@ -84,6 +96,7 @@ def by_hand(work: Path, mirror: str, packages: list[str]) -> None:
     (tree / "etc/hostname").write_text("localhost\n")
     (tree / "etc/machine-id").write_text("")
     run(["chroot", tree, "systemctl", "enable", "systemd-networkd"])
+    step("configure")
     raw = work / "disk.raw"
     with raw.open("wb") as f:
         f.truncate(DISK)
@@ -130,7 +143,10 @@ def by_hand(work: Path, mirror: str, packages: list[str]) -> None:
             subprocess.run(["umount", str(mnt)], check=False)
     finally:
         subprocess.run(["losetup", "-d", loop], check=False)
+    step("disk")
     run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, work / "theirs.qcow2"])
+    step("convert")
+    return steps
 
 
 def main() -> None:
@@ -145,12 +161,13 @@ def main() -> None:
         theirs_work = work / "theirs"
         theirs_work.mkdir()
         start = time.perf_counter()
-        by_hand(theirs_work, mirror, package_set(mirror))
+        steps = by_hand(theirs_work, mirror, package_set(mirror))
         theirs = time.perf_counter() - start
         shutil.rmtree(theirs_work, ignore_errors=True)
         cache = work / "cache"
         timings: dict[str, float] = {}
         downloads: dict[str, int] = {}
+        phases: dict[str, dict[str, float]] = {}
         for label in ("cold", "warm"):
             start = time.perf_counter()
             result = build_distribution(
@@ -159,6 +176,7 @@ def main() -> None:
             )  # fmt: skip
             timings[label] = time.perf_counter() - start
             downloads[label] = result.packages_downloaded
+            phases[label] = {k: round(v, 1) for k, v in result.phase_seconds.items()}
             (work / f"ours-{label}.qcow2").unlink()
         report(
             Comparison(
@@ -174,6 +192,9 @@ def main() -> None:
                     "warm_over_cold_goal": 0.3,
                     "packages_downloaded_cold": downloads["cold"],
                     "packages_downloaded_warm": downloads["warm"],
+                    "phase_seconds_cold": phases["cold"],
+                    "phase_seconds_warm": phases["warm"],
+                    "theirs_step_seconds": steps,
                 },
             )
         )
