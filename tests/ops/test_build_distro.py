@@ -33,6 +33,10 @@ from imagewright.programs import apt
 IMAGEWRIGHT = str(Path(sys.executable).parent / "imagewright")
 #: A debootstrapped Debian with systemd reaches login in 32–60 s under TCG here; room for load.
 BOOT_TIMEOUT = "300"
+#: pytest-timeout counts fixture setup: the first test to ask for the session images builds them
+#: (up to 10 min each on a loaded machine; one test asks for both), and a test on the other
+#: worker waits for that build under the fixtures' lock before its own boot.
+BUILD_TIMEOUT = 3600
 
 
 def imagewright(*args: str | Path, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -91,6 +95,7 @@ def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT)
 @pytest.mark.parametrize("context", ["agent", "cloud-init"])
 def test_the_image_is_a_maintainable_cloud_image(
     context: str, debian_agent_guest: DebianGuest, debian_cloud_init_guest: DebianGuest, tmp_path: Path
@@ -140,6 +145,7 @@ def test_the_image_is_a_maintainable_cloud_image(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT)
 def test_agent_image_boots_and_applies_its_context(
     debian_agent_guest: DebianGuest, ssh_key: Path, tmp_path: Path
 ) -> None:
@@ -177,6 +183,7 @@ def newer_kernel_package(installed: dict[str, str], directory: Path) -> tuple[Pa
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT)
 def test_cloud_init_image_boots_installs_a_kernel_and_boots_that(
     debian_cloud_init_guest: DebianGuest, ssh_key: Path, tmp_path: Path
 ) -> None:
@@ -242,6 +249,7 @@ def test_cloud_init_image_boots_installs_a_kernel_and_boots_that(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT)
 def test_two_builds_with_the_same_epoch_give_the_same_tarball(
     debian_agent_guest: DebianGuest, tmp_path: Path
 ) -> None:
@@ -330,6 +338,7 @@ def test_a_bad_recipe_is_refused_naming_the_field(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT)
 def test_an_unreachable_mirror_is_one_sentence_and_leaves_nothing(tmp_path: Path) -> None:
     # Nothing listens on port 9 of the loopback address: the connection is refused at once.
     proc = imagewright(
@@ -343,6 +352,7 @@ def test_an_unreachable_mirror_is_one_sentence_and_leaves_nothing(tmp_path: Path
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT)
 def test_a_package_that_does_not_exist_is_one_sentence_and_leaves_nothing(tmp_path: Path) -> None:
     proc = imagewright(
         "build", "--from", "debian:bookworm", "--mirror", debian_mirror(), "--packages",
@@ -354,6 +364,7 @@ def test_a_package_that_does_not_exist_is_one_sentence_and_leaves_nothing(tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT)
 def test_a_recipe_reaches_the_build(tmp_path: Path) -> None:
     """The recipe's mirror, packages and output are what the build uses (it stops at the mirror)."""
     (tmp_path / "motd").write_text("hello\n")
