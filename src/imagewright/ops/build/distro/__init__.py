@@ -300,8 +300,10 @@ def build_distribution(
             def image_progress(stage: str, done: int, total: int | None) -> None:
                 phase("image", done, total)
 
+            # BIOS only, on MBR or GPT: the guest's boot-loader package is grub-pc (grub-efi-amd64-signed
+            # for UEFI is not installed yet, so a hybrid disk's ESP would not follow kernel updates).
             disk_report = build(
-                tarball, out_path, size=size, swap=swap, table=table, append=append,
+                tarball, out_path, size=size, swap=swap, table=table, firmware="bios", append=append,
                 output_format=output_format, force=force, progress=image_progress, finish=finish,
             )  # fmt: skip
         try:
