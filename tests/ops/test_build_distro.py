@@ -95,6 +95,7 @@ def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(BUILD_TIMEOUT)
 @pytest.mark.parametrize("context", ["agent", "cloud-init"])
 def test_the_image_is_a_maintainable_cloud_image(
@@ -145,6 +146,7 @@ def test_the_image_is_a_maintainable_cloud_image(
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(BUILD_TIMEOUT)
 def test_agent_image_boots_and_applies_its_context(
     debian_agent_guest: DebianGuest, ssh_key: Path, tmp_path: Path
@@ -183,6 +185,7 @@ def newer_kernel_package(installed: dict[str, str], directory: Path) -> tuple[Pa
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(BUILD_TIMEOUT)
 def test_cloud_init_image_boots_installs_a_kernel_and_boots_that(
     debian_cloud_init_guest: DebianGuest, ssh_key: Path, tmp_path: Path
@@ -249,6 +252,7 @@ def test_cloud_init_image_boots_installs_a_kernel_and_boots_that(
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(BUILD_TIMEOUT)
 def test_two_builds_with_the_same_epoch_give_the_same_tarball(
     debian_agent_guest: DebianGuest, tmp_path: Path
@@ -339,6 +343,7 @@ def test_a_bad_recipe_is_refused_naming_the_field(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(BUILD_TIMEOUT)
 def test_an_unreachable_mirror_is_one_sentence_and_leaves_nothing(tmp_path: Path) -> None:
     # Nothing listens on port 9 of the loopback address: the connection is refused at once.
@@ -353,6 +358,7 @@ def test_an_unreachable_mirror_is_one_sentence_and_leaves_nothing(tmp_path: Path
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(BUILD_TIMEOUT)
 def test_a_package_that_does_not_exist_is_one_sentence_and_leaves_nothing(tmp_path: Path) -> None:
     proc = imagewright(
@@ -365,6 +371,7 @@ def test_a_package_that_does_not_exist_is_one_sentence_and_leaves_nothing(tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(BUILD_TIMEOUT)
 def test_a_recipe_reaches_the_build(tmp_path: Path) -> None:
     """The recipe's mirror, packages and output are what the build uses (it stops at the mirror)."""

@@ -32,8 +32,8 @@ from imagewright.agent import find_ready_line
 
 #: mmdebstrap (first run only), build, virt-v2v's appliance and a TCG boot take their time: on the
 #: shared 2-core machine under a load of ~20, virt-v2v alone was still converting after 30 minutes.
-#: So it is not part of ``make test`` (30 minutes on 2 cores) but of ``make test-interop``.
-pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.interop, pytest.mark.timeout(7200)]
+#: So it is not part of ``make test`` (30 minutes on 2 cores) but of ``make test-long``.
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(7200)]
 #: virt-v2v's whole run (its appliance runs the guest's grub-mkconfig and update-initramfs under TCG).
 V2V_TIMEOUT = 5400
 
