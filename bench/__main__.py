@@ -1,11 +1,17 @@
-"""`python -m bench [name ...]`: run benchmarks (all when none is named)."""
+"""`python -m bench [name ...]`: run benchmarks (all when none is named).
+
+A benchmark is a module ``bench/<name>_bench.py`` with a ``main()``; adding one needs no entry here.
+"""
 
 from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
-BENCHMARKS = ("inspect", "convert", "prepare", "stores", "sandbox", "cli", "metadata", "import")
+BENCHMARKS = tuple(
+    sorted(path.name.removesuffix("_bench.py") for path in Path(__file__).parent.glob("*_bench.py"))
+)
 
 
 def main(names: list[str]) -> None:

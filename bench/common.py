@@ -49,7 +49,11 @@ def run(argv: Sequence[str | os.PathLike[str]], **kwargs: Any) -> subprocess.Com
     if found is None:
         raise SystemExit(f"{args[0]} is not installed; run `make deps` first")
     args[0] = found
-    return subprocess.run(args, check=True, capture_output=True, **kwargs)
+    try:
+        return subprocess.run(args, check=True, capture_output=True, **kwargs)
+    except subprocess.CalledProcessError as err:
+        tail = (err.stderr or b"").decode("utf-8", "replace")[-2000:] or (err.stdout or b"").decode()[-2000:]
+        raise SystemExit(f"{' '.join(args)} failed (exit {err.returncode}):\n{tail}") from None
 
 
 def report(comparison: Comparison) -> None:

@@ -13,8 +13,14 @@ from imagewright.cli.main import cli
 
 # The test guest fixtures (testguest_rootfs, testguest_flat_ext4, testguest_tarball) for every boot test;
 # s3_server (a real S3 endpoint: Swift + s3api) for the stores' and the registry's tests;
-# cloud_init_site (Debian's cloud-init, unpacked) for what cloud-init's own code reads.
-pytest_plugins = ("tests.fixtures.testguest", "tests.fixtures.s3_server", "tests.fixtures.cloud_init")
+# cloud_init_site (Debian's cloud-init, unpacked) for what cloud-init's own code reads; the Debian
+# cloud images (debian_agent_guest, debian_cloud_init_guest).
+pytest_plugins = (
+    "tests.fixtures.testguest",
+    "tests.fixtures.s3_server",
+    "tests.fixtures.cloud_init",
+    "tests.fixtures.debian_guest",
+)
 
 
 @pytest.fixture

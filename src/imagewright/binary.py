@@ -212,6 +212,49 @@ class ConcatSource:
         return b"".join(pieces)
 
 
+#: The block size ``data_runs`` finds zeros at by default (a hole of a sparse file is coarser).
+ZERO_BLOCK = 64 * KiB
+_zero_buffers: dict[int, bytes] = {}
+
+
+def zeros(length: int) -> bytes:
+    """``length`` zero bytes, shared: comparing a piece with it is one ``memcmp``.
+
+    Buffers of the sizes asked for most (a stream's piece size, a block size) are kept.
+    """
+    buffer = _zero_buffers.get(length)
+    if buffer is None:
+        buffer = bytes(length)
+        if length <= 4 * MiB and len(_zero_buffers) < 64:
+            _zero_buffers[length] = buffer
+    return buffer
+
+
+def data_runs(data: bytes, block: int = ZERO_BLOCK) -> list[tuple[int, int]]:
+    """The ``[start, end)`` runs of ``data`` that hold something else than zeros, found by
+    ``block``-sized steps (a run starts and ends on a block boundary or at an end of ``data``).
+
+    At C speed: the whole of ``data`` is compared with a zero buffer first (an empty disk
+    costs one ``memcmp`` per piece), and only a piece that is not all zeros is looked at
+    block by block. Nothing is copied but the ``block``-sized slices of such a piece.
+    """
+    length = len(data)
+    if not length or data == zeros(length):
+        return []
+    runs: list[tuple[int, int]] = []
+    zero_block = zeros(block)
+    for start in range(0, length, block):
+        end = min(start + block, length)
+        piece = data[start:end]
+        if piece == (zero_block if end - start == block else zeros(end - start)):
+            continue
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], end)
+        else:
+            runs.append((start, end))
+    return runs
+
+
 #: Granularity at which ``HeldBytes`` drops zeros: a block of zeros costs no memory.
 HELD_BLOCK = 4096
 _ZERO_HELD_BLOCK = bytes(HELD_BLOCK)

@@ -79,6 +79,13 @@ class CatalogError(ImagewrightError):
     """The registry's catalog cannot be used (database unreachable, schema too old or too new)."""
 
 
+class CloudError(ImagewrightError):
+    """A cloud's image service (ours or any Glance) refused a request or could not be reached.
+
+    What ``imagewright image …`` reports, with the service's own sentence where it gave one.
+    """
+
+
 class RequestError(ImagewrightError):
     """A request to the registry cannot be done as asked; ``status`` is its HTTP status.
 

@@ -21,8 +21,9 @@ read the file by rules nobody judged (``-f vmdk`` makes any text file a descript
 extents QEMU opens). Naming ``raw`` for any image is allowed: raw interprets nothing.
 
 ``spool`` is for the entry points that accept compressed disk images (convert, build from a
-``.img.gz``): inspection alone examines a compressed image only as far as its budget allows,
-so they decompress it whole instead — ``formats.containers.examine_stream`` judges the stream
+``.img.gz``; convert streams a compressed *raw* disk instead, judged the same way as it flows —
+``ops/convert/raw_stream.py``): inspection alone examines a compressed image only as far as its
+budget allows, so they decompress it whole instead — ``formats.containers.examine_stream`` judges the stream
 as it goes, before any other program reads a byte — and the gate then inspects the
 decompressed file like any image. Compressed archives (a ``.tar.gz``) are not spooled:
 their scan already streams through every member.
@@ -35,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagewright.binary import ByteSource, FileSource
+from imagewright.binary import ByteSource, FileSource, data_runs
 from imagewright.errors import ImageIOError, ImagewrightError, UnsafeImageError
 from imagewright.files import io_error
 from imagewright.formats.base import Limits
@@ -50,9 +51,6 @@ QEMU_FORMATS = frozenset({"raw", "qcow2", "qcow", "vmdk", "vpc", "vhdx", "vdi", 
 
 #: ``progress(done, total)``: compressed bytes read while a compressed image is spooled.
 SpoolProgress = Callable[[int, int], None]
-
-_SPOOL_BLOCK = 64 * 1024
-_ZERO_SPOOL_BLOCK = bytes(_SPOOL_BLOCK)
 
 
 @dataclass(frozen=True)
@@ -198,11 +196,9 @@ def _spool(
 
         def sink(offset: int, data: bytes) -> None:
             view = memoryview(data)
-            for start in range(0, len(view), _SPOOL_BLOCK):
-                block = view[start : start + _SPOOL_BLOCK]
-                # Blocks of zeros are holes: the scratch file takes the space of the data only.
-                if block != _ZERO_SPOOL_BLOCK[: len(block)]:
-                    _pwrite_all(fd, block, offset + start, target)
+            # Blocks of zeros are holes: the scratch file takes the space of the data only.
+            for start, end in data_runs(data):
+                _pwrite_all(fd, view[start:end], offset + start, target)
             if progress is not None:
                 progress(counting.bytes_read, src.size)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from tests.fixtures.registry import Api, RegistryServer
-from tests.registry.conftest import BACKENDS, backend_database
+from tests.registry.conftest import BACKENDS, make_server
 
 KINDS = ("public", "community", "pending", "accepted", "rejected", "private")
 ACTORS = ("owner", "member", "other", "admin", "anonymous")
@@ -137,7 +137,7 @@ class World:
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    server = RegistryServer(tmp_path_factory.mktemp("matrix") / "data", database=backend_database(request))
+    server = make_server(request, tmp_path_factory.mktemp("matrix"), request.param)
     server.start()
     try:
         ids = {}

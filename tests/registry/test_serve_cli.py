@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 
 import httpx
+from sqlalchemy import select
 from tests.fixtures.postgres import PostgresCluster
 from tests.fixtures.registry import BIN, RegistryServer, _clean_env, free_port
 
 from imagewright.catalog.database import Catalog
+from imagewright.catalog.metadefs import default_documents
+from imagewright.catalog.models import MetadefNamespace
 
 
 def run(
@@ -190,12 +193,18 @@ def test_db_upgrade_on_postgresql_and_two_servers_as_one(pg: PostgresCluster, tm
     database = pg.fresh_database()
     first = run("db", "upgrade", "--database", database)
     assert first.returncode == 0, first.stderr
-    head = Catalog(database).head_revision()  # the newest migration shipped (0002: instances)
-    assert head >= "0002" and f"upgraded from empty to {head}" in first.stdout
+    head = Catalog(database).head_revision()  # the newest migration shipped (0003: metadefs)
+    assert head >= "0003" and f"upgraded from empty to {head}" in first.stdout
     again = run("db", "upgrade", "--database", database, "--json")
     assert json.loads(again.stdout)["from"] == json.loads(again.stdout)["to"] == head
     current = json.loads(run("db", "current", "--database", database, "--json").stdout)
     assert current["current"] == current["head"] == head
+    # The upgrade that created the metadata definitions' tables loaded the default set.
+    catalog = Catalog(database)
+    with catalog.reading() as session:
+        loaded = {row.namespace for row in session.scalars(select(MetadefNamespace))}
+    catalog.dispose()
+    assert loaded == {doc["namespace"] for doc in default_documents()}
     assert "postgres@127.0.0.1" in current["database"]
     unreachable = run("db", "current", "--database", f"postgresql://postgres@127.0.0.1:{free_port()}/none")
     assert (

@@ -18,14 +18,15 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from tests.conftest import require_program
 from tests.fixtures.hostile import HostileCase, every_case
-from tests.fixtures.registry import Api, RegistryServer
-from tests.registry.conftest import BACKENDS
+from tests.fixtures.registry import BIN, Api, RegistryServer
+from tests.registry.conftest import BACKENDS, S3, make_server
 
 CASES = every_case()
 
@@ -200,12 +201,11 @@ def _status(server: RegistryServer, image_id: str) -> str:
         return str(api.get(f"/image/v2/images/{image_id}").json()["status"])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [*BACKENDS, S3])
 def test_kill9_server_mid_upload_then_restart(
     request: pytest.FixtureRequest, backend: str, tmp_path: Path
 ) -> None:
-    database = request.getfixturevalue("pg").fresh_database() if backend == "postgresql" else None
-    server = RegistryServer(tmp_path / "data", database=database)
+    server = make_server(request, tmp_path, backend)
     server.start()
     try:
         token = server.token()
@@ -214,6 +214,10 @@ def test_kill9_server_mid_upload_then_restart(
         client = _start_slow_upload(server, token, image["id"], tmp_path)
         _wait_for_bytes(client, 8 << 20)
         assert _status(server, image["id"]) == "saving"
+        # (An S3 store starts its multipart upload with the first full part.)
+        deadline = time.monotonic() + 60
+        while not server.blobs() and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert server.blobs(), "the upload should be writing into the store"
         server.kill9()
         client.wait(timeout=60)
@@ -289,3 +293,59 @@ def test_fifty_concurrent_clients(server: RegistryServer, admin: Api) -> None:
         assert shown["os_hash_value"] == hashlib.sha512(payloads[n]).hexdigest()
         admin.delete(f"/image/v2/images/{image_id}")
     assert server.blobs() == []
+
+
+# --- limits -------------------------------------------------------------------------------------
+
+
+def test_max_image_size(tmp_path: Path) -> None:
+    """``serve --max-image-size`` (Glance's image_size_cap): larger uploads get 413 and leave nothing,
+    whether the client announces the size (Content-Length) or streams it (chunked)."""
+    server = RegistryServer(tmp_path / "data", extra_args=["--max-image-size", "4M"])
+    server.start()
+    try:
+        assert "(images up to 4 MiB)" in server.log()
+        with server.api(server.token()) as api:
+            image = api.create_image(name="big", disk_format="raw", container_format="bare")
+            announced = api.upload(image["id"], b"\x01" * ((4 << 20) + 1))
+            assert announced.status_code == 413
+            assert "4194304-byte limit" in announced.json()["message"]
+            assert_nothing_kept(server, api, image["id"])
+
+            def chunks() -> Iterator[bytes]:
+                for _ in range(5):
+                    yield b"\x02" * (1 << 20)
+
+            streamed = api.upload(image["id"], chunks())
+            assert streamed.status_code == 413, streamed.text
+            assert_nothing_kept(server, api, image["id"])
+            exact = api.upload(image["id"], b"\x03" * (4 << 20))
+            assert exact.status_code == 204
+            assert api.get(f"/image/v2/images/{image['id']}").json()["size"] == 4 << 20
+    finally:
+        server.stop()
+    refused = subprocess.run(
+        [str(BIN / "imagewright"), "serve", "--data-dir", str(tmp_path / "x"), "--max-image-size", "0"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 2 and "--max-image-size" in refused.stderr
+
+
+def test_large_compressed_upload_is_refused_with_the_reason(
+    server: RegistryServer, admin: Api, tmp_path: Path
+) -> None:
+    """A compressed container holding more data than the inspection may examine in memory is
+    refused, saying so and what to do; the registry decompresses nothing to a scratch disk."""
+    import gzip
+
+    data = gzip.compress(os.urandom(40 << 20), compresslevel=1)
+    image = admin.create_image(name="big.raw.gz", disk_format="raw", container_format="compressed")
+    response = admin.upload(image["id"], data)
+    assert response.status_code == 400
+    message = response.json()["message"]
+    assert message.startswith("The image is refused: it is gzip-compressed and the gzip stream could not be")
+    assert "upload large images uncompressed or as qcow2" in message
+    assert_nothing_kept(server, admin, image["id"])
+    admin.delete(f"/image/v2/images/{image['id']}")

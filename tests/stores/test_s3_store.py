@@ -175,6 +175,25 @@ def test_an_upload_aborted_by_a_sweep_fails_the_writer_in_one_sentence(
     assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
+def test_delete_removes_an_unfinished_upload_at_the_location(s3_server: S3Server, bucket: str) -> None:
+    """A writer killed mid-upload leaves a multipart upload; deleting its location removes it
+    (the registry's sweep deletes the location of an interrupted upload), and nothing else."""
+    store = _store(f"s3://{bucket}/p?endpoint={s3_server.endpoint}")
+    dead = store.writer("dead")
+    dead.write(b"d" * (MIN_PART_SIZE + 1))  # the multipart upload exists
+    live = store.writer("dead2")  # another key sharing the first as a prefix: left alone
+    live.write(b"l" * (MIN_PART_SIZE + 1))
+    client = s3_server.client()
+    assert len(client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 2
+    store.delete(store.location_for("dead"))
+    left = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [upload["Key"] for upload in left] == ["p/dead2"]
+    live.write(b"l" * MIN_PART_SIZE)
+    assert live.finish() == store.location_for("dead2")
+    assert store.open(store.location_for("dead2")).size == 2 * MIN_PART_SIZE + 1
+    store.delete(store.location_for("dead"))  # idempotent
+
+
 def test_a_blob_replaced_while_read_is_an_error_not_a_mixture(s3_server: S3Server, bucket: str) -> None:
     store = _store(f"s3://{bucket}?endpoint={s3_server.endpoint}")
     with store.writer("moving") as writer:

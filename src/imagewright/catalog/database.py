@@ -146,6 +146,12 @@ class Catalog:
         with _database_errors(self.url), self.engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+        # Data that comes with a schema step but may grow without one (the shipped metadata
+        # definitions) is loaded once, when the step creates its tables.
+        from imagewright.catalog import metadefs
+
+        with self.writing() as session:
+            metadefs.load_defaults_after_upgrade(session, before)
         return before, self.head_revision()
 
     def check_schema(self) -> None:

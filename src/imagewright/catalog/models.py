@@ -18,12 +18,18 @@ whose lease expired, or whose holder is a dead process of this host, is reset by
 
 - **instances** (migration 0002): ``instances`` and their ``instance_interfaces`` (MACs and fixed
   addresses, each unique), and ``catalog_versions``, the change counter the metadata service polls.
+- **metadata definitions** (migration 0003; Glance's ``metadef_*`` tables):
+  ``metadef_namespaces`` and what each holds — ``metadef_objects``, ``metadef_properties`` (each
+  a JSON schema fragment, stored as text), ``metadef_tags`` — and ``metadef_resource_types`` with their
+  ``metadef_namespace_resource_types`` associations (a prefix and properties target per pair).
+  Children go with their namespace (``ON DELETE CASCADE``).
 
 ``image_locations`` holds an image's other blobs (copies in other stores, staged import data);
 the tables of background work (tasks, exports) are in ``task_models``. Later tables come with
 their own migrations; nothing here assumes they do not exist.
 
-Source: Glance ``glance/db/sqlalchemy/models.py`` (image columns and sizes), Keystone's
+Source: Glance ``glance/db/sqlalchemy/models.py`` (image columns and sizes),
+``glance/db/sqlalchemy/models_metadef.py`` (metadef columns and sizes), Keystone's
 ``identity/backends/sql_model.py`` and ``assignment/backends/sql.py`` (names and id shapes).
 """
 
@@ -352,3 +358,92 @@ class CatalogVersion(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     version: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# --- metadata definitions -----------------------------------------------------------------------
+
+
+class MetadefNamespace(Base):
+    __tablename__ = "metadef_namespaces"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    namespace: Mapped[str] = mapped_column(String(80), unique=True)
+    display_name: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: ``public`` or ``private`` (visible to its owner's project and admins only).
+    visibility: Mapped[str] = mapped_column(String(32))
+    #: A protected namespace, and everything in it, cannot be deleted.
+    protected: Mapped[bool] = mapped_column(Boolean, default=False)
+    owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class MetadefObject(Base):
+    __tablename__ = "metadef_objects"
+    __table_args__ = (UniqueConstraint("namespace_id", "name", name="uq_metadef_objects_namespace_id_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("metadef_namespaces.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(80))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: JSON list of required property names.
+    required: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: JSON object: property name -> property definition.
+    json_schema: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class MetadefProperty(Base):
+    __tablename__ = "metadef_properties"
+    __table_args__ = (
+        UniqueConstraint("namespace_id", "name", name="uq_metadef_properties_namespace_id_name"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("metadef_namespaces.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(80))
+    #: JSON object: the property definition (title, type, enum, ...), without its name.
+    json_schema: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class MetadefTag(Base):
+    __tablename__ = "metadef_tags"
+    __table_args__ = (UniqueConstraint("namespace_id", "name", name="uq_metadef_tags_namespace_id_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("metadef_namespaces.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class MetadefResourceType(Base):
+    __tablename__ = "metadef_resource_types"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(80), unique=True)
+    #: The seeded system types (OS::Glance::Image ...) cannot be deleted.
+    protected: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class MetadefNamespaceResourceType(Base):
+    __tablename__ = "metadef_namespace_resource_types"
+
+    resource_type_id: Mapped[int] = mapped_column(
+        ForeignKey("metadef_resource_types.id", ondelete="CASCADE"), primary_key=True
+    )
+    namespace_id: Mapped[int] = mapped_column(
+        ForeignKey("metadef_namespaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    prefix: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    properties_target: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+    resource_type: Mapped[MetadefResourceType] = relationship(lazy="joined")

@@ -63,9 +63,14 @@ VERBS: tuple[Verb, ...] = (
         "network and user-data.",
     ),
     Verb(
-        "image",
-        "image:command",
-        "Images in a cloud's image service (ours or any OpenStack Glance), through clouds.yaml.",
+        "package",
+        "package:command",
+        "Make and check packages: OVA (signed or not) and EC2 image bundles.",
+    ),
+    Verb(
+        "publish",
+        "publish:command",
+        "Write every output of IMAGE (qcow2, raw.gz, OVA, EC2 bundle ...) from one read.",
     ),
     Verb(
         "serve",
@@ -76,6 +81,11 @@ VERBS: tuple[Verb, ...] = (
         "worker",
         "worker:command",
         "Run import/export tasks of a registry started with '--task-queue procrastinate'.",
+    ),
+    Verb(
+        "image",
+        "image:command",
+        "Images in a cloud's image service (ours or any OpenStack Glance), through clouds.yaml.",
     ),
     Verb(
         "instance",

@@ -73,8 +73,9 @@ def command(
 ) -> None:
     """Convert SRC to DST in another format, computing checksums as it writes.
 
-    SRC may be raw, qcow2, vmdk, vhd, vhdx, vdi (also .gz, .xz, .zst, .bz2 compressed);
-    it is inspected first and refused if unsafe. DST is written under a temporary name and
+    SRC may be raw, qcow2, vmdk, vhd, vhdx, vdi (also .gz, .xz, .zst, .bz2 compressed), or
+    an OVA (its manifest, signature and disk checked while the disk is extracted); it is
+    inspected first and refused if unsafe. DST is written under a temporary name and
     appears only when complete.
 
     \b
@@ -84,8 +85,11 @@ def command(
       imagewright convert cloud.raw.xz cloud.vhd --subformat fixed
     """
     limits = Limits() if max_virtual_size is None else Limits(max_virtual_size=max_virtual_size)
+    # An OVA: its disk is extracted while the package is verified (one read), then converted.
+    from imagewright.package.ova_convert import convert_ova, is_ova
+
     with sigterm_as_interrupt(), staged_progress(enabled=not as_json) as progress:
-        result = convert(
+        result = (convert_ova if is_ova(src) else convert)(
             src,
             dst,
             output_format=output_format,
@@ -118,3 +122,5 @@ def command(
         out.print(Text(f"{name}  {digest}  {result.output}"))
     for name, digest in (result.content_checksums or {}).items():
         out.print(Text(f"{name}  {digest}  (uncompressed image)"))
+    for note in result.notes:
+        out.print(Text(f"note: {note}"))

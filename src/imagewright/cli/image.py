@@ -1,14 +1,64 @@
-"""``imagewright image``: images in a cloud's image service, through clouds.yaml.
-
-(The client-side ``upload/list/show/download/…`` commands join this group from their own
-module; ``import`` lives in ``image_import``.)
-"""
+"""``imagewright image``: images in any Glance-compatible cloud (``imagewright.registry``),
+``import URL`` (a ``web-download`` import, CloudStack style: Image API v2.6 interoperable import,
+so any Glance that enables web-download works, ours included), and ``register-local`` for an
+admin of an ``imagewright serve`` registry (``service.images.local``)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
-from imagewright.cli import image_import
+from imagewright.cli.common import byte_progress, emit_json, json_option, staged_progress, stdout_console
+from imagewright.errors import CloudError, InvalidArgumentError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: How often ``image import --wait`` asks for the import task.
+POLL_SECONDS = 0.5
+
+
+def _cloud_options(func: F) -> F:
+    func = click.option(
+        "--clouds-file",
+        default=None,
+        metavar="PATH",
+        help="A clouds.yaml (default: openstacksdk's search path, $OS_CLIENT_CONFIG_FILE).",
+    )(func)
+    func = click.option(
+        "--cloud",
+        "cloud_name",
+        default=None,
+        metavar="NAME",
+        help="The cloud in clouds.yaml (default $OS_CLOUD; without one, the OS_* variables of an openrc).",
+    )(func)
+    return func
+
+
+def _connect(cloud_name: str | None, clouds_file: str | None) -> Any:
+    from imagewright.registry import connect
+
+    return connect(cloud_name, clouds_file)
+
+
+def _properties(values: tuple[str, ...]) -> dict[str, str]:
+    properties: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidArgumentError(f"--property {item!r} is not KEY=VALUE.")
+        properties[key] = value
+    return properties
+
+
+def _size(value: Any) -> str:
+    if value is None:
+        return "-"
+    from imagewright.units import format_size
+
+    return format_size(int(value))
 
 
 @click.group("image")
@@ -16,4 +66,368 @@ def command() -> None:
     """Images in a cloud's image service (ours or any OpenStack Glance), through clouds.yaml."""
 
 
-command.add_command(image_import.command)
+@command.command("upload")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--name", required=True, help="The image's name.")
+@click.option("--visibility", type=click.Choice(["public", "community", "shared", "private"]), default=None)
+@click.option(
+    "--property", "properties", multiple=True, metavar="KEY=VALUE", help="A custom property (repeatable)."
+)
+@click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
+@click.option(
+    "--convert-to",
+    type=click.Choice(["qcow2", "raw", "vmdk", "vhd", "vhdx", "vdi"]),
+    default=None,
+    help="Convert first (into a scratch copy, removed afterwards); the file itself is not changed.",
+)
+@click.option("--disk-format", default=None, help="Declare it (default: what the inspection finds).")
+@click.option("--container-format", default=None, help="Declare it (default: what the inspection finds).")
+@click.option("--store", default=None, metavar="ID", help="The store to upload into (multi-store clouds).")
+@click.option("--min-disk", type=int, default=None, help="GiB of disk an instance needs.")
+@click.option("--min-ram", type=int, default=None, help="MiB of memory an instance needs.")
+@_cloud_options
+@json_option
+def upload(
+    file: str,
+    name: str,
+    visibility: str | None,
+    properties: tuple[str, ...],
+    tags: tuple[str, ...],
+    convert_to: str | None,
+    disk_format: str | None,
+    container_format: str | None,
+    store: str | None,
+    min_disk: int | None,
+    min_ram: int | None,
+    cloud_name: str | None,
+    clouds_file: str | None,
+    as_json: bool,
+) -> None:
+    """Inspect FILE, refuse it if the registry would, then upload it and check the checksum.
+
+    disk_format and container_format come from the inspection; a hostile image, or one that is
+    not what you declare, is refused before a byte is sent.
+    """
+    from imagewright.registry import upload_image
+
+    cloud = _connect(cloud_name, clouds_file)
+    with byte_progress(f"uploading {name}", not as_json) as sent, staged_progress(not as_json) as stages:
+        result = upload_image(
+            cloud,
+            file,
+            name=name,
+            visibility=visibility,
+            properties=_properties(properties),
+            tags=tags,
+            convert_to={"vhd": "vpc"}.get(convert_to or "", convert_to),
+            disk_format=disk_format,
+            container_format=container_format,
+            store=store,
+            min_disk=min_disk,
+            min_ram=min_ram,
+            progress=sent,
+            convert_progress=stages,
+        )
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    converted = f", converted from {result.converted_from}" if result.converted_from else ""
+    stdout_console().print(
+        f"uploaded {file} as {result.name} ({result.id}) to {result.cloud}: {result.disk_format}/"
+        f"{result.container_format}{converted}, {_size(result.size)}, checksum {result.checksum} verified"
+    )
+
+
+@command.command("list")
+@click.option("--name", default=None)
+@click.option("--visibility", default=None)
+@click.option("--status", default=None)
+@click.option("--tag", "tags", multiple=True)
+@click.option("--property", "properties", multiple=True, metavar="KEY=VALUE")
+@click.option("--limit", type=click.IntRange(1), default=None)
+@_cloud_options
+@json_option
+def list_command(
+    name: str | None,
+    visibility: str | None,
+    status: str | None,
+    tags: tuple[str, ...],
+    properties: tuple[str, ...],
+    limit: int | None,
+    cloud_name: str | None,
+    clouds_file: str | None,
+    as_json: bool,
+) -> None:
+    """The images you can see."""
+    from rich.table import Table
+
+    from imagewright.registry import list_images
+
+    cloud = _connect(cloud_name, clouds_file)
+    images = list_images(
+        cloud,
+        name=name,
+        visibility=visibility,
+        status=status,
+        tags=tags,
+        properties=_properties(properties),
+        limit=limit,
+    )
+    if as_json:
+        emit_json(images)
+        return
+    table = Table("ID", "Name", "Status", "Format", "Size", "Visibility")
+    for image in images:
+        table.add_row(
+            image["id"],
+            image.get("name") or "",
+            image["status"],
+            f"{image.get('disk_format') or '-'}/{image.get('container_format') or '-'}",
+            _size(image.get("size")),
+            image.get("visibility", ""),
+        )
+    stdout_console().print(table)
+
+
+@command.command("show")
+@click.argument("image")
+@_cloud_options
+@json_option
+def show(image: str, cloud_name: str | None, clouds_file: str | None, as_json: bool) -> None:
+    """One image, by id or name."""
+    from imagewright.registry import find_image
+
+    found = find_image(_connect(cloud_name, clouds_file), image)
+    if as_json:
+        emit_json(found)
+        return
+    for key in sorted(found):
+        stdout_console().print(f"{key:18} {found[key]}", markup=False, highlight=False)
+
+
+@command.command("download")
+@click.argument("image")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The file to write.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@_cloud_options
+@json_option
+def download(
+    image: str, output: str, force: bool, cloud_name: str | None, clouds_file: str | None, as_json: bool
+) -> None:
+    """Download an image's data (checked against its checksum before it appears)."""
+    from imagewright.registry import download_image
+
+    cloud = _connect(cloud_name, clouds_file)
+    with byte_progress(f"downloading {image}", not as_json) as received:
+        result = download_image(cloud, image, output, force=force, progress=received)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    stdout_console().print(
+        f"downloaded {result.id} to {output}: {_size(result.size)}, md5 {result.checksum} verified"
+    )
+
+
+@command.command("delete")
+@click.argument("image")
+@_cloud_options
+@json_option
+def delete(image: str, cloud_name: str | None, clouds_file: str | None, as_json: bool) -> None:
+    """Delete an image (by id or name)."""
+    from imagewright.registry import delete_image
+
+    deleted = delete_image(_connect(cloud_name, clouds_file), image)
+    if as_json:
+        emit_json({"id": deleted["id"], "name": deleted.get("name"), "deleted": True})
+        return
+    stdout_console().print(f"deleted {deleted.get('name') or ''} ({deleted['id']})")
+
+
+@command.command("share")
+@click.argument("image")
+@click.argument("project")
+@click.option("--remove", is_flag=True, help="Stop sharing with PROJECT instead.")
+@_cloud_options
+@json_option
+def share(
+    image: str, project: str, remove: bool, cloud_name: str | None, clouds_file: str | None, as_json: bool
+) -> None:
+    """Share an image with PROJECT (id or name): it becomes a member, pending until it accepts."""
+    from imagewright.registry import share_image, unshare_image
+
+    cloud = _connect(cloud_name, clouds_file)
+    result = unshare_image(cloud, image, project) if remove else share_image(cloud, image, project)
+    if as_json:
+        emit_json(result)
+        return
+    stdout_console().print(f"image {result['image_id']}: project {result['member_id']} {result['status']}")
+
+
+@command.command("register-local")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--name", default=None, help="The image's name (default: the file's name).")
+@click.option(
+    "--store", "store_id", default=None, metavar="ID", help="The in-place store (if there are several)."
+)
+@click.option("--owner", default=None, metavar="PROJECT", help="The owning project (default: admin).")
+@click.option(
+    "--visibility",
+    type=click.Choice(["public", "community", "shared", "private"]),
+    default="private",
+    show_default=True,
+)
+@click.option("--disk-format", default=None, help="Declare it (default: what the inspection finds).")
+@click.option("--container-format", default=None, help="Declare it (default: what the inspection finds).")
+@click.option("--property", "properties", multiple=True, metavar="KEY=VALUE")
+@click.option("--data-dir", default=None, help="The registry's data dir (default $IMAGEWRIGHT_DATA_DIR).")
+@json_option
+def register_local(
+    path: str,
+    name: str | None,
+    store_id: str | None,
+    owner: str | None,
+    visibility: str,
+    disk_format: str | None,
+    container_format: str | None,
+    properties: tuple[str, ...],
+    data_dir: str | None,
+    as_json: bool,
+) -> None:
+    """Register PATH, a file on this machine under an in-place store's directory, as an image.
+
+    The file is inspected where it lies and stays there (nothing is copied); the registry serves
+    it from there. For admins of an 'imagewright serve' started with
+    --store NAME=file-inplace:///DIR (Wakame-vdc style).
+    """
+    from pathlib import Path
+
+    from imagewright.service.images.local import register_local as register
+    from imagewright.service.images.local import registry_of_data_dir
+
+    registry = registry_of_data_dir(data_dir)
+    try:
+        owner_id = None
+        if owner is not None:
+            from imagewright.catalog.accounts import find_project
+
+            with registry.catalog.reading() as session:
+                owner_id = find_project(session, owner).id
+        view = register(
+            registry,
+            Path(path),
+            store_id=store_id,
+            name=name,
+            owner_project=owner_id,
+            visibility=visibility,
+            disk_format=disk_format,
+            container_format=container_format,
+            properties=_properties(properties),
+        )
+    finally:
+        registry.catalog.dispose()
+    if as_json:
+        emit_json(view)
+        return
+    stdout_console().print(
+        f"registered {path} as {view['name']} ({view['id']}) in store {view['stores']}: "
+        f"{view['disk_format']}/{view['container_format']}, {_size(view['size'])}, "
+        f"checksum {view['checksum']}"
+    )
+
+
+# --- import (web-download, CloudStack style) ----------------------------------------------------
+
+
+def _json_or_raise(response: Any, doing: str) -> Any:
+    if response.status_code >= 400:
+        try:
+            message = response.json().get("message") or response.text
+        except ValueError:
+            message = response.text
+        raise CloudError(f"The cloud refused to {doing}: {' '.join(str(message).split())}")
+    return response.json() if response.content else None
+
+
+@command.command("import")
+@click.argument("url")
+@click.option("--name", required=True, help="The image's name.")
+@click.option("--disk-format", default=None, help="Declare it (default: what the registry finds).")
+@click.option("--container-format", default=None, help="Declare it (default: what the registry finds).")
+@click.option("--visibility", type=click.Choice(["public", "community", "shared", "private"]), default=None)
+@click.option(
+    "--property", "properties", multiple=True, metavar="KEY=VALUE", help="A custom property (repeatable)."
+)
+@click.option("--store", "stores", multiple=True, metavar="ID", help="Import into this store (repeatable).")
+@click.option("--wait", is_flag=True, help="Show the import's progress until the image is active.")
+@_cloud_options
+@json_option
+def import_command(
+    url: str,
+    name: str,
+    disk_format: str | None,
+    container_format: str | None,
+    visibility: str | None,
+    properties: tuple[str, ...],
+    stores: tuple[str, ...],
+    wait: bool,
+    cloud_name: str | None,
+    clouds_file: str | None,
+    as_json: bool,
+) -> None:
+    """Create an image from URL (web-download); --wait shows progress until it is active."""
+    attributes: dict[str, Any] = {"name": name}
+    for key, value in (
+        ("disk_format", disk_format),
+        ("container_format", container_format),
+        ("visibility", visibility),
+    ):
+        if value is not None:
+            attributes[key] = value
+    attributes.update(_properties(properties))
+    image_api = _connect(cloud_name, clouds_file).connection.image
+    created = _json_or_raise(image_api.post("/images", json=attributes), "create the image")
+    image_id = created["id"]
+    body: dict[str, Any] = {"method": {"name": "web-download", "uri": url}}
+    if stores:
+        body["stores"] = list(stores)
+    try:
+        _json_or_raise(image_api.post(f"/images/{image_id}/import", json=body), "start the import")
+    except CloudError:
+        image_api.delete(f"/images/{image_id}")
+        raise
+    if not wait:
+        if as_json:
+            emit_json({"image": image_api.get(f"/images/{image_id}").json()})
+        else:
+            stdout_console().print(f"image {image_id} is importing from {url}")
+        return
+    task = _wait(image_api, image_id, show=not as_json)
+    image = image_api.get(f"/images/{image_id}").json()
+    if task.get("status") != "success":
+        raise CloudError(f"The import of {url} failed: {task.get('message') or 'the cloud gave no reason'}")
+    if as_json:
+        emit_json({"image": image, "task": task})
+        return
+    stdout_console().print(
+        f"image {image_id} ({image.get('name')}) is {image.get('status')}: {image.get('disk_format')}, "
+        f"{image.get('size')} bytes, checksum {image.get('checksum')}"
+    )
+
+
+def _wait(image_api: Any, image_id: str, *, show: bool) -> dict[str, Any]:
+    """The import task once it ended, with a progress bar meanwhile."""
+    with staged_progress(show) as progress:
+        while True:
+            tasks = _json_or_raise(image_api.get(f"/images/{image_id}/tasks"), "show the import task") or {}
+            listed = tasks.get("tasks") or []
+            task: dict[str, Any] = listed[-1] if listed else {}
+            state = task.get("progress") or {}
+            if state.get("stage"):
+                progress(str(state["stage"]), int(state.get("done") or 0), state.get("total"))
+            if task.get("status") in ("success", "failure"):
+                return task
+            if not listed:
+                image = image_api.get(f"/images/{image_id}").json()
+                if image.get("status") == "active":
+                    return {"status": "success"}
+            time.sleep(POLL_SECONDS)

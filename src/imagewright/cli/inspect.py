@@ -20,6 +20,9 @@ from imagewright.units import format_size
 
 if TYPE_CHECKING:
     from imagewright.disk.filesystems import FilesystemInfo
+    from imagewright.ops.audit import AuditReport
+    from imagewright.ops.inspect_os import OsInspection
+    from imagewright.ops.inspect_os.model import OsFacts
 
 
 @click.command("inspect")
@@ -32,26 +35,153 @@ if TYPE_CHECKING:
     default=None,
     help="Refuse images whose virtual size exceeds this (default 16T).",
 )
-def command(images: tuple[str, ...], as_json: bool, max_virtual_size: int | None) -> None:
+@click.option(
+    "--os",
+    "with_os",
+    is_flag=True,
+    help="Also tell the operating system inside: distribution, kernels, architecture, packages ...",
+)
+@click.option(
+    "--audit",
+    is_flag=True,
+    help="Also tell what the image would leak if published (host keys, authorized_keys, histories, "
+    "password hashes, machine-id ...), each with the prepare operation that removes it.",
+)
+@click.option("--strict", is_flag=True, help="With --audit: exit 1 when the audit finds anything.")
+def command(
+    images: tuple[str, ...],
+    as_json: bool,
+    max_virtual_size: int | None,
+    with_os: bool,
+    audit: bool,
+    strict: bool,
+) -> None:
     """Tell what each IMAGE is and whether it is safe to touch.
 
     Reads only headers and metadata, runs no other program and opens no file but IMAGE.
     A compressed image is decompressed in memory, as far as its size pays for; whatever
     could not be examined is a reason to refuse. Exits 1 when any image is refused.
+
+    With --os, the root filesystems of a safe image are read (ext2/3/4 through debugfs,
+    read-only; nothing in the guest runs) to tell the operating system inside; with --audit,
+    what it would leak if published. --audit --strict exits 1 when the audit finds anything.
     """
+    if strict and not audit:
+        raise click.UsageError("--strict applies to --audit; give both.")
     limits = Limits() if max_virtual_size is None else Limits(max_virtual_size=max_virtual_size)
     reports = [inspect_image(path_spelling(path), limits=limits) for path in images]
+    systems = [_os_of(report, with_os, audit) if with_os or audit else None for report in reports]
     if as_json:
-        emit_json(reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports])
+        documents = []
+        for report, found in zip(reports, systems, strict=True):
+            document = report.to_dict()
+            if found is not None and with_os:
+                document["os"] = found.to_dict()
+            if found is not None and found.audit is not None:
+                document["audit"] = found.audit.to_dict()
+            documents.append(document)
+        emit_json(documents[0] if len(documents) == 1 else documents)
     else:
         out = Report()
-        for index, report in enumerate(reports):
+        for index, (report, found) in enumerate(zip(reports, systems, strict=True)):
             if index:
                 out.line()
             render_report(out, report)
+            if found is not None:
+                render_os(out, found, with_os)
         out.write()
     if any(not r.verdict.safe for r in reports):
         raise click.exceptions.Exit(1)
+    if strict and any(found is None or found.audit is None or not found.audit.clean for found in systems):
+        raise click.exceptions.Exit(1)
+
+
+def _os_of(report: ImageReport, facts: bool, audit: bool) -> OsInspection:
+    """The operating systems in a safe image; for any other, a note why none were looked for."""
+    from imagewright.errors import ImagewrightError
+    from imagewright.ops.audit import AuditReport
+    from imagewright.ops.inspect_os import OsInspection, inspect_os
+
+    if not report.verdict.safe:
+        note = "the image was refused; nothing inside it was read"
+        return OsInspection(audit=AuditReport(notes=[note]) if audit else None, notes=[note])
+    try:
+        return inspect_os(report.path, report=report, facts=facts, audit=audit)
+    except ImagewrightError as err:
+        return OsInspection(audit=AuditReport(notes=[str(err)]) if audit else None, notes=[str(err)])
+
+
+def render_os(out: Report, found: OsInspection, with_os: bool) -> None:
+    for facts in found.roots:
+        _render_os_facts(out, facts)
+    if with_os or found.audit is None:
+        for note in found.notes:
+            out.line(f"{'os:':<16}{note}")
+    if found.audit is not None:
+        _render_audit(out, found.audit)
+
+
+def _render_audit(out: Report, audit: AuditReport) -> None:
+    for root in audit.roots:
+        findings = root.findings
+        secrets = sum(f.severity == "secret" for f in findings)
+        if root.incomplete:
+            unknown = ", ".join(root.incomplete)
+            summary = f"{len(findings)} findings; NOT complete: the {unknown} check could not finish"
+            out.line(f"{'audit:':<16}", (f"{summary} ({root.filesystem})", "bold red"))
+        elif not findings:
+            out.line(f"{'audit:':<16}", (f"clean: nothing would leak ({root.filesystem})", "green"))
+        else:
+            summary = f"{len(findings)} findings, {secrets} of them secrets ({root.filesystem})"
+            out.line(f"{'audit:':<16}", (summary, "bold red" if secrets else "yellow"))
+        for finding in findings:
+            fix = f"prepare: {finding.fixed_by}" if finding.fixed_by else "no prepare operation fixes it"
+            out.line(f"  {finding.severity.value:<9}{finding.path}  {finding.detail}  [{fix}]")
+        for note in root.notes:
+            out.line(f"  {'note:':<9}{note}")
+    for note in audit.notes:
+        out.line(f"{'audit:':<16}{note}")
+
+
+def _render_os_facts(out: Report, facts: OsFacts) -> None:
+    def line(label: str, value: object) -> None:
+        out.line(f"  {label + ':':<14}{value}")
+
+    dist = facts.distribution
+    out.line(f"{'os:':<16}{dist.pretty_name or dist.name or dist.id or 'unknown Linux'} ({facts.filesystem})")
+    if dist.id:
+        version = dist.version or dist.version_id or "no version"
+        codename = f" ({dist.codename})" if dist.codename and dist.codename not in version else ""
+        line("distribution", f"{dist.id} {version}{codename}")
+    source = f" (from {facts.architecture_source})" if facts.architecture_source else ""
+    line("architecture", (facts.architecture or "unknown") + source)
+    line("init system", facts.init_system or "unknown")
+    default_kernel = facts.boot_default.kernel if facts.boot_default else None
+    for kernel in facts.kernels:
+        is_default = default_kernel is not None and default_kernel.rpartition("/")[2] == kernel.path[6:]
+        line("kernel", kernel.path + ("  (boots by default)" if is_default else ""))
+    for initrd in facts.initrds:
+        line("initrd", initrd.path)
+    if facts.boot_default is not None:
+        entry = facts.boot_default
+        line("boot loader", f"{entry.loader} ({entry.config}): {entry.title or 'untitled'} -> {entry.kernel}")
+    for database in facts.packages:
+        more = " or more" if database.truncated else ""
+        line("packages", f"{database.count}{more} {database.format} packages installed ({database.path})")
+    line("hostname", facts.hostname or "not set")
+    for mount in facts.fstab:
+        where = {True: "on this disk", False: "NOT on this disk", None: ""}[mount.on_this_disk]
+        line("fstab", f"{mount.spec} {mount.mountpoint} {mount.fs_type}" + (f" ({where})" if where else ""))
+    cloud = facts.cloud_init
+    if cloud.present:
+        sources = ", ".join(cloud.datasources) if cloud.datasources else "all"
+        line("cloud-init", f"{cloud.version or 'version unknown'}; datasources: {sources}")
+    else:
+        line("cloud-init", "not installed")
+    line("agent", facts.agent or "not installed")
+    line("ssh server", facts.ssh_server or "none")
+    for note in facts.notes:
+        line("note", note)
 
 
 def path_spelling(text: str) -> str:

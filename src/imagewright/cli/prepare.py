@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -10,6 +11,9 @@ from imagewright.cli.common import byte_progress, emit_json, json_option
 from imagewright.errors import InvalidArgumentError
 from imagewright.ops.prepare import PrepareOptions, PrepareReport, prepare
 from imagewright.ops.prepare import list_operations as all_operations
+
+if TYPE_CHECKING:
+    from imagewright.ops.audit import AuditReport
 
 
 def _print_operations(as_json: bool) -> None:
@@ -63,7 +67,11 @@ def _print_report(report: PrepareReport) -> None:
     "'defaults' and 'all' name the sets.",
 )
 @click.option("--list-operations", is_flag=True, help="List every operation and whether it runs by default.")
-@click.option("--dry-run", is_flag=True, help="List every file prepare would change, and change nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="List every file prepare would change, and what inspect --audit would still find; change nothing.",
+)
 @click.option("--agent", is_flag=True, help="Also install the imagewright agent and run it at every boot.")
 @click.option(
     "--dns", multiple=True, metavar="IP", help="Write /etc/resolv.conf with this name server (repeatable)."
@@ -110,7 +118,44 @@ def command(
             options=options,
             progress=progress,
         )
+    audit = _audit_of(image) if dry_run else None
     if as_json:
-        emit_json(report.to_dict())
+        document = report.to_dict()
+        if audit is not None:
+            names = {op.name for op in report.operations}
+            document["audit"] = audit.to_dict() | {
+                "fixed_by_this_run": len(audit.findings) - len(audit.left_after(names)),
+                "left_after_this_run": [
+                    {"check": f.check, "path": f.path, "detail": f.detail, "remedy": f.remedy}
+                    for f in audit.left_after(names)
+                ],
+            }
+        emit_json(document)
     else:
         _print_report(report)
+        if audit is not None:
+            _print_audit(audit, {op.name for op in report.operations})
+
+
+def _audit_of(image: Path) -> AuditReport:
+    """What ``inspect --audit`` finds in the image now (for a dry run: what this run fixes)."""
+    from imagewright.ops.inspect_os import inspect_os
+
+    audit = inspect_os(image, facts=False, audit=True).audit
+    assert audit is not None
+    return audit
+
+
+def _print_audit(audit: AuditReport, operations: set[str]) -> None:
+    left = audit.left_after(operations)
+    fixed = len(audit.findings) - len(left)
+    click.echo(
+        f"audit: {len(audit.findings)} finding{'' if len(audit.findings) == 1 else 's'} "
+        f"(inspect --audit); these operations fix {fixed}, {len(left)} would be left:"
+    )
+    for finding in left:
+        remedy = f"--operations {finding.fixed_by}" if finding.fixed_by else "no prepare operation"
+        click.echo(f"  {finding.severity.value:<9}{finding.path}  {finding.detail}  [{remedy}]")
+    for root in audit.roots:
+        if root.incomplete:
+            click.echo(f"  not complete: the {', '.join(root.incomplete)} check could not finish")

@@ -28,11 +28,18 @@ from imagewright.service.config import DEFAULT_LISTEN, parse_listen
     multiple=True,
     metavar="SPEC",
     help="A blob store: [NAME=]file:///DIR or [NAME=]s3://BUCKET[/PREFIX]?endpoint=URL (repeatable; "
-    "default: files under DATA_DIR/images).",
+    "NAME=file-inplace:///DIR for image register-local; default: files under DATA_DIR/images).",
 )
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Server processes.")
 @click.option(
     "--public-url", default=None, metavar="URL", help="The URL clients use (default http://HOST:PORT)."
+)
+@click.option(
+    "--max-image-size",
+    default="1T",
+    show_default=True,
+    metavar="SIZE",
+    help="The largest image data accepted (Glance's image_size_cap), e.g. 20G; larger uploads get 413.",
 )
 @click.option(
     "--metadata-listen",
@@ -118,6 +125,7 @@ def command(
     stores: tuple[str, ...],
     workers: int,
     public_url: str | None,
+    max_image_size: str,
     metadata_listen: str | None,
     trusted_proxies: tuple[str, ...],
     rate_limit: float | None,
@@ -141,10 +149,16 @@ def command(
     and images that are not what their disk_format says are refused.
     """
     from imagewright.service import datadir, serving
+    from imagewright.units import format_size, parse_size
 
     host, port = parse_listen(listen)
     if metadata_listen is not None:
         parse_listen(metadata_listen)
+    size_cap = parse_size(max_image_size)
+    if size_cap <= 0:
+        raise click.BadParameter(
+            "must be a size larger than zero (for example 20G).", param_hint="--max-image-size"
+        )
     directory = datadir.resolve_data_dir(data_dir)
     settings = {
         "task_queue": task_queue,
@@ -164,6 +178,7 @@ def command(
         database=database,
         store_specs=stores,
         public_url=public_url,
+        image_size_cap=size_cap,
         settings=settings,
     )
     config = prepared.config
@@ -180,7 +195,7 @@ def command(
         echo("  created the project 'admin' and the user 'admin' (role admin)")
         echo(f"  admin password: {prepared.admin_password}   (shown once; also in {prepared.clouds_yaml})")
     echo(f"  identity: {config.public_url}/identity/v3")
-    echo(f"  image:    {config.public_url}/image")
+    echo(f"  image:    {config.public_url}/image (images up to {format_size(config.image_size_cap)})")
     if prepared.clouds_yaml.exists():
         echo(
             f"  try:      OS_CLIENT_CONFIG_FILE={prepared.clouds_yaml} OS_CLOUD=imagewright "

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from imagewright.binary import ByteSource, Layout, read_exact
 from imagewright.errors import ImageFormatError
 from imagewright.formats.base import ExternalReference, Limits, OpenedImage
+from imagewright.formats.block_map import sort_block_map
 from imagewright.formats.mapped_guest import GuestRun, MappedGuestSource
 from imagewright.units import format_size
 
@@ -274,14 +275,14 @@ def _check_block_map(
     problems: list[str],
 ) -> tuple[int, int]:
     """Every allocated entry must index a block inside the file; returns (allocated, discarded)."""
-    unallocated = bmap.count(UNALLOCATED)
-    discarded = bmap.count(DISCARDED)
-    allocated = len(bmap) - unallocated - discarded
+    sorted_map = sort_block_map(bmap, (UNALLOCATED, DISCARDED))
+    discarded = sorted_map.marker_counts[DISCARDED]
+    allocated = len(sorted_map.others)
     if not allocated:
         return 0, discarded
     blocks = len(bmap)
     # Quick and sufficient: the highest block index is in range and wholly inside the file.
-    highest = max(filter(DISCARDED.__gt__, bmap))
+    highest = max(bmap[index] for index in sorted_map.others)
     if highest < blocks and offset_data + (highest + 1) * block_size <= file_size:
         return allocated, discarded
     # The last block may stop at the end of the disk rather than at a block boundary.

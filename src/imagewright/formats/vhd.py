@@ -56,6 +56,7 @@ from typing import Any
 from imagewright.binary import ByteSource, Layout, PrefixExhaustedError, read_exact
 from imagewright.errors import ImageFormatError
 from imagewright.formats.base import ExternalReference, Limits, OpenedImage
+from imagewright.formats.block_map import sort_block_map
 from imagewright.formats.external_names import describe_external_name
 from imagewright.formats.mapped_guest import GuestRun, MappedGuestSource
 from imagewright.units import format_size
@@ -488,12 +489,14 @@ def _check_bat(
     Returns the number of allocated entries. Only the first bad entry is described.
     """
     span = bitmap_size + block_size
-    unallocated = bat.count(UNALLOCATED)
-    if unallocated == len(bat):
+    allocated = sort_block_map(bat, (UNALLOCATED,)).others
+    if not allocated:
         return 0
+    unallocated = len(bat) - len(allocated)
     # Quick and sufficient: every block lies inside the file and after all the metadata.
-    highest = max(filter(UNALLOCATED.__ne__, bat)) * SECTOR
-    lowest = min(filter(UNALLOCATED.__ne__, bat)) * SECTOR
+    sectors = [bat[index] for index in allocated]
+    highest = max(sectors) * SECTOR
+    lowest = min(sectors) * SECTOR
     if highest + span <= file_size and lowest >= max(start + length for start, length in metadata):
         return len(bat) - unallocated
     beyond: int | None = None

@@ -116,6 +116,32 @@ def choose_region(layout: DiskLayout, raw: Path, partition: int | None) -> Files
     raise GuestFilesystemError("The image has no Linux filesystem imagewright can open.")
 
 
+def root_regions(layout: DiskLayout, raw: Path) -> tuple[list[FilesystemRegion], list[str]]:
+    """Every region that holds a Linux root filesystem (an ext2/3/4 filesystem with ``/etc``;
+    the root libguestfs finds on other filesystems), and a note for each one not opened."""
+    notes: list[str] = []
+    roots = [r for r in layout.regions if r.fs_type in EXT_TYPES and _holds_etc(raw, r)]
+    others = [r for r in layout.regions if r.fs_type in OTHER_LINUX_TYPES]
+    if others and not roots:
+        if libguestfs.available():
+            first = others[0]
+            if layout.partitioned:
+                roots.append(
+                    FilesystemRegion(0, first.size, first.fs_type, None, first.label, find_root=True)
+                )
+            else:
+                roots.append(first)
+        else:
+            kinds = ", ".join(sorted({str(r.fs_type) for r in others}))
+            notes.append(
+                f"a {kinds} filesystem was not looked into: imagewright reads ext2/3/4 itself and "
+                "needs libguestfs (Debian: libguestfs-tools) for others"
+            )
+    if not roots and not notes:
+        notes.append("no filesystem of the image holds /etc (no Linux root filesystem found)")
+    return roots, notes
+
+
 def _holds_etc(raw: Path, region: FilesystemRegion) -> bool:
     try:
         outputs = e2fs.run_debugfs(e2fs.device_name(raw, region.offset), [e2fs.command("stat", "/etc")])

@@ -26,6 +26,7 @@ from imagewright.guest.locate import (
     FilesystemRegion,
     choose_region,
     layout_of,
+    root_regions,
 )
 from imagewright.guest.workcopy import WorkingCopy
 from imagewright.programs import e2fs
@@ -76,6 +77,35 @@ def open_guest(
                 work.commit()
         finally:
             guest.discard()
+
+
+@contextmanager
+def open_root_filesystems(
+    image: str | os.PathLike[str], *, report: ImageReport | None = None
+) -> Iterator[tuple[list[GuestFS], list[str]]]:
+    """Open every Linux root filesystem of an image read-only: ``(guests, notes)``, where the
+    notes say what was not opened and why (a root on a filesystem without a backend here).
+
+    As ``open_guest``, the image is judged by ``inspect`` first; nothing in the guest runs.
+    """
+    path = _existing_image(image)
+    from imagewright.gate import admit
+
+    report = admit(path, report=report).report
+    fmt = str(report.format)
+    with WorkingCopy(path, report, writable=False) as work:
+        layout = layout_of(report, work.e2fs_path)
+        regions, notes = root_regions(layout, work.e2fs_path)
+        guests: list[GuestFS] = []
+        try:
+            for region in regions:
+                guest = _backend(region, work.e2fs_path, f"{region.describe()} of {path.name}", False, False)
+                guest.image_format = fmt
+                guests.append(guest)
+            yield guests, notes
+        finally:
+            for guest in guests:
+                guest.discard()
 
 
 def _existing_image(image: str | os.PathLike[str]) -> Path:

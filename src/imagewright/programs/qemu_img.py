@@ -208,8 +208,28 @@ def check(path: str | os.PathLike[str], fmt: str) -> CheckResult:
     )
 
 
+@dataclass(frozen=True)
+class NbdSource:
+    """A disk this process serves to qemu-img over NBD on the Unix socket ``socket_path``
+    (``ops/convert/nbd_source.py``: a decompressed stream, read front to back)."""
+
+    socket_path: str
+    #: What to call it in messages (the file the stream comes from).
+    label: str
+
+    @property
+    def url(self) -> str:
+        return _nbd_url(self.socket_path)
+
+
+def _nbd_url(socket_path: str) -> str:
+    if not os.path.isabs(socket_path) or any(c in socket_path for c in "?&#\0"):
+        raise InvalidArgumentError("The NBD socket path must be absolute and plain.")
+    return f"nbd+unix:///?socket={socket_path}"
+
+
 def convert(
-    src: str | os.PathLike[str],
+    src: str | os.PathLike[str] | NbdSource,
     src_fmt: str,
     dst: str | os.PathLike[str],
     dst_fmt: str,
@@ -224,7 +244,10 @@ def convert(
     ``progress(done, total)`` is called as qemu-img reports percentages; ``total_bytes``
     (the virtual size, when the caller knows it) turns them into bytes. The output is
     written sparse (qemu-img's default: zero runs become holes or unallocated clusters).
+    ``src`` may be an ``NbdSource`` (then ``src_fmt`` must be raw: qemu-img reads it in order).
     """
+    if isinstance(src, NbdSource) and src_fmt != "raw":
+        raise InvalidArgumentError("A streamed NBD source is read as raw only.")
     argv = ["qemu-img", "convert", "-f", _check_format(src_fmt), "-O", _check_format(dst_fmt)]
     if options:
         argv += ["-o", format_options(options)]
@@ -232,10 +255,16 @@ def convert(
         argv.append("-c")
     if progress is not None:
         argv.append("-p")
-    source, target = image_path(src), image_path(dst)
+    target = image_path(dst)
+    if isinstance(src, NbdSource):
+        # The socket itself is bound into the sandbox (connect() works through a bind mount).
+        source, label = src.url, src.label
+        sandbox = Sandbox(writes=(src.socket_path, target))
+    else:
+        source, label = image_path(src), os.fspath(src)
+        sandbox = Sandbox(reads=(source,), writes=(target,))
     argv += [source, target]
-    sandbox = Sandbox(reads=(source,), writes=(target,))
-    what = f"converting {os.fspath(src)} from {src_fmt} to {dst_fmt}"
+    what = f"converting {label} from {src_fmt} to {dst_fmt}"
     if progress is None:
         run_program(argv, what=what, sandbox=sandbox)
         return
@@ -303,13 +332,11 @@ def convert_to_nbd(
     end receives the image front to back (see ``ops/convert/nbd_sink.py``). ``poll`` is called
     while qemu-img runs (progress reporting).
     """
-    if not os.path.isabs(socket_path) or any(c in socket_path for c in "?&#\0"):
-        raise InvalidArgumentError("The NBD socket path must be absolute and plain.")
     source = image_path(src)
     argv = [
         "qemu-img", "convert", "-n", "--target-is-zero", "-m", "1",
         "-f", _check_format(src_fmt), source,
-        "-O", "raw", f"nbd+unix:///?socket={socket_path}",
+        "-O", "raw", _nbd_url(socket_path),
     ]  # fmt: skip
     # The socket itself is bound (connect() works through a bind mount), not its directory.
     sandbox = Sandbox(reads=(source,), writes=(socket_path,))

@@ -85,6 +85,9 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "ssh-keygen": "openssh-client",
     "guestfish": "libguestfs-tools",
     "bwrap": "bubblewrap",
+    "mmdebstrap": "mmdebstrap",
+    "unshare": "util-linux",
+    "debootstrap": "debootstrap",
 }
 
 #: Programs that may run without a sandbox, each with the reason it never reads untrusted data.
@@ -98,6 +101,12 @@ TRUSTED_INPUTS: dict[str, str] = {
     "busybox": "the host's busybox, asked for its list of applets",
     "grub-mkimage": "links GRUB's installed modules with imagewright's own early configuration",
     "mkswap": "writes a swap signature into a new scratch file",
+    "mmdebstrap": (
+        "installs packages from a Debian or Ubuntu archive that apt verifies against the "
+        "distribution's keyring and runs imagewright's own hooks; it reads no untrusted image "
+        "(and needs the network and its own namespaces, which a sandbox would take away)"
+    ),
+    "unshare": "asked only whether this process may create namespaces (runs true)",
 }
 
 # Extra places to look: e2fsprogs and friends live in /sbin, which is not on a user's PATH.

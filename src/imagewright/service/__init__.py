@@ -5,7 +5,7 @@
   every worker gets; ``datadir``: the data dir's files.
 - ``identity/``: the Keystone v3 subset at ``/identity``.
 - ``images/``: the Image API v2 (Glance) at ``/image``: routes, schemas, views, the upload path
-  and the gate (imagewright's inspection on every uploaded byte).
+  and the gate (imagewright.upload_gate on every uploaded byte).
 - ``http``: what the APIs share (the per-worker ``Registry``, JSON, errors, the caller);
   ``sweep``: interrupted uploads and orphan blobs; ``leases``: upload holders.
 

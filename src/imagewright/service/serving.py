@@ -9,6 +9,7 @@ sweep. ``run`` hands the config to uvicorn, which starts the workers (``app.crea
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ def prepare(
     database: str | None = None,
     store_specs: tuple[str, ...] = (),
     public_url: str | None = None,
+    image_size_cap: int | None = None,
     settings: dict[str, Any] | None = None,
 ) -> Prepared:
     """Everything before the first request; ``settings``: more ``ServiceConfig`` fields (tasks)."""
@@ -86,6 +88,8 @@ def prepare(
             public_url=url,
             **(settings or {}),
         )
+        if image_size_cap is not None:
+            config = dataclasses.replace(config, image_size_cap=image_size_cap)
         stores = open_stores(list(store_specs), data_dir)
         stores.check()
         check_task_settings(config, [info.id for info in stores.infos()])

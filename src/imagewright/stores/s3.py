@@ -296,8 +296,18 @@ class S3Store(BlobStore):
             body.close()
 
     def delete(self, location: str) -> None:
+        """Remove the blob at ``location``, finished or not: the object, and any multipart upload
+        still open at its key (a writer killed mid-upload leaves one; keys are never reused, so
+        no live writer of another upload can be at this key)."""
         key = self._object_key(self.key_of(location))
         try:
+            uploads = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            for upload in uploads.get("Uploads", []):
+                if upload.get("Key") == key and upload.get("UploadId"):
+                    with contextlib.suppress(ClientError):  # aborted meanwhile
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
+                        )
             self.client.delete_object(Bucket=self.bucket, Key=key)
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in _MISSING_KEY_CODES:

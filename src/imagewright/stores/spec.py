@@ -1,4 +1,5 @@
-"""``--store`` values: ``[NAME=]file:///abs/dir`` and ``[NAME=]s3://BUCKET[/prefix]?endpoint=URL&region=R``.
+"""``--store`` values: ``[NAME=]file:///abs/dir``, ``[NAME=]s3://BUCKET[/prefix]?endpoint=URL&region=R``
+and ``NAME=file-inplace:///abs/dir`` (files registered where they are: ``stores.inplace``).
 
 Several at once make a multi-store registry, as Glance's ``enabled_backends`` do; the first
 one, or the one whose URL carries ``default=true``, is the default. Every way a value can be
@@ -49,7 +50,16 @@ class S3StoreSpec:
     addressing: str  # "path" | "virtual"
 
 
-StoreSpec = FileStoreSpec | S3StoreSpec
+@dataclass(frozen=True)
+class InPlaceStoreSpec:
+    """Files registered in place under ``root`` (never the default: it takes no uploads)."""
+
+    id: str
+    root: PurePosixPath
+    is_default: bool = False
+
+
+StoreSpec = FileStoreSpec | S3StoreSpec | InPlaceStoreSpec
 
 
 def _split_name(text: str) -> tuple[str | None, str]:
@@ -177,10 +187,24 @@ def parse_store_spec(text: str, default_name: str = "default") -> StoreSpec:
         return _file_spec(name or default_name, text, url)
     if scheme == "s3":
         return _s3_spec(name or default_name, text, url)
+    if scheme == "file-inplace":
+        if name is None:
+            raise StoreError(
+                f"--store {text!r} needs a name (NAME=file-inplace:///dir): image register-local names "
+                "the store it registers into."
+            )
+        plain = _file_spec(name, text, "file" + url[len("file-inplace") :])
+        if plain.is_default:
+            raise StoreError(
+                f"--store {text!r} cannot be the default: an in-place store registers files and takes "
+                "no uploads."
+            )
+        return InPlaceStoreSpec(id=name, root=plain.root)
     if not scheme:
         raise StoreError(f"--store {text!r} is not a store URL; write {_EXAMPLES}.")
     raise StoreError(
-        f"--store {text!r} uses the scheme {scheme!r}; the stores imagewright has are file:// and s3://."
+        f"--store {text!r} uses the scheme {scheme!r}; the stores imagewright has are file://, s3:// "
+        "and file-inplace://."
     )
 
 
@@ -198,15 +222,17 @@ def parse_store_specs(texts: Sequence[str]) -> list[StoreSpec]:
     defaults = [s.id for s in specs if s.is_default]
     if len(defaults) > 1:
         raise StoreError(f"The stores {', '.join(defaults)} are all marked default=true; mark one.")
-    _refuse_overlaps(specs)
+    refuse_overlaps(specs)
     return specs
 
 
-def _refuse_overlaps(specs: Sequence[StoreSpec]) -> None:
+def refuse_overlaps(specs: Sequence[StoreSpec]) -> None:
     """Two stores writing into the same space would delete each other's blobs in their sweeps."""
     for i, a in enumerate(specs):
         for b in specs[i + 1 :]:
-            if isinstance(a, FileStoreSpec) and isinstance(b, FileStoreSpec):
+            if isinstance(a, InPlaceStoreSpec | FileStoreSpec) and isinstance(
+                b, InPlaceStoreSpec | FileStoreSpec
+            ):
                 if a.root == b.root or a.root in b.root.parents or b.root in a.root.parents:
                     raise StoreError(
                         f"The stores {a.id!r} ({a.root}) and {b.id!r} ({b.root}) share a directory; "

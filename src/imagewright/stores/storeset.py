@@ -1,7 +1,8 @@
 """The stores a registry runs with: ``open_stores(--store values, data dir)`` → ``StoreSet``.
 
 No ``--store`` at all gives the embedded default: one file store ``default`` under
-``DATA_DIR/images``. The S3 store (and boto3 with it) is imported only when an ``s3://``
+``DATA_DIR/images`` (also when every ``--store`` is an in-place one, which takes no uploads).
+The S3 store (and boto3 with it) is imported only when an ``s3://``
 value is given, so commands that never touch S3 do not pay for importing it.
 """
 
@@ -13,7 +14,13 @@ from pathlib import Path, PurePosixPath
 
 from imagewright.errors import StoreError
 from imagewright.stores.base import BlobStore, StoreInfo
-from imagewright.stores.spec import FileStoreSpec, StoreSpec, parse_store_specs
+from imagewright.stores.spec import (
+    FileStoreSpec,
+    InPlaceStoreSpec,
+    StoreSpec,
+    parse_store_specs,
+    refuse_overlaps,
+)
 
 
 class StoreSet:
@@ -73,7 +80,11 @@ class StoreSet:
 def open_store(spec: StoreSpec) -> BlobStore:
     """The store a parsed spec describes (no I/O: ``check()`` reaches it)."""
     store: BlobStore
-    if isinstance(spec, FileStoreSpec):
+    if isinstance(spec, InPlaceStoreSpec):
+        from imagewright.stores.inplace import InPlaceFileStore
+
+        store = InPlaceFileStore(spec.id, Path(spec.root))
+    elif isinstance(spec, FileStoreSpec):
         from imagewright.stores.file import FileStore
 
         store = FileStore(spec.id, Path(spec.root), is_default=spec.is_default)
@@ -94,12 +105,14 @@ def open_store(spec: StoreSpec) -> BlobStore:
 
 def open_stores(specs: Sequence[str], data_dir: Path) -> StoreSet:
     """The stores named by ``--store`` values, or the embedded default under ``data_dir/images``."""
-    parsed: list[StoreSpec]
-    if specs:
-        parsed = parse_store_specs(specs)
-    else:
+    parsed: list[StoreSpec] = parse_store_specs(specs) if specs else []
+    if all(isinstance(s, InPlaceStoreSpec) for s in parsed):
+        # No store that takes uploads was named: the embedded default one takes them.
         root = PurePosixPath(Path(data_dir).absolute() / "images")
-        parsed = [FileStoreSpec(id="default", is_default=True, root=root)]
+        parsed.insert(0, FileStoreSpec(id="default", is_default=True, root=root))
+        refuse_overlaps(parsed)
     if not any(s.is_default for s in parsed):
-        parsed[0] = dataclasses.replace(parsed[0], is_default=True)
+        # The first store that takes uploads (an in-place store takes none).
+        first = next(i for i, s in enumerate(parsed) if not isinstance(s, InPlaceStoreSpec))
+        parsed[first] = dataclasses.replace(parsed[first], is_default=True)
     return StoreSet([open_store(s) for s in parsed])

@@ -5,6 +5,7 @@ Peeled without extracting anything, and judged by what they contain::
     probe_container(src, head) -> "gzip" | "xz" | "bzip2" | "zstd" | "tar" | "ova" | None
     open_container(src, limits, name_hint=None, budget=None) -> OpenedContainer
     examine_stream(src, compression, limits, sink) -> OpenedContainer   # spool a whole stream, judged
+    JudgedStream(src, compression, limits).pieces() -> decompressed pieces, judged as they pass
 
 ``probe_container`` is cheap: magic bytes, and for a tar the first headers (``"ova"`` when
 one of the first ``PROBE_MEMBERS`` members is a ``.ovf`` at the top of the archive). ``open_container`` is
@@ -31,7 +32,7 @@ from imagewright.formats.containers.signature import probe_compression
 from imagewright.formats.containers.tar_header import looks_like_tar
 
 if TYPE_CHECKING:
-    from imagewright.formats.containers.compressed import examine_stream
+    from imagewright.formats.containers.compressed import JudgedStream, examine_stream
     from imagewright.formats.containers.manifest import ManifestEntry, manifest_entries, parse_manifest
     from imagewright.formats.containers.model import (
         ArchiveMember,
@@ -57,6 +58,7 @@ _EXPORTED = {
     "manifest_entries": "manifest",
     "parse_manifest": "manifest",
     "examine_stream": "compressed",
+    "JudgedStream": "compressed",
 }
 
 
@@ -72,6 +74,7 @@ __all__ = [
     "ContainerDetails",
     "ContainerFormat",
     "ContainerKind",
+    "JudgedStream",
     "ManifestEntry",
     "OpenedContainer",
     "OvaDetails",

@@ -14,9 +14,10 @@ The walk:
 NOTE: the inspection is paid for by its input (``formats.base.Budget``): decompressed
 bytes and members in proportion to the compressed size, data held in memory up to
 ``Limits.max_held_bytes``. When a stream does not fit, it stops with a problem that says so:
-what was not examined is never called safe. ``examine_stream`` is the other way through a
-compressed image, for callers that spool it to a file (convert, build): the whole stream,
-judged the same way, handed on piece by piece.
+what was not examined is never called safe. ``JudgedStream`` is the other way through a
+compressed image, for callers that hand it on as it is read (``examine_stream`` spools it to
+a file for build; convert streams a raw disk straight to qemu-img): the whole stream, judged
+the same way, piece by piece.
 
 NOTE: compression inside compression (a gzip holding an xz ...) has no use for an image
 and is how recursive decompression bombs are built: it is refused. A stream whose recorded
@@ -244,43 +245,114 @@ def _keep(piece: bytes, held: HeldBytes, budget: Budget, findings: Findings, fmt
 Sink = Callable[[int, bytes], None]
 
 
+class JudgedStream:
+    """The decompressed bytes of a compressed disk image, judged as they are read.
+
+    What the container records (checked before any decompression: a recorded size over the
+    virtual-size limit is a bomb), every byte decoded (CRCs, truncation), compression inside
+    compression (the first piece), the virtual-size limit and the expected size (checked
+    before each piece is handed on), and, at the end, what follows the last member. A
+    problem stops ``pieces``; ``finish`` tells the whole verdict. For callers that hand the
+    stream on while it is judged (``examine_stream``; convert's streaming raw path)::
+
+        judged = JudgedStream(src, "gzip", limits)
+        for piece in judged.pieces():        # stops at the end or at the first problem
+            hand_on(judged.position - len(piece), piece)
+        opened = judged.finish()             # opened.problems: refuse if any
+    """
+
+    def __init__(self, src: ByteSource, fmt: CompressionFormat, limits: Limits) -> None:
+        self.format = fmt
+        self._limits = limits
+        self._findings = Findings()
+        self._recorded = _describe(src, fmt, self._findings)
+        self._expected: int | None = None
+        self._expected_sentence = ""
+        self._report: OpenedContainer | None = None
+        if self._recorded.size is not None and self._recorded.size > limits.max_virtual_size:
+            self._findings.problem(_bomb_sentence(fmt, self._recorded.size, limits))
+        self._stream = DecompressedStream(src, fmt, zstd_end=self._recorded.zstd_end)
+
+    @property
+    def recorded_size(self) -> int | None:
+        """The decompressed size the container records (xz index, zstd frame headers), if any."""
+        return self._recorded.size
+
+    @property
+    def position(self) -> int:
+        """Decompressed bytes handed out so far."""
+        return self._stream.position
+
+    @property
+    def finished(self) -> bool:
+        return self._stream.finished
+
+    @property
+    def problems(self) -> list[str]:
+        return self._findings.problems
+
+    def expect_size(self, size: int, sentence: str) -> None:
+        """Stop with the problem ``sentence`` as soon as the stream grows past ``size`` bytes."""
+        self._expected = size
+        self._expected_sentence = sentence
+
+    def pieces(self, step: int = _STEP) -> Iterator[bytes]:
+        """The stream in pieces of ``step`` bytes (fewer only at the end), each judged first."""
+        limit = self._limits.max_virtual_size
+        while not self._findings.problems:
+            try:
+                piece = self._stream.read(step)
+            except ImageFormatError as err:
+                self._findings.problem(as_problem(err))
+                return
+            if not piece:
+                return
+            position = self._stream.position
+            if position == len(piece):
+                nested = probe_compression(piece[:64])
+                if nested is not None:
+                    self._findings.problem(_nested_sentence(self.format, nested))
+                    return
+            if position > limit:
+                self._findings.problem(_bomb_sentence(self.format, position, self._limits))
+                return
+            if self._expected is not None and position > self._expected:
+                self._findings.problem(self._expected_sentence)
+                return
+            yield piece
+
+    def finish(self) -> OpenedContainer:
+        """The container's report: every problem met, and the end judged if it was reached."""
+        if self._report is not None:
+            return self._report
+        if self._stream.finished:
+            _judge_end(self._stream, self._recorded, self._findings)
+        self._findings.finish()
+        stream = self._stream
+        self._report = OpenedContainer(
+            format=self.format,
+            kind="compressed",
+            details=ContainerDetails(compression=self._recorded.details),
+            layers=[self.format],
+            uncompressed_size=stream.position if stream.finished else self._recorded.size,
+            problems=self._findings.problems,
+            notes=self._findings.notes,
+            partial=not stream.finished,
+        )
+        return self._report
+
+
 def examine_stream(src: ByteSource, fmt: CompressionFormat, limits: Limits, sink: Sink) -> OpenedContainer:
     """Decompress the whole of ``src`` into ``sink``, judging the stream as it goes.
 
     For a caller that spools a compressed image to a file before handing it on (convert,
-    build): what the container records, every byte decoded (CRCs, truncation), compression
-    inside compression, the virtual-size limit (checked before each piece is handed on), and
-    what follows the end. Any problem stops the stream; the caller refuses the image, and
-    then inspects what it spooled in full, as any image.
+    build): see ``JudgedStream`` for what is judged. Any problem stops the stream; the
+    caller refuses the image, and then inspects what it spooled in full, as any image.
     """
-    findings = Findings()
-    recorded = _describe(src, fmt, findings)
-    if recorded.size is not None and recorded.size > limits.max_virtual_size:
-        findings.problem(_bomb_sentence(fmt, recorded.size, limits))
-    stream = DecompressedStream(src, fmt, zstd_end=recorded.zstd_end)
-    for piece in _pieces(stream, findings):
-        if stream.position == len(piece):
-            nested = probe_compression(piece[:64])
-            if nested is not None:
-                findings.problem(_nested_sentence(fmt, nested))
-                break
-        if stream.position > limits.max_virtual_size:
-            findings.problem(_bomb_sentence(fmt, stream.position, limits))
-            break
-        sink(stream.position - len(piece), piece)
-    if stream.finished:
-        _judge_end(stream, recorded, findings)
-    findings.finish()
-    return OpenedContainer(
-        format=fmt,
-        kind="compressed",
-        details=ContainerDetails(compression=recorded.details),
-        layers=[fmt],
-        uncompressed_size=stream.position if stream.finished else recorded.size,
-        problems=findings.problems,
-        notes=findings.notes,
-        partial=not stream.finished,
-    )
+    judged = JudgedStream(src, fmt, limits)
+    for piece in judged.pieces():
+        sink(judged.position - len(piece), piece)
+    return judged.finish()
 
 
 class _Captures:

@@ -61,6 +61,8 @@ class CertificateInfo:
     signed_file: str | None
     signature_bits: int | None
     certificates: int
+    #: The signature, lower-case hex (None when the signature line is missing or malformed).
+    signature: str | None = None
 
 
 def _decode(data: bytes, what: str) -> str:
@@ -162,7 +164,7 @@ def parse_certificate(data: bytes) -> tuple[CertificateInfo, list[str]]:
         text = _decode(data, "certificate file")
     except ImageFormatError as err:
         return CertificateInfo(None, None, None, 0), [as_problem(err)]
-    algorithm = signed = None
+    algorithm = signed = signature = None
     bits = None
     head = text.split(_PEM_BEGIN, 1)[0]
     for number, line in enumerate(head.splitlines()[:1000], start=1):
@@ -174,13 +176,14 @@ def parse_certificate(data: bytes) -> tuple[CertificateInfo, list[str]]:
             problems.append(as_problem(err))
             break
         algorithm, signed, bits = entry.algorithm, entry.name, len(entry.digest) * 4
+        signature = entry.digest
         break
     if algorithm is None and not problems:
         problems.append("the certificate file has no signature line")
     certificates = text.count(_PEM_BEGIN)
     if certificates == 0:
         problems.append("the certificate file holds no PEM certificate")
-    return CertificateInfo(algorithm, signed, bits, certificates), problems
+    return CertificateInfo(algorithm, signed, bits, certificates, signature), problems
 
 
 def _parse_signature_line(line: str, number: int) -> ManifestEntry:

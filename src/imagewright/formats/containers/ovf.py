@@ -1,5 +1,9 @@
 """The OVF descriptor (DMTF DSP0243 1.x/2.x and VMware's pre-standard 0.9), read safely.
 
+NOTE: XInclude (``<xi:include href="/etc/passwd"/>``) pulls another file into the document
+for any consumer that processes it (libxml2 with XML_PARSE_XINCLUDE, xmllint --xinclude);
+no OVF writer uses it, so an element in the XInclude namespace is refused as well.
+
 NOTE: an XML document type declaration is where every XML attack lives — entity expansion
 ("billion laughs"), external entities (``SYSTEM "file:///etc/passwd"``), external DTD
 fetches. No OVF writer emits one, so a descriptor containing ``<!DOCTYPE`` or ``<!ENTITY``
@@ -37,6 +41,7 @@ OVF_NAMESPACES = {
     "http://www.vmware.com/schema/ovf/1/envelope": "0.9",
 }
 
+XINCLUDE_NAMESPACES = ("http://www.w3.org/2001/XInclude", "http://www.w3.org/2003/XInclude")
 _DECLARATION = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 _XML_ENCODING = re.compile(rb"""^<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -244,6 +249,11 @@ class _BoundedTreeBuilder(ET.TreeBuilder):
             raise ImageFormatError(f"The OVF descriptor has more than {MAX_ELEMENTS} elements.")
         if self._depth > MAX_DEPTH:
             raise ImageFormatError(f"The OVF descriptor nests elements more than {MAX_DEPTH} deep.")
+        if tag.startswith("{") and tag[1:].split("}", 1)[0] in XINCLUDE_NAMESPACES:
+            raise ImageFormatError(
+                "The OVF descriptor contains an XInclude element, which imagewright refuses "
+                "(it would pull another file into the descriptor)."
+            )
         return super().start(tag, attrs)
 
     def end(self, tag: str, /) -> ET.Element:

@@ -1,13 +1,15 @@
-"""The forward-only byte input a tar scan walks: a file (skips cost nothing) or a
+"""Forward-only byte streams: the input a tar scan walks — a file (skips cost nothing) or a
 decompressed stream (skips decompress and discard, every byte charged to the inspection's
-``Budget``).
+``Budget``) — and ``StreamCapture``, the regions of a streamed disk kept for a parser that
+comes after them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
-from imagewright.binary import ByteSource, MiB, NotExaminedError
+from imagewright.binary import ByteSource, MiB, NotExaminedError, PrefixExhaustedError, zeros
 from imagewright.formats.base import Budget
 from imagewright.formats.containers.decompress import DecompressedStream
 
@@ -149,3 +151,102 @@ class DecompressedInput:
                 break
             done += len(piece)
         return done
+
+
+#: The unit ``StreamCapture`` keeps: a superblock read keeps the 64 KiB around it.
+CAPTURE_BLOCK = 64 * 1024
+
+
+class StreamCapture:
+    """Chosen regions of a forward-only stream of ``size`` bytes, kept as they go by: a
+    ``ByteSource`` for parsers that look at a disk streamed past them once.
+
+    ``want`` names regions before they pass; ``feed`` gives the stream in order and keeps the
+    wanted ``CAPTURE_BLOCK``-sized blocks (blocks of zeros cost nothing; the rest counts
+    against ``budget`` bytes). ``pread`` answers from what was kept:
+
+    - bytes still ahead of the stream: while ``speculative``, they read as zeros and become
+      wanted (``pending`` is set; ``on_pending`` is called as soon as the first of them has
+      been kept, so the caller can look again while the rest is still ahead);
+    - bytes that went by without being kept (or over the budget): ``PrefixExhaustedError``,
+      "could not be examined" — a parser reports that, it never guesses.
+    """
+
+    def __init__(self, size: int, budget: int) -> None:
+        self._size = size
+        self._budget = budget
+        self.held = 0
+        self.position = 0
+        self.speculative = True
+        self._wanted: set[int] = set()
+        self._pending: set[int] = set()
+        self._blocks: dict[int, bytes | None] = {}
+        self.on_pending: Callable[[], None] | None = None
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    def want(self, offset: int, length: int) -> None:
+        """Keep ``[offset, offset + length)`` when it goes by (what has gone by is not recalled)."""
+        first = max(offset, self.position) // CAPTURE_BLOCK
+        last = (min(offset + length, self._size) - 1) // CAPTURE_BLOCK
+        self._wanted.update(range(first, last + 1))
+
+    def feed(self, offset: int, data: bytes) -> None:
+        """The stream's next bytes (``offset`` == ``position``)."""
+        end = offset + len(data)
+        first, last = offset // CAPTURE_BLOCK, (end - 1) // CAPTURE_BLOCK
+        while self._wanted:
+            # (Re-read after each look: a look may want more of this very piece.)
+            candidates = [b for b in self._wanted if first <= b <= last]
+            if not candidates:
+                break
+            block = min(candidates)
+            first = block + 1
+            start = block * CAPTURE_BLOCK
+            if start < offset or min(start + CAPTURE_BLOCK, self._size) > end:
+                self._wanted.discard(block)  # straddles the piece's ends (pieces are aligned)
+                continue
+            self._keep(block, data[start - offset : start - offset + CAPTURE_BLOCK])
+            if block in self._pending:
+                self._pending.discard(block)
+                self.position = start + CAPTURE_BLOCK
+                if self.on_pending is not None:
+                    self.on_pending()
+        self.position = end
+        self._wanted = {b for b in self._wanted if b * CAPTURE_BLOCK >= end}
+
+    def _keep(self, block: int, data: bytes) -> None:
+        self._wanted.discard(block)
+        if data == zeros(len(data)):
+            self._blocks[block] = None
+        elif self.held + len(data) <= self._budget:
+            self._blocks[block] = data
+            self.held += len(data)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length <= 0 or offset >= self._size:
+            return b""
+        end = min(offset + length, self._size)
+        parts: list[bytes] = []
+        for block in range(offset // CAPTURE_BLOCK, (end - 1) // CAPTURE_BLOCK + 1):
+            start = block * CAPTURE_BLOCK
+            lo, hi = max(offset, start), min(end, start + CAPTURE_BLOCK)
+            if block in self._blocks:
+                data = self._blocks[block]
+                parts.append(bytes(hi - lo) if data is None else data[lo - start : hi - start])
+            elif start >= self.position and self.speculative:
+                self._wanted.add(block)
+                self._pending.add(block)
+                parts.append(bytes(hi - lo))
+            else:
+                raise PrefixExhaustedError(
+                    f"Bytes {lo}..{hi} of the streamed disk could not be examined within the limit: "
+                    "they had gone by before anything asked for them."
+                )
+        return b"".join(parts)

@@ -55,6 +55,7 @@ from imagewright.ops.build.configure import (
 from imagewright.ops.build.efiloader import EfiLoader, LoaderChoice, choose_loader
 from imagewright.ops.build.esp import ESP_LABEL, EspPlacement, check_esp, check_esp_room, write_esp
 from imagewright.ops.build.grubcfg import KernelChoice, command_line, kernel_parameters
+from imagewright.ops.build.kernelhook import install_kernel_hook, menu_program
 from imagewright.ops.build.layout import (
     DEFAULT_ESP_BYTES,
     DiskLayout,
@@ -84,10 +85,13 @@ from imagewright.ops.convert.plan import OutputPlan, plan_output
 from imagewright.programs import e2fs, sfdisk
 from imagewright.units import format_size
 
-__all__ = ["BuildReport", "PartitionReport", "Progress", "build"]
+__all__ = ["BuildReport", "Finish", "PartitionReport", "Progress", "build"]
 
 #: ``progress(stage, done, total)``: "extracting", "copying the filesystem", "converting" ...
 Progress = Callable[[str, int, int | None], None]
+#: ``finish(raw_image)``: a last step on the complete raw disk, before it is converted and
+#: moved into place (a distribution build installs the agent there); a failure leaves nothing.
+Finish = Callable[[Path], None]
 
 
 @dataclass
@@ -137,6 +141,11 @@ class BuildReport:
     firmware: Firmware = "bios"
     #: The EFI System Partition; None on a BIOS-only disk.
     esp: EspPlacement | None = None
+    #: The guest's own program that rewrites the GRUB menu (``/usr/sbin/update-grub``), or
+    #: None when it has no boot loader package (then ``kernel_hooks`` keep the menu).
+    boot_loader_package_program: str | None = None
+    #: The kernel post-install/-remove hooks build installed (see ``kernelhook.py``).
+    kernel_hooks: list[str] = field(default_factory=list)
 
     @property
     def boots_under(self) -> list[str]:
@@ -177,6 +186,8 @@ class BuildReport:
             "kernel_command_line": list(self.kernel_command_line),
             "seconds": round(self.seconds, 3),
             "notes": list(self.notes),
+            "boot_loader_package_program": self.boot_loader_package_program,
+            "kernel_hooks": list(self.kernel_hooks),
         }
 
 
@@ -209,6 +220,7 @@ def build(
     force: bool = False,
     limits: Limits | None = None,
     progress: Progress | None = None,
+    finish: Finish | None = None,
 ) -> BuildReport:
     """Build a bootable disk at ``output`` from ``source``; see the module docstring for how.
 
@@ -222,6 +234,7 @@ def build(
     ``kernel``/``initrd``: host files copied into /boot and booted. ``append``: more kernel
     parameters. ``output_format``: raw, qcow2, vmdk, vhd, vhdx or vdi (default: from the
     output's name, else raw).
+    ``finish``: called with the complete raw disk before conversion (see ``Finish``).
     """
     started = time.monotonic()
     src_path, out_path = Path(source), Path(output)
@@ -308,6 +321,8 @@ def build(
         )  # fmt: skip
         report.notes[:0] = shape_notes + loader_notes
         _check_built(out.path, layout, report, work)
+        if finish is not None:
+            finish(out.path)
         if plan.format == "raw" and plan.compression is None:
             out.commit()
         else:
@@ -403,6 +418,14 @@ def _build_raw(
             chosen = install_kernel(guest, given)
             write_grub_config(guest, chosen, root.uuid, append)
             write_fstab(guest, root_uuid=root.uuid, root_type=root.fs_type, swap_uuid=swap_uuid)
+            menu = menu_program(guest)
+            kernel_hooks: list[str] = []
+            if menu is None:
+                kernel_hooks = install_kernel_hook(guest, root.uuid, append)
+                notes.append(
+                    "the guest has no boot loader package (no update-grub or grub-mkconfig): "
+                    f"{kernel_hooks[0]} rewrites /boot/grub/grub.cfg when a kernel is installed"
+                )
             guest.flush()
         finally:
             guest.discard()
@@ -435,6 +458,8 @@ def _build_raw(
         notes=notes,
         firmware=layout.firmware,
         esp=esp,
+        boot_loader_package_program=menu,
+        kernel_hooks=kernel_hooks,
     )
 
 

@@ -11,8 +11,18 @@ the format work, always told the source format (never probing). How the bytes tr
   through the compressor once — the pass compression needs anyway — and both the image and
   the compressed file are hashed in it. Without one, the checksum needs one read of the new
   file (from the page cache; holes are not read): the single case with a pass of its own.
-- **compressed sources** are decompressed into a sparse scratch file (only data blocks take
-  space) that is inspected in full before qemu-img reads it.
+- **compressed raw sources** (``disk.raw.gz``, ``.xz``, ``.zst``, ``.bz2``: how cloud images
+  travel) are never copied: decompressed once, judged as they flow, and handed straight to
+  qemu-img through an in-process NBD server (``nbd_source``) — or, for a raw output, straight
+  to the output writer, no qemu-img at all. Disk use is the output alone. Why that is safe,
+  and when the stream is checked once before (gzip, bzip2: no recorded size): ``raw_stream``.
+- **other compressed sources** (``qcow2.gz``, ``vmdk.xz`` ...) need random access: they are
+  decompressed into a sparse scratch file (only data blocks take space) that is inspected in
+  full before qemu-img reads it; the result's ``notes`` say so.
+
+The library entry point for every caller — the CLI, the registry's conversion on import,
+``publish`` — is ``convert(src, dst, ...)`` below; it returns a ``ConvertResult`` (what was
+written, its checksums, ``source_report``: what inspection found in the source).
 
 Everything is written under a temporary name and renamed at the end (``files.AtomicOutput``):
 a failure, Ctrl-C or a killed child leaves no output and no scratch files, and the source is
@@ -27,23 +37,27 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from imagewright.errors import ImageIOError, InvalidArgumentError
-from imagewright.files import AtomicOutput
+from imagewright.binary import FileSource
+from imagewright.errors import ImageIOError, ImagewrightError, InvalidArgumentError, ProgramError
+from imagewright.files import AtomicOutput, ScratchFiles, io_error
 from imagewright.formats.base import Limits
-from imagewright.ops.convert.nbd_sink import NbdStreamSink
+from imagewright.inspection import ImageReport
+from imagewright.ops.convert.nbd_sink import NbdStreamSink, StreamConsumer
+from imagewright.ops.convert.nbd_source import ForwardWindow, NbdStreamSource
 from imagewright.ops.convert.output import HashingConsumer, ImageStreamWriter, stream_file
 from imagewright.ops.convert.plan import DEFAULT_CHECKSUMS, OutputPlan, plan_output
-from imagewright.ops.convert.source import PreparedSource, prepare_source
+from imagewright.ops.convert.raw_stream import NotRawError, RawStream, segments, start_producer
+from imagewright.ops.convert.source import PreparedSource, open_stream, prepare_source
 from imagewright.programs import qemu_img
 
 #: ``progress(stage, done, total)``: stage is "decompressing", "converting", "compressing" or "hashing".
 Progress = Callable[[str, int, int | None], None]
 
-__all__ = ["ConvertResult", "OutputPlan", "Progress", "convert", "plan_output"]
+__all__ = ["ConvertResult", "OutputPlan", "Progress", "convert", "plan_output", "stream_raw"]
 
 
 @dataclass
@@ -66,9 +80,19 @@ class ConvertResult:
     #: Digests of the image inside a compression wrapper (None without a wrapper).
     content_checksums: dict[str, str] | None
     seconds: float
+    #: How the source was read ("streamed", "spooled" to a scratch file, or "file").
+    source_access: str = "file"
+    notes: list[str] = field(default_factory=list)
+    #: What inspection found in the source (for a streamed source: the decompressed disk,
+    #: surveyed as it went by). Not part of ``to_dict``.
+    source_report: ImageReport | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "source_report"}
+
+
+def _plain(value: Any) -> Any:
+    return dict(value) if isinstance(value, dict) else list(value) if isinstance(value, list) else value
 
 
 def convert(
@@ -97,31 +121,63 @@ def convert(
     )
     if dst_path.exists() and src_path.exists() and os.path.samefile(src_path, dst_path):
         raise InvalidArgumentError("The output would overwrite the source; choose another output name.")
-    with AtomicOutput(dst_path, force=force) as out:
-        source = prepare_source(src_path, out.scratch, limits or Limits(), progress)
-        _check_space(source, out.directory)
-        if plan.format == "raw":
-            content, output = _write_raw(source, out.path, plan, progress)
+    limits = limits or Limits()
+    notes: list[str] = []
+    with AtomicOutput(dst_path, force=force) as out, FileSource(src_path) as opened:
+        stream = open_stream(opened, str(src_path), limits, progress)
+        source: PreparedSource | None = None
+        if isinstance(stream, RawStream):
+            try:
+                content, output = _convert_stream(stream, out, plan, progress)
+                fmt, virtual_size = "raw", stream.virtual_size
+                wrapper: str | None = stream.compression
+                report: ImageReport = stream.reports.inner
+                notes.extend(stream.reports.notes)
+                access = "streamed"
+            except NotRawError as err:  # a fixed VHD, known by its footer at the very end
+                _empty(out.path)
+                source = prepare_source(src_path, out.scratch, limits, progress, inner_format=err.format)
         else:
-            content, output = _write_formatted(source, out.path, out.scratch, plan, progress)
+            source = prepare_source(src_path, out.scratch, limits, progress, inner_format=stream)
+        if source is not None:
+            _check_space(source, out.directory)
+            if plan.format == "raw":
+                content, output = _write_raw(source, out.path, plan, progress)
+            else:
+                content, output = _write_formatted(source.path, source, out.path, out.scratch, plan, progress)
+            fmt = source.format
+            wrapper = source.wrapper.format if source.wrapper is not None else None
+            virtual_size, report = source.virtual_size, source.report
+            notes.extend(source.notes)
+            access = "spooled" if source.wrapper is not None else "file"
         out.commit()
     st = dst_path.stat()
     return ConvertResult(
         source=str(src_path),
-        source_format=source.format,
-        source_compression=source.wrapper.format if source.wrapper is not None else None,
+        source_format=fmt,
+        source_compression=wrapper,
         output=str(dst_path),
         format=plan.format,
         subformat=plan.subformat,
         compression=plan.compression,
         cluster_compression=plan.cluster_compression,
-        virtual_size=source.virtual_size,
+        virtual_size=virtual_size,
         output_size=st.st_size,
         allocated_size=st.st_blocks * 512,
         checksums=output,
         content_checksums=content if plan.compression else None,
         seconds=time.monotonic() - started,
+        source_access=access,
+        notes=notes,
+        source_report=report,
     )
+
+
+def _empty(path: Path) -> None:
+    try:
+        os.truncate(path, 0)
+    except OSError as err:
+        raise io_error(err, path) from None
 
 
 def _check_space(source: PreparedSource, directory: Path) -> None:
@@ -137,12 +193,86 @@ def _check_space(source: PreparedSource, directory: Path) -> None:
 
 @contextmanager
 def _socket_dir() -> Iterator[str]:
-    # Unix socket paths are limited to ~108 bytes: keep the socket in a short private dir.
-    path = tempfile.mkdtemp(prefix="iw-nbd-")
+    """A private directory for NBD sockets, removed afterwards (after a SIGKILL, by the next run).
+
+    Unix socket paths are limited to ~108 bytes: it lives in the temporary directory, not
+    beside the output, under a name ``files`` sweeps when its process is gone.
+    """
+    base = Path(tempfile.gettempdir())
+    if len(str(base)) > 60:
+        base = Path("/tmp")
+    with ScratchFiles(base / "imagewright-nbd") as scratch:
+        yield str(scratch.scratch_directory("sockets"))
+
+
+def _convert_stream(
+    stream: RawStream, out: AtomicOutput, plan: OutputPlan, progress: Progress | None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Decompress ``stream`` in a thread while the output is written from it."""
+    window = ForwardWindow(stream.virtual_size)
+    producer = start_producer(stream, window)
     try:
-        yield path
+        if plan.format == "raw":
+            writer = ImageStreamWriter(out.path, compression=plan.compression, checksums=plan.checksums)
+            try:
+                for offset, length, data in segments(window, stream.virtual_size):
+                    if data is None:
+                        writer.zeros(offset, length)
+                    else:
+                        writer.write(offset, data)
+                    if progress is not None:
+                        progress("converting", offset + length, stream.virtual_size)
+                writer.finish(stream.virtual_size)
+            finally:
+                writer.close()
+            return writer.content.hexdigests(), writer.output.hexdigests()
+        with _socket_dir() as sockdir, NbdStreamSource(os.path.join(sockdir, "source"), window) as server:
+            try:
+                result = _write_formatted(
+                    qemu_img.NbdSource(server.socket_path, stream.label),
+                    None,
+                    out.path,
+                    out.scratch,
+                    plan,
+                    progress,
+                    total=stream.virtual_size,
+                    failure=lambda: window.error or server.error,
+                )
+            finally:
+                window.cancel()
+                producer.join()
+            server.finish()
+        return result
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        window.cancel()
+        producer.join()
+
+
+def stream_raw(
+    source: PreparedSource,
+    consumer: StreamConsumer,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Stream ``source``'s guest bytes, front to back, into ``consumer`` (raw, in one pass).
+
+    qemu-img writes raw into the in-process NBD sink, which hands ``consumer`` every write
+    in ascending order and the zero runs between them (``nbd_sink``). The package stage
+    uses this too (OVA, EC2 bundles, publish): one way to read any image as a stream.
+    ``progress(done, total)`` is polled while qemu-img runs.
+    """
+    size = source.virtual_size
+    with _socket_dir() as sockdir:
+        sink_path = os.path.join(sockdir, "sink")
+        with NbdStreamSink(sink_path, size, consumer) as sink:
+
+            def poll() -> None:
+                if progress is not None:
+                    progress(sink.position, size)
+
+            qemu_img.convert_to_nbd(source.path, source.format, sink_path, poll=poll)
+            sink.finish()
+    if progress is not None:
+        progress(size, size)
 
 
 def _write_raw(
@@ -150,48 +280,57 @@ def _write_raw(
 ) -> tuple[dict[str, str], dict[str, str]]:
     size = source.virtual_size
     writer = ImageStreamWriter(temp, compression=plan.compression, checksums=plan.checksums)
+
+    def converting(done: int, total: int) -> None:
+        if progress is not None:
+            progress("converting", done, total)
+
     try:
-        with _socket_dir() as sockdir:
-            sink_path = os.path.join(sockdir, "sink")
-            with NbdStreamSink(sink_path, size, writer) as sink:
-
-                def poll() -> None:
-                    if progress is not None:
-                        progress("converting", sink.position, size)
-
-                qemu_img.convert_to_nbd(source.path, source.format, sink_path, poll=poll)
-                sink.finish()
+        stream_raw(source, writer, converting)
         writer.finish(size)
     finally:
         writer.close()
-    if progress is not None:
-        progress("converting", size, size)
     return writer.content.hexdigests(), writer.output.hexdigests()
 
 
 def _write_formatted(
-    source: PreparedSource,
+    src: Path | qemu_img.NbdSource,
+    source: PreparedSource | None,
     temp: Path,
     scratch: Callable[[str], Path],
     plan: OutputPlan,
     progress: Progress | None,
+    *,
+    total: int | None = None,
+    failure: Callable[[], BaseException | None] | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
+    """qemu-img writes the output (into a scratch image first when it is to be compressed).
+
+    ``failure``: what made a streamed source fail, if anything — the real reason when
+    qemu-img then fails on a read (a refusal mid-stream), raised instead of qemu-img's error.
+    """
     image = scratch(plan.format) if plan.compression else temp
 
     def qemu_progress(done: int, total: int | None) -> None:
         if progress is not None:
             progress("converting", done, total)
 
-    qemu_img.convert(
-        source.path,
-        source.format,
-        image,
-        plan.format,
-        options=plan.options,
-        compress=plan.cluster_compression is not None,
-        progress=qemu_progress,
-        total_bytes=source.virtual_size,
-    )
+    try:
+        qemu_img.convert(
+            src,
+            source.format if source is not None else "raw",
+            image,
+            plan.format,
+            options=plan.options,
+            compress=plan.cluster_compression is not None,
+            progress=qemu_progress,
+            total_bytes=source.virtual_size if source is not None else total,
+        )
+    except ProgramError:
+        cause = failure() if failure is not None else None
+        if isinstance(cause, ImagewrightError | NotRawError):
+            raise cause from None
+        raise
 
     def stage_progress(stage: str) -> Callable[[int, int], None]:
         def report(done: int, total: int) -> None:

@@ -7,10 +7,10 @@ writes strictly in ascending order, and with ``--target-is-zero`` it skips zero 
 altogether. So this server sees the guest's bytes front to back and hands them to a
 ``StreamConsumer`` (hash, compress, write sparse) without ever holding more than one request.
 
-Protocol: fixed newstyle handshake, NBD_OPT_GO/NBD_OPT_EXPORT_NAME, simple replies only
-(structured replies and metadata contexts are declined, so qemu never asks for block
-status), commands WRITE, WRITE_ZEROES, TRIM, FLUSH, READ (answers zeros: nothing is
-stored) and DISC. Reference: the NBD protocol document (nbd/doc/proto.md).
+Protocol (``nbd.py``): fixed newstyle handshake, simple replies only (structured replies
+and metadata contexts are declined, so qemu never asks for block status), commands WRITE,
+WRITE_ZEROES, TRIM, FLUSH, READ (answers zeros: nothing is stored) and DISC. Reference:
+the NBD protocol document (nbd/doc/proto.md).
 """
 
 from __future__ import annotations
@@ -24,46 +24,28 @@ from collections.abc import Callable
 from typing import Protocol
 
 from imagewright.errors import ImagewrightError
-
-NBDMAGIC = 0x4E42444D41474943
-IHAVEOPT = 0x49484156454F5054
-REPLY_MAGIC = 0x3E889045565A9
-REQUEST_MAGIC = 0x25609513
-SIMPLE_REPLY_MAGIC = 0x67446698
-
-FLAG_FIXED_NEWSTYLE = 1
-FLAG_NO_ZEROES = 2
-
-OPT_EXPORT_NAME = 1
-OPT_ABORT = 2
-OPT_GO = 7
-OPT_INFO = 6
-
-REP_ACK = 1
-REP_INFO = 3
-REP_ERR_UNSUP = (1 << 31) | 1
-
-INFO_EXPORT = 0
-
-TFLAG_HAS_FLAGS = 1 << 0
-TFLAG_SEND_FLUSH = 1 << 2
-TFLAG_SEND_TRIM = 1 << 5
-TFLAG_SEND_WRITE_ZEROES = 1 << 6
-
-CMD_READ = 0
-CMD_WRITE = 1
-CMD_DISC = 2
-CMD_FLUSH = 3
-CMD_TRIM = 4
-CMD_WRITE_ZEROES = 6
-
-EIO = 5
-EINVAL = 22
-
-_REQUEST = struct.Struct(">IHHQQI")
-_OPTION = struct.Struct(">QII")
-_MAX_REQUEST = 32 * 1024 * 1024  # qemu sends at most 32 MiB per request
-_MAX_OPTION_DATA = 64 * 1024
+from imagewright.ops.convert.nbd import (
+    CMD_DISC,
+    CMD_FLUSH,
+    CMD_READ,
+    CMD_TRIM,
+    CMD_WRITE,
+    CMD_WRITE_ZEROES,
+    EINVAL,
+    EIO,
+    MAX_REQUEST,
+    REQUEST,
+    REQUEST_MAGIC,
+    SIMPLE_REPLY_MAGIC,
+    TFLAG_HAS_FLAGS,
+    TFLAG_SEND_FLUSH,
+    TFLAG_SEND_TRIM,
+    TFLAG_SEND_WRITE_ZEROES,
+    NbdError,
+    handshake,
+    recv_exact,
+    simple_reply,
+)
 
 
 class StreamConsumer(Protocol):
@@ -74,20 +56,8 @@ class StreamConsumer(Protocol):
     def zeros(self, offset: int, length: int) -> None: ...
 
 
-class SinkError(ImagewrightError):
+class SinkError(NbdError):
     """qemu-img did something the streaming sink cannot follow (e.g. an out-of-order write)."""
-
-
-def _recv_exact(sock: socket.socket, length: int, buffer: bytearray | None = None) -> memoryview:
-    buf = buffer if buffer is not None and len(buffer) >= length else bytearray(length)
-    view = memoryview(buf)[:length]
-    got = 0
-    while got < length:
-        n = sock.recv_into(view[got:], length - got)
-        if n == 0:
-            raise ConnectionError("NBD client closed the connection")
-        got += n
-    return view
 
 
 class NbdStreamSink:
@@ -170,48 +140,22 @@ class NbdStreamSink:
                 self._done.set()
 
     def _handshake(self, conn: socket.socket) -> bool:
-        conn.sendall(struct.pack(">QQH", NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
-        (client_flags,) = struct.unpack(">I", _recv_exact(conn, 4))
-        no_zeroes = bool(client_flags & FLAG_NO_ZEROES)
         tflags = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES
-        while True:
-            magic, option, length = _OPTION.unpack(_recv_exact(conn, _OPTION.size))
-            if magic != IHAVEOPT or length > _MAX_OPTION_DATA:
-                raise SinkError("The NBD client sent a malformed option.")
-            data = bytes(_recv_exact(conn, length)) if length else b""
-            if option == OPT_EXPORT_NAME:
-                conn.sendall(struct.pack(">QH", self.size, tflags) + (b"" if no_zeroes else bytes(124)))
-                return True
-            if option == OPT_ABORT:
-                self._option_reply(conn, option, REP_ACK)
-                return False
-            if option in (OPT_GO, OPT_INFO):
-                del data  # export name and info requests: we have one export, we send its info
-                info = struct.pack(">HQH", INFO_EXPORT, self.size, tflags)
-                self._option_reply(conn, option, REP_INFO, info)
-                self._option_reply(conn, option, REP_ACK)
-                if option == OPT_GO:
-                    return True
-                continue
-            self._option_reply(conn, option, REP_ERR_UNSUP)
-
-    @staticmethod
-    def _option_reply(conn: socket.socket, option: int, reply: int, data: bytes = b"") -> None:
-        conn.sendall(struct.pack(">QIII", REPLY_MAGIC, option, reply, len(data)) + data)
+        return handshake(conn, self.size, tflags) is not None
 
     def _transmission(self, conn: socket.socket) -> None:
-        buffer = bytearray(_MAX_REQUEST)
+        buffer = bytearray(MAX_REQUEST)
         while True:
-            magic, _flags, command, handle, offset, length = _REQUEST.unpack(_recv_exact(conn, _REQUEST.size))
+            magic, _flags, command, handle, offset, length = REQUEST.unpack(recv_exact(conn, REQUEST.size))
             if magic != REQUEST_MAGIC:
                 raise SinkError("The NBD client sent a malformed request.")
             if command == CMD_DISC:
                 return
             error = 0
             if command == CMD_WRITE:
-                if length > _MAX_REQUEST:
+                if length > MAX_REQUEST:
                     raise SinkError("The NBD client sent a write larger than 32 MiB.")
-                data = _recv_exact(conn, length, buffer)
+                data = recv_exact(conn, length, buffer)
                 error = self._accept(offset, length, data)
             elif command in (CMD_WRITE_ZEROES, CMD_TRIM):
                 error = self._accept(offset, length, None)
@@ -226,7 +170,7 @@ class NbdStreamSink:
                 continue
             elif command != CMD_FLUSH:
                 error = EINVAL
-            conn.sendall(struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, error, handle))
+            simple_reply(conn, handle, error)
             if error:
                 return
 

@@ -6,10 +6,13 @@ destination and renamed into place only when complete (see ``imagewright.files``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import lzma
 import os
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,17 +33,71 @@ class Hashes:
         self._hashers = {name: hashlib.new(name) for name in algorithms}
 
     def update(self, data: bytes | memoryview) -> None:
+        self._feed(data)
+
+    def update_zeros(self, length: int) -> None:
+        self._feed_zeros(length)
+
+    def _feed(self, data: bytes | memoryview) -> None:
         for hasher in self._hashers.values():
             hasher.update(data)
 
-    def update_zeros(self, length: int) -> None:
+    def _feed_zeros(self, length: int) -> None:
         while length:
             step = min(length, CHUNK)
-            self.update(_ZEROS[:step] if step < CHUNK else _ZEROS)
+            self._feed(_ZEROS[:step] if step < CHUNK else _ZEROS)
             length -= step
 
     def hexdigests(self) -> dict[str, str]:
         return {name: hasher.hexdigest() for name, hasher in self._hashers.items()}
+
+    def close(self) -> None:
+        """Nothing to let go (see ``BackgroundHashes``)."""
+
+
+class BackgroundHashes(Hashes):
+    """``Hashes`` computed by a thread of their own: ``update`` hands an immutable buffer over
+    and returns, so the caller writes or compresses it while it is hashed (hashlib releases
+    the GIL on large buffers). A buffer that may change later (a ``memoryview`` into a
+    reused receive buffer) is copied first: a copy costs a small part of hashing it."""
+
+    _DONE = object()
+
+    def __init__(self, algorithms: tuple[str, ...], depth: int = 16) -> None:
+        super().__init__(algorithms)
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._thread: threading.Thread | None = None
+        if algorithms:
+            self._thread = threading.Thread(target=self._run, name="hashing", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not self._DONE:
+            if isinstance(item, int):
+                self._feed_zeros(item)
+            else:
+                assert isinstance(item, bytes)
+                self._feed(item)
+
+    def update(self, data: bytes | memoryview) -> None:
+        if self._thread is not None:
+            self._queue.put(data if isinstance(data, bytes) else bytes(data))
+
+    def update_zeros(self, length: int) -> None:
+        if self._thread is not None and length > 0:
+            self._queue.put(length)
+
+    def _wait(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(self._DONE)
+            self._thread.join()
+
+    def hexdigests(self) -> dict[str, str]:
+        self._wait()
+        return super().hexdigests()
+
+    def close(self) -> None:
+        self._wait()
 
 
 class Compressor(Protocol):
@@ -143,9 +200,9 @@ class ImageStreamWriter:
 
     def __init__(self, path: Path, *, compression: str | None, checksums: tuple[str, ...]) -> None:
         self.file = OutputFile(path)
-        self.content = Hashes(checksums)
+        self.content: Hashes = BackgroundHashes(checksums)
         self.compression = compression
-        self.output = Hashes(checksums) if compression else self.content
+        self.output: Hashes = BackgroundHashes(checksums) if compression else self.content
         self._compressor = new_compressor(compression) if compression else None
         self.bytes_in = 0
 
@@ -189,6 +246,8 @@ class ImageStreamWriter:
 
     def close(self) -> None:
         self.file.close()
+        self.content.close()
+        self.output.close()
 
 
 class StreamConsumer(Protocol):
@@ -197,34 +256,73 @@ class StreamConsumer(Protocol):
     def zeros(self, offset: int, length: int) -> None: ...
 
 
+#: Bytes read at once when a finished file is streamed (hashed, compressed).
+READ_CHUNK = 4 * CHUNK
+
+
 def stream_file(
     path: Path, consumer: StreamConsumer, progress: Callable[[int, int], None] | None = None
 ) -> int:
-    """Feed a file to ``consumer`` front to back; holes are passed as zero runs, not read."""
-    done = 0
+    """Feed a file to ``consumer`` front to back; holes are passed as zero runs, not read.
+
+    A thread reads ahead while the consumer works on the previous chunk: ``os.pread``,
+    hashlib and the compressors all release the GIL, so reading overlaps hashing.
+    """
     try:
         with path.open("rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
-            for offset, length, is_data in file_extents(f.fileno(), size):
-                if not is_data:
+            for offset, length, data in _read_ahead(f.fileno(), size, path):
+                if data is None:
                     consumer.zeros(offset, length)
                 else:
-                    f.seek(offset)
-                    remaining = length
-                    position = offset
-                    while remaining:
-                        chunk = f.read(min(remaining, CHUNK * 4))
-                        if not chunk:
-                            raise ImageIOError(f"{path} shrank while it was being read.")
-                        consumer.write(position, chunk)
-                        position += len(chunk)
-                        remaining -= len(chunk)
-                done = offset + length
+                    consumer.write(offset, data)
                 if progress is not None:
-                    progress(done, size)
+                    progress(offset + length, size)
     except OSError as err:
         raise io_error(err, path, "reading") from None
     return size
+
+
+def _read_ahead(fd: int, size: int, path: Path) -> Iterator[tuple[int, int, bytes | None]]:
+    """``(offset, length, data or None for a hole)`` of the file, read by a thread two chunks ahead."""
+    chunks: queue.Queue[tuple[int, int, bytes | None] | BaseException | None] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            for offset, length, is_data in file_extents(fd, size):
+                if not is_data:
+                    chunks.put((offset, length, None))
+                    continue
+                position, end = offset, offset + length
+                while position < end and not stop.is_set():
+                    data = os.pread(fd, min(READ_CHUNK, end - position), position)
+                    if not data:
+                        raise ImageIOError(f"{path} shrank while it was being read.")
+                    chunks.put((position, len(data), data))
+                    position += len(data)
+                if stop.is_set():
+                    return
+            chunks.put(None)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer's thread
+            chunks.put(err)
+
+    thread = threading.Thread(target=reader, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = chunks.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a reader waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                chunks.get_nowait()
+            thread.join(0.01)
 
 
 class HashingConsumer:

@@ -9,13 +9,13 @@
   ``limit``/``marker`` with a ``next`` link), show, JSON-patch update
   (``application/openstack-images-v2.1-json-patch`` or v2.0; 415 otherwise; 403 for read-only and
   reserved attributes), delete (403 when ``protected``), deactivate/reactivate, tags.
-- ``/v2/images/{id}/file``: upload (``upload.py``: streamed, hashed, judged by ``gate.py``) and
-  download (``Content-MD5``, ``Range`` → 206/416, streamed from the store).
+- ``/v2/images/{id}/file``: upload (``upload.py``: streamed, hashed, judged by
+  ``imagewright.upload_gate``) and download (``Content-MD5``, ``Range`` → 206/416, streamed from the store).
 - ``/v2/images/{id}/members``: Glance's sharing, with ``catalog.image_policy``'s rules.
 
+- ``/v2/metadefs``: the metadata definitions catalog (``metadefs.py``, schemas in
+  ``metadef_schemas.py``, rules and the shipped default set in ``catalog.metadefs``).
 - ``import_api``: interoperable import (``/v2/info/import``, ``PUT /stage``, ``POST /import``);
   ``task_api``: ``/v2/tasks``, ``/v2/images/{id}/tasks``, exports (``/actions/export`` and the
   signed ``/v2/exports/…`` downloads). The tasks themselves run in ``service.tasks``.
-
-Later: ``/v2/metadefs`` (metadata definitions).
 """

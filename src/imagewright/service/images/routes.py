@@ -36,6 +36,7 @@ from imagewright.service.http import (
 )
 from imagewright.service.images import schemas
 from imagewright.service.images.import_api import enabled_methods, import_routes
+from imagewright.service.images.metadefs import metadef_routes
 from imagewright.service.images.task_api import task_routes
 from imagewright.service.images.upload import UnsupportedMediaTypeError, receive_upload
 from imagewright.service.images.views import image_view, member_view
@@ -763,8 +764,8 @@ def build_images_app() -> Starlette:
         Route("/v2/images/{image_id}/members/{member_id}", show_member, methods=["GET"]),
         Route("/v2/images/{image_id}/members/{member_id}", update_member, methods=["PUT"]),
         Route("/v2/images/{image_id}/members/{member_id}", remove_member, methods=["DELETE"]),
-        # /v2/metadefs/* (the metadata definitions catalog) is mounted here by its own module.
         *import_routes(),
         *task_routes(),
+        *metadef_routes(),
     ]
     return Starlette(routes=routes, exception_handlers=http_exception_handlers(glance_error))

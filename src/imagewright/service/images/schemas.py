@@ -13,9 +13,8 @@ import re
 from typing import Any
 
 from imagewright.errors import ForbiddenError, RequestError
+from imagewright.upload_gate import CONTAINER_FORMATS, DISK_FORMATS
 
-DISK_FORMATS = ("ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop")
-CONTAINER_FORMATS = ("ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed")
 IMAGE_STATUSES = (
     "queued",
     "saving",

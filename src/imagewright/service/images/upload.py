@@ -2,7 +2,8 @@
 
 The protocol (agreed with ``imagewright.stores``; Glance's status lifecycle):
 
-1. Claim: the row goes ``queued`` → ``saving`` with the store, the blob's location, this
+1. Claim: the row goes ``queued`` → ``saving`` with the store (the default, or the one the
+   ``X-Image-Meta-Store`` header names, as Glance's multi-store uploads do), the blob's location, this
    process as holder and a lease (one conditional UPDATE: two uploads of one image cannot both
    win; the loser gets 409).
 2. Stream: request chunks are gathered into ~1 MiB blocks; each block is hashed (md5 for
@@ -37,9 +38,9 @@ from imagewright.catalog import image_policy, images
 from imagewright.catalog.tokens import AuthContext
 from imagewright.errors import ConflictError, RequestError, StoreError, UnsafeImageError
 from imagewright.service.http import Registry, blocking
-from imagewright.service.images.gate import judge_upload
 from imagewright.service.leases import this_holder
 from imagewright.stores import BlobStore, BlobWriter
+from imagewright.upload_gate import judge_upload
 
 LOG = logging.getLogger("imagewright.service.upload")
 
@@ -112,7 +113,7 @@ async def receive_upload(request: Request, registry: Registry, caller: AuthConte
         raise PayloadTooLargeError(
             f"The image is {expected} bytes, more than the {cap}-byte limit of this registry."
         )
-    store = registry.stores.default
+    store = _chosen_store(request, registry)
     claim = await blocking(_claim, registry, caller, image_id, store)
     writer: BlobWriter | None = None
     try:
@@ -155,6 +156,29 @@ async def receive_upload(request: Request, registry: Registry, caller: AuthConte
 
 class UnsupportedMediaTypeError(RequestError):
     status = 415
+
+
+#: The header a client names the store with (Glance multi-store: ``glance --store ID image-upload``).
+STORE_HEADER = "x-image-meta-store"
+
+
+def _chosen_store(request: Request, registry: Registry) -> BlobStore:
+    """The store named by ``X-Image-Meta-Store`` (Glance's multi-store upload), else the default."""
+    store_id = request.headers.get(STORE_HEADER, "").strip()
+    if not store_id:
+        return registry.stores.default
+    if store_id not in registry.stores:
+        known = ", ".join(info.id for info in registry.stores.infos())
+        raise RequestError(
+            f"There is no store named {store_id!r} (X-Image-Meta-Store); the stores are: {known}."
+        )
+    store = registry.stores[store_id]
+    if store.info.scheme == "file-inplace":
+        raise RequestError(
+            f"The store {store_id!r} registers files where they lie and takes no uploads; "
+            "upload to another store."
+        )
+    return store
 
 
 async def stream_into(

@@ -19,7 +19,7 @@
 
 Where this room sits, and why here: tasks are the registry service's own work — they change
 its catalog rows with its rules (the import lock, Glance's statuses), write its stores under
-its sweep's protocol, and judge bytes with its upload gate (``service.images.gate``) — so they
+its sweep's protocol, and judge bytes with its upload gate (``imagewright.upload_gate``) — so they
 belong to ``service/`` beside the APIs that create them, not to a floor below it: nothing under
 ``service`` (``ops``, ``catalog``, ``stores``) knows what a registry is, and none of them
 imports this. The dependencies stay pointing down: ``service.images`` routes → ``service.tasks``

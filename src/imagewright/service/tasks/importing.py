@@ -11,7 +11,7 @@ One task, four methods (Glance's, ``glance/async_/flows/api_image_import.py``):
   checksum and hash on the way; the image stays ``active``.
 
 For the first three, the bytes then go through the same gate as an upload
-(``service.images.gate``: imagewright's inspection, and the content must be what
+(``imagewright.upload_gate``: imagewright's inspection, and the content must be what
 ``disk_format``/``container_format`` say — an image created without them gets them from its
 content). If the target stores convert (``--convert-to``), ``ops.convert`` writes the image in
 that format (the source judged again by its own gate; md5 and sha512 of the output computed as
@@ -42,13 +42,13 @@ from imagewright.binary import ByteSource, FileSource
 from imagewright.catalog import imports
 from imagewright.catalog.imports import BlobRef
 from imagewright.catalog.models import Image
-from imagewright.errors import ImagewrightError, StoreError, UnsafeImageError
+from imagewright.errors import ImagewrightError, StoreError
 from imagewright.files import ScratchFiles
-from imagewright.service.images.gate import admit_blob, content_formats, judge_report
 from imagewright.service.tasks import web_download
 from imagewright.service.tasks.run import TaskRun, TaskStoppedError
 from imagewright.stores import BlobStore
 from imagewright.stores.file import FileStore
+from imagewright.upload_gate import admit_blob, judge_report
 
 LOG = logging.getLogger("imagewright.service.tasks")
 
@@ -303,23 +303,17 @@ def _judge(run: TaskRun, data: ImageData, image_id: str, declared: DeclaredImage
     """The upload gate on the bytes; fills in the formats (declared, or found when undeclared)."""
     source = _open_source(run, data)
     try:
-        report = admit_blob(source, f"image {image_id}")
-        found_disk, found_container = content_formats(report)
-        if found_container == "compressed" and found_disk == "unknown":
-            found_disk = "raw"
-        disk = declared.disk_format or found_disk
-        container = declared.container_format or found_container
-        if disk == "unknown":
-            raise UnsafeImageError(
-                f"The image data is a {report.format} file whose disk format cannot be told; "
-                "it is not imported."
-            )
-        judged = judge_report(report, disk, container)
+        # Undeclared formats are the content's (judge_report names them, or refuses content
+        # Glance has no disk_format for).
+        judged = judge_report(
+            admit_blob(source, f"image {image_id}"), declared.disk_format, declared.container_format
+        )
     finally:
         close = getattr(source, "close", None)
         if close is not None:
             close()
-    data.disk_format, data.container_format, data.virtual_size = disk, container, judged.virtual_size
+    data.disk_format, data.container_format = judged.disk_format, judged.container_format
+    data.virtual_size = judged.virtual_size
 
 
 def _convert(run: TaskRun, plan: ImportPlan, data: ImageData, work: Path) -> ImageData:

@@ -1,7 +1,7 @@
 """Background work: tasks (imports, exports), extra image locations, exports, registry secrets.
 
 Revision ID: 0004
-Revises: 0002 (until registry-extras' 0003 metadefs is in main; then down_revision becomes "0003")
+Revises: 0003 (metadefs)
 Create Date: 2026-12-08
 """
 
@@ -11,9 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-# The chain is 0001 <- 0002 instances <- 0003 metadefs (registry-extras) <- 0004 tasks: while
-# 0003 is not merged this revises the head there is, 0002.
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

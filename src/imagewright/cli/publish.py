@@ -1,0 +1,140 @@
+"""``imagewright publish``: every output of one image from one read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.text import Text
+
+from imagewright.cli.common import (
+    SIZE,
+    emit_json,
+    json_option,
+    sigterm_as_interrupt,
+    staged_progress,
+    stdout_console,
+)
+from imagewright.formats.base import Limits
+from imagewright.units import format_size
+
+
+@click.command("publish")
+@click.argument("image", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--to", "targets", required=True, help="Comma-separated targets: raw, raw.gz, vmdk, ova, bundle, qcow2."
+)
+@click.option("-d", "--directory", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("--name", help="Base name of the outputs (default: IMAGE's name up to its first dot).")
+@click.option("--force", is_flag=True, help="Overwrite outputs that exist.")
+@click.option(
+    "--os", "os_name", default="other64", show_default=True, help="ova: the guest OS (see package ova)."
+)
+@click.option("--cpus", type=click.IntRange(1, 768), default=1, show_default=True, help="ova: virtual CPUs.")
+@click.option(
+    "--memory", "memory_mib", type=click.IntRange(4), default=1024, show_default=True, help="ova: MiB."
+)
+@click.option(
+    "--sign", "sign_key", type=click.Path(path_type=Path, dir_okay=False), help="ova: RSA signing key."
+)
+@click.option("--sign-cert", type=click.Path(path_type=Path, dir_okay=False), help="ova: its certificate.")
+@click.option("--user", help="bundle: your account ID.")
+@click.option(
+    "--cert", "user_cert", type=click.Path(path_type=Path, dir_okay=False), help="bundle: your certificate."
+)
+@click.option(
+    "--privatekey", type=click.Path(path_type=Path, dir_okay=False), help="bundle: your private key."
+)
+@click.option(
+    "--ec2cert", type=click.Path(path_type=Path, dir_okay=False), help="bundle: the cloud's certificate."
+)
+@click.option("--arch", default="x86_64", show_default=True, help="bundle: the image's architecture.")
+@click.option(
+    "--max-virtual-size", type=SIZE, default=None, help="Refuse sources larger than this (default 16T)."
+)
+@json_option
+def command(
+    image: Path,
+    targets: str,
+    directory: Path,
+    name: str | None,
+    force: bool,
+    os_name: str,
+    cpus: int,
+    memory_mib: int,
+    sign_key: Path | None,
+    sign_cert: Path | None,
+    user: str | None,
+    user_cert: Path | None,
+    privatekey: Path | None,
+    ec2cert: Path | None,
+    arch: str,
+    max_virtual_size: int | None,
+    as_json: bool,
+) -> None:
+    """Write every output of IMAGE (qcow2, raw.gz, OVA, EC2 bundle ...) from one read.
+
+    One inspection, one pass over the source, one compression shared by the compressed
+    outputs, one checksum set: DIRECTORY/SHA256SUMS lists every file written.
+
+    \b
+    Example:
+      imagewright publish disk.qcow2 --to qcow2,raw.gz,ova,bundle -d out/ \\
+          --os debian64 --user 123456789012 --cert cert.pem --privatekey pk.pem --ec2cert cloud.pem
+    """
+    from imagewright.package.bundle import BundleOptions
+    from imagewright.package.ova import OvaOptions
+    from imagewright.package.ovf_descriptor import MachineSpec
+    from imagewright.package.publish import parse_targets, publish
+    from imagewright.package.signing import load_signer
+
+    wanted = parse_targets(targets)
+    base = name or image.name.split(".", 1)[0] or "image"
+    if (sign_key is None) != (sign_cert is None):
+        raise click.UsageError("--sign and --sign-cert go together.")
+    ova = None
+    if "ova" in wanted:
+        signer = load_signer(sign_key, sign_cert) if sign_key is not None and sign_cert is not None else None
+        ova = OvaOptions(MachineSpec(name=base, cpus=cpus, memory_mib=memory_mib, os=os_name), signer=signer)
+    bundle = None
+    if "bundle" in wanted:
+        if not (user and user_cert and privatekey and ec2cert):
+            raise click.UsageError("The bundle target needs --user, --cert, --privatekey and --ec2cert.")
+        bundle = BundleOptions(
+            user=user,
+            user_certificate=user_cert,
+            private_key=privatekey,
+            cloud_certificate=ec2cert,
+            architecture=arch,
+        )
+    limits = Limits() if max_virtual_size is None else Limits(max_virtual_size=max_virtual_size)
+    with sigterm_as_interrupt(), staged_progress(enabled=not as_json) as progress:
+        result = publish(
+            image,
+            directory,
+            wanted,
+            name=base,
+            ova=ova,
+            bundle=bundle,
+            force=force,
+            limits=limits,
+            progress=progress,
+        )
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    out = stdout_console()
+    out.print(
+        Text(
+            f"published {result.source} ({result.source_format}, {format_size(result.virtual_size)}) "
+            f"in {result.seconds:.1f} s"
+        )
+    )
+    width = max(len(Path(f.path).name) for f in result.files)
+    out.print(Text(f"{'target':<8} {'file':<{width}} {'size':>10}  sha256"))
+    for published in result.files:
+        size = format_size(published.size)
+        out.print(
+            Text(f"{published.target:<8} {Path(published.path).name:<{width}} {size:>10}  {published.sha256}")
+        )
+    out.print(Text(f"checksums: {result.sums}"))

@@ -1,0 +1,37 @@
+"""cloud-init: cloud-init, asked to look only for the sources imagewright serves.
+
+With ``--cloud-init``: the ``cloud-init`` package (and ``cloud-guest-utils`` for growpart, so
+the root partition grows to the disk), and a ``datasource_list`` naming the context kinds
+``imagewright context build`` writes (NoCloud, ConfigDrive, OpenNebula) and the metadata trees
+its metadata service answers (OpenStack, Ec2), then None. ds-identify still checks which of
+them is present before cloud-init waits for any.
+
+Sources: cloud-init 22.4 docs, "Datasources" and "ds-identify".
+"""
+
+from __future__ import annotations
+
+from imagewright.ops.build.distro.customizations.base import Customization, TargetScript
+from imagewright.ops.build.distro.plan import DistroPlan
+
+DATASOURCES = ("NoCloud", "ConfigDrive", "OpenNebula", "OpenStack", "Ec2", "None")
+CONFIG_FILE = "/etc/cloud/cloud.cfg.d/90-imagewright-datasources.cfg"
+CONFIG_TEXT = (
+    "# Written by imagewright build: the sources imagewright's context media and metadata\n"
+    "# service provide.\n"
+    f"datasource_list: [{', '.join(DATASOURCES)}]\n"
+)
+
+
+def _customize(plan: DistroPlan, script: TargetScript) -> None:
+    script.write_file(CONFIG_FILE, CONFIG_TEXT, change=f"wrote {CONFIG_FILE} ({', '.join(DATASOURCES)})")
+
+
+CUSTOMIZATION = Customization(
+    name="cloud-init",
+    summary="cloud-init with the datasources imagewright serves",
+    why="with --cloud-init: the instance takes its hostname, keys and user-data from its context",
+    applies=lambda plan: plan.context == "cloud-init",
+    packages=lambda plan: ("cloud-init", "cloud-guest-utils"),
+    customize=_customize,
+)

@@ -1,0 +1,99 @@
+"""One pass over a source: its guest bytes streamed once through every grain target.
+
+``read_source`` admits the source (the safety gate, through convert's ``prepare_source``:
+any format imagewright reads, compressed sources decompressed to a sparse scratch file
+first) and ``run_pass`` streams it: qemu-img → convert's NBD sink → ``GrainStream`` →
+targets. ``SequentialFile`` is the sink targets write their files through (front to back,
+hashed as written, errors as one sentence).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from imagewright.formats.base import Limits
+from imagewright.ops.convert import stream_raw
+from imagewright.ops.convert.output import OutputFile
+from imagewright.ops.convert.source import PreparedSource, prepare_source
+from imagewright.package.deflate import DEFAULT_LEVEL
+from imagewright.package.grains import BackgroundTarget, GrainStream, GrainTarget
+
+#: ``progress(stage, done, total)`` as convert reports it ("decompressing", "packaging" ...).
+Progress = Callable[[str, int, int | None], None]
+
+
+def read_source(
+    src: Path, scratch: Callable[[str], Path], limits: Limits | None = None, progress: Progress | None = None
+) -> PreparedSource:
+    """Admit ``src`` through the safety gate (convert's source preparation) or refuse it."""
+    return prepare_source(src, scratch, limits or Limits(), progress)
+
+
+def run_pass(
+    source: PreparedSource,
+    targets: Sequence[GrainTarget],
+    *,
+    stage: str = "packaging",
+    progress: Progress | None = None,
+    level: int = DEFAULT_LEVEL,
+    workers: int | None = None,
+    concurrent: bool = False,
+) -> GrainStream:
+    """Stream ``source`` once through ``targets``; returns the finished stream (its counters).
+
+    ``concurrent``: each target works on a thread of its own (``BackgroundTarget``), for a
+    pass that feeds several.
+    """
+    size = source.virtual_size
+
+    def report(done: int) -> None:
+        if progress is not None:
+            progress(stage, done, size)
+
+    wrapped: list[BackgroundTarget] = [BackgroundTarget(t) for t in targets] if concurrent else []
+    stream = GrainStream(size, wrapped or targets, level=level, workers=workers, progress=report)
+    try:
+        stream_raw(source, stream)
+        stream.finish()
+    finally:
+        stream.close()
+        for target in wrapped:
+            target.close()
+    return stream
+
+
+class SequentialFile:
+    """A file written front to back, hashed as written (``digests``), errors in one sentence."""
+
+    def __init__(self, path: Path, algorithms: Sequence[str] = ("sha256",), *, start: int = 0) -> None:
+        self.path = path
+        self._file = OutputFile(path)
+        self._file.position = start
+        self._hashers = {name: hashlib.new(name) for name in algorithms}
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._file.append(data)
+        for hasher in self._hashers.values():
+            hasher.update(data)
+        self.size += len(data)
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        """Bytes out of order (headers filled in at the end); not hashed."""
+        self._file.write_at(offset, data)
+
+    @property
+    def position(self) -> int:
+        return self._file.position
+
+    def digests(self) -> dict[str, str]:
+        return {name: hasher.hexdigest() for name, hasher in self._hashers.items()}
+
+    def finish(self, size: int | None = None) -> None:
+        """Flush to disk and close (``size``: the final length, when it differs)."""
+        self._file.finish(size)
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,413 @@
+"""``publish``: every output of one image from one read — one inspection, one checksum set.
+
+The source is admitted once (the gate) and streamed once (``passes.run_pass``); each grain
+goes to every requested target, and the compressed targets share the grain's one deflate
+block. What each target does, in the table ``TARGETS`` (one record per target: its name,
+what it makes, how it is built):
+
+========  ======================================  ===========================================
+raw       DIR/NAME.raw, sparse                    data grains written in place, zeros are holes
+raw.gz    DIR/NAME.raw.gz                         the grains' deflate blocks as one gzip member
+vmdk      DIR/NAME.vmdk (streamOptimized)         ``vmdk_stream`` on the grains
+ova       DIR/NAME.ova                            ``ova.OvaWriter`` (machine spec, signing)
+bundle    DIR/NAME.img.part.NN, .manifest.xml     ``bundle.BundleJob`` (EC2 keys and certificates)
+qcow2     DIR/NAME.qcow2                          qemu-img from the sparse raw (the raw output's,
+                                                  or a scratch one): no second read of the source
+========  ======================================  ===========================================
+
+Every file is written under a temporary name and appears only when all targets are done;
+``SHA256SUMS`` (sha256sum's format) lists every file written, then is itself put in place.
+The digest of a file written front to back is taken as it is written; the OVA (its head is
+written last) and the qcow2 (qemu-img writes it) are read back once, from the page cache.
+
+NOTE: how the registry plugs in: a target record whose ``build`` returns a ``Target`` with no
+grain targets of its own and an ``upload`` step after ``after_pass``, handed the finished
+outputs and their checksums (the qcow2 or raw.gz, as ``--to`` orders them); the registry
+client is another room's work and is not part of this table yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagewright.errors import InvalidArgumentError
+from imagewright.files import AtomicOutput, ScratchFiles, write_file_atomically
+from imagewright.formats.base import Limits
+from imagewright.ops.convert.output import OutputFile
+from imagewright.package.bundle import BundleJob, BundleOptions
+from imagewright.package.deflate import DEFAULT_LEVEL, GzipMember
+from imagewright.package.grains import DigestTarget, Grain, GrainTarget
+from imagewright.package.ova import OvaLayout, OvaOptions, OvaWriter, file_digests
+from imagewright.package.passes import Progress, SequentialFile, read_source, run_pass
+from imagewright.package.vmdk_stream import StreamOptimizedWriter, VmdkOptions
+from imagewright.programs import qemu_img
+
+CHECKSUM = "sha256"
+SUMS_FILE = "SHA256SUMS"
+
+
+@dataclass
+class PublishedFile:
+    target: str
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class PublishResult:
+    source: str
+    source_format: str
+    virtual_size: int
+    files: list[PublishedFile]
+    sums: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PublishContext:
+    """What targets are built from: the request, the output directory, the pass's facts."""
+
+    name: str
+    directory: Path
+    virtual_size: int
+    stack: contextlib.ExitStack
+    force: bool
+    level: int
+    ova: OvaOptions | None
+    bundle: BundleOptions | None
+    #: The sparse raw file of this publish, once a target made one (qcow2 converts from it).
+    raw_path: Path | None = None
+    scratch: Callable[[str], Path] | None = None
+    targets: list[str] = field(default_factory=list)
+    source: Path | None = None
+
+    def output(self, file_name: str) -> AtomicOutput:
+        target = self.directory / file_name
+        source = self.source
+        if source is not None and target.exists() and target.resolve() == source.resolve():
+            raise InvalidArgumentError(
+                f"Publishing would overwrite the source {source}; give another --name or directory."
+            )
+        return self.stack.enter_context(AtomicOutput(target, force=self.force))
+
+
+class Target:
+    """One requested output: grain targets for the pass, work after it, files to commit."""
+
+    name = ""
+
+    def grain_targets(self) -> list[GrainTarget]:
+        return []
+
+    def after_pass(self) -> None:
+        """Work once every grain has passed (headers, qemu-img ...)."""
+
+    def files(self) -> list[tuple[AtomicOutput, int, str]]:
+        """(output, size, sha256) of every file this target made."""
+        return []
+
+
+class SparseRaw(Target):
+    """A raw file with holes for the zero grains (``raw``; qcow2's input)."""
+
+    name = "raw"
+
+    def __init__(self, path: Path, size: int, output: AtomicOutput | None = None) -> None:
+        self.path = path
+        self.size = size
+        self.output = output
+        self._file = OutputFile(path)
+        # A scratch raw (qcow2's input) is not published: nothing to hash.
+        self._digest = DigestTarget((CHECKSUM,)) if output is not None else None
+        outer = self
+
+        class _Grains:
+            def grain(self, grain: Grain) -> None:
+                if outer._digest is not None:
+                    outer._digest.grain(grain)
+                if grain.data is not None:
+                    outer._file.write_at(grain.offset, grain.data)
+
+            def finish(self) -> None:
+                outer._file.finish(outer.size)
+
+        self._grains = _Grains()
+
+    def grain_targets(self) -> list[GrainTarget]:
+        return [self._grains]
+
+    def close(self) -> None:
+        self._file.close()
+
+    def files(self) -> list[tuple[AtomicOutput, int, str]]:
+        if self.output is None or self._digest is None:
+            return []
+        return [(self.output, self.size, self._digest.hexdigests()[CHECKSUM])]
+
+
+class GzipRaw(Target):
+    name = "raw.gz"
+
+    def __init__(self, context: PublishContext) -> None:
+        self.output = context.output(f"{context.name}.raw.gz")
+        self._file = SequentialFile(self.output.path, (CHECKSUM,))
+        context.stack.callback(self._file.close)
+        self._member = GzipMember(self._file.write)
+        outer = self
+
+        class _Grains:
+            def grain(self, grain: Grain) -> None:
+                assert grain.block is not None
+                outer._member.add(grain.block)
+
+            def finish(self) -> None:
+                outer._member.finish()
+                outer._file.finish()
+
+        self._grains = _Grains()
+
+    def grain_targets(self) -> list[GrainTarget]:
+        return [self._grains]
+
+    def files(self) -> list[tuple[AtomicOutput, int, str]]:
+        return [(self.output, self._file.size, self._file.digests()[CHECKSUM])]
+
+
+class StreamOptimizedVmdk(Target):
+    name = "vmdk"
+
+    def __init__(self, context: PublishContext) -> None:
+        file_name = f"{context.name}.vmdk"
+        self.output = context.output(file_name)
+        self._file = SequentialFile(self.output.path, (CHECKSUM,))
+        context.stack.callback(self._file.close)
+        self._vmdk = StreamOptimizedWriter(
+            self._file.write, context.virtual_size, VmdkOptions(file_name=file_name)
+        )
+        outer = self
+
+        class _Grains:
+            def grain(self, grain: Grain) -> None:
+                outer._vmdk.grain(grain)
+
+            def finish(self) -> None:
+                outer._vmdk.finish()
+                outer._file.finish()
+
+        self._grains = _Grains()
+
+    def grain_targets(self) -> list[GrainTarget]:
+        return [self._grains]
+
+    def files(self) -> list[tuple[AtomicOutput, int, str]]:
+        return [(self.output, self._file.size, self._file.digests()[CHECKSUM])]
+
+
+class Ova(Target):
+    name = "ova"
+
+    def __init__(self, context: PublishContext) -> None:
+        if context.ova is None:
+            raise InvalidArgumentError("The ova target needs the machine's description (OvaOptions).")
+        self.output = context.output(f"{context.name}.ova")
+        self._writer = OvaWriter(self.output.path, OvaLayout(context.ova), context.virtual_size)
+        context.stack.callback(self._writer.close)
+        self._sha256 = ""
+
+    def grain_targets(self) -> list[GrainTarget]:
+        return [self._writer]
+
+    def after_pass(self) -> None:
+        self._writer.close_archive()
+        self._sha256 = file_digests(self.output.path, (CHECKSUM,))[CHECKSUM]
+
+    def files(self) -> list[tuple[AtomicOutput, int, str]]:
+        return [(self.output, self._writer.size, self._sha256)]
+
+
+class Bundle(Target):
+    name = "bundle"
+
+    def __init__(self, context: PublishContext) -> None:
+        if context.bundle is None:
+            raise InvalidArgumentError(
+                "The bundle target needs --user, --cert, --privatekey and --ec2cert (the EC2 bundling keys)."
+            )
+        prefix = context.bundle.prefix or f"{context.name}.img"
+        self.job = BundleJob(
+            context.directory,
+            prefix,
+            context.virtual_size,
+            context.bundle,
+            context.stack,
+            force=context.force,
+            level=context.level,
+        )
+
+    def grain_targets(self) -> list[GrainTarget]:
+        return [self.job.writer]
+
+    def after_pass(self) -> None:
+        self.job.complete()
+
+    def files(self) -> list[tuple[AtomicOutput, int, str]]:
+        parts = self.job.parts
+        out = [
+            (output, part.size, parts.sha256[part.filename])
+            for output, part in zip(parts.outputs, parts.parts, strict=True)
+        ]
+        manifest = self.job.manifest_out
+        out.append(
+            (manifest, manifest.path.stat().st_size, file_digests(manifest.path, (CHECKSUM,))[CHECKSUM])
+        )
+        return out
+
+
+class Qcow2(Target):
+    """qemu-img converts the sparse raw of this publish (no second read of the source)."""
+
+    name = "qcow2"
+
+    def __init__(self, context: PublishContext) -> None:
+        self.context = context
+        self.output = context.output(f"{context.name}.qcow2")
+        self.raw: SparseRaw | None = None
+        if context.raw_path is None:
+            assert context.scratch is not None
+            self.raw = SparseRaw(context.scratch("raw"), context.virtual_size)
+            context.stack.callback(self.raw.close)
+            context.raw_path = self.raw.path
+        self._sha256 = ""
+
+    def grain_targets(self) -> list[GrainTarget]:
+        return self.raw.grain_targets() if self.raw is not None else []
+
+    def after_pass(self) -> None:
+        assert self.context.raw_path is not None
+        qemu_img.convert(self.context.raw_path, "raw", self.output.path, "qcow2", options={"compat": "1.1"})
+        if self.raw is not None:
+            self.context.raw_path.unlink()
+        self._sha256 = file_digests(self.output.path, (CHECKSUM,))[CHECKSUM]
+
+    def files(self) -> list[tuple[AtomicOutput, int, str]]:
+        return [(self.output, self.output.path.stat().st_size, self._sha256)]
+
+
+def _raw(context: PublishContext) -> Target:
+    output = context.output(f"{context.name}.raw")
+    target = SparseRaw(output.path, context.virtual_size, output)
+    context.stack.callback(target.close)
+    context.raw_path = output.path
+    return target
+
+
+@dataclass(frozen=True)
+class TargetRecord:
+    name: str
+    makes: str
+    build: Callable[[PublishContext], Target]
+
+
+#: Every publish target, in the order they are built (raw before qcow2: qcow2 reuses it).
+TARGETS: dict[str, TargetRecord] = {
+    record.name: record
+    for record in (
+        TargetRecord("raw", "NAME.raw, sparse", _raw),
+        TargetRecord("raw.gz", "NAME.raw.gz, one gzip member", GzipRaw),
+        TargetRecord("vmdk", "NAME.vmdk, streamOptimized", StreamOptimizedVmdk),
+        TargetRecord("ova", "NAME.ova, descriptor + manifest (+ certificate) + streamOptimized disk", Ova),
+        TargetRecord("bundle", "NAME.img.part.NN + NAME.img.manifest.xml, an EC2 image bundle", Bundle),
+        TargetRecord("qcow2", "NAME.qcow2 (compat 1.1)", Qcow2),
+    )
+}
+
+
+def parse_targets(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
+    if not names:
+        raise InvalidArgumentError("--to names no target; choose from " + ", ".join(TARGETS) + ".")
+    for name in names:
+        if name not in TARGETS:
+            raise InvalidArgumentError(f"'{name}' is not a publish target; choose from {', '.join(TARGETS)}.")
+    return names
+
+
+def publish(
+    image: str | Path,
+    directory: str | Path,
+    targets: tuple[str, ...],
+    *,
+    name: str | None = None,
+    ova: OvaOptions | None = None,
+    bundle: BundleOptions | None = None,
+    force: bool = False,
+    limits: Limits | None = None,
+    progress: Progress | None = None,
+    level: int = DEFAULT_LEVEL,
+) -> PublishResult:
+    """Write every target of ``image`` into ``directory`` from one read; see the module docstring."""
+    started = time.monotonic()
+    image_path, out_dir = Path(image), Path(directory)
+    if not out_dir.is_dir():
+        raise InvalidArgumentError(f"The output directory {out_dir} does not exist.")
+    for requested in targets:
+        if requested not in TARGETS:
+            raise InvalidArgumentError(
+                f"'{requested}' is not a publish target; choose from {', '.join(TARGETS)}."
+            )
+    base = name or _default_name(image_path)
+    with contextlib.ExitStack() as stack:
+        scratch = stack.enter_context(ScratchFiles(out_dir / base))
+        source = read_source(image_path, scratch.scratch, limits, progress)
+        context = PublishContext(
+            name=base,
+            directory=out_dir,
+            virtual_size=source.virtual_size,
+            stack=stack,
+            force=force,
+            level=level,
+            ova=ova,
+            bundle=bundle,
+            scratch=scratch.scratch,
+            targets=list(targets),
+            source=image_path,
+        )
+        built = [record.build(context) for record in TARGETS.values() if record.name in targets]
+        grain_targets: list[GrainTarget] = []
+        for target in built:
+            grain_targets.extend(target.grain_targets())
+        run_pass(source, grain_targets, stage="publishing", progress=progress, level=level, concurrent=True)
+        for target in built:
+            target.after_pass()
+        files: list[PublishedFile] = []
+        outputs: list[AtomicOutput] = []
+        for target in built:
+            for output, size, digest in target.files():
+                files.append(PublishedFile(target.name, str(output.target), size, digest))
+                outputs.append(output)
+        sums = "".join(f"{f.sha256}  {Path(f.path).name}\n" for f in files)
+        for output in outputs:
+            output.commit()
+        write_file_atomically(out_dir / SUMS_FILE, sums, force=True)
+    return PublishResult(
+        source=str(image_path),
+        source_format=source.format,
+        virtual_size=source.virtual_size,
+        files=files,
+        sums=str(out_dir / SUMS_FILE),
+        seconds=time.monotonic() - started,
+    )
+
+
+def _default_name(image: Path) -> str:
+    stem = image.name.split(".", 1)[0]
+    return stem or "image"

@@ -1,0 +1,124 @@
+"""``publish``: one read of the source, every target written from it, one checksum set;
+every output read back by a reader that is not ours."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import random
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from tests.fixtures.tools import qemu_img, run, write_at
+from tests.package.helpers import MiB, libvmdk_sha256, make_disk, make_key, sha256_file, tar_members
+from tests.package.test_bundle import decrypt_by_hand
+
+from imagewright.package.ova_verify import verify_ova
+from imagewright.programs.runner import record_invocations
+
+pytestmark = pytest.mark.integration
+
+SIZE = 40 * MiB
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    work = tmp_path_factory.mktemp("keys")
+    return {"user": make_key(work, "user"), "cloud": make_key(work, "cloud")}
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    work = tmp_path_factory.mktemp("publish-src")
+    raw = make_disk(work / "disk.raw", SIZE, [(0, 8192, 0x71), (33 * MiB, 3 * MiB, 0x72)])
+    write_at(raw, 5 * MiB, random.Random(3).randbytes(2 * MiB))
+    qcow2 = work / "disk.qcow2"
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, qcow2)
+    return raw, qcow2
+
+
+def test_every_target_from_one_read_each_read_back_by_an_independent_reader(
+    sources: tuple[Path, Path], keys: dict[str, tuple[Path, Path]], tmp_path: Path, run_cli: object
+) -> None:
+    raw, qcow2 = sources
+    out = tmp_path / "out"
+    out.mkdir()
+    with record_invocations() as log:
+        result: Result = run_cli(  # type: ignore[operator]
+            ["publish", qcow2, "--to", "qcow2,raw.gz,ova,bundle,vmdk", "-d", out, "--os", "debian64",
+             "--user", "123456789012", "--cert", keys["user"][1], "--privatekey", keys["user"][0],
+             "--ec2cert", keys["cloud"][1], "--sign", keys["user"][0], "--sign-cert", keys["user"][1],
+             "--json"]
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+
+    # One read of the source: qemu-img streams it once; the qcow2 is made from our own sparse
+    # raw, not from the source again.
+    argvs = [argv for argv in log.argvs if "qemu-img" in argv[0]]
+    assert len(argvs) == 2
+    assert str(qcow2) in argvs[0] and argvs[0][-1].startswith("nbd+unix://")
+    assert str(qcow2) not in " ".join(argvs[1]) and "-f" in argvs[1] and "raw" in argvs[1]
+
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        ["SHA256SUMS", "disk.qcow2", "disk.raw.gz", "disk.ova", "disk.vmdk", "disk.img.manifest.xml"]
+        + [f["path"].rsplit("/", 1)[-1] for f in report["files"] if ".part." in f["path"]]
+    )
+    # The checksum set: sha256sum agrees with every line, and the table says the same.
+    check = run("bash", "-c", f"cd {out} && sha256sum -c --strict SHA256SUMS")
+    assert check.stdout.decode().count(": OK") == len(report["files"])
+    for published in report["files"]:
+        assert sha256_file(Path(published["path"])) == published["sha256"]
+
+    # Each output as its own readers see it.
+    assert "Images are identical" in qemu_img("compare", "-f", "raw", "-F", "qcow2", raw, out / "disk.qcow2")
+    assert "No errors were found" in qemu_img("check", "-f", "qcow2", out / "disk.qcow2")
+    assert gzip.decompress((out / "disk.raw.gz").read_bytes()) == raw.read_bytes()
+    assert libvmdk_sha256(out / "disk.vmdk") == (SIZE, sha256_file(raw))
+    assert tar_members(out / "disk.ova") == ["disk.ovf", "disk.mf", "disk.cert", "disk-disk1.vmdk"]
+    verification = verify_ova(out / "disk.ova")
+    assert verification.ok, verification.problems
+    gz = decrypt_by_hand(out, out / "disk.img.manifest.xml", keys["user"][0])
+    extracted = tmp_path / "hand"
+    extracted.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(gz))) as tar:
+        (member,) = tar.getmembers()
+        assert (member.name, member.size) == ("disk.img", SIZE)
+        tar.extractall(extracted, filter="data")
+    assert sha256_file(extracted / "disk.img") == sha256_file(raw)
+
+    # One compression: the raw.gz's deflate blocks are inside the bundle's gzip stream, as they are.
+    raw_gz = (out / "disk.raw.gz").read_bytes()
+    assert raw_gz[10:-10] in gz
+    assert len(raw_gz[10:-10]) > 2 * MiB
+
+
+def test_the_table_and_refusals(sources: tuple[Path, Path], tmp_path: Path, run_cli: object) -> None:
+    raw, _ = sources
+    out = tmp_path / "out"
+    out.mkdir()
+    result: Result = run_cli(["publish", raw, "--to", "raw.gz,vmdk", "-d", out])  # type: ignore[operator]
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[1].split() == ["target", "file", "size", "sha256"]
+    assert lines[2].split()[:2] == ["raw.gz", "disk.raw.gz"] and lines[3].split()[:2] == ["vmdk", "disk.vmdk"]
+    unknown: Result = run_cli(["publish", raw, "--to", "qcow2,floppy", "-d", out])  # type: ignore[operator]
+    assert unknown.exit_code == 1 and "'floppy' is not a publish target" in unknown.stderr
+    keys: Result = run_cli(["publish", raw, "--to", "bundle", "-d", out])  # type: ignore[operator]
+    assert keys.exit_code == 2 and "needs --user, --cert, --privatekey and --ec2cert" in keys.output
+    again: Result = run_cli(["publish", raw, "--to", "raw.gz", "-d", out])  # type: ignore[operator]
+    assert again.exit_code == 1 and "already exists" in again.stderr
+
+
+def test_a_refused_source_leaves_the_directory_as_it_was(tmp_path: Path, run_cli: object) -> None:
+    evil = tmp_path / "evil.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-b", "/etc/passwd", "-F", "raw", evil, "1M")
+    out = tmp_path / "out"
+    out.mkdir()
+    result: Result = run_cli(["publish", evil, "--to", "qcow2,raw.gz,ova", "-d", out])  # type: ignore[operator]
+    assert result.exit_code == 1 and "backing file" in result.stderr
+    assert list(out.iterdir()) == []
