@@ -1,5 +1,5 @@
 """The task sweep on a real catalog and store, in-process: an abandoned task is requeued while it has
-attempts left, then failed with the reason and its import undone; the migrations have one head.
+attempts left, then failed with the reason and its import undone.
 """
 
 from __future__ import annotations
@@ -9,14 +9,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 
 from imagewright.catalog import images, imports
 from imagewright.catalog import tasks as task_rows
 from imagewright.catalog.database import Catalog
-from imagewright.catalog.models import Base
 from imagewright.catalog.task_models import IMPORT_TASK_TYPE
 from imagewright.service.leases import this_holder
 from imagewright.service.tasks.environment import TaskEnvironment
@@ -116,17 +112,3 @@ def test_a_live_holder_is_left_alone(environment: TaskEnvironment) -> None:
     assert not sweep_tasks(environment)
     with environment.catalog.reading() as session:
         assert task_rows.get_task(session, task_id).status == "processing"
-
-
-def test_migrations_have_one_head_and_match_the_models(tmp_path: Path) -> None:
-    catalog = Catalog.for_data_dir(tmp_path)
-    try:
-        script = ScriptDirectory.from_config(catalog._alembic_config())
-        assert len(script.get_heads()) == 1, script.get_heads()
-        catalog.upgrade()
-        with catalog.engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"render_as_batch": True})
-            differences = compare_metadata(context, Base.metadata)
-        assert differences == []
-    finally:
-        catalog.dispose()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from alembic import context
 
+# task_models' tables (tasks, exports, secrets) join Base.metadata when it is imported.
+from imagewright.catalog import task_models  # noqa: F401
 from imagewright.catalog.models import Base
 
 connection = context.config.attributes.get("connection")
