@@ -112,6 +112,11 @@ VERBS: tuple[Verb, ...] = (
         "console", "launch:console_command", "Print an instance's serial console (saved in its console log)."
     ),
     Verb(
+        "verify",
+        "launch:verify_command",
+        "Boot IMAGE_REF with a fresh hostname, key and user-data, and check from outside that each took.",
+    ),
+    Verb(
         "accounts",
         "accounts:command",
         "Manage the registry's projects and users (roles admin, member, reader per project).",

@@ -238,3 +238,64 @@ def console_command(instance_id: str, follow: bool, data_dir: str | None, databa
 
     log, running = instances.console_path(site_of(data_dir, database), instance_id)
     instances.follow_console(log, running, _write_stdout, follow=follow)
+
+
+@click.command("verify")
+@click.argument("image_ref", metavar="IMAGE_REF")
+@click.option(
+    "--context",
+    type=click.Choice(CONTEXT_CHOICES),
+    default="nocloud",
+    show_default=True,
+    help="How the instance learns who it is: the metadata service, or a context medium of that kind.",
+)
+@click.option(
+    "--tokens",
+    type=click.Choice(["optional", "required"]),
+    default="optional",
+    show_default=True,
+    help="IMDSv2 session tokens (with --context metadata).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    metavar="S",
+    help="How long the guest may take to become ready.",
+)
+@click.option("--keep", is_flag=True, help="Keep the (stopped) instance and its overlay afterwards.")
+@data_dir_option
+@database_option
+@json_option
+def verify_command(
+    image_ref: str,
+    context: str,
+    tokens: str,
+    timeout: float,
+    keep: bool,
+    data_dir: str | None,
+    database: str | None,
+    as_json: bool,
+) -> None:
+    """Boot IMAGE_REF with a fresh hostname, key and user-data, and check from outside that each took."""
+    from imagewright.service.launch.verify import verify_image
+
+    report = verify_image(
+        site_of(data_dir, database), image_ref, context=context, tokens=tokens, timeout=timeout, keep=keep
+    )
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        console = stdout_console()
+        console.print(
+            f"verify {image_ref}: instance {report.instance_id} ({report.hostname}, {report.accelerator}, "
+            f"context {report.context})"
+        )
+        for check in report.checks:
+            mark = "✔" if check.ok else "✘"
+            console.print(f"  {mark} {check.name:<14} {check.seconds:7.1f} s  {check.detail}")
+        verdict = "passed" if report.ok else "FAILED"
+        console.print(f"{verdict} in {report.total_seconds:.1f} s")
+    if not report.ok:
+        raise SystemExit(1)

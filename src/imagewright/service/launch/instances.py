@@ -364,13 +364,16 @@ def _live_state(run: InstanceRun) -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Process ``pid`` lives (a zombie does not: a supervisor this process started and has not
+    reaped yet, as in ``verify``, is reaped here)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read(4096).rpartition(b")")[2].split()[:1]
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return state != [b"Z"]
 
 
 def statuses(site: Site) -> tuple[list[InstanceStatus], list[Orphan]]:
