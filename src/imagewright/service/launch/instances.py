@@ -496,15 +496,40 @@ def remove(site: Site, instance_id: str, *, force: bool = False) -> StopOutcome:
     """
     with site.catalog() as catalog:
         with catalog.reading() as session:
-            instances.get_instance(session, instance_id)
+            known = instances.find_instance(session, instance_id) is not None
             run = instance_runs.find_run(session, instance_id)
             state = _live_state(run) if run is not None else "created"
+        if not known:
+            return _remove_orphan(site, instance_id, force=force)
         alive = state in ("running", "starting") or bool(running_instance_processes().get(instance_id))
         if alive and not force:
             raise InstanceError(f"The instance {instance_id} is running; stop it first, or use --force.")
         how = _end_processes(site, catalog, instance_id, force=True, grace=0) if alive else "not running"
         _forget(site, catalog, instance_id)
     return StopOutcome(instance_id, how)
+
+
+def _remove_orphan(site: Site, instance_id: str, *, force: bool) -> StopOutcome:
+    """An id the catalog does not know: its orphaned QEMU (with ``force``) and its leftovers."""
+    pids = running_instance_processes().get(instance_id, [])
+    directory = site.files(instance_id).directory
+    if not pids and not directory.exists():
+        raise instances.instance_not_found(instance_id)
+    if pids and not force:
+        raise InstanceError(
+            f"The instance {instance_id} is not in the catalog but its QEMU runs (pid "
+            f"{', '.join(map(str, pids))}); use --force to end it."
+        )
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+    deadline = time.monotonic() + END_TIMEOUT
+    while any(instance_process_alive(pid, instance_id) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if directory.exists():
+        shutil.rmtree(directory)
+    site.channel().remove_forwarder(instance_id)
+    return StopOutcome(instance_id, "killed" if pids else "not running")
 
 
 # --- console -------------------------------------------------------------------------------------
