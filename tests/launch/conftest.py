@@ -33,12 +33,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetadataStack]:
 
 def _end_leftovers(stack: MetadataStack) -> None:
     """Whatever a failed test left running: ended so it cannot outlive the suite."""
-    root = stack.server.data_dir / "instances"
-    ours = {p.name for p in root.iterdir()} if root.exists() else set()
-    for instance_id, pids in running_instance_processes().items():
-        if instance_id in ours:
-            for pid in pids:
-                os.kill(pid, signal.SIGKILL)
+    for pids in running_instance_processes(stack.server.data_dir / "instances").values():
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
 
 
 def iw(stack: MetadataStack, *args: str, check: bool = True) -> Any:
@@ -74,7 +71,7 @@ HELLO = b"imagewright-console-test"
 
 
 def serial_hello_disk(path: Path) -> Path:
-    """A 1 MiB raw disk whose MBR boot code writes ``HELLO`` to COM1 (0x3f8) and halts.
+    """A 1 MiB raw disk whose MBR boot code writes ``HELLO`` and a login prompt to COM1 (0x3f8) and halts.
 
     16-bit real mode at 0x7c00: ``xor ax,ax; mov ds,ax; cld; mov dx,0x3f8; mov si,msg;
     l: lodsb; test al,al; jz h; out dx,al; jmp l; h: hlt; jmp h; msg: db ...,13,10,0``.
@@ -83,7 +80,7 @@ def serial_hello_disk(path: Path) -> Path:
     assert len(code) == 22
     sector = bytearray(512)
     sector[: len(code)] = code
-    message = HELLO + b"\r\n\0"
+    message = HELLO + b"\r\nhello login: \0"  # a getty's prompt ends no line
     sector[22 : 22 + len(message)] = message
     sector[510:512] = b"\x55\xaa"
     path.write_bytes(bytes(sector) + bytes((1 << 20) - 512))

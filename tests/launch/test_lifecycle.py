@@ -96,7 +96,7 @@ def test_run_from_the_registry_then_ps_stop_rm_leave_nothing(stack: MetadataStac
         assert not Path(launched["directory"]).exists()
         assert not stack.channel.signature_path(launched["id"]).exists()
         assert iw(stack, "instance", "show", launched["id"], check=False).returncode == 1
-        assert launched["id"] not in running_instance_processes()
+        assert launched["id"] not in running_instance_processes(data / "instances")
     assert ps(stack) == {"instances": [], "orphans": []}
     assert cached.is_file()  # the cache outlives the instances
 
@@ -189,7 +189,9 @@ def test_a_file_with_a_config_drive_and_its_console(stack: MetadataStack, tmp_pa
         log = Path(launched["console_log"])
         wait_for(lambda: HELLO in log.read_bytes(), "the boot sector's line on the console")
         printed = iw(stack, "console", launched["id"]).stdout
-        assert HELLO.decode() in printed.splitlines()
+        assert printed.splitlines() == [HELLO.decode(), "hello login: "]
+        waited = iw(stack, "wait", launched["id"], "--for", "login", "--timeout", "60")
+        assert waited.stdout.strip() == f"instance {launched['id']}: login prompt"
         label = run("blkid", "-o", "value", "-s", "LABEL", Path(launched["directory"]) / "context.iso")
         assert label.stdout.decode().strip() == "config-2"
     finally:

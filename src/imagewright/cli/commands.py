@@ -112,6 +112,11 @@ VERBS: tuple[Verb, ...] = (
         "console", "launch:console_command", "Print an instance's serial console (saved in its console log)."
     ),
     Verb(
+        "wait",
+        "launch:wait_command",
+        "Wait until an instance's console shows it ready (exit 1 if it does not in time).",
+    ),
+    Verb(
         "verify",
         "launch:verify_command",
         "Boot IMAGE_REF with a fresh hostname, key and user-data, and check from outside that each took.",

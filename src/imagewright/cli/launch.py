@@ -299,3 +299,34 @@ def verify_command(
         console.print(f"{verdict} in {report.total_seconds:.1f} s")
     if not report.ok:
         raise SystemExit(1)
+
+
+@click.command("wait")
+@click.argument("instance_id")
+@click.option(
+    "--for",
+    "want",
+    type=click.Choice(["ready", "login"]),
+    default="ready",
+    show_default=True,
+    help="ready: our agent's ready line for this instance (or a login prompt); login: a login prompt.",
+)
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=300.0, show_default=True, metavar="S")
+@data_dir_option
+@database_option
+def wait_command(
+    instance_id: str, want: str, timeout: float, data_dir: str | None, database: str | None
+) -> None:
+    """Wait until an instance's console shows it ready (exit 1 if it does not in time)."""
+    import time
+
+    from imagewright.errors import InstanceError
+    from imagewright.service.launch import instances
+
+    log, running = instances.console_path(site_of(data_dir, database), instance_id)
+    seen, detail = instances.wait_for_console(
+        log, instance_id, running, time.monotonic() + timeout, want=want
+    )
+    if not seen:
+        raise InstanceError(f"The instance {instance_id} is not ready: {detail}.")
+    stdout_console().print(f"instance {instance_id}: {detail}")

@@ -119,8 +119,8 @@ def instance_machine(
     )
 
 
-def _process_name_of(pid: int) -> bytes | None:
-    """The ``-name`` value of process ``pid``'s command line, or None (gone, not ours, no name)."""
+def _qemu_argv(pid: int) -> list[bytes] | None:
+    """Process ``pid``'s command line when it is a QEMU system emulator, else None."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             argv = handle.read(1 << 20).split(b"\0")
@@ -128,8 +128,12 @@ def _process_name_of(pid: int) -> bytes | None:
         return None
     if not argv or b"qemu-system" not in os.path.basename(argv[0]):
         return None
+    return argv
+
+
+def _option(argv: list[bytes], flag: bytes) -> bytes | None:
     for index, value in enumerate(argv[:-1]):
-        if value == b"-name":
+        if value == flag:
             return argv[index + 1]
     return None
 
@@ -138,12 +142,15 @@ def instance_process_alive(pid: int | None, instance_id: str) -> bool:
     """Process ``pid`` exists on this host and is this instance's QEMU (not a reused pid)."""
     if pid is None or pid <= 0:
         return False
-    return _process_name_of(pid) == process_name(instance_id).encode()
+    argv = _qemu_argv(pid)
+    return argv is not None and _option(argv, b"-name") == process_name(instance_id).encode()
 
 
-def running_instance_processes() -> dict[str, list[int]]:
-    """Every QEMU process on this host named as an instance's: instance id -> pids."""
+def running_instance_processes(instances_root: Path) -> dict[str, list[int]]:
+    """The QEMU processes on this host named as instances whose disk lies under ``instances_root``
+    (other data dirs' instances are theirs): instance id -> pids."""
     found: dict[str, list[int]] = {}
+    prefix = f"file={os.path.abspath(instances_root)}/".replace(",", ",,").encode()
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -151,8 +158,14 @@ def running_instance_processes() -> dict[str, list[int]]:
     for entry in entries:
         if not entry.isdigit():
             continue
-        name = _process_name_of(int(entry))
+        argv = _qemu_argv(int(entry))
+        if argv is None:
+            continue
+        name = _option(argv, b"-name")
         match = _NAME_RE.match(name) if name is not None else None
-        if match is not None:
-            found.setdefault(match.group(1).decode(), []).append(int(entry))
+        if match is None:
+            continue
+        instance_id = match.group(1).decode()
+        if any(arg.startswith(prefix + instance_id.encode() + b"/") for arg in argv):
+            found.setdefault(instance_id, []).append(int(entry))
     return found

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imagewright.agent import find_ready_line
 from imagewright.catalog import accounts, instance_runs, instances
 from imagewright.catalog.database import Catalog
 from imagewright.catalog.models import InstanceRun
@@ -167,6 +169,13 @@ def _network(
     )
 
 
+def ec2_smbios(instance_id: str) -> dict[str, str]:
+    """SMBIOS system fields under which cloud-init's ds-identify takes the machine for EC2."""
+    digits = (instance_id.removeprefix("i-") + "0" * 29)[:29]
+    uuid = f"ec2{digits[:5]}-{digits[5:9]}-{digits[9:13]}-{digits[13:17]}-{digits[17:29]}"
+    return {"manufacturer": "Amazon EC2", "product": "imagewright", "serial": uuid, "uuid": uuid}
+
+
 def _check_request(site: Site, request: LaunchRequest) -> None:
     if request.context not in CONTEXTS:
         raise InvalidArgumentError(f"'{request.context}' is not a context; use one of {', '.join(CONTEXTS)}.")
@@ -240,6 +249,9 @@ def _start(
         else:
             extra = (Drive(medium, format="raw", bus="ide", media="cdrom"),)
     decision = request.accelerator or choose_accelerator()
+    # cloud-init uses its EC2 datasource only on a machine that looks like EC2 (ENVIRONMENT.md):
+    # SMBIOS manufacturer "Amazon EC2", serial and uuid equal and starting with "ec2".
+    smbios = ec2_smbios(instance_id) if request.context == "metadata" else None
     machine = instance_machine(
         instance_id,
         files,
@@ -249,6 +261,7 @@ def _start(
         extra_drives=extra,
         cpus=request.cpus,
         memory_mib=request.memory_mib,
+        smbios_system=smbios,
     )
     argv = qemu_system_argv(machine)
     write_plan(
@@ -400,7 +413,7 @@ def statuses(site: Site) -> tuple[list[InstanceStatus], list[Orphan]]:
     known = {s.instance_id for s in result}
     orphans = [
         Orphan(instance_id, tuple(sorted(pids)), instance_id in known)
-        for instance_id, pids in sorted(running_instance_processes().items())
+        for instance_id, pids in sorted(running_instance_processes(site.instances_root).items())
         if any(pid != running.get(instance_id) for pid in pids)
     ]
     return result, orphans
@@ -424,7 +437,7 @@ def _end_processes(site: Site, catalog: Catalog, instance_id: str, *, force: boo
             return "not running"
         qemu_pid, supervisor_pid, directory = run.qemu_pid, run.supervisor_pid, Path(run.directory)
     files = InstanceFiles(directory)
-    pids = set(running_instance_processes().get(instance_id, []))
+    pids = set(running_instance_processes(site.instances_root).get(instance_id, []))
     if qemu_pid is not None and instance_process_alive(qemu_pid, instance_id):
         pids.add(qemu_pid)
 
@@ -501,7 +514,9 @@ def remove(site: Site, instance_id: str, *, force: bool = False) -> StopOutcome:
             state = _live_state(run) if run is not None else "created"
         if not known:
             return _remove_orphan(site, instance_id, force=force)
-        alive = state in ("running", "starting") or bool(running_instance_processes().get(instance_id))
+        alive = state in ("running", "starting") or bool(
+            running_instance_processes(site.instances_root).get(instance_id)
+        )
         if alive and not force:
             raise InstanceError(f"The instance {instance_id} is running; stop it first, or use --force.")
         how = _end_processes(site, catalog, instance_id, force=True, grace=0) if alive else "not running"
@@ -511,7 +526,7 @@ def remove(site: Site, instance_id: str, *, force: bool = False) -> StopOutcome:
 
 def _remove_orphan(site: Site, instance_id: str, *, force: bool) -> StopOutcome:
     """An id the catalog does not know: its orphaned QEMU (with ``force``) and its leftovers."""
-    pids = running_instance_processes().get(instance_id, [])
+    pids = running_instance_processes(site.instances_root).get(instance_id, [])
     directory = site.files(instance_id).directory
     if not pids and not directory.exists():
         raise instances.instance_not_found(instance_id)
@@ -533,6 +548,36 @@ def _remove_orphan(site: Site, instance_id: str, *, force: bool) -> StopOutcome:
 
 
 # --- console -------------------------------------------------------------------------------------
+
+#: A getty's prompt ("debian login: ") at the end of a console line.
+LOGIN_PROMPT = re.compile(r"(?m)\blogin: *\r?$")
+
+
+def wait_for_console(
+    log: Path, instance_id: str, running: Callable[[], bool], deadline: float, *, want: str = "ready"
+) -> tuple[bool, str]:
+    """(seen, detail): the console shows our agent's ready line for ``instance_id`` (``want``
+    ``ready``: or a login prompt, for images without our agent) or a login prompt (``login``)."""
+    while True:
+        try:
+            with open(log, "rb") as handle:
+                handle.seek(max(0, os.fstat(handle.fileno()).st_size - (1 << 20)))
+                text = handle.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            text = ""
+        ready = find_ready_line(text) if want == "ready" else None
+        if ready is not None and ready.instance_id == instance_id:
+            return True, f"agent ready (source {ready.source}, hostname {ready.hostname})"
+        if ready is not None:
+            return False, f"the agent became another instance ({ready.instance_id})"
+        if LOGIN_PROMPT.search(text):
+            return True, "login prompt"
+        if not running():
+            return False, "QEMU ended before the guest was ready"
+        if time.monotonic() > deadline:
+            last = next((line for line in reversed(text.splitlines()) if line.strip()), "")
+            return False, f"not ready in time; last console line: {last.strip()[:120] or '(silent)'}"
+        time.sleep(0.5)
 
 
 def console_path(site: Site, instance_id: str) -> tuple[Path, Callable[[], bool]]:

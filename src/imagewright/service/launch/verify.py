@@ -23,7 +23,6 @@ instance is removed afterwards (``keep`` leaves it, stopped, for a look at its f
 from __future__ import annotations
 
 import contextlib
-import re
 import secrets
 import tempfile
 import time
@@ -32,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imagewright.agent import find_ready_line
 from imagewright.compute.instance import InstanceFiles
 from imagewright.errors import ImagewrightError, InvalidArgumentError
 from imagewright.guest.base import GuestFS
@@ -41,8 +39,6 @@ from imagewright.programs import qemu_img, ssh_keygen
 from imagewright.service.launch import instances
 
 MARKER_PATH = "/var/lib/imagewright-verify.marker"
-#: A getty's prompt ("debian login: ") at the end of a console line.
-_LOGIN_PROMPT = re.compile(r"(?m)\blogin: *$")
 _HOST_KEY_GLOB = "/etc/ssh/ssh_host_*_key.pub"
 
 
@@ -86,30 +82,6 @@ class VerifyReport:
 
 def user_data_script(token: str) -> bytes:
     return f"#!/bin/sh\necho {token} >> {MARKER_PATH}\n".encode()
-
-
-def _wait_for_console(
-    log: Path, instance_id: str, running: Callable[[], bool], deadline: float
-) -> tuple[bool, str]:
-    """(seen, detail): our ready line for ``instance_id`` or a login prompt, before ``deadline``."""
-    while True:
-        try:
-            text = log.read_bytes()[-(1 << 20) :].decode("utf-8", "replace")
-        except FileNotFoundError:
-            text = ""
-        ready = find_ready_line(text)
-        if ready is not None and ready.instance_id == instance_id:
-            return True, f"agent ready (source {ready.source}, hostname {ready.hostname})"
-        if ready is not None:
-            return False, f"the agent became another instance ({ready.instance_id})"
-        if _LOGIN_PROMPT.search(text):
-            return True, "login prompt"
-        if not running():
-            return False, "QEMU ended before the guest was ready"
-        if time.monotonic() > deadline:
-            last = next((line for line in reversed(text.splitlines()) if line.strip()), "")
-            return False, f"not ready in time; last console line: {last.strip()[:120] or '(silent)'}"
-        time.sleep(0.5)
 
 
 def _timed(name: str, work: Callable[[], tuple[bool, str]]) -> Check:
@@ -196,7 +168,7 @@ def verify_image(
     files: InstanceFiles = launched.files
     try:
         log, running = instances.console_path(site, launched.instance_id)
-        seen, detail = _wait_for_console(log, launched.instance_id, running, started + timeout)
+        seen, detail = instances.wait_for_console(log, launched.instance_id, running, started + timeout)
         report.checks.append(Check("console", seen, time.monotonic() - started, detail))
         stop_started = time.monotonic()
         outcome = instances.stop(site, launched.instance_id, grace=5.0)
