@@ -21,6 +21,7 @@ from imagewright.cli.common import (
     json_option,
     stderr_console,
     stdout_console,
+    tokens_option,
 )
 from imagewright.errors import InvalidArgumentError
 
@@ -66,13 +67,7 @@ def parse_port_forward(text: str) -> tuple[int, int]:
     help="metadata: the metadata service at 169.254.169.254 (through the instance's forwarder); "
     "else a context medium of that kind.",
 )
-@click.option(
-    "--tokens",
-    type=click.Choice(["optional", "required"]),
-    default="optional",
-    show_default=True,
-    help="IMDSv2 session tokens for this instance: required refuses IMDSv1 requests.",
-)
+@tokens_option
 @click.option(
     "--port-forward",
     "port_forwards",
@@ -249,13 +244,7 @@ def console_command(instance_id: str, follow: bool, data_dir: str | None, databa
     show_default=True,
     help="How the instance learns who it is: the metadata service, or a context medium of that kind.",
 )
-@click.option(
-    "--tokens",
-    type=click.Choice(["optional", "required"]),
-    default="optional",
-    show_default=True,
-    help="IMDSv2 session tokens (with --context metadata).",
-)
+@tokens_option
 @click.option(
     "--timeout",
     type=click.FloatRange(min=1),
