@@ -13,12 +13,13 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 from tests.fixtures.metadata_service import MetadataStack
-from tests.fixtures.registry import BIN
+from tests.fixtures.registry import BIN, free_port
 from tests.fixtures.tools import run
 from tests.launch.conftest import (
     HELLO,
@@ -183,8 +184,15 @@ def test_a_registry_image_whose_bytes_changed_is_refused_and_leaves_nothing(stac
 
 def test_a_file_with_a_config_drive_and_its_console(stack: MetadataStack, tmp_path: Path) -> None:
     disk = serial_hello_disk(tmp_path / "hello.raw")
-    launched = iw_json(stack, "run", str(disk), "--context", "configdrive", "--detach", "--memory", "128")
+    port = free_port()
+    launched = iw_json(
+        stack, "run", str(disk), "--context", "configdrive", "--detach", "--memory", "128",
+        "--port-forward", f"{port}:22",
+    )  # fmt: skip
     try:
+        # QEMU's user network listens on the forwarded port (the guest itself answers nothing).
+        with socket.create_connection(("127.0.0.1", port), timeout=30):
+            pass
         assert launched["image"] == str(disk) and launched["image_downloaded"] is False
         log = Path(launched["console_log"])
         wait_for(lambda: HELLO in log.read_bytes(), "the boot sector's line on the console")
@@ -200,3 +208,19 @@ def test_a_file_with_a_config_drive_and_its_console(stack: MetadataStack, tmp_pa
     assert disk.read_bytes()[:22] == bytes.fromhex(
         "31c08ed8fcbaf803be167cac84c07403eeebf8f4ebfd"
     )  # only read
+
+
+def test_the_metadata_context_needs_a_running_metadata_service(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    disk = serial_hello_disk(tmp_path / "hello.raw")
+    result = subprocess.run(
+        [str(BIN / "imagewright"), "run", str(disk), "--detach", "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    socket_path = tmp_path / "data" / "metadata" / "socket" / "guest.sock"
+    assert result.stderr.startswith(
+        f"imagewright: error: No metadata service listens on {socket_path}; start "
+    )
+    assert result.stderr.count("\n") == 1
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == []
