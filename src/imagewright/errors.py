@@ -63,6 +63,10 @@ class BootError(ImagewrightError):
     """A guest did not boot as expected (timeout, crash, marker never seen)."""
 
 
+class InstanceError(ImagewrightError):
+    """An instance cannot be started, reached, stopped or removed (``imagewright run`` and friends)."""
+
+
 class ContextError(ImagewrightError):
     """Contextualization data or media could not be produced."""
 

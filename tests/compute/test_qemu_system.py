@@ -8,6 +8,7 @@ import pytest
 
 from imagewright.errors import InvalidArgumentError
 from imagewright.programs.qemu_system import (
+    BackingImage,
     DirectKernel,
     Drive,
     GuestForward,
@@ -16,6 +17,7 @@ from imagewright.programs.qemu_system import (
     NetworkSpec,
     SerialConsole,
     debug_exit_status,
+    machine_sandbox,
     option_value,
     qemu_system_argv,
 )
@@ -209,3 +211,48 @@ def test_secure_boot_needs_q35_smm_and_secure_flash() -> None:
     seven = (*drives, Drive(Path("/img/7.iso"), bus="ide", media="cdrom"))
     with pytest.raises(InvalidArgumentError, match="at most six"):
         qemu_system_argv(MachineSpec(accelerator="tcg", uefi=flash, drives=seven))
+
+
+def test_overlay_on_an_explicit_backing_image_and_qmp(tmp_path: Path) -> None:
+    """An instance's disk: the base is named in the drive's options (the overlay's header is never
+    followed), read-only in the sandbox; the QMP socket's directory is the one writable directory."""
+    overlay, base, qmp = tmp_path / "disk.qcow2", tmp_path / "base,1.raw", tmp_path / "qmp" / "qmp.sock"
+    spec = MachineSpec(
+        accelerator="tcg",
+        drives=(Drive(overlay, format="qcow2", backing=BackingImage(base, "raw")),),
+        qmp_socket=qmp,
+    )
+    argv = qemu_system_argv(spec)
+    assert _after(argv, "-drive") == [
+        f"file={overlay},format=qcow2,if=none,id=drive0,media=disk,"
+        f"backing.driver=raw,backing.file.filename={tmp_path}/base,,1.raw"
+    ]
+    assert _after(argv, "-qmp") == [f"unix:{qmp},server=on,wait=off"]
+    sandbox = machine_sandbox(spec)
+    assert sandbox.writes == (str(overlay),)
+    assert sandbox.reads == (str(base),)
+    assert sandbox.directories == (str(qmp.parent),)
+    with pytest.raises(InvalidArgumentError, match="Only a qcow2 overlay"):
+        Drive(overlay, format="raw", backing=BackingImage(base))
+
+
+def test_qemu_reads_the_base_through_the_overlay(tmp_path: Path) -> None:
+    """QEMU itself follows the explicit chain: qemu-io with the same options reads the base's bytes
+    through an overlay whose header names no backing file (qemu-img info shows none)."""
+    import json
+
+    from tests.fixtures.tools import run
+
+    base = tmp_path / "base.raw"
+    base.write_bytes(b"\xab" * 65536 + bytes(65536))
+    overlay = tmp_path / "disk.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", overlay, "131072")
+    assert "backing-filename" not in json.loads(run("qemu-img", "info", "--output=json", overlay).stdout)
+    drive = _after(qemu_system_argv(MachineSpec(
+        accelerator="tcg", drives=(Drive(overlay, format="qcow2", backing=BackingImage(base)),)
+    )), "-drive")[0]  # fmt: skip
+    options = ",".join(o for o in drive.split(",") if not o.startswith(("if=", "id=", "media=")))
+    image_opts = options.replace("file=", "file.filename=", 1).replace("format=", "driver=", 1)
+    out = run("qemu-io", "--image-opts", image_opts, "-c", "read -P 0xab 0 64k", "-c", "read -P 0 64k 64k")
+    assert b"Pattern verification failed" not in out.stdout + out.stderr
+    assert out.stdout.count(b"read 65536/65536 bytes") == 2

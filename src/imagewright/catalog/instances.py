@@ -428,6 +428,13 @@ def find_instance_by_address(session: Session, address: str) -> Instance | None:
     return session.get(Instance, instance_id) if instance_id else None
 
 
+def validate_instance_id(instance_id: str) -> str:
+    """``instance_id`` when it has the shape of one (``i-`` and 8-17 hex digits), else NotFoundError."""
+    if not _INSTANCE_ID_RE.match(instance_id):
+        raise instance_not_found(instance_id)
+    return instance_id
+
+
 def find_instance(session: Session, instance_id: str) -> Instance | None:
     if not _INSTANCE_ID_RE.match(instance_id):
         return None

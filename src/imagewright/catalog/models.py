@@ -23,10 +23,13 @@ whose lease expired, or whose holder is a dead process of this host, is reset by
   a JSON schema fragment, stored as text), ``metadef_tags`` — and ``metadef_resource_types`` with their
   ``metadef_namespace_resource_types`` associations (a prefix and properties target per pair).
   Children go with their namespace (``ON DELETE CASCADE``).
+- **image locations and background work** (migration 0004): ``image_locations`` holds an
+  image's other blobs (copies in other stores, staged import data); the tables of background
+  work (``tasks``, ``exports``, ``registry_secrets``) are in ``task_models``.
+- **instance runs** (migration 0005): ``instance_runs``, one row per instance started under QEMU on
+  this catalog's machines (``imagewright run``): its state, processes, accelerator and files.
 
-``image_locations`` holds an image's other blobs (copies in other stores, staged import data);
-the tables of background work (tasks, exports) are in ``task_models``. Later tables come with
-their own migrations; nothing here assumes they do not exist.
+Later tables come with their own migrations; nothing here assumes they do not exist.
 
 Source: Glance ``glance/db/sqlalchemy/models.py`` (image columns and sizes),
 ``glance/db/sqlalchemy/models_metadef.py`` (metadef columns and sizes), Keystone's
@@ -345,6 +348,43 @@ class InstanceInterface(Base):
     #: The fixed address (IPv4 or IPv6, canonical text); None: the instance has none known.
     address: Mapped[str | None] = mapped_column(String(45), nullable=True, unique=True)
     public_address: Mapped[str | None] = mapped_column(String(45), nullable=True)
+
+
+class InstanceRun(Base):
+    """An instance started under QEMU by ``imagewright run``: where, how, and in what state.
+
+    ``state``: ``starting`` (the supervisor is starting QEMU), ``running``, ``stopped`` (QEMU
+    exited; ``exit_status`` says how), ``failed`` (QEMU never ran; ``message`` says why).
+    ``ps`` checks a ``running`` row against the live process (``qemu_pid`` on ``host``), so a
+    crash that left no trace in the catalog is still seen.
+    """
+
+    __tablename__ = "instance_runs"
+
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    #: The machine the QEMU process runs on (its host name): pids mean something only there.
+    host: Mapped[str] = mapped_column(String(255))
+    supervisor_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    qemu_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    accelerator: Mapped[str] = mapped_column(String(8))
+    accelerator_reason: Mapped[str] = mapped_column(Text, default="")
+    #: The instance's own directory (overlay, console log, QMP socket, context medium).
+    directory: Mapped[str] = mapped_column(Text)
+    #: The cached base image the overlay sits on, and its QEMU format.
+    base_path: Mapped[str] = mapped_column(Text)
+    base_format: Mapped[str] = mapped_column(String(16))
+    #: How the instance learns who it is: ``metadata`` or a context medium's kind.
+    context: Mapped[str] = mapped_column(String(16))
+    #: JSON: [[host port, guest port], ...] forwarded from 127.0.0.1.
+    port_forwards: Mapped[str] = mapped_column(Text, default="[]")
+    cpus: Mapped[int] = mapped_column(Integer, default=1)
+    memory_mib: Mapped[int] = mapped_column(Integer, default=512)
+    exit_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class CatalogVersion(Base):

@@ -98,6 +98,35 @@ VERBS: tuple[Verb, ...] = (
         "The instance metadata service (EC2 and OpenStack trees) for the registry's instances.",
     ),
     Verb(
+        "run",
+        "launch:run_command",
+        "Start an instance of IMAGE_REF (a file, or a registry image id or name) under QEMU.",
+    ),
+    Verb(
+        "ps",
+        "launch:ps_command",
+        "List the instances, their state checked against the live QEMU processes, and orphans.",
+    ),
+    Verb(
+        "stop",
+        "launch:stop_command",
+        "Stop instances: ACPI power-off, then QEMU quits (its disks closed cleanly).",
+    ),
+    Verb("rm", "launch:rm_command", "Remove instances: record, overlay, console log and forwarder."),
+    Verb(
+        "console", "launch:console_command", "Print an instance's serial console (saved in its console log)."
+    ),
+    Verb(
+        "wait",
+        "launch:wait_command",
+        "Wait until an instance's console shows it ready (exit 1 if it does not in time).",
+    ),
+    Verb(
+        "verify",
+        "launch:verify_command",
+        "Boot IMAGE_REF with a fresh hostname, key and user-data, and check from outside that each took.",
+    ),
+    Verb(
         "accounts",
         "accounts:command",
         "Manage the registry's projects and users (roles admin, member, reader per project).",

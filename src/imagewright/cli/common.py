@@ -68,6 +68,16 @@ database_option = click.option(
 )
 
 
+#: ``--tokens`` of the commands that make instances (``instance create``, ``run``, ``verify``).
+tokens_option = click.option(
+    "--tokens",
+    type=click.Choice(["optional", "required"]),
+    default="optional",
+    show_default=True,
+    help="IMDSv2 session tokens: required refuses IMDSv1 requests (401).",
+)
+
+
 def emit_json(value: Any) -> None:
     import json
 

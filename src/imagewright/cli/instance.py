@@ -13,7 +13,14 @@ from typing import Any
 
 import click
 
-from imagewright.cli.common import data_dir_option, database_option, emit_json, json_option, stdout_console
+from imagewright.cli.common import (
+    data_dir_option,
+    database_option,
+    emit_json,
+    json_option,
+    stdout_console,
+    tokens_option,
+)
 from imagewright.errors import InvalidArgumentError
 
 
@@ -83,13 +90,7 @@ def _vendor_data(path: str | None) -> Any:
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag (repeatable).")
 @click.option("--type", "instance_type", default="m1.small", show_default=True, help="Instance type.")
 @click.option("--availability-zone", default="nova", show_default=True)
-@click.option(
-    "--tokens",
-    type=click.Choice(["optional", "required"]),
-    default="optional",
-    show_default=True,
-    help="IMDSv2 session tokens: required refuses IMDSv1 requests (401).",
-)
+@tokens_option
 @click.option(
     "--endpoint",
     type=click.Choice(["enabled", "disabled"]),

@@ -89,6 +89,20 @@ def option_value(value: str | os.PathLike[str]) -> str:
 
 
 @dataclass(frozen=True)
+class BackingImage:
+    """The read-only image under an overlay, with its format (never probed)."""
+
+    path: Path
+    format: str = "raw"
+
+    def __post_init__(self) -> None:
+        if self.format not in DISK_FORMATS:
+            raise InvalidArgumentError(
+                f"'{self.format}' is not a disk format QEMU opens; use one of {', '.join(DISK_FORMATS)}."
+            )
+
+
+@dataclass(frozen=True)
 class Drive:
     """One disk or CD-ROM. ``format`` is QEMU's driver name and is always explicit."""
 
@@ -99,6 +113,10 @@ class Drive:
     readonly: bool = False
     #: Writes go to a temporary overlay that QEMU drops on exit (the image is unchanged).
     snapshot: bool = False
+    #: The image under this one (an instance's base), given to QEMU explicitly as
+    #: ``backing.driver=FMT,backing.file.filename=PATH``: whatever backing name the overlay's
+    #: header holds is never followed. Read-only to QEMU.
+    backing: BackingImage | None = None
 
     def __post_init__(self) -> None:
         if self.format not in DISK_FORMATS:
@@ -109,6 +127,8 @@ class Drive:
             raise InvalidArgumentError(f"'{self.bus}' is not a disk bus; use virtio, ide or scsi.")
         if self.media == "cdrom" and self.bus == "virtio":
             raise InvalidArgumentError("A CD-ROM sits on the IDE or SCSI bus, not on virtio.")
+        if self.backing is not None and self.format != "qcow2":
+            raise InvalidArgumentError("Only a qcow2 overlay can sit on a backing image.")
 
 
 @dataclass(frozen=True)
@@ -250,6 +270,9 @@ class MachineSpec:
     name: str | None = None
     #: UEFI firmware (OVMF); None boots QEMU's default BIOS, SeaBIOS.
     uefi: UefiFlash | None = None
+    #: ``-qmp unix:PATH,server=on,wait=off``: the QEMU Machine Protocol on a unix socket (its
+    #: directory is shown to QEMU's sandbox writable, so it should hold nothing else).
+    qmp_socket: Path | None = None
 
 
 _SMBIOS_TYPE1_FIELDS = ("manufacturer", "product", "version", "serial", "uuid", "sku", "family")
@@ -274,6 +297,8 @@ def qemu_system_argv(spec: MachineSpec, program: str = QEMU_SYSTEM) -> list[str]
         argv.append("-no-reboot")
     if spec.uefi is not None:
         argv += spec.uefi.args()
+    if spec.qmp_socket is not None:
+        argv += ["-qmp", f"unix:{option_value(os.path.abspath(spec.qmp_socket))},server=on,wait=off"]
     argv += _serial_args(spec.serial)
     ide_slots = _Q35_IDE_SLOTS if machine.startswith("q35") else _IDE_SLOTS
     argv += _drive_args(spec.drives, boot_from_disk=spec.direct_kernel is None, ide_slots=ide_slots)
@@ -305,6 +330,8 @@ def machine_sandbox(spec: MachineSpec) -> Sandbox:
     for drive in spec.drives:
         written = not (drive.readonly or drive.media == "cdrom" or drive.snapshot)
         (writes if written else reads).append(drive.path)
+        if drive.backing is not None:
+            reads.append(drive.backing.path)
     if spec.direct_kernel is not None:
         reads.append(spec.direct_kernel.kernel)
         if spec.direct_kernel.initrd is not None:
@@ -322,7 +349,10 @@ def machine_sandbox(spec: MachineSpec) -> Sandbox:
         writes += forward.writes
     host_network = network.mode == "user" and (not network.restrict or bool(network.host_forwards))
     devices = [KVM_DEVICE] if spec.accelerator == "kvm" else []
-    return Sandbox.of(reads=reads, writes=writes, devices=devices, network=host_network)
+    directories = [spec.qmp_socket.parent] if spec.qmp_socket is not None else []
+    return Sandbox.of(
+        reads=reads, writes=writes, directories=directories, devices=devices, network=host_network
+    )
 
 
 def _serial_args(serial: SerialConsole) -> list[str]:
@@ -358,6 +388,11 @@ def _drive_args(
             options.append("readonly=on")
         elif drive.snapshot:
             options.append("snapshot=on")
+        if drive.backing is not None:
+            options += [
+                f"backing.driver={drive.backing.format}",
+                f"backing.file.filename={option_value(os.path.abspath(drive.backing.path))}",
+            ]
         argv += ["-drive", ",".join(options)]
         device: list[str]
         if drive.bus == "virtio":

@@ -107,6 +107,7 @@ TRUSTED_INPUTS: dict[str, str] = {
         "(and needs the network and its own namespaces, which a sandbox would take away)"
     ),
     "unshare": "asked only whether this process may create namespaces (runs true)",
+    "ssh-keygen": "makes a new key pair for a verify run (reads no image)",
 }
 
 # Extra places to look: e2fsprogs and friends live in /sbin, which is not on a user's PATH.
@@ -622,6 +623,36 @@ def _program_pid(proc: subprocess.Popen[bytes]) -> int:
             return proc.pid
         pid = int(first[0])
     return pid
+
+
+def program_pid(proc: subprocess.Popen[bytes]) -> int:
+    """The host pid of the program itself (not bwrap's) of a started program."""
+    return _program_pid(proc)
+
+
+def start_imagewright_process(
+    module: str, args: Sequence[str], *, log: str | os.PathLike[str]
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m MODULE ARGS``, imagewright's own code, to outlive the caller.
+
+    Not sandboxed (it reads no image; what it starts goes through ``start_program``); its own
+    session (a terminal's Ctrl-C or the caller's death do not reach it), stdin from /dev/null,
+    stdout and stderr appended to ``log``.
+    """
+    import sys
+
+    with open(log, "ab") as output:
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", module, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as err:
+            raise ProgramError(f"{module} could not be started: {err.strerror}.") from None
 
 
 def stop_program(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:

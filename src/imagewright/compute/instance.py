@@ -1,0 +1,171 @@
+"""One long-lived instance under QEMU: its files, its machine, and finding its process.
+
+``imagewright run`` (``service/launch``) keeps each instance in its own directory,
+``DATA_DIR/instances/<instance-id>/`` (0700)::
+
+    disk.qcow2       the overlay the instance writes: a qcow2 with no backing name in its
+                     header; QEMU is given the base explicitly (``Drive.backing``), so the
+                     cached base is only ever read and no header name is ever followed
+    console.log      every byte of the serial console (ttyS0), written by QEMU itself
+    qmp/qmp.sock     the QEMU Machine Protocol socket (its directory holds nothing else: it is
+                     shown to QEMU's sandbox writable)
+    context.iso|img  the context medium, when the instance gets one instead of the metadata service
+    plan.json        what the supervisor starts (argument list and sandbox)
+    supervisor.log   the supervisor's own output; qemu.log QEMU's stderr
+
+The QEMU process is named ``imagewright-instance-<id>`` (``-name``), which is how ``ps`` tells
+an instance's process from any other QEMU and finds the orphans: processes with such a name that
+the catalog does not know as running.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagewright.compute.accel import AccelDecision
+from imagewright.programs.qemu_system import (
+    BackingImage,
+    Drive,
+    MachineSpec,
+    NetworkSpec,
+    SerialConsole,
+)
+
+#: ``-name`` of an instance's QEMU: this prefix, then the instance id.
+PROCESS_NAME_PREFIX = "imagewright-instance-"
+_NAME_RE = re.compile(rb"^" + re.escape(PROCESS_NAME_PREFIX.encode()) + rb"(i-[0-9a-f]{8,17})$")
+
+
+def process_name(instance_id: str) -> str:
+    return PROCESS_NAME_PREFIX + instance_id
+
+
+@dataclass(frozen=True)
+class InstanceFiles:
+    """The paths of one instance's directory (see the module docstring)."""
+
+    directory: Path
+
+    @classmethod
+    def under(cls, instances_root: Path, instance_id: str) -> InstanceFiles:
+        return cls(instances_root / instance_id)
+
+    @property
+    def overlay(self) -> Path:
+        return self.directory / "disk.qcow2"
+
+    @property
+    def console_log(self) -> Path:
+        return self.directory / "console.log"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.directory / "qmp" / "qmp.sock"
+
+    @property
+    def plan(self) -> Path:
+        return self.directory / "plan.json"
+
+    @property
+    def supervisor_log(self) -> Path:
+        return self.directory / "supervisor.log"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.directory / "qemu.log"
+
+    def medium(self, kind: str) -> Path:
+        return self.directory / ("context.img" if kind == "wakame" else "context.iso")
+
+    def create(self) -> None:
+        self.directory.mkdir(mode=0o700, parents=True)
+        self.qmp_socket.parent.mkdir(mode=0o700)
+
+
+def instance_machine(
+    instance_id: str,
+    files: InstanceFiles,
+    base: BackingImage,
+    *,
+    accelerator: AccelDecision,
+    network: NetworkSpec,
+    extra_drives: tuple[Drive, ...] = (),
+    cpus: int = 1,
+    memory_mib: int = 512,
+    smbios_system: dict[str, str] | None = None,
+) -> MachineSpec:
+    """The machine of an instance: its overlay on ``base`` (virtio, boots from its own loader),
+    its context medium if any, the console to ``console.log`` only, QMP, and ``network``.
+
+    A reboot inside the guest stays a reboot (no ``-no-reboot``): an instance lives until it is
+    powered off or stopped.
+    """
+    disk = Drive(files.overlay, format="qcow2", bus="virtio", backing=base)
+    return MachineSpec(
+        accelerator=accelerator.accelerator,
+        drives=(disk, *extra_drives),
+        memory_mib=memory_mib,
+        cpus=cpus,
+        network=network,
+        smbios_system=dict(smbios_system or {}),
+        serial=SerialConsole(stdio=False, log_file=files.console_log),
+        debug_exit=False,
+        no_reboot=False,
+        name=process_name(instance_id),
+        qmp_socket=files.qmp_socket,
+    )
+
+
+def _qemu_argv(pid: int) -> list[bytes] | None:
+    """Process ``pid``'s command line when it is a QEMU system emulator, else None."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = handle.read(1 << 20).split(b"\0")
+    except OSError:
+        return None
+    if not argv or b"qemu-system" not in os.path.basename(argv[0]):
+        return None
+    return argv
+
+
+def _option(argv: list[bytes], flag: bytes) -> bytes | None:
+    for index, value in enumerate(argv[:-1]):
+        if value == flag:
+            return argv[index + 1]
+    return None
+
+
+def instance_process_alive(pid: int | None, instance_id: str) -> bool:
+    """Process ``pid`` exists on this host and is this instance's QEMU (not a reused pid)."""
+    if pid is None or pid <= 0:
+        return False
+    argv = _qemu_argv(pid)
+    return argv is not None and _option(argv, b"-name") == process_name(instance_id).encode()
+
+
+def running_instance_processes(instances_root: Path) -> dict[str, list[int]]:
+    """The QEMU processes on this host named as instances whose disk lies under ``instances_root``
+    (other data dirs' instances are theirs): instance id -> pids."""
+    found: dict[str, list[int]] = {}
+    prefix = f"file={os.path.abspath(instances_root)}/".replace(",", ",,").encode()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        argv = _qemu_argv(int(entry))
+        if argv is None:
+            continue
+        name = _option(argv, b"-name")
+        match = _NAME_RE.match(name) if name is not None else None
+        if match is None:
+            continue
+        instance_id = match.group(1).decode()
+        if any(arg.startswith(prefix + instance_id.encode() + b"/") for arg in argv):
+            found.setdefault(instance_id, []).append(int(entry))
+    return found

@@ -1,0 +1,143 @@
+"""IMAGE_REF → a base image on disk that an instance's overlay sits on.
+
+A path to an existing file is used where it lies, once the safety gate admitted it (the image
+is only ever read: every instance writes its own overlay). Anything else names a registry
+image (id, or a name only one image has) in the data dir's catalog: its bytes are copied from
+its store once into ``DATA_DIR/cache/images/<image id>/<sha512 prefix>.img`` while md5 and
+sha512 are computed, and the copy is kept only when both equal the catalog's ``checksum`` and
+``os_hash_value`` (an image whose data changed gets a new hash, hence a new cache file). The
+cached copy is admitted by the gate before QEMU sees it, like any file.
+
+A file's instance records an image id made from its path (a UUID5 of its ``file://`` URL), so
+the metadata service has an ``ami-id`` to tell; a registry image's is its own.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagewright.catalog.database import Catalog
+from imagewright.catalog.instances import resolve_image
+from imagewright.catalog.models import Image
+from imagewright.errors import ImageIOError, InvalidArgumentError
+from imagewright.files import AtomicOutput, io_error
+from imagewright.gate import admit
+from imagewright.ops.convert.output import Hashes
+from imagewright.stores.storeset import StoreSet
+
+CACHE_DIRECTORY = Path("cache") / "images"
+_CHUNK = 1 << 20
+
+DownloadProgress = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """The image an instance boots, on disk, and what the catalog records about it."""
+
+    path: Path
+    #: QEMU's driver for it, as the gate found it.
+    format: str
+    image_id: str
+    virtual_size: int
+    #: ``file`` or ``registry``.
+    origin: str
+    #: It was copied from the store just now (not found in the cache).
+    downloaded: bool = False
+
+
+def is_file_reference(ref: str) -> bool:
+    """A path (it names an existing file, or it has a '/'), not a registry id or name."""
+    return os.sep in ref or Path(ref).is_file()
+
+
+def file_image_id(path: Path) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, path.absolute().as_uri()))
+
+
+def _admitted(path: Path, origin: str, image_id: str, downloaded: bool) -> BaseImage:
+    admitted = admit(path)
+    if admitted.spooled is not None:
+        raise InvalidArgumentError(f"{path} is compressed; convert it to a disk image first.")
+    fmt = admitted.qemu_format()
+    size = admitted.virtual_size or path.stat().st_size
+    return BaseImage(path, fmt, image_id, size, origin, downloaded)
+
+
+def base_from_file(path: Path) -> BaseImage:
+    path = path.absolute()
+    if not path.is_file():
+        raise InvalidArgumentError(f"{path} is not a file.")
+    return _admitted(path, "file", file_image_id(path), False)
+
+
+def cache_path(data_dir: Path, image: Image) -> Path:
+    tag = (image.os_hash_value or image.checksum or "")[:32]
+    if not tag:
+        raise ImageIOError(f"The image {image.id} has no recorded checksum to check a copy against.")
+    return data_dir / CACHE_DIRECTORY / image.id / f"{tag}.img"
+
+
+def base_from_registry(
+    catalog: Catalog,
+    stores: StoreSet,
+    data_dir: Path,
+    ref: str,
+    project_id: str | None,
+    *,
+    progress: DownloadProgress | None = None,
+) -> BaseImage:
+    """The registry image ``ref`` (visible to ``project_id``; every image when None), cached."""
+    with catalog.reading() as session:
+        image = resolve_image(session, ref, project_id, is_admin=project_id is None)
+        session.expunge(image)
+    if not image.location or not image.store_id:
+        raise ImageIOError(f"The image {image.id} has no data in any store.")
+    target = cache_path(data_dir, image)
+    downloaded = False
+    if not target.is_file():
+        _download(image, stores, target, progress)
+        downloaded = True
+    elif image.size is not None and target.stat().st_size != image.size:
+        raise ImageIOError(
+            f"The cached copy {target} is {target.stat().st_size} bytes, not the image's {image.size}; "
+            "remove it to download the image again."
+        )
+    return _admitted(target, "registry", image.id, downloaded)
+
+
+def _download(image: Image, stores: StoreSet, target: Path, progress: DownloadProgress | None) -> None:
+    assert image.location is not None and image.store_id is not None
+    store = stores[image.store_id]
+    try:
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as err:
+        raise io_error(err, target.parent, "creating") from None
+    algorithm = image.os_hash_algo or "sha512"
+    hashes = Hashes(("md5", algorithm) if algorithm != "md5" else ("md5",))
+    done = 0
+    with AtomicOutput(target, force=True, mode=0o600, doing="downloading") as out:
+        with open(out.path, "wb") as handle:
+            for chunk in store.read_chunks(image.location, chunk_size=_CHUNK):
+                hashes.update(chunk)
+                handle.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, image.size)
+        digests = hashes.hexdigests()
+        expected = {"md5": image.checksum, algorithm: image.os_hash_value}
+        for name, value in expected.items():
+            if value and digests.get(name) != value:
+                raise ImageIOError(
+                    f"The data of image {image.id} does not match its recorded {name} checksum; "
+                    "the copy was discarded."
+                )
+        if image.size is not None and done != image.size:
+            raise ImageIOError(
+                f"The store gave {done} bytes of image {image.id}, not its recorded {image.size}."
+            )
+        out.commit()
