@@ -139,6 +139,23 @@ class FileSource:
         self.close()
 
 
+class CountingSource:
+    """``src``, counting the bytes read through it (the progress of a pass over it)."""
+
+    def __init__(self, src: ByteSource) -> None:
+        self._src = src
+        self.bytes_read = 0
+
+    @property
+    def size(self) -> int:
+        return self._src.size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        data = self._src.pread(offset, length)
+        self.bytes_read += len(data)
+        return data
+
+
 class BytesSource:
     """Bytes already in memory (test fixtures, a decompressed header)."""
 

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagewright.binary import ByteSource, FileSource, data_runs
+from imagewright.binary import ByteSource, CountingSource, FileSource, data_runs
 from imagewright.errors import ImageIOError, ImagewrightError, UnsafeImageError
 from imagewright.files import io_error
 from imagewright.formats.base import Limits
@@ -160,23 +160,6 @@ def _compressed_disk(src: ByteSource) -> CompressionFormat | None:
     return None if looks_like_tar(first) else compression
 
 
-class _CountingSource:
-    """A source that counts the bytes read through it (the progress of a spool)."""
-
-    def __init__(self, src: ByteSource) -> None:
-        self._src = src
-        self.bytes_read = 0
-
-    @property
-    def size(self) -> int:
-        return self._src.size
-
-    def pread(self, offset: int, length: int) -> bytes:
-        data = self._src.pread(offset, length)
-        self.bytes_read += len(data)
-        return data
-
-
 def _spool(
     src: ByteSource,
     label: str,
@@ -187,7 +170,7 @@ def _spool(
 ) -> AdmittedImage:
     """Decompress ``src`` into a sparse scratch file, judging the stream; then inspect it."""
     target = spool("decompressed")
-    counting = _CountingSource(src)
+    counting = CountingSource(src)
     try:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError as err:

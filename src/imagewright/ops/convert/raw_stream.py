@@ -56,7 +56,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from imagewright.binary import ByteSource, MiB, NotExaminedError, PrefixSource, data_runs
+from imagewright.binary import ByteSource, CountingSource, MiB, NotExaminedError, PrefixSource, data_runs
 from imagewright.disk.survey import DiskSurvey, survey_disk
 from imagewright.errors import ImageFormatError, ImageIOError, UnsafeImageError
 from imagewright.formats import raw, registry
@@ -98,23 +98,6 @@ class StreamReports:
     #: The compressed file around it (container facts: gzip header, xz index ...).
     wrapper: ImageReport
     notes: list[str] = field(default_factory=list)
-
-
-class _CountingSource:
-    """``src``, counting the bytes read through it (the progress of a pass)."""
-
-    def __init__(self, src: ByteSource) -> None:
-        self._src = src
-        self.bytes_read = 0
-
-    @property
-    def size(self) -> int:
-        return self._src.size
-
-    def pread(self, offset: int, length: int) -> bytes:
-        data = self._src.pread(offset, length)
-        self.bytes_read += len(data)
-        return data
 
 
 def _format_of_head(head: bytes) -> str:
@@ -196,7 +179,7 @@ class RawStream:
 
     def _checking_pass(self, progress: CheckProgress | None) -> int:
         """Decompress the rest without keeping it; judge the stream; return its size."""
-        counting = _CountingSource(self._src)
+        counting = CountingSource(self._src)
         judged = JudgedStream(counting, self.compression, self._limits)
         tail = b""
         for piece in judged.pieces(PIECE):
