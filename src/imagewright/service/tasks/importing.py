@@ -226,6 +226,8 @@ def _import(
             failed_stores=failed,
             stores=plan.stores,
         )
+        if staged is not None:
+            run.succeed_in(session, {"image_id": image_id})
     if staged is None:
         raise ImportFailedError(
             "The image was deleted, or its import taken over, while the data was imported."
@@ -490,9 +492,12 @@ def _copy_image(
         done = imports.complete_copy(
             session, image_id, run.task.id, written=written, failed_stores=failed, stores=plan.stores
         )
+        result = {"image_id": image_id, "stores": [blob.store_id for blob in written]}
+        if done:
+            run.succeed_in(session, result)
     if not done:
         raise ImportFailedError("The image was deleted, or deactivated, while it was copied.")
-    return {"image_id": image_id, "stores": [blob.store_id for blob in written]}
+    return result
 
 
 def _delete_blobs(run: TaskRun, blobs: list[BlobRef]) -> None:

@@ -15,11 +15,14 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagewright.catalog import tasks as task_rows
 from imagewright.errors import ImagewrightError
 from imagewright.service.tasks.environment import TaskEnvironment
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 LOG = logging.getLogger("imagewright.service.tasks")
 
@@ -55,6 +58,8 @@ class TaskRun:
         self.holder = holder
         self._stopping = stopping
         self._lost = False
+        #: Set by ``succeed_in``: the task row is already ``success`` (the runner leaves it).
+        self.finished = False
         self._progress: tuple[str, int, int | None] | None = None
         self._written: tuple[str, int, int | None] | None = None
         self._done = threading.Event()
@@ -82,6 +87,18 @@ class TaskRun:
     @property
     def last_progress(self) -> tuple[str, int, int | None] | None:
         return self._progress
+
+    def succeed_in(self, session: Session, result: dict[str, Any]) -> bool:
+        """Mark the task ``success`` in ``session``, the transaction that commits its outcome.
+
+        A handler whose last step is a catalog write calls this inside that write, so that the
+        outcome and the task's end commit together: a worker killed after the commit leaves a
+        finished task, not one the sweep runs again against an image it already completed.
+        """
+        self.finished = task_rows.finish_task(
+            session, self.task.id, self.holder, status="success", result=result, progress=self._progress
+        )
+        return self.finished
 
     def should_stop(self) -> bool:
         return self._lost or self._stopping.is_set()

@@ -94,6 +94,10 @@ def run_task(environment: TaskEnvironment, task_id: str, stopping: threading.Eve
                 f"The task failed unexpectedly ({type(err).__name__}: {_sentence(str(err))}); "
                 "the registry's log has the details."
             )
+    if run.finished and status == "success":
+        # The handler ended the task in the transaction of its outcome (TaskRun.succeed_in).
+        LOG.info("task %s ended: success", task.id)
+        return True
     with environment.catalog.writing() as session:
         finished = task_rows.finish_task(
             session,
