@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import imagewright
-from bench.common import Comparison, report, run
+from bench.common import Comparison, gpt_ext4_disk, report, run
 
 RUNS = 40
 WARMUP = 5
@@ -42,14 +42,7 @@ WARMUP = 5
 
 def make_image(workdir: Path) -> Path:
     """A 20 GiB qcow2 holding a GPT disk with a BIOS boot partition and an ext4 root."""
-    raw = workdir / "one.raw"
-    with raw.open("wb") as f:
-        f.truncate(20 << 30)
-    run(
-        ["sfdisk", "-q", "--no-reread", "--no-tell-kernel", raw],
-        input=b"label: gpt\n,1M,21686148-6449-6E6F-744E-656564454649\n,,L\n",
-    )
-    run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "root", "-E", f"offset={2 << 20}", raw, "64M"])
+    raw = gpt_ext4_disk(workdir / "one.raw", "64M")
     image = workdir / "one.qcow2"
     run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, image])
     raw.unlink()

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Comparison, report, run, timed
+from bench.common import Comparison, gpt_ext4_disk, report, run, timed
 from imagewright.inspection import inspect_image
 
 VIRTUAL_SIZE = "20G"
@@ -31,28 +31,7 @@ FORMATS: tuple[tuple[str, list[str]], ...] = (
 
 def make_templates(workdir: Path) -> list[Path]:
     """A partitioned 20 GiB disk (GPT, ext4 root) in every format."""
-    raw = workdir / "source.raw"
-    with raw.open("wb") as f:
-        f.truncate(20 << 30)
-    run(
-        ["sfdisk", "-q", "--no-reread", "--no-tell-kernel", raw],
-        input=b"label: gpt\n,1M,21686148-6449-6E6F-744E-656564454649\n,,L\n",
-    )
-    run(
-        [
-            "mke2fs",
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-L",
-            "root",
-            "-E",
-            f"offset={2 << 20}",
-            raw,
-            f"{(20 << 20) - 4096}k",
-        ]
-    )
+    raw = gpt_ext4_disk(workdir / "source.raw", f"{(20 << 20) - 4096}k")
     templates = []
     for suffix, args in FORMATS:
         out = workdir / f"template.{suffix}"
