@@ -9,6 +9,7 @@ data. A map that is mostly allocated (a static image) takes one plain pass inste
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from array import array
@@ -23,6 +24,7 @@ class SortedBlockMap:
     others: list[int]
 
 
+@functools.cache
 def _entry_pattern(markers: tuple[int, ...]) -> re.Pattern[bytes]:
     # Any run of whole marker entries (possessive: never given back), then one entry that is
     # not a marker. Matches are taken one after the other from byte 0, so each starts on an entry.
@@ -30,19 +32,14 @@ def _entry_pattern(markers: tuple[int, ...]) -> re.Pattern[bytes]:
     return re.compile(b"(?s)(?:" + alternatives + b")*+(.{4})")
 
 
-_PATTERNS: dict[tuple[int, ...], re.Pattern[bytes]] = {}
-
-
 def sort_block_map(entries: array[int], markers: tuple[int, ...]) -> SortedBlockMap:
     """Count ``markers`` in an ``array('I')`` and list the indexes of every other entry."""
     if entries.itemsize != 4:
         raise AssertionError("block maps hold 32-bit entries")
-    pattern = _PATTERNS.get(markers)
-    if pattern is None:
-        pattern = _PATTERNS.setdefault(markers, _entry_pattern(markers))
     data = entries.tobytes()
-    # (An estimate: bytes.count also finds a marker's bytes across two entries.)
-    if sum(data.count(marker.to_bytes(4, sys.byteorder)) for marker in markers) * 2 < len(entries):
+    # Occurrences of each marker's bytes, aligned or not (across two entries): an upper bound.
+    occurrences = {marker: data.count(marker.to_bytes(4, sys.byteorder)) for marker in markers}
+    if sum(occurrences.values()) * 2 < len(entries):
         # Mostly allocated (a static image): one plain pass costs less than a match per entry.
         marker_set = frozenset(markers)
         return SortedBlockMap(
@@ -53,13 +50,14 @@ def sort_block_map(entries: array[int], markers: tuple[int, ...]) -> SortedBlock
     expected = 0
     # match() at the end of the previous match, never search(): a failed search would retry at
     # every later byte (misaligned, and quadratic over a long run of trailing markers).
+    pattern = _entry_pattern(markers)
     while (found := pattern.match(data, expected)) is not None:
         expected = found.end()
         others.append(found.start(1) // 4)
     marker_total = len(entries) - len(others)
     # Which marker each is: a marker whose bytes occur nowhere (aligned or not) counts 0, and
     # when one marker is left it holds the rest; otherwise (discarded blocks) count them one by one.
-    present = [marker for marker in markers if data.count(marker.to_bytes(4, sys.byteorder))]
+    present = [marker for marker in markers if occurrences[marker]]
     counts = {marker: 0 for marker in markers}
     if len(present) == 1:
         counts[present[0]] = marker_total
