@@ -67,6 +67,17 @@ database_option = click.option(
     "--database", default=None, metavar="URL", help="The catalog database (instead of the data dir's)."
 )
 
+#: ``--task-lease`` of ``serve`` and ``worker``: both judge a task's heartbeat, so they share it.
+task_lease_option = click.option(
+    "--task-lease",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(2.0),
+    metavar="SECONDS",
+    help="A task whose worker sent no heartbeat for this long is run again (or failed); give "
+    "servers and workers the same value.",
+)
+
 
 #: ``--tokens`` of the commands that make instances (``instance create``, ``run``, ``verify``).
 tokens_option = click.option(

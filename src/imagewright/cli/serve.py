@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from imagewright.cli.common import task_lease_option
 from imagewright.cli.metadata import build_config, metadata_options
 from imagewright.service.config import DEFAULT_LISTEN, parse_listen
 
@@ -102,14 +103,7 @@ from imagewright.service.config import DEFAULT_LISTEN, parse_listen
     metavar="SECONDS",
     help="How long an export's signed download URL (and its file) stays valid.",
 )
-@click.option(
-    "--task-lease",
-    default=30.0,
-    show_default=True,
-    type=click.FloatRange(2.0),
-    metavar="SECONDS",
-    help="A task whose worker sent no heartbeat for this long is run again (or failed).",
-)
+@task_lease_option
 @click.option(
     "--sweep-interval",
     default=60.0,

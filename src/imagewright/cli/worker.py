@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from imagewright.cli.common import task_lease_option
+
 
 @click.command("worker")
 @click.option(
@@ -39,14 +41,7 @@ import click
 @click.option(
     "--concurrency", default=1, show_default=True, type=click.IntRange(1, 64), help="Tasks run at once."
 )
-@click.option(
-    "--task-lease",
-    default=30.0,
-    show_default=True,
-    type=click.FloatRange(2.0),
-    metavar="SECONDS",
-    help="Heartbeat lease of a running task (as the servers' --task-lease).",
-)
+@task_lease_option
 @click.option(
     "--sweep-interval",
     default=10.0,
