@@ -45,7 +45,6 @@ from imagewright.guest.model import (
     GuestStat,
     guest_path,
     join,
-    resolve_link,
 )
 
 #: Largest file ``read_file`` returns in memory; bigger ones go through ``copy_out``.
@@ -509,17 +508,45 @@ class GuestFS(ABC):
             return False
 
     def resolve(self, path: str) -> str:
-        """``path`` with final symbolic links followed (intermediate ones are followed by the
-        lookup itself); GuestFileNotFoundError if a link dangles."""
-        path = guest_path(path)
-        for _ in range(MAX_SYMLINK_HOPS):
-            found = self.stat_many([path])[path]
+        """``realpath(3)`` inside the guest: every symbolic link followed, each relative target
+        taken from the directory the link really is in (``/sbin/init -> ../lib/systemd/systemd``
+        with ``/sbin -> usr/sbin`` is ``/usr/lib/systemd/systemd``), an absolute one from the
+        guest's root. GuestFileNotFoundError if a component is missing (a link dangles)."""
+        pending = [part for part in guest_path(path).split("/") if part]
+        real = "/"
+        hops = 0
+        while pending:
+            # One backend call for every prefix still ahead (cached; a link changes the guess).
+            ahead, prefix = [], real
+            for part in pending:
+                if part == "..":
+                    break
+                prefix = join(prefix, part) if part != "." else prefix
+                ahead.append(prefix)
+            self.stat_many(ahead)
+            part = pending.pop(0)
+            if part == ".":
+                continue
+            if part == "..":
+                real = real.rpartition("/")[0] or "/"
+                continue
+            candidate = join(real, part)
+            found = self.lstat_or_none(candidate)
             if found is None:
-                raise GuestFileNotFoundError(f"{path} does not exist in {self.description}.")
+                raise GuestFileNotFoundError(f"{guest_path(path)} does not exist in {self.description}.")
             if not found.is_symlink:
-                return path
-            path = resolve_link(path, found.link_target or "")
-        raise GuestFilesystemError(f"Too many levels of symbolic links at {path} in {self.description}.")
+                real = candidate
+                continue
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                raise GuestFilesystemError(
+                    f"Too many levels of symbolic links at {guest_path(path)} in {self.description}."
+                )
+            target = found.link_target or ""
+            if target.startswith("/"):
+                real = "/"
+            pending[:0] = [p for p in target.split("/") if p]
+        return real
 
     def listdir(self, path: str) -> list[DirEntry]:
         """The entries of a directory (a link to a directory is followed)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from imagewright.errors import GuestFilesystemError, InvalidArgumentError
 from imagewright.guest.base import GuestFS
-from imagewright.guest.model import MAX_SYMLINK_HOPS, GuestFileNotFoundError, guest_path, join
+from imagewright.guest.model import GuestFileNotFoundError
 from imagewright.units import format_size
 
 #: Longest line any parser here looks at; longer lines are skipped whole.
@@ -52,6 +52,9 @@ class GuestReader:
             pass
 
     def note(self, text: str) -> None:
+        # The notes are reported with the filesystem they are about: the contract's errors
+        # naming it again would only repeat it.
+        text = text.removesuffix(f" in {self.guest.description}")
         if text not in self.notes:
             self.notes.append(text)
 
@@ -140,44 +143,8 @@ class GuestReader:
             return None
 
     def realpath(self, path: str) -> str:
-        """``realpath(3)`` inside the guest: each component looked up in the real directory
-        reached so far, so a relative link target is taken from where the link really is
-        (``/sbin/init -> ../lib/systemd/systemd`` with ``/sbin -> usr/sbin`` is
-        ``/usr/lib/systemd/systemd``); an absolute target restarts at the guest's root.
-        At most ``MAX_SYMLINK_HOPS`` links are followed."""
-        pending = [part for part in guest_path(path).split("/") if part]
-        real = "/"
-        hops = 0
-        while pending:
-            # One lookup for every prefix still ahead (cached; links change the guess).
-            ahead, prefix = [], real
-            for part in pending:
-                if part == "..":
-                    break
-                prefix = join(prefix, part) if part != "." else prefix
-                ahead.append(prefix)
-            self.guest.stat_many(ahead)
-            part = pending.pop(0)
-            if part == ".":
-                continue
-            if part == "..":
-                real = real.rpartition("/")[0] or "/"
-                continue
-            candidate = join(real, part)
-            found = self.guest.lstat_or_none(candidate)
-            if found is None:
-                raise GuestFileNotFoundError(f"{candidate} does not exist in {self.guest.description}.")
-            if not found.is_symlink:
-                real = candidate
-                continue
-            hops += 1
-            if hops > MAX_SYMLINK_HOPS:
-                raise GuestFilesystemError(f"Too many levels of symbolic links at {path}.")
-            target = found.link_target or ""
-            if target.startswith("/"):
-                real = "/"
-            pending[:0] = [p for p in target.split("/") if p]
-        return real
+        """``realpath(3)`` inside the guest (the guest contract's ``resolve``)."""
+        return self.guest.resolve(path)
 
     def is_dir(self, path: str) -> bool:
         """True if ``path`` is a directory (links followed); a loop is a note and False."""
