@@ -13,6 +13,7 @@ Each ends with no blob but the active image's and no scratch file left.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -84,38 +85,66 @@ def _pg_reader(url: str) -> Callable[[str], Any]:
     return read
 
 
-def _wait_converting(read: Callable[[str], Any], image_id: str) -> dict[str, Any]:
+def _parent_of(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat[stat.rfind(")") + 2 :].split()[1])
+
+
+def _is_descendant(pid: int, ancestors: set[int]) -> bool:
+    while pid > 1:
+        if pid in ancestors:
+            return True
+        pid = _parent_of(pid)
+    return False
+
+
+def _freeze_converter(ancestors: set[int]) -> int:
+    """SIGSTOP the ``qemu-img convert`` that one of *ancestors* started, as soon as it exists.
+
+    A stopped converter holds the task in its ``converting`` stage for as long as the test needs:
+    polling the catalog alone raced a conversion that can end within one poll on a fast machine.
+    """
     deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or _program_name(int(entry)) != "qemu-img":
+                continue
+            pid = int(entry)
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"convert" in argv and _is_descendant(pid, ancestors):
+                os.kill(pid, signal.SIGSTOP)
+                return pid
+        time.sleep(0.002)
+    raise AssertionError("no qemu-img convert started within 180 s")
+
+
+def _wait_converting(
+    read: Callable[[str], Any], image_id: str, ancestors: set[int]
+) -> tuple[dict[str, Any], int]:
+    """The task's row once it is converting, and the (stopped) converter's pid."""
+    converter = _freeze_converter(ancestors)
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         row = _task_row(read, image_id)
         if row.get("status") == "processing" and row.get("stage") == "converting" and row.get("holder"):
-            return row
-        assert row.get("status") not in ("success", "failure"), f"the task ended before converting: {row}"
+            return row, converter
         time.sleep(0.05)
-    raise AssertionError(f"the task never reached the conversion: {_task_row(read, image_id)}")
+    raise AssertionError(f"qemu-img is converting but the task says otherwise: {_task_row(read, image_id)}")
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _holder_pid(holder: str) -> int:
     return int(holder.rsplit("/", 2)[1])
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat[stat.rfind(")") + 2 :].split()[1])
-        children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _program_name(pid: int) -> str:
@@ -182,10 +211,12 @@ def test_postgresql_worker_killed_mid_conversion_is_retried_by_another(
             image = api.create_image(name="big", disk_format="qcow2", container_format="bare")
             start_import(api, image["id"], {"name": "web-download", "uri": f"{http.url}/files/big.qcow2"})
             read = _pg_reader(database)
-            row = _wait_converting(read, image["id"])
+            row, converter = _wait_converting(read, image["id"], {w.pid for w in workers})
             victim = next(w for w in workers if w.pid == _holder_pid(row["holder"]))
             survivor = next(w for w in workers if w is not victim)
+            assert _is_descendant(converter, {victim.pid}), "the task's holder is the one converting"
             os.killpg(victim.pid, signal.SIGKILL)
+            _kill(converter)
             victim.wait()
             task = wait_for_task(api, image["id"])
             assert task["status"] == "success", task
@@ -243,12 +274,11 @@ def test_embedded_qemu_img_killed_mid_conversion_fails_with_the_reason(
     with embedded.api(embedded.token()) as api:
         image = api.create_image(name="big", disk_format="qcow2", container_format="bare")
         start_import(api, image["id"], {"name": "web-download", "uri": f"{http.url}/files/big.qcow2"})
-        _wait_converting(_sqlite_reader(embedded.data_dir), image["id"])
         assert embedded.process is not None
-        converters = [p for p in _descendants(embedded.process.pid) if _program_name(p) == "qemu-img"]
-        assert converters, "qemu-img should be converting"
-        for pid in converters:
-            os.kill(pid, signal.SIGKILL)
+        _, converter = _wait_converting(
+            _sqlite_reader(embedded.data_dir), image["id"], {embedded.process.pid}
+        )
+        os.kill(converter, signal.SIGKILL)
         task = wait_for_task(api, image["id"])
         assert task["status"] == "failure", task
         assert "qemu-img" in task["message"] and "signal 9" in task["message"], task["message"]
@@ -265,8 +295,10 @@ def test_embedded_server_killed_mid_conversion_runs_the_task_again_after_restart
     with embedded.api(embedded.token()) as api:
         image = api.create_image(name="big", disk_format="qcow2", container_format="bare")
         start_import(api, image["id"], {"name": "web-download", "uri": f"{http.url}/files/big.qcow2"})
-    _wait_converting(_sqlite_reader(embedded.data_dir), image["id"])
+    assert embedded.process is not None
+    _, converter = _wait_converting(_sqlite_reader(embedded.data_dir), image["id"], {embedded.process.pid})
     embedded.kill9()
+    _kill(converter)
     embedded.start()  # the start-up sweep requeues the task of the dead process
     with embedded.api(embedded.token()) as api:
         task = wait_for_task(api, image["id"])
