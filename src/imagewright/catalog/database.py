@@ -155,8 +155,16 @@ class Catalog:
         return before, self.head_revision()
 
     def check_schema(self) -> None:
-        """Refuse a catalog that is not at this version's head, naming the way out."""
-        current, head = self.current_revision(), self.head_revision()
+        """Refuse a catalog that is not at this version's head, naming the way out.
+
+        A SQLite catalog whose file does not exist is refused before connecting: connecting
+        would create an empty file, a leftover of a command that was refused.
+        """
+        database = self.url.database
+        if self.is_sqlite and database and database != ":memory:" and not Path(database).exists():
+            current, head = None, self.head_revision()
+        else:
+            current, head = self.current_revision(), self.head_revision()
         if current == head:
             return
         if current is None:

@@ -44,17 +44,20 @@ LOG = logging.getLogger("imagewright.metadata")
 
 
 def prepare(config: MetadataConfig) -> MetadataChannel:
-    """The data dir's metadata files, made if missing; the catalog checked (not changed)."""
-    channel = MetadataChannel.for_data_dir(config.data_dir)
-    channel.ensure_directory()
-    channel.proxy_secret()
-    channel.token_key()
-    load_signer(channel)
+    """The catalog checked (not changed); then the data dir's metadata files, made if missing.
+
+    In this order, so that a service refused for its catalog leaves no keys behind.
+    """
     catalog = Catalog(config.database_url)
     try:
         catalog.check_schema()
     finally:
         catalog.dispose()
+    channel = MetadataChannel.for_data_dir(config.data_dir)
+    channel.ensure_directory()
+    channel.proxy_secret()
+    channel.token_key()
+    load_signer(channel)
     return channel
 
 
