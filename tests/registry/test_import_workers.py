@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from tests.fixtures.image_http import ImageHTTPServer, image_http_server
 from tests.fixtures.registry import BIN, RegistryServer, _clean_env
-from tests.fixtures.tools import qemu_img
+from tests.fixtures.tools import DIE_WITH_TESTS, qemu_img
 from tests.registry.imports_common import download, image_of, scratch_leftovers, start_import, wait_for_task
 
 pytestmark = pytest.mark.slow
@@ -171,7 +171,11 @@ def _start_worker(database: str, data_dir: Path, scratch: Path, log: Path) -> su
     ]
     with open(log, "ab") as out:
         return subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=_clean_env(), start_new_session=True
+            [*DIE_WITH_TESTS, *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_clean_env(),
+            start_new_session=True,
         )
 
 
