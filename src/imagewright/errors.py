@@ -125,3 +125,10 @@ class ConflictError(RequestError):
 
 class SandboxUnavailableError(ImagewrightError):
     """The sandbox that programs reading untrusted images run in cannot start on this machine."""
+
+
+def as_clause(err: BaseException) -> str:
+    """An error's sentence as a clause inside another: no final period, a lower-case start
+    unless the sentence starts with an acronym or a name ("QEMU ...", "ISO ...")."""
+    text = str(err).strip().rstrip(".")
+    return text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from imagewright.binary import ByteSource, ConcatSource, FileSource, PrefixSource
 from imagewright.disk.survey import DiskSurvey, survey_disk
-from imagewright.errors import ImageFormatError
+from imagewright.errors import ImageFormatError, as_clause
 from imagewright.formats import registry
 from imagewright.formats.base import HEAD_SIZE, Budget, FormatDetails, Limits, OpenedImage
 from imagewright.formats.containers import open_container, probe_container
@@ -212,13 +212,7 @@ def _inspect_source(src: ByteSource, name: str, walk: _Walk, depth: int) -> Imag
         return _inspect_disk(src, head, name, walk)
     except ImageFormatError as err:
         # NotExaminedError (a read past what was decompressed, a budget) is one of these.
-        return _refused(name, "unknown", _reason(err))
-
-
-def _reason(err: Exception) -> str:
-    """Turn an error sentence into a verdict reason (lower-case start, no final period)."""
-    text = str(err).strip().rstrip(".")
-    return text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text
+        return _refused(name, "unknown", as_clause(err))
 
 
 def _inspect_disk(src: ByteSource, head: bytes, name: str, walk: _Walk) -> ImageReport:
@@ -229,7 +223,7 @@ def _inspect_disk(src: ByteSource, head: bytes, name: str, walk: _Walk) -> Image
     try:
         opened: OpenedImage = reader.module.open_image(src, walk.limits)
     except ImageFormatError as err:
-        return _refused(name, reader.name, _reason(err), tuple(conflicts))
+        return _refused(name, reader.name, as_clause(err), tuple(conflicts))
     opened.problems[:0] = conflicts
     if walk.on_open:
         walk.on_open(opened.format, 0)
@@ -252,7 +246,7 @@ def _survey_guest(report: ImageReport, guest: ByteSource) -> None:
     try:
         survey = survey_disk(guest)
     except ImageFormatError as err:
-        report.verdict = Verdict((*report.verdict.reasons, _reason(err)))
+        report.verdict = Verdict((*report.verdict.reasons, as_clause(err)))
         return
     report.disk = survey
     reasons = list(survey.problems)

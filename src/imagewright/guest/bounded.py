@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from imagewright.errors import GuestFilesystemError, InvalidArgumentError
+from imagewright.errors import GuestFilesystemError, InvalidArgumentError, as_clause
 from imagewright.guest.base import GuestFS
 from imagewright.guest.model import GuestFileNotFoundError
 from imagewright.units import format_size
@@ -68,7 +68,7 @@ class GuestReader:
         except GuestFileNotFoundError:
             return None
         except (GuestFilesystemError, InvalidArgumentError) as err:
-            self.note(f"{path}: {_sentence(err)}")
+            self.note(f"{path}: {as_clause(err)}")
             return None
         if not found.is_file:
             self.note(f"{path} is a {found.type.value}, not a file; {what} not read")
@@ -89,7 +89,7 @@ class GuestReader:
         try:
             return self.guest.read_file(found[0], limit=limit)
         except (GuestFilesystemError, InvalidArgumentError) as err:
-            self.note(f"{path}: {_sentence(err)}")
+            self.note(f"{path}: {as_clause(err)}")
             return None
 
     def text(self, path: str, limit: int, what: str) -> str | None:
@@ -114,7 +114,7 @@ class GuestReader:
             try:
                 self.guest.copy_out(found[0], target)
             except (GuestFilesystemError, InvalidArgumentError) as err:
-                self.note(f"{path}: {_sentence(err)}")
+                self.note(f"{path}: {as_clause(err)}")
                 yield None
                 return
             yield target
@@ -124,7 +124,7 @@ class GuestReader:
         try:
             found = self.guest.stat_many(list(paths))
         except (GuestFilesystemError, InvalidArgumentError) as err:
-            self.note(_sentence(err))
+            self.note(as_clause(err))
             return None
         for path in paths:
             if found[path] is not None:
@@ -139,7 +139,7 @@ class GuestReader:
         except GuestFileNotFoundError:
             return None
         except (GuestFilesystemError, InvalidArgumentError) as err:
-            self.note(f"{path}: {_sentence(err)}")
+            self.note(f"{path}: {as_clause(err)}")
             return None
 
     def realpath(self, path: str) -> str:
@@ -158,7 +158,7 @@ class GuestReader:
         try:
             return self.guest.glob(pattern)
         except (GuestFilesystemError, InvalidArgumentError) as err:
-            self.note(f"{pattern}: {_sentence(err)}")
+            self.note(f"{pattern}: {as_clause(err)}")
             return []
 
 
@@ -184,8 +184,3 @@ def file_lines(path: Path) -> Iterator[str]:
                 skipping = not complete
                 continue
             yield raw.rstrip(b"\r\n").decode("utf-8", "replace")
-
-
-def _sentence(err: Exception) -> str:
-    text = str(err).strip().rstrip(".")
-    return text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text
