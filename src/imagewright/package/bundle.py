@@ -437,6 +437,11 @@ class BundleCheck:
     image_digest: str = "not checked"
     image_type: str = ""
     image_size: int = 0
+    #: What the manifest says (as it says it: EC2 ids such as ``aki-…`` for the links).
+    name: str = ""
+    architecture: str = ""
+    kernel_id: str | None = None
+    ramdisk_id: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -529,7 +534,15 @@ def verify_bundle(
     path = Path(manifest_path)
     read = _load_manifest(path)
     manifest = read.manifest
-    check = BundleCheck(manifest=str(path), image_type=manifest.image_type, image_size=manifest.image_size)
+    check = BundleCheck(
+        manifest=str(path),
+        image_type=manifest.image_type,
+        image_size=manifest.image_size,
+        name=manifest.name,
+        architecture=manifest.architecture,
+        kernel_id=manifest.kernel_id,
+        ramdisk_id=manifest.ramdisk_id,
+    )
     keys: list[rsa.RSAPublicKey] = []
     if certificate is not None:
         public = load_certificate_file(certificate)[0].public_key()

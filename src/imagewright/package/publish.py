@@ -20,10 +20,12 @@ Every file is written under a temporary name and appears only when all targets a
 The digest of a file written front to back is taken as it is written; the OVA (its head is
 written last) and the qcow2 (qemu-img writes it) are read back once, from the page cache.
 
-NOTE: how the registry plugs in: a target record whose ``build`` returns a ``Target`` with no
-grain targets of its own and an ``upload`` step after ``after_pass``, handed the finished
-outputs and their checksums (the qcow2 or raw.gz, as ``--to`` orders them); the registry
-client is another room's work and is not part of this table yet.
+How the registry plugs in (``imagewright.registry.publishing``, the room above this one):
+``publish(..., hand_over=…)`` is handed every finished file — at its temporary name, with its
+size and sha256 — after the pass and before anything is put in place, so an upload that fails
+fails the whole publish and leaves no file behind; ``unpublished`` targets are made for the
+hand-over only (in scratch files, never put in place nor listed in ``SHA256SUMS``): the qcow2
+a registry upload needs when ``--to`` names no disk file.
 """
 
 from __future__ import annotations
@@ -89,8 +91,13 @@ class PublishContext:
     scratch: Callable[[str], Path] | None = None
     targets: list[str] = field(default_factory=list)
     source: Path | None = None
+    #: The target being built is made for the hand-over only (a scratch file).
+    building_unpublished: bool = False
 
     def output(self, file_name: str) -> AtomicOutput:
+        if self.building_unpublished:
+            assert self.scratch is not None
+            return self.stack.enter_context(AtomicOutput(self.scratch(file_name), force=True))
         target = self.directory / file_name
         source = self.source
         if source is not None and target.exists() and target.resolve() == source.resolve():
@@ -311,6 +318,16 @@ def _raw(context: PublishContext) -> Target:
 
 
 @dataclass(frozen=True)
+class FinishedFile:
+    """A file of this publish before it is put in place: where it is now, what it will be."""
+
+    file: PublishedFile
+    location: Path
+    #: Made for the hand-over only (``unpublished``): never put in place.
+    unpublished: bool = False
+
+
+@dataclass(frozen=True)
 class TargetRecord:
     name: str
     makes: str
@@ -331,13 +348,15 @@ TARGETS: dict[str, TargetRecord] = {
 }
 
 
-def parse_targets(text: str) -> tuple[str, ...]:
+def parse_targets(text: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The targets ``--to`` names: those of ``TARGETS`` and ``extra`` (a room above's: registry)."""
+    known = [*TARGETS, *extra]
     names = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
     if not names:
-        raise InvalidArgumentError("--to names no target; choose from " + ", ".join(TARGETS) + ".")
+        raise InvalidArgumentError("--to names no target; choose from " + ", ".join(known) + ".")
     for name in names:
-        if name not in TARGETS:
-            raise InvalidArgumentError(f"'{name}' is not a publish target; choose from {', '.join(TARGETS)}.")
+        if name not in known:
+            raise InvalidArgumentError(f"'{name}' is not a publish target; choose from {', '.join(known)}.")
     return names
 
 
@@ -353,13 +372,15 @@ def publish(
     limits: Limits | None = None,
     progress: Progress | None = None,
     level: int = DEFAULT_LEVEL,
+    hand_over: Callable[[list[FinishedFile]], None] | None = None,
+    unpublished: tuple[str, ...] = (),
 ) -> PublishResult:
     """Write every target of ``image`` into ``directory`` from one read; see the module docstring."""
     started = time.monotonic()
     image_path, out_dir = Path(image), Path(directory)
     if not out_dir.is_dir():
         raise InvalidArgumentError(f"The output directory {out_dir} does not exist.")
-    for requested in targets:
+    for requested in (*targets, *unpublished):
         if requested not in TARGETS:
             raise InvalidArgumentError(
                 f"'{requested}' is not a publish target; choose from {', '.join(TARGETS)}."
@@ -381,7 +402,16 @@ def publish(
             targets=list(targets),
             source=image_path,
         )
-        built = [record.build(context) for record in TARGETS.values() if record.name in targets]
+        built: list[Target] = []
+        hidden: set[int] = set()
+        for record in TARGETS.values():
+            if record.name in targets:
+                built.append(record.build(context))
+            elif record.name in unpublished:
+                context.building_unpublished = True
+                built.append(record.build(context))
+                context.building_unpublished = False
+                hidden.add(len(built) - 1)
         grain_targets: list[GrainTarget] = []
         for target in built:
             grain_targets.extend(target.grain_targets())
@@ -390,11 +420,17 @@ def publish(
             target.after_pass()
         files: list[PublishedFile] = []
         outputs: list[AtomicOutput] = []
-        for target in built:
+        finished: list[FinishedFile] = []
+        for index, target in enumerate(built):
             for output, size, digest in target.files():
-                files.append(PublishedFile(target.name, str(output.target), size, digest))
-                outputs.append(output)
+                made = PublishedFile(target.name, str(output.target), size, digest)
+                finished.append(FinishedFile(made, output.path, unpublished=index in hidden))
+                if index not in hidden:
+                    files.append(made)
+                    outputs.append(output)
         sums = "".join(f"{f.sha256}  {Path(f.path).name}\n" for f in files)
+        if hand_over is not None:
+            hand_over(finished)
         for output in outputs:
             output.commit()
         write_file_atomically(out_dir / SUMS_FILE, sums, force=True)
