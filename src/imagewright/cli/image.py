@@ -111,6 +111,71 @@ def upload(
     )
 
 
+@command.command("register-bundle")
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--privatekey",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Your private key (it decrypts the bundle; its signature is checked with it).",
+)
+@click.option(
+    "--cert",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The signer's certificate, to check the signature with too.",
+)
+@click.option("--name", default=None, help="The image's name (default: the manifest's).")
+@click.option("--visibility", type=click.Choice(["public", "community", "shared", "private"]), default=None)
+@click.option("--property", "properties", multiple=True, metavar="KEY=VALUE", help="A property (repeatable).")
+@cloud_options
+@json_option
+def register_bundle_command(
+    manifest: str,
+    privatekey: str,
+    cert: str | None,
+    name: str | None,
+    visibility: str | None,
+    properties: tuple[str, ...],
+    cloud_name: str | None,
+    clouds_file: str | None,
+    as_json: bool,
+) -> None:
+    """Register an EC2 image bundle (MANIFEST and its parts beside it), as euca-register does.
+
+    The bundle is verified and unbundled first (signature, every part, the image digest); its
+    image is uploaded as ami, aki or ari (the manifest's type), a machine image linked to its
+    kernel and ramdisk (the manifest's aki-/ari- ids, which must be registry images) by the
+    kernel_id and ramdisk_id properties.
+    """
+    from pathlib import Path
+
+    from imagewright.registry.ec2 import register_bundle
+
+    cloud = connect_cloud(cloud_name, clouds_file)
+    with byte_progress("uploading", not as_json) as sent:
+        result = register_bundle(
+            cloud,
+            manifest,
+            Path(privatekey),
+            name=name,
+            certificate=Path(cert) if cert else None,
+            visibility=visibility,
+            properties=parse_properties(properties),
+            progress=sent,
+        )
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    links = "".join(
+        f", {key} {result.properties[key]}" for key in ("kernel_id", "ramdisk_id") if key in result.properties
+    )
+    stdout_console().print(
+        f"registered {manifest} as {result.name} ({result.id}) in {result.cloud}: {result.disk_format}/"
+        f"{result.container_format}, {_size(result.size)}, checksum {result.checksum} verified{links}"
+    )
+
+
 @command.command("list")
 @click.option("--name", default=None)
 @click.option("--visibility", default=None)

@@ -142,6 +142,8 @@ def command(
             private_key=privatekey,
             cloud_certificate=ec2cert,
             architecture=arch,
+            kernel=kernel,
+            ramdisk=ramdisk,
         )
     limits = Limits() if max_virtual_size is None else Limits(max_virtual_size=max_virtual_size)
     uploads = []

@@ -117,7 +117,7 @@ def register_bundle(
     glance_format = GLANCE_FORMAT[said.image_type]
     with tempfile.TemporaryDirectory(prefix="iw-bundle-", dir=scratch_dir) as scratch:
         unbundled = unbundle(manifest_path, scratch, private_key, certificate=certificate)
-        return upload_image(
+        result = upload_image(
             cloud,
             unbundled.image,
             name=name or said.name,
@@ -128,3 +128,5 @@ def register_bundle(
             scratch_dir=scratch_dir,
             progress=progress,
         )
+    result.file = str(manifest_path)
+    return result

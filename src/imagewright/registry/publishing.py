@@ -9,7 +9,8 @@ place it hands them over (``hand_over``), and this module uploads, through ``upl
   scratch file of the same pass, not kept, not in ``SHA256SUMS``). Its properties carry the
   EC2 links, ``kernel_id`` / ``ramdisk_id`` (``--kernel`` / ``--ramdisk``: an ``aki-…`` /
   ``ari-…`` id, a registry id or a name; ``registry.ec2.link_properties``), resolved before the
-  source is read so a wrong link costs nothing;
+  source is read so a wrong link costs nothing; a bundle of the same publish names them by
+  their EC2 ids;
 - the OVA, when ``--to`` names it: its own image (``container_format=ova``, named
   ``NAME.ova``), which the registry verifies as a package.
 
@@ -21,12 +22,15 @@ the images this publish created and fails the publish before any file is put in 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from imagewright.errors import ImagewrightError, InvalidArgumentError
+from imagewright.metadata.imds import ec2_image_id
+from imagewright.package.bundle import BundleOptions
 from imagewright.package.publish import FinishedFile, PublishResult, publish
 from imagewright.registry.client import Cloud, UploadResult, delete_image, upload_image
 from imagewright.registry.ec2 import link_properties
@@ -68,6 +72,14 @@ def publish_to_registry(
             "'imagewright image register-bundle'."
         )
     links = link_properties(cloud, kernel=kernel, ramdisk=ramdisk)
+    bundle = publish_options.get("bundle")
+    if isinstance(bundle, BundleOptions) and links:
+        # The bundle's manifest names the same images, the EC2 way (an id or a name becomes aki-…).
+        publish_options["bundle"] = dataclasses.replace(
+            bundle,
+            kernel=ec2_image_id(links["kernel_id"], "aki") if "kernel_id" in links else bundle.kernel,
+            ramdisk=ec2_image_id(links["ramdisk_id"], "ari") if "ramdisk_id" in links else bundle.ramdisk,
+        )
     uploads: list[UploadResult] = []
 
     def hand_over(finished: list[FinishedFile]) -> None:
