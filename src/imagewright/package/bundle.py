@@ -75,6 +75,8 @@ DEFAULT_PART_SIZE = 10 * 1024 * 1024
 EC2_BUNDLE_SIZE_LIMIT = 10 << 30
 _READ = 4 << 20
 _ZERO = bytes(64 * 1024)
+#: Bytes of the gzip stream gathered per encryption call.
+_ENCRYPT_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -234,10 +236,20 @@ class BundleWriter:
         cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
         self._encryptor = cipher.encryptor()
         self._padder = sym_padding.PKCS7(128).padder()
-        self._gzip = GzipMember(self._encrypt)
+        # The gzip member's bytes are gathered before they are encrypted: a grain's block is a
+        # few bytes to a few dozen KiB, and each cipher call has a cost of its own.
+        self._gathered = bytearray()
+        self._gzip = GzipMember(self._gather)
         self._add(ustar_header(name, image_size))
 
-    def _encrypt(self, data: bytes) -> None:
+    def _gather(self, data: bytes) -> None:
+        self._gathered += data
+        if len(self._gathered) >= _ENCRYPT_BLOCK:
+            self._encrypt()
+
+    def _encrypt(self) -> None:
+        data = bytes(self._gathered)
+        self._gathered.clear()
         out = self._encryptor.update(self._padder.update(data))
         if out:
             self._parts.write(out)
@@ -255,6 +267,7 @@ class BundleWriter:
         pad = padding(self.image_size)
         self._add(pad + end_of_archive(BLOCK + self.image_size + len(pad)))
         self._gzip.finish()
+        self._encrypt()
         tail = self._encryptor.update(self._padder.finalize()) + self._encryptor.finalize()
         self._parts.write(tail)
         self._parts.finish()

@@ -416,8 +416,7 @@ def publish(
         for target in built:
             grain_targets.extend(target.grain_targets())
         run_pass(source, grain_targets, stage="publishing", progress=progress, level=level, concurrent=True)
-        for target in built:
-            target.after_pass()
+        _after_pass(built)
         files: list[PublishedFile] = []
         outputs: list[AtomicOutput] = []
         finished: list[FinishedFile] = []
@@ -442,6 +441,17 @@ def publish(
         sums=str(out_dir / SUMS_FILE),
         seconds=time.monotonic() - started,
     )
+
+
+def _after_pass(built: list[Target]) -> None:
+    """Every target's work after the pass, side by side: qemu-img making the qcow2, the OVA
+    read back for its checksum and the bundle's manifest do not wait for each other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(built)), thread_name_prefix="after-pass") as pool:
+        futures = [pool.submit(target.after_pass) for target in built]
+    for future in futures:
+        future.result()
 
 
 def _default_name(image: Path) -> str:
