@@ -261,7 +261,7 @@ class BundleWriter:
     def grain(self, grain: Grain) -> None:
         assert grain.block is not None
         self.tar_sha1.update(grain.bytes())
-        self._gzip.add(grain.block)
+        self._gzip.add(grain.block, grain.count)
 
     def finish(self) -> None:
         pad = padding(self.image_size)

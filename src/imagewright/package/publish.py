@@ -174,7 +174,7 @@ class GzipRaw(Target):
         class _Grains:
             def grain(self, grain: Grain) -> None:
                 assert grain.block is not None
-                outer._member.add(grain.block)
+                outer._member.add(grain.block, grain.count)
 
             def finish(self) -> None:
                 outer._member.finish()
