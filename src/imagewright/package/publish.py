@@ -11,14 +11,14 @@ raw.gz    DIR/NAME.raw.gz                         the grains' deflate blocks as 
 vmdk      DIR/NAME.vmdk (streamOptimized)         ``vmdk_stream`` on the grains
 ova       DIR/NAME.ova                            ``ova.OvaWriter`` (machine spec, signing)
 bundle    DIR/NAME.img.part.NN, .manifest.xml     ``bundle.BundleJob`` (EC2 keys and certificates)
-qcow2     DIR/NAME.qcow2                          qemu-img from the sparse raw (the raw output's,
-                                                  or a scratch one): no second read of the source
+qcow2     DIR/NAME.qcow2 (compat 1.1)             ``qcow2_stream`` on the grains (one data cluster
+                                                  per data grain; no scratch file, no qemu-img)
 ========  ======================================  ===========================================
 
 Every file is written under a temporary name and appears only when all targets are done;
 ``SHA256SUMS`` (sha256sum's format) lists every file written, then is itself put in place.
-The digest of a file written front to back is taken as it is written; the OVA (its head is
-written last) and the qcow2 (qemu-img writes it) are read back once, from the page cache.
+The digest of a file written front to back is taken as it is written; the OVA and the qcow2
+(their heads are written last) are read back once, from the page cache.
 
 How the registry plugs in (``imagewright.registry.publishing``, the room above this one):
 ``publish(..., hand_over=…)`` is handed every finished file — at its temporary name, with its
@@ -46,8 +46,8 @@ from imagewright.package.deflate import DEFAULT_LEVEL, GzipMember
 from imagewright.package.grains import DigestTarget, Grain, GrainTarget
 from imagewright.package.ova import OvaLayout, OvaOptions, OvaWriter, file_digests
 from imagewright.package.passes import Progress, SequentialFile, read_source, run_pass
+from imagewright.package.qcow2_stream import CLUSTER, Qcow2StreamWriter
 from imagewright.package.vmdk_stream import StreamOptimizedWriter, VmdkOptions
-from imagewright.programs import qemu_img
 
 CHECKSUM = "sha256"
 SUMS_FILE = "SHA256SUMS"
@@ -86,8 +86,6 @@ class PublishContext:
     level: int
     ova: OvaOptions | None
     bundle: BundleOptions | None
-    #: The sparse raw file of this publish, once a target made one (qcow2 converts from it).
-    raw_path: Path | None = None
     scratch: Callable[[str], Path] | None = None
     targets: list[str] = field(default_factory=list)
     source: Path | None = None
@@ -133,7 +131,7 @@ class SparseRaw(Target):
         self.size = size
         self.output = output
         self._file = OutputFile(path)
-        # A scratch raw (qcow2's input) is not published: nothing to hash.
+        # Without an output (a raw nobody publishes) there is nothing to hash.
         self._digest = DigestTarget((CHECKSUM,)) if output is not None else None
         outer = self
 
@@ -280,40 +278,33 @@ class Bundle(Target):
 
 
 class Qcow2(Target):
-    """qemu-img converts the sparse raw of this publish (no second read of the source)."""
+    """The qcow2 written from the grains (``qcow2_stream``), read back once for its checksum."""
 
     name = "qcow2"
 
     def __init__(self, context: PublishContext) -> None:
-        self.context = context
         self.output = context.output(f"{context.name}.qcow2")
-        self.raw: SparseRaw | None = None
-        if context.raw_path is None:
-            assert context.scratch is not None
-            self.raw = SparseRaw(context.scratch("raw"), context.virtual_size)
-            context.stack.callback(self.raw.close)
-            context.raw_path = self.raw.path
+        self._file = SequentialFile(self.output.path, (), start=CLUSTER)
+        context.stack.callback(self._file.close)
+        self._qcow2 = Qcow2StreamWriter(self._file.write, context.virtual_size)
         self._sha256 = ""
 
     def grain_targets(self) -> list[GrainTarget]:
-        return self.raw.grain_targets() if self.raw is not None else []
+        return [self._qcow2]
 
     def after_pass(self) -> None:
-        assert self.context.raw_path is not None
-        qemu_img.convert(self.context.raw_path, "raw", self.output.path, "qcow2", options={"compat": "1.1"})
-        if self.raw is not None:
-            self.context.raw_path.unlink()
+        self._file.write_at(0, self._qcow2.header())
+        self._file.finish(self._qcow2.size)
         self._sha256 = file_digests(self.output.path, (CHECKSUM,))[CHECKSUM]
 
     def files(self) -> list[tuple[AtomicOutput, int, str]]:
-        return [(self.output, self.output.path.stat().st_size, self._sha256)]
+        return [(self.output, self._qcow2.size, self._sha256)]
 
 
 def _raw(context: PublishContext) -> Target:
     output = context.output(f"{context.name}.raw")
     target = SparseRaw(output.path, context.virtual_size, output)
     context.stack.callback(target.close)
-    context.raw_path = output.path
     return target
 
 
@@ -334,7 +325,7 @@ class TargetRecord:
     build: Callable[[PublishContext], Target]
 
 
-#: Every publish target, in the order they are built (raw before qcow2: qcow2 reuses it).
+#: Every publish target, in the order they are built.
 TARGETS: dict[str, TargetRecord] = {
     record.name: record
     for record in (
