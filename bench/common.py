@@ -43,6 +43,15 @@ def timed(func: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and every child it waited for, so far: what a
+    run costs whatever else the machine is doing (wall time on a shared machine is not)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def run(argv: Sequence[str | os.PathLike[str]], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
     args = [str(a) for a in argv]
     found = shutil.which(args[0]) or shutil.which(args[0], path="/usr/sbin:/sbin")

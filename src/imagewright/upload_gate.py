@@ -26,6 +26,17 @@ the issue's promise is no temp disk beyond the store's own). When the streaming 
 convert room (``formats.containers.examine_stream`` with a streaming inner inspection) can judge
 a whole decompressed image without random access, this is where it plugs in.
 
+An OVA (``container_format=ova``) is checked as ``imagewright package verify`` checks it, by the
+same code (``package.ova_verify.verify_ova_source``, on the blob by ranged reads): member order,
+the manifest digest of every member, the ``.cert`` signature over the manifest with the key of
+the certificate it carries. A package that fails is refused with the first problem, in one
+sentence. Whether it was signed and by whom is recorded in properties the registry sets and no
+client may write (``OVA_PROPERTIES``): ``imagewright_ova_signed`` (true/false),
+``imagewright_ova_signer`` (the certificate's subject, RFC 4514), ``imagewright_ova_certificate_sha256``
+(the certificate's fingerprint) and ``imagewright_ova_signer_chain`` (``self-signed`` or
+``untrusted``: the registry holds no trusted CA, so the subject is what the certificate claims,
+and the fingerprint is what a consumer can pin).
+
 Names: the inspection speaks qemu's driver names, Glance its own (``vpc`` is ``vhd``,
 ``parallels`` is ``ploop``, an ISO 9660 filesystem is ``iso``; gzip/xz/zstd/bzip2 wrappers are
 the ``compressed`` container, an OVA the ``ova`` container).
@@ -33,7 +44,7 @@ the ``compressed`` container, an OVA the ``ova`` container).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from imagewright.binary import ByteSource
 from imagewright.errors import UnsafeImageError
@@ -57,6 +68,12 @@ GLANCE_DISK_FORMAT = {
 COMPRESSED_WRAPPERS = ("gzip", "xz", "zstd", "bzip2")
 #: Glance's kernel/ramdisk/machine formats are raw bytes without a disk image header.
 RAW_LIKE = ("raw", "ami", "aki", "ari")
+#: What the registry records about a verified OVA (see the module docstring); no client writes them.
+OVA_SIGNED = "imagewright_ova_signed"
+OVA_SIGNER = "imagewright_ova_signer"
+OVA_CERTIFICATE_SHA256 = "imagewright_ova_certificate_sha256"
+OVA_SIGNER_CHAIN = "imagewright_ova_signer_chain"
+OVA_PROPERTIES = (OVA_SIGNED, OVA_SIGNER, OVA_CERTIFICATE_SHA256, OVA_SIGNER_CHAIN)
 
 
 def admit_blob(source: ByteSource, name: str) -> ImageReport:
@@ -90,6 +107,8 @@ class GateResult:
     #: The formats to declare (Glance's names): the declared ones, which matched the content.
     disk_format: str
     container_format: str
+    #: Properties the registry records from what it checked (an OVA's signer, ``OVA_PROPERTIES``).
+    properties: dict[str, str] = field(default_factory=dict)
 
 
 def content_formats(report: ImageReport) -> tuple[str, str]:
@@ -100,7 +119,12 @@ def content_formats(report: ImageReport) -> tuple[str, str]:
             inner = container.inner
             return (content_formats(inner)[0] if inner is not None else "unknown"), "compressed"
         if report.format == "ova":
-            formats = {content_formats(member.report)[0] for member in container.images}
+            # The disks the descriptor references; the descriptor and manifest are members too.
+            ova = container.details.ova
+            disks = set(ova.disk_files) if ova is not None else set()
+            formats = {
+                content_formats(member.report)[0] for member in container.images if member.name in disks
+            }
             return (formats.pop() if len(formats) == 1 else "unknown"), "ova"
         return "unknown", report.format
     if (
@@ -134,8 +158,41 @@ def judge_upload(
 
     ``disk_format`` / ``container_format`` None: whatever the content is (a client that lets the
     inspection name the formats, as ``imagewright image upload`` and ``register-local`` do).
+    An OVA is verified as a package too (``judge_ova``).
     """
-    return judge_report(admit_blob(source, name), disk_format, container_format)
+    judged = judge_report(admit_blob(source, name), disk_format, container_format)
+    if judged.container_format != "ova":
+        return judged
+    return GateResult(
+        judged.report,
+        judged.virtual_size,
+        judged.disk_format,
+        judged.container_format,
+        judge_ova(source, name, judged.report),
+    )
+
+
+def judge_ova(source: ByteSource, name: str, report: ImageReport) -> dict[str, str]:
+    """Verify the OVA ``source`` as ``package verify`` does; its signer's properties, or a refusal.
+
+    Raises UnsafeImageError (one sentence: the first problem) when a member's digest, the
+    manifest, the signature or the structure does not check out.
+    """
+    from imagewright.package.ova_verify import verify_ova_source
+
+    verification = verify_ova_source(source, name, report=report)
+    if verification.problems:
+        problems = tuple(verification.problems)
+        raise UnsafeImageError(f"The OVA package is refused: {problems[0]}.", problems)
+    signature = verification.signature
+    if signature is None:
+        return {OVA_SIGNED: "false"}
+    properties = {OVA_SIGNED: "true", OVA_SIGNER: signature.subject or ""}
+    if signature.certificate_sha256:
+        properties[OVA_CERTIFICATE_SHA256] = signature.certificate_sha256
+    if signature.chain is not None:
+        properties[OVA_SIGNER_CHAIN] = signature.chain.status
+    return properties
 
 
 def judge_report(

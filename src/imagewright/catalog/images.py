@@ -408,15 +408,34 @@ def renew_lease(
     return bool(getattr(result, "rowcount", 0))
 
 
-def finish_upload(session: Session, image_id: str, holder: str, values: dict[str, Any]) -> bool:
-    """``saving`` → ``active`` with the computed size and hashes, if ``holder`` still holds it."""
+def finish_upload(
+    session: Session,
+    image_id: str,
+    holder: str,
+    values: dict[str, Any],
+    properties: dict[str, str] | None = None,
+) -> bool:
+    """``saving`` → ``active`` with the computed size and hashes, if ``holder`` still holds it;
+    ``properties`` (what the registry found in the data) replace any of the same names."""
     result = session.execute(
         update(Image)
         .where(Image.id == image_id, Image.status == "saving", Image.upload_holder == holder)
         .values(status="active", upload_holder=None, upload_expires_at=None, updated_at=utcnow(), **values)
         .execution_options(synchronize_session=False)
     )
-    return bool(getattr(result, "rowcount", 0))
+    if not getattr(result, "rowcount", 0):
+        return False
+    if properties:
+        session.execute(
+            delete(ImageProperty).where(
+                ImageProperty.image_id == image_id, ImageProperty.name.in_(list(properties))
+            )
+        )
+        session.add_all(
+            ImageProperty(image_id=image_id, name=name, value=value) for name, value in properties.items()
+        )
+        session.flush()
+    return True
 
 
 def release_upload(session: Session, image_id: str, holder: str | None) -> bool:

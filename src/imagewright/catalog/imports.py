@@ -253,6 +253,7 @@ def complete_import(
     written: Sequence[BlobRef],
     failed_stores: Sequence[str],
     stores: Sequence[str],
+    properties: dict[str, str] | None = None,
 ) -> list[BlobRef] | None:
     """``importing`` → ``active`` with ``values`` and the blobs ``written`` (the first is primary).
 
@@ -276,6 +277,8 @@ def complete_import(
             .execution_options(synchronize_session=False)
         )
     staged = _drop_locations(session, image_id, status="staging")
+    for name, value in (properties or {}).items():
+        set_property(image, name, value)
     set_property(image, IMPORT_TASK_PROPERTY, None)
     _merge_stores(image, IMPORTING_STORES_PROPERTY, stores, remove=True)
     _merge_stores(image, FAILED_IMPORT_PROPERTY, failed_stores)

@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from imagewright.errors import ImagewrightError
+from imagewright.errors import ImagewrightError, InvalidArgumentError
 from imagewright.units import parse_size
 
 if TYPE_CHECKING:
@@ -211,3 +211,40 @@ def byte_progress(description: str, enabled: bool = True) -> Iterator[ByteProgre
         yield bar
     finally:
         bar.close()
+
+
+# --- clouds (imagewright image, publish --to registry) ----------------------------------------
+
+
+def cloud_options(func: F) -> F:
+    """``--cloud NAME`` and ``--clouds-file PATH``: a cloud of clouds.yaml, as the openstack CLI reads it."""
+    func = click.option(
+        "--clouds-file",
+        default=None,
+        metavar="PATH",
+        help="A clouds.yaml (default: openstacksdk's search path, $OS_CLIENT_CONFIG_FILE).",
+    )(func)
+    func = click.option(
+        "--cloud",
+        "cloud_name",
+        default=None,
+        metavar="NAME",
+        help="The cloud in clouds.yaml (default $OS_CLOUD; without one, the OS_* variables of an openrc).",
+    )(func)
+    return func
+
+
+def connect_cloud(cloud_name: str | None, clouds_file: str | None) -> Any:
+    from imagewright.registry import connect
+
+    return connect(cloud_name, clouds_file)
+
+
+def parse_properties(values: tuple[str, ...]) -> dict[str, str]:
+    properties: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidArgumentError(f"--property {item!r} is not KEY=VALUE.")
+        properties[key] = value
+    return properties

@@ -6,51 +6,24 @@ admin of an ``imagewright serve`` registry (``service.images.local``)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from imagewright.cli.common import byte_progress, emit_json, json_option, staged_progress, stdout_console
-from imagewright.errors import CloudError, InvalidArgumentError
-
-F = TypeVar("F", bound=Callable[..., Any])
+from imagewright.cli.common import (
+    byte_progress,
+    cloud_options,
+    connect_cloud,
+    emit_json,
+    json_option,
+    parse_properties,
+    staged_progress,
+    stdout_console,
+)
+from imagewright.errors import CloudError
 
 #: How often ``image import --wait`` asks for the import task.
 POLL_SECONDS = 0.5
-
-
-def _cloud_options(func: F) -> F:
-    func = click.option(
-        "--clouds-file",
-        default=None,
-        metavar="PATH",
-        help="A clouds.yaml (default: openstacksdk's search path, $OS_CLIENT_CONFIG_FILE).",
-    )(func)
-    func = click.option(
-        "--cloud",
-        "cloud_name",
-        default=None,
-        metavar="NAME",
-        help="The cloud in clouds.yaml (default $OS_CLOUD; without one, the OS_* variables of an openrc).",
-    )(func)
-    return func
-
-
-def _connect(cloud_name: str | None, clouds_file: str | None) -> Any:
-    from imagewright.registry import connect
-
-    return connect(cloud_name, clouds_file)
-
-
-def _properties(values: tuple[str, ...]) -> dict[str, str]:
-    properties: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidArgumentError(f"--property {item!r} is not KEY=VALUE.")
-        properties[key] = value
-    return properties
 
 
 def _size(value: Any) -> str:
@@ -85,7 +58,7 @@ def command() -> None:
 @click.option("--store", default=None, metavar="ID", help="The store to upload into (multi-store clouds).")
 @click.option("--min-disk", type=int, default=None, help="GiB of disk an instance needs.")
 @click.option("--min-ram", type=int, default=None, help="MiB of memory an instance needs.")
-@_cloud_options
+@cloud_options
 @json_option
 def upload(
     file: str,
@@ -110,14 +83,14 @@ def upload(
     """
     from imagewright.registry import upload_image
 
-    cloud = _connect(cloud_name, clouds_file)
+    cloud = connect_cloud(cloud_name, clouds_file)
     with byte_progress(f"uploading {name}", not as_json) as sent, staged_progress(not as_json) as stages:
         result = upload_image(
             cloud,
             file,
             name=name,
             visibility=visibility,
-            properties=_properties(properties),
+            properties=parse_properties(properties),
             tags=tags,
             convert_to={"vhd": "vpc"}.get(convert_to or "", convert_to),
             disk_format=disk_format,
@@ -138,6 +111,71 @@ def upload(
     )
 
 
+@command.command("register-bundle")
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--privatekey",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Your private key (it decrypts the bundle; its signature is checked with it).",
+)
+@click.option(
+    "--cert",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The signer's certificate, to check the signature with too.",
+)
+@click.option("--name", default=None, help="The image's name (default: the manifest's).")
+@click.option("--visibility", type=click.Choice(["public", "community", "shared", "private"]), default=None)
+@click.option("--property", "properties", multiple=True, metavar="KEY=VALUE", help="A property (repeatable).")
+@cloud_options
+@json_option
+def register_bundle_command(
+    manifest: str,
+    privatekey: str,
+    cert: str | None,
+    name: str | None,
+    visibility: str | None,
+    properties: tuple[str, ...],
+    cloud_name: str | None,
+    clouds_file: str | None,
+    as_json: bool,
+) -> None:
+    """Register an EC2 image bundle (MANIFEST and its parts beside it), as euca-register does.
+
+    The bundle is verified and unbundled first (signature, every part, the image digest); its
+    image is uploaded as ami, aki or ari (the manifest's type), a machine image linked to its
+    kernel and ramdisk (the manifest's aki-/ari- ids, which must be registry images) by the
+    kernel_id and ramdisk_id properties.
+    """
+    from pathlib import Path
+
+    from imagewright.registry.ec2 import register_bundle
+
+    cloud = connect_cloud(cloud_name, clouds_file)
+    with byte_progress("uploading", not as_json) as sent:
+        result = register_bundle(
+            cloud,
+            manifest,
+            Path(privatekey),
+            name=name,
+            certificate=Path(cert) if cert else None,
+            visibility=visibility,
+            properties=parse_properties(properties),
+            progress=sent,
+        )
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    links = "".join(
+        f", {key} {result.properties[key]}" for key in ("kernel_id", "ramdisk_id") if key in result.properties
+    )
+    stdout_console().print(
+        f"registered {manifest} as {result.name} ({result.id}) in {result.cloud}: {result.disk_format}/"
+        f"{result.container_format}, {_size(result.size)}, checksum {result.checksum} verified{links}"
+    )
+
+
 @command.command("list")
 @click.option("--name", default=None)
 @click.option("--visibility", default=None)
@@ -145,7 +183,7 @@ def upload(
 @click.option("--tag", "tags", multiple=True)
 @click.option("--property", "properties", multiple=True, metavar="KEY=VALUE")
 @click.option("--limit", type=click.IntRange(1), default=None)
-@_cloud_options
+@cloud_options
 @json_option
 def list_command(
     name: str | None,
@@ -163,14 +201,14 @@ def list_command(
 
     from imagewright.registry import list_images
 
-    cloud = _connect(cloud_name, clouds_file)
+    cloud = connect_cloud(cloud_name, clouds_file)
     images = list_images(
         cloud,
         name=name,
         visibility=visibility,
         status=status,
         tags=tags,
-        properties=_properties(properties),
+        properties=parse_properties(properties),
         limit=limit,
     )
     if as_json:
@@ -191,13 +229,13 @@ def list_command(
 
 @command.command("show")
 @click.argument("image")
-@_cloud_options
+@cloud_options
 @json_option
 def show(image: str, cloud_name: str | None, clouds_file: str | None, as_json: bool) -> None:
     """One image, by id or name."""
     from imagewright.registry import find_image
 
-    found = find_image(_connect(cloud_name, clouds_file), image)
+    found = find_image(connect_cloud(cloud_name, clouds_file), image)
     if as_json:
         emit_json(found)
         return
@@ -209,7 +247,7 @@ def show(image: str, cloud_name: str | None, clouds_file: str | None, as_json: b
 @click.argument("image")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The file to write.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
-@_cloud_options
+@cloud_options
 @json_option
 def download(
     image: str, output: str, force: bool, cloud_name: str | None, clouds_file: str | None, as_json: bool
@@ -217,7 +255,7 @@ def download(
     """Download an image's data (checked against its checksum before it appears)."""
     from imagewright.registry import download_image
 
-    cloud = _connect(cloud_name, clouds_file)
+    cloud = connect_cloud(cloud_name, clouds_file)
     with byte_progress(f"downloading {image}", not as_json) as received:
         result = download_image(cloud, image, output, force=force, progress=received)
     if as_json:
@@ -230,13 +268,13 @@ def download(
 
 @command.command("delete")
 @click.argument("image")
-@_cloud_options
+@cloud_options
 @json_option
 def delete(image: str, cloud_name: str | None, clouds_file: str | None, as_json: bool) -> None:
     """Delete an image (by id or name)."""
     from imagewright.registry import delete_image
 
-    deleted = delete_image(_connect(cloud_name, clouds_file), image)
+    deleted = delete_image(connect_cloud(cloud_name, clouds_file), image)
     if as_json:
         emit_json({"id": deleted["id"], "name": deleted.get("name"), "deleted": True})
         return
@@ -247,7 +285,7 @@ def delete(image: str, cloud_name: str | None, clouds_file: str | None, as_json:
 @click.argument("image")
 @click.argument("project")
 @click.option("--remove", is_flag=True, help="Stop sharing with PROJECT instead.")
-@_cloud_options
+@cloud_options
 @json_option
 def share(
     image: str, project: str, remove: bool, cloud_name: str | None, clouds_file: str | None, as_json: bool
@@ -255,7 +293,7 @@ def share(
     """Share an image with PROJECT (id or name): it becomes a member, pending until it accepts."""
     from imagewright.registry import share_image, unshare_image
 
-    cloud = _connect(cloud_name, clouds_file)
+    cloud = connect_cloud(cloud_name, clouds_file)
     result = unshare_image(cloud, image, project) if remove else share_image(cloud, image, project)
     if as_json:
         emit_json(result)
@@ -321,7 +359,7 @@ def register_local(
             visibility=visibility,
             disk_format=disk_format,
             container_format=container_format,
-            properties=_properties(properties),
+            properties=parse_properties(properties),
         )
     finally:
         registry.catalog.dispose()
@@ -359,7 +397,7 @@ def _json_or_raise(response: Any, doing: str) -> Any:
 )
 @click.option("--store", "stores", multiple=True, metavar="ID", help="Import into this store (repeatable).")
 @click.option("--wait", is_flag=True, help="Show the import's progress until the image is active.")
-@_cloud_options
+@cloud_options
 @json_option
 def import_command(
     url: str,
@@ -383,8 +421,8 @@ def import_command(
     ):
         if value is not None:
             attributes[key] = value
-    attributes.update(_properties(properties))
-    image_api = _connect(cloud_name, clouds_file).connection.image
+    attributes.update(parse_properties(properties))
+    image_api = connect_cloud(cloud_name, clouds_file).connection.image
     created = _json_or_raise(image_api.post("/images", json=attributes), "create the image")
     image_id = created["id"]
     body: dict[str, Any] = {"method": {"name": "web-download", "uri": url}}

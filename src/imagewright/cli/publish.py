@@ -9,8 +9,11 @@ from rich.text import Text
 
 from imagewright.cli.common import (
     SIZE,
+    cloud_options,
+    connect_cloud,
     emit_json,
     json_option,
+    parse_properties,
     sigterm_as_interrupt,
     staged_progress,
     stdout_console,
@@ -22,7 +25,10 @@ from imagewright.units import format_size
 @click.command("publish")
 @click.argument("image", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
-    "--to", "targets", required=True, help="Comma-separated targets: raw, raw.gz, vmdk, ova, bundle, qcow2."
+    "--to",
+    "targets",
+    required=True,
+    help="Comma-separated targets: raw, raw.gz, vmdk, ova, bundle, qcow2, registry (--cloud's images).",
 )
 @click.option("-d", "--directory", type=click.Path(path_type=Path, file_okay=False), required=True)
 @click.option("--name", help="Base name of the outputs (default: IMAGE's name up to its first dot).")
@@ -49,6 +55,18 @@ from imagewright.units import format_size
     "--ec2cert", type=click.Path(path_type=Path, dir_okay=False), help="bundle: the cloud's certificate."
 )
 @click.option("--arch", default="x86_64", show_default=True, help="bundle: the image's architecture.")
+@click.option("--kernel", help="bundle, registry: the kernel (aki-…; for registry also an image id or name).")
+@click.option(
+    "--ramdisk", help="bundle, registry: the ramdisk (ari-…; for registry also an image id or name)."
+)
+@click.option(
+    "--visibility",
+    type=click.Choice(["public", "community", "shared", "private"]),
+    default=None,
+    help="registry: the images' visibility.",
+)
+@click.option("--property", "properties", multiple=True, metavar="KEY=VALUE", help="registry: a property.")
+@cloud_options
 @click.option(
     "--max-virtual-size", type=SIZE, default=None, help="Refuse sources larger than this (default 16T)."
 )
@@ -69,6 +87,12 @@ def command(
     privatekey: Path | None,
     ec2cert: Path | None,
     arch: str,
+    kernel: str | None,
+    ramdisk: str | None,
+    visibility: str | None,
+    properties: tuple[str, ...],
+    cloud_name: str | None,
+    clouds_file: str | None,
     max_virtual_size: int | None,
     as_json: bool,
 ) -> None:
@@ -77,10 +101,17 @@ def command(
     One inspection, one pass over the source, one compression shared by the compressed
     outputs, one checksum set: DIRECTORY/SHA256SUMS lists every file written.
 
+    The registry target uploads to --cloud's image service (a cloud of clouds.yaml, as the
+    openstack CLI reads it; ours or any Glance): the disk image (the qcow2, raw or vmdk of this
+    publish, else a qcow2 made for the upload), linked to --kernel/--ramdisk as kernel_id and
+    ramdisk_id, and the OVA when it is a target; the checksums the registry reports are checked
+    against the bytes sent. Nothing is put in place unless every upload succeeded.
+
     \b
     Example:
       imagewright publish disk.qcow2 --to qcow2,raw.gz,ova,bundle -d out/ \\
           --os debian64 --user 123456789012 --cert cert.pem --privatekey pk.pem --ec2cert cloud.pem
+      imagewright publish disk.qcow2 --to qcow2,ova,registry -d out/ --cloud mycloud
     """
     from imagewright.package.bundle import BundleOptions
     from imagewright.package.ova import OvaOptions
@@ -88,7 +119,12 @@ def command(
     from imagewright.package.publish import parse_targets, publish
     from imagewright.package.signing import load_signer
 
-    wanted = parse_targets(targets)
+    wanted = parse_targets(targets, extra=("registry",))
+    to_registry = "registry" in wanted
+    if not to_registry and (visibility or properties or cloud_name or clouds_file):
+        raise click.UsageError("--cloud, --clouds-file, --visibility and --property go with --to registry.")
+    if not to_registry and "bundle" not in wanted and (kernel or ramdisk):
+        raise click.UsageError("--kernel and --ramdisk go with --to bundle or registry.")
     base = name or image.name.split(".", 1)[0] or "image"
     if (sign_key is None) != (sign_cert is None):
         raise click.UsageError("--sign and --sign-cert go together.")
@@ -106,20 +142,48 @@ def command(
             private_key=privatekey,
             cloud_certificate=ec2cert,
             architecture=arch,
+            kernel=kernel,
+            ramdisk=ramdisk,
         )
     limits = Limits() if max_virtual_size is None else Limits(max_virtual_size=max_virtual_size)
+    uploads = []
     with sigterm_as_interrupt(), staged_progress(enabled=not as_json) as progress:
-        result = publish(
-            image,
-            directory,
-            wanted,
-            name=base,
-            ova=ova,
-            bundle=bundle,
-            force=force,
-            limits=limits,
-            progress=progress,
-        )
+        if to_registry:
+            from imagewright.registry.publishing import publish_to_registry
+
+            cloud = connect_cloud(cloud_name, clouds_file)
+            both = publish_to_registry(
+                cloud,
+                image,
+                directory,
+                wanted,
+                name=base,
+                kernel=kernel,
+                ramdisk=ramdisk,
+                visibility=visibility,
+                properties=parse_properties(properties),
+                ova=ova,
+                bundle=bundle,
+                force=force,
+                limits=limits,
+                progress=progress,
+            )
+            result, uploads = both.published, both.uploads
+            if as_json:
+                emit_json(both.to_dict())
+                return
+        else:
+            result = publish(
+                image,
+                directory,
+                wanted,
+                name=base,
+                ova=ova,
+                bundle=bundle,
+                force=force,
+                limits=limits,
+                progress=progress,
+            )
     if as_json:
         emit_json(result.to_dict())
         return
@@ -138,3 +202,11 @@ def command(
             Text(f"{published.target:<8} {Path(published.path).name:<{width}} {size:>10}  {published.sha256}")
         )
     out.print(Text(f"checksums: {result.sums}"))
+    for upload in uploads:
+        out.print(
+            Text(
+                f"registry {upload.cloud}: {upload.id} {upload.name!r} ({upload.disk_format}/"
+                f"{upload.container_format}, {format_size(upload.size)}) {upload.status}, checksum "
+                f"{upload.checksum} verified"
+            )
+        )

@@ -75,6 +75,8 @@ DEFAULT_PART_SIZE = 10 * 1024 * 1024
 EC2_BUNDLE_SIZE_LIMIT = 10 << 30
 _READ = 4 << 20
 _ZERO = bytes(64 * 1024)
+#: Bytes of the gzip stream gathered per encryption call.
+_ENCRYPT_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -234,10 +236,20 @@ class BundleWriter:
         cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
         self._encryptor = cipher.encryptor()
         self._padder = sym_padding.PKCS7(128).padder()
-        self._gzip = GzipMember(self._encrypt)
+        # The gzip member's bytes are gathered before they are encrypted: a grain's block is a
+        # few bytes to a few dozen KiB, and each cipher call has a cost of its own.
+        self._gathered = bytearray()
+        self._gzip = GzipMember(self._gather)
         self._add(ustar_header(name, image_size))
 
-    def _encrypt(self, data: bytes) -> None:
+    def _gather(self, data: bytes) -> None:
+        self._gathered += data
+        if len(self._gathered) >= _ENCRYPT_BLOCK:
+            self._encrypt()
+
+    def _encrypt(self) -> None:
+        data = bytes(self._gathered)
+        self._gathered.clear()
         out = self._encryptor.update(self._padder.update(data))
         if out:
             self._parts.write(out)
@@ -249,12 +261,13 @@ class BundleWriter:
     def grain(self, grain: Grain) -> None:
         assert grain.block is not None
         self.tar_sha1.update(grain.bytes())
-        self._gzip.add(grain.block)
+        self._gzip.add(grain.block, grain.count)
 
     def finish(self) -> None:
         pad = padding(self.image_size)
         self._add(pad + end_of_archive(BLOCK + self.image_size + len(pad)))
         self._gzip.finish()
+        self._encrypt()
         tail = self._encryptor.update(self._padder.finalize()) + self._encryptor.finalize()
         self._parts.write(tail)
         self._parts.finish()
@@ -437,6 +450,11 @@ class BundleCheck:
     image_digest: str = "not checked"
     image_type: str = ""
     image_size: int = 0
+    #: What the manifest says (as it says it: EC2 ids such as ``aki-…`` for the links).
+    name: str = ""
+    architecture: str = ""
+    kernel_id: str | None = None
+    ramdisk_id: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -529,7 +547,15 @@ def verify_bundle(
     path = Path(manifest_path)
     read = _load_manifest(path)
     manifest = read.manifest
-    check = BundleCheck(manifest=str(path), image_type=manifest.image_type, image_size=manifest.image_size)
+    check = BundleCheck(
+        manifest=str(path),
+        image_type=manifest.image_type,
+        image_size=manifest.image_size,
+        name=manifest.name,
+        architecture=manifest.architecture,
+        kernel_id=manifest.kernel_id,
+        ramdisk_id=manifest.ramdisk_id,
+    )
     keys: list[rsa.RSAPublicKey] = []
     if certificate is not None:
         public = load_certificate_file(certificate)[0].public_key()

@@ -97,10 +97,12 @@ class GzipMember:
         # depend on the time it was made), XFL 0, OS 255 (unknown).
         write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")
 
-    def add(self, block: DeflateBlock) -> None:
-        self._write(block.data)
-        self.crc32 = crc32_combine(self.crc32, block.crc32, block.length)
-        self.size += block.length
+    def add(self, block: DeflateBlock, count: int = 1) -> None:
+        """``block``, ``count`` times in a row (a run of zero grains shares one block)."""
+        self._write(block.data * count if count > 1 else block.data)
+        for _ in range(count):
+            self.crc32 = crc32_combine(self.crc32, block.crc32, block.length)
+        self.size += block.length * count
 
     def finish(self) -> None:
         self._write(FINAL_BLOCK + struct.pack("<II", self.crc32, self.size & 0xFFFFFFFF))

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
-from imagewright.binary import FileSource, read_exact
+from imagewright.binary import ByteSource, FileSource, read_exact
 from imagewright.errors import (
     ImageFormatError,
     ImageIOError,
@@ -51,7 +52,7 @@ from imagewright.formats.containers.manifest import (
     parse_certificate,
 )
 from imagewright.formats.containers.ovf import OvfDescriptor
-from imagewright.inspection import ImageReport, inspect_image
+from imagewright.inspection import ImageReport, inspect_source
 from imagewright.package.ovf_descriptor import STREAM_OPTIMIZED
 from imagewright.package.signing import ChainCheck, check_chain, load_certificates, verify_signature
 
@@ -82,6 +83,9 @@ class SignatureCheck:
     valid: bool
     subject: str | None
     chain: ChainCheck | None
+    #: SHA-256 of the signing certificate (DER), hex: what a consumer can pin, the subject
+    #: being only what the certificate claims.
+    certificate_sha256: str | None = None
 
 
 @dataclass
@@ -133,32 +137,53 @@ def verify_ova(
     verification is ``ok``.
     """
     path = Path(path)
+    with FileSource(path) as src:
+        return verify_ova_source(
+            src, str(path), trusted=trusted, limits=limits, progress=progress, extract=extract
+        )
+
+
+def verify_ova_source(
+    src: ByteSource,
+    name: str,
+    *,
+    report: ImageReport | None = None,
+    trusted: list[x509.Certificate] | None = None,
+    limits: Limits | None = None,
+    progress: ByteProgress | None = None,
+    extract: Callable[[str], Path | None] | None = None,
+) -> OvaVerification:
+    """``verify_ova`` on any ``ByteSource`` called ``name`` (a registry blob read by ranges).
+
+    ``report``: the source's inspection when the caller has it already (the upload gate's),
+    so the archive is not inspected twice.
+    """
     limits = limits or Limits()
-    result = OvaVerification(path=str(path))
-    report = inspect_image(path, limits=limits)
+    result = OvaVerification(path=name)
+    if report is None:
+        report = inspect_source(src, name, limits=limits)
     container = report.container
     if container is None or container.format != "ova":
         kind = container.format if container is not None else report.format
         result.problems.append(f"it is a {kind} file, not an OVA (a tar holding an OVF descriptor)")
         return result
     result.problems.extend(report.verdict.reasons)
-    with FileSource(path) as src:
-        opened = open_container(src, limits, name_hint=path.name)
-        ova = opened.details.ova
-        if ova is None or ova.descriptor is None:
-            if not result.problems:
-                result.problems.append("the OVF descriptor could not be read")
-            return result
-        result.descriptor, result.manifest, result.certificate = (
-            ova.descriptor_name,
-            ova.manifest_name,
-            ova.certificate_name,
-        )
-        files = [m for m in opened.members if m.type == "file"]
-        _check_order(files, ova, ova.descriptor, result)
-        entries = _manifest(files, ova, src, result)
-        _digest_pass(src, files, ova, entries, result, progress, extract)
-        _check_signature(files, ova, src, trusted, result)
+    opened = open_container(src, limits, name_hint=Path(name).name)
+    ova = opened.details.ova
+    if ova is None or ova.descriptor is None:
+        if not result.problems:
+            result.problems.append("the OVF descriptor could not be read")
+        return result
+    result.descriptor, result.manifest, result.certificate = (
+        ova.descriptor_name,
+        ova.manifest_name,
+        ova.certificate_name,
+    )
+    files = [m for m in opened.members if m.type == "file"]
+    _check_order(files, ova, ova.descriptor, result)
+    entries = _manifest(files, ova, src, result)
+    _digest_pass(src, files, ova, entries, result, progress, extract)
+    _check_signature(files, ova, src, trusted, result)
     _check_disks(report, ova.descriptor, opened, result)
     result.problems = list(dict.fromkeys(result.problems))
     return result
@@ -195,14 +220,14 @@ def _check_order(
         result.problems.append("the files are not in the order the descriptor's References lists them")
 
 
-def _read_member(src: FileSource, member: ArchiveMember, limit: int, what: str) -> bytes:
+def _read_member(src: ByteSource, member: ArchiveMember, limit: int, what: str) -> bytes:
     if member.size > limit:
         raise ImageFormatError(f"The {what} '{member.name}' is larger than {limit >> 20} MiB.")
     return read_exact(src, member.data_offset, member.size, f"the {what} '{member.name}'")
 
 
 def _manifest(
-    files: list[ArchiveMember], ova: OvaDetails, src: FileSource, result: OvaVerification
+    files: list[ArchiveMember], ova: OvaDetails, src: ByteSource, result: OvaVerification
 ) -> list[ManifestEntry]:
     member = _by_name(files, ova.manifest_name)
     if member is None:
@@ -236,7 +261,7 @@ def _reason(err: Exception) -> str:
 
 
 def _digest_pass(
-    src: FileSource,
+    src: ByteSource,
     files: list[ArchiveMember],
     ova: OvaDetails,
     entries: list[ManifestEntry],
@@ -314,7 +339,7 @@ def _write(out: BinaryIO, data: bytes, target: Path | None) -> None:
 def _check_signature(
     files: list[ArchiveMember],
     ova: OvaDetails,
-    src: FileSource,
+    src: ByteSource,
     trusted: list[x509.Certificate] | None,
     result: OvaVerification,
 ) -> None:
@@ -353,7 +378,12 @@ def _check_signature(
     valid = verify_signature(leaf, bytes.fromhex(info.signature), manifest, info.signature_algorithm)
     chain = check_chain(leaf, certificates[1:], trusted or []) if valid else None
     result.signature = SignatureCheck(
-        info.signature_algorithm, info.signed_file, valid, leaf.subject.rfc4514_string(), chain
+        info.signature_algorithm,
+        info.signed_file,
+        valid,
+        leaf.subject.rfc4514_string(),
+        chain,
+        leaf.fingerprint(hashes.SHA256()).hex(),
     )
     if not valid:
         result.problems.append("the manifest's signature does not verify with the certificate's key")

@@ -11,19 +11,21 @@ raw.gz    DIR/NAME.raw.gz                         the grains' deflate blocks as 
 vmdk      DIR/NAME.vmdk (streamOptimized)         ``vmdk_stream`` on the grains
 ova       DIR/NAME.ova                            ``ova.OvaWriter`` (machine spec, signing)
 bundle    DIR/NAME.img.part.NN, .manifest.xml     ``bundle.BundleJob`` (EC2 keys and certificates)
-qcow2     DIR/NAME.qcow2                          qemu-img from the sparse raw (the raw output's,
-                                                  or a scratch one): no second read of the source
+qcow2     DIR/NAME.qcow2 (compat 1.1)             ``qcow2_stream`` on the grains (one data cluster
+                                                  per data grain; no scratch file, no qemu-img)
 ========  ======================================  ===========================================
 
 Every file is written under a temporary name and appears only when all targets are done;
 ``SHA256SUMS`` (sha256sum's format) lists every file written, then is itself put in place.
-The digest of a file written front to back is taken as it is written; the OVA (its head is
-written last) and the qcow2 (qemu-img writes it) are read back once, from the page cache.
+The digest of a file written front to back is taken as it is written; the OVA and the qcow2
+(their heads are written last) are read back once, from the page cache.
 
-NOTE: how the registry plugs in: a target record whose ``build`` returns a ``Target`` with no
-grain targets of its own and an ``upload`` step after ``after_pass``, handed the finished
-outputs and their checksums (the qcow2 or raw.gz, as ``--to`` orders them); the registry
-client is another room's work and is not part of this table yet.
+How the registry plugs in (``imagewright.registry.publishing``, the room above this one):
+``publish(..., hand_over=…)`` is handed every finished file — at its temporary name, with its
+size and sha256 — after the pass and before anything is put in place, so an upload that fails
+fails the whole publish and leaves no file behind; ``unpublished`` targets are made for the
+hand-over only (in scratch files, never put in place nor listed in ``SHA256SUMS``): the qcow2
+a registry upload needs when ``--to`` names no disk file.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ from imagewright.package.deflate import DEFAULT_LEVEL, GzipMember
 from imagewright.package.grains import DigestTarget, Grain, GrainTarget
 from imagewright.package.ova import OvaLayout, OvaOptions, OvaWriter, file_digests
 from imagewright.package.passes import Progress, SequentialFile, read_source, run_pass
+from imagewright.package.qcow2_stream import CLUSTER, Qcow2StreamWriter
 from imagewright.package.vmdk_stream import StreamOptimizedWriter, VmdkOptions
-from imagewright.programs import qemu_img
 
 CHECKSUM = "sha256"
 SUMS_FILE = "SHA256SUMS"
@@ -84,13 +86,16 @@ class PublishContext:
     level: int
     ova: OvaOptions | None
     bundle: BundleOptions | None
-    #: The sparse raw file of this publish, once a target made one (qcow2 converts from it).
-    raw_path: Path | None = None
     scratch: Callable[[str], Path] | None = None
     targets: list[str] = field(default_factory=list)
     source: Path | None = None
+    #: The target being built is made for the hand-over only (a scratch file).
+    building_unpublished: bool = False
 
     def output(self, file_name: str) -> AtomicOutput:
+        if self.building_unpublished:
+            assert self.scratch is not None
+            return self.stack.enter_context(AtomicOutput(self.scratch(file_name), force=True))
         target = self.directory / file_name
         source = self.source
         if source is not None and target.exists() and target.resolve() == source.resolve():
@@ -126,7 +131,7 @@ class SparseRaw(Target):
         self.size = size
         self.output = output
         self._file = OutputFile(path)
-        # A scratch raw (qcow2's input) is not published: nothing to hash.
+        # Without an output (a raw nobody publishes) there is nothing to hash.
         self._digest = DigestTarget((CHECKSUM,)) if output is not None else None
         outer = self
 
@@ -167,7 +172,7 @@ class GzipRaw(Target):
         class _Grains:
             def grain(self, grain: Grain) -> None:
                 assert grain.block is not None
-                outer._member.add(grain.block)
+                outer._member.add(grain.block, grain.count)
 
             def finish(self) -> None:
                 outer._member.finish()
@@ -273,41 +278,44 @@ class Bundle(Target):
 
 
 class Qcow2(Target):
-    """qemu-img converts the sparse raw of this publish (no second read of the source)."""
+    """The qcow2 written from the grains (``qcow2_stream``), read back once for its checksum."""
 
     name = "qcow2"
 
     def __init__(self, context: PublishContext) -> None:
-        self.context = context
         self.output = context.output(f"{context.name}.qcow2")
-        self.raw: SparseRaw | None = None
-        if context.raw_path is None:
-            assert context.scratch is not None
-            self.raw = SparseRaw(context.scratch("raw"), context.virtual_size)
-            context.stack.callback(self.raw.close)
-            context.raw_path = self.raw.path
+        self._file = SequentialFile(self.output.path, (), start=CLUSTER)
+        context.stack.callback(self._file.close)
+        self._qcow2 = Qcow2StreamWriter(self._file.write, context.virtual_size)
         self._sha256 = ""
 
     def grain_targets(self) -> list[GrainTarget]:
-        return self.raw.grain_targets() if self.raw is not None else []
+        return [self._qcow2]
 
     def after_pass(self) -> None:
-        assert self.context.raw_path is not None
-        qemu_img.convert(self.context.raw_path, "raw", self.output.path, "qcow2", options={"compat": "1.1"})
-        if self.raw is not None:
-            self.context.raw_path.unlink()
+        self._file.write_at(0, self._qcow2.header())
+        self._file.finish(self._qcow2.size)
         self._sha256 = file_digests(self.output.path, (CHECKSUM,))[CHECKSUM]
 
     def files(self) -> list[tuple[AtomicOutput, int, str]]:
-        return [(self.output, self.output.path.stat().st_size, self._sha256)]
+        return [(self.output, self._qcow2.size, self._sha256)]
 
 
 def _raw(context: PublishContext) -> Target:
     output = context.output(f"{context.name}.raw")
     target = SparseRaw(output.path, context.virtual_size, output)
     context.stack.callback(target.close)
-    context.raw_path = output.path
     return target
+
+
+@dataclass(frozen=True)
+class FinishedFile:
+    """A file of this publish before it is put in place: where it is now, what it will be."""
+
+    file: PublishedFile
+    location: Path
+    #: Made for the hand-over only (``unpublished``): never put in place.
+    unpublished: bool = False
 
 
 @dataclass(frozen=True)
@@ -317,7 +325,7 @@ class TargetRecord:
     build: Callable[[PublishContext], Target]
 
 
-#: Every publish target, in the order they are built (raw before qcow2: qcow2 reuses it).
+#: Every publish target, in the order they are built.
 TARGETS: dict[str, TargetRecord] = {
     record.name: record
     for record in (
@@ -331,13 +339,15 @@ TARGETS: dict[str, TargetRecord] = {
 }
 
 
-def parse_targets(text: str) -> tuple[str, ...]:
+def parse_targets(text: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The targets ``--to`` names: those of ``TARGETS`` and ``extra`` (a room above's: registry)."""
+    known = [*TARGETS, *extra]
     names = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
     if not names:
-        raise InvalidArgumentError("--to names no target; choose from " + ", ".join(TARGETS) + ".")
+        raise InvalidArgumentError("--to names no target; choose from " + ", ".join(known) + ".")
     for name in names:
-        if name not in TARGETS:
-            raise InvalidArgumentError(f"'{name}' is not a publish target; choose from {', '.join(TARGETS)}.")
+        if name not in known:
+            raise InvalidArgumentError(f"'{name}' is not a publish target; choose from {', '.join(known)}.")
     return names
 
 
@@ -353,13 +363,15 @@ def publish(
     limits: Limits | None = None,
     progress: Progress | None = None,
     level: int = DEFAULT_LEVEL,
+    hand_over: Callable[[list[FinishedFile]], None] | None = None,
+    unpublished: tuple[str, ...] = (),
 ) -> PublishResult:
     """Write every target of ``image`` into ``directory`` from one read; see the module docstring."""
     started = time.monotonic()
     image_path, out_dir = Path(image), Path(directory)
     if not out_dir.is_dir():
         raise InvalidArgumentError(f"The output directory {out_dir} does not exist.")
-    for requested in targets:
+    for requested in (*targets, *unpublished):
         if requested not in TARGETS:
             raise InvalidArgumentError(
                 f"'{requested}' is not a publish target; choose from {', '.join(TARGETS)}."
@@ -381,20 +393,34 @@ def publish(
             targets=list(targets),
             source=image_path,
         )
-        built = [record.build(context) for record in TARGETS.values() if record.name in targets]
+        built: list[Target] = []
+        hidden: set[int] = set()
+        for record in TARGETS.values():
+            if record.name in targets:
+                built.append(record.build(context))
+            elif record.name in unpublished:
+                context.building_unpublished = True
+                built.append(record.build(context))
+                context.building_unpublished = False
+                hidden.add(len(built) - 1)
         grain_targets: list[GrainTarget] = []
         for target in built:
             grain_targets.extend(target.grain_targets())
         run_pass(source, grain_targets, stage="publishing", progress=progress, level=level, concurrent=True)
-        for target in built:
-            target.after_pass()
+        _after_pass(built)
         files: list[PublishedFile] = []
         outputs: list[AtomicOutput] = []
-        for target in built:
+        finished: list[FinishedFile] = []
+        for index, target in enumerate(built):
             for output, size, digest in target.files():
-                files.append(PublishedFile(target.name, str(output.target), size, digest))
-                outputs.append(output)
+                made = PublishedFile(target.name, str(output.target), size, digest)
+                finished.append(FinishedFile(made, output.path, unpublished=index in hidden))
+                if index not in hidden:
+                    files.append(made)
+                    outputs.append(output)
         sums = "".join(f"{f.sha256}  {Path(f.path).name}\n" for f in files)
+        if hand_over is not None:
+            hand_over(finished)
         for output in outputs:
             output.commit()
         write_file_atomically(out_dir / SUMS_FILE, sums, force=True)
@@ -406,6 +432,17 @@ def publish(
         sums=str(out_dir / SUMS_FILE),
         seconds=time.monotonic() - started,
     )
+
+
+def _after_pass(built: list[Target]) -> None:
+    """Every target's work after the pass, side by side: qemu-img making the qcow2, the OVA
+    read back for its checksum and the bundle's manifest do not wait for each other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(built)), thread_name_prefix="after-pass") as pool:
+        futures = [pool.submit(target.after_pass) for target in built]
+    for future in futures:
+        future.result()
 
 
 def _default_name(image: Path) -> str:

@@ -193,12 +193,17 @@ class StreamOptimizedWriter:
         self.size += len(data)
 
     def grain(self, grain: Grain) -> None:
+        if grain.data is None:
+            # Zero grains (one, or a run) are not stored; only the grain table they end in counts.
+            last = grain.index + grain.count - 1
+            if last // GTES_PER_GT != self._gt_index:
+                self._flush_gt()
+                self._gt_index = last // GTES_PER_GT
+            return
         gt_index, entry = divmod(grain.index, GTES_PER_GT)
         if gt_index != self._gt_index:
             self._flush_gt()
             self._gt_index = gt_index
-        if grain.data is None:
-            return
         assert grain.block is not None
         stream = grain.block.zlib_stream()
         sector = self.size // SECTOR

@@ -1,9 +1,10 @@
 """The client side of image registries: any Glance-compatible cloud, ours or a real OpenStack.
 
-``imagewright image upload/list/show/download/delete/share`` stands on this room (a future
-``package publish --to registry`` would too). Authentication, the service catalog and endpoint discovery are
-openstacksdk's and keystoneauth's (a ``clouds.yaml`` cloud, or the ``OS_*`` variables of an
-openrc); this room only speaks the Image API v2 over the session they give.
+``imagewright image upload/list/show/download/delete/share/register-bundle`` and ``publish --to
+registry`` (``publishing``) stand on this room; ``ec2`` keeps EC2 triplets linked as Glance
+does. Authentication, the service catalog and endpoint discovery are openstacksdk's and
+keystoneauth's (a ``clouds.yaml`` cloud, or the ``OS_*`` variables of an openrc); this room only
+speaks the Image API v2 over the session they give.
 
 - ``connect(cloud=None, clouds_file=None)`` → a ``Cloud`` (the openstacksdk connection).
 - ``upload_image(cloud, path, name=…, …)`` → ``UploadResult``: the file is judged locally by

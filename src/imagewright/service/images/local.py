@@ -110,7 +110,7 @@ def register_local(
                 "os_hash_algo": HASH_ALGORITHM,
                 "os_hash_value": sha512.hexdigest(),
             },
-            checked_properties,
+            {**checked_properties, **judged.properties},
             [],
         )
         return image_view(image)

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from imagewright.errors import ForbiddenError, RequestError
-from imagewright.upload_gate import CONTAINER_FORMATS, DISK_FORMATS
+from imagewright.upload_gate import CONTAINER_FORMATS, DISK_FORMATS, OVA_PROPERTIES
 
 IMAGE_STATUSES = (
     "queued",
@@ -47,7 +47,9 @@ READ_ONLY = frozenset(
 )
 #: Writable at creation only.
 CREATE_ONLY = frozenset({"id"})
-RESERVED = frozenset({"location", "deleted", "deleted_at", "locations"})
+#: Glance's reserved names, and the properties this registry sets from what it verified in the
+#: data (an OVA's signer: ``upload_gate.OVA_PROPERTIES``), which a client must not forge.
+RESERVED = frozenset({"location", "deleted", "deleted_at", "locations", *OVA_PROPERTIES})
 RESERVED_PREFIX = "os_glance"
 #: Image columns (everything else a client sends is a custom property).
 BASE = frozenset(

@@ -12,7 +12,8 @@ The protocol (agreed with ``imagewright.stores``; Glance's status lifecycle):
    The lease is renewed as bytes flow; more than ``image_size_cap`` bytes is refused (413).
 3. Finish the blob, then judge it: the inspection opens the stored blob (random access) and
    refuses unsafe content or content that is not the declared ``disk_format`` /
-   ``container_format`` (``gate.judge_upload``).
+   ``container_format`` (``upload_gate.judge_upload``); an OVA's manifest and signature are
+   verified there too, and its signer is recorded in the properties ``upload_gate.OVA_PROPERTIES``.
 4. ``saving`` → ``active`` with size, virtual_size and hashes — only if this process still holds
    the lease (the sweep may have reset a stalled upload, the image may have been deleted).
 
@@ -40,7 +41,7 @@ from imagewright.errors import ConflictError, RequestError, StoreError, UnsafeIm
 from imagewright.service.http import Registry, blocking
 from imagewright.service.leases import this_holder
 from imagewright.stores import BlobStore, BlobWriter
-from imagewright.upload_gate import judge_upload
+from imagewright.upload_gate import GateResult, judge_upload
 
 LOG = logging.getLogger("imagewright.service.upload")
 
@@ -133,15 +134,15 @@ async def receive_upload(request: Request, registry: Registry, caller: AuthConte
         location = await blocking(writer.finish)
         if location != claim.location:
             raise StoreError(f"The store wrote the blob to {location}, not to {claim.location} as claimed.")
-        result = await blocking(_judge, store, claim)
+        judged = await blocking(_judge, store, claim)
         values: dict[str, Any] = {
             "size": hashing.size,
             "checksum": hashing.md5.hexdigest(),
             "os_hash_algo": HASH_ALGORITHM,
             "os_hash_value": hashing.sha512.hexdigest(),
-            "virtual_size": result,
+            "virtual_size": judged.virtual_size,
         }
-        if not await blocking(_activate, registry, claim, values):
+        if not await blocking(_activate, registry, claim, values, judged.properties):
             raise ConflictError(
                 "The image was deleted or its upload was taken over while the data was arriving."
             )
@@ -229,15 +230,16 @@ def _renew(registry: Registry, claim: images.UploadClaim) -> bool:
         )
 
 
-def _judge(store: BlobStore, claim: images.UploadClaim) -> int | None:
+def _judge(store: BlobStore, claim: images.UploadClaim) -> GateResult:
     with store.open(claim.location) as reader:
         try:
-            result = judge_upload(reader, claim.image_id, claim.disk_format, claim.container_format)
+            return judge_upload(reader, claim.image_id, claim.disk_format, claim.container_format)
         except UnsafeImageError as err:
             raise RequestError(str(err)) from err
-    return result.virtual_size
 
 
-def _activate(registry: Registry, claim: images.UploadClaim, values: dict[str, Any]) -> bool:
+def _activate(
+    registry: Registry, claim: images.UploadClaim, values: dict[str, Any], properties: dict[str, str]
+) -> bool:
     with registry.catalog.writing() as session:
-        return images.finish_upload(session, claim.image_id, claim.holder, values)
+        return images.finish_upload(session, claim.image_id, claim.holder, values, properties)

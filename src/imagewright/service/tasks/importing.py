@@ -34,7 +34,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from imagewright.service.tasks import web_download
 from imagewright.service.tasks.run import TaskRun, TaskStoppedError
 from imagewright.stores import BlobStore
 from imagewright.stores.file import FileStore
-from imagewright.upload_gate import admit_blob, judge_report
+from imagewright.upload_gate import judge_upload
 
 LOG = logging.getLogger("imagewright.service.tasks")
 
@@ -122,6 +122,8 @@ class ImageData:
     sha512: str | None = None
     #: ``path`` is this task's own scratch file (a store may take it instead of a copy).
     owned: bool = False
+    #: What the gate found to record (an OVA's signer: ``upload_gate.OVA_PROPERTIES``).
+    properties: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,7 @@ def _import(
             written=written,
             failed_stores=failed,
             stores=plan.stores,
+            properties=data.properties,
         )
         if staged is not None:
             run.succeed_in(session, {"image_id": image_id})
@@ -305,17 +308,16 @@ def _judge(run: TaskRun, data: ImageData, image_id: str, declared: DeclaredImage
     """The upload gate on the bytes; fills in the formats (declared, or found when undeclared)."""
     source = _open_source(run, data)
     try:
-        # Undeclared formats are the content's (judge_report names them, or refuses content
-        # Glance has no disk_format for).
-        judged = judge_report(
-            admit_blob(source, f"image {image_id}"), declared.disk_format, declared.container_format
-        )
+        # Undeclared formats are the content's (judge_upload names them, or refuses content
+        # Glance has no disk_format for); an OVA is verified as a package there too.
+        judged = judge_upload(source, f"image {image_id}", declared.disk_format, declared.container_format)
     finally:
         close = getattr(source, "close", None)
         if close is not None:
             close()
     data.disk_format, data.container_format = judged.disk_format, judged.container_format
     data.virtual_size = judged.virtual_size
+    data.properties = judged.properties
 
 
 def _convert(run: TaskRun, plan: ImportPlan, data: ImageData, work: Path) -> ImageData:
