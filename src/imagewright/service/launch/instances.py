@@ -311,7 +311,8 @@ def _start(
         # the instance's own variable store, kept with it: what the guest writes there
         # (boot entries) stays for its next start, as a cloud keeps an instance's NVRAM
         shutil.copyfile(ovmf.variables_template, files.uefi_variables)
-        uefi = UefiFlash(ovmf.code, files.uefi_variables, firmware.secure_boot)
+        # q35: its AHCI CD-ROM is seen under OVMF, PIIX's IDE is not (programs/qemu_system.py)
+        uefi = UefiFlash(ovmf.code, files.uefi_variables, firmware.secure_boot, chipset="q35")
     machine = instance_machine(
         instance_id,
         files,
