@@ -329,7 +329,11 @@ def verify_command(
     as_json: bool,
 ) -> None:
     """Boot IMAGE_REF with a fresh hostname, key and user-data on a bigger disk, and check from
-    outside that each took (the root filesystem grew, the firmware is the one asked for)."""
+    outside that each took.
+
+    The checks: console ready, firmware as started, hostname, SSH key, user-data ran (once),
+    root filesystem grown to the disk, new SSH host keys.
+    """
     from imagewright.catalog.instances import MAX_USER_DATA_BYTES
     from imagewright.metadata.instance import read_user_data
     from imagewright.service.launch.verify import verify_image
@@ -364,10 +368,11 @@ def verify_command(
 @click.option(
     "--for",
     "want",
-    type=click.Choice(["ready", "login"]),
+    type=click.Choice(["ready", "login", "ssh"]),
     default="ready",
     show_default=True,
-    help="ready: our agent's ready line for this instance (or a login prompt); login: a login prompt.",
+    help="ready: our agent's ready line for this instance (or a login prompt); login: a login prompt; "
+    "ssh: an SSH server answering on the port forwarded to the guest's port 22.",
 )
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=300.0, show_default=True, metavar="S")
 @data_dir_option
@@ -381,10 +386,51 @@ def wait_command(
     from imagewright.errors import InstanceError
     from imagewright.service.launch import instances
 
-    log, running = instances.console_path(site_of(data_dir, database), instance_id)
-    seen, detail = instances.wait_for_console(
-        log, instance_id, running, time.monotonic() + timeout, want=want
-    )
+    site = site_of(data_dir, database)
+    log, running = instances.console_path(site, instance_id)
+    deadline = time.monotonic() + timeout
+    if want == "ssh":
+        seen, detail = instances.wait_for_ssh(instances.ssh_endpoint(site, instance_id), running, deadline)
+    else:
+        seen, detail = instances.wait_for_console(log, instance_id, running, deadline, want=want)
     if not seen:
         raise InstanceError(f"The instance {instance_id} is not ready: {detail}.")
     stdout_console().print(f"instance {instance_id}: {detail}")
+
+
+@click.command("ssh", context_settings={"ignore_unknown_options": True})
+@click.argument("instance_id")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--user", "-l", default="root", show_default=True, help="The guest user to log in as.")
+@click.option(
+    "--identity",
+    "-i",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="The private key (of a --key-file the instance was given); default: ssh's own choice.",
+)
+@click.option("--batch", is_flag=True, help="Never prompt (ssh BatchMode): fail instead.")
+@data_dir_option
+@database_option
+def ssh_command(
+    instance_id: str,
+    command: tuple[str, ...],
+    user: str,
+    identity: Path | None,
+    batch: bool,
+    data_dir: str | None,
+    database: str | None,
+) -> None:
+    """Open an SSH session on an instance (or run COMMAND there) through its port forwarded to 22.
+
+    Run the instance with --port-forward HOSTPORT:22 and your --key-file; the instance's host
+    key is kept in its own known_hosts on first use. ssh's exit status is this command's.
+    """
+    from imagewright.programs.ssh import exec_ssh, ssh_argv
+    from imagewright.service.launch import instances
+
+    endpoint = instances.ssh_endpoint(site_of(data_dir, database), instance_id)
+    exec_ssh(
+        ssh_argv(endpoint.port, user, endpoint.known_hosts, identity=identity, command=command, batch=batch)
+    )

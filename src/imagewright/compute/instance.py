@@ -10,6 +10,7 @@
     qmp/qmp.sock     the QEMU Machine Protocol socket (its directory holds nothing else: it is
                      shown to QEMU's sandbox writable)
     context.iso|img  the context medium, when the instance gets one instead of the metadata service
+    known_hosts      the instance's SSH host keys as ``imagewright ssh`` first met them
     OVMF_VARS.fd     the instance's own UEFI variable store (its NVRAM: boot entries the guest
                      writes survive a restart), when it runs under OVMF
     plan.json        what the supervisor starts (argument list and sandbox)
@@ -79,6 +80,10 @@ class InstanceFiles:
     @property
     def qemu_log(self) -> Path:
         return self.directory / "qemu.log"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.directory / "known_hosts"
 
     @property
     def uefi_variables(self) -> Path:

@@ -691,3 +691,59 @@ def follow_console(
                     write(rest)
                 return
             time.sleep(interval)
+
+
+# --- ssh -----------------------------------------------------------------------------------------
+
+SSH_PORT = 22
+#: What an SSH server says first (RFC 4253, 4.2): "SSH-protoversion-softwareversion".
+_SSH_BANNER = b"SSH-"
+
+
+@dataclass(frozen=True)
+class SshEndpoint:
+    instance_id: str
+    #: The host port on 127.0.0.1 forwarded to the guest's port 22.
+    port: int
+    known_hosts: Path
+
+
+def ssh_endpoint(site: Site, instance_id: str) -> SshEndpoint:
+    """Where to reach a running instance's SSH server: its forwarded port to guest port 22."""
+    with site.catalog() as catalog, catalog.reading() as session:
+        instances.get_instance(session, instance_id)
+        run = instance_runs.get_run(session, instance_id)
+        state, forwards, directory = _live_state(run), instance_runs.port_forwards(run), Path(run.directory)
+    if state != "running":
+        raise InstanceError(f"The instance {instance_id} is not running ({state}).")
+    port = next((host for host, guest in forwards if guest == SSH_PORT), None)
+    if port is None:
+        raise InstanceError(
+            f"The instance {instance_id} has no port forwarded to its port {SSH_PORT}; "
+            f"run it with --port-forward HOSTPORT:{SSH_PORT}."
+        )
+    return SshEndpoint(instance_id, port, InstanceFiles(directory).known_hosts)
+
+
+def ssh_banner(port: int, timeout: float = 5.0) -> str | None:
+    """The first line an SSH server on 127.0.0.1:``port`` sends, or None (nothing listens,
+    QEMU's forward finds no server in the guest yet and closes, or it says something else)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+            line = connection.makefile("rb").readline(256)
+    except OSError:
+        return None
+    return line.decode("ascii", "replace").strip() if line.startswith(_SSH_BANNER) else None
+
+
+def wait_for_ssh(endpoint: SshEndpoint, running: Callable[[], bool], deadline: float) -> tuple[bool, str]:
+    """(seen, detail): an SSH server answers on the instance's forwarded port."""
+    while True:
+        banner = ssh_banner(endpoint.port)
+        if banner is not None:
+            return True, f"SSH server on 127.0.0.1:{endpoint.port} ({banner[:80]})"
+        if not running():
+            return False, "QEMU ended before an SSH server answered"
+        if time.monotonic() > deadline:
+            return False, f"no SSH server answered on 127.0.0.1:{endpoint.port} in time"
+        time.sleep(1.0)
