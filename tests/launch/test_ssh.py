@@ -87,7 +87,11 @@ def test_ssh_runs_a_command_with_the_instances_key_and_refuses_another(
         assert answer.returncode == 0, answer.stderr
         assert answer.stdout.split() == [launched["hostname"], "0"]
         known_hosts = Path(launched["directory"]) / "known_hosts"
-        assert f"[127.0.0.1]:{port} " in known_hosts.read_text()  # learned on first use, kept with it
+        # learned on first use, kept with the instance: the key the server shows (ssh-keyscan)
+        learned = known_hosts.read_text().split()
+        assert learned[0] == f"[127.0.0.1]:{port}"
+        scanned = run("ssh-keyscan", "-p", str(port), "-t", learned[1], "127.0.0.1").stdout.decode().split()
+        assert scanned[1:3] == learned[1:3]
 
         # The exit status is the remote command's; another key is refused (ssh's own 255).
         assert iw_ssh(stack, instance_id, tmp_path / "mine", "exit", "7").returncode == 7

@@ -34,6 +34,7 @@ def ssh_argv(
         "-o", f"UserKnownHostsFile={os.fspath(known_hosts)}",
         "-o", "StrictHostKeyChecking=accept-new",
         "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "HashKnownHosts=no",  # the file is the instance's alone: nothing to hide, easier to read
     ]  # fmt: skip
     if batch:
         argv += ["-o", "BatchMode=yes"]
