@@ -261,6 +261,14 @@ def root_growth_check(
         f"{region.describe()}: filesystem {sizes}, partition ends {format_size(room)} before the disk's end"
     )
     if room > GROWTH_SLACK:
+        table = report.partition_table
+        after_root = [
+            part.number
+            for part in (table.partitions if table is not None else ())
+            if part.kind != "extended" and table is not None and table.byte_offset(part) > region.offset
+        ]
+        if after_root:
+            return False, f"{detail} (partition {after_root[0]} follows it: the root cannot grow)"
         return False, f"{detail} (not grown to the {format_size(disk)} disk)"
     if after < region.size - GROWTH_SLACK:
         return False, f"{detail} (the filesystem does not fill its {format_size(region.size)} partition)"
