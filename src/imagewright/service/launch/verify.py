@@ -14,9 +14,11 @@ without trusting anything the guest says about itself:
    (``efi: EFI v2.70 by EDK II`` only under OVMF; ``secureboot: Secure boot enabled`` under
    Secure Boot), and OVMF refused no boot loader — a quiet kernel that says nothing passes
    with that said;
-3. the instance is stopped (ACPI, then QMP ``quit``: QEMU closes the disk cleanly) and the disk
-   it wrote is read back (its overlay on the base, flattened by ``qemu-img`` with the chain
-   named explicitly, read through the guest file contract, ``guest.open_guest``);
+3. the instance is stopped — QMP ``quit`` at once after our agent's ready line (the agent runs
+   ``sync`` before it), ACPI power-off first after a login prompt — QEMU closes the disk
+   cleanly, and the disk it wrote is read back (its overlay on the base, flattened by
+   ``qemu-img`` with the chain named explicitly, read through the guest file contract,
+   ``guest.open_guest``);
 4. ``hostname``: ``/etc/hostname`` holds the hostname given;
 5. ``ssh key``: the key is in root's or a user's ``authorized_keys``;
 6. ``user-data``: the marker holds the token exactly once (it ran, and only once); with the
@@ -67,6 +69,8 @@ DISK_GROWTH = 128 * MiB
 #: backup header and table), and how much smaller than its partition a grown filesystem may be.
 GROWTH_SLACK = 2 * MiB
 _CONSOLE_HEAD = 4 * MiB
+#: How long a guest that showed a login prompt may take to power off (ACPI) before QEMU quits.
+ACPI_GRACE = 5.0
 CLOUD_INIT_INSTANCES = "/var/lib/cloud/instances"
 CLOUD_INIT_RESULT = "/var/lib/cloud/data/result.json"
 
@@ -336,7 +340,11 @@ def verify_image(
         console_text = _console_head(log)
         report.checks.append(_timed("firmware", lambda: firmware_check(console_text, launched.firmware)))
         stop_started = time.monotonic()
-        outcome = instances.stop(site, launched.instance_id, grace=5.0)
+        # Our agent syncs before its ready line: nothing it wrote is only in the guest's page
+        # cache, so QEMU may quit at once. A login prompt (cloud-init, systemd) gets an ACPI
+        # power-off and ACPI_GRACE seconds to shut down cleanly first.
+        agent_ready = seen and detail.startswith("agent ready")
+        outcome = instances.stop(site, launched.instance_id, grace=0.0 if agent_ready else ACPI_GRACE)
         report.checks.append(Check("stop", True, time.monotonic() - stop_started, outcome.how))
         flat = files.directory / "disk-read-back.raw"
         try:
