@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 APT_PACKAGES := qemu-utils qemu-system-x86 qemu-system-data seabios ipxe-qemu \
 	e2fsprogs fdisk gdisk util-linux dosfstools mtools xfsprogs btrfs-progs reiserfsprogs \
 	grub-pc-bin grub-common genisoimage xorriso busybox-static cpio kmod gawk mawk \
-	zstd xz-utils bzip2 gzip file shellcheck openssh-client dash \
+	zstd xz-utils bzip2 gzip file shellcheck openssh-client dropbear-bin dash \
 	ntfs-3g cryptsetup-bin squashfs-tools syslinux-common binutils curl jq \
 	libguestfs-tools linux-image-amd64 cloud-guest-utils strace bubblewrap \
 	swift swift-proxy swift-account swift-container swift-object \

@@ -3,17 +3,25 @@ as a user would type it, with its timing.
 
     rootfs (a tiny real Linux) → build a bootable disk → prepare --agent → a NoCloud seed
     → boot it → the agent's ready line with the seed's hostname → read the result back → inspect
+    → publish the prepared disk to an ``imagewright serve`` the demo starts (register-local)
+    → ``run`` it from the registry with the metadata service → wait → ps → stop → rm
+    → ``verify`` it through the metadata service (IMDSv2 required) → the server stops
 
 Everything lands in ./demo-out (removed and recreated on every run).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +33,38 @@ INSTANCE_ID = "i-0demo0001"
 
 def imagewright(*args: str) -> list[str]:
     return [str(VENV_BIN / "imagewright"), *args]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_registry(data_dir: Path, images: Path) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """``imagewright serve`` in the background, with the metadata service and an in-place store;
+    returns the process and the command line as shown."""
+    port, metadata_port = free_port(), free_port()
+    shown = ["imagewright", "serve", "--data-dir", data_dir.name, "--listen", f"127.0.0.1:{port}",
+             "--metadata-listen", f"127.0.0.1:{metadata_port}",
+             "--store", f"local=file-inplace://{images}"]  # fmt: skip
+    env = dict(os.environ, IMAGEWRIGHT_ADMIN_PASSWORD=secrets.token_urlsafe(16))
+    log = open(OUT / "serve.log", "ab")  # noqa: SIM115 - the server writes it for its whole life
+    server = subprocess.Popen(imagewright(*shown[1:]), cwd=OUT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    log.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            print((OUT / "serve.log").read_text()[-3000:], file=sys.stderr)
+            sys.exit("imagewright serve ended at once")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/identity/v3", timeout=2) as answer:
+                if answer.status == 200:
+                    return server, shown
+        except OSError:
+            time.sleep(0.2)
+    server.terminate()
+    sys.exit("imagewright serve did not answer within 60 s")
 
 
 def step(title: str, argv: list[str], *, shown: list[str] | None = None) -> tuple[float, str]:
@@ -76,7 +116,8 @@ def main() -> None:
         ],
     )
     timed(
-        "build a bootable disk: GPT, ext4 root, swap, GRUB 2 — no root, no loop devices",
+        # no --swap: build puts the swap partition after the root, which then cannot grow
+        "build a bootable disk: GPT, ext4 root, GRUB 2 — no root, no loop devices",
         imagewright(
             "build",
             "--from",
@@ -85,8 +126,6 @@ def main() -> None:
             "disk.qcow2",
             "--size",
             "1G",
-            "--swap",
-            "128M",
             "--table",
             "gpt",
         ),
@@ -99,8 +138,6 @@ def main() -> None:
             "disk.qcow2",
             "--size",
             "1G",
-            "--swap",
-            "128M",
             "--table",
             "gpt",
         ],
@@ -110,6 +147,9 @@ def main() -> None:
         imagewright("prepare", "disk.qcow2", "--agent"),
         shown=["imagewright", "prepare", "disk.qcow2", "--agent"],
     )
+    images = OUT / "images"
+    images.mkdir()
+    shutil.copyfile(OUT / "disk.qcow2", images / "demo.qcow2")  # the prepared, never booted disk
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "demo@imagewright", "-f", str(OUT / "id_demo")],
         check=True,
@@ -175,6 +215,45 @@ def main() -> None:
         imagewright("inspect", "disk.qcow2"),
         shown=["imagewright", "inspect", "disk.qcow2"],
     )
+    started_registry = time.monotonic()
+    print("\n== publish: a registry with the metadata service, the prepared disk registered in place")
+    server, shown = start_registry(OUT / "registry", images)
+    print("$ " + " ".join(shlex.quote(a) for a in shown) + " &")
+    timings.append(
+        ("start imagewright serve (registry + metadata service)", time.monotonic() - started_registry)
+    )
+    registry = ["--data-dir", "registry"]
+    try:
+        timed(
+            "publish the prepared disk to the registry (in place, inspected where it lies)",
+            imagewright("image", "register-local", str(images / "demo.qcow2"), "--name", "demo",
+                        "--visibility", "public", *registry),
+            shown=["imagewright", "image", "register-local", "images/demo.qcow2", "--name", "demo",
+                   "--visibility", "public", *registry],
+        )  # fmt: skip
+        launched = json.loads(
+            timed(
+                "run it from the registry: the metadata service at 169.254.169.254, IMDSv2 required",
+                imagewright("run", "demo", "--name", "web1", "--key-file", "id_demo.pub",
+                            "--tokens", "required", "--detach", "--json", *registry),
+                shown=["imagewright", "run", "demo", "--name", "web1", "--key-file", "id_demo.pub",
+                       "--tokens", "required", "--detach", "--json", *registry],
+            )
+        )  # fmt: skip
+        instance = launched["id"]
+        for title, args in (
+            ("wait for the agent's ready line (it asked the metadata service who it is)",
+             ["wait", instance, "--timeout", "300"]),
+            ("ps: the catalog's state checked against the live QEMU process", ["ps"]),
+            ("stop it: ACPI power-off, then QMP quit", ["stop", instance, "--timeout", "5"]),
+            ("rm: no process, no overlay, no record left", ["rm", instance]),
+            ("verify: a fresh instance, checked from outside (hostname, key, user-data, root growth ...)",
+             ["verify", "demo", "--context", "metadata", "--tokens", "required", "--timeout", "300"]),
+        ):  # fmt: skip
+            timed(title, imagewright(*args, *registry), shown=["imagewright", *args, *registry])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
     total = time.monotonic() - started
     print("\n== timings")
     for title, elapsed in timings:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from tests.fixtures.metadata_service import MetadataStack
 from tests.fixtures.registry import BIN
+from tests.fixtures.tools import run
 from tests.launch.conftest import iw, ps
 
 from imagewright import agent
@@ -25,14 +26,23 @@ from imagewright.ops.prepare import PrepareOptions, prepare
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 VERIFY_TIMEOUT = "400"
-CHECKS = ["console", "stop", "hostname", "ssh key", "user-data", "ssh host keys"]
+CHECKS = [
+    "console",
+    "firmware",
+    "stop",
+    "hostname",
+    "ssh key",
+    "user-data",
+    "root filesystem",
+    "ssh host keys",
+]
 
 
-def _disk(tarball: Path, directory: Path, script: bytes | None = None) -> Path:
+def _disk(tarball: Path, directory: Path, script: bytes | None = None, *build_args: str) -> Path:
     disk = directory / "disk.qcow2"
     subprocess.run(
         [str(BIN / "imagewright"), "build", "--from", str(tarball), "-o", str(disk), "--size", "1G",
-         "--table", "gpt"],
+         "--table", "gpt", *build_args],
         check=True, capture_output=True,
     )  # fmt: skip
     prepare(disk, options=PrepareOptions(agent=True, agent_script=script))
@@ -67,6 +77,12 @@ def test_verify_from_the_registry_through_the_metadata_service(
     assert checks["console"]["detail"] == f"agent ready (source ec2, hostname {report['hostname']})"
     assert checks["user-data"]["detail"] == "ran 1 time(s)"
     assert checks["ssh key"]["detail"] == "in /root/.ssh/authorized_keys"
+    # a hybrid disk: SeaBIOS, as the inspection says, and the kernel saw no UEFI
+    assert (report["firmware"], report["firmware_reason"]) == (
+        "bios",
+        "inspection: boots under BIOS and UEFI",
+    )
+    assert checks["firmware"]["detail"] == "SeaBIOS; the kernel found no UEFI firmware"
     instance_id = report["instance_id"]
     log = stack.access_log(waiting_for=f"forwarder {instance_id} GET /latest/user-data 200")
     mine = [line.split()[3:6] for line in log.splitlines() if f" {instance_id} " in line]
@@ -91,8 +107,65 @@ def test_verify_fails_an_image_whose_guest_ignores_the_key(
         name = max((n for n in CHECKS if rest.startswith(n + " ")), key=len)
         marks[name] = mark
     assert marks == {
-        "console": "✔", "stop": "✔", "hostname": "✔", "ssh key": "✘", "user-data": "✔", "ssh host keys": "✔",
+        "console": "✔", "firmware": "✔", "stop": "✔", "hostname": "✔", "ssh key": "✘", "user-data": "✔",
+        "root filesystem": "✔", "ssh host keys": "✔",
     }  # fmt: skip
     assert "not in /root/.ssh/authorized_keys" in result.stdout
     assert lines[-1].startswith("FAILED in ")
+    assert ps(stack) == {"instances": [], "orphans": []}
+
+
+GIVEN_USER_DATA = b'#!/bin/sh\necho "given user-data ran on $(hostname)" > /root/given-user-data\n'
+
+
+def test_verify_boots_a_uefi_only_image_under_ovmf_with_given_user_data_and_a_grown_root(
+    stack: MetadataStack, testguest_tarball: Path, tmp_path: Path
+) -> None:
+    """No flag: the inspection says UEFI only, so OVMF; the user's own user-data ran; the root
+    filesystem grew into the 1.5 GiB disk — cross-checked after verify with sfdisk and dumpe2fs
+    on the kept overlay, flattened here by qemu-img, and debugfs reading the script's file."""
+    disk = _disk(testguest_tarball, tmp_path, None, "--firmware", "uefi")
+    user_data = tmp_path / "user-data"
+    user_data.write_bytes(GIVEN_USER_DATA)
+
+    result = iw(stack, "verify", str(disk), "--context", "nocloud", "--user-data", str(user_data),
+                "--disk-size", "1536M", "--timeout", VERIFY_TIMEOUT, "--keep", "--json")  # fmt: skip
+
+    report = json.loads(result.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert report["ok"] is True, result.stdout
+    assert list(checks) == CHECKS
+    assert (report["firmware"], report["secure_boot"]) == ("uefi", False)
+    assert report["firmware_reason"] == "inspection: boots under UEFI only"
+    assert checks["firmware"]["detail"] == "OVMF; the kernel found UEFI firmware (EDK II)"
+    assert (
+        checks["user-data"]["detail"]
+        == f"the agent ran the {len(GIVEN_USER_DATA)} bytes given (exit status 0)"
+    )
+    assert report["disk_size"] == 1536 << 20
+    assert checks["root filesystem"]["detail"].startswith("partition ")
+
+    # Independently: the kept instance's disk, flattened by qemu-img with the chain named.
+    instance = stack.server.data_dir / "instances" / report["instance_id"]
+    try:
+        assert (instance / "OVMF_VARS.fd").is_file()
+        console = (instance / "console.log").read_text(errors="replace")
+        assert "efi: EFI v" in console  # the kernel's own word: it ran under UEFI
+        flat = tmp_path / "flat.raw"
+        run("qemu-img", "convert", "--image-opts",
+            f"driver=qcow2,file.filename={instance / 'disk.qcow2'},backing.driver=qcow2,"
+            f"backing.file.filename={disk}", "-O", "raw", flat)  # fmt: skip
+        assert flat.stat().st_size == 1536 << 20
+        table = json.loads(run("sfdisk", "--json", flat).stdout)["partitiontable"]
+        root = max(table["partitions"], key=lambda p: p["start"])
+        end = (root["start"] + root["size"]) * 512
+        assert (1536 << 20) - end <= 2 << 20  # the root partition reaches the disk's end
+        header = run("dumpe2fs", "-h", f"{flat}?offset={root['start'] * 512}").stdout.decode()
+        fields = dict(line.split(":", 1) for line in header.splitlines() if ":" in line)
+        fs_bytes = int(fields["Block count"]) * int(fields["Block size"])
+        assert root["size"] * 512 - fs_bytes < 2 << 20 and fs_bytes > 1 << 30
+        ran = run("debugfs", "-R", "cat /root/given-user-data", f"{flat}?offset={root['start'] * 512}").stdout
+        assert ran.decode().strip() == f"given user-data ran on {report['hostname']}"
+    finally:
+        iw(stack, "rm", "--force", report["instance_id"])
     assert ps(stack) == {"instances": [], "orphans": []}

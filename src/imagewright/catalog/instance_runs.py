@@ -38,6 +38,9 @@ class RunStart:
     port_forwards: Sequence[tuple[int, int]] = ()
     cpus: int = 1
     memory_mib: int = 512
+    firmware: str = "bios"
+    secure_boot: bool = False
+    firmware_reason: str = ""
 
 
 def record_start(session: Session, start: RunStart) -> InstanceRun:
@@ -55,6 +58,9 @@ def record_start(session: Session, start: RunStart) -> InstanceRun:
         port_forwards=json.dumps([list(pair) for pair in start.port_forwards]),
         cpus=start.cpus,
         memory_mib=start.memory_mib,
+        firmware=start.firmware,
+        secure_boot=start.secure_boot,
+        firmware_reason=start.firmware_reason,
         started_at=now,
         updated_at=now,
     )

@@ -27,7 +27,8 @@ whose lease expired, or whose holder is a dead process of this host, is reset by
   image's other blobs (copies in other stores, staged import data); the tables of background
   work (``tasks``, ``exports``, ``registry_secrets``) are in ``task_models``.
 - **instance runs** (migration 0005): ``instance_runs``, one row per instance started under QEMU on
-  this catalog's machines (``imagewright run``): its state, processes, accelerator and files.
+  this catalog's machines (``imagewright run``): its state, processes, accelerator and files;
+  its firmware (SeaBIOS or OVMF, Secure Boot, and why) since migration 0006.
 
 Later tables come with their own migrations; nothing here assumes they do not exist.
 
@@ -380,6 +381,10 @@ class InstanceRun(Base):
     port_forwards: Mapped[str] = mapped_column(Text, default="[]")
     cpus: Mapped[int] = mapped_column(Integer, default=1)
     memory_mib: Mapped[int] = mapped_column(Integer, default=512)
+    #: ``bios`` (SeaBIOS) or ``uefi`` (OVMF), Secure Boot on or not, and why (migration 0006).
+    firmware: Mapped[str] = mapped_column(String(8), default="bios")
+    secure_boot: Mapped[bool] = mapped_column(Boolean, default=False)
+    firmware_reason: Mapped[str] = mapped_column(Text, default="")
     exit_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime)

@@ -122,9 +122,15 @@ VERBS: tuple[Verb, ...] = (
         "Wait until an instance's console shows it ready (exit 1 if it does not in time).",
     ),
     Verb(
+        "ssh",
+        "launch:ssh_command",
+        "Open an SSH session on an instance (or run COMMAND there) through its port forwarded to 22.",
+    ),
+    Verb(
         "verify",
         "launch:verify_command",
-        "Boot IMAGE_REF with a fresh hostname, key and user-data, and check from outside that each took.",
+        "Boot IMAGE_REF with a fresh hostname, key and user-data on a bigger disk, and check from "
+        "outside that each took.",
     ),
     Verb(
         "accounts",

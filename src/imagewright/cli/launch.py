@@ -30,6 +30,24 @@ if TYPE_CHECKING:
 
 CONTEXT_CHOICES = ("metadata", "nocloud", "configdrive", "opennebula", "wakame")
 
+firmware_option = click.option(
+    "--firmware",
+    type=click.Choice(["bios", "uefi"]),
+    default=None,
+    help="SeaBIOS or OVMF (UEFI). Default: the image's hw_firmware_type (os_secure_boot=required: "
+    "Secure Boot), else what inspect finds: OVMF for a disk that boots under UEFI only, else SeaBIOS.",
+)
+secure_boot_option = click.option(
+    "--secure-boot", is_flag=True, help="OVMF with Secure Boot on and Microsoft's keys enrolled."
+)
+disk_size_option = click.option(
+    "--disk-size",
+    "disk_size_text",
+    default=None,
+    metavar="SIZE",
+    help="The instance's disk (e.g. 4G): at least the image's size; the guest grows its root into it.",
+)
+
 
 def site_of(data_dir: str | None, database: str | None) -> Site:
     from imagewright.service.datadir import resolve_data_dir
@@ -76,6 +94,14 @@ def parse_port_forward(text: str) -> tuple[int, int]:
     help="Forward 127.0.0.1:HOST to the guest's port GUEST (repeatable), e.g. 2222:22.",
 )
 @click.option("--detach", is_flag=True, help="Return once the instance runs (else follow its console).")
+@firmware_option
+@secure_boot_option
+@disk_size_option
+@click.option(
+    "--project",
+    default=None,
+    help="The project that owns the instance (default: admin); a registry image must be one it sees.",
+)
 @data_dir_option
 @database_option
 @json_option
@@ -91,6 +117,10 @@ def run_command(
     tokens: str,
     port_forwards: tuple[str, ...],
     detach: bool,
+    firmware: str | None,
+    secure_boot: bool,
+    disk_size_text: str | None,
+    project: str | None,
     data_dir: str | None,
     database: str | None,
     as_json: bool,
@@ -100,6 +130,7 @@ def run_command(
     from imagewright.cli.instance import read_keys
     from imagewright.metadata.instance import read_user_data
     from imagewright.service.launch import instances
+    from imagewright.units import parse_size
 
     site = site_of(data_dir, database)
     request = instances.LaunchRequest(
@@ -113,6 +144,10 @@ def run_command(
         cpus=cpus,
         memory_mib=memory_mib,
         port_forwards=tuple(parse_port_forward(text) for text in port_forwards),
+        firmware=firmware,
+        secure_boot=secure_boot,
+        disk_size=parse_size(disk_size_text) if disk_size_text is not None else None,
+        project=project,
     )
     launched = instances.launch(site, request, progress=ByteProgress("downloading", not as_json))
     if as_json:
@@ -120,7 +155,9 @@ def run_command(
     else:
         stdout_console().print(
             f"instance {launched.instance_id} running ({launched.name}, {launched.accelerator}, "
-            f"context {launched.context}); console: {launched.files.console_log}"
+            f"{_firmware_text(launched.firmware.firmware, launched.firmware.secure_boot)} "
+            f"({launched.firmware.reason}), context {launched.context}); "
+            f"console: {launched.files.console_log}"
         )
     if detach:
         return
@@ -132,6 +169,13 @@ def run_command(
         outcome = instances.stop(site, launched.instance_id, grace=10.0)
         stderr_console().print(f"instance {launched.instance_id} stopped ({outcome.how})")
         raise SystemExit(130) from None
+
+
+def _firmware_text(firmware: str | None, secure_boot: bool) -> str:
+    """ "SeaBIOS", "OVMF", "OVMF+SB"."""
+    if firmware is None:
+        return "-"
+    return "SeaBIOS" if firmware == "bios" else "OVMF+SB" if secure_boot else "OVMF"
 
 
 def _write_stdout(data: bytes) -> None:
@@ -152,12 +196,15 @@ def ps_command(data_dir: str | None, database: str | None, as_json: bool) -> Non
         emit_json({"instances": [r.to_dict() for r in rows], "orphans": [o.to_dict() for o in orphans]})
         return
     console = stdout_console()
-    console.print(f"{'ID':<21} {'NAME':<16} {'STATE':<9} {'ACCEL':<5} {'PID':>7}  CONTEXT  IMAGE")
+    console.print(
+        f"{'ID':<21} {'NAME':<16} {'STATE':<9} {'ACCEL':<5} {'FIRMWARE':<8} {'PID':>7}  CONTEXT  IMAGE"
+    )
     for row in rows:
         pid = str(row.qemu_pid) if row.state == "running" and row.qemu_pid else "-"
+        firmware = _firmware_text(row.firmware, row.secure_boot) if row.accelerator else "-"
         console.print(
             f"{row.instance_id:<21} {row.name[:16]:<16} {row.state:<9} {row.accelerator or '-':<5} "
-            f"{pid:>7}  {row.context or '-':<8} {row.image_id}"
+            f"{firmware:<8} {pid:>7}  {row.context or '-':<8} {row.image_id}"
         )
     for orphan in orphans:
         what = "not running in the catalog" if orphan.known else "not in the catalog"
@@ -254,6 +301,16 @@ def console_command(instance_id: str, follow: bool, data_dir: str | None, databa
     help="How long the guest may take to become ready.",
 )
 @click.option("--keep", is_flag=True, help="Keep the (stopped) instance and its overlay afterwards.")
+@click.option(
+    "--user-data",
+    "user_data_file",
+    default=None,
+    metavar="FILE",
+    help="Your own user-data (at most 64 KiB) instead of verify's marker script; checked to have run.",
+)
+@firmware_option
+@secure_boot_option
+@disk_size_option
 @data_dir_option
 @database_option
 @json_option
@@ -263,22 +320,38 @@ def verify_command(
     tokens: str,
     timeout: float,
     keep: bool,
+    user_data_file: str | None,
+    firmware: str | None,
+    secure_boot: bool,
+    disk_size_text: str | None,
     data_dir: str | None,
     database: str | None,
     as_json: bool,
 ) -> None:
-    """Boot IMAGE_REF with a fresh hostname, key and user-data, and check from outside that each took."""
+    """Boot IMAGE_REF with a fresh hostname, key and user-data on a bigger disk, and check from
+    outside that each took.
+
+    The checks: console ready, firmware as started, hostname, SSH key, user-data ran (once),
+    root filesystem grown to the disk, new SSH host keys.
+    """
+    from imagewright.catalog.instances import MAX_USER_DATA_BYTES
+    from imagewright.metadata.instance import read_user_data
     from imagewright.service.launch.verify import verify_image
+    from imagewright.units import parse_size
 
     report = verify_image(
-        site_of(data_dir, database), image_ref, context=context, tokens=tokens, timeout=timeout, keep=keep
-    )
+        site_of(data_dir, database), image_ref, context=context, tokens=tokens, timeout=timeout, keep=keep,
+        user_data=read_user_data(Path(user_data_file), MAX_USER_DATA_BYTES) if user_data_file else None,
+        disk_size=parse_size(disk_size_text) if disk_size_text is not None else None,
+        firmware=firmware, secure_boot=secure_boot,
+    )  # fmt: skip
     if as_json:
         emit_json(report.to_dict())
     else:
         console = stdout_console()
         console.print(
             f"verify {image_ref}: instance {report.instance_id} ({report.hostname}, {report.accelerator}, "
+            f"{_firmware_text(report.firmware, report.secure_boot)} ({report.firmware_reason}), "
             f"context {report.context})"
         )
         for check in report.checks:
@@ -295,10 +368,11 @@ def verify_command(
 @click.option(
     "--for",
     "want",
-    type=click.Choice(["ready", "login"]),
+    type=click.Choice(["ready", "login", "ssh"]),
     default="ready",
     show_default=True,
-    help="ready: our agent's ready line for this instance (or a login prompt); login: a login prompt.",
+    help="ready: our agent's ready line for this instance (or a login prompt); login: a login prompt; "
+    "ssh: an SSH server answering on the port forwarded to the guest's port 22.",
 )
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=300.0, show_default=True, metavar="S")
 @data_dir_option
@@ -312,10 +386,51 @@ def wait_command(
     from imagewright.errors import InstanceError
     from imagewright.service.launch import instances
 
-    log, running = instances.console_path(site_of(data_dir, database), instance_id)
-    seen, detail = instances.wait_for_console(
-        log, instance_id, running, time.monotonic() + timeout, want=want
-    )
+    site = site_of(data_dir, database)
+    log, running = instances.console_path(site, instance_id)
+    deadline = time.monotonic() + timeout
+    if want == "ssh":
+        seen, detail = instances.wait_for_ssh(instances.ssh_endpoint(site, instance_id), running, deadline)
+    else:
+        seen, detail = instances.wait_for_console(log, instance_id, running, deadline, want=want)
     if not seen:
         raise InstanceError(f"The instance {instance_id} is not ready: {detail}.")
     stdout_console().print(f"instance {instance_id}: {detail}")
+
+
+@click.command("ssh", context_settings={"ignore_unknown_options": True})
+@click.argument("instance_id")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--user", "-l", default="root", show_default=True, help="The guest user to log in as.")
+@click.option(
+    "--identity",
+    "-i",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="The private key (of a --key-file the instance was given); default: ssh's own choice.",
+)
+@click.option("--batch", is_flag=True, help="Never prompt (ssh BatchMode): fail instead.")
+@data_dir_option
+@database_option
+def ssh_command(
+    instance_id: str,
+    command: tuple[str, ...],
+    user: str,
+    identity: Path | None,
+    batch: bool,
+    data_dir: str | None,
+    database: str | None,
+) -> None:
+    """Open an SSH session on an instance (or run COMMAND there) through its port forwarded to 22.
+
+    Run the instance with --port-forward HOSTPORT:22 and your --key-file; the instance's host
+    key is kept in its own known_hosts on first use. ssh's exit status is this command's.
+    """
+    from imagewright.programs.ssh import exec_ssh, ssh_argv
+    from imagewright.service.launch import instances
+
+    endpoint = instances.ssh_endpoint(site_of(data_dir, database), instance_id)
+    exec_ssh(
+        ssh_argv(endpoint.port, user, endpoint.known_hosts, identity=identity, command=command, batch=batch)
+    )

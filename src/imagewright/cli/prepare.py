@@ -80,6 +80,19 @@ def _print_report(report: PrepareReport) -> None:
     "--module", "modules", multiple=True, metavar="NAME", help="Load this kernel module at boot (repeatable)."
 )
 @click.option(
+    "--boot-tuning",
+    is_flag=True,
+    help="Also tune the first boot: GRUB timeout 0 and a serial console, no wait-online, and "
+    "cloud-init's datasource pinned to --datasource.",
+)
+@click.option(
+    "--datasource",
+    type=click.Choice(["ec2", "nocloud", "configdrive", "opennebula"]),
+    default=None,
+    help="With --boot-tuning: the one cloud-init datasource the image's instances see "
+    "(ec2: the metadata service).",
+)
+@click.option(
     "--partition",
     type=click.IntRange(min=1),
     default=None,
@@ -95,6 +108,8 @@ def command(
     agent: bool,
     dns: tuple[str, ...],
     modules: tuple[str, ...],
+    boot_tuning: bool,
+    datasource: str | None,
     partition: int | None,
     as_json: bool,
 ) -> None:
@@ -107,7 +122,16 @@ def command(
         return
     if image is None:
         raise click.UsageError("Missing argument 'IMAGE'.")
-    options = PrepareOptions(dns=dns, modules=modules, agent=agent, partition=partition)
+    if datasource is not None and not boot_tuning:
+        raise click.UsageError("--datasource goes with --boot-tuning.")
+    options = PrepareOptions(
+        dns=dns,
+        modules=modules,
+        agent=agent,
+        partition=partition,
+        boot_tuning=boot_tuning,
+        boot_datasource=datasource,
+    )
     if operations and not any(item.strip() for entry in operations for item in entry.split(",")):
         raise InvalidArgumentError("--operations was given an empty list.")
     with byte_progress("working copy", enabled=not as_json) as progress:

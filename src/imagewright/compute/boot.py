@@ -71,6 +71,7 @@ __all__ = [
     "BootTimeoutError",
     "DirectKernel",
     "Drive",
+    "FirmwareFacts",
     "FirmwareRefusedError",
     "NetworkSpec",
     "admitted_format",
@@ -98,8 +99,9 @@ _FIRMWARE_GAVE_UP = "No bootable option or device was found"
 
 
 @dataclass
-class _BootFacts:
-    """What the console said about firmware and Secure Boot (see the module docstring)."""
+class FirmwareFacts:
+    """What the console said about firmware and Secure Boot (see the module docstring): fed
+    line by line during a boot, or read from a saved console log (``of``)."""
 
     kernel_secure_boot: str | None = None
     kernel_efi: str | None = None
@@ -115,6 +117,13 @@ class _BootFacts:
             self.refusals.append(found.group(1).strip())
         elif _FIRMWARE_GAVE_UP in line:
             self.gave_up = True
+
+    @classmethod
+    def of(cls, text: str) -> FirmwareFacts:
+        facts = cls()
+        for line in text.splitlines():
+            facts.see(line)
+        return facts
 
 
 @dataclass(frozen=True)
@@ -363,7 +372,7 @@ def _boot(
         uefi=uefi,
     )
     argv = qemu_system_argv(spec)
-    facts = _BootFacts()
+    facts = FirmwareFacts()
 
     def each_line(line: str) -> None:
         facts.see(line)

@@ -10,6 +10,9 @@
     qmp/qmp.sock     the QEMU Machine Protocol socket (its directory holds nothing else: it is
                      shown to QEMU's sandbox writable)
     context.iso|img  the context medium, when the instance gets one instead of the metadata service
+    known_hosts      the instance's SSH host keys as ``imagewright ssh`` first met them
+    OVMF_VARS.fd     the instance's own UEFI variable store (its NVRAM: boot entries the guest
+                     writes survive a restart), when it runs under OVMF
     plan.json        what the supervisor starts (argument list and sandbox)
     supervisor.log   the supervisor's own output; qemu.log QEMU's stderr
 
@@ -32,6 +35,7 @@ from imagewright.programs.qemu_system import (
     MachineSpec,
     NetworkSpec,
     SerialConsole,
+    UefiFlash,
 )
 
 #: ``-name`` of an instance's QEMU: this prefix, then the instance id.
@@ -77,6 +81,14 @@ class InstanceFiles:
     def qemu_log(self) -> Path:
         return self.directory / "qemu.log"
 
+    @property
+    def known_hosts(self) -> Path:
+        return self.directory / "known_hosts"
+
+    @property
+    def uefi_variables(self) -> Path:
+        return self.directory / "OVMF_VARS.fd"
+
     def medium(self, kind: str) -> Path:
         return self.directory / ("context.img" if kind == "wakame" else "context.iso")
 
@@ -96,9 +108,11 @@ def instance_machine(
     cpus: int = 1,
     memory_mib: int = 512,
     smbios_system: dict[str, str] | None = None,
+    uefi: UefiFlash | None = None,
 ) -> MachineSpec:
     """The machine of an instance: its overlay on ``base`` (virtio, boots from its own loader),
-    its context medium if any, the console to ``console.log`` only, QMP, and ``network``.
+    its context medium if any, the console to ``console.log`` only, QMP, and ``network``;
+    SeaBIOS, or OVMF when ``uefi`` is given (its variables in the instance's directory).
 
     A reboot inside the guest stays a reboot (no ``-no-reboot``): an instance lives until it is
     powered off or stopped.
@@ -116,6 +130,7 @@ def instance_machine(
         no_reboot=False,
         name=process_name(instance_id),
         qmp_socket=files.qmp_socket,
+        uefi=uefi,
     )
 
 

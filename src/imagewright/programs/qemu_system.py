@@ -25,7 +25,12 @@ spells a QEMU option. Choices that matter:
   (``programs/ovmf.py``). Secure Boot needs the q35 machine with SMM and the flash marked
   secure (only SMM code may write the variables): ``-machine q35,smm=on -global
   driver=cfi.pflash01,property=secure,value=on``. On q35 the IDE bus is the ICH9 AHCI
-  controller: six ports ``ide.0``..``ide.5`` with one unit each.
+  controller: six ports ``ide.0``..``ide.5`` with one unit each. Without Secure Boot the
+  machine is ``pc`` unless ``UefiFlash.chipset`` asks for q35: under OVMF on ``pc``, Linux's
+  ata_piix lists the PIIX IDE channels but finds no drive on them (seen here: no
+  ``ata1.00: ATAPI`` line, no /dev/sr0; SeaBIOS sets the controller up, OVMF's PlatformPei does
+  not), so a guest that must read a CD-ROM under UEFI gets q35 and its AHCI ports — what Nova
+  recommends for UEFI guests anyway (``admin/uefi.html``: q35 with ``hw_firmware_type=uefi``).
 
 ``machine_sandbox`` says what the QEMU process may see (``programs/runner.py``): its drives
 (read-only unless written; a ``snapshot=on`` drive is only read, the overlay goes to the
@@ -221,10 +226,12 @@ class UefiFlash:
     code: Path
     variables: Path
     secure_boot: bool = False
+    #: "pc" (i440fx) or "q35" without Secure Boot (see the module docstring); q35 with it.
+    chipset: str = "pc"
 
     @property
     def machine(self) -> str:
-        return "q35,smm=on" if self.secure_boot else "pc"
+        return "q35,smm=on" if self.secure_boot else self.chipset
 
     def args(self) -> list[str]:
         argv: list[str] = []

@@ -83,6 +83,7 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "ldd": "libc-bin",
     "partx": "util-linux",
     "ssh-keygen": "openssh-client",
+    "ssh": "openssh-client",
     "guestfish": "libguestfs-tools",
     "bwrap": "bubblewrap",
     "mmdebstrap": "mmdebstrap",

@@ -12,6 +12,8 @@ from imagewright.errors import InvalidArgumentError
 #: glibc reads at most three ``nameserver`` lines (MAXNS in resolv.h); more are ignored.
 MAX_NAMESERVERS = 3
 _MODULE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: What ``--datasource`` names (``operations/boot_tuning.py`` maps them to cloud-init's).
+BOOT_DATASOURCES = ("ec2", "nocloud", "configdrive", "opennebula")
 
 #: Verbs of the human report, for changes made and for changes a dry run would make.
 VERBS: dict[str, tuple[str, str]] = {
@@ -39,6 +41,11 @@ class PrepareOptions:
     agent_script: bytes | None = None
     #: Partition to prepare; None finds the one holding /etc.
     partition: int | None = None
+    #: Tune the first boot (adds the ``boot-tuning`` operation).
+    boot_tuning: bool = False
+    #: The cloud-init datasource ``boot-tuning`` pins (``ec2``, ``nocloud``, ``configdrive``,
+    #: ``opennebula``); None leaves cloud-init's list alone.
+    boot_datasource: str | None = None
 
     def validate(self) -> None:
         """InvalidArgumentError for a bad address or module name, before the image is opened."""
@@ -50,6 +57,11 @@ class PrepareOptions:
         if len(self.dns) > MAX_NAMESERVERS:
             raise InvalidArgumentError(
                 f"resolv.conf uses at most {MAX_NAMESERVERS} name servers; {len(self.dns)} were given."
+            )
+        if self.boot_datasource is not None and self.boot_datasource not in BOOT_DATASOURCES:
+            raise InvalidArgumentError(
+                f"'{self.boot_datasource[:32]}' is not a datasource; "
+                f"use one of {', '.join(BOOT_DATASOURCES)}."
             )
         for module in self.modules:
             if not _MODULE_NAME.match(module):

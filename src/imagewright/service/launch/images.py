@@ -9,20 +9,23 @@ sha512 are computed, and the copy is kept only when both equal the catalog's ``c
 cached copy is admitted by the gate before QEMU sees it, like any file.
 
 A file's instance records an image id made from its path (a UUID5 of its ``file://`` URL), so
-the metadata service has an ``ami-id`` to tell; a registry image's is its own.
+the metadata service has an ``ami-id`` to tell; a registry image's is its own. A registry
+image also brings its properties (``hw_firmware_type`` ...), and every base brings what the
+gate's inspection found about how it boots (``boots_under``): ``firmware`` chooses from both.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagewright.catalog.database import Catalog
 from imagewright.catalog.instances import resolve_image
 from imagewright.catalog.models import Image
+from imagewright.disk.survey import required_firmware
 from imagewright.errors import ImageIOError, InvalidArgumentError
 from imagewright.files import AtomicOutput, io_error
 from imagewright.gate import admit
@@ -48,6 +51,13 @@ class BaseImage:
     origin: str
     #: It was copied from the store just now (not found in the cache).
     downloaded: bool = False
+    #: "bios" and/or "uefi": the firmware the inspection found the disk boots under.
+    boots_under: tuple[str, ...] = ()
+    #: The firmware it must be started with (``disk.survey.required_firmware``): None when
+    #: it boots under neither.
+    needed_firmware: str | None = None
+    #: The registry image's properties (a file has none).
+    properties: Mapping[str, str] = field(default_factory=dict)
 
 
 def is_file_reference(ref: str) -> bool:
@@ -59,13 +69,21 @@ def file_image_id(path: Path) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, path.absolute().as_uri()))
 
 
-def _admitted(path: Path, origin: str, image_id: str, downloaded: bool) -> BaseImage:
+def _admitted(
+    path: Path, origin: str, image_id: str, downloaded: bool, properties: Mapping[str, str] | None = None
+) -> BaseImage:
     admitted = admit(path)
     if admitted.spooled is not None:
         raise InvalidArgumentError(f"{path} is compressed; convert it to a disk image first.")
     fmt = admitted.qemu_format()
     size = admitted.virtual_size or path.stat().st_size
-    return BaseImage(path, fmt, image_id, size, origin, downloaded)
+    boot = admitted.report.disk.boot if admitted.report.disk is not None else None
+    return BaseImage(
+        path, fmt, image_id, size, origin, downloaded,
+        boots_under=tuple(boot.boots_under) if boot is not None else (),
+        needed_firmware=required_firmware(boot),
+        properties=dict(properties or {}),
+    )  # fmt: skip
 
 
 def base_from_file(path: Path) -> BaseImage:
@@ -94,6 +112,7 @@ def base_from_registry(
     """The registry image ``ref`` (visible to ``project_id``; every image when None), cached."""
     with catalog.reading() as session:
         image = resolve_image(session, ref, project_id, is_admin=project_id is None)
+        properties = {prop.name: prop.value for prop in image.properties}
         session.expunge(image)
     if not image.location or not image.store_id:
         raise ImageIOError(f"The image {image.id} has no data in any store.")
@@ -107,7 +126,7 @@ def base_from_registry(
             f"The cached copy {target} is {target.stat().st_size} bytes, not the image's {image.size}; "
             "remove it to download the image again."
         )
-    return _admitted(target, "registry", image.id, downloaded)
+    return _admitted(target, "registry", image.id, downloaded, properties)
 
 
 def _download(image: Image, stores: StoreSet, target: Path, progress: DownloadProgress | None) -> None:

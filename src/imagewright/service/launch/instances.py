@@ -41,6 +41,7 @@ from imagewright.metadata.channel import MetadataChannel
 from imagewright.metadata.context import CONTEXT_KINDS, build_context_medium
 from imagewright.metadata.instance import SshPublicKey
 from imagewright.programs import qemu_img
+from imagewright.programs.ovmf import OvmfFirmware, find_ovmf
 from imagewright.programs.qemu_system import (
     METADATA_ADDRESS,
     BackingImage,
@@ -48,16 +49,21 @@ from imagewright.programs.qemu_system import (
     GuestForward,
     HostForward,
     NetworkSpec,
+    UefiFlash,
     machine_sandbox,
     qemu_system_argv,
 )
 from imagewright.programs.runner import start_imagewright_process
 from imagewright.service.datadir import database_url_for, read_config
+from imagewright.service.launch.firmware import FirmwareChoice, choose_firmware
 from imagewright.service.launch.images import BaseImage, base_from_file, base_from_registry, is_file_reference
 from imagewright.service.launch.supervisor import write_plan
 from imagewright.stores.storeset import open_stores
+from imagewright.units import format_size
 
 INSTANCES_DIRECTORY = "instances"
+#: The project of instances the operator runs without ``--project``.
+ADMIN_PROJECT = "admin"
 CONTEXTS: tuple[str, ...] = ("metadata", *CONTEXT_KINDS)
 #: How long QEMU may take to start (supervisor start-up, bwrap, QEMU opening its disks).
 START_TIMEOUT = 60.0
@@ -114,8 +120,18 @@ class LaunchRequest:
     cpus: int = 1
     memory_mib: int = 512
     port_forwards: Sequence[tuple[int, int]] = ()
-    project: str = "admin"
+    #: The project that owns the instance (``--project``, an admin launching for another
+    #: project): a registry image must then be one that project sees, as ``instance create``
+    #: and the compute API resolve it. None: the admin project, any image (the operator).
+    project: str | None = None
     accelerator: AccelDecision | None = None
+    #: "bios" or "uefi" (``--firmware``); None: from the image (``firmware.choose_firmware``).
+    firmware: str | None = None
+    secure_boot: bool = False
+    #: The instance's disk size in bytes (its overlay), at least the image's; None: the
+    #: image's plus ``disk_growth``.
+    disk_size: int | None = None
+    disk_growth: int = 0
 
 
 @dataclass(frozen=True)
@@ -129,6 +145,9 @@ class LaunchedInstance:
     accelerator_reason: str
     context: str
     started_in: float
+    firmware: FirmwareChoice
+    #: Bytes: the instance's disk (its overlay's virtual size).
+    disk_size: int
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -144,16 +163,24 @@ class LaunchedInstance:
             "accelerator": self.accelerator,
             "accelerator_reason": self.accelerator_reason,
             "context": self.context,
+            "firmware": self.firmware.firmware,
+            "secure_boot": self.firmware.secure_boot,
+            "firmware_reason": self.firmware.reason,
+            "disk_size": self.disk_size,
             "start_seconds": round(self.started_in, 3),
         }
 
 
-def resolve_base(site: Site, catalog: Catalog, ref: str, progress: Any = None) -> BaseImage:
+def resolve_base(
+    site: Site, catalog: Catalog, ref: str, progress: Any = None, project_id: str | None = None
+) -> BaseImage:
+    """The base image ``ref`` names: a file, or a registry image visible to ``project_id``
+    (every image when None)."""
     if is_file_reference(ref):
         return base_from_file(Path(ref))
     config = read_config(site.data_dir)
     stores = open_stores(config.store_specs if config else (), site.data_dir)
-    return base_from_registry(catalog, stores, site.data_dir, ref, None, progress=progress)
+    return base_from_registry(catalog, stores, site.data_dir, ref, project_id, progress=progress)
 
 
 def _network(
@@ -185,9 +212,24 @@ def _check_request(site: Site, request: LaunchRequest) -> None:
             f"'imagewright serve --data-dir {site.data_dir} --metadata-listen HOST:PORT' "
             "(or give a context medium with --context)."
         )
+    if request.disk_size is not None and request.disk_size <= 0:
+        raise InvalidArgumentError("A disk size must be a positive number of bytes.")
     for host, guest in request.port_forwards:
         if not (1 <= host <= 65535 and 1 <= guest <= 65535):
             raise InvalidArgumentError(f"The port forward {host}:{guest} names a port outside 1-65535.")
+
+
+def disk_size(request: LaunchRequest, base: BaseImage) -> int:
+    """The instance's disk: the image's size, or the bigger size asked for (never smaller: the
+    guest's partitions and filesystems end where the image ends)."""
+    if request.disk_size is None:
+        return base.virtual_size + request.disk_growth
+    if request.disk_size < base.virtual_size:
+        raise InvalidArgumentError(
+            f"The disk size {format_size(request.disk_size)} is smaller than the image's "
+            f"{format_size(base.virtual_size)}; an instance's disk can only be bigger."
+        )
+    return request.disk_size
 
 
 def launch(site: Site, request: LaunchRequest, *, progress: Any = None) -> LaunchedInstance:
@@ -195,10 +237,18 @@ def launch(site: Site, request: LaunchRequest, *, progress: Any = None) -> Launc
     _check_request(site, request)
     started = time.monotonic()
     with site.catalog() as catalog:
-        base = resolve_base(site, catalog, request.image_ref, progress)
+        with catalog.reading() as session:
+            project_id = accounts.find_project(session, request.project or ADMIN_PROJECT).id
+        scope = project_id if request.project is not None else None
+        base = resolve_base(site, catalog, request.image_ref, progress, scope)
+        size = disk_size(request, base)
+        firmware = choose_firmware(
+            base.boots_under, base.needed_firmware, base.properties,
+            firmware=request.firmware, secure_boot=request.secure_boot,
+        )  # fmt: skip
+        ovmf = find_ovmf(secure_boot=firmware.secure_boot) if firmware.firmware == "uefi" else None
         name = request.name or f"vm-{secrets.token_hex(3)}"
         with catalog.writing() as session:
-            project = accounts.find_project(session, request.project)
             spec = instances.InstanceSpec.build(
                 name=name,
                 image_id=base.image_id,
@@ -207,19 +257,21 @@ def launch(site: Site, request: LaunchRequest, *, progress: Any = None) -> Launc
                 user_data=request.user_data,
                 http_tokens=request.tokens,
             )
-            created = instances.create_instance(session, spec, project.id)
+            created = instances.create_instance(session, spec, project_id)
             description = instances.served_instance(created, "local").description
             instance_id, hostname = created.id, created.hostname
             mac = created.interfaces[0].mac
         try:
             files = site.files(instance_id)
-            decision = _start(site, catalog, request, base, instance_id, description, mac, files)
+            decision = _start(
+                site, catalog, request, base, instance_id, description, mac, files, firmware, ovmf
+            )
         except BaseException:
             _discard(site, catalog, instance_id)
             raise
     return LaunchedInstance(
         instance_id, name, hostname, files, base, decision.accelerator, decision.reason, request.context,
-        time.monotonic() - started,
+        time.monotonic() - started, firmware, size,
     )  # fmt: skip
 
 
@@ -232,6 +284,8 @@ def _start(
     description: Any,
     mac: str,
     files: InstanceFiles,
+    firmware: FirmwareChoice,
+    ovmf: OvmfFirmware | None,
 ) -> AccelDecision:
     try:
         files.create()
@@ -239,7 +293,7 @@ def _start(
         raise InstanceError(
             f"The instance directory {files.directory} cannot be created: {err.strerror}."
         ) from None
-    qemu_img.create(files.overlay, "qcow2", base.virtual_size)
+    qemu_img.create(files.overlay, "qcow2", disk_size(request, base))
     extra: tuple[Drive, ...] = ()
     if request.context != "metadata":
         medium = files.medium(request.context)
@@ -252,6 +306,13 @@ def _start(
     # cloud-init uses its EC2 datasource only on a machine that looks like EC2 (ENVIRONMENT.md):
     # SMBIOS manufacturer "Amazon EC2", serial and uuid equal and starting with "ec2".
     smbios = ec2_smbios(instance_id) if request.context == "metadata" else None
+    uefi: UefiFlash | None = None
+    if ovmf is not None:
+        # the instance's own variable store, kept with it: what the guest writes there
+        # (boot entries) stays for its next start, as a cloud keeps an instance's NVRAM
+        shutil.copyfile(ovmf.variables_template, files.uefi_variables)
+        # q35: its AHCI CD-ROM is seen under OVMF, PIIX's IDE is not (programs/qemu_system.py)
+        uefi = UefiFlash(ovmf.code, files.uefi_variables, firmware.secure_boot, chipset="q35")
     machine = instance_machine(
         instance_id,
         files,
@@ -262,6 +323,7 @@ def _start(
         cpus=request.cpus,
         memory_mib=request.memory_mib,
         smbios_system=smbios,
+        uefi=uefi,
     )
     argv = qemu_system_argv(machine)
     write_plan(
@@ -288,6 +350,9 @@ def _start(
                 port_forwards=tuple(request.port_forwards),
                 cpus=request.cpus,
                 memory_mib=request.memory_mib,
+                firmware=firmware.firmware,
+                secure_boot=firmware.secure_boot,
+                firmware_reason=firmware.reason,
             ),
         )
     supervisor = start_imagewright_process(SUPERVISOR_MODULE, [str(files.plan)], log=files.supervisor_log)
@@ -335,6 +400,9 @@ class InstanceStatus:
     message: str | None = None
     console_log: str | None = None
     port_forwards: list[tuple[int, int]] = field(default_factory=list)
+    firmware: str | None = None
+    secure_boot: bool = False
+    firmware_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -349,6 +417,9 @@ class InstanceStatus:
             "message": self.message,
             "console_log": self.console_log,
             "port_forwards": [list(pair) for pair in self.port_forwards],
+            "firmware": self.firmware,
+            "secure_boot": self.secure_boot,
+            "firmware_reason": self.firmware_reason,
         }
 
 
@@ -407,6 +478,7 @@ def statuses(site: Site) -> tuple[list[InstanceStatus], list[Orphan]]:
                     exit_status=run.exit_status, message=run.message,
                     console_log=str(InstanceFiles(Path(run.directory)).console_log),
                     port_forwards=instance_runs.port_forwards(run),
+                    firmware=run.firmware, secure_boot=run.secure_boot, firmware_reason=run.firmware_reason,
                 )
             )  # fmt: skip
     running = {s.instance_id: s.qemu_pid for s in result if s.state == "running"}
@@ -619,3 +691,59 @@ def follow_console(
                     write(rest)
                 return
             time.sleep(interval)
+
+
+# --- ssh -----------------------------------------------------------------------------------------
+
+SSH_PORT = 22
+#: What an SSH server says first (RFC 4253, 4.2): "SSH-protoversion-softwareversion".
+_SSH_BANNER = b"SSH-"
+
+
+@dataclass(frozen=True)
+class SshEndpoint:
+    instance_id: str
+    #: The host port on 127.0.0.1 forwarded to the guest's port 22.
+    port: int
+    known_hosts: Path
+
+
+def ssh_endpoint(site: Site, instance_id: str) -> SshEndpoint:
+    """Where to reach a running instance's SSH server: its forwarded port to guest port 22."""
+    with site.catalog() as catalog, catalog.reading() as session:
+        instances.get_instance(session, instance_id)
+        run = instance_runs.get_run(session, instance_id)
+        state, forwards, directory = _live_state(run), instance_runs.port_forwards(run), Path(run.directory)
+    if state != "running":
+        raise InstanceError(f"The instance {instance_id} is not running ({state}).")
+    port = next((host for host, guest in forwards if guest == SSH_PORT), None)
+    if port is None:
+        raise InstanceError(
+            f"The instance {instance_id} has no port forwarded to its port {SSH_PORT}; "
+            f"run it with --port-forward HOSTPORT:{SSH_PORT}."
+        )
+    return SshEndpoint(instance_id, port, InstanceFiles(directory).known_hosts)
+
+
+def ssh_banner(port: int, timeout: float = 5.0) -> str | None:
+    """The first line an SSH server on 127.0.0.1:``port`` sends, or None (nothing listens,
+    QEMU's forward finds no server in the guest yet and closes, or it says something else)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+            line = connection.makefile("rb").readline(256)
+    except OSError:
+        return None
+    return line.decode("ascii", "replace").strip() if line.startswith(_SSH_BANNER) else None
+
+
+def wait_for_ssh(endpoint: SshEndpoint, running: Callable[[], bool], deadline: float) -> tuple[bool, str]:
+    """(seen, detail): an SSH server answers on the instance's forwarded port."""
+    while True:
+        banner = ssh_banner(endpoint.port)
+        if banner is not None:
+            return True, f"SSH server on 127.0.0.1:{endpoint.port} ({banner[:80]})"
+        if not running():
+            return False, "QEMU ended before an SSH server answered"
+        if time.monotonic() > deadline:
+            return False, f"no SSH server answered on 127.0.0.1:{endpoint.port} in time"
+        time.sleep(1.0)

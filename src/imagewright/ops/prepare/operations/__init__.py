@@ -19,6 +19,8 @@ passwd-backups       yes      old password hashes, also of removed accounts
 cloud-init-state     yes      cloud-init would skip first-boot steps on clones
 resolv-conf          --dns    only when asked; most clouds hand out DNS by DHCP
 modules              --module only when asked (e.g. acpiphp for hot-plugged volumes)
+boot-tuning          --boot-  only when asked (publish asks): GRUB timeout 0 + serial console,
+                     tuning   cloud-init's datasource pinned, no wait-online
 root-password        no       changes how people log in (console password images)
 ssh-userdir          no       baked-in keys may be the only way in without key injection
 agent                --agent  adds a program to the guest
@@ -40,6 +42,7 @@ from imagewright.ops.prepare.model import PrepareOptions
 from imagewright.ops.prepare.operations import (
     agent,
     bash_history,
+    boot_tuning,
     cloud_init_state,
     dhcp_leases,
     logfiles,
@@ -74,6 +77,7 @@ OPERATIONS: tuple[Operation, ...] = (
     cloud_init_state.OPERATION,
     resolv_conf.OPERATION,
     modules.OPERATION,
+    boot_tuning.OPERATION,
     root_password.OPERATION,
     ssh_userdir.OPERATION,
     agent.OPERATION,
@@ -82,7 +86,12 @@ BY_NAME: dict[str, Operation] = {op.name: op for op in OPERATIONS}
 DEFAULTS: tuple[str, ...] = tuple(op.name for op in OPERATIONS if op.default)
 
 #: Which option switches which operation on.
-_OPTION_OPERATIONS = (("--dns", "resolv-conf"), ("--module", "modules"), ("--agent", "agent"))
+_OPTION_OPERATIONS = (
+    ("--dns", "resolv-conf"),
+    ("--module", "modules"),
+    ("--boot-tuning", "boot-tuning"),
+    ("--agent", "agent"),
+)
 
 
 def _check(name: str) -> str:
@@ -99,8 +108,8 @@ def select(spec: Sequence[str] | None, options: PrepareOptions) -> list[Operatio
 
     ``spec`` items (comma lists are split): ``name`` adds, ``-name`` removes, ``defaults`` and
     ``all`` add those sets; a list that starts with a removal starts from the defaults.
-    ``None`` means the defaults. ``--dns``, ``--module`` and ``--agent`` add their operation
-    unless the spec removes it; naming one of those without its option is an error.
+    ``None`` means the defaults. ``--dns``, ``--module``, ``--boot-tuning`` and ``--agent`` add
+    their operation unless the spec removes it; naming one of those without its option is an error.
     """
     items = [item.strip() for entry in (spec or ()) for item in entry.split(",") if item.strip()]
     chosen: list[str] = list(DEFAULTS) if spec is None or (items and items[0].startswith("-")) else []
@@ -116,7 +125,12 @@ def select(spec: Sequence[str] | None, options: PrepareOptions) -> list[Operatio
             chosen = [n for n in chosen if n != name]
         else:
             chosen.append(_check(item))
-    given = {"--dns": bool(options.dns), "--module": bool(options.modules), "--agent": options.agent}
+    given = {
+        "--dns": bool(options.dns),
+        "--module": bool(options.modules),
+        "--boot-tuning": options.boot_tuning,
+        "--agent": options.agent,
+    }
     for option, name in _OPTION_OPERATIONS:
         if given[option] and name not in removed:
             chosen.append(name)

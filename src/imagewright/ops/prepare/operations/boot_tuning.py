@@ -1,0 +1,171 @@
+"""boot-tuning: make the first boot of an instance waste nothing (``prepare --boot-tuning``).
+
+A distribution's image as it comes from debootstrap + ``update-grub`` waits 5 s in the GRUB
+menu, talks only to the screen (a cloud's console log stays empty), lets cloud-init probe a
+dozen datasources (``ds-identify``, then each one's timeouts) and holds the boot for
+``systemd-networkd-wait-online`` (2 min when an interface stays down). Each edit below is made
+only where its file exists, and said in the report:
+
+- ``/boot/grub/grub.cfg`` (and ``/boot/grub2/grub.cfg``): every ``set timeout=N`` becomes
+  ``set timeout=0``; without a serial terminal, ``serial --unit=0 --speed=115200`` and
+  ``terminal_input/terminal_output serial console`` go first; every ``linux``/``linuxefi``
+  line without a serial console gets ``console=tty0 console=ttyS0,115200`` (the order build
+  writes, ``ops/build/grubcfg.py``: the last one is ``/dev/console``);
+- ``/etc/default/grub``: ``GRUB_TIMEOUT=0``, ``GRUB_TERMINAL="console serial"``, the serial
+  command and the console arguments in ``GRUB_CMDLINE_LINUX`` — so the guest's own
+  ``update-grub`` (a kernel update) keeps all of it;
+- cloud-init (``/etc/cloud`` exists): ``/etc/cloud/cloud.cfg.d/90_imagewright_datasource.cfg``
+  pins ``datasource_list`` to the one datasource the image will see (``--datasource``:
+  ``ec2`` for the metadata service, ``nocloud``, ``configdrive``, ``opennebula``) and
+  ``None`` (cloud-init's documented fallback); ``ec2`` also sets ``strict_id: false``
+  (cloud-init docs, "Datasources": Ec2 ``strict_id``), so a machine not named EC2 in SMBIOS
+  still uses it;
+- ``systemd-networkd-wait-online.service`` and ``NetworkManager-wait-online.service``, where
+  installed, are masked (a link to ``/dev/null`` in ``/etc/systemd/system``): an instance's
+  network is up by DHCP or not at all, and nothing on a cloud image should wait for it.
+
+Not done: cloud-init's growpart/resizefs stay (they only look when the root is already grown,
+well under a second); GRUB's ``recordfail`` timeout after an unclean shutdown is Ubuntu's and
+left alone.
+"""
+
+from __future__ import annotations
+
+import re
+
+from imagewright.ops.prepare.context import PrepareContext
+from imagewright.ops.prepare.model import BOOT_DATASOURCES
+from imagewright.ops.prepare.operations.base import Operation
+
+GRUB_CONFIGS = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg")
+GRUB_DEFAULTS = "/etc/default/grub"
+CLOUD_DIR = "/etc/cloud"
+DATASOURCE_CONF = "/etc/cloud/cloud.cfg.d/90_imagewright_datasource.cfg"
+#: ``--datasource`` -> cloud-init's datasource name.
+DATASOURCES = dict(zip(BOOT_DATASOURCES, ("Ec2", "NoCloud", "ConfigDrive", "OpenNebula"), strict=True))
+WAIT_ONLINE_UNITS = ("systemd-networkd-wait-online.service", "NetworkManager-wait-online.service")
+_UNIT_DIRECTORIES = ("/lib/systemd/system", "/usr/lib/systemd/system")
+MASKED_DIRECTORY = "/etc/systemd/system"
+#: The kernel console order build writes (ops/build/grubcfg.py CONSOLE_ARGUMENTS).
+CONSOLE_ARGUMENTS = "console=tty0 console=ttyS0,115200"
+SERIAL_LINES = (
+    "serial --unit=0 --speed=115200",
+    "terminal_input serial console",
+    "terminal_output serial console",
+)
+
+_TIMEOUT = re.compile(r"(?m)^(\s*set\s+timeout\s*=\s*)(-?\d+)\s*$")
+_LINUX = re.compile(r"(?m)^(\s*linux(?:efi|16)?\s+\S+)(.*)$")
+_SERIAL_TERMINAL = re.compile(r"(?m)^\s*terminal_output\b.*\bserial\b")
+
+
+def tuned_grub_cfg(text: str) -> tuple[str, list[str]]:
+    """``text`` with timeout 0, a serial terminal and serial kernel consoles; what changed."""
+    changes: list[str] = []
+    timeouts = 0
+
+    def zero(match: re.Match[str]) -> str:
+        nonlocal timeouts
+        if match.group(2) == "0":
+            return match.group(0)
+        timeouts += 1
+        return f"{match.group(1)}0"
+
+    text = _TIMEOUT.sub(zero, text)
+    if timeouts:
+        changes.append("menu timeout 0")
+    if not _SERIAL_TERMINAL.search(text):
+        text = "\n".join(SERIAL_LINES) + "\n" + text
+        changes.append("serial terminal")
+    consoles = 0
+
+    def with_console(match: re.Match[str]) -> str:
+        nonlocal consoles
+        if "console=ttyS" in match.group(2):
+            return match.group(0)
+        consoles += 1
+        return f"{match.group(1)}{match.group(2).rstrip()} {CONSOLE_ARGUMENTS}"
+
+    text = _LINUX.sub(with_console, text)
+    if consoles:
+        changes.append(f"serial console on {consoles} kernel line(s)")
+    return text, changes
+
+
+def _set_variable(text: str, name: str, value: str) -> str:
+    line = f"{name}={value}"
+    pattern = re.compile(rf"(?m)^\s*#?\s*{name}=.*$")
+    if pattern.search(text):
+        return pattern.sub(lambda _m: line, text, count=1)
+    return text + ("" if not text or text.endswith("\n") else "\n") + line + "\n"
+
+
+def tuned_grub_defaults(text: str) -> str:
+    """``/etc/default/grub`` keeping what ``tuned_grub_cfg`` does across ``update-grub``."""
+    text = _set_variable(text, "GRUB_TIMEOUT", "0")
+    text = _set_variable(text, "GRUB_TERMINAL", '"console serial"')
+    text = _set_variable(text, "GRUB_SERIAL_COMMAND", '"serial --unit=0 --speed=115200"')
+    found = re.search(r'(?m)^\s*GRUB_CMDLINE_LINUX="([^"]*)"\s*$', text)
+    current = found.group(1) if found else ""
+    if "console=ttyS" not in current:
+        current = f"{current} {CONSOLE_ARGUMENTS}".strip()
+    return _set_variable(text, "GRUB_CMDLINE_LINUX", f'"{current}"')
+
+
+def datasource_config(kind: str) -> str:
+    name = DATASOURCES[kind]
+    text = (
+        "# imagewright prepare --boot-tuning: the one datasource this image's instances see\n"
+        f"datasource_list: [ {name}, None ]\n"
+    )
+    if name == "Ec2":
+        text += "datasource:\n  Ec2:\n    strict_id: false\n"
+    return text
+
+
+def run(ctx: PrepareContext) -> None:
+    guest = ctx.guest
+    notes: list[str] = []
+    configs = [path for path in GRUB_CONFIGS if guest.is_file(path)]
+    for path in configs:
+        old = guest.read_text(path)
+        new, changes = tuned_grub_cfg(old)
+        if new != old:
+            ctx.write(path, new.encode("utf-8", "surrogateescape"), detail=", ".join(changes))
+    if not configs:
+        notes.append("no grub.cfg")
+    if guest.is_file(GRUB_DEFAULTS):
+        old = guest.read_text(GRUB_DEFAULTS)
+        new = tuned_grub_defaults(old)
+        if new != old:
+            ctx.write(GRUB_DEFAULTS, new.encode("utf-8", "surrogateescape"), detail="kept by update-grub")
+    kind = ctx.options.boot_datasource
+    if guest.is_dir(CLOUD_DIR):
+        if kind is None:
+            notes.append("cloud-init datasources left as they are (no --datasource)")
+        else:
+            wanted = datasource_config(kind)
+            current = guest.read_text(DATASOURCE_CONF) if guest.is_file(DATASOURCE_CONF) else None
+            if current != wanted:
+                ctx.mkdir("/etc/cloud/cloud.cfg.d")
+                ctx.write(
+                    DATASOURCE_CONF, wanted.encode(), detail=f"datasource_list [{DATASOURCES[kind]}, None]"
+                )
+    for unit in WAIT_ONLINE_UNITS:
+        if any(guest.is_file(f"{directory}/{unit}") for directory in _UNIT_DIRECTORIES):
+            ctx.mkdir(MASKED_DIRECTORY)
+            ctx.symlink(
+                "/dev/null", f"{MASKED_DIRECTORY}/{unit}", detail="masked: no boot waits for the network"
+            )
+    if notes:
+        ctx.note = "; ".join(notes)
+
+
+OPERATION = Operation(
+    name="boot-tuning",
+    default=False,
+    summary="GRUB timeout 0 and a serial console, cloud-init's datasource pinned, no wait-online",
+    why="only when asked (publish asks): it changes how the guest boots, for the first boot's sake",
+    run=run,
+    needs="--boot-tuning",
+)
