@@ -13,8 +13,9 @@ differ: timestamps (checked for Glance's ``YYYY-MM-DDTHH:MM:SSZ`` form first), t
 base URLs (each answer's absolute URLs lose their ``http://127.0.0.1:PORT[/image]`` prefix), and
 the text of error messages (ours are one sentence of our own; the ``code`` and ``title`` of an
 error body are compared), the order of ``tags`` (Glance lists a Python set in hash order) and
-Glance's internal ``os_glance_*`` stores in ``OpenStack-image-store-ids``. Glance answers errors in HTML unless asked for JSON, so every request
-sends ``Accept: application/json`` as openstacksdk and glanceclient do.
+Glance's internal ``os_glance_*`` stores in ``OpenStack-image-store-ids``. Glance answers errors
+in HTML unless asked for JSON, so every request sends ``Accept: application/json`` as openstacksdk
+and glanceclient do.
 
 Each step compares the status code, the JSON body and a fixed set of headers (Content-Type,
 Content-MD5, Content-Length, Content-Range, Location, Accept-Patch, OpenStack-image-*). Every
