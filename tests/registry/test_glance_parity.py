@@ -310,15 +310,15 @@ def _token_and_ids(server: RegistryServer, user: str, password: str, project: st
     return response.headers["X-Subject-Token"], token["project"]["id"], token["user"]["id"]
 
 
-@pytest.fixture(scope="module")
-def parity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Parity]:
+@pytest.fixture(scope="module", params=["uvicorn", "granian"])
+def parity(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Parity]:
+    """Glance and our registry, run by uvicorn (the default) or by granian: the same answers."""
     base = tmp_path_factory.mktemp("glance-parity")
     # One file store named as Glance's (``fast``), so store ids compare equal.
     store = base / "fast-store"
+    arguments = ["--max-image-size", str(SIZE_CAP), "--store", f"fast={store.as_uri()}"]
     server = RegistryServer(
-        base / "data",
-        extra_args=["--max-image-size", str(SIZE_CAP), "--store", f"fast={store.as_uri()}"],
-        file_store_dirs=[store],
+        base / "data", extra_args=[*arguments, "--server", request.param], file_store_dirs=[store]
     )
     server.start()
     try:
