@@ -21,6 +21,7 @@ with each result, since the machine is shared (2 cores).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import resource
@@ -78,24 +79,36 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def self_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 @dataclass
 class Series:
     label: str
     seconds: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    client_cpu: list[float] = field(default_factory=list)
     load: list[float] = field(default_factory=list)
 
-    def best(self) -> tuple[float, float]:
+    def best(self) -> tuple[float, float, float]:
         index = min(range(len(self.seconds)), key=self.seconds.__getitem__)
-        return self.seconds[index], self.cpu[index]
+        return self.seconds[index], self.cpu[index], self.client_cpu[index]
 
 
-def timed(series: Series, action: Callable[[], None], cpu_of: Callable[[], float]) -> None:
-    cpu_before = cpu_of()
+def timed(
+    series: Series,
+    action: Callable[[], object],
+    cpu_of: Callable[[], float],
+    client_cpu_of: Callable[[], float] = lambda: 0.0,
+) -> None:
+    cpu_before, client_before = cpu_of(), client_cpu_of()
     start = time.perf_counter()
     action()
     series.seconds.append(time.perf_counter() - start)
     series.cpu.append(cpu_of() - cpu_before)
+    series.client_cpu.append(client_cpu_of() - client_before)
     series.load.append(os.getloadavg()[0])
 
 
@@ -149,22 +162,37 @@ def main() -> None:
                             for chunk in got.iter_raw(MiB):
                                 f.write(chunk)
 
-                    for client_name, fetch in (("curl", with_curl), ("httpx", with_httpx)):
+                    clients = (
+                        ("curl", with_curl, children_cpu_seconds),
+                        ("httpx", with_httpx, self_cpu_seconds),
+                    )
+                    for client_name, fetch, client_cpu_of in clients:
                         label = f"imagewright serve --server {kind}, {client_name}"
                         series = results.setdefault(f"{kind}-{client_name}", Series(label))
                         out.unlink(missing_ok=True)
-                        timed(series, fetch, lambda pgid=pgid: group_cpu_seconds(pgid))
+                        timed(series, fetch, functools.partial(group_cpu_seconds, pgid), client_cpu_of)
                         if sha256_of(out) != digest:
                             raise SystemExit(f"{series.label}: the downloaded bytes differ from the source")
         finally:
             for _kind, server, _token, _image in servers:
                 server.stop()
-        cp_seconds, cp_cpu = results["cp"].best()
+            # Small requests: GET /v2/images/{id} (token check + catalog read + JSON) with wrk.
+            show_rates = {}
+            for kind, server, token, image_id in servers:
+                url = f"{server.url}/image/v2/images/{image_id}"
+                argv = ["wrk", "-t1", "-c16", "-d5s", "-H", f"X-Auth-Token: {token}", url]
+                lines = run(argv).stdout.decode().splitlines()
+                rate = next(line.split()[1] for line in lines if line.startswith("Requests/sec:"))
+                show_rates[kind] = float(rate)
+            print(
+                f"GET /v2/images/ID requests/s (wrk -c16, 5 s): {show_rates}, load {os.getloadavg()[0]:.1f}"
+            )
+        cp_seconds, cp_cpu, _ = results["cp"].best()
         full = 1024 * MiB == SIZE
         for key, series in results.items():
             if key == "cp":
                 continue
-            seconds, cpu = series.best()
+            seconds, cpu, client_cpu = series.best()
             comparison = Comparison(
                 name=f"registry-download-{key}",
                 ours_label=series.label,
@@ -179,10 +207,15 @@ def main() -> None:
                     "server_cpu_s": round(cpu, 2),
                     "cp_cpu_s": round(cp_cpu, 2),
                     "cpu_ratio_server_vs_cp": round(cpu / cp_cpu, 2) if cp_cpu else None,
+                    "client_cpu_s": round(client_cpu, 2),
+                    "cpu_ratio_server_and_client_vs_cp": round((cpu + client_cpu) / cp_cpu, 2)
+                    if cp_cpu
+                    else None,
                     "runs_s": [round(t, 2) for t in series.seconds],
                     "runs_cpu_s": [round(t, 2) for t in series.cpu],
                     "runs_cp_s": [round(t, 2) for t in results["cp"].seconds],
                     "load_1min": [round(x, 1) for x in series.load],
+                    "show_requests_per_s_wrk_c16": show_rates,
                 },
             )
             if full:
