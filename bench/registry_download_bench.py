@@ -173,11 +173,8 @@ def main() -> None:
                         timed(series, fetch, functools.partial(group_cpu_seconds, pgid), client_cpu_of)
                         if sha256_of(out) != digest:
                             raise SystemExit(f"{series.label}: the downloaded bytes differ from the source")
-        finally:
-            for _kind, server, _token, _image in servers:
-                server.stop()
             # Small requests: GET /v2/images/{id} (token check + catalog read + JSON) with wrk.
-            show_rates = {}
+            show_rates: dict[str, float] = {}
             for kind, server, token, image_id in servers:
                 url = f"{server.url}/image/v2/images/{image_id}"
                 argv = ["wrk", "-t1", "-c16", "-d5s", "-H", f"X-Auth-Token: {token}", url]
@@ -187,6 +184,9 @@ def main() -> None:
             print(
                 f"GET /v2/images/ID requests/s (wrk -c16, 5 s): {show_rates}, load {os.getloadavg()[0]:.1f}"
             )
+        finally:
+            for _kind, server, _token, _image in servers:
+                server.stop()
         cp_seconds, cp_cpu, _ = results["cp"].best()
         full = 1024 * MiB == SIZE
         for key, series in results.items():
