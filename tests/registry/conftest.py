@@ -23,6 +23,8 @@ BACKENDS = ["sqlite", "postgresql"]
 #: unless a client names ``fast`` with ``X-Image-Meta-Store``.
 S3 = "s3"
 S3_PREFIX = "images/v1"
+#: The embedded default run by granian (``serve --server granian``) instead of uvicorn.
+GRANIAN = "granian"
 
 
 def backend_database(request: pytest.FixtureRequest) -> str | None:
@@ -36,6 +38,8 @@ def make_server(request: pytest.FixtureRequest, base: Path, backend: str) -> Reg
     """A (not yet started) registry of ``backend`` under ``base``."""
     if backend == "sqlite":
         return RegistryServer(base / "data")
+    if backend == GRANIAN:
+        return RegistryServer(base / "data", extra_args=["--server", "granian"])
     database = str(request.getfixturevalue("pg").fresh_database())
     if backend == "postgresql":
         return RegistryServer(base / "data", database=database)
@@ -73,9 +77,10 @@ def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registr
     yield from _server(request, tmp_path, "sqlite")
 
 
-@pytest.fixture(params=[*BACKENDS, S3])
+@pytest.fixture(params=[*BACKENDS, S3, GRANIAN])
 def any_registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RegistryServer]:
-    """The same test on SQLite, on PostgreSQL (a fresh database each time) and on PostgreSQL + S3."""
+    """The same test on SQLite, on PostgreSQL (a fresh database each time), on PostgreSQL + S3,
+    and on SQLite served by granian instead of uvicorn."""
     yield from _server(request, tmp_path, request.param)
 
 

@@ -275,7 +275,7 @@ def test_register_local(local_registry: RegistryServer, tmp_path: Path) -> None:
     server.openstack("image", "save", "--file", str(saved), view["id"])
     assert saved.read_bytes() == data
     stores = {s["id"]: s for s in server.api(server.token()).get("/image/v2/info/stores").json()["stores"]}
-    assert set(stores) == {"default", "local"} and stores["default"].get("default") is True
+    assert set(stores) == {"default", "local"} and stores["default"].get("default") == "true"
 
     # Refusals: outside the allowed directory, a link leading out of it, a hostile file, an upload.
     outside = make_qcow2(tmp_path / "outside.qcow2")

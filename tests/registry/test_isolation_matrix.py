@@ -94,9 +94,11 @@ def expected(actor: str, kind: str, action: str) -> int | bool:
     if not visible(actor, kind):
         return 404
     if action == "members_list":
-        if kind == "public":
-            return 403  # "Public images do not have members."
-        if owner_or_admin or (actor == "member" and kind in SHARED):
+        if kind not in SHARED:
+            # "Only shared images have members." — for the owner too (Glance 33, checked side
+            # by side in test_glance_parity).
+            return 403
+        if owner_or_admin or actor == "member":
             return 200
         return 403  # "You cannot get image member for …"
     if action == "member_show":  # B's entry; every refusal is 404 here

@@ -123,8 +123,9 @@ def require_add_member(caller: AuthContext, image: Image, membership: ImageMembe
 
 def visible_members(caller: AuthContext, image: Image, members: list[ImageMember]) -> list[ImageMember]:
     """What ``GET /v2/images/{id}/members`` shows this caller (after ``require_visible``)."""
-    if image.visibility == "public":
-        raise ForbiddenError("Public images do not have members.")
+    if image.visibility != "shared":
+        # Glance 33 (image_members.py): members of an image that is not shared are not listed.
+        raise ForbiddenError(f"Only shared images have members; image {image.id} is {image.visibility}.")
     if caller.is_admin or is_owner(caller, image):
         return members
     own = [member for member in members if member.member == caller.project_id]

@@ -69,6 +69,8 @@ _NULL_AS: dict[str, Any] = {
 }
 #: Filters on columns with Glance's ``in:``/``eq:`` operators.
 OPERATOR_FILTER_KEYS = ("name", "id", "status", "container_format", "disk_format")
+#: Integer columns a filter may name (``min_disk=2``), compared for equality as Glance does.
+INTEGER_FILTER_KEYS = ("min_disk", "min_ram")
 TIME_FILTER_KEYS = ("created_at", "updated_at")
 TIME_OPERATORS = ("gt", "gte", "lt", "lte", "eq", "neq")
 
@@ -80,7 +82,7 @@ class ImageQuery:
     visibility: str | None = None
     member_status: str = "accepted"
     #: column -> list of accepted values (``in:`` gives several, a plain value one).
-    equals: dict[str, list[str]] = field(default_factory=dict)
+    equals: dict[str, list[Any]] = field(default_factory=dict)
     #: (column, operator, time) for created_at / updated_at.
     times: list[tuple[str, str, datetime]] = field(default_factory=list)
     owner: str | None = None

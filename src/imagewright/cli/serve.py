@@ -33,6 +33,14 @@ from imagewright.service.config import DEFAULT_LISTEN, parse_listen
 )
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Server processes.")
 @click.option(
+    "--server",
+    "asgi_server",
+    type=click.Choice(["uvicorn", "granian"]),
+    default="uvicorn",
+    show_default=True,
+    help="The ASGI server that runs the API (the same app on either).",
+)
+@click.option(
     "--public-url", default=None, metavar="URL", help="The URL clients use (default http://HOST:PORT)."
 )
 @click.option(
@@ -118,6 +126,7 @@ def command(
     database: str | None,
     stores: tuple[str, ...],
     workers: int,
+    asgi_server: str,
     public_url: str | None,
     max_image_size: str,
     metadata_listen: str | None,
@@ -212,6 +221,8 @@ def command(
         )
     echo(f"  compute:  {config.public_url}/compute/v1/instances")
     echo(
-        f"listening on {listen} with {workers} worker{'s' if workers != 1 else ''} (Ctrl-C stops)", err=False
+        f"listening on {listen} with {workers} {asgi_server} worker{'s' if workers != 1 else ''} "
+        "(Ctrl-C stops)",
+        err=False,
     )
-    serving.run(config, host, port, workers, metadata=metadata)
+    serving.run(config, host, port, workers, metadata=metadata, server=asgi_server)

@@ -224,8 +224,14 @@ def keystone_error(status: int, message: str, headers: dict[str, str]) -> Respon
     )
 
 
+#: Where Glance's reason phrase (webob's) differs from Python's.
+_WEBOB_PHRASES = {416: "Request Range Not Satisfiable"}
+
+
 def glance_error(status: int, message: str, headers: dict[str, str]) -> Response:
-    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    phrase = _WEBOB_PHRASES.get(status) or (
+        HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    )
     return JSONResponse(
         {"message": message, "code": f"{status} {phrase}", "title": phrase},
         status_code=status,

@@ -128,23 +128,63 @@ def check_task_settings(config: ServiceConfig, store_ids: list[str]) -> None:
     UrlPolicy.from_prefixes(config.web_download_allow)
 
 
+#: The ASGI servers ``serve --server`` runs the same app on (the first is the default).
+SERVERS = ("uvicorn", "granian")
+
+
 def run(
-    config: ServiceConfig, host: str, port: int, workers: int, *, metadata: MetadataConfig | None = None
+    config: ServiceConfig,
+    host: str,
+    port: int,
+    workers: int,
+    *,
+    metadata: MetadataConfig | None = None,
+    server: str = SERVERS[0],
 ) -> None:
     """Serve until stopped; with ``metadata``, the metadata service runs as a child process."""
-    import uvicorn
-
+    if server not in SERVERS:
+        raise InvalidArgumentError(f"--server must be one of {', '.join(SERVERS)}.")
     os.environ[ENVIRONMENT_VARIABLE] = config.to_json()
     logging.getLogger("imagewright").setLevel(logging.INFO)
     child = imds_serving.start_child(metadata) if metadata is not None else None
     try:
-        _run_uvicorn(uvicorn, host, port, workers)
+        if server == "granian":
+            _run_granian(host, port, workers)
+        else:
+            _run_uvicorn(host, port, workers)
     finally:
         if child is not None:
             imds_serving.stop_child(child)
 
 
-def _run_uvicorn(uvicorn: Any, host: str, port: int, workers: int) -> None:
+def _run_granian(host: str, port: int, workers: int) -> None:
+    """granian (Rust HTTP, its own worker processes); full downloads from a file store leave as
+    ``http.response.pathsend`` — the server reads the file itself, no Python chunk loop."""
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    Granian(
+        "imagewright.service.app:create_app",
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        factory=True,
+        log_access=False,
+        log_dictconfig={
+            "version": 1,
+            "disable_existing_loggers": False,
+            "root": {"level": "WARNING", "handlers": ["console"]},
+            "handlers": {"console": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}},
+            "loggers": {"_granian": {"level": "WARNING"}, "granian.access": {"level": "WARNING"}},
+        },
+        workers_kill_timeout=10,
+    ).serve()
+
+
+def _run_uvicorn(host: str, port: int, workers: int) -> None:
+    import uvicorn
+
     uvicorn.run(
         "imagewright.service.app:create_app",
         factory=True,

@@ -193,6 +193,11 @@ class BlobStore(ABC):
         is. StoreError if there is no blob at ``location`` or reading fails midway.
         """
 
+    def sendable_path(self, location: str, size: int) -> Path | None:
+        """A local file holding exactly the ``size`` bytes of the blob, which an HTTP server may
+        send by itself (zero-copy: ASGI ``http.response.pathsend``); None where there is none."""
+        return None
+
     @abstractmethod
     def delete(self, location: str) -> None:
         """Remove the blob at ``location``; a missing blob is not an error."""

@@ -188,6 +188,16 @@ class FileStore(BlobStore):
         stop = size if end is None else min(end, size)
         return _stream(fd, location, min(start, stop), stop, chunk_size)
 
+    def sendable_path(self, location: str, size: int) -> Path | None:
+        """The blob's own file (a regular file, not a link: checked as ``open`` checks it)."""
+        fd = self._open_blob(location)
+        try:
+            if os.fstat(fd).st_size != size:
+                return None
+        finally:
+            os.close(fd)
+        return self._path_of(location)
+
     def delete(self, location: str) -> None:
         path = self._path_of(location)
         try:

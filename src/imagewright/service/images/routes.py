@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -13,6 +14,7 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from imagewright.catalog import image_policy, images, imports
 from imagewright.catalog.accounts import utcnow
@@ -86,6 +88,7 @@ _LIST_PARAMETERS = frozenset(
         "protected",
         "checksum",
         "os_hash_value",
+        *images.INTEGER_FILTER_KEYS,
         *images.OPERATOR_FILTER_KEYS,
         *images.TIME_FILTER_KEYS,
     }
@@ -132,7 +135,7 @@ async def info_stores(request: Request) -> Response:
     for info in registry.stores.infos():
         entry: dict[str, Any] = {"id": info.id, "description": info.description}
         if info.is_default:
-            entry["default"] = True
+            entry["default"] = "true"  # a string, as Glance's discovery API writes it
         stores.append(entry)
     return json_response({"stores": stores})
 
@@ -215,6 +218,10 @@ def parse_list_query(request: Request) -> ImageQuery:
     for key in images.OPERATOR_FILTER_KEYS:
         if key in params:
             query.equals[key] = _parse_operator(params[key])[1]
+    for key in images.INTEGER_FILTER_KEYS:
+        # Glance compares any image column a filter names; these are its integer ones.
+        if key in params:
+            query.equals[key] = [_parse_int(key, params[key])]
     for key in images.TIME_FILTER_KEYS:
         if key in params:
             query.times.append(_parse_time(key, params[key]))
@@ -267,7 +274,7 @@ async def list_images(request: Request) -> Response:
 
     def work() -> list[dict[str, Any]]:
         with registry.catalog.reading() as session:
-            return [image_view(image) for image in images.list_images(session, caller, query)]
+            return [image_view(i, admin=caller.is_admin) for i in images.list_images(session, caller, query)]
 
     views = await blocking(work)
     params = [(k, v) for k, v in request.query_params.multi_items() if k != "marker"]
@@ -346,7 +353,7 @@ async def show_image(request: Request) -> Response:
     def work() -> dict[str, Any]:
         with registry.catalog.reading() as session:
             image, _membership = _load(session, caller, image_id)
-            return image_view(image)
+            return image_view(image, admin=caller.is_admin)
 
     return json_response(await blocking(work))
 
@@ -404,6 +411,10 @@ def _apply_patch(
     tags = [tag.value for tag in image.tags]
     for op, path, raw_value in changes:
         name = path[0]
+        if name == "locations":
+            # Glance with show_multiple_locations off (its default and ours: we never expose
+            # locations) does not know the path at all.
+            raise RequestError("Invalid JSON pointer for this resource: '/locations'.")
         schemas.check_writable(name, creating=False)
         if len(path) > 1:
             raise RequestError(f"The path /{'/'.join(path)} goes deeper than image attributes do.")
@@ -465,7 +476,7 @@ async def update_image(request: Request) -> Response:
             image, membership = _load(session, caller, image_id, lock=True)
             image_policy.require_owner_member(caller, image, membership, "modify")
             _apply_patch(session, caller, image, changes, version)
-            return image_view(image)
+            return image_view(image, admin=caller.is_admin)
 
     return json_response(await blocking(work))
 
@@ -625,8 +636,32 @@ async def download(request: Request) -> Response:
     else:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
         status = 206
+    if span is None and PATHSEND in request.scope.get("extensions", {}):
+        path = await blocking(store.sendable_path, image.location, size)
+        if path is not None:
+            return PathSendResponse(path, headers)
     chunks = await blocking(store.read_chunks, image.location, start, end)
     return StreamingResponse(iterate_in_threadpool(chunks), status_code=status, headers=headers)
+
+
+#: The ASGI extension by which the server sends a file itself (granian has it; uvicorn does not).
+PATHSEND = "http.response.pathsend"
+
+
+class PathSendResponse(Response):
+    """A whole blob sent by the ASGI server from its file (no Python loop over chunks).
+
+    Starlette's FileResponse would do the same, but also re-stats, adds ETag/Last-Modified and
+    answers Range itself; the registry answers ranges with its own streaming path.
+    """
+
+    def __init__(self, path: Path, headers: dict[str, str]) -> None:
+        super().__init__(status_code=200, headers=headers, media_type="application/octet-stream")
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        await send({"type": PATHSEND, "path": str(self.path)})
 
 
 # --- members ------------------------------------------------------------------------------------

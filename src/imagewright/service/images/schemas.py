@@ -72,6 +72,10 @@ MAX_PROPERTIES = 128
 MAX_PROPERTY_VALUE = 65535
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _MAX_INT = 2**31 - 1
+#: The id pattern as Glance's schemas spell it (the same language as ``_UUID``).
+_UUID_SCHEMA_PATTERN = (
+    "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"
+)
 
 
 def check_writable(name: str, *, creating: bool) -> None:
@@ -141,7 +145,7 @@ def image_schema() -> dict[str, Any]:
         "id": {
             "type": "string",
             "description": "An identifier for the image",
-            "pattern": _UUID.pattern,
+            "pattern": _UUID_SCHEMA_PATTERN,
         },
         "name": {
             "type": _null_or("string"),
@@ -232,7 +236,8 @@ def image_schema() -> dict[str, Any]:
             "type": "string",
             "readOnly": True,
             "description": (
-                "Store in which image data resides. May be a comma-separated list of store identifiers."
+                "Store in which image data resides.  Only present when the operator has enabled "
+                "multiple stores.  May be a comma-separated list of store identifiers."
             ),
         },
         "schema": {"type": "string", "readOnly": True, "description": "An image schema url"},
@@ -240,7 +245,26 @@ def image_schema() -> dict[str, Any]:
             "type": "array",
             "items": {
                 "type": "object",
-                "properties": {"url": {"type": "string", "maxLength": 255}, "metadata": {"type": "object"}},
+                "properties": {
+                    "url": {"type": "string", "maxLength": 255},
+                    "metadata": {"type": "object"},
+                    "validation_data": {
+                        "description": (
+                            "Values to be used to populate the corresponding image properties. If the "
+                            "image status is not 'queued', values must exactly match those already "
+                            "contained in the image properties."
+                        ),
+                        "type": "object",
+                        "writeOnly": True,
+                        "additionalProperties": False,
+                        "properties": {
+                            "checksum": {"type": "string", "minLength": 32, "maxLength": 32},
+                            "os_hash_algo": {"type": "string", "maxLength": 64},
+                            "os_hash_value": {"type": "string", "maxLength": 128},
+                        },
+                        "required": ["os_hash_algo", "os_hash_value"],
+                    },
+                },
                 "required": ["url", "metadata"],
             },
             "description": "A set of URLs to access the image file kept in external store",
@@ -258,21 +282,14 @@ def image_schema() -> dict[str, Any]:
     }
 
 
-def _collection(name: str, item: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": name,
-        "properties": {
-            name: {"type": "array", "items": item},
-            "schema": {"type": "string"},
-            "first": {"type": "string"},
-            "next": {"type": "string"},
-        },
-        "links": [
-            {"rel": "first", "href": "{first}"},
-            {"rel": "next", "href": "{next}"},
-            {"rel": "describedby", "href": "{schema}"},
-        ],
-    }
+def _collection(name: str, item: dict[str, Any], *, paged: bool = True) -> dict[str, Any]:
+    """Glance's collection schema; members are not paged (no first/next)."""
+    properties: dict[str, Any] = {name: {"type": "array", "items": item}, "schema": {"type": "string"}}
+    links = [{"rel": "describedby", "href": "{schema}"}]
+    if paged:
+        properties |= {"first": {"type": "string"}, "next": {"type": "string"}}
+        links = [{"rel": "first", "href": "{first}"}, {"rel": "next", "href": "{next}"}, *links]
+    return {"name": name, "properties": properties, "links": links}
 
 
 def member_schema() -> dict[str, Any]:
@@ -283,7 +300,7 @@ def member_schema() -> dict[str, Any]:
             "image_id": {
                 "type": "string",
                 "description": "An identifier for the image",
-                "pattern": _UUID.pattern,
+                "pattern": _UUID_SCHEMA_PATTERN,
             },
             "created_at": {"type": "string", "description": "Date and time of image member creation"},
             "updated_at": {
@@ -310,6 +327,6 @@ def schemas() -> dict[str, dict[str, Any]]:
         "image": image,
         "images": _collection("images", image),
         "member": member,
-        "members": _collection("members", member),
+        "members": _collection("members", member, paged=False),
         **task_schemas(),
     }

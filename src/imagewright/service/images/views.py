@@ -13,8 +13,12 @@ def glance_time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def image_view(image: Image) -> dict[str, Any]:
-    """Custom properties first, then the attributes (later keys win, as in Glance's view)."""
+def image_view(image: Image, *, admin: bool = True) -> dict[str, Any]:
+    """Custom properties first, then the attributes (later keys win, as in Glance's view).
+
+    ``stores`` comes from the image's locations, which Glance hides from non-admins while the
+    image is deactivated (its view then has no ``stores``); ``admin`` says who is looking.
+    """
     view: dict[str, Any] = {prop.name: prop.value for prop in image.properties}
     view.update(
         {
@@ -42,7 +46,7 @@ def image_view(image: Image) -> dict[str, Any]:
             "schema": "/v2/schemas/image",
         }
     )
-    if image.status in ("active", "deactivated") and image.store_id:
+    if image.store_id and (image.status == "active" or (image.status == "deactivated" and admin)):
         view["stores"] = ",".join(image_stores(image))
     return view
 
