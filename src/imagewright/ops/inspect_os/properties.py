@@ -65,11 +65,14 @@ FILLED = (
 )
 CLEAN = "clean"
 NOT_AUDITED = "not audited"
-#: The summary's longest form (Glance allows 64 KiB per value; a summary is a glance, not a report).
-MAX_SUMMARY = 255
+#: The summary's longest form (Glance allows 64 KiB per value; a summary is a glance, not a
+#: report). Every check's name once fits (16 checks, about 300 characters).
+MAX_SUMMARY = 512
 #: Text in a signature's certificate names that the firmware of a public cloud trusts by default
 #: (the Microsoft UEFI CA that signs shim; Microsoft's Windows PCA that signs its boot manager).
 _TRUSTED_SIGNER = "Microsoft"
+#: os-release values are the guest's: a hostile one is cut, never stored whole.
+_MAX_VALUE = 255
 
 
 @dataclass
@@ -111,7 +114,7 @@ def os_properties(inspection: OsInspection) -> dict[str, str]:
         "architecture": root.architecture,
         "os_type": root.os_type,
     }
-    return {name: value[:MAX_SUMMARY] for name, value in found.items() if value}
+    return {name: value[:_MAX_VALUE] for name, value in found.items() if value}
 
 
 def audit_summary(audit: AuditReport) -> str:
