@@ -12,17 +12,19 @@ wrote, and the ESP holds Debian's signed shim (the build's cache).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.fixtures.registry import BIN, Api, RegistryServer
+from tests.fixtures.registry import BIN, Api, RegistryServer, _clean_env
 from tests.fixtures.tools import mtools, run, sfdisk, sparse_file
 from tests.guest.images import MIB, PARTITION_START, converted, partitioned_ext4, write
 from tests.ops.os_trees import debian_tree, debian_truth
 from tests.ops.test_audit import seeded_tree
+from tests.registry.conftest import S3, make_server
 from tests.registry.imports_common import image_of, wait_for_task
 
 from imagewright.ops.build.efiloader import signed_loader
@@ -355,3 +357,70 @@ def test_the_override_and_publishing_follow_the_image_rules(
         assert patch(olga, image_id, ("add", "/imagewright_allow_secrets", "true")).status_code == 403
         assert patch(olga, image_id, ("replace", "/visibility", "community")).status_code == 403
     assert "imagewright_allow_secrets" not in properties_of(registry, image_id)
+
+
+# --- the other ways in: register-local, and a blob in S3 ----------------------------------------
+
+
+def test_register_local_fills_properties_and_keeps_the_rule(images: dict[str, Path], tmp_path: Path) -> None:
+    srv = tmp_path / "srv"
+    srv.mkdir()
+    server = RegistryServer(tmp_path / "data", extra_args=["--store", f"local=file-inplace://{srv}"])
+    server.start()
+    try:
+        used = srv / "used.qcow2"
+        shutil.copyfile(images["seeded.qcow2"], used)
+        refused = register_local(server, used, "--visibility", "public")
+        assert refused.returncode == 1
+        assert "cannot be made public" in refused.stderr and "ssh-host-keys" in refused.stderr
+        assert json.loads(server.openstack("image", "list", "-f", "json").stdout) == []
+        accepted = register_local(
+            server, used, "--visibility", "public", "--property", "imagewright_allow_secrets=true", "--json"
+        )
+        assert accepted.returncode == 0, accepted.stderr
+        view = json.loads(accepted.stdout)
+        assert view["visibility"] == "public" and view["os_distro"] == "debian"
+        assert view["imagewright_audit"].startswith("secret: authorized-keys")
+    finally:
+        server.stop()
+
+
+def register_local(server: RegistryServer, path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            str(BIN / "imagewright"),
+            "image",
+            "register-local",
+            str(path),
+            *args,
+            "--data-dir",
+            str(server.data_dir),
+        ],
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_a_blob_in_s3_is_read_from_a_local_copy_that_goes_away(
+    request: pytest.FixtureRequest, images: dict[str, Path], tmp_path: Path
+) -> None:
+    server = make_server(request, tmp_path, S3)
+    server.start()
+    try:
+        image_id = create_with_file(server, "in-s3", images["debian.qcow2"])
+        shown = properties_of(server, image_id)
+        assert shown["stores"] == "bulk"
+        assert {name: shown[name] for name in OS_PROPERTIES} == {
+            "os_distro": "debian",
+            "os_version": debian_truth().version_id,
+            "architecture": debian_truth().architecture,
+            "os_type": "linux",
+        }
+        assert shown["imagewright_audit"] == "clean"
+        scratch = server.data_dir / "scratch"
+        assert scratch.is_dir() and list(scratch.iterdir()) == []
+    finally:
+        server.stop()
