@@ -28,13 +28,14 @@ with a lease and an incomplete write, which the sweep (``service.sweep``) resets
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from starlette.requests import ClientDisconnect, Request
@@ -51,6 +52,7 @@ from imagewright.stores import BlobStore, BlobWriter
 from imagewright.upload_gate import GateResult, judge_upload
 
 LOG = logging.getLogger("imagewright.service.upload")
+T = TypeVar("T")
 
 BLOCK_SIZE = 1 << 20
 #: Under the data directory: local copies of blobs from stores that are not files, while their
@@ -145,14 +147,17 @@ async def receive_upload(request: Request, registry: Registry, caller: AuthConte
         if location != claim.location:
             raise StoreError(f"The store wrote the blob to {location}, not to {claim.location} as claimed.")
         judged = await blocking(_judge, store, claim)
-        facts = await blocking(
-            publishing.blob_facts,
-            store,
-            claim.location,
-            judged.report,
-            judged.disk_format,
-            judged.container_format,
-            registry.config.data_dir / SCRATCH_DIRECTORY,
+        facts = await _renewing(
+            registry,
+            claim,
+            lambda: publishing.blob_facts(
+                store,
+                claim.location,
+                judged.report,
+                judged.disk_format,
+                judged.container_format,
+                registry.config.data_dir / SCRATCH_DIRECTORY,
+            ),
         )
         values: dict[str, Any] = {
             "size": hashing.size,
@@ -247,6 +252,19 @@ def _renew(registry: Registry, claim: images.UploadClaim) -> bool:
         return images.renew_lease(
             session, claim.image_id, claim.holder, timedelta(seconds=registry.config.upload_lease_seconds)
         )
+
+
+async def _renewing(registry: Registry, claim: images.UploadClaim, work: Callable[[], T]) -> T:
+    """``work()`` in the thread pool, the upload's lease renewed while it runs (reading a guest
+    may take longer than a lease: a filesystem only libguestfs reads starts an appliance)."""
+    running = asyncio.ensure_future(blocking(work))
+    every = registry.config.upload_lease_seconds / 4
+    while not (await asyncio.wait({running}, timeout=every))[0]:
+        if not await blocking(_renew, registry, claim):
+            # The thread finishes on its own; what it read is not used.
+            running.add_done_callback(lambda done: done.cancelled() or done.exception())
+            raise ConflictError("The upload lease was lost (the image was deleted or reset meanwhile).")
+    return running.result()
 
 
 def _judge(store: BlobStore, claim: images.UploadClaim) -> GateResult:
