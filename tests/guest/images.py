@@ -181,9 +181,16 @@ def flat_ext4(tree: Path, out: Path, size_mib: int = 32, fs_type: str = "ext4") 
 
 
 def partitioned_ext4(
-    tree: Path, out: Path, *, table: str = "dos", size_mib: int = 48, fs_type: str = "ext4"
+    tree: Path,
+    out: Path,
+    *,
+    table: str = "dos",
+    size_mib: int = 48,
+    fs_type: str = "ext4",
+    boot_tree: Path | None = None,
 ) -> GuestImage:
-    """Partition 1: a small empty ext4 "/boot"; partition 2: the root filesystem from ``tree``."""
+    """Partition 1: a small ext2 "/boot" (empty but for ``grub/``; or made from ``boot_tree`` and
+    labelled ``boot``); partition 2: the root filesystem from ``tree``."""
     with out.open("wb") as f:
         f.truncate(size_mib * MIB)
     boot_size = 8 * MIB
@@ -201,7 +208,7 @@ def partitioned_ext4(
         )
         root_size = size_mib * MIB - root_start
     sfdisk(out, script)
-    empty = out.parent / f"{out.name}.boot-tree"
+    empty = boot_tree or out.parent / f"{out.name}.boot-tree"
     empty.mkdir(exist_ok=True)
     (empty / "grub").mkdir(exist_ok=True)
     run(
@@ -210,6 +217,7 @@ def partitioned_ext4(
         "-F",
         "-t",
         "ext2",
+        *(["-L", "boot"] if boot_tree is not None else []),
         "-E",
         f"offset={PARTITION_START}",
         "-d",

@@ -163,6 +163,58 @@ def test_a_separate_boot_filesystem_is_named(tmp_path: Path) -> None:
     ]
 
 
+def test_a_separate_boot_filesystem_is_read_where_fstab_mounts_it(run_cli: RunCli, tmp_path: Path) -> None:
+    release = "5.14.0-362.8.1.el9_3.x86_64"
+    root = tmp_path / "root"
+    write(root, "etc/os-release", 'NAME="Rocky Linux"\nID="rocky"\nVERSION_ID="9.3"\n')
+    write(root, "etc/fstab", "LABEL=root / ext4 defaults 0 0\nLABEL=boot /boot ext2 defaults 1 2\n")
+    (root / "boot").mkdir()
+    boot = tmp_path / "boot"
+    write(boot, f"vmlinuz-{release}", b"MZ" + bytes(1022))
+    write(boot, f"initramfs-{release}.img", b"\x1f\x8b" + bytes(510))
+    write(boot, "vmlinuz-0-rescue-abc", b"MZ" + bytes(1022))
+    (boot / "vmlinuz").symlink_to(f"/boot/vmlinuz-{release}")  # absolute, as the running system sees it
+    write(boot, "grub2/grub.cfg", 'set default="${saved_entry}"\ninsmod blscfg\nblscfg\n')
+    write(boot, "grub2/grubenv", f"# GRUB Environment Block\nsaved_entry=abc-{release}\n" + "#" * 950)
+    write(
+        boot,
+        f"loader/entries/abc-{release}.conf",
+        f"title Rocky Linux ({release}) 9.3\nlinux /vmlinuz-{release}\ninitrd /initramfs-{release}.img\n",
+    )
+    image = partitioned_ext4(root, tmp_path / "rocky.raw", table="gpt", size_mib=48, boot_tree=boot)
+    assert blkid(image.path, 1 << 20)["LABEL"] == "boot"  # blkid's own reading of partition 1
+    facts = only_root(inspect_os(image.path))
+    assert facts.boot_filesystem is not None and facts.boot_filesystem.startswith("partition 1 (ext2)")
+    assert [k.path for k in facts.kernels] == ["/boot/vmlinuz", f"/boot/vmlinuz-{release}"]
+    assert [(i.path, i.size) for i in facts.initrds] == [(f"/boot/initramfs-{release}.img", 512)]
+    assert facts.boot_default is not None
+    # grubenv's saved entry, found through the mount: the entry names its kernel as GRUB on that
+    # filesystem does (relative to its own root).
+    assert (facts.boot_default.config, facts.boot_default.kernel) == (
+        f"/boot/loader/entries/abc-{release}.conf",
+        f"/vmlinuz-{release}",
+    )
+    assert facts.boot_default.title == f"Rocky Linux ({release}) 9.3"
+    assert not any("/boot is a filesystem of its own" in note for note in facts.notes)
+    assert facts.distribution.os_distro == "rocky"
+    shown = run_cli(["inspect", "--os", str(image.path)])
+    assert shown.exit_code == 0, shown.output
+    assert re.search(r"/boot:\s+partition 1 \(ext2\)", shown.output)
+    assert re.search(rf"kernel:\s+/boot/vmlinuz-{re.escape(release)}\s+\(boots by default\)", shown.output)
+
+
+def test_a_boot_mount_that_names_the_root_itself_finds_nothing_and_ends(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write(root, "etc/os-release", "ID=rhel\nVERSION_ID=9.3\n")
+    write(root, "etc/fstab", "LABEL=root / ext4 defaults 0 0\nLABEL=root /boot ext4 defaults 0 0\n")
+    (root / "boot").mkdir()
+    (root / "loop").symlink_to("/boot/loop")
+    image = partitioned_ext4(root, tmp_path / "self.raw", table="dos", size_mib=32)
+    facts = only_root(inspect_os(image.path))
+    assert facts.boot_filesystem is not None and facts.boot_filesystem.startswith("partition 2 (ext4)")
+    assert facts.kernels == [] and facts.boot_default is None
+
+
 def test_fstab_specs_are_resolved_against_this_disk(tmp_path: Path) -> None:
     image = partitioned_ext4(debian_tree(tmp_path / "root"), tmp_path / "disk.raw", table="dos", size_mib=64)
     uuid = blkid(image.path, image.offset)["UUID"]  # blkid's own reading of partition 2

@@ -102,7 +102,7 @@ def _is_descendant(pid: int, ancestors: set[int]) -> bool:
 
 
 def _freeze_converter(ancestors: set[int]) -> int:
-    """SIGSTOP the ``qemu-img convert`` that one of *ancestors* started, as soon as it exists.
+    """SIGSTOP the import's ``qemu-img convert`` that one of *ancestors* started, as soon as it exists.
 
     A stopped converter holds the task in its ``converting`` stage for as long as the test needs:
     polling the catalog alone raced a conversion that can end within one poll on a fast machine.
@@ -117,7 +117,12 @@ def _freeze_converter(ancestors: set[int]) -> int:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"convert" in argv and _is_descendant(pid, ancestors):
+            # The import's conversion writes "converted.<format>", or raw into an NBD sink
+            # (service.tasks.importing, ops.convert); the qemu-img that makes a raw copy to read
+            # the guest from (the image's properties, service.images.publishing) is not it.
+            target = [arg for arg in argv if arg][-1:] or [b""]
+            conversion = target[0].startswith(b"nbd") or b"converted." in target[0].rpartition(b"/")[2]
+            if b"convert" in argv and conversion and _is_descendant(pid, ancestors):
                 os.kill(pid, signal.SIGSTOP)
                 return pid
         time.sleep(0.002)

@@ -494,3 +494,23 @@ def referenced_locations(session: Session) -> set[str]:
 
 def delete_members_of(session: Session, image_id: str) -> None:
     session.execute(delete(ImageMember).where(ImageMember.image_id == image_id))
+
+
+def fill_properties(image: Image, found: dict[str, str], *, ours: frozenset[str], limit: int) -> list[str]:
+    """Add the ``found`` properties the image does not have yet (what its owner set wins); the
+    names in ``ours`` (the registry's own, which no client may write) are set whatever they were.
+    At most ``limit`` properties in all. Returns the names written."""
+    current = {prop.name: prop for prop in image.properties}
+    written = []
+    for name, value in found.items():
+        if name in current:
+            if name in ours and current[name].value != value:
+                current[name].value = value
+                written.append(name)
+            continue
+        if len(current) >= limit:
+            break
+        current[name] = ImageProperty(name=name, value=value)
+        image.properties.append(current[name])
+        written.append(name)
+    return written

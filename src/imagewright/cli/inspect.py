@@ -156,6 +156,8 @@ def _render_os_facts(out: Report, facts: OsFacts) -> None:
     source = f" (from {facts.architecture_source})" if facts.architecture_source else ""
     line("architecture", (facts.architecture or "unknown") + source)
     line("init system", facts.init_system or "unknown")
+    if facts.boot_filesystem is not None:
+        line("/boot", f"{facts.boot_filesystem} (a filesystem of its own, from fstab)")
     default_kernel = facts.boot_default.kernel if facts.boot_default else None
     for kernel in facts.kernels:
         is_default = default_kernel is not None and default_kernel.rpartition("/")[2] == kernel.path[6:]

@@ -23,6 +23,7 @@ from imagewright.guest.e2fs import E2fsGuest
 from imagewright.guest.locate import (
     EXT_TYPES,
     OTHER_LINUX_TYPES,
+    DiskLayout,
     FilesystemRegion,
     choose_region,
     layout_of,
@@ -79,12 +80,41 @@ def open_guest(
             guest.discard()
 
 
+class OtherFilesystems:
+    """The image's other filesystems, opened read-only on demand (a separate /boot a root's
+    fstab names): ``open(partition)`` gives the filesystem of that partition (None: the
+    unpartitioned disk's one), or None when there is none a backend here reads."""
+
+    def __init__(self, layout: DiskLayout, raw: Path, name: str, fmt: str) -> None:
+        self._layout, self._raw, self._name, self._fmt = layout, raw, name, fmt
+        self._opened: dict[int | None, GuestFS | None] = {}
+
+    def open(self, partition: int | None) -> GuestFS | None:
+        if partition not in self._opened:
+            region = next((r for r in self._layout.regions if r.partition == partition), None)
+            guest: GuestFS | None = None
+            if region is not None and (region.fs_type in EXT_TYPES or libguestfs.available()):
+                try:
+                    guest = _backend(region, self._raw, f"{region.describe()} of {self._name}", False, False)
+                    guest.image_format = self._fmt
+                except (GuestFilesystemError, InvalidArgumentError):
+                    guest = None
+            self._opened[partition] = guest
+        return self._opened[partition]
+
+    def discard(self) -> None:
+        for guest in self._opened.values():
+            if guest is not None:
+                guest.discard()
+
+
 @contextmanager
 def open_root_filesystems(
     image: str | os.PathLike[str], *, report: ImageReport | None = None
-) -> Iterator[tuple[list[GuestFS], list[str]]]:
-    """Open every Linux root filesystem of an image read-only: ``(guests, notes)``, where the
-    notes say what was not opened and why (a root on a filesystem without a backend here).
+) -> Iterator[tuple[list[GuestFS], list[str], OtherFilesystems]]:
+    """Open every Linux root filesystem of an image read-only: ``(guests, notes, others)``,
+    where the notes say what was not opened and why (a root on a filesystem without a backend
+    here), and ``others`` opens the image's other filesystems when asked.
 
     As ``open_guest``, the image is judged by ``inspect`` first; nothing in the guest runs.
     """
@@ -97,13 +127,15 @@ def open_root_filesystems(
         layout = layout_of(report, work.e2fs_path)
         regions, notes = root_regions(layout, work.e2fs_path)
         guests: list[GuestFS] = []
+        others = OtherFilesystems(layout, work.e2fs_path, path.name, fmt)
         try:
             for region in regions:
                 guest = _backend(region, work.e2fs_path, f"{region.describe()} of {path.name}", False, False)
                 guest.image_format = fmt
                 guests.append(guest)
-            yield guests, notes
+            yield guests, notes, others
         finally:
+            others.discard()
             for guest in guests:
                 guest.discard()
 

@@ -126,6 +126,8 @@ class OsFacts:
     #: The file the architecture was read from.
     architecture_source: str | None = None
     init_system: str | None = None
+    #: The filesystem /boot was read from when fstab mounts it from another one of the disk.
+    boot_filesystem: str | None = None
     kernels: list[BootFile] = field(default_factory=list)
     initrds: list[BootFile] = field(default_factory=list)
     boot_default: BootEntry | None = None

@@ -1,5 +1,5 @@
 """Installed packages: dpkg's status file and apk's installed database, streamed; rpm's sqlite
-database through ``rpmdb``.
+database through ``rpmdb``, its older Berkeley DB through ``rpm_berkeley``.
 
 Sources: deb-control(5)/dpkg(1) (``/var/lib/dpkg/status``: RFC 822-style stanzas separated by
 blank lines; ``Status: want flag status`` and only ``installed`` is installed; continuation
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from imagewright.guest.bounded import GuestReader, file_lines
 from imagewright.ops.inspect_os.model import Package, PackageDatabase
+from imagewright.ops.inspect_os.rpm_berkeley import read_rpm_berkeley
 from imagewright.ops.inspect_os.rpmdb import RpmDatabaseError, read_rpm_sqlite
 
 #: The largest package database copied out (Debian's with 5000 packages is ~10 MiB).
@@ -115,9 +116,19 @@ def read_packages(reader: GuestReader) -> list[PackageDatabase]:
             )
         databases.append(PackageDatabase("rpm", path, len(packages), packages, truncated))
         break  # /var/lib/rpm is a link to /usr/lib/sysimage/rpm on current systems
-    if not any(db.format == "rpm" for db in databases) and reader.exists(RPM_BERKELEY) is not None:
-        reader.note(
-            f"{RPM_BERKELEY} is an rpm Berkeley DB database (RHEL 8 and before), "
-            "which imagewright does not read"
-        )
+    if not any(db.format == "rpm" for db in databases):
+        with reader.host_copy(RPM_BERKELEY, MAX_DATABASE, "a package database") as copy:
+            if copy is None:
+                return databases
+            try:
+                packages, count, truncated = read_rpm_berkeley(Path(copy), MAX_STANZAS)
+            except RpmDatabaseError as err:
+                reader.note(f"{RPM_BERKELEY} was not read: {err}")
+                return databases
+        if truncated:
+            reader.note(
+                f"{RPM_BERKELEY} holds more than {MAX_STANZAS} entries; "
+                f"only the first {MAX_STANZAS} were read"
+            )
+        databases.append(PackageDatabase("rpm", RPM_BERKELEY, count, packages, truncated))
     return databases

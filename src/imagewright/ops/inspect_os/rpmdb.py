@@ -12,7 +12,8 @@ immutable (a WAL left beside it is not read) with ``trusted_schema`` off; ``Pack
 table; a progress handler stops any statement after ``MAX_STEPS`` virtual-machine steps (no
 view or trigger can make it run long); at most ``MAX_STANZAS`` headers of at most
 ``MAX_HEADER`` bytes are read, and every header offset is checked against its blob. The
-older Berkeley DB format (``/var/lib/rpm/Packages``, RHEL 8 and before) is not read.
+older Berkeley DB format (``/var/lib/rpm/Packages``, RHEL 8 and before) is read by
+``rpm_berkeley``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,18 @@ def header_fields(blob: bytes) -> dict[int, str]:
     return fields
 
 
+def package_of(blob: bytes) -> Package | None:
+    """The package a stored header describes, or None when it names none."""
+    fields = header_fields(blob)
+    name = fields.get(TAG_NAME)
+    if not name:
+        return None
+    version = fields.get(TAG_VERSION, "")
+    if TAG_RELEASE in fields:
+        version = f"{version}-{fields[TAG_RELEASE]}"
+    return Package(name, version, fields.get(TAG_ARCH))
+
+
 def read_rpm_sqlite(path: Path, most: int) -> tuple[list[Package], bool]:
     """Packages of an rpm sqlite database (a host file), and whether it had more than ``most``."""
     steps = 0
@@ -84,15 +97,9 @@ def read_rpm_sqlite(path: Path, most: int) -> tuple[list[Package], bool]:
         for count, (blob,) in enumerate(rows):
             if count >= most:
                 return packages, True
-            if not isinstance(blob, bytes):
-                continue
-            fields = header_fields(blob)
-            name = fields.get(TAG_NAME)
-            if name:
-                version = fields.get(TAG_VERSION, "")
-                if TAG_RELEASE in fields:
-                    version = f"{version}-{fields[TAG_RELEASE]}"
-                packages.append(Package(name, version, fields.get(TAG_ARCH)))
+            package = package_of(blob) if isinstance(blob, bytes) else None
+            if package is not None:
+                packages.append(package)
         return packages, False
     except sqlite3.Error as err:
         raise RpmDatabaseError(f"it cannot be read as an rpm database ({err})") from None

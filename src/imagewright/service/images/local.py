@@ -4,8 +4,10 @@ An admin on the registry's machine names a file under an in-place store's direct
 (``--store local=file-inplace:///srv/images``, see ``stores.inplace``). It is judged by the same
 gate as an upload (``upload_gate.judge_upload``: unsafe content refused; the formats are what
 the content is, or must match what the admin declares), hashed in one read (md5 ``checksum``,
-sha512 ``os_hash_value``), and becomes an ``active`` image whose location is the file itself —
-no byte is copied. Deleting the image forgets the file and leaves it in place.
+sha512 ``os_hash_value``), read inside for its properties (OS, firmware, audit: see
+``publishing``; a public registration of an image with secrets is refused like a public upload),
+and becomes an ``active`` image whose location is the file itself — no byte is copied.
+Deleting the image forgets the file and leaves it in place.
 
 This works on the catalog directly (like ``imagewright accounts``), not through the API: making
 a server open paths a request names, even an admin's request, is a door this design keeps shut;
@@ -22,7 +24,7 @@ from imagewright.catalog import images
 from imagewright.catalog.accounts import ADMIN_PROJECT_NAME, find_project
 from imagewright.errors import InvalidArgumentError, StoreError, UnsafeImageError
 from imagewright.service.http import Registry
-from imagewright.service.images import schemas
+from imagewright.service.images import publishing, schemas
 from imagewright.service.images.upload import HASH_ALGORITHM
 from imagewright.service.images.views import image_view
 from imagewright.stores.inplace import InPlaceFileStore
@@ -77,6 +79,7 @@ def register_local(
         read += len(chunk)
     if read != size:
         raise StoreError(f"{path} changed while it was read ({read} of {size} bytes).")
+    facts = publishing.content_facts(path, judged.report, judged.disk_format, judged.container_format)
     values: dict[str, Any] = {
         "name": name if name is not None else path.name,
         "disk_format": judged.disk_format,
@@ -113,6 +116,9 @@ def register_local(
             {**checked_properties, **judged.properties},
             [],
         )
+        publishing.apply_facts(image, facts, limit=schemas.MAX_PROPERTIES)
+        publishing.require_publishable(image.id, image.visibility, publishing.property_dict(image))
+        session.flush()
         return image_view(image)
 
 

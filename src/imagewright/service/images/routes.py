@@ -36,7 +36,7 @@ from imagewright.service.http import (
     read_json,
     registry_of,
 )
-from imagewright.service.images import schemas
+from imagewright.service.images import publishing, schemas
 from imagewright.service.images.import_api import enabled_methods, import_routes
 from imagewright.service.images.metadefs import metadef_routes
 from imagewright.service.images.task_api import task_routes
@@ -445,6 +445,8 @@ def _apply_patch(
         raise RequestError(f"An image may have at most {schemas.MAX_TAGS} tags.")
     if len(properties) > schemas.MAX_PROPERTIES:
         raise RequestError(f"An image may have at most {schemas.MAX_PROPERTIES} custom properties.")
+    if values.get("visibility", image.visibility) != image.visibility:
+        publishing.require_publishable(image.id, values["visibility"], properties)
     if ("disk_format" in values or "container_format" in values) and image.status != "queued":
         for key in ("disk_format", "container_format"):
             if key in values and values[key] != getattr(image, key):

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from imagewright.errors import ForbiddenError, RequestError
+from imagewright.ops.inspect_os.properties import AUDIT_PROPERTY
 from imagewright.upload_gate import CONTAINER_FORMATS, DISK_FORMATS, OVA_PROPERTIES
 
 IMAGE_STATUSES = (
@@ -45,6 +46,9 @@ READ_ONLY = frozenset(
         "stores",
     }
 )
+#: Properties only the registry writes (``publishing``): an audit a client could set would say
+#: whatever the client liked.
+REGISTRY_PROPERTIES = frozenset({AUDIT_PROPERTY})
 #: Writable at creation only.
 CREATE_ONLY = frozenset({"id"})
 #: Glance's reserved names, and the properties this registry sets from what it verified in the
@@ -80,7 +84,7 @@ _UUID_SCHEMA_PATTERN = (
 
 def check_writable(name: str, *, creating: bool) -> None:
     """403 for attributes no client may write (Glance's wording)."""
-    if name in READ_ONLY or (name in CREATE_ONLY and not creating):
+    if name in READ_ONLY or name in REGISTRY_PROPERTIES or (name in CREATE_ONLY and not creating):
         raise ForbiddenError(f"Attribute '{name}' is read-only.")
     if name in RESERVED or name.startswith(RESERVED_PREFIX):
         raise ForbiddenError(f"Attribute '{name}' is reserved.")

@@ -14,8 +14,11 @@ The protocol (agreed with ``imagewright.stores``; Glance's status lifecycle):
    refuses unsafe content or content that is not the declared ``disk_format`` /
    ``container_format`` (``upload_gate.judge_upload``); an OVA's manifest and signature are
    verified there too, and its signer is recorded in the properties ``upload_gate.OVA_PROPERTIES``.
-4. ``saving`` → ``active`` with size, virtual_size and hashes — only if this process still holds
-   the lease (the sweep may have reset a stalled upload, the image may have been deleted).
+   Then read what is inside (``publishing``): the OS, the firmware it needs, the audit.
+4. ``saving`` → ``active`` with size, virtual_size, hashes and the content's properties (the
+   owner's win) — only if this process still holds the lease (the sweep may have reset a
+   stalled upload, the image may have been deleted), and not when the image is public and its
+   data holds secrets (409, ``publishing.require_publishable``).
 
 Any failure — the client going away, a refusal, a full store — deletes what was written and
 puts the row back to ``queued`` without data (Glance's ``_restore``), so no image is ever
@@ -25,27 +28,36 @@ with a lease and an incomplete write, which the sweep (``service.sweep``) resets
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy import select
 from starlette.requests import ClientDisconnect, Request
 
 from imagewright.catalog import image_policy, images
+from imagewright.catalog.models import Image
 from imagewright.catalog.tokens import AuthContext
 from imagewright.errors import ConflictError, RequestError, StoreError, UnsafeImageError
+from imagewright.ops.inspect_os.properties import ImageFacts
 from imagewright.service.http import Registry, blocking
+from imagewright.service.images import publishing, schemas
 from imagewright.service.leases import this_holder
 from imagewright.stores import BlobStore, BlobWriter
 from imagewright.upload_gate import GateResult, judge_upload
 
 LOG = logging.getLogger("imagewright.service.upload")
+T = TypeVar("T")
 
 BLOCK_SIZE = 1 << 20
+#: Under the data directory: local copies of blobs from stores that are not files, while their
+#: guest is read (``publishing.blob_facts``).
+SCRATCH_DIRECTORY = "scratch"
 HASH_ALGORITHM = "sha512"
 
 
@@ -135,6 +147,18 @@ async def receive_upload(request: Request, registry: Registry, caller: AuthConte
         if location != claim.location:
             raise StoreError(f"The store wrote the blob to {location}, not to {claim.location} as claimed.")
         judged = await blocking(_judge, store, claim)
+        facts = await _renewing(
+            registry,
+            claim,
+            lambda: publishing.blob_facts(
+                store,
+                claim.location,
+                judged.report,
+                judged.disk_format,
+                judged.container_format,
+                registry.config.data_dir / SCRATCH_DIRECTORY,
+            ),
+        )
         values: dict[str, Any] = {
             "size": hashing.size,
             "checksum": hashing.md5.hexdigest(),
@@ -142,7 +166,7 @@ async def receive_upload(request: Request, registry: Registry, caller: AuthConte
             "os_hash_value": hashing.sha512.hexdigest(),
             "virtual_size": judged.virtual_size,
         }
-        if not await blocking(_activate, registry, claim, values, judged.properties):
+        if not await blocking(_activate, registry, claim, values, judged.properties, facts):
             raise ConflictError(
                 "The image was deleted or its upload was taken over while the data was arriving."
             )
@@ -230,6 +254,19 @@ def _renew(registry: Registry, claim: images.UploadClaim) -> bool:
         )
 
 
+async def _renewing(registry: Registry, claim: images.UploadClaim, work: Callable[[], T]) -> T:
+    """``work()`` in the thread pool, the upload's lease renewed while it runs (reading a guest
+    may take longer than a lease: a filesystem only libguestfs reads starts an appliance)."""
+    running = asyncio.ensure_future(blocking(work))
+    every = registry.config.upload_lease_seconds / 4
+    while not (await asyncio.wait({running}, timeout=every))[0]:
+        if not await blocking(_renew, registry, claim):
+            # The thread finishes on its own; what it read is not used.
+            running.add_done_callback(lambda done: done.cancelled() or done.exception())
+            raise ConflictError("The upload lease was lost (the image was deleted or reset meanwhile).")
+    return running.result()
+
+
 def _judge(store: BlobStore, claim: images.UploadClaim) -> GateResult:
     with store.open(claim.location) as reader:
         try:
@@ -239,7 +276,19 @@ def _judge(store: BlobStore, claim: images.UploadClaim) -> GateResult:
 
 
 def _activate(
-    registry: Registry, claim: images.UploadClaim, values: dict[str, Any], properties: dict[str, str]
+    registry: Registry,
+    claim: images.UploadClaim,
+    values: dict[str, Any],
+    properties: dict[str, str],
+    facts: ImageFacts,
 ) -> bool:
+    """``saving`` → ``active`` with what the gate recorded (``properties``) and the content's
+    properties filled in, unless the upload was taken over (False) or the image is public and
+    its data holds secrets (409)."""
     with registry.catalog.writing() as session:
+        image = session.scalars(select(Image).where(Image.id == claim.image_id).with_for_update()).first()
+        if image is None or image.status != "saving" or image.upload_holder != claim.holder:
+            return False
+        publishing.apply_facts(image, facts, limit=schemas.MAX_PROPERTIES)
+        publishing.require_publishable(image.id, image.visibility, publishing.property_dict(image))
         return images.finish_upload(session, claim.image_id, claim.holder, values, properties)

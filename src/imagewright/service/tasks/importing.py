@@ -13,7 +13,9 @@ One task, four methods (Glance's, ``glance/async_/flows/api_image_import.py``):
 For the first three, the bytes then go through the same gate as an upload
 (``imagewright.upload_gate``: imagewright's inspection, and the content must be what
 ``disk_format``/``container_format`` say — an image created without them gets them from its
-content). If the target stores convert (``--convert-to``), ``ops.convert`` writes the image in
+content), and what is inside them becomes properties (OS, firmware, audit) as for an upload
+(``service.images.publishing``; a public image whose data holds secrets fails the import).
+If the target stores convert (``--convert-to``), ``ops.convert`` writes the image in
 that format (the source judged again by its own gate; md5 and sha512 of the output computed as
 it is written); ``disk_format`` becomes the target and ``container_format`` ``bare``, as
 Glance's image_conversion plugin does. The data is written into each target store (each blob
@@ -44,6 +46,10 @@ from imagewright.catalog.imports import BlobRef
 from imagewright.catalog.models import Image
 from imagewright.errors import ImagewrightError, StoreError
 from imagewright.files import ScratchFiles
+from imagewright.inspection import ImageReport
+from imagewright.ops.inspect_os.properties import ImageFacts
+from imagewright.service.images import publishing
+from imagewright.service.images.schemas import MAX_PROPERTIES
 from imagewright.service.tasks import web_download
 from imagewright.service.tasks.run import TaskRun, TaskStoppedError
 from imagewright.stores import BlobStore
@@ -124,6 +130,8 @@ class ImageData:
     owned: bool = False
     #: What the gate found to record (an OVA's signer: ``upload_gate.OVA_PROPERTIES``).
     properties: dict[str, str] = field(default_factory=dict)
+    #: The gate's inspection of the bytes (set by ``_judge``).
+    report: ImageReport | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +201,8 @@ def _import(
     data = _acquire(run, plan, image_id, work)
     run.progress("inspecting", 0, data.size)
     _judge(run, data, image_id, declared)
+    run.progress("looking inside", 0, None)
+    facts = _facts(run, data, work)
     data = _convert(run, plan, data, work)
     for index, store_id in enumerate(plan.stores):
         run.check()
@@ -230,6 +240,10 @@ def _import(
             properties=data.properties,
         )
         if staged is not None:
+            image = session.get(Image, image_id)
+            assert image is not None
+            publishing.apply_facts(image, facts, limit=MAX_PROPERTIES)
+            publishing.require_publishable(image_id, image.visibility, publishing.property_dict(image))
             run.succeed_in(session, {"image_id": image_id})
     if staged is None:
         raise ImportFailedError(
@@ -318,6 +332,19 @@ def _judge(run: TaskRun, data: ImageData, image_id: str, declared: DeclaredImage
     data.disk_format, data.container_format = judged.disk_format, judged.container_format
     data.virtual_size = judged.virtual_size
     data.properties = judged.properties
+    data.report = judged.report
+
+
+def _facts(run: TaskRun, data: ImageData, work: Path) -> ImageFacts:
+    """What is inside the judged bytes (``service.images.publishing``), read from a local file."""
+    assert data.report is not None
+    if not publishing.looked_into(data.disk_format, data.container_format):
+        return ImageFacts()
+    if data.path is None:
+        # A staged blob: the file store's own file, or a copy that the conversion and the
+        # stores then read instead of the blob.
+        data.path = _local_copy(run, data, work)
+    return publishing.content_facts(data.path, data.report, data.disk_format, data.container_format)
 
 
 def _convert(run: TaskRun, plan: ImportPlan, data: ImageData, work: Path) -> ImageData:
