@@ -114,9 +114,7 @@ DEVIATIONS: dict[tuple[str, str], str] = {
             "schema allows (additionalProperties) and clients show as any other property. The "
             "image uploaded here is not a Linux disk, so only the audit's 'not audited' appears."
         )
-        for step, where in (
-            ("data-show*", "$.imagewright_audit"),
-        )
+        for step, where in (("data-show*", "$.imagewright_audit"),)
     },
     ("data-range-beyond", "header:content-range"): (
         "RFC 9110 §15.5.17: a 416 should say the current length (Content-Range: bytes */LENGTH); "
