@@ -57,7 +57,17 @@ from imagewright.programs import qemu_img
 #: ``progress(stage, done, total)``: stage is "decompressing", "converting", "compressing" or "hashing".
 Progress = Callable[[str, int, int | None], None]
 
-__all__ = ["ConvertResult", "OutputPlan", "Progress", "convert", "plan_output", "stream_raw"]
+__all__ = [
+    "ConvertResult",
+    "ImageSource",
+    "NotRawError",
+    "OutputPlan",
+    "Progress",
+    "convert",
+    "open_source",
+    "plan_output",
+    "stream_raw",
+]
 
 
 @dataclass
@@ -209,23 +219,17 @@ def _convert_stream(
     stream: RawStream, out: AtomicOutput, plan: OutputPlan, progress: Progress | None
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Decompress ``stream`` in a thread while the output is written from it."""
+    if plan.format == "raw":
+        writer = ImageStreamWriter(out.path, compression=plan.compression, checksums=plan.checksums)
+        try:
+            stream_raw(stream, writer, _stage(progress, "converting"))
+            writer.finish(stream.virtual_size)
+        finally:
+            writer.close()
+        return writer.content.hexdigests(), writer.output.hexdigests()
     window = ForwardWindow(stream.virtual_size)
     producer = start_producer(stream, window)
     try:
-        if plan.format == "raw":
-            writer = ImageStreamWriter(out.path, compression=plan.compression, checksums=plan.checksums)
-            try:
-                for offset, length, data in segments(window, stream.virtual_size):
-                    if data is None:
-                        writer.zeros(offset, length)
-                    else:
-                        writer.write(offset, data)
-                    if progress is not None:
-                        progress("converting", offset + length, stream.virtual_size)
-                writer.finish(stream.virtual_size)
-            finally:
-                writer.close()
-            return writer.content.hexdigests(), writer.output.hexdigests()
         with _socket_dir() as sockdir, NbdStreamSource(os.path.join(sockdir, "source"), window) as server:
             try:
                 result = _write_formatted(
@@ -248,19 +252,80 @@ def _convert_stream(
         producer.join()
 
 
+def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
+    """``progress`` as a ``(done, total)`` callback of one stage (None without progress)."""
+    if progress is None:
+        return None
+
+    def report(done: int, total: int) -> None:
+        progress(stage, done, total)
+
+    return report
+
+
+#: A source ready to be read front to back: a compressed raw disk as it decompresses
+#: (``RawStream``), or a file qemu-img reads (``PreparedSource``, admitted by the gate).
+ImageSource = PreparedSource | RawStream
+
+
+@contextmanager
+def open_source(
+    src: str | os.PathLike[str],
+    scratch: Callable[[str], Path],
+    limits: Limits | None = None,
+    progress: Progress | None = None,
+    *,
+    stream: bool = True,
+) -> Iterator[ImageSource]:
+    """``src`` as convert reads it, for callers that stream its guest bytes (``stream_raw``).
+
+    A compressed raw disk is a ``RawStream`` (no scratch copy; see ``raw_stream``); any other
+    source is admitted and prepared (``prepare_source``: a compressed non-raw image is spooled).
+    ``stream`` False: always the prepared way — what a caller does again when ``stream_raw``
+    raised ``NotRawError`` (a compressed fixed VHD, known by its footer only at the very end).
+    """
+    src_path = Path(src)
+    limits = limits or Limits()
+    found: RawStream | str | None = None
+    with FileSource(src_path) as opened:
+        if stream:
+            found = open_stream(opened, str(src_path), limits, progress)
+        if isinstance(found, RawStream):
+            yield found
+            return
+    yield prepare_source(src_path, scratch, limits, progress, inner_format=found)
+
+
 def stream_raw(
-    source: PreparedSource,
+    source: ImageSource,
     consumer: StreamConsumer,
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Stream ``source``'s guest bytes, front to back, into ``consumer`` (raw, in one pass).
 
-    qemu-img writes raw into the in-process NBD sink, which hands ``consumer`` every write
-    in ascending order and the zero runs between them (``nbd_sink``). The package stage
-    uses this too (OVA, EC2 bundles, publish): one way to read any image as a stream.
-    ``progress(done, total)`` is polled while qemu-img runs.
+    A ``RawStream`` is decompressed in a thread and handed on from its window, no qemu-img at
+    all (a refusal mid-stream is raised here, before the last piece); a prepared source is read
+    by qemu-img, which writes raw into the in-process NBD sink, which hands ``consumer`` every
+    write in ascending order and the zero runs between them (``nbd_sink``). Convert's raw
+    outputs and the package stage (OVA, EC2 bundles, publish) use this: one way to read any
+    image as a stream. ``progress(done, total)`` is called as the bytes go by.
     """
     size = source.virtual_size
+    if isinstance(source, RawStream):
+        window = ForwardWindow(size)
+        producer = start_producer(source, window)
+        try:
+            for offset, length, data in segments(window, size):
+                if data is None:
+                    consumer.zeros(offset, length)
+                else:
+                    consumer.write(offset, memoryview(data))
+                if progress is not None:
+                    progress(offset + length, size)
+        finally:
+            window.cancel()
+            producer.join()
+        return
     with _socket_dir() as sockdir:
         sink_path = os.path.join(sockdir, "sink")
         with NbdStreamSink(sink_path, size, consumer) as sink:
@@ -281,12 +346,8 @@ def _write_raw(
     size = source.virtual_size
     writer = ImageStreamWriter(temp, compression=plan.compression, checksums=plan.checksums)
 
-    def converting(done: int, total: int) -> None:
-        if progress is not None:
-            progress("converting", done, total)
-
     try:
-        stream_raw(source, writer, converting)
+        stream_raw(source, writer, _stage(progress, "converting"))
         writer.finish(size)
     finally:
         writer.close()
