@@ -96,9 +96,17 @@ class ConvertResult:
     #: What inspection found in the source (for a streamed source: the decompressed disk,
     #: surveyed as it went by). Not part of ``to_dict``.
     source_report: ImageReport | None = field(default=None, repr=False, compare=False)
+    #: The compressed file around the source, when it came compressed (its container facts,
+    #: the inner report inside): what a registry checks ``container_format`` against.
+    #: Not part of ``to_dict``.
+    wrapper_report: ImageReport | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "source_report"}
+        return {
+            f.name: _plain(getattr(self, f.name))
+            for f in fields(self)
+            if f.name not in ("source_report", "wrapper_report")
+        }
 
 
 def _plain(value: Any) -> Any:
@@ -142,6 +150,7 @@ def convert(
                 fmt, virtual_size = "raw", stream.virtual_size
                 wrapper: str | None = stream.compression
                 report: ImageReport = stream.reports.inner
+                wrapper_report: ImageReport | None = stream.reports.wrapper
                 notes.extend(stream.reports.notes)
                 access = "streamed"
             except NotRawError as err:  # a fixed VHD, known by its footer at the very end
@@ -157,7 +166,7 @@ def convert(
                 content, output = _write_formatted(source.path, source, out.path, out.scratch, plan, progress)
             fmt = source.format
             wrapper = source.wrapper.format if source.wrapper is not None else None
-            virtual_size, report = source.virtual_size, source.report
+            virtual_size, report, wrapper_report = source.virtual_size, source.report, source.wrapper
             notes.extend(source.notes)
             access = "spooled" if source.wrapper is not None else "file"
         out.commit()
@@ -180,6 +189,7 @@ def convert(
         source_access=access,
         notes=notes,
         source_report=report,
+        wrapper_report=wrapper_report,
     )
 
 

@@ -14,8 +14,12 @@ For the first three, the bytes then go through the same gate as an upload
 (``imagewright.upload_gate``: imagewright's inspection, and the content must be what
 ``disk_format``/``container_format`` say — an image created without them gets them from its
 content). If the target stores convert (``--convert-to``), ``ops.convert`` writes the image in
-that format (the source judged again by its own gate; md5 and sha512 of the output computed as
-it is written); ``disk_format`` becomes the target and ``container_format`` ``bare``, as
+that format — ``imagewright convert``'s one path (the source judged again by its own gate; md5
+and sha512 of the output computed as it is written). A compressed image (``container_format``
+``compressed``: a ``disk.raw.gz`` as cloud images travel) is judged by convert alone: a raw disk
+inside is judged and converted as it decompresses, no scratch copy, every byte seen before the
+image can turn active (the upload gate would examine it only as far as memory allows, and
+refuse more); then its content must be what the declared formats say; ``disk_format`` becomes the target and ``container_format`` ``bare``, as
 Glance's image_conversion plugin does. The data is written into each target store (each blob
 named in the catalog before its first byte), hashed on the way when no conversion hashed it, and
 the image turns ``active`` with size, ``virtual_size``, ``checksum`` (md5) and ``os_hash_value``
@@ -36,19 +40,23 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagewright.binary import ByteSource, FileSource
 from imagewright.catalog import imports
 from imagewright.catalog.imports import BlobRef
 from imagewright.catalog.models import Image
-from imagewright.errors import ImagewrightError, StoreError
+from imagewright.errors import ImagewrightError, StoreError, UnsafeImageError
 from imagewright.files import ScratchFiles
+from imagewright.formats.containers.signature import probe_compression
 from imagewright.service.tasks import web_download
 from imagewright.service.tasks.run import TaskRun, TaskStoppedError
 from imagewright.stores import BlobStore
 from imagewright.stores.file import FileStore
 from imagewright.upload_gate import judge_upload
+
+if TYPE_CHECKING:
+    from imagewright.ops.convert import ConvertResult
 
 LOG = logging.getLogger("imagewright.service.tasks")
 
@@ -192,8 +200,13 @@ def _import(
     declared = _declared(run, image_id)
     data = _acquire(run, plan, image_id, work)
     run.progress("inspecting", 0, data.size)
-    _judge(run, data, image_id, declared)
-    data = _convert(run, plan, data, work)
+    if plan.convert_to is not None and _compressed(run, data):
+        # A compressed image is judged by convert itself, every decompressed byte as it goes by
+        # (the upload gate examines a compressed blob only as far as memory allows).
+        data = _convert_compressed(run, plan, data, work, declared)
+    else:
+        _judge(run, data, image_id, declared)
+        data = _convert(run, plan, data, work)
     for index, store_id in enumerate(plan.stores):
         run.check()
         last = index == len(plan.stores) - 1
@@ -320,6 +333,37 @@ def _judge(run: TaskRun, data: ImageData, image_id: str, declared: DeclaredImage
     data.properties = judged.properties
 
 
+def _compressed(run: TaskRun, data: ImageData) -> bool:
+    source = _open_source(run, data)
+    try:
+        return probe_compression(source.pread(0, 64)) is not None
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+
+
+def _convert_compressed(
+    run: TaskRun, plan: ImportPlan, data: ImageData, work: Path, declared: DeclaredImage
+) -> ImageData:
+    """A compressed image into ``plan.convert_to`` by ``imagewright convert``'s own path (a raw
+    disk inside is judged and converted as it decompresses, no scratch copy; any other format
+    is spooled and inspected in full first): the gate's verdict is convert's, and the content
+    must then be what the image's formats declare (``container_format`` ``compressed``)."""
+    assert plan.convert_to is not None
+    try:
+        converted, result = _run_convert(run, plan.convert_to, data, work)
+    except UnsafeImageError as err:
+        reasons = err.reasons
+        more = f" (also: {'; '.join(reasons[1:4])})" if len(reasons) > 1 else ""
+        raise UnsafeImageError(f"The image is refused: {reasons[0].rstrip('.')}{more}.", reasons) from None
+    found = result.wrapper_report or result.source_report
+    if found is None:
+        raise ImportFailedError("The conversion did not say what it read; the image was not imported.")
+    judge_report(found, declared.disk_format, declared.container_format)
+    return converted
+
+
 def _convert(run: TaskRun, plan: ImportPlan, data: ImageData, work: Path) -> ImageData:
     """The data in ``plan.convert_to`` (via ``ops.convert``), or unchanged when it already is."""
     target = plan.convert_to
@@ -332,6 +376,11 @@ def _convert(run: TaskRun, plan: ImportPlan, data: ImageData, work: Path) -> Ima
             f"The target store keeps {target} images, and an OVA package cannot be converted on import; "
             "import its disk image instead."
         )
+    return _run_convert(run, target, data, work)[0]
+
+
+def _run_convert(run: TaskRun, target: str, data: ImageData, work: Path) -> tuple[ImageData, ConvertResult]:
+    """``ops.convert.convert`` (the CLI's one path) on the data, md5 and sha512 as it writes."""
     from imagewright.ops.convert import convert
 
     source = data.path if data.path is not None else _local_copy(run, data, work)
@@ -343,14 +392,15 @@ def _convert(run: TaskRun, plan: ImportPlan, data: ImageData, work: Path) -> Ima
     result = convert(source, output, output_format=target, checksums=("md5", "sha512"), progress=progress)
     run.check()
     LOG.info(
-        "task %s converted %s to %s (%d bytes) in %.1f s",
+        "task %s converted %s to %s (%d bytes, source %s) in %.1f s",
         run.task.id,
-        data.disk_format,
+        result.source_compression or result.source_format,
         target,
         result.output_size,
+        result.source_access,
         result.seconds,
     )
-    return ImageData(
+    converted = ImageData(
         size=result.output_size,
         disk_format=target,
         container_format="bare",
@@ -360,6 +410,7 @@ def _convert(run: TaskRun, plan: ImportPlan, data: ImageData, work: Path) -> Ima
         sha512=result.checksums["sha512"],
         owned=True,
     )
+    return converted, result
 
 
 def _local_copy(run: TaskRun, data: ImageData, work: Path) -> Path:
