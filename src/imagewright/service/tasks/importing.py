@@ -21,9 +21,9 @@ inside is judged and converted as it decompresses, no scratch copy, every byte s
 image can turn active (the upload gate would examine it only as far as memory allows, and
 refuse more); then its content must be what the declared formats say. ``disk_format`` becomes
 the target and ``container_format`` ``bare``, as Glance's image_conversion plugin does. The data
-is written into each target store (each blob named in the catalog before its first byte), hashed on the way when no conversion hashed it, and
-the image turns ``active`` with size, ``virtual_size``, ``checksum`` (md5) and ``os_hash_value``
-(sha512) of what the stores hold.
+is written into each target store (each blob named in the catalog before its first byte), hashed
+on the way when no conversion hashed it, and the image turns ``active`` with size,
+``virtual_size``, ``checksum`` (md5) and ``os_hash_value`` (sha512) of what the stores hold.
 
 Any failure (a refused URL, a hostile image, a full store, the image deleted meanwhile) deletes
 every blob this attempt wrote and the staged data, and puts the image back to ``queued``
