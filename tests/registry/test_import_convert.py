@@ -7,6 +7,12 @@ byte judged as it goes by, no scratch copy, and the content checked against the 
 memory (32 MiB): without conversion it is refused (stored as it came, it could not be examined in
 full); with conversion it turns ``active`` as raw, equal to the source (``qemu-img compare``),
 hashed as stored. A hostile compressed image is refused before anything is stored.
+
+``--keep-original``: the data as it arrived stays too — the download moved into the store, or the
+staged blob itself — as a second blob that is not a location of the image (every location serves
+the image's bytes), described by read-only ``os_imagewright_original_*`` properties (formats,
+size, md5, sha512, store), and deleted with the image. Without it (the default, as Glance) the
+original is discarded.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ SIZE = 96 * MiB
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """disk.raw (8 MiB random + 40 MiB of a non-zero pattern, the rest zeros), its .gz and .xz;
+    """disk.raw (8 MiB random + 40 MiB of a non-zero pattern, the rest zeros), its .gz, .xz and qcow2;
     a qcow2 backed by /etc/passwd, gzipped; a gzip with data after its end."""
     root = tmp_path_factory.mktemp("compressed-sources")
     raw = root / "disk.raw"
@@ -43,6 +49,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for tool, suffix in (("gzip", "gz"), ("xz", "xz")):
         with raw.open("rb") as src, (root / f"disk.raw.{suffix}").open("wb") as dst:
             subprocess.run([tool, "-1", "-c"], stdin=src, stdout=dst, check=True)
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, root / "disk.qcow2")
     hostile = root / "hostile.qcow2"
     qemu_img("create", "-f", "qcow2", "-b", "/etc/passwd", "-F", "raw", hostile, "16M")
     with hostile.open("rb") as src, (root / "hostile.qcow2.gz").open("wb") as dst:
@@ -152,3 +159,106 @@ def test_without_conversion_the_same_image_is_refused_as_too_large_to_examine(
         assert image["status"] == "queued" and server.blobs() == []
     finally:
         server.stop()
+
+
+# --- --keep-original ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keeping(
+    tmp_path_factory: pytest.TempPathFactory, http: ImageHTTPServer, sources: Path
+) -> Iterator[RegistryServer]:
+    server = _registry(
+        tmp_path_factory.mktemp("registry-keep"), http, "--convert-to", "raw", "--keep-original"
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _blob_bytes(server: RegistryServer) -> list[bytes]:
+    return sorted((server.images_dir / name).read_bytes() for name in server.blobs())
+
+
+def _original(image: dict[str, Any]) -> dict[str, Any]:
+    prefix = "os_imagewright_original_"
+    return {key.removeprefix(prefix): value for key, value in image.items() if key.startswith(prefix)}
+
+
+def test_by_default_the_original_is_discarded(
+    api: Api, http: ImageHTTPServer, sources: Path, converting: RegistryServer
+) -> None:
+    before = len(converting.blobs())
+    image, task = _import(
+        api, f"{http.url}/files/disk.raw.xz", disk_format="raw", container_format="compressed"
+    )
+    assert task["status"] == "success", task
+    assert _original(image) == {}
+    assert len(converting.blobs()) == before + 1
+
+
+@pytest.mark.parametrize(
+    ("name", "formats"), [("disk.raw.gz", ("raw", "compressed")), ("disk.qcow2", ("qcow2", "bare"))]
+)
+def test_kept_original_is_a_second_blob_described_by_the_image(
+    name: str,
+    formats: tuple[str, str],
+    keeping: RegistryServer,
+    http: ImageHTTPServer,
+    sources: Path,
+    tmp_path: Path,
+) -> None:
+    with keeping.api(keeping.token()) as client:
+        source = (sources / name).read_bytes()
+        before = _blob_bytes(keeping)
+        image, task = _import(
+            client, f"{http.url}/files/{name}", disk_format=formats[0], container_format=formats[1]
+        )
+        assert task["status"] == "success", task
+        assert (image["disk_format"], image["container_format"], image["size"]) == ("raw", "bare", SIZE)
+        data = download(client, image["id"])
+        assert image["os_hash_value"] == hashlib.sha512(data).hexdigest()
+        assert _original(image) == {
+            "disk_format": formats[0],
+            "container_format": formats[1],
+            "size": str(len(source)),
+            "checksum": hashlib.md5(source, usedforsecurity=False).hexdigest(),
+            "os_hash_algo": "sha512",
+            "os_hash_value": hashlib.sha512(source).hexdigest(),
+            "store": "default",
+        }
+        # Two blobs: the image's data (what every location serves), and the original as it came.
+        assert _blob_bytes(keeping) == sorted([*before, data, source])
+        assert image["stores"] == "default"
+        # The facts are the server's: no client may write them.
+        refused = client.patch(
+            f"/image/v2/images/{image['id']}",
+            [{"op": "replace", "path": "/os_imagewright_original_size", "value": "1"}],
+        )
+        assert refused.status_code == 403, refused.text
+        # Deleting the image deletes both.
+        assert client.delete(f"/image/v2/images/{image['id']}").status_code == 204
+        assert _blob_bytes(keeping) == before
+        assert scratch_leftovers(keeping) == []
+
+
+def test_kept_original_of_glance_direct_is_the_staged_blob(keeping: RegistryServer, sources: Path) -> None:
+    staged = (sources / "disk.raw.gz").read_bytes()
+    with keeping.api(keeping.token()) as client:
+        before = _blob_bytes(keeping)
+        image = client.create_image(name="staged", disk_format="raw", container_format="compressed")
+        response = client.put(
+            f"/image/v2/images/{image['id']}/stage",
+            content=staged,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert response.status_code == 204, response.text
+        start_import(client, image["id"], {"name": "glance-direct"})
+        task = wait_for_task(client, image["id"])
+        assert task["status"] == "success", task
+        shown = image_of(client, image["id"])
+        assert _original(shown)["os_hash_value"] == hashlib.sha512(staged).hexdigest()
+        assert _original(shown)["container_format"] == "compressed"
+        assert _blob_bytes(keeping) == sorted([*before, download(client, image["id"]), staged])

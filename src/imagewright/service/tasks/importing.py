@@ -53,7 +53,7 @@ from imagewright.service.tasks import web_download
 from imagewright.service.tasks.run import TaskRun, TaskStoppedError
 from imagewright.stores import BlobStore
 from imagewright.stores.file import FileStore
-from imagewright.upload_gate import judge_upload
+from imagewright.upload_gate import judge_report, judge_upload
 
 if TYPE_CHECKING:
     from imagewright.ops.convert import ConvertResult
@@ -83,6 +83,8 @@ class ImportPlan:
     timeout: float = 6 * 3600.0
     remote_url: str | None = None
     remote_token: str | None = None
+    #: Keep the data as it arrived beside its conversion (``--keep-original``).
+    keep_original: bool = False
 
     def to_private(self) -> dict[str, Any]:
         return {
@@ -97,6 +99,7 @@ class ImportPlan:
             "timeout": self.timeout,
             "remote_url": self.remote_url,
             "remote_token": self.remote_token,
+            "keep_original": self.keep_original,
         }
 
     @classmethod
@@ -113,6 +116,7 @@ class ImportPlan:
             timeout=float(data.get("timeout") or 6 * 3600.0),
             remote_url=data.get("remote_url"),
             remote_token=data.get("remote_token"),
+            keep_original=bool(data.get("keep_original")),
         )
 
 
@@ -200,6 +204,7 @@ def _import(
     declared = _declared(run, image_id)
     data = _acquire(run, plan, image_id, work)
     run.progress("inspecting", 0, data.size)
+    arrived = data
     if plan.convert_to is not None and _compressed(run, data):
         # A compressed image is judged by convert itself, every decompressed byte as it goes by
         # (the upload gate examines a compressed blob only as far as memory allows).
@@ -207,6 +212,9 @@ def _import(
     else:
         _judge(run, data, image_id, declared)
         data = _convert(run, plan, data, work)
+    original = (
+        _keep_original(run, image_id, plan, arrived) if plan.keep_original and data is not arrived else None
+    )
     for index, store_id in enumerate(plan.stores):
         run.check()
         last = index == len(plan.stores) - 1
@@ -241,6 +249,7 @@ def _import(
             failed_stores=failed,
             stores=plan.stores,
             properties=data.properties,
+            original=original,
         )
         if staged is not None:
             run.succeed_in(session, {"image_id": image_id})
@@ -279,8 +288,9 @@ def _acquire(run: TaskRun, plan: ImportPlan, image_id: str, work: Path) -> Image
         policy = web_download.UrlPolicy.from_prefixes([_origin(url)])
     else:
         raise ImportFailedError(f"Unknown import method {plan.method!r}.")
-    # Without a conversion the downloaded bytes are what is stored: hash them as they arrive.
-    hashes = _Hashes() if plan.convert_to is None else None
+    # Without a conversion (or with the original kept) the downloaded bytes are stored: hash
+    # them as they arrive.
+    hashes = _Hashes() if plan.convert_to is None or plan.keep_original else None
     result = web_download.download(
         url,
         target,
@@ -360,7 +370,9 @@ def _convert_compressed(
     found = result.wrapper_report or result.source_report
     if found is None:
         raise ImportFailedError("The conversion did not say what it read; the image was not imported.")
-    judge_report(found, declared.disk_format, declared.container_format)
+    judged = judge_report(found, declared.disk_format, declared.container_format)
+    data.disk_format, data.container_format = judged.disk_format, judged.container_format
+    data.virtual_size = result.virtual_size
     return converted
 
 
@@ -411,6 +423,39 @@ def _run_convert(run: TaskRun, target: str, data: ImageData, work: Path) -> tupl
         owned=True,
     )
     return converted, result
+
+
+def _keep_original(run: TaskRun, image_id: str, plan: ImportPlan, arrived: ImageData) -> imports.KeptOriginal:
+    """The data as it arrived, kept as a blob of its own (``--keep-original``) in the first target
+    store: the staged blob itself for glance-direct, else the download moved (or copied) in.
+
+    Not a location of the image: Glance's locations all hold the image's bytes, and a client may
+    read any of them. The catalog names it (``image_locations``, status ``original``: deleted
+    with the image) and the image's ``os_imagewright_original_*`` properties describe it.
+    """
+    if arrived.blob is not None:
+        blob = arrived.blob
+        if arrived.md5 is None or arrived.sha512 is None:
+            hashes = _Hashes()
+            done = 0
+            for chunk in _chunks(run, arrived):
+                hashes.update(chunk)
+                done += len(chunk)
+                run.progress("hashing", done, arrived.size)
+            arrived.md5, arrived.sha512 = hashes.md5.hexdigest(), hashes.sha512.hexdigest()
+    else:
+        store_id = plan.stores[0]
+        adopt = isinstance(run.environment.stores[store_id], FileStore)
+        blob = _store(run, image_id, store_id, arrived, adopt=adopt)
+    assert arrived.md5 is not None and arrived.sha512 is not None
+    return imports.KeptOriginal(
+        blob=blob,
+        disk_format=arrived.disk_format,
+        container_format=arrived.container_format,
+        size=arrived.size,
+        md5=arrived.md5,
+        sha512=arrived.sha512,
+    )
 
 
 def _local_copy(run: TaskRun, data: ImageData, work: Path) -> Path:
