@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,61 @@ def test_a_compressed_raw_disk_is_converted_as_it_streams(
     copy = tmp_path / "imported.raw"
     copy.write_bytes(data)
     assert "Images are identical" in qemu_img("compare", "-f", "raw", "-F", "raw", copy, sources / "disk.raw")
+    assert scratch_leftovers(converting) == []
+
+
+@pytest.mark.parametrize("way", ["flaky", "chunked", "slow"])
+def test_converted_while_downloading_from_servers_that_break_off_resume_or_trickle(
+    way: str, api: Api, http: ImageHTTPServer, sources: Path, converting: RegistryServer, tmp_path: Path
+) -> None:
+    """The conversion reads the download as it arrives: a broken-off download resumed with
+    Range, a chunked one (no size known until the end), a slow one — each ends equal."""
+    image, task = _import(
+        api, f"{http.url}/{way}/disk.raw.gz", disk_format="raw", container_format="compressed"
+    )
+    assert task["status"] == "success", task
+    copy = tmp_path / "imported.raw"
+    copy.write_bytes(download(api, image["id"]))
+    assert "Images are identical" in qemu_img("compare", "-f", "raw", "-F", "raw", copy, sources / "disk.raw")
+    assert scratch_leftovers(converting) == []
+
+
+def test_the_conversion_starts_before_the_download_ends(
+    api: Api, http: ImageHTTPServer, sources: Path, converting: RegistryServer, tmp_path: Path
+) -> None:
+    """``/gated/`` sends half the file and holds the rest: convert's output is already being
+    written in the task's scratch directory while the download waits (for gzip: the stream is
+    being checked as it arrives). Then the rest comes and the import completes, equal."""
+    image = api.create_image(name="gated", disk_format="raw", container_format="compressed")
+    start_import(api, image["id"], {"name": "web-download", "uri": f"{http.url}/gated/disk.raw.gz"})
+    assert http.gated.wait(120)
+    tasks = converting.data_dir / "tasks"
+    deadline = time.monotonic() + 120
+    while not list(tasks.rglob(".converted.raw.*")):
+        assert time.monotonic() < deadline, "convert did not start while the download was held"
+        time.sleep(0.05)
+    assert not http.gate.is_set()  # (the download is still held: half the file is all there is)
+    http.gate.set()
+    task = wait_for_task(api, image["id"])
+    assert task["status"] == "success", task
+    copy = tmp_path / "imported.raw"
+    copy.write_bytes(download(api, image["id"]))
+    assert "Images are identical" in qemu_img("compare", "-f", "raw", "-F", "raw", copy, sources / "disk.raw")
+
+
+def test_a_download_that_ends_short_fails_the_conversion_reading_it(
+    api: Api, http: ImageHTTPServer, converting: RegistryServer
+) -> None:
+    """``/lying/`` announces 1 MiB more than it sends and refuses to resume: the conversion,
+    which was reading the download as it arrived, fails with the download's reason."""
+    before = converting.blobs()
+    image, task = _import(
+        api, f"{http.url}/lying/disk.raw.gz", disk_format="raw", container_format="compressed"
+    )
+    assert task["status"] == "failure", task
+    assert "did not resume it" in task["message"], task["message"]
+    assert image["status"] == "queued" and image["size"] is None
+    assert converting.blobs() == before
     assert scratch_leftovers(converting) == []
 
 

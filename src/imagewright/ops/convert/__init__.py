@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from imagewright.binary import FileSource
+from imagewright.binary import FileSource, GrowingFile
 from imagewright.errors import ImageIOError, ImagewrightError, InvalidArgumentError, ProgramError
 from imagewright.files import AtomicOutput, ScratchFiles, io_error
 from imagewright.formats.base import Limits
@@ -125,8 +125,14 @@ def convert(
     force: bool = False,
     limits: Limits | None = None,
     progress: Progress | None = None,
+    growing: GrowingFile | None = None,
 ) -> ConvertResult:
-    """Convert the image ``src`` into ``dst``; see the module docstring for how."""
+    """Convert the image ``src`` into ``dst``; see the module docstring for how.
+
+    ``growing``: ``src`` is still being written (a download, ``GrowingFile``): a compressed raw
+    disk is judged and converted from it as its bytes arrive; any other source waits until it
+    is complete. The caller makes sure the writer ended well before it uses the output.
+    """
     started = time.monotonic()
     src_path, dst_path = Path(src), Path(dst)
     plan = plan_output(
@@ -141,8 +147,10 @@ def convert(
         raise InvalidArgumentError("The output would overwrite the source; choose another output name.")
     limits = limits or Limits()
     notes: list[str] = []
-    with AtomicOutput(dst_path, force=force) as out, FileSource(src_path) as opened:
+    with AtomicOutput(dst_path, force=force) as out, growing or FileSource(src_path) as opened:
         stream = open_stream(opened, str(src_path), limits, progress)
+        if growing is not None and not isinstance(stream, RawStream):
+            growing.wait_complete()  # read by path from here on
         source: PreparedSource | None = None
         if isinstance(stream, RawStream):
             try:
@@ -155,6 +163,8 @@ def convert(
                 access = "streamed"
             except NotRawError as err:  # a fixed VHD, known by its footer at the very end
                 _empty(out.path)
+                if growing is not None:
+                    growing.wait_complete()
                 source = prepare_source(src_path, out.scratch, limits, progress, inner_format=err.format)
         else:
             source = prepare_source(src_path, out.scratch, limits, progress, inner_format=stream)

@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imagewright.binary import ByteSource, FileSource
+from imagewright.binary import ByteSource, FileSource, GrowingFile
 from imagewright.catalog import imports
 from imagewright.catalog.imports import BlobRef
 from imagewright.catalog.models import Image
@@ -202,16 +203,21 @@ def _import(
     run: TaskRun, plan: ImportPlan, image_id: str, work: Path, written: list[BlobRef], failed: list[str]
 ) -> dict[str, Any]:
     declared = _declared(run, image_id)
-    data = _acquire(run, plan, image_id, work)
-    run.progress("inspecting", 0, data.size)
-    arrived = data
-    if plan.convert_to is not None and _compressed(run, data):
-        # A compressed image is judged by convert itself, every decompressed byte as it goes by
-        # (the upload gate examines a compressed blob only as far as memory allows).
-        data = _convert_compressed(run, plan, data, work, declared)
+    converted: ImageData | None = None
+    if plan.convert_to is not None and plan.method != "glance-direct":
+        arrived, converted = _acquire_converting(run, plan, work, declared)
     else:
-        _judge(run, data, image_id, declared)
-        data = _convert(run, plan, data, work)
+        arrived = _acquire(run, plan, image_id, work)
+    if converted is None:
+        run.progress("inspecting", 0, arrived.size)
+        if plan.convert_to is not None and _compressed(run, arrived):
+            # A compressed image is judged by convert itself, every decompressed byte as it goes
+            # by (the upload gate examines a compressed blob only as far as memory allows).
+            converted = _convert_compressed(run, plan, arrived, work, declared)
+        else:
+            _judge(run, arrived, image_id, declared)
+            converted = _convert(run, plan, arrived, work)
+    data = converted
     original = (
         _keep_original(run, image_id, plan, arrived) if plan.keep_original and data is not arrived else None
     )
@@ -273,21 +279,8 @@ def _acquire(run: TaskRun, plan: ImportPlan, image_id: str, work: Path) -> Image
             size = reader.size
         return ImageData(size=size, disk_format="", container_format="", virtual_size=None, blob=staged)
     target = work / "download"
+    url, headers, policy = _fetch_spec(plan)
     limits = web_download.Limits(plan.max_bytes, plan.idle_timeout, plan.timeout)
-    if plan.method == "web-download":
-        if not plan.uri:
-            raise ImportFailedError("The web-download import names no URI.")
-        url, headers = plan.uri, {}
-        policy = web_download.UrlPolicy.from_prefixes(plan.allow)
-    elif plan.method == "glance-download":
-        if not plan.remote_url:
-            raise ImportFailedError("The glance-download import names no remote image.")
-        url = plan.remote_url
-        headers = {"X-Auth-Token": plan.remote_token or ""}
-        # The remote registry is the operator's (configured with --glance-region): allowed as such.
-        policy = web_download.UrlPolicy.from_prefixes([_origin(url)])
-    else:
-        raise ImportFailedError(f"Unknown import method {plan.method!r}.")
     # Without a conversion (or with the original kept) the downloaded bytes are stored: hash
     # them as they arrive.
     hashes = _Hashes() if plan.convert_to is None or plan.keep_original else None
@@ -311,6 +304,93 @@ def _acquire(run: TaskRun, plan: ImportPlan, image_id: str, work: Path) -> Image
     if hashes is not None:
         data.md5, data.sha512 = hashes.md5.hexdigest(), hashes.sha512.hexdigest()
     return data
+
+
+def _fetch_spec(plan: ImportPlan) -> tuple[str, dict[str, str], web_download.UrlPolicy]:
+    """What a web-download or glance-download fetches: the URL, its headers, the URL policy."""
+    if plan.method == "web-download":
+        if not plan.uri:
+            raise ImportFailedError("The web-download import names no URI.")
+        return plan.uri, {}, web_download.UrlPolicy.from_prefixes(plan.allow)
+    if plan.method == "glance-download":
+        if not plan.remote_url:
+            raise ImportFailedError("The glance-download import names no remote image.")
+        headers = {"X-Auth-Token": plan.remote_token or ""}
+        # The remote registry is the operator's (configured with --glance-region): allowed as such.
+        return plan.remote_url, headers, web_download.UrlPolicy.from_prefixes([_origin(plan.remote_url)])
+    raise ImportFailedError(f"Unknown import method {plan.method!r}.")
+
+
+def _acquire_converting(
+    run: TaskRun, plan: ImportPlan, work: Path, declared: DeclaredImage
+) -> tuple[ImageData, ImageData | None]:
+    """A download into a converting store: (what arrived, its conversion or None).
+
+    The download runs in a thread. A compressed image is converted from the file *as it
+    arrives* (``convert`` reads it through a ``GrowingFile``, waiting for each byte): a raw disk
+    inside streams through convert's own judge — every decompressed byte judged before it is
+    handed on, the last piece held back until the end of the stream is judged, and no qemu-img
+    reads anything but ``-f raw`` — so decompressing (for gzip: the checking pass) overlaps the
+    download. The image turns active only after both ended well. Anything else (a qcow2 ...)
+    needs random access: None, and the caller judges and converts the complete file.
+    """
+    target = work / "download"
+    target.touch()
+    url, headers, policy = _fetch_spec(plan)
+    limits = web_download.Limits(plan.max_bytes, plan.idle_timeout, plan.timeout)
+    hashes = _Hashes() if plan.keep_original else None
+    stop = threading.Event()
+    outcome: list[web_download.DownloadResult] = []
+    with GrowingFile(target) as growing:
+        report = run.reporter("downloading")
+
+        def progress(done: int, total: int | None) -> None:
+            if total is not None:
+                growing.expect(total)
+            report(done, total)
+
+        def fetch() -> None:
+            try:
+                outcome.append(
+                    web_download.download(
+                        url,
+                        target,
+                        policy,
+                        limits,
+                        headers=headers,
+                        progress=progress,
+                        should_stop=lambda: stop.is_set() or run.should_stop(),
+                        on_data=hashes.update if hashes is not None else None,
+                        on_written=growing.grew,
+                    )
+                )
+                growing.finish()
+            except BaseException as err:  # noqa: BLE001 - handed to the reader, raised there
+                growing.fail(err)
+
+        thread = threading.Thread(target=fetch, name=f"download-{run.task.id[:8]}", daemon=True)
+        thread.start()
+        arrived = ImageData(
+            size=0, disk_format="", container_format="", virtual_size=None, path=target, owned=True
+        )
+        converted: ImageData | None = None
+        try:
+            if probe_compression(growing.pread(0, 64)) is not None:
+                converted = _convert_compressed(run, plan, arrived, work, declared, growing=growing)
+            growing.wait_complete()
+        finally:
+            if not outcome:
+                stop.set()  # the conversion failed: the download stops too
+            thread.join()
+    run.check()
+    result = outcome[0]
+    LOG.info("task %s downloaded %d bytes from %s", run.task.id, result.size, result.final_url)
+    if result.size == 0:
+        raise ImportFailedError(f"{url} sent no data.")
+    arrived.size = result.size
+    if hashes is not None:
+        arrived.md5, arrived.sha512 = hashes.md5.hexdigest(), hashes.sha512.hexdigest()
+    return arrived, converted
 
 
 def _origin(url: str) -> str:
@@ -354,7 +434,13 @@ def _compressed(run: TaskRun, data: ImageData) -> bool:
 
 
 def _convert_compressed(
-    run: TaskRun, plan: ImportPlan, data: ImageData, work: Path, declared: DeclaredImage
+    run: TaskRun,
+    plan: ImportPlan,
+    data: ImageData,
+    work: Path,
+    declared: DeclaredImage,
+    *,
+    growing: GrowingFile | None = None,
 ) -> ImageData:
     """A compressed image into ``plan.convert_to`` by ``imagewright convert``'s own path (a raw
     disk inside is judged and converted as it decompresses, no scratch copy; any other format
@@ -362,7 +448,7 @@ def _convert_compressed(
     must then be what the image's formats declare (``container_format`` ``compressed``)."""
     assert plan.convert_to is not None
     try:
-        converted, result = _run_convert(run, plan.convert_to, data, work)
+        converted, result = _run_convert(run, plan.convert_to, data, work, growing=growing)
     except UnsafeImageError as err:
         reasons = err.reasons
         more = f" (also: {'; '.join(reasons[1:4])})" if len(reasons) > 1 else ""
@@ -391,7 +477,9 @@ def _convert(run: TaskRun, plan: ImportPlan, data: ImageData, work: Path) -> Ima
     return _run_convert(run, target, data, work)[0]
 
 
-def _run_convert(run: TaskRun, target: str, data: ImageData, work: Path) -> tuple[ImageData, ConvertResult]:
+def _run_convert(
+    run: TaskRun, target: str, data: ImageData, work: Path, *, growing: GrowingFile | None = None
+) -> tuple[ImageData, ConvertResult]:
     """``ops.convert.convert`` (the CLI's one path) on the data, md5 and sha512 as it writes."""
     from imagewright.ops.convert import convert
 
@@ -401,7 +489,9 @@ def _run_convert(run: TaskRun, target: str, data: ImageData, work: Path) -> tupl
     def progress(stage: str, done: int, total: int | None) -> None:
         run.progress(stage, done, total)
 
-    result = convert(source, output, output_format=target, checksums=("md5", "sha512"), progress=progress)
+    result = convert(
+        source, output, output_format=target, checksums=("md5", "sha512"), progress=progress, growing=growing
+    )
     run.check()
     LOG.info(
         "task %s converted %s to %s (%d bytes, source %s) in %.1f s",
