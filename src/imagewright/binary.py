@@ -140,7 +140,7 @@ class FileSource:
         self.close()
 
 
-class GrowingFile:
+class GrowingFile(FileSource):
     """A file another thread is still writing front to back (a download), read as it grows.
 
     ``pread`` waits until its bytes are in the file (``grew``), or the writer has ended:
@@ -151,17 +151,12 @@ class GrowingFile:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
-        try:
-            self._fd: int | None = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as err:
-            raise ImageIOError(f"{self.path} cannot be opened: {err.strerror}.") from None
+        super().__init__(path)
         self._changed = threading.Condition()
         self._written = 0
         self._announced: int | None = None
         self._finished = False
         self._error: BaseException | None = None
-        self.bytes_read = 0
 
     # --- the writer's side ---------------------------------------------------------------------
 
@@ -207,30 +202,17 @@ class GrowingFile:
         self._wait(lambda: False)
 
     def pread(self, offset: int, length: int) -> bytes:
-        if self._fd is None:
-            raise ImageIOError(f"{self.path} was already closed.")
         end = min(offset + length, self.size)
         if length <= 0 or offset >= end:
             return b""
         self._wait(lambda: self._written >= end)
-        end = min(end, self._written)
-        try:
-            data = os.pread(self._fd, end - offset, offset) if end > offset else b""
-        except OSError as err:
-            raise ImageIOError(f"Reading {self.path} failed: {err.strerror}.") from None
-        self.bytes_read += len(data)
-        return data
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._changed:
+            # What FileSource may read: what is in the file (it only grows; any thread may read).
+            self._size = max(self._size, self._written)
+        return super().pread(offset, end - offset)
 
     def __enter__(self) -> GrowingFile:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class CountingSource:

@@ -525,14 +525,7 @@ def _keep_original(run: TaskRun, image_id: str, plan: ImportPlan, arrived: Image
     """
     if arrived.blob is not None:
         blob = arrived.blob
-        if arrived.md5 is None or arrived.sha512 is None:
-            hashes = _Hashes()
-            done = 0
-            for chunk in _chunks(run, arrived):
-                hashes.update(chunk)
-                done += len(chunk)
-                run.progress("hashing", done, arrived.size)
-            arrived.md5, arrived.sha512 = hashes.md5.hexdigest(), hashes.sha512.hexdigest()
+        _hash(run, arrived)
     else:
         store_id = plan.stores[0]
         adopt = isinstance(run.environment.stores[store_id], FileStore)
@@ -584,6 +577,19 @@ def _chunks(run: TaskRun, data: ImageData) -> Iterator[bytes]:
         yield from run.environment.stores[data.blob.store_id].read_chunks(data.blob.location)
 
 
+def _hash(run: TaskRun, data: ImageData) -> None:
+    """md5 and sha512 of ``data`` (one read) unless known."""
+    if data.md5 is not None and data.sha512 is not None:
+        return
+    hashes = _Hashes()
+    done = 0
+    for chunk in _chunks(run, data):
+        hashes.update(chunk)
+        done += len(chunk)
+        run.progress("hashing", done, data.size)
+    data.md5, data.sha512 = hashes.md5.hexdigest(), hashes.sha512.hexdigest()
+
+
 def _store(run: TaskRun, image_id: str, store_id: str, data: ImageData, *, adopt: bool = False) -> BlobRef:
     """Write ``data`` into the store as a new blob (named in the catalog first); hash if unknown.
 
@@ -593,14 +599,7 @@ def _store(run: TaskRun, image_id: str, store_id: str, data: ImageData, *, adopt
     blob = _new_blob(run, image_id, store)
     key = store.key_of(blob.location)
     if adopt and data.path is not None:
-        if data.md5 is None or data.sha512 is None:
-            hashes = _Hashes()
-            done = 0
-            for chunk in _chunks(run, data):
-                hashes.update(chunk)
-                done += len(chunk)
-                run.progress("hashing", done, data.size)
-            data.md5, data.sha512 = hashes.md5.hexdigest(), hashes.sha512.hexdigest()
+        _hash(run, data)
         stage = f"storing:{store_id}"
         run.progress(stage, 0, data.size)
         location = store.adopt(key, data.path, lambda done: run.progress(stage, done, data.size))
