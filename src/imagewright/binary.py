@@ -17,8 +17,9 @@ import bisect
 import os
 import stat
 import struct
+import threading
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from imagewright.errors import ImageFormatError, ImageIOError
@@ -137,6 +138,81 @@ class FileSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class GrowingFile(FileSource):
+    """A file another thread is still writing front to back (a download), read as it grows.
+
+    ``pread`` waits until its bytes are in the file (``grew``), or the writer has ended:
+    ``finish`` (the file is complete) or ``fail`` (its error is raised to every reader that
+    waits for bytes that will never come). ``size`` is the announced size (``expect``, e.g. a
+    Content-Length), else the final one once finished; the writer's bytes past it are never
+    read. ``wait_complete`` waits for the end (what a reader that needs the whole file calls).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path)
+        self._changed = threading.Condition()
+        self._written = 0
+        self._announced: int | None = None
+        self._finished = False
+        self._error: BaseException | None = None
+
+    # --- the writer's side ---------------------------------------------------------------------
+
+    def expect(self, size: int) -> None:
+        with self._changed:
+            self._announced = size
+            self._changed.notify_all()
+
+    def grew(self, written: int) -> None:
+        """``written`` more bytes are in the file (flushed: visible to ``os.pread``)."""
+        with self._changed:
+            self._written += written
+            self._changed.notify_all()
+
+    def finish(self) -> None:
+        with self._changed:
+            self._finished = True
+            self._changed.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self._changed:
+            self._error = error
+            self._finished = True
+            self._changed.notify_all()
+
+    # --- the reader's side (a ByteSource) ------------------------------------------------------
+
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        with self._changed:
+            while not ready():
+                if self._finished:
+                    if self._error is not None:
+                        raise self._error
+                    return
+                self._changed.wait()
+
+    @property
+    def size(self) -> int:
+        self._wait(lambda: self._announced is not None)
+        return self._announced if self._announced is not None else self._written
+
+    def wait_complete(self) -> None:
+        self._wait(lambda: False)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        end = min(offset + length, self.size)
+        if length <= 0 or offset >= end:
+            return b""
+        self._wait(lambda: self._written >= end)
+        with self._changed:
+            # What FileSource may read: what is in the file (it only grows; any thread may read).
+            self._size = max(self._size, self._written)
+        return super().pread(offset, end - offset)
+
+    def __enter__(self) -> GrowingFile:
+        return self
 
 
 class CountingSource:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from tests.fixtures.tools import qemu_img, run, write_at
+from tests.fixtures.tools import mounted_tmpfs, qemu_img, run, write_at
 from tests.package.helpers import MiB, libvmdk_sha256, make_disk, make_key, sha256_file, tar_members
 from tests.package.test_bundle import decrypt_by_hand
 
@@ -121,3 +121,34 @@ def test_a_refused_source_leaves_the_directory_as_it_was(tmp_path: Path, run_cli
     result: Result = run_cli(["publish", evil, "--to", "qcow2,raw.gz,ova", "-d", out])  # type: ignore[operator]
     assert result.exit_code == 1 and "backing file" in result.stderr
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("compressor", ["gzip", "xz", "zstd"])
+def test_a_compressed_raw_source_is_streamed_without_a_scratch_copy(
+    compressor: str, tmp_path: Path, run_cli: object
+) -> None:
+    """publish reads a ``disk.raw.<gz|xz|zst>`` the way convert does: decompressed as it is
+    judged and handed on, never spooled. The proof: 96 MiB of (compressible, non-zero) data
+    published into a 40 MiB filesystem, where a decompressed scratch copy could not fit; and
+    qemu-img never reads the source (only the qcow2 target's own sparse raw, on the same
+    small filesystem, would — so no qcow2 target here)."""
+    size = 128 * MiB
+    raw = make_disk(tmp_path / "disk.raw", size, [(0, 8192, 0x61), (16 * MiB, 96 * MiB, 0x62)])
+    packed = tmp_path / ("disk.raw." + {"gzip": "gz", "xz": "xz", "zstd": "zst"}[compressor])
+    run("bash", "-c", f"{compressor} -c {raw} > {packed}")
+    with mounted_tmpfs(tmp_path / "small", "40m") as out:
+        with record_invocations() as log:
+            result: Result = run_cli(  # type: ignore[operator]
+                ["publish", packed, "--to", "raw.gz,vmdk", "-d", out, "--name", "disk", "--json"]
+            )
+        assert result.exit_code == 0, result.output
+        assert [argv for argv in log.argvs if "qemu-img" in argv[0]] == []
+        report = json.loads(result.stdout)
+        assert report["source_format"] == "raw" and report["virtual_size"] == size
+        assert sorted(p.name for p in out.iterdir()) == ["SHA256SUMS", "disk.raw.gz", "disk.vmdk"]
+        check = run("bash", "-c", f"cd {out} && sha256sum -c --strict SHA256SUMS")
+        assert check.stdout.decode().count(": OK") == 2
+        unpacked = tmp_path / "unpacked.raw"
+        run("bash", "-c", f"gzip -dc {out / 'disk.raw.gz'} > {unpacked}")
+        assert "Images are identical" in qemu_img("compare", "-f", "raw", "-F", "raw", raw, unpacked)
+        assert libvmdk_sha256(out / "disk.vmdk") == (size, sha256_file(raw))

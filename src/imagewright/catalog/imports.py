@@ -244,6 +244,36 @@ def drop_pending_blobs(session: Session, task_id: str) -> list[BlobRef]:
     return [BlobRef(row.store_id, row.location) for row in rows]
 
 
+#: An original kept beside its conversion: its row's status, and its properties' prefix.
+ORIGINAL = "original"
+ORIGINAL_PROPERTY_PREFIX = "os_imagewright_original_"
+
+
+@dataclass(frozen=True)
+class KeptOriginal:
+    """The data of a converted import as it arrived (``--keep-original``): its blob and facts."""
+
+    blob: BlobRef
+    disk_format: str
+    container_format: str
+    size: int
+    md5: str
+    sha512: str
+
+    def properties(self) -> dict[str, str]:
+        """What the image shows of it (``os_imagewright_original_*``, read-only to clients)."""
+        facts = {
+            "disk_format": self.disk_format,
+            "container_format": self.container_format,
+            "size": str(self.size),
+            "checksum": self.md5,
+            "os_hash_algo": "sha512",
+            "os_hash_value": self.sha512,
+            "store": self.blob.store_id,
+        }
+        return {ORIGINAL_PROPERTY_PREFIX + name: value for name, value in facts.items()}
+
+
 def complete_import(
     session: Session,
     image_id: str,
@@ -254,11 +284,15 @@ def complete_import(
     failed_stores: Sequence[str],
     stores: Sequence[str],
     properties: dict[str, str] | None = None,
+    original: KeptOriginal | None = None,
 ) -> list[BlobRef] | None:
     """``importing`` → ``active`` with ``values`` and the blobs ``written`` (the first is primary).
 
-    Returns the blobs to delete now (the staged data), or None when the task no longer holds the
-    image (deleted, or its lock taken over): the caller then deletes what it wrote.
+    ``original``: the data as it arrived, kept (a pending blob of the task, or the staged one):
+    its row becomes ``original`` and the image's ``os_imagewright_original_*`` properties say
+    what it is. Returns the blobs to delete now (the staged data, unless kept), or None when the
+    task no longer holds the image (deleted, or its lock taken over): the caller then deletes
+    what it wrote.
     """
     image = session.scalars(select(Image).where(Image.id == image_id).with_for_update()).first()
     if image is None or not holds_lock(image, task_id) or image.status != "importing":
@@ -276,6 +310,15 @@ def complete_import(
             .values(status="active", task_id=None)
             .execution_options(synchronize_session=False)
         )
+    if original is not None:
+        session.execute(
+            update(ImageLocation)
+            .where(ImageLocation.location == original.blob.location, ImageLocation.image_id == image_id)
+            .values(status=ORIGINAL, task_id=None)
+            .execution_options(synchronize_session=False)
+        )
+        for name, value in original.properties().items():
+            set_property(image, name, value)
     staged = _drop_locations(session, image_id, status="staging")
     for name, value in (properties or {}).items():
         set_property(image, name, value)

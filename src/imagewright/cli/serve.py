@@ -96,6 +96,13 @@ from imagewright.service.config import DEFAULT_LISTEN, parse_listen
     help="Convert imported images to raw or qcow2 (in every store, or in STORE; repeatable).",
 )
 @click.option(
+    "--keep-original",
+    is_flag=True,
+    help="When an import is converted (--convert-to), keep the data as it arrived too: a second blob "
+    "in the image's store, described by the image's os_imagewright_original_* properties "
+    "(Glance, and the default, discard it).",
+)
+@click.option(
     "--glance-region",
     "glance_regions",
     multiple=True,
@@ -139,6 +146,7 @@ def command(
     web_download_allow: tuple[str, ...],
     web_download_timeout: float,
     convert_to: tuple[str, ...],
+    keep_original: bool,
     glance_regions: tuple[str, ...],
     export_ttl: float,
     task_lease: float,
@@ -169,6 +177,7 @@ def command(
         "web_download_allow": web_download_allow,
         "web_download_idle_timeout": web_download_timeout,
         "convert_to": convert_to,
+        "keep_original": keep_original,
         "glance_regions": glance_regions,
         "export_ttl_seconds": export_ttl,
         "task_lease_seconds": task_lease,

@@ -2,7 +2,9 @@
 
 ``read_source`` admits the source (the safety gate, through convert's ``prepare_source``:
 any format imagewright reads, compressed sources decompressed to a sparse scratch file
-first) and ``run_pass`` streams it: qemu-img → convert's NBD sink → ``GrainStream`` →
+first); ``publish`` opens it as convert does instead (``ops.convert.open_source``: a
+compressed raw disk streamed as it decompresses, no scratch copy). ``run_pass`` streams
+either: qemu-img → convert's NBD sink (or the decompressing window) → ``GrainStream`` →
 targets. ``SequentialFile`` is the sink targets write their files through (front to back,
 hashed as written, errors as one sentence).
 """
@@ -14,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from imagewright.formats.base import Limits
-from imagewright.ops.convert import stream_raw
+from imagewright.ops.convert import ImageSource, stream_raw
 from imagewright.ops.convert.output import OutputFile
 from imagewright.ops.convert.source import PreparedSource, prepare_source
 from imagewright.package.deflate import DEFAULT_LEVEL
@@ -32,7 +34,7 @@ def read_source(
 
 
 def run_pass(
-    source: PreparedSource,
+    source: ImageSource,
     targets: Sequence[GrainTarget],
     *,
     stage: str = "packaging",

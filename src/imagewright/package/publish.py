@@ -1,6 +1,9 @@
 """``publish``: every output of one image from one read — one inspection, one checksum set.
 
-The source is admitted once (the gate) and streamed once (``passes.run_pass``); each grain
+The source is opened as ``convert`` opens it (``ops.convert.open_source``: a compressed raw
+disk — ``disk.raw.gz``, how cloud images travel — is judged and handed on as it decompresses,
+no scratch copy; anything else is admitted by the gate and read by qemu-img) and streamed
+once (``passes.run_pass``); each grain
 goes to every requested target, and the compressed targets share the grain's one deflate
 block. What each target does, in the table ``TARGETS`` (one record per target: its name,
 what it makes, how it is built):
@@ -40,12 +43,13 @@ from typing import Any
 from imagewright.errors import InvalidArgumentError
 from imagewright.files import AtomicOutput, ScratchFiles, write_file_atomically
 from imagewright.formats.base import Limits
+from imagewright.ops.convert import NotRawError, open_source
 from imagewright.ops.convert.output import OutputFile
 from imagewright.package.bundle import BundleJob, BundleOptions
 from imagewright.package.deflate import DEFAULT_LEVEL, GzipMember
 from imagewright.package.grains import DigestTarget, Grain, GrainTarget
 from imagewright.package.ova import OvaLayout, OvaOptions, OvaWriter, file_digests
-from imagewright.package.passes import Progress, SequentialFile, read_source, run_pass
+from imagewright.package.passes import Progress, SequentialFile, run_pass
 from imagewright.package.qcow2_stream import CLUSTER, Qcow2StreamWriter
 from imagewright.package.vmdk_stream import StreamOptimizedWriter, VmdkOptions
 
@@ -377,57 +381,72 @@ def publish(
                 f"'{requested}' is not a publish target; choose from {', '.join(TARGETS)}."
             )
     base = name or _default_name(image_path)
-    with contextlib.ExitStack() as stack:
-        scratch = stack.enter_context(ScratchFiles(out_dir / base))
-        source = read_source(image_path, scratch.scratch, limits, progress)
-        context = PublishContext(
-            name=base,
-            directory=out_dir,
-            virtual_size=source.virtual_size,
-            stack=stack,
-            force=force,
-            level=level,
-            ova=ova,
-            bundle=bundle,
-            scratch=scratch.scratch,
-            targets=list(targets),
-            source=image_path,
-        )
-        built: list[Target] = []
-        hidden: set[int] = set()
-        for record in TARGETS.values():
-            if record.name in targets:
-                built.append(record.build(context))
-            elif record.name in unpublished:
-                context.building_unpublished = True
-                built.append(record.build(context))
-                context.building_unpublished = False
-                hidden.add(len(built) - 1)
-        grain_targets: list[GrainTarget] = []
-        for target in built:
-            grain_targets.extend(target.grain_targets())
-        run_pass(source, grain_targets, stage="publishing", progress=progress, level=level, concurrent=True)
-        _after_pass(built)
-        files: list[PublishedFile] = []
-        outputs: list[AtomicOutput] = []
-        finished: list[FinishedFile] = []
-        for index, target in enumerate(built):
-            for output, size, digest in target.files():
-                made = PublishedFile(target.name, str(output.target), size, digest)
-                finished.append(FinishedFile(made, output.path, unpublished=index in hidden))
-                if index not in hidden:
-                    files.append(made)
-                    outputs.append(output)
-        sums = "".join(f"{f.sha256}  {Path(f.path).name}\n" for f in files)
-        if hand_over is not None:
-            hand_over(finished)
-        for output in outputs:
-            output.commit()
-        write_file_atomically(out_dir / SUMS_FILE, sums, force=True)
+
+    def attempt(stream: bool) -> tuple[str, int, list[PublishedFile]]:
+        """One attempt: the source opened as convert opens it (a compressed raw disk streamed as
+        it decompresses, no scratch copy), every target fed by one pass, the files committed."""
+        with contextlib.ExitStack() as stack:
+            scratch = stack.enter_context(ScratchFiles(out_dir / base))
+            source = stack.enter_context(
+                open_source(image_path, scratch.scratch, limits, progress, stream=stream)
+            )
+            context = PublishContext(
+                name=base,
+                directory=out_dir,
+                virtual_size=source.virtual_size,
+                stack=stack,
+                force=force,
+                level=level,
+                ova=ova,
+                bundle=bundle,
+                scratch=scratch.scratch,
+                targets=list(targets),
+                source=image_path,
+            )
+            built: list[Target] = []
+            hidden: set[int] = set()
+            for record in TARGETS.values():
+                if record.name in targets:
+                    built.append(record.build(context))
+                elif record.name in unpublished:
+                    context.building_unpublished = True
+                    built.append(record.build(context))
+                    context.building_unpublished = False
+                    hidden.add(len(built) - 1)
+            grain_targets: list[GrainTarget] = []
+            for target in built:
+                grain_targets.extend(target.grain_targets())
+            run_pass(
+                source, grain_targets, stage="publishing", progress=progress, level=level, concurrent=True
+            )
+            _after_pass(built)
+            files: list[PublishedFile] = []
+            outputs: list[AtomicOutput] = []
+            finished: list[FinishedFile] = []
+            for index, target in enumerate(built):
+                for output, size, digest in target.files():
+                    made = PublishedFile(target.name, str(output.target), size, digest)
+                    finished.append(FinishedFile(made, output.path, unpublished=index in hidden))
+                    if index not in hidden:
+                        files.append(made)
+                        outputs.append(output)
+            sums = "".join(f"{f.sha256}  {Path(f.path).name}\n" for f in files)
+            if hand_over is not None:
+                hand_over(finished)
+            for output in outputs:
+                output.commit()
+            write_file_atomically(out_dir / SUMS_FILE, sums, force=True)
+        return source.format, source.virtual_size, files
+
+    try:
+        source_format, virtual_size, files = attempt(stream=True)
+    except NotRawError:
+        # A compressed fixed VHD (its footer is at the very end): read it the spooled way.
+        source_format, virtual_size, files = attempt(stream=False)
     return PublishResult(
         source=str(image_path),
-        source_format=source.format,
-        virtual_size=source.virtual_size,
+        source_format=source_format,
+        virtual_size=virtual_size,
         files=files,
         sums=str(out_dir / SUMS_FILE),
         seconds=time.monotonic() - started,

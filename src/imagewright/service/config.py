@@ -54,6 +54,8 @@ class ServiceConfig:
     web_download_timeout: float = 6 * 3600.0
     #: ``FORMAT`` (every store) or ``STORE=FORMAT``: what imports are converted to (``--convert-to``).
     convert_to: tuple[str, ...] = ()
+    #: Keep the data of a converted import as it arrived, as a second blob (``--keep-original``).
+    keep_original: bool = False
     #: ``NAME=CLOUD@CLOUDS_YAML``: other Glance-compatible registries glance-download copies from.
     glance_regions: tuple[str, ...] = ()
     #: How long an export's download URL (and its blob) stays valid.

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from imagewright.binary import FileSource
+from imagewright.binary import FileSource, GrowingFile
 from imagewright.errors import ImageIOError, ImagewrightError, InvalidArgumentError, ProgramError
 from imagewright.files import AtomicOutput, ScratchFiles, io_error
 from imagewright.formats.base import Limits
@@ -57,7 +57,17 @@ from imagewright.programs import qemu_img
 #: ``progress(stage, done, total)``: stage is "decompressing", "converting", "compressing" or "hashing".
 Progress = Callable[[str, int, int | None], None]
 
-__all__ = ["ConvertResult", "OutputPlan", "Progress", "convert", "plan_output", "stream_raw"]
+__all__ = [
+    "ConvertResult",
+    "ImageSource",
+    "NotRawError",
+    "OutputPlan",
+    "Progress",
+    "convert",
+    "open_source",
+    "plan_output",
+    "stream_raw",
+]
 
 
 @dataclass
@@ -86,9 +96,17 @@ class ConvertResult:
     #: What inspection found in the source (for a streamed source: the decompressed disk,
     #: surveyed as it went by). Not part of ``to_dict``.
     source_report: ImageReport | None = field(default=None, repr=False, compare=False)
+    #: The compressed file around the source, when it came compressed (its container facts,
+    #: the inner report inside): what a registry checks ``container_format`` against.
+    #: Not part of ``to_dict``.
+    wrapper_report: ImageReport | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "source_report"}
+        return {
+            f.name: _plain(getattr(self, f.name))
+            for f in fields(self)
+            if f.name not in ("source_report", "wrapper_report")
+        }
 
 
 def _plain(value: Any) -> Any:
@@ -107,8 +125,14 @@ def convert(
     force: bool = False,
     limits: Limits | None = None,
     progress: Progress | None = None,
+    growing: GrowingFile | None = None,
 ) -> ConvertResult:
-    """Convert the image ``src`` into ``dst``; see the module docstring for how."""
+    """Convert the image ``src`` into ``dst``; see the module docstring for how.
+
+    ``growing``: ``src`` is still being written (a download, ``GrowingFile``): a compressed raw
+    disk is judged and converted from it as its bytes arrive; any other source waits until it
+    is complete. The caller makes sure the writer ended well before it uses the output.
+    """
     started = time.monotonic()
     src_path, dst_path = Path(src), Path(dst)
     plan = plan_output(
@@ -123,8 +147,10 @@ def convert(
         raise InvalidArgumentError("The output would overwrite the source; choose another output name.")
     limits = limits or Limits()
     notes: list[str] = []
-    with AtomicOutput(dst_path, force=force) as out, FileSource(src_path) as opened:
+    with AtomicOutput(dst_path, force=force) as out, growing or FileSource(src_path) as opened:
         stream = open_stream(opened, str(src_path), limits, progress)
+        if growing is not None and not isinstance(stream, RawStream):
+            growing.wait_complete()  # read by path from here on
         source: PreparedSource | None = None
         if isinstance(stream, RawStream):
             try:
@@ -132,10 +158,13 @@ def convert(
                 fmt, virtual_size = "raw", stream.virtual_size
                 wrapper: str | None = stream.compression
                 report: ImageReport = stream.reports.inner
+                wrapper_report: ImageReport | None = stream.reports.wrapper
                 notes.extend(stream.reports.notes)
                 access = "streamed"
             except NotRawError as err:  # a fixed VHD, known by its footer at the very end
                 _empty(out.path)
+                if growing is not None:
+                    growing.wait_complete()
                 source = prepare_source(src_path, out.scratch, limits, progress, inner_format=err.format)
         else:
             source = prepare_source(src_path, out.scratch, limits, progress, inner_format=stream)
@@ -147,7 +176,7 @@ def convert(
                 content, output = _write_formatted(source.path, source, out.path, out.scratch, plan, progress)
             fmt = source.format
             wrapper = source.wrapper.format if source.wrapper is not None else None
-            virtual_size, report = source.virtual_size, source.report
+            virtual_size, report, wrapper_report = source.virtual_size, source.report, source.wrapper
             notes.extend(source.notes)
             access = "spooled" if source.wrapper is not None else "file"
         out.commit()
@@ -170,6 +199,7 @@ def convert(
         source_access=access,
         notes=notes,
         source_report=report,
+        wrapper_report=wrapper_report,
     )
 
 
@@ -209,23 +239,17 @@ def _convert_stream(
     stream: RawStream, out: AtomicOutput, plan: OutputPlan, progress: Progress | None
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Decompress ``stream`` in a thread while the output is written from it."""
+    if plan.format == "raw":
+        writer = ImageStreamWriter(out.path, compression=plan.compression, checksums=plan.checksums)
+        try:
+            stream_raw(stream, writer, _stage(progress, "converting"))
+            writer.finish(stream.virtual_size)
+        finally:
+            writer.close()
+        return writer.content.hexdigests(), writer.output.hexdigests()
     window = ForwardWindow(stream.virtual_size)
     producer = start_producer(stream, window)
     try:
-        if plan.format == "raw":
-            writer = ImageStreamWriter(out.path, compression=plan.compression, checksums=plan.checksums)
-            try:
-                for offset, length, data in segments(window, stream.virtual_size):
-                    if data is None:
-                        writer.zeros(offset, length)
-                    else:
-                        writer.write(offset, data)
-                    if progress is not None:
-                        progress("converting", offset + length, stream.virtual_size)
-                writer.finish(stream.virtual_size)
-            finally:
-                writer.close()
-            return writer.content.hexdigests(), writer.output.hexdigests()
         with _socket_dir() as sockdir, NbdStreamSource(os.path.join(sockdir, "source"), window) as server:
             try:
                 result = _write_formatted(
@@ -248,19 +272,80 @@ def _convert_stream(
         producer.join()
 
 
+def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
+    """``progress`` as a ``(done, total)`` callback of one stage (None without progress)."""
+    if progress is None:
+        return None
+
+    def report(done: int, total: int) -> None:
+        progress(stage, done, total)
+
+    return report
+
+
+#: A source ready to be read front to back: a compressed raw disk as it decompresses
+#: (``RawStream``), or a file qemu-img reads (``PreparedSource``, admitted by the gate).
+ImageSource = PreparedSource | RawStream
+
+
+@contextmanager
+def open_source(
+    src: str | os.PathLike[str],
+    scratch: Callable[[str], Path],
+    limits: Limits | None = None,
+    progress: Progress | None = None,
+    *,
+    stream: bool = True,
+) -> Iterator[ImageSource]:
+    """``src`` as convert reads it, for callers that stream its guest bytes (``stream_raw``).
+
+    A compressed raw disk is a ``RawStream`` (no scratch copy; see ``raw_stream``); any other
+    source is admitted and prepared (``prepare_source``: a compressed non-raw image is spooled).
+    ``stream`` False: always the prepared way — what a caller does again when ``stream_raw``
+    raised ``NotRawError`` (a compressed fixed VHD, known by its footer only at the very end).
+    """
+    src_path = Path(src)
+    limits = limits or Limits()
+    found: RawStream | str | None = None
+    with FileSource(src_path) as opened:
+        if stream:
+            found = open_stream(opened, str(src_path), limits, progress)
+        if isinstance(found, RawStream):
+            yield found
+            return
+    yield prepare_source(src_path, scratch, limits, progress, inner_format=found)
+
+
 def stream_raw(
-    source: PreparedSource,
+    source: ImageSource,
     consumer: StreamConsumer,
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Stream ``source``'s guest bytes, front to back, into ``consumer`` (raw, in one pass).
 
-    qemu-img writes raw into the in-process NBD sink, which hands ``consumer`` every write
-    in ascending order and the zero runs between them (``nbd_sink``). The package stage
-    uses this too (OVA, EC2 bundles, publish): one way to read any image as a stream.
-    ``progress(done, total)`` is polled while qemu-img runs.
+    A ``RawStream`` is decompressed in a thread and handed on from its window, no qemu-img at
+    all (a refusal mid-stream is raised here, before the last piece); a prepared source is read
+    by qemu-img, which writes raw into the in-process NBD sink, which hands ``consumer`` every
+    write in ascending order and the zero runs between them (``nbd_sink``). Convert's raw
+    outputs and the package stage (OVA, EC2 bundles, publish) use this: one way to read any
+    image as a stream. ``progress(done, total)`` is called as the bytes go by.
     """
     size = source.virtual_size
+    if isinstance(source, RawStream):
+        window = ForwardWindow(size)
+        producer = start_producer(source, window)
+        try:
+            for offset, length, data in segments(window, size):
+                if data is None:
+                    consumer.zeros(offset, length)
+                else:
+                    consumer.write(offset, memoryview(data))
+                if progress is not None:
+                    progress(offset + length, size)
+        finally:
+            window.cancel()
+            producer.join()
+        return
     with _socket_dir() as sockdir:
         sink_path = os.path.join(sockdir, "sink")
         with NbdStreamSink(sink_path, size, consumer) as sink:
@@ -281,12 +366,8 @@ def _write_raw(
     size = source.virtual_size
     writer = ImageStreamWriter(temp, compression=plan.compression, checksums=plan.checksums)
 
-    def converting(done: int, total: int) -> None:
-        if progress is not None:
-            progress("converting", done, total)
-
     try:
-        stream_raw(source, writer, converting)
+        stream_raw(source, writer, _stage(progress, "converting"))
         writer.finish(size)
     finally:
         writer.close()

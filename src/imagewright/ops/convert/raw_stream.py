@@ -123,6 +123,9 @@ class RawStream:
     ``reports`` tells what was found.
     """
 
+    #: What the consumer reads: the decompressed disk is raw.
+    format = "raw"
+
     def __init__(
         self,
         src: ByteSource,

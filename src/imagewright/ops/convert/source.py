@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagewright.binary import FileSource
+from imagewright.binary import ByteSource
 from imagewright.errors import ImagewrightError, UnsupportedFormatError
 from imagewright.formats.base import Limits
 from imagewright.formats.containers.decompress import DecompressedStream
@@ -48,7 +48,7 @@ Progress = Callable[[str, int, int | None], None]
 
 
 def open_stream(
-    src: FileSource, label: str, limits: Limits, progress: Progress | None = None
+    src: ByteSource, label: str, limits: Limits, progress: Progress | None = None
 ) -> RawStream | str | None:
     """``src`` as a ``RawStream`` when it is a compressed raw disk; else None (not compressed,
     or a compressed archive), or the format of the compressed content (needs the spool way).

@@ -290,6 +290,7 @@ async def import_image(request: Request) -> Response:
             stores=tuple(targets),
             all_stores_must_succeed=must_succeed,
             convert_to=None if name == "copy-image" else convert_to,
+            keep_original=config.keep_original and name != "copy-image" and convert_to is not None,
             uri=str(uri) if name == "web-download" else None,
             allow=tuple(config.web_download_allow),
             max_bytes=config.image_size_cap,

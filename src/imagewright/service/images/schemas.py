@@ -54,7 +54,9 @@ CREATE_ONLY = frozenset({"id"})
 #: Glance's reserved names, and the properties this registry sets from what it verified in the
 #: data (an OVA's signer: ``upload_gate.OVA_PROPERTIES``), which a client must not forge.
 RESERVED = frozenset({"location", "deleted", "deleted_at", "locations", *OVA_PROPERTIES})
-RESERVED_PREFIX = "os_glance"
+#: Glance's own prefix, and ours for the facts of an original kept beside its conversion
+#: (``--keep-original``).
+RESERVED_PREFIX = ("os_glance", "os_imagewright_original_")
 #: Image columns (everything else a client sends is a custom property).
 BASE = frozenset(
     {

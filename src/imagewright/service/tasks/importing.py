@@ -16,12 +16,16 @@ For the first three, the bytes then go through the same gate as an upload
 content), and what is inside them becomes properties (OS, firmware, audit) as for an upload
 (``service.images.publishing``; a public image whose data holds secrets fails the import).
 If the target stores convert (``--convert-to``), ``ops.convert`` writes the image in
-that format (the source judged again by its own gate; md5 and sha512 of the output computed as
-it is written); ``disk_format`` becomes the target and ``container_format`` ``bare``, as
-Glance's image_conversion plugin does. The data is written into each target store (each blob
-named in the catalog before its first byte), hashed on the way when no conversion hashed it, and
-the image turns ``active`` with size, ``virtual_size``, ``checksum`` (md5) and ``os_hash_value``
-(sha512) of what the stores hold.
+that format — ``imagewright convert``'s one path (the source judged again by its own gate; md5
+and sha512 of the output computed as it is written). A compressed image (``container_format``
+``compressed``: a ``disk.raw.gz`` as cloud images travel) is judged by convert alone: a raw disk
+inside is judged and converted as it decompresses, no scratch copy, every byte seen before the
+image can turn active (the upload gate would examine it only as far as memory allows, and
+refuse more); then its content must be what the declared formats say. ``disk_format`` becomes
+the target and ``container_format`` ``bare``, as Glance's image_conversion plugin does. The data
+is written into each target store (each blob named in the catalog before its first byte), hashed
+on the way when no conversion hashed it, and the image turns ``active`` with size,
+``virtual_size``, ``checksum`` (md5) and ``os_hash_value`` (sha512) of what the stores hold.
 
 Any failure (a refused URL, a hostile image, a full store, the image deleted meanwhile) deletes
 every blob this attempt wrote and the staged data, and puts the image back to ``queued``
@@ -34,19 +38,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from imagewright.binary import ByteSource, FileSource
+from imagewright.binary import ByteSource, FileSource, GrowingFile
 from imagewright.catalog import imports
 from imagewright.catalog.imports import BlobRef
 from imagewright.catalog.models import Image
-from imagewright.errors import ImagewrightError, StoreError
+from imagewright.errors import ImagewrightError, StoreError, UnsafeImageError
 from imagewright.files import ScratchFiles
-from imagewright.inspection import ImageReport
+from imagewright.formats.containers.signature import probe_compression
+from imagewright.inspection import ImageReport, inspect_image
 from imagewright.ops.inspect_os.properties import ImageFacts
 from imagewright.service.images import publishing
 from imagewright.service.images.schemas import MAX_PROPERTIES
@@ -54,7 +60,10 @@ from imagewright.service.tasks import web_download
 from imagewright.service.tasks.run import TaskRun, TaskStoppedError
 from imagewright.stores import BlobStore
 from imagewright.stores.file import FileStore
-from imagewright.upload_gate import judge_upload
+from imagewright.upload_gate import judge_report, judge_upload
+
+if TYPE_CHECKING:
+    from imagewright.ops.convert import ConvertResult
 
 LOG = logging.getLogger("imagewright.service.tasks")
 
@@ -81,6 +90,8 @@ class ImportPlan:
     timeout: float = 6 * 3600.0
     remote_url: str | None = None
     remote_token: str | None = None
+    #: Keep the data as it arrived beside its conversion (``--keep-original``).
+    keep_original: bool = False
 
     def to_private(self) -> dict[str, Any]:
         return {
@@ -95,6 +106,7 @@ class ImportPlan:
             "timeout": self.timeout,
             "remote_url": self.remote_url,
             "remote_token": self.remote_token,
+            "keep_original": self.keep_original,
         }
 
     @classmethod
@@ -111,6 +123,7 @@ class ImportPlan:
             timeout=float(data.get("timeout") or 6 * 3600.0),
             remote_url=data.get("remote_url"),
             remote_token=data.get("remote_token"),
+            keep_original=bool(data.get("keep_original")),
         )
 
 
@@ -198,12 +211,31 @@ def _import(
     run: TaskRun, plan: ImportPlan, image_id: str, work: Path, written: list[BlobRef], failed: list[str]
 ) -> dict[str, Any]:
     declared = _declared(run, image_id)
-    data = _acquire(run, plan, image_id, work)
-    run.progress("inspecting", 0, data.size)
-    _judge(run, data, image_id, declared)
-    run.progress("looking inside", 0, None)
-    facts = _facts(run, data, work)
-    data = _convert(run, plan, data, work)
+    converted: ImageData | None = None
+    facts: ImageFacts | None = None
+    if plan.convert_to is not None and plan.method != "glance-direct":
+        arrived, converted = _acquire_converting(run, plan, work, declared)
+    else:
+        arrived = _acquire(run, plan, image_id, work)
+    if converted is None:
+        run.progress("inspecting", 0, arrived.size)
+        if plan.convert_to is not None and _compressed(run, arrived):
+            # A compressed image is judged by convert itself, every decompressed byte as it goes
+            # by (the upload gate examines a compressed blob only as far as memory allows).
+            converted = _convert_compressed(run, plan, arrived, work, declared)
+        else:
+            _judge(run, arrived, image_id, declared)
+            run.progress("looking inside", 0, None)
+            facts = _facts(run, arrived, work)
+            converted = _convert(run, plan, arrived, work)
+    data = converted
+    if facts is None:
+        # Converted as it decompressed: what is inside is read from the conversion's output.
+        run.progress("looking inside", 0, None)
+        facts = _converted_facts(data)
+    original = (
+        _keep_original(run, image_id, plan, arrived) if plan.keep_original and data is not arrived else None
+    )
     for index, store_id in enumerate(plan.stores):
         run.check()
         last = index == len(plan.stores) - 1
@@ -238,6 +270,7 @@ def _import(
             failed_stores=failed,
             stores=plan.stores,
             properties=data.properties,
+            original=original,
         )
         if staged is not None:
             image = session.get(Image, image_id)
@@ -265,23 +298,11 @@ def _acquire(run: TaskRun, plan: ImportPlan, image_id: str, work: Path) -> Image
             size = reader.size
         return ImageData(size=size, disk_format="", container_format="", virtual_size=None, blob=staged)
     target = work / "download"
+    url, headers, policy = _fetch_spec(plan)
     limits = web_download.Limits(plan.max_bytes, plan.idle_timeout, plan.timeout)
-    if plan.method == "web-download":
-        if not plan.uri:
-            raise ImportFailedError("The web-download import names no URI.")
-        url, headers = plan.uri, {}
-        policy = web_download.UrlPolicy.from_prefixes(plan.allow)
-    elif plan.method == "glance-download":
-        if not plan.remote_url:
-            raise ImportFailedError("The glance-download import names no remote image.")
-        url = plan.remote_url
-        headers = {"X-Auth-Token": plan.remote_token or ""}
-        # The remote registry is the operator's (configured with --glance-region): allowed as such.
-        policy = web_download.UrlPolicy.from_prefixes([_origin(url)])
-    else:
-        raise ImportFailedError(f"Unknown import method {plan.method!r}.")
-    # Without a conversion the downloaded bytes are what is stored: hash them as they arrive.
-    hashes = _Hashes() if plan.convert_to is None else None
+    # Without a conversion (or with the original kept) the downloaded bytes are stored: hash
+    # them as they arrive.
+    hashes = _Hashes() if plan.convert_to is None or plan.keep_original else None
     result = web_download.download(
         url,
         target,
@@ -302,6 +323,93 @@ def _acquire(run: TaskRun, plan: ImportPlan, image_id: str, work: Path) -> Image
     if hashes is not None:
         data.md5, data.sha512 = hashes.md5.hexdigest(), hashes.sha512.hexdigest()
     return data
+
+
+def _fetch_spec(plan: ImportPlan) -> tuple[str, dict[str, str], web_download.UrlPolicy]:
+    """What a web-download or glance-download fetches: the URL, its headers, the URL policy."""
+    if plan.method == "web-download":
+        if not plan.uri:
+            raise ImportFailedError("The web-download import names no URI.")
+        return plan.uri, {}, web_download.UrlPolicy.from_prefixes(plan.allow)
+    if plan.method == "glance-download":
+        if not plan.remote_url:
+            raise ImportFailedError("The glance-download import names no remote image.")
+        headers = {"X-Auth-Token": plan.remote_token or ""}
+        # The remote registry is the operator's (configured with --glance-region): allowed as such.
+        return plan.remote_url, headers, web_download.UrlPolicy.from_prefixes([_origin(plan.remote_url)])
+    raise ImportFailedError(f"Unknown import method {plan.method!r}.")
+
+
+def _acquire_converting(
+    run: TaskRun, plan: ImportPlan, work: Path, declared: DeclaredImage
+) -> tuple[ImageData, ImageData | None]:
+    """A download into a converting store: (what arrived, its conversion or None).
+
+    The download runs in a thread. A compressed image is converted from the file *as it
+    arrives* (``convert`` reads it through a ``GrowingFile``, waiting for each byte): a raw disk
+    inside streams through convert's own judge — every decompressed byte judged before it is
+    handed on, the last piece held back until the end of the stream is judged, and no qemu-img
+    reads anything but ``-f raw`` — so decompressing (for gzip: the checking pass) overlaps the
+    download. The image turns active only after both ended well. Anything else (a qcow2 ...)
+    needs random access: None, and the caller judges and converts the complete file.
+    """
+    target = work / "download"
+    target.touch()
+    url, headers, policy = _fetch_spec(plan)
+    limits = web_download.Limits(plan.max_bytes, plan.idle_timeout, plan.timeout)
+    hashes = _Hashes() if plan.keep_original else None
+    stop = threading.Event()
+    outcome: list[web_download.DownloadResult] = []
+    with GrowingFile(target) as growing:
+        report = run.reporter("downloading")
+
+        def progress(done: int, total: int | None) -> None:
+            if total is not None:
+                growing.expect(total)
+            report(done, total)
+
+        def fetch() -> None:
+            try:
+                outcome.append(
+                    web_download.download(
+                        url,
+                        target,
+                        policy,
+                        limits,
+                        headers=headers,
+                        progress=progress,
+                        should_stop=lambda: stop.is_set() or run.should_stop(),
+                        on_data=hashes.update if hashes is not None else None,
+                        on_written=growing.grew,
+                    )
+                )
+                growing.finish()
+            except BaseException as err:  # noqa: BLE001 - handed to the reader, raised there
+                growing.fail(err)
+
+        thread = threading.Thread(target=fetch, name=f"download-{run.task.id[:8]}", daemon=True)
+        thread.start()
+        arrived = ImageData(
+            size=0, disk_format="", container_format="", virtual_size=None, path=target, owned=True
+        )
+        converted: ImageData | None = None
+        try:
+            if probe_compression(growing.pread(0, 64)) is not None:
+                converted = _convert_compressed(run, plan, arrived, work, declared, growing=growing)
+            growing.wait_complete()
+        finally:
+            if not outcome:
+                stop.set()  # the conversion failed: the download stops too
+            thread.join()
+    run.check()
+    result = outcome[0]
+    LOG.info("task %s downloaded %d bytes from %s", run.task.id, result.size, result.final_url)
+    if result.size == 0:
+        raise ImportFailedError(f"{url} sent no data.")
+    arrived.size = result.size
+    if hashes is not None:
+        arrived.md5, arrived.sha512 = hashes.md5.hexdigest(), hashes.sha512.hexdigest()
+    return arrived, converted
 
 
 def _origin(url: str) -> str:
@@ -347,6 +455,53 @@ def _facts(run: TaskRun, data: ImageData, work: Path) -> ImageFacts:
     return publishing.content_facts(data.path, data.report, data.disk_format, data.container_format)
 
 
+def _converted_facts(data: ImageData) -> ImageFacts:
+    """``_facts`` of a conversion's output: a local file this task wrote from judged bytes."""
+    assert data.path is not None
+    return publishing.content_facts(
+        data.path, inspect_image(data.path), data.disk_format, data.container_format
+    )
+
+
+def _compressed(run: TaskRun, data: ImageData) -> bool:
+    source = _open_source(run, data)
+    try:
+        return probe_compression(source.pread(0, 64)) is not None
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+
+
+def _convert_compressed(
+    run: TaskRun,
+    plan: ImportPlan,
+    data: ImageData,
+    work: Path,
+    declared: DeclaredImage,
+    *,
+    growing: GrowingFile | None = None,
+) -> ImageData:
+    """A compressed image into ``plan.convert_to`` by ``imagewright convert``'s own path (a raw
+    disk inside is judged and converted as it decompresses, no scratch copy; any other format
+    is spooled and inspected in full first): the gate's verdict is convert's, and the content
+    must then be what the image's formats declare (``container_format`` ``compressed``)."""
+    assert plan.convert_to is not None
+    try:
+        converted, result = _run_convert(run, plan.convert_to, data, work, growing=growing)
+    except UnsafeImageError as err:
+        reasons = err.reasons
+        more = f" (also: {'; '.join(reasons[1:4])})" if len(reasons) > 1 else ""
+        raise UnsafeImageError(f"The image is refused: {reasons[0].rstrip('.')}{more}.", reasons) from None
+    found = result.wrapper_report or result.source_report
+    if found is None:
+        raise ImportFailedError("The conversion did not say what it read; the image was not imported.")
+    judged = judge_report(found, declared.disk_format, declared.container_format)
+    data.disk_format, data.container_format = judged.disk_format, judged.container_format
+    data.virtual_size = result.virtual_size
+    return converted
+
+
 def _convert(run: TaskRun, plan: ImportPlan, data: ImageData, work: Path) -> ImageData:
     """The data in ``plan.convert_to`` (via ``ops.convert``), or unchanged when it already is."""
     target = plan.convert_to
@@ -359,6 +514,13 @@ def _convert(run: TaskRun, plan: ImportPlan, data: ImageData, work: Path) -> Ima
             f"The target store keeps {target} images, and an OVA package cannot be converted on import; "
             "import its disk image instead."
         )
+    return _run_convert(run, target, data, work)[0]
+
+
+def _run_convert(
+    run: TaskRun, target: str, data: ImageData, work: Path, *, growing: GrowingFile | None = None
+) -> tuple[ImageData, ConvertResult]:
+    """``ops.convert.convert`` (the CLI's one path) on the data, md5 and sha512 as it writes."""
     from imagewright.ops.convert import convert
 
     source = data.path if data.path is not None else _local_copy(run, data, work)
@@ -367,17 +529,20 @@ def _convert(run: TaskRun, plan: ImportPlan, data: ImageData, work: Path) -> Ima
     def progress(stage: str, done: int, total: int | None) -> None:
         run.progress(stage, done, total)
 
-    result = convert(source, output, output_format=target, checksums=("md5", "sha512"), progress=progress)
+    result = convert(
+        source, output, output_format=target, checksums=("md5", "sha512"), progress=progress, growing=growing
+    )
     run.check()
     LOG.info(
-        "task %s converted %s to %s (%d bytes) in %.1f s",
+        "task %s converted %s to %s (%d bytes, source %s) in %.1f s",
         run.task.id,
-        data.disk_format,
+        result.source_compression or result.source_format,
         target,
         result.output_size,
+        result.source_access,
         result.seconds,
     )
-    return ImageData(
+    converted = ImageData(
         size=result.output_size,
         disk_format=target,
         container_format="bare",
@@ -386,6 +551,33 @@ def _convert(run: TaskRun, plan: ImportPlan, data: ImageData, work: Path) -> Ima
         md5=result.checksums["md5"],
         sha512=result.checksums["sha512"],
         owned=True,
+    )
+    return converted, result
+
+
+def _keep_original(run: TaskRun, image_id: str, plan: ImportPlan, arrived: ImageData) -> imports.KeptOriginal:
+    """The data as it arrived, kept as a blob of its own (``--keep-original``) in the first target
+    store: the staged blob itself for glance-direct, else the download moved (or copied) in.
+
+    Not a location of the image: Glance's locations all hold the image's bytes, and a client may
+    read any of them. The catalog names it (``image_locations``, status ``original``: deleted
+    with the image) and the image's ``os_imagewright_original_*`` properties describe it.
+    """
+    if arrived.blob is not None:
+        blob = arrived.blob
+        _hash(run, arrived)
+    else:
+        store_id = plan.stores[0]
+        adopt = isinstance(run.environment.stores[store_id], FileStore)
+        blob = _store(run, image_id, store_id, arrived, adopt=adopt)
+    assert arrived.md5 is not None and arrived.sha512 is not None
+    return imports.KeptOriginal(
+        blob=blob,
+        disk_format=arrived.disk_format,
+        container_format=arrived.container_format,
+        size=arrived.size,
+        md5=arrived.md5,
+        sha512=arrived.sha512,
     )
 
 
@@ -425,6 +617,19 @@ def _chunks(run: TaskRun, data: ImageData) -> Iterator[bytes]:
         yield from run.environment.stores[data.blob.store_id].read_chunks(data.blob.location)
 
 
+def _hash(run: TaskRun, data: ImageData) -> None:
+    """md5 and sha512 of ``data`` (one read) unless known."""
+    if data.md5 is not None and data.sha512 is not None:
+        return
+    hashes = _Hashes()
+    done = 0
+    for chunk in _chunks(run, data):
+        hashes.update(chunk)
+        done += len(chunk)
+        run.progress("hashing", done, data.size)
+    data.md5, data.sha512 = hashes.md5.hexdigest(), hashes.sha512.hexdigest()
+
+
 def _store(run: TaskRun, image_id: str, store_id: str, data: ImageData, *, adopt: bool = False) -> BlobRef:
     """Write ``data`` into the store as a new blob (named in the catalog first); hash if unknown.
 
@@ -434,14 +639,7 @@ def _store(run: TaskRun, image_id: str, store_id: str, data: ImageData, *, adopt
     blob = _new_blob(run, image_id, store)
     key = store.key_of(blob.location)
     if adopt and data.path is not None:
-        if data.md5 is None or data.sha512 is None:
-            hashes = _Hashes()
-            done = 0
-            for chunk in _chunks(run, data):
-                hashes.update(chunk)
-                done += len(chunk)
-                run.progress("hashing", done, data.size)
-            data.md5, data.sha512 = hashes.md5.hexdigest(), hashes.sha512.hexdigest()
+        _hash(run, data)
         stage = f"storing:{store_id}"
         run.progress(stage, 0, data.size)
         location = store.adopt(key, data.path, lambda done: run.progress(stage, done, data.size))

@@ -277,10 +277,13 @@ def download(
     progress: DownloadProgress | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_data: Callable[[bytes], None] | None = None,
+    on_written: Callable[[int], None] | None = None,
 ) -> DownloadResult:
     """Fetch ``url`` into ``target_path`` (created or truncated) under ``policy``; see the docstring.
 
     ``on_data`` sees every byte once, in order (resumed pieces included): a hash of the file.
+    ``on_written(n)``: ``n`` more bytes are in the file, readable by another thread (the file
+    grows front to back; a reader that converts it as it arrives waits on this).
     """
     deadline = time.monotonic() + limits.total_timeout
     with open(target_path, "wb") as out:
@@ -289,6 +292,9 @@ def download(
             out.write(chunk)
             if on_data is not None:
                 on_data(chunk)
+            if on_written is not None:
+                out.flush()
+                on_written(len(chunk))
 
         fetch = _Fetch(url, policy, limits, deadline, dict(headers or {}), write, progress, should_stop)
         fetch.run()
