@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagewright.cli.common import new_console, stdout_console
-from imagewright.cli.render import Report
+from imagewright.cli.render import Report, new_console, stdout_console
 
 STYLES = st.sampled_from(["", "green", "bold red", "red", "dim"])
 #: What reports print: printable text, non-ASCII included.

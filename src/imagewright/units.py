@@ -17,7 +17,9 @@ _UNITS = {
     "s": 512,  # sectors, as sfdisk and qemu-img understand them
 }
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtpsb]?)(?:i?b)?\s*$", re.IGNORECASE)
+#: A pattern, not a compiled one: ``re`` compiles (and caches) it on first use, so a
+#: command that parses no size does not pay for it at start-up.
+_SIZE_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*([kmgtpsb]?)(?:i?b)?\s*$"
 
 
 def parse_size(text: str) -> int:
@@ -25,7 +27,7 @@ def parse_size(text: str) -> int:
 
     Raises InvalidArgumentError with one sentence for anything else.
     """
-    match = _SIZE_RE.match(text)
+    match = re.match(_SIZE_PATTERN, text, re.IGNORECASE)
     if not match:
         raise InvalidArgumentError(
             f"'{text}' is not a size; write a number with an optional unit such as 512M, 4G or 1T."

@@ -34,8 +34,9 @@ from imagewright.binary import BytesSource, FileSource
 from imagewright.errors import ImageFormatError
 from imagewright.formats import vmdk
 from imagewright.formats.base import Limits
+from imagewright.formats.probes import vmdk_descriptor as probe_descriptor
 from imagewright.formats.safety import judge
-from imagewright.formats.vmdk_descriptor import parse_descriptor, probe_descriptor
+from imagewright.formats.vmdk_descriptor import parse_descriptor
 
 pytestmark = pytest.mark.integration
 

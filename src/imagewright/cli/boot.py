@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.text import Text
 
-from imagewright.cli.common import emit_json, json_option, stderr_console, stdout_console
+from imagewright.cli.common import json_option
+from imagewright.cli.render import emit_json, stderr_console, stdout_console
 from imagewright.errors import UnsafeImageError
 from imagewright.programs.qemu_system import DISK_BUSES
 

@@ -9,14 +9,8 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from imagewright.cli.common import (
-    SIZE,
-    emit_json,
-    json_option,
-    sigterm_as_interrupt,
-    staged_progress,
-    stdout_console,
-)
+from imagewright.cli.common import SIZE, json_option, sigterm_as_interrupt, staged_progress
+from imagewright.cli.render import emit_json, stdout_console
 from imagewright.units import format_size
 
 if TYPE_CHECKING:

@@ -1,8 +1,8 @@
-"""What every command shares: the consoles, ``--json``, size parameters, progress bars.
+"""What every command shares: ``--json`` and the other common options, size parameters,
+progress bars (the consoles and ``emit_json`` are ``cli.render``'s, which needs no click).
 
 Imported by every command, so it imports no more than click at start-up: rich is loaded
-when a console or a progress bar is first needed (``imagewright inspect`` to a pipe needs
-neither, see ``cli.render``).
+when a progress bar is first needed.
 """
 
 from __future__ import annotations
@@ -10,46 +10,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import cache
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from imagewright.cli.render import stderr_console
 from imagewright.errors import ImagewrightError, InvalidArgumentError
 from imagewright.units import parse_size
 
 if TYPE_CHECKING:
-    from rich.console import Console
     from rich.progress import Progress
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: Width of reports written to anything but a terminal (logs, pipes): wide enough that
-#: partition tables never wrap.
-LOG_WIDTH = 160
-
-
-def new_console(file: IO[str] | None = None, *, stderr: bool = False) -> Console:
-    """A console as every command prints with (rich's own markup and highlighting off for
-    ``Text``; a terminal's width, or ``LOG_WIDTH`` on stdout when it is not a terminal)."""
-    from rich.console import Console
-
-    if stderr:
-        return Console(file=file, stderr=True, highlight=False, soft_wrap=True)
-    stream = file or sys.stdout
-    return Console(file=file, highlight=False, soft_wrap=True, width=None if stream.isatty() else LOG_WIDTH)
-
-
-@cache
-def stdout_console() -> Console:
-    """The console of reports (standard output), made on first use."""
-    return new_console()
-
-
-@cache
-def stderr_console() -> Console:
-    """The console of progress and diagnostics (standard error), made on first use."""
-    return new_console(stderr=True)
 
 
 def json_option(func: F) -> F:
@@ -87,12 +59,6 @@ tokens_option = click.option(
     show_default=True,
     help="IMDSv2 session tokens: required refuses IMDSv1 requests (401).",
 )
-
-
-def emit_json(value: Any) -> None:
-    import json
-
-    click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
 
 
 class SizeParam(click.ParamType):  # type: ignore[type-arg]

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 from rich.text import Text
 
-from imagewright.cli.common import emit_json, json_option, stdout_console
+from imagewright.cli.common import json_option
+from imagewright.cli.render import emit_json, stdout_console
 from imagewright.metadata.context import CONTEXT_KINDS, build_context_medium
 from imagewright.metadata.instance import (
     DEFAULT_IMAGE_ID,

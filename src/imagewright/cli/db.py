@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from imagewright.cli.common import emit_json, json_option, stdout_console
+from imagewright.cli.common import json_option
+from imagewright.cli.render import emit_json, stdout_console
 
 
 @click.group("db")

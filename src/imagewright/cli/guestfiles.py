@@ -19,7 +19,8 @@ from typing import BinaryIO
 
 import click
 
-from imagewright.cli.common import byte_progress, emit_json, json_option
+from imagewright.cli.common import byte_progress, json_option
+from imagewright.cli.render import emit_json
 from imagewright.errors import GuestFilesystemError, InvalidArgumentError
 from imagewright.guest import DirEntry, FileType, GuestFS, GuestStat, guest_path, open_guest
 from imagewright.guest.base import check_mode

@@ -14,12 +14,11 @@ from imagewright.cli.common import (
     byte_progress,
     cloud_options,
     connect_cloud,
-    emit_json,
     json_option,
     parse_properties,
     staged_progress,
-    stdout_console,
 )
+from imagewright.cli.render import emit_json, stdout_console
 from imagewright.errors import CloudError
 
 #: How often ``image import --wait`` asks for the import task.

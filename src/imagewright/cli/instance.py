@@ -13,14 +13,8 @@ from typing import Any
 
 import click
 
-from imagewright.cli.common import (
-    data_dir_option,
-    database_option,
-    emit_json,
-    json_option,
-    stdout_console,
-    tokens_option,
-)
+from imagewright.cli.common import data_dir_option, database_option, json_option, tokens_option
+from imagewright.cli.render import emit_json, stdout_console
 from imagewright.errors import InvalidArgumentError
 
 

@@ -13,16 +13,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from imagewright.cli.common import (
-    ByteProgress,
-    data_dir_option,
-    database_option,
-    emit_json,
-    json_option,
-    stderr_console,
-    stdout_console,
-    tokens_option,
-)
+from imagewright.cli.common import ByteProgress, data_dir_option, database_option, json_option, tokens_option
+from imagewright.cli.render import emit_json, stderr_console, stdout_console
 from imagewright.errors import InvalidArgumentError
 
 if TYPE_CHECKING:

@@ -1,129 +1,67 @@
-"""``imagewright`` entry point: the command group and the one place errors become exit codes.
+"""``imagewright`` entry point: a plain ``inspect`` runs at once, everything else goes to click.
 
-Exit codes: 0 ok, 1 failed or refused, 2 usage (click's own), 130 interrupted.
-An ``ImagewrightError`` is printed as one sentence; anything else is a bug and is reported
-as one too, with the traceback only under ``--debug`` (or ``IMAGEWRIGHT_DEBUG=1``).
-
-Start-up is part of the interface: ``imagewright inspect`` must start like a tool, not like an
-application. So the group imports a verb's module only when that verb runs (``cli.commands``
-is the table), ``--help`` lists the verbs from the table alone, and nothing here imports
-more than click (``bench/cli_bench.py`` measures it, ``tests/test_cli_startup.py`` guards it).
+Start-up is part of the interface: ``imagewright inspect one.qcow2`` must start like a tool,
+not like an application (``bench/cli_bench.py`` measures it against ``qemu-img info``). Click
+and what it imports cost more than reading the image, so when the arguments are
+``inspect`` and words click would take without a question (``inspect_run.plain_arguments``),
+the command runs without importing click; its failures are reported by the group's own code
+(``group.failure_exit_code``), with the same words and exit codes. Everything else —
+``--help``, ``--version``, global options, usage errors, shell completion, the other verbs,
+``IMAGEWRIGHT_NO_SANDBOX`` (whose warning the group prints) — is the click group's
+(``cli.group``). ``tests/test_cli_startup.py`` checks that both paths answer alike and what the
+plain one imports.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
-import click
+from imagewright.cli import NO_SANDBOX_ENV
 
-from imagewright import __version__
-from imagewright.cli.commands import BY_NAME, VERBS
-from imagewright.errors import ImagewrightError
+if TYPE_CHECKING:
+    import click
 
+    from imagewright.cli.inspect_run import InspectArguments
 
-def _debug_enabled(ctx: click.Context) -> bool:
-    if os.environ.get("IMAGEWRIGHT_DEBUG", "") not in ("", "0"):
-        return True
-    return bool(ctx.find_root().params.get("debug"))
-
-
-#: ``programs.runner.NO_SANDBOX_ENV``, named here so that a command that runs no program
-#: (``inspect``) starts without importing the runner (tests/test_cli_startup.py checks both agree).
-NO_SANDBOX_ENV = "IMAGEWRIGHT_NO_SANDBOX"
-
-
-def _print_traceback() -> None:
-    import traceback  # only with --debug: it is not cheap to import
-
-    traceback.print_exc()
-
-
-def _sentence(text: str) -> str:
-    text = text.strip()
-    return text if text.endswith((".", "!", "?")) else text + "."
-
-
-class ImagewrightGroup(click.Group):
-    """A click group that turns every failure into one line on stderr and an exit code."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        # The table's order is the pipeline's order (inspect, convert, build ...).
-        return [verb.name for verb in VERBS] + [name for name in self.commands if name not in BY_NAME]
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self.commands and cmd_name in BY_NAME:
-            self.commands[cmd_name] = BY_NAME[cmd_name].load()
-        return self.commands.get(cmd_name)
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        """The verbs and their first sentences, as click lays them out, without importing them."""
-        added = [(name, cmd) for name, cmd in self.commands.items() if name not in BY_NAME and not cmd.hidden]
-        limit = formatter.width - 6 - max(len(name) for name in [*BY_NAME, *(name for name, _ in added)])
-        # click's own shortening (to the first sentence, and to the width), applied to the table's text.
-        rows = [
-            (verb.name, click.Command(verb.name, help=verb.summary).get_short_help_str(limit))
-            for verb in VERBS
-        ]
-        rows += [(name, cmd.get_short_help_str(limit)) for name, cmd in added]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
-        except ImagewrightError as err:
-            if _debug_enabled(ctx):
-                _print_traceback()
-            click.echo(f"imagewright: error: {_sentence(str(err))}", err=True)
-            ctx.exit(1)
-        except KeyboardInterrupt:
-            click.echo("imagewright: interrupted.", err=True)
-            ctx.exit(130)
-        except Exception as err:  # noqa: BLE001 - the last line of defence: no traceback for users
-            if _debug_enabled(ctx):
-                _print_traceback()
-            click.echo(
-                f"imagewright: internal error: {type(err).__name__}: {err} "
-                "(this is a bug; run with --debug for the traceback).",
-                err=True,
-            )
-            ctx.exit(1)
-
-
-@click.group(cls=ImagewrightGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="imagewright")
-@click.option("--debug", is_flag=True, help="Show a traceback when something fails.")
-@click.option(
-    "--no-sandbox",
-    is_flag=True,
-    help="Run qemu-img, e2fsprogs, QEMU and the rest without their bubblewrap sandbox "
-    "(for machines without user namespaces; also IMAGEWRIGHT_NO_SANDBOX=1). "
-    "A hostile image can then make them read or overwrite host files.",
-)
-@click.pass_context
-def cli(ctx: click.Context, debug: bool, no_sandbox: bool) -> None:
-    """Inspect, convert, build, prepare and boot-test virtual machine images.
-
-    Images are untrusted: imagewright refuses hostile ones before any other tool sees them,
-    never mounts a guest filesystem, needs no root, and runs every program that reads an
-    image in a sandbox that shows it nothing else.
-    """
-    if not (no_sandbox or os.environ.get(NO_SANDBOX_ENV)):
-        return  # the sandbox is on: nothing to set up or say (and no subprocess machinery to import)
-    from imagewright.programs.runner import sandbox_disabled, sandbox_requested, warn_without_sandbox
-
-    if no_sandbox:
-        ctx.with_resource(sandbox_disabled())
-    if not sandbox_requested():
-        warn_without_sandbox(lambda text: click.echo(text, err=True))
+#: The variable that asks click for shell completion (``_<PROG_NAME>_COMPLETE``).
+COMPLETION_ENV = "_IMAGEWRIGHT_COMPLETE"
 
 
 def main(argv: list[str] | None = None) -> None:
-    cli.main(args=argv, prog_name="imagewright")
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["inspect"] and not os.environ.get(NO_SANDBOX_ENV) and COMPLETION_ENV not in os.environ:
+        from imagewright.cli.inspect_run import plain_arguments
+
+        arguments = plain_arguments(args[1:])
+        if arguments is not None:
+            sys.exit(_run_plain_inspect(arguments))
+    from imagewright.cli.group import cli
+
+    cli.main(args=args, prog_name="imagewright")
+
+
+def _run_plain_inspect(arguments: InspectArguments) -> int:
+    """``inspect`` without click; failures as the group reports them (``--debug`` cannot have
+    been given, so only ``IMAGEWRIGHT_DEBUG`` asks for a traceback)."""
+    from imagewright.cli.inspect_run import run_inspect
+
+    try:
+        return run_inspect(arguments)
+    except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - as the group's last line of defence
+        from imagewright.cli.group import debug_requested, failure_exit_code
+
+        return failure_exit_code(err, debug_requested())
+
+
+def __getattr__(name: str) -> click.Group:
+    """``cli.main.cli``: the click group, imported on first use (it lives in ``cli.group``)."""
+    if name == "cli":
+        from imagewright.cli.group import cli
+
+        return cli
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from imagewright.cli.common import byte_progress, emit_json, json_option
+from imagewright.cli.common import byte_progress, json_option
+from imagewright.cli.render import emit_json
 from imagewright.errors import InvalidArgumentError
 from imagewright.ops.prepare import PrepareOptions, PrepareReport, prepare
 from imagewright.ops.prepare import list_operations as all_operations

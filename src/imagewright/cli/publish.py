@@ -11,13 +11,12 @@ from imagewright.cli.common import (
     SIZE,
     cloud_options,
     connect_cloud,
-    emit_json,
     json_option,
     parse_properties,
     sigterm_as_interrupt,
     staged_progress,
-    stdout_console,
 )
+from imagewright.cli.render import emit_json, stdout_console
 from imagewright.formats.base import Limits
 from imagewright.units import format_size
 

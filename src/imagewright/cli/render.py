@@ -21,12 +21,52 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import IO, TYPE_CHECKING
-
-from imagewright.cli.common import LOG_WIDTH, stdout_console
+from functools import cache
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+#: Width of reports written to anything but a terminal (logs, pipes): wide enough that
+#: partition tables never wrap.
+LOG_WIDTH = 160
+
+
+def new_console(file: IO[str] | None = None, *, stderr: bool = False) -> Console:
+    """A console as every command prints with (rich's own markup and highlighting off for
+    ``Text``; a terminal's width, or ``LOG_WIDTH`` on stdout when it is not a terminal)."""
+    from rich.console import Console
+
+    if stderr:
+        return Console(file=file, stderr=True, highlight=False, soft_wrap=True)
+    stream = file or sys.stdout
+    return Console(file=file, highlight=False, soft_wrap=True, width=None if stream.isatty() else LOG_WIDTH)
+
+
+@cache
+def stdout_console() -> Console:
+    """The console of reports (standard output), made on first use."""
+    return new_console()
+
+
+@cache
+def stderr_console() -> Console:
+    """The console of progress and diagnostics (standard error), made on first use."""
+    return new_console(stderr=True)
+
+
+def emit_json(value: Any) -> None:
+    """``value`` as indented JSON on standard output.
+
+    Written directly, not through ``click.echo``: ``json.dumps`` escapes every non-ASCII and
+    control character, so the text holds no ANSI sequence for click to strip and nothing an
+    ASCII-configured stream could not encode, and click would write exactly these bytes.
+    """
+    import json
+
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
 
 #: A piece of a line: its text and a rich style ("" for none).
 Segment = tuple[str, str]

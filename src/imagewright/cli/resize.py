@@ -7,14 +7,8 @@ from pathlib import Path
 import click
 from rich.text import Text
 
-from imagewright.cli.common import (
-    SIZE,
-    emit_json,
-    json_option,
-    sigterm_as_interrupt,
-    staged_progress,
-    stdout_console,
-)
+from imagewright.cli.common import SIZE, json_option, sigterm_as_interrupt, staged_progress
+from imagewright.cli.render import emit_json, stdout_console
 from imagewright.formats.base import Limits
 from imagewright.ops.resize import resize
 

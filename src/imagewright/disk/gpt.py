@@ -17,12 +17,11 @@ back. Reading a disk's GPT (primary or backup) and writing one lives in ``gpt_ta
 
 from __future__ import annotations
 
-import uuid as uuid_module
 import zlib
 from dataclasses import dataclass
 
 from imagewright.binary import Layout, MiB
-from imagewright.disk.guids import ZERO_GUID, guid_from_bytes, guid_to_bytes
+from imagewright.disk.guids import ZERO_GUID, guid_from_bytes, guid_to_bytes, new_guid
 
 SIGNATURE = b"EFI PART"
 REVISION_1_0 = 0x00010000
@@ -124,7 +123,7 @@ class GptEntry:
         raw_name = encode_name(name)
         return GptEntry(
             type_guid=type_guid.upper(),
-            unique_guid=(unique_guid or str(uuid_module.uuid4())).upper(),
+            unique_guid=(unique_guid or new_guid()).upper(),
             first_lba=first_lba,
             last_lba=last_lba,
             attributes=attributes,
@@ -313,7 +312,7 @@ def new_gpt_header(
         alternate_lba=last_lba,
         first_usable_lba=first,
         last_usable_lba=last,
-        disk_guid=(disk_guid or str(uuid_module.uuid4())).upper(),
+        disk_guid=(disk_guid or new_guid()).upper(),
         entries_lba=2,
         entry_count=entry_count,
     )

@@ -14,7 +14,8 @@ import struct
 
 from imagewright.errors import InvalidArgumentError
 
-_GUID_TEXT = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
+#: Compiled by ``re`` on first use (writing a table), not at import (reading one).
+_GUID_TEXT = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
 
 ZERO_GUID = "00000000-0000-0000-0000-000000000000"
 
@@ -36,6 +37,14 @@ MBR_LINUX = 0x83
 MBR_LINUX_SWAP = 0x82
 
 
+def new_guid() -> str:
+    """A fresh random GUID, uppercase as GPT tools print it (``uuid`` is imported here, when a
+    table is written: reading one, as ``inspect`` does, never needs it)."""
+    import uuid
+
+    return str(uuid.uuid4()).upper()
+
+
 def guid_from_bytes(raw: bytes) -> str:
     """16 on-disk bytes (mixed-endian) -> ``"C12A7328-F81F-11D2-BA4B-00A0C93EC93B"``."""
     if len(raw) != 16:
@@ -47,7 +56,7 @@ def guid_from_bytes(raw: bytes) -> str:
 
 def guid_to_bytes(text: str) -> bytes:
     """``"C12A7328-..."`` -> the 16 mixed-endian bytes GPT stores."""
-    if not _GUID_TEXT.match(text):
+    if not re.match(_GUID_TEXT, text):
         raise InvalidArgumentError(f"'{text}' is not a GUID (expected 8-4-4-4-12 hexadecimal digits).")
     parts = text.split("-")
     head = struct.pack("<IHH", int(parts[0], 16), int(parts[1], 16), int(parts[2], 16))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from imagewright.binary import ByteSource, PrefixExhaustedError, SliceSource
 from imagewright.disk.bootcode import (
@@ -24,11 +24,13 @@ from imagewright.disk.bootcode import (
     is_bios_boot,
     is_efi_system,
 )
-from imagewright.disk.efiboot import EfiBootFile, scan_esp
 from imagewright.disk.filesystems import FilesystemInfo, probe_filesystem
 from imagewright.disk.partitions import read_partition_table
 from imagewright.disk.table import PartitionTable
 from imagewright.errors import ImageFormatError
+
+if TYPE_CHECKING:
+    from imagewright.disk.efiboot import EfiBootFile
 
 Firmware = Literal["bios", "uefi"]
 
@@ -135,6 +137,9 @@ def _scan_esps(disk: ByteSource, table: PartitionTable, survey: DiskSurvey) -> N
     for part in table.partitions:
         if not is_efi_system(part) or part.filesystem is None or part.filesystem.type != "vfat":
             continue
+        # Imported here: a disk without an ESP (most BIOS images) does not pay for the loader scan.
+        from imagewright.disk.efiboot import scan_esp
+
         try:
             files, warnings = scan_esp(SliceSource(disk, table.byte_offset(part), part.size), part.number)
         except PrefixExhaustedError:

@@ -44,15 +44,16 @@ _PROTOCOLS: dict[str, str] = {
     "fat": "a host directory exposed as a FAT disk",
 }
 
-_PROTOCOL_RE = re.compile(r"^([A-Za-z0-9_.+-]+):")
-_WINDOWS_ABSOLUTE_RE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
+#: Patterns ``re`` compiles (and caches) on first use: most images name no other file.
+_PROTOCOL = r"^([A-Za-z0-9_.+-]+):"
+_WINDOWS_ABSOLUTE = r"^(?:[A-Za-z]:[\\/]|\\\\)"
 
 
 def protocol_prefix(name: str) -> str | None:
     """The protocol QEMU would see in ``name`` (``"nbd"`` for ``nbd://host``), or None."""
     if name.startswith("json:"):
         return "json"
-    match = _PROTOCOL_RE.match(name)
+    match = re.match(_PROTOCOL, name)
     if match is None:
         return None
     # QEMU only treats "word:" as a protocol when no '/' comes before the colon.
@@ -62,7 +63,7 @@ def protocol_prefix(name: str) -> str | None:
 def describe_external_name(name: str) -> str:
     """One phrase saying what ``name`` points at (used as ``ExternalReference.detail``)."""
     protocol = protocol_prefix(name)
-    if protocol is not None and not _WINDOWS_ABSOLUTE_RE.match(name):
+    if protocol is not None and not re.match(_WINDOWS_ABSOLUTE, name):
         known = _PROTOCOLS.get(protocol)
         if protocol == "json":
             return _PROTOCOLS["json"]
@@ -71,7 +72,7 @@ def describe_external_name(name: str) -> str:
         return f"the '{protocol}:' pseudo-protocol prefix, which QEMU hands to a block driver"
     if name.startswith("/dev/") or name.startswith("\\\\.\\"):
         return "a device, by absolute path"
-    if name.startswith("/") or _WINDOWS_ABSOLUTE_RE.match(name):
+    if name.startswith("/") or re.match(_WINDOWS_ABSOLUTE, name):
         return "an absolute path"
     parts = re.split(r"[\\/]+", name)
     if ".." in parts:

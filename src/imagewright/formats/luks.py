@@ -24,10 +24,11 @@ from dataclasses import dataclass
 
 from imagewright.binary import ByteSource, Layout, read_exact
 from imagewright.errors import ImageFormatError
+from imagewright.formats import probes
 from imagewright.formats.base import Limits, OpenedImage
 
-MAGIC = b"LUKS\xba\xbe"
-VERSION = 1
+MAGIC = probes.LUKS_MAGIC
+VERSION = probes.LUKS_VERSION
 SECTOR = 512
 SLOT_ENABLED = 0x00AC71F3
 SLOT_DISABLED = 0x0000DEAD
@@ -82,9 +83,8 @@ def _text(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("latin-1")
 
 
-def probe(src: ByteSource, head: bytes) -> bool:
-    """LUKS magic with version 1 (QEMU's ``qcrypto_block_luks_has_format``)."""
-    return head[:6] == MAGIC and int.from_bytes(head[6:8], "big") == VERSION
+#: The signature check lives in ``probes``: the registry probes every format without importing its reader.
+probe = probes.luks
 
 
 def open_image(src: ByteSource, limits: Limits) -> OpenedImage:

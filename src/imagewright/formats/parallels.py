@@ -24,14 +24,15 @@ from dataclasses import dataclass
 
 from imagewright.binary import ByteSource, Layout, read_exact
 from imagewright.errors import ImageFormatError
+from imagewright.formats import probes
 from imagewright.formats.base import Limits, OpenedImage
 from imagewright.formats.mapped_guest import GuestRun, MappedGuestSource
 from imagewright.units import format_size
 
-MAGIC_OLD = b"WithoutFreeSpace"
-MAGIC_EXT = b"WithouFreSpacExt"
-VERSION = 2
-HEADER_SIZE = 64
+MAGIC_OLD = probes.PARALLELS_MAGIC_OLD
+MAGIC_EXT = probes.PARALLELS_MAGIC_EXT
+VERSION = probes.PARALLELS_VERSION
+HEADER_SIZE = probes.PARALLELS_HEADER_SIZE
 SECTOR = 512
 INUSE_MAGIC = 0x746F6E59
 INT_MAX = 2**31 - 1
@@ -72,13 +73,8 @@ class ParallelsDetails:
     allocated_clusters: int | None
 
 
-def probe(src: ByteSource, head: bytes) -> bool:
-    """Either magic with version 2 (QEMU's ``parallels_probe``)."""
-    return (
-        len(head) >= HEADER_SIZE
-        and head[:16] in (MAGIC_OLD, MAGIC_EXT)
-        and int.from_bytes(head[16:20], "little") == VERSION
-    )
+#: The signature check lives in ``probes``: the registry probes every format without importing its reader.
+probe = probes.parallels
 
 
 def open_image(src: ByteSource, limits: Limits) -> OpenedImage:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from imagewright.binary import ByteSource, Layout, read_exact
 from imagewright.errors import ImageFormatError
+from imagewright.formats import probes
 from imagewright.formats.base import ExternalReference, Limits, OpenedImage
 from imagewright.formats.cluster_codecs import inflate_raw_cluster
 from imagewright.formats.external_names import describe_external_name, stored_name, stored_name_problems
@@ -33,8 +34,8 @@ from imagewright.formats.mapped_guest import GuestRun, LruCache, MappedGuestSour
 from imagewright.formats.qcow2_guest import be64_table
 from imagewright.units import format_size
 
-MAGIC = b"QFI\xfb"
-VERSION = 1
+MAGIC = probes.QCOW_MAGIC
+VERSION = probes.QCOW_VERSION
 HEADER = Layout(
     "qcow header",
     ">",
@@ -78,9 +79,8 @@ class QcowDetails:
     backing_file: str | None = None
 
 
-def probe(src: ByteSource, head: bytes) -> bool:
-    """qcow magic with version 1 (QEMU's ``qcow_probe``)."""
-    return len(head) >= 8 and head[:4] == MAGIC and int.from_bytes(head[4:8], "big") == VERSION
+#: The signature check lives in ``probes``: the registry probes every format without importing its reader.
+probe = probes.qcow
 
 
 def open_image(src: ByteSource, limits: Limits) -> OpenedImage:

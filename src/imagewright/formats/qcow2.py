@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from imagewright.binary import MAX_SINGLE_READ, ByteSource, Layout, PrefixExhaustedError, read_exact
 from imagewright.errors import ImageFormatError
+from imagewright.formats import probes
 from imagewright.formats.base import ExternalReference, Limits, OpenedImage
 from imagewright.formats.external_names import describe_external_name, stored_name_problems
 from imagewright.formats.qcow2_guest import (
@@ -48,7 +49,7 @@ from imagewright.formats.qcow2_guest import (
 )
 from imagewright.units import format_size
 
-MAGIC = b"QFI\xfb"
+MAGIC = probes.QCOW_MAGIC
 
 HEADER_V2 = Layout(
     "qcow2 header",
@@ -244,9 +245,8 @@ class Qcow2Details:
     snapshots: list[Qcow2Snapshot] = field(default_factory=list)
 
 
-def probe(src: ByteSource, head: bytes) -> bool:
-    """qcow2 magic with version ≥ 2 (QEMU's ``qcow2_probe``; version 1 is ``qcow``)."""
-    return len(head) >= 8 and head[:4] == MAGIC and int.from_bytes(head[4:8], "big") >= 2
+#: The signature check lives in ``probes``: the registry probes every format without importing its reader.
+probe = probes.qcow2
 
 
 def open_image(src: ByteSource, limits: Limits) -> OpenedImage:

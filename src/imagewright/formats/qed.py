@@ -31,12 +31,13 @@ from dataclasses import dataclass
 
 from imagewright.binary import ByteSource, Layout, read_exact
 from imagewright.errors import ImageFormatError
+from imagewright.formats import probes
 from imagewright.formats.base import ExternalReference, Limits, OpenedImage
 from imagewright.formats.external_names import describe_external_name, stored_name, stored_name_problems
 from imagewright.formats.mapped_guest import GuestRun, LruCache, MappedGuestSource
 from imagewright.units import format_size
 
-MAGIC = b"QED\0"
+MAGIC = probes.QED_MAGIC
 FEATURE_BACKING_FILE = 0x1
 FEATURE_NEED_CHECK = 0x2
 FEATURE_BACKING_FORMAT_NO_PROBE = 0x4
@@ -89,9 +90,8 @@ def _power_of_two(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
 
 
-def probe(src: ByteSource, head: bytes) -> bool:
-    """The 'QED\\0' magic (QEMU's ``bdrv_qed_probe``)."""
-    return head[:4] == MAGIC
+#: The signature check lives in ``probes``: the registry probes every format without importing its reader.
+probe = probes.qed
 
 
 def open_image(src: ByteSource, limits: Limits) -> OpenedImage:

@@ -11,19 +11,28 @@ another format, is read differently by someone, and is refused.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from types import ModuleType
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
-from imagewright.binary import ByteSource
+from imagewright.formats import probes
 from imagewright.formats.qemu_probe import qemu_probe_choice, qemu_probe_scores
 
+if TYPE_CHECKING:
+    from types import ModuleType
 
-@dataclass(frozen=True)
-class DiskFormatReader:
-    """A format module (``probe``/``open_image``) under qemu-img's name for it."""
+    from imagewright.binary import ByteSource
+
+
+class DiskFormatReader(NamedTuple):
+    """A format module (``probe``/``open_image``) under qemu-img's name for it.
+
+    The probe is the module's own (``probes``), held here so that probing every format does
+    not import every reader: a reader's module is imported when a file is opened with it.
+    """
 
     name: str
     module_name: str
+    probe: Callable[[ByteSource, bytes], bool]
 
     @property
     def module(self) -> ModuleType:
@@ -32,23 +41,23 @@ class DiskFormatReader:
 
 #: Probe order. ``raw`` must stay last: its probe accepts anything.
 DISK_FORMATS: tuple[DiskFormatReader, ...] = (
-    DiskFormatReader("qcow2", "qcow2"),
-    DiskFormatReader("qcow", "qcow"),
-    DiskFormatReader("vmdk", "vmdk"),
-    DiskFormatReader("vdi", "vdi"),
-    DiskFormatReader("vhdx", "vhdx"),
-    DiskFormatReader("vpc", "vhd"),
-    DiskFormatReader("qed", "qed"),
-    DiskFormatReader("parallels", "parallels"),
-    DiskFormatReader("luks", "luks"),
-    DiskFormatReader("raw", "raw"),
+    DiskFormatReader("qcow2", "qcow2", probes.qcow2),
+    DiskFormatReader("qcow", "qcow", probes.qcow),
+    DiskFormatReader("vmdk", "vmdk", probes.vmdk),
+    DiskFormatReader("vdi", "vdi", probes.vdi),
+    DiskFormatReader("vhdx", "vhdx", probes.vhdx),
+    DiskFormatReader("vpc", "vhd", probes.vhd),
+    DiskFormatReader("qed", "qed", probes.qed),
+    DiskFormatReader("parallels", "parallels", probes.parallels),
+    DiskFormatReader("luks", "luks", probes.luks),
+    DiskFormatReader("raw", "raw", probes.raw),
 )
 
 
 def detect_disk_format(src: ByteSource, head: bytes) -> DiskFormatReader:
     """The first reader whose probe accepts the image (raw at worst)."""
     for reader in DISK_FORMATS:
-        if reader.module.probe(src, head):
+        if reader.probe(src, head):
             return reader
     raise AssertionError("the raw reader accepts every image")
 
@@ -63,7 +72,7 @@ def reader_for(name: str) -> DiskFormatReader:
 
 def probe_conflicts(src: ByteSource, head: bytes, chosen: DiskFormatReader) -> list[str]:
     """Reasons to refuse because readers would disagree on what ``src`` is (see module NOTE)."""
-    claimed = [reader.name for reader in DISK_FORMATS[:-1] if reader.module.probe(src, head)]
+    claimed = [reader.name for reader in DISK_FORMATS[:-1] if reader.probe(src, head)]
     problems: list[str] = []
     if len(claimed) > 1:
         problems.append(

@@ -33,14 +33,15 @@ from dataclasses import dataclass
 
 from imagewright.binary import ByteSource, Layout, read_exact
 from imagewright.errors import ImageFormatError
+from imagewright.formats import probes
 from imagewright.formats.base import ExternalReference, Limits, OpenedImage
 from imagewright.formats.block_map import sort_block_map
 from imagewright.formats.mapped_guest import GuestRun, MappedGuestSource
 from imagewright.units import format_size
 
-SIGNATURE = 0xBEDA107F
+SIGNATURE = probes.VDI_SIGNATURE
 VERSION_1_1 = 0x00010001
-HEADER_SIZE = 512
+HEADER_SIZE = probes.VDI_HEADER_SIZE
 SECTOR = 512
 #: The only block size QEMU accepts (``DEFAULT_CLUSTER_SIZE``).
 QEMU_BLOCK_SIZE = 1024 * 1024
@@ -125,9 +126,8 @@ def _text(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("latin-1")
 
 
-def probe(src: ByteSource, head: bytes) -> bool:
-    """The signature at 0x40 in a full 512-byte header (QEMU's ``vdi_probe``)."""
-    return len(head) >= HEADER_SIZE and int.from_bytes(head[0x40:0x44], "little") == SIGNATURE
+#: The signature check lives in ``probes``: the registry probes every format without importing its reader.
+probe = probes.vdi
 
 
 def open_image(src: ByteSource, limits: Limits) -> OpenedImage:

@@ -55,22 +55,23 @@ from typing import Any
 
 from imagewright.binary import ByteSource, Layout, PrefixExhaustedError, read_exact
 from imagewright.errors import ImageFormatError
+from imagewright.formats import probes
 from imagewright.formats.base import ExternalReference, Limits, OpenedImage
 from imagewright.formats.block_map import sort_block_map
 from imagewright.formats.external_names import describe_external_name
 from imagewright.formats.mapped_guest import GuestRun, MappedGuestSource
 from imagewright.units import format_size
 
-COOKIE = b"conectix"
+COOKIE = probes.VHD_COOKIE
 DYNAMIC_COOKIE = b"cxsparse"
-FOOTER_SIZE = 512
+FOOTER_SIZE = probes.VHD_FOOTER_SIZE
 DYNAMIC_HEADER_SIZE = 1024
 SECTOR = 512
 UNALLOCATED = 0xFFFFFFFF
 NO_DATA_OFFSET = 0xFFFFFFFFFFFFFFFF
 
 DISK_TYPES = {2: "fixed", 3: "dynamic", 4: "differencing"}
-FIXED, DYNAMIC, DIFFERENCING = 2, 3, 4
+FIXED, DYNAMIC, DIFFERENCING = probes.VHD_FIXED, 3, 4
 
 #: QEMU refuses disks larger than 2040 GiB (``VHD_MAX_SECTORS``).
 MAX_SECTORS = 0xFF000000
@@ -223,23 +224,8 @@ def vhd_checksum(data: bytes, field_offset: int) -> int:
     return ~total & 0xFFFFFFFF
 
 
-def probe(src: ByteSource, head: bytes) -> bool:
-    """A footer cookie at offset 0 (QEMU's ``vpc_probe``) or, for fixed disks, at EOF-512.
-
-    QEMU itself only looks at offset 0, so it calls a fixed VHD "raw"; recognising the
-    trailing footer keeps the footer from being mistaken for guest data.
-    """
-    if head[:8] == COOKIE:
-        return True
-    if src.size < FOOTER_SIZE:
-        return False
-    try:
-        tail = src.pread(src.size - FOOTER_SIZE, FOOTER_SIZE)
-    except PrefixExhaustedError:
-        # The end of a compressed stream is out of reach: judge it by its start, as QEMU does.
-        return False
-    # Cookie and disk type 2 make a fixed VHD (a bad checksum is reported by open_image).
-    return len(tail) == FOOTER_SIZE and tail[:8] == COOKIE and tail[60:64] == FIXED.to_bytes(4, "big")
+#: The signature check lives in ``probes``: the registry probes every format without importing its reader.
+probe = probes.vhd
 
 
 def _text(code: bytes) -> str:

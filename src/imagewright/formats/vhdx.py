@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 from imagewright.binary import ByteSource, Layout, read_exact
 from imagewright.errors import ImageFormatError
+from imagewright.formats import probes
 from imagewright.formats.base import ExternalReference, Limits, OpenedImage
 from imagewright.formats.crc32c import crc32c_with_field_zeroed
 from imagewright.formats.external_names import describe_external_name
@@ -55,7 +56,7 @@ KiB = 1024
 MiB = 1024 * KiB
 TiB = 1024 * 1024 * MiB
 
-SIGNATURE = b"vhdxfile"
+SIGNATURE = probes.VHDX_SIGNATURE
 HEADER_OFFSETS = (64 * KiB, 128 * KiB)
 HEADER_BLOCK = 4 * KiB
 REGION_TABLE_OFFSETS = (192 * KiB, 256 * KiB)
@@ -243,9 +244,8 @@ def _guid(raw: bytes) -> uuid.UUID:
     return uuid.UUID(bytes_le=raw)
 
 
-def probe(src: ByteSource, head: bytes) -> bool:
-    """The 'vhdxfile' signature at offset 0 (QEMU's ``vhdx_probe``)."""
-    return head[:8] == SIGNATURE
+#: The signature check lives in ``probes``: the registry probes every format without importing its reader.
+probe = probes.vhdx
 
 
 def open_image(src: ByteSource, limits: Limits) -> OpenedImage:

@@ -59,6 +59,7 @@ from dataclasses import dataclass
 
 from imagewright.binary import ByteSource, Layout, read_exact
 from imagewright.errors import ImageFormatError
+from imagewright.formats import probes
 from imagewright.formats.base import ExternalReference, Limits, OpenedImage
 from imagewright.formats.cluster_codecs import inflate_zlib_grain
 from imagewright.formats.external_names import describe_external_name, protocol_prefix
@@ -68,7 +69,6 @@ from imagewright.formats.vmdk_descriptor import (
     VmdkDescriptor,
     VmdkExtentLine,
     parse_descriptor,
-    probe_descriptor,
 )
 from imagewright.formats.vmdk_qemu import (
     QEMU_DESC_SIZE,
@@ -83,8 +83,8 @@ from imagewright.formats.vmdk_qemu import (
 )
 from imagewright.units import format_size
 
-SPARSE_MAGIC = b"KDMV"
-COWD_MAGIC = b"COWD"
+SPARSE_MAGIC = probes.VMDK_SPARSE_MAGIC
+COWD_MAGIC = probes.VMDK_COWD_MAGIC
 SECTOR = 512
 GD_AT_END = 0xFFFF_FFFF_FFFF_FFFF
 
@@ -233,9 +233,8 @@ class VmdkDetails:
     descriptor_bytes: int = 0
 
 
-def probe(src: ByteSource, head: bytes) -> bool:
-    """KDMV or COWD magic, or a text descriptor (QEMU's ``vmdk_probe``)."""
-    return head[:4] in (SPARSE_MAGIC, COWD_MAGIC) or probe_descriptor(head)
+#: The signature check lives in ``probes``: the registry probes every format without importing its reader.
+probe = probes.vmdk
 
 
 def open_image(src: ByteSource, limits: Limits) -> OpenedImage:
@@ -401,7 +400,7 @@ def _open_descriptor_file(src: ByteSource, limits: Limits) -> OpenedImage:
             f"{format_size(limits.max_descriptor_bytes)} allowed"
         )
     raw = read_exact(src, 0, length, "VMDK descriptor")
-    if not probe_descriptor(raw[:4096]):
+    if not probes.vmdk_descriptor(raw[:4096]):
         raise ImageFormatError("The file is not a VMDK image (no KDMV/COWD magic and no descriptor text).")
     text, _, after_nul = raw.partition(b"\0")
     if after_nul.strip(b"\0"):

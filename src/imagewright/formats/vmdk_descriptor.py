@@ -247,33 +247,3 @@ def _parse_extent_line(descriptor: VmdkDescriptor, number: int, line: str, probl
     )
     if extent_type == "FLAT" and offset is None:
         problems.append(f"the FLAT extent on line {number} of the VMDK descriptor has no offset")
-
-
-def probe_descriptor(head: bytes) -> bool:
-    """QEMU's text probe: skip ``#`` comment lines and blank lines, then ``version=1|2|3``."""
-    position = 0
-    end = len(head)
-    while position < end:
-        char = head[position : position + 1]
-        if char == b"#":
-            newline = head.find(b"\n", position)
-            if newline < 0:
-                return False
-            position = newline + 1
-            continue
-        if char == b" ":
-            while position < end and head[position : position + 1] == b" ":
-                position += 1
-            if position < end and head[position : position + 1] == b"\r":
-                position += 1
-            if position == end or head[position : position + 1] != b"\n":
-                return False
-            position += 1
-            continue
-        rest = head[position : position + 11]
-        return any(
-            rest.startswith(f"version={version}{ending}".encode())
-            for version in (1, 2, 3)
-            for ending in ("\n", "\r\n")
-        )
-    return False

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 
 from imagewright.binary import ByteSource
 from imagewright.errors import ImageFormatError
+from imagewright.formats.containers import signature
 
-MAGIC = b"BZh"
-_BLOCK_MAGIC = b"\x31\x41\x59\x26\x53\x59"
-_END_MAGIC = b"\x17\x72\x45\x38\x50\x90"
+MAGIC = signature.BZIP2_MAGIC
 
 
 @dataclass
@@ -36,13 +35,8 @@ class Bzip2Details:
     streams: int | None = None
 
 
-def probe(head: bytes) -> bool:
-    return (
-        len(head) >= 10
-        and head[:3] == MAGIC
-        and 0x31 <= head[3] <= 0x39
-        and head[4:10] in (_BLOCK_MAGIC, _END_MAGIC)
-    )
+#: The signature check lives in ``signature``: probing an image does not import this module.
+probe = signature.bzip2
 
 
 def read_details(src: ByteSource) -> Bzip2Details:

@@ -27,14 +27,15 @@ from dataclasses import dataclass
 
 from imagewright.binary import ByteSource
 from imagewright.errors import ImageFormatError
+from imagewright.formats.containers import signature
 
-MAGIC = b"\x1f\x8b\x08"
+MAGIC = signature.GZIP_MAGIC
 
 _FHCRC = 0x02
 _FEXTRA = 0x04
 _FNAME = 0x08
 _FCOMMENT = 0x10
-_RESERVED = 0xE0
+_RESERVED = signature.GZIP_RESERVED_FLAGS
 
 #: Longest FNAME/FCOMMENT we read; gzip(1) has no limit, a header is not a place for megabytes.
 MAX_TEXT_FIELD = 64 * 1024
@@ -79,9 +80,8 @@ class GzipDetails:
     members: int | None = None
 
 
-def probe(head: bytes) -> bool:
-    # FLG reserved bits must be clear, as gzip(1) requires; that also keeps random data out.
-    return len(head) >= 10 and head[:3] == MAGIC and not head[3] & _RESERVED
+#: The signature check lives in ``signature``: probing an image does not import this module.
+probe = signature.gzip
 
 
 def _read_text_field(src: ByteSource, offset: int, what: str) -> tuple[str, int]:

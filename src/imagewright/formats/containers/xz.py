@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 from imagewright.binary import ByteSource, MiB, read_exact
 from imagewright.errors import ImageFormatError
+from imagewright.formats.containers import signature
 
-HEADER_MAGIC = b"\xfd7zXZ\x00"
+HEADER_MAGIC = signature.XZ_HEADER_MAGIC
 FOOTER_MAGIC = b"YZ"
 _HEADER_SIZE = 12
 _FOOTER_SIZE = 12
@@ -56,8 +57,8 @@ class XzDetails:
     checks: list[str]
 
 
-def probe(head: bytes) -> bool:
-    return head[:6] == HEADER_MAGIC
+#: The signature check lives in ``signature``: probing an image does not import this module.
+probe = signature.xz
 
 
 def _varint(data: bytes, pos: int, what: str) -> tuple[int, int]:

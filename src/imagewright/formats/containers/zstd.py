@@ -26,9 +26,10 @@ from typing import IO, Any, cast
 
 from imagewright.binary import ByteSource, KiB, MiB
 from imagewright.errors import ImageFormatError
+from imagewright.formats.containers import signature
 
-MAGIC = b"\x28\xb5\x2f\xfd"
-_SKIPPABLE_LOW = 0x184D2A50
+MAGIC = signature.ZSTD_MAGIC
+_SKIPPABLE_LOW = signature.ZSTD_SKIPPABLE_LOW
 _BLOCK_MAX = 128 * KiB
 
 #: Largest window we decode with: the zstd CLI's own default limit (larger needs --memory).
@@ -60,11 +61,8 @@ class ZstdDetails:
     compressed_size: int | None = None
 
 
-def probe(head: bytes) -> bool:
-    """A zstd frame, or a skippable frame (which pzstd and others put first)."""
-    if len(head) >= 8 and int.from_bytes(head[:4], "little") & 0xFFFFFFF0 == _SKIPPABLE_LOW:
-        return True
-    return head[:4] == MAGIC and len(head) >= 6 and not head[4] & 0x08
+#: The signature check lives in ``signature``: probing an image does not import this module.
+probe = signature.zstd
 
 
 @dataclass
