@@ -6,6 +6,10 @@ the root partition grows to the disk), and a ``datasource_list`` naming the cont
 its metadata service answers (OpenStack, Ec2), then None. ds-identify still checks which of
 them is present before cloud-init waits for any.
 
+The file is named ``99-…``: cloud-init reads ``cloud.cfg.d/*.cfg`` in name order, later files
+winning, and the package's own debconf-written ``90_dpkg.cfg`` (Debian's and Ubuntu's, with a
+datasource_list of every source) sorts after ``90-…`` ("-" before "_"), so a ``90-`` name lost.
+
 Sources: cloud-init 22.4 docs, "Datasources" and "ds-identify".
 """
 
@@ -15,7 +19,7 @@ from imagewright.ops.build.distro.customizations.base import Customization, Targ
 from imagewright.ops.build.distro.plan import DistroPlan
 
 DATASOURCES = ("NoCloud", "ConfigDrive", "OpenNebula", "OpenStack", "Ec2", "None")
-CONFIG_FILE = "/etc/cloud/cloud.cfg.d/90-imagewright-datasources.cfg"
+CONFIG_FILE = "/etc/cloud/cloud.cfg.d/99-imagewright-datasources.cfg"
 CONFIG_TEXT = (
     "# Written by imagewright build: the sources imagewright's context media and metadata\n"
     "# service provide.\n"
