@@ -322,7 +322,9 @@ def _leftovers(directory: Path, keep: set[str]) -> list[str]:
         (["--from", "debian:bookworm", "--snapshot", "yesterday"], "is not a snapshot time"),
         (["--from", "debian:bookworm", "--kernel", "tiny"], "is not a kernel flavour"),
         (["--from", "debian:bookworm", "--packages", "Bad_Name"], "is not a Debian package name"),
-        (["--from", "debian:bookworm", "--firmware", "uefi"], "A release is built for BIOS only"),
+        (["--from", "debian:bookworm", "--table", "mbr", "--firmware", "uefi"], "needs a GPT disk"),
+        (["--from", "ubuntu:noble", "--snapshot", "20250520T000000Z"], "imagewright knows only Debian's"),
+        (["--from", "ubuntu:lucid"], "'lucid' is not an Ubuntu release imagewright knows"),
     ],
 )
 def test_bad_options_are_refused_before_anything_runs(args: list[str], words: str, tmp_path: Path) -> None:

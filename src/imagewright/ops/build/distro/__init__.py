@@ -24,8 +24,12 @@ The phases, each reported through ``progress(phase, done, total)``:
    argument, the environment, or the snapshot's time) every mtime is clamped and the tarball's
    bytes repeat.
 4. **image** — ``ops.build.build`` makes the bootable disk from the tarball as from any other
-   (partitions, ``mke2fs -d``, fstab by UUID, grub.cfg, GRUB's boot code); the guest has
-   ``grub-pc``, so no kernel hook is needed.
+   (partitions, ``mke2fs -d``, fstab by UUID, grub.cfg, GRUB's boot code, and for UEFI the
+   ESP with the signed shim and GRUB), by default a hybrid GPT disk that boots under BIOS and
+   UEFI (``--firmware``/``--table`` as for any build). The guest has ``grub-pc``, and for a
+   disk that boots under UEFI also ``grub-efi-amd64-signed`` and ``shim-signed`` (the
+   boot-loader customisation), so no kernel hook is needed: the ESP's grub.cfg reads the
+   root's ``/boot/grub/grub.cfg``, which the guest's update-grub keeps.
 5. **prepare** — on the finished raw disk, before it is converted: prepare's ``agent``
    operation with ``--agent``.
 6. The image and, beside it, ``IMAGE.packages`` (``name<TAB>version`` per installed package,
@@ -69,7 +73,8 @@ from imagewright.ops.build.distro.customizations import CUSTOMIZATIONS, Customiz
 from imagewright.ops.build.distro.plan import CONTEXTS, DistroPlan, FileToCopy
 from imagewright.ops.build.distro.release import KERNEL_FLAVOURS, parse_release
 from imagewright.ops.build.distro.sources import archive_state, check_keyring, choose_sources, parse_snapshot
-from imagewright.ops.build.layout import TableKind
+from imagewright.ops.build.efiloader import LoaderChoice
+from imagewright.ops.build.layout import DEFAULT_ESP_BYTES, Firmware, TableKind, resolve_shape
 from imagewright.programs import mmdebstrap
 
 __all__ = [
@@ -222,7 +227,10 @@ def build_distribution(
     source_date_epoch: int | None = None,
     size: int | None = None,
     swap: int = 0,
-    table: TableKind = "mbr",
+    table: TableKind | None = None,
+    firmware: Firmware | None = None,
+    esp_size: int | None = None,
+    efi_loader: LoaderChoice = "auto",
     append: str = "",
     output_format: str | None = None,
     files: Sequence[FileToCopy] = (),
@@ -258,6 +266,9 @@ def build_distribution(
     sources = choose_sources(rel, mirror=mirror, snapshot=snapshot)
     check_keyring(rel)
     user_packages = _check_packages(packages)
+    shape, _ = resolve_shape(
+        table, firmware, swap_size=swap, esp_size=DEFAULT_ESP_BYTES if esp_size is None else esp_size
+    )
     for item in files:
         if not item.source.is_file():
             raise InvalidArgumentError(f"{item.source} is not a file to copy into the image.")
@@ -272,6 +283,7 @@ def build_distribution(
         files=tuple(files),
         commands=tuple(commands),
         append=append,
+        firmware=shape.firmware,
     )
     tarball_only = is_tarball_output(out_path)
     manifest = manifest_path(out_path)
@@ -353,10 +365,9 @@ def build_distribution(
             def image_progress(stage: str, done: int, total: int | None) -> None:
                 phase("image", done, total)
 
-            # BIOS only, on MBR or GPT: the guest's boot-loader package is grub-pc (grub-efi-amd64-signed
-            # for UEFI is not installed yet, so a hybrid disk's ESP would not follow kernel updates).
             disk_report = build(
-                tarball, out_path, size=size, swap=swap, table=table, firmware="bios", append=append,
+                tarball, out_path, size=size, swap=swap, table=table, firmware=firmware,
+                esp_size=esp_size, efi_loader=efi_loader, cache_dir=cache_root, append=append,
                 output_format=output_format, force=force, progress=image_progress, finish=finish,
             )  # fmt: skip
         rootfs_state = "off"

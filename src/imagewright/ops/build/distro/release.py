@@ -156,7 +156,8 @@ def parse_release(text: str) -> Release:
     codename = vendor.aliases.get(match.group("release"), match.group("release"))
     if codename not in vendor.releases:
         raise InvalidArgumentError(
-            f"'{match.group('release')}' is not a {vendor.title} release imagewright knows; "
+            f"'{match.group('release')}' is not {'an' if vendor.title[0] in 'AEIOU' else 'a'} "
+            f"{vendor.title} release imagewright knows; "
             f"choose one of {', '.join(vendor.releases)}."
         )
     return Release(vendor, codename)
