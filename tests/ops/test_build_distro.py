@@ -248,6 +248,48 @@ def test_cloud_init_image_boots_installs_a_kernel_and_boots_that(
     )  # fmt: skip
 
 
+@pytest.mark.slow
+@pytest.mark.long
+@pytest.mark.timeout(BUILD_TIMEOUT)
+def test_the_hybrid_image_boots_under_uefi_with_secure_boot(
+    debian_cloud_init_guest: DebianGuest, tmp_path: Path
+) -> None:
+    """The default disk is hybrid: OVMF with Microsoft's keys verifies shim, GRUB and the kernel."""
+    packages = debian_cloud_init_guest.packages()
+    for name in ("grub-pc", "grub-efi-amd64-signed", "shim-signed"):
+        assert name in packages, name
+    disk_report = debian_cloud_init_guest.report["disk"]
+    assert isinstance(disk_report, dict) and disk_report["boots_under"] == ["bios", "uefi"]
+    result = json.loads(
+        imagewright(
+            "boot", debian_cloud_init_guest.disk, "--snapshot", "--secure-boot", "--json",
+            "--expect", "login:", "--timeout", BOOT_TIMEOUT, cwd=tmp_path,
+        ).stdout
+    )  # fmt: skip
+    assert result["matched"] and result["secure_boot_verified"], result["last_lines"]
+
+
+@pytest.mark.slow
+@pytest.mark.long
+@pytest.mark.timeout(BUILD_TIMEOUT)
+def test_a_second_build_reuses_the_cached_root_filesystem(
+    debian_agent_guest: DebianGuest, tmp_path: Path
+) -> None:
+    """Same release, packages, mirror, epoch and archive: mmdebstrap does not run again."""
+    disk = tmp_path / "again.qcow2"
+    report = build_distribution(
+        RELEASE, disk, context="agent", mirror=debian_agent_guest.mirror, source_date_epoch=SOURCE_DATE_EPOCH,
+        size=2 << 30,
+    )  # fmt: skip
+    assert report.rootfs_cache == "hit"
+    assert report.rootfs_key == debian_agent_guest.report["rootfs_key"]
+    assert report.packages_downloaded == 0 and "fetch" not in report.phase_seconds
+    assert set(report.phase_seconds) <= {"cache", "image", "prepare"}
+    assert (tmp_path / "again.qcow2.packages").read_text() == debian_agent_guest.manifest.read_text()
+    for path in ("/etc/apt/sources.list", "/etc/systemd/network/90-imagewright-dhcp.network"):
+        assert cat(disk, path, tmp_path) == cat(debian_agent_guest.disk, path, tmp_path)
+
+
 # ---- reproducible, and the package cache --------------------------------------------------------
 
 
