@@ -394,6 +394,12 @@ def build_distribution(
             manifest.unlink(missing_ok=True)
             raise
         phase("done")
+    if disk_report is not None and plan.uefi and rel.vendor.name != "debian":
+        notes.append(
+            f"the ESP holds build's UEFI loader (Debian's signed shim and GRUB, or an unsigned GRUB), not "
+            f"{rel.vendor.title}'s: it starts {rel.vendor.title}'s kernel with Secure Boot off only; the "
+            f"guest's own shim-signed and grub-efi-amd64-signed are installed for grub-install to put there"
+        )
     if plan.source_date_epoch is None:
         notes.append("SOURCE_DATE_EPOCH was not set: file times are those of the build, so two builds differ")
     return DistroBuildReport(
