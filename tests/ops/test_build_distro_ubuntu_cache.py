@@ -220,6 +220,10 @@ def test_store_lookup_and_least_recently_used_eviction(tmp_path: Path) -> None:
         entry = cache.store(_key(n), tar, listing, {"n": n})
         assert not tar.exists() and entry.tarball.read_bytes() == bytes([n]) * 1000
         os.utime(entry.directory / "manifest.json", (1000 + n, 1000 + n))
+    # A second store of a key that is there keeps the entry (another build may be reading it).
+    tar, listing = _tarball(tmp_path / "b1-again", b"z" * 1000)
+    assert cache.store(_key(1), tar, listing, {"n": 1}).tarball.read_bytes() == bytes([1]) * 1000
+    assert not tar.exists()
     manifest = json.loads((tmp_path / "cache/rootfs" / _key(1) / "manifest.json").read_text())
     assert manifest["inputs"] == {"n": 1} and manifest["size"] == 1000
     hit = cache.lookup(_key(1))  # a use: entry 1 is now the most recent

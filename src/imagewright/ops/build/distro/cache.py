@@ -170,6 +170,12 @@ class RootfsCache:
     def store(self, key: str, tarball: Path, listing: Path, inputs: Mapping[str, Any]) -> RootfsEntry:
         """Move ``tarball`` and copy ``listing`` into the entry of ``key``; evict old entries."""
         with cache_lock(self.directory):
+            existing = self._entry(key)
+            if existing is not None:
+                # Another build of the same key stored it meanwhile (and may be reading it):
+                # the same inputs made the same tarball, so that one stays.
+                tarball.unlink(missing_ok=True)
+                return existing
             staging = self.directory / f".staging-{key[:16]}-{os.getpid()}"
             if staging.exists():
                 shutil.rmtree(staging)
