@@ -59,6 +59,7 @@ from imagewright.errors import (
     InvalidArgumentError,
     OutputExistsError,
     ProgramError,
+    as_clause,
 )
 from imagewright.files import AtomicOutput, ScratchFiles, default_cache_dir, write_file_atomically
 from imagewright.ops.build import BuildReport, build
@@ -340,7 +341,7 @@ def build_distribution(
                 key = rootfs_key(inputs)
                 cached = rootfs_cache.lookup(key)
             except (BuildError, ProgramError) as err:
-                notes.append(f"the root filesystem cache was not used: {_clause(str(err))}")
+                notes.append(f"the root filesystem cache was not used: {as_clause(err)}")
         packages_downloaded = 0
         if cached is not None:
             tarball, listing = cached.tarball, cached.listing
@@ -383,7 +384,7 @@ def build_distribution(
                 stored = rootfs_cache.store(key, tarball, listing, inputs)
                 tarball, rootfs_state = stored.tarball, "stored"
             except (OSError, ImagewrightError) as err:
-                notes.append(f"the root filesystem was not kept in the cache: {_clause(str(err))}")
+                notes.append(f"the root filesystem was not kept in the cache: {as_clause(err)}")
         try:
             write_file_atomically(manifest, manifest_text, force=True)
             if keep_rootfs is not None and not tarball_only:
@@ -480,11 +481,6 @@ def _rootfs_inputs(
         "hook_directories": [str(d) for d in request.hook_directories],
         "scripts": [[name, text] for name, text in scripts.texts],
     }
-
-
-def _clause(text: str) -> str:
-    """An error sentence as a clause: no final period."""
-    return text.strip().rstrip(".")
 
 
 def _write_scripts(
