@@ -264,7 +264,7 @@ def test_the_hybrid_image_boots_under_uefi_with_secure_boot(
     result = json.loads(
         imagewright(
             "boot", debian_cloud_init_guest.disk, "--snapshot", "--secure-boot", "--json",
-            "--expect", "Welcome to", "--timeout", BOOT_TIMEOUT, cwd=tmp_path,
+            "--expect", "systemd[1]: Hostname set to", "--timeout", BOOT_TIMEOUT, cwd=tmp_path,
         ).stdout
     )  # fmt: skip
     assert result["matched"] and result["secure_boot_verified"], result["last_lines"]

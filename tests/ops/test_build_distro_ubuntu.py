@@ -122,7 +122,7 @@ def test_noble_builds_boots_under_bios_with_nocloud_and_under_uefi(
             "1024",
             "--json",
             "--expect",
-            "Welcome to",
+            "systemd[1]: Hostname set to",
             "--timeout",
             BOOT_TIMEOUT,
             cwd=tmp_path,
