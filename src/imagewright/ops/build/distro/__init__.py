@@ -375,17 +375,15 @@ def build_distribution(
                 esp_size=esp_size, efi_loader=efi_loader, cache_dir=cache_root, append=append,
                 output_format=output_format, force=force, progress=image_progress, finish=finish,
             )  # fmt: skip
-        rootfs_state = "off"
-        if cached is not None:
-            rootfs_state = "hit"
-        elif key is not None and rootfs_cache is not None and disk_report is not None:
-            phase("cache")
-            try:
-                stored = rootfs_cache.store(key, tarball, listing, inputs)
-                tarball, rootfs_state = stored.tarball, "stored"
-            except (OSError, ImagewrightError) as err:
-                notes.append(f"the root filesystem was not kept in the cache: {as_clause(err)}")
+        rootfs_state = "hit" if cached is not None else "off"
         try:
+            if cached is None and key is not None and rootfs_cache is not None and disk_report is not None:
+                phase("cache")
+                try:
+                    stored = rootfs_cache.store(key, tarball, listing, inputs)
+                    tarball, rootfs_state = stored.tarball, "stored"
+                except (OSError, ImagewrightError) as err:
+                    notes.append(f"the root filesystem was not kept in the cache: {as_clause(err)}")
             write_file_atomically(manifest, manifest_text, force=True)
             if keep_rootfs is not None and not tarball_only:
                 with AtomicOutput(Path(keep_rootfs), force=force) as kept:
