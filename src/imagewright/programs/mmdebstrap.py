@@ -111,9 +111,6 @@ class MmdebstrapRequest:
     components: tuple[str, ...] = ("main",)
     include: tuple[str, ...] = ()
     hooks: tuple[Hook, ...] = ()
-    #: ``--hook-dir``: directories of hook scripts (``setup*``, ``extract*``, ``essential*``,
-    #: ``customize*``), such as mmdebstrap's own ``hooks/eatmydata``.
-    hook_directories: tuple[Path, ...] = ()
     aptopts: tuple[str, ...] = ()
     dpkgopts: tuple[str, ...] = ()
     #: ``--skip`` stages (``essential/unlink`` keeps the package cache; see build's cache).
@@ -158,7 +155,6 @@ def arguments(request: MmdebstrapRequest) -> list[str]:
         argv.append(f"--include={','.join(request.include)}")
     if request.skip:
         argv.append(f"--skip={','.join(request.skip)}")
-    argv += [f"--hook-dir={os.fspath(directory)}" for directory in request.hook_directories]
     argv += [hook.argument() for hook in request.hooks]
     # "--" ends the options: the suite, target and mirrors are positional from here on.
     argv += ["--", request.suite, os.fspath(request.target), *request.mirrors]

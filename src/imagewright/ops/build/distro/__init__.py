@@ -90,8 +90,6 @@ __all__ = [
 #: ``progress(phase, done, total)``: fetch, unpack, configure, customize, pack, image, prepare.
 Progress = Callable[[str, int, int | None], None]
 
-#: mmdebstrap's own hooks that run dpkg under eatmydata (no fsync) and take it out again.
-EATMYDATA_HOOKS = Path("/usr/share/mmdebstrap/hooks/eatmydata")
 _PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 _TARBALL_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst")
 #: mmdebstrap's own messages for the failures a user causes, and the sentence each becomes.
@@ -241,7 +239,6 @@ def build_distribution(
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
     reuse_rootfs: bool = True,
-    eatmydata: bool = False,
     rootfs_cache_entries: int | None = None,
     keep_rootfs: str | os.PathLike[str] | None = None,
     force: bool = False,
@@ -327,7 +324,6 @@ def build_distribution(
             mirrors=sources.lines, components=rel.vendor.components, include=tuple(include),
             hooks=(*setup_hooks, *scripts.essential, *save_hooks, *scripts.customize,
                    _manifest_hook(listing)),
-            hook_directories=(EATMYDATA_HOOKS,) if eatmydata and EATMYDATA_HOOKS.is_dir() else (),
             aptopts=('Acquire::Languages "none"',), dpkgopts=("force-unsafe-io",), skip=skip,
             source_date_epoch=plan.source_date_epoch, temporary_directory=temporary,
         )  # fmt: skip
@@ -476,7 +472,6 @@ def _rootfs_inputs(
         "source_date_epoch": plan.source_date_epoch,
         "aptopts": list(request.aptopts),
         "dpkgopts": list(request.dpkgopts),
-        "hook_directories": [str(d) for d in request.hook_directories],
         "scripts": [[name, text] for name, text in scripts.texts],
     }
 
