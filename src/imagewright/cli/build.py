@@ -187,9 +187,11 @@ def command(
     SOURCE may also name a distribution release, debian:CODENAME or ubuntu:CODENAME: the root
     filesystem is then installed from the distribution's packages by mmdebstrap (no root
     needed where user namespaces are allowed), made a cloud image (kernel, grub-pc kept by
-    update-grub, serial console, DHCP, SSH with first-boot host keys, --agent or --cloud-init,
-    C.UTF-8/UTC, empty machine-id), and OUT.packages lists every installed package. Packages
-    are kept in a local cache, so the next build of the release downloads nothing. With
+    update-grub and, for UEFI, grub-efi-amd64-signed and shim-signed, serial console, DHCP, SSH
+    with first-boot host keys, --agent or --cloud-init, C.UTF-8/UTC, empty machine-id), and
+    OUT.packages lists every installed package; --firmware and --table apply as above. Packages
+    and finished root filesystems are kept in a local cache, so the next build of the release
+    downloads nothing, and the next build of the same image only makes the disk. With
     SOURCE_DATE_EPOCH set (or --snapshot) two builds give the same bytes. --recipe reads all of
     this from a TOML file (see the README).
 
