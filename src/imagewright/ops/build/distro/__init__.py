@@ -396,7 +396,8 @@ def build_distribution(
     if disk_report is not None and plan.uefi and rel.vendor.name != "debian":
         notes.append(
             f"the ESP holds build's UEFI loader (Debian's signed shim and GRUB, or an unsigned GRUB), not "
-            f"{rel.vendor.title}'s: it starts {rel.vendor.title}'s kernel with Secure Boot off only; the "
+            f"{rel.vendor.title}'s: it starts {rel.vendor.title}'s kernel with Secure Boot off only (on, "
+            f"Debian's GRUB refuses it: bad shim signature); the "
             f"guest's own shim-signed and grub-efi-amd64-signed are installed for grub-install to put there"
         )
     if plan.source_date_epoch is None:
