@@ -248,6 +248,49 @@ def test_cloud_init_image_boots_installs_a_kernel_and_boots_that(
     )  # fmt: skip
 
 
+@pytest.mark.slow
+@pytest.mark.long
+@pytest.mark.timeout(BUILD_TIMEOUT)
+def test_the_hybrid_image_boots_under_uefi_with_secure_boot(
+    debian_cloud_init_guest: DebianGuest, tmp_path: Path
+) -> None:
+    """The default disk is hybrid: OVMF with Microsoft's keys verifies shim, GRUB and the kernel."""
+    # dpkg-query names Multi-Arch: same packages with their architecture (shim-signed:amd64).
+    packages = {name.split(":")[0] for name in debian_cloud_init_guest.packages()}
+    for name in ("grub-pc", "grub-efi-amd64-signed", "shim-signed"):
+        assert name in packages, name
+    disk_report = debian_cloud_init_guest.report["disk"]
+    assert isinstance(disk_report, dict) and disk_report["boots_under"] == ["bios", "uefi"]
+    result = json.loads(
+        imagewright(
+            "boot", debian_cloud_init_guest.disk, "--snapshot", "--secure-boot", "--json",
+            "--expect", "systemd[1]: Hostname set to", "--timeout", BOOT_TIMEOUT, cwd=tmp_path,
+        ).stdout
+    )  # fmt: skip
+    assert result["matched"] and result["secure_boot_verified"], result["last_lines"]
+
+
+@pytest.mark.slow
+@pytest.mark.long
+@pytest.mark.timeout(BUILD_TIMEOUT)
+def test_a_second_build_reuses_the_cached_root_filesystem(
+    debian_agent_guest: DebianGuest, tmp_path: Path
+) -> None:
+    """Same release, packages, mirror, epoch and archive: mmdebstrap does not run again."""
+    disk = tmp_path / "again.qcow2"
+    report = build_distribution(
+        RELEASE, disk, context="agent", mirror=debian_agent_guest.mirror, source_date_epoch=SOURCE_DATE_EPOCH,
+        size=2 << 30,
+    )  # fmt: skip
+    assert report.rootfs_cache == "hit"
+    assert report.rootfs_key == debian_agent_guest.report["rootfs_key"]
+    assert report.packages_downloaded == 0 and "fetch" not in report.phase_seconds
+    assert set(report.phase_seconds) <= {"cache", "image", "prepare"}
+    assert (tmp_path / "again.qcow2.packages").read_text() == debian_agent_guest.manifest.read_text()
+    for path in ("/etc/apt/sources.list", "/etc/systemd/network/90-imagewright-dhcp.network"):
+        assert cat(disk, path, tmp_path) == cat(debian_agent_guest.disk, path, tmp_path)
+
+
 # ---- reproducible, and the package cache --------------------------------------------------------
 
 
@@ -322,7 +365,9 @@ def _leftovers(directory: Path, keep: set[str]) -> list[str]:
         (["--from", "debian:bookworm", "--snapshot", "yesterday"], "is not a snapshot time"),
         (["--from", "debian:bookworm", "--kernel", "tiny"], "is not a kernel flavour"),
         (["--from", "debian:bookworm", "--packages", "Bad_Name"], "is not a Debian package name"),
-        (["--from", "debian:bookworm", "--firmware", "uefi"], "A release is built for BIOS only"),
+        (["--from", "debian:bookworm", "--table", "mbr", "--firmware", "uefi"], "needs a GPT disk"),
+        (["--from", "ubuntu:noble", "--snapshot", "20250520T000000Z"], "imagewright knows only Debian's"),
+        (["--from", "ubuntu:lucid"], "'lucid' is not an Ubuntu release imagewright knows"),
     ],
 )
 def test_bad_options_are_refused_before_anything_runs(args: list[str], words: str, tmp_path: Path) -> None:

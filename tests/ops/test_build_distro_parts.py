@@ -47,7 +47,7 @@ def test_release_names() -> None:
         ("debian:bookwrm", ["'bookwrm' is not a Debian release", "bookworm"]),
         ("fedora:40", ["is not a release name", "debian or ubuntu"]),
         ("bookworm", ["is not a release name"]),
-        ("ubuntu:bookworm", ["not a Ubuntu release"]),
+        ("ubuntu:bookworm", ["not an Ubuntu release"]),
     ],
 )
 def test_unknown_release_is_one_sentence(text: str, words: list[str]) -> None:
@@ -205,11 +205,13 @@ def test_a_recipe_is_read(tmp_path: Path) -> None:
             'release = "debian:bookworm"\npackages = ["nginx"]\ncontext = "cloud-init"\n'
             'commands = ["systemctl enable nginx"]\noutputs = ["web.qcow2", "web.vmdk"]\n'
             'source_date_epoch = 1700000000\n[disk]\nsize = "3G"\nswap = 268435456\ntable = "gpt"\n'
+            'firmware = "uefi"\n'
             '[[files]]\nsource = "motd"\ndestination = "/etc/motd"\nmode = "0600"\n',
         )
     )
     assert recipe.release == "debian:bookworm" and recipe.packages == ("nginx",)
     assert recipe.size == 3 << 30 and recipe.swap == 256 << 20 and recipe.table == "gpt"
+    assert recipe.firmware == "uefi" and recipe.overridden(firmware="bios").firmware == "bios"
     assert [o.path.name for o in recipe.outputs()] == ["web.qcow2", "web.vmdk"]
     assert recipe.files[0].source == tmp_path / "motd" and recipe.files[0].mode == 0o600
     over = recipe.overridden(output=tmp_path / "x.raw", packages=("curl,jq",), context="agent")
@@ -226,6 +228,7 @@ def test_a_recipe_is_read(tmp_path: Path) -> None:
         ('release = "debian:bookworm"\n[disk]\nsize = true\n', "web.toml: disk.size must be a size"),
         ('release = "debian:bookworm"\n[disk]\nsize = "lots"\n', "web.toml: disk.size must be a size"),
         ('release = "debian:bookworm"\ncontext = "puppet"\n', "web.toml: context must be one of agent"),
+        ('release = "debian:bookworm"\n[disk]\nfirmware = "efi"\n', "web.toml: disk.firmware must be one of"),
         (
             'release = "debian:bookworm"\n[[files]]\nsource = "a"\ndestination = "etc/a"\n',
             "files[1].destination",

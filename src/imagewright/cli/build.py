@@ -181,9 +181,11 @@ def command(
     SOURCE may also name a distribution release, debian:CODENAME or ubuntu:CODENAME: the root
     filesystem is then installed from the distribution's packages by mmdebstrap (no root
     needed where user namespaces are allowed), made a cloud image (kernel, grub-pc kept by
-    update-grub, serial console, DHCP, SSH with first-boot host keys, --agent or --cloud-init,
-    C.UTF-8/UTC, empty machine-id), and OUT.packages lists every installed package. Packages
-    are kept in a local cache, so the next build of the release downloads nothing. With
+    update-grub and, for UEFI, grub-efi-amd64-signed and shim-signed, serial console, DHCP, SSH
+    with first-boot host keys, --agent or --cloud-init, C.UTF-8/UTC, empty machine-id), and
+    OUT.packages lists every installed package; --firmware and --table apply as above. Packages
+    and finished root filesystems are kept in a local cache, so the next build of the release
+    downloads nothing, and the next build of the same image only makes the disk. With
     SOURCE_DATE_EPOCH set (or --snapshot) two builds give the same bytes. --recipe reads all of
     this from a TOML file (see the README).
 
@@ -198,13 +200,9 @@ def command(
     from imagewright.ops.build.distro.release import is_release_spec
 
     if recipe is not None or (source is not None and is_release_spec(source)):
-        if firmware not in (None, "bios") or esp_size is not None or efi_loader != "auto":
-            raise click.UsageError(
-                "A release is built for BIOS only: --firmware uefi/hybrid, --esp-size "
-                "and --efi-loader apply to file sources."
-            )
         _build_release(
-            source, recipe, output, size=size, swap=swap, table=table, fs_type=fs_type,
+            source, recipe, output, size=size, swap=swap, table=table, firmware=firmware,
+            esp_size=esp_size, efi_loader=efi_loader, fs_type=fs_type,
             kernel=kernel, initrd=initrd, append=append, output_format=output_format,
             variant=variant, packages=packages, context=context, mirror=mirror, snapshot=snapshot,
             cache_dir=cache_dir, no_cache=no_cache, force=force, as_json=as_json,
@@ -260,6 +258,9 @@ def _build_release(
     size: int | None,
     swap: int,
     table: str | None,
+    firmware: str | None,
+    esp_size: int | None,
+    efi_loader: str,
     fs_type: str | None,
     kernel: str | None,
     initrd: Path | None,
@@ -288,7 +289,7 @@ def _build_release(
         )
     base = load_recipe(recipe_path) if recipe_path is not None else Recipe(release=source or "")
     recipe = base.overridden(
-        release=source, output=output, size=size, swap=swap or None, table=table if table != "mbr" else None,
+        release=source, output=output, size=size, swap=swap or None, table=table, firmware=firmware,
         append=append or None, output_format=output_format, variant=variant, packages=packages,
         context=context, kernel=kernel, mirror=mirror, snapshot=snapshot,
     )  # fmt: skip
@@ -299,7 +300,8 @@ def _build_release(
             recipe.release, first.path, variant=recipe.variant, packages=recipe.packages,
             context=recipe.context, kernel=recipe.kernel, mirror=recipe.mirror, snapshot=recipe.snapshot,
             source_date_epoch=recipe.source_date_epoch, size=recipe.size, swap=recipe.swap,
-            table=recipe.table, append=recipe.append,  # type: ignore[arg-type]
+            table=recipe.table, firmware=recipe.firmware, esp_size=esp_size,  # type: ignore[arg-type]
+            efi_loader=efi_loader, append=recipe.append,  # type: ignore[arg-type]
             output_format=first.format, files=recipe.files, commands=recipe.commands,
             cache_dir=cache_dir, use_cache=not no_cache, force=force, progress=progress,
         )  # fmt: skip

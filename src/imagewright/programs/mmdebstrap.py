@@ -286,6 +286,13 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 @functools.cache
+def version() -> str:
+    """``mmdebstrap --version``'s line ("mmdebstrap 1.3.5"): its output is part of a cache key."""
+    result = run_program(["mmdebstrap", "--version"], timeout=60.0)
+    return result.stdout.decode("utf-8", "replace").strip()[:200]
+
+
+@functools.cache
 def root_can_unshare() -> bool:
     """True when this (root) process may create the namespaces mmdebstrap's unshare mode uses.
 

@@ -10,7 +10,12 @@ The phases, each reported through ``progress(phase, done, total)``:
    (``customizations/``) and the user's, and the mmdebstrap mode: ``unshare`` (an ordinary
    user's user namespace; for root, private mount/PID namespaces) unless root cannot unshare,
    then ``root``. Everything a user can get wrong is checked here, before the network is used.
-2. **fetch / unpack / configure / customize / pack** — one mmdebstrap run
+2. **cache** — with the caches on and a disk to make, the root filesystem cache
+   (``cache.RootfsCache``) is asked for a tarball with this build's key (its inputs, and the
+   archive's current InRelease files): on a hit, step 3 is skipped and the cached tarball and
+   package listing are used; on a miss, the tarball step 3 writes is stored there once the disk
+   is built.
+3. **fetch / unpack / configure / customize / pack** — one mmdebstrap run
    (``programs/mmdebstrap.py``) writes the root filesystem as a tarball into scratch space next
    to the output: apt downloads (into the local package cache, ``cache.py``), dpkg unpacks and
    configures inside mmdebstrap's private chroot, the customisations' scripts run inside the
@@ -18,16 +23,20 @@ The phases, each reported through ``progress(phase, done, total)``:
    with the guest's own ``dpkg-query``. With ``SOURCE_DATE_EPOCH`` (the ``source_date_epoch``
    argument, the environment, or the snapshot's time) every mtime is clamped and the tarball's
    bytes repeat.
-3. **image** — ``ops.build.build`` makes the bootable disk from the tarball as from any other
-   (partitions, ``mke2fs -d``, fstab by UUID, grub.cfg, GRUB's boot code); the guest has
-   ``grub-pc``, so no kernel hook is needed.
-4. **prepare** — on the finished raw disk, before it is converted: prepare's ``agent``
+4. **image** — ``ops.build.build`` makes the bootable disk from the tarball as from any other
+   (partitions, ``mke2fs -d``, fstab by UUID, grub.cfg, GRUB's boot code, and for UEFI the
+   ESP with the signed shim and GRUB), by default a hybrid GPT disk that boots under BIOS and
+   UEFI (``--firmware``/``--table`` as for any build). The guest has ``grub-pc``, and for a
+   disk that boots under UEFI also ``grub-efi-amd64-signed`` and ``shim-signed`` (the
+   boot-loader customisation), so no kernel hook is needed: the ESP's grub.cfg reads the
+   root's ``/boot/grub/grub.cfg``, which the guest's update-grub keeps.
+5. **prepare** — on the finished raw disk, before it is converted: prepare's ``agent``
    operation with ``--agent``.
-5. The image and, beside it, ``IMAGE.packages`` (``name<TAB>version`` per installed package,
+6. The image and, beside it, ``IMAGE.packages`` (``name<TAB>version`` per installed package,
    sorted) appear together; a failure anywhere leaves neither, and no scratch file.
 
 An output named ``*.tar`` (``.tar.gz``, ``.tar.xz``, ``.tar.zst``) gets the root filesystem
-tarball itself instead of a disk (steps 3 and 4 are skipped).
+tarball itself instead of a disk (steps 2, 4 and 5 are skipped).
 """
 
 from __future__ import annotations
@@ -43,15 +52,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imagewright.errors import BuildError, InvalidArgumentError, OutputExistsError, ProgramError
-from imagewright.files import AtomicOutput, ScratchFiles, write_file_atomically
+from imagewright import __version__
+from imagewright.errors import (
+    BuildError,
+    ImagewrightError,
+    InvalidArgumentError,
+    OutputExistsError,
+    ProgramError,
+    as_clause,
+)
+from imagewright.files import AtomicOutput, ScratchFiles, default_cache_dir, write_file_atomically
 from imagewright.ops.build import BuildReport, build
-from imagewright.ops.build.distro.cache import PackageCache, default_cache_root
+from imagewright.ops.build.distro.cache import (
+    PackageCache,
+    RootfsCache,
+    RootfsEntry,
+    architecture,
+    rootfs_key,
+)
 from imagewright.ops.build.distro.customizations import CUSTOMIZATIONS, Customization, TargetScript
 from imagewright.ops.build.distro.plan import CONTEXTS, DistroPlan, FileToCopy
 from imagewright.ops.build.distro.release import KERNEL_FLAVOURS, parse_release
-from imagewright.ops.build.distro.sources import check_keyring, choose_sources, parse_snapshot
-from imagewright.ops.build.layout import TableKind
+from imagewright.ops.build.distro.sources import archive_state, check_keyring, choose_sources, parse_snapshot
+from imagewright.ops.build.efiloader import LoaderChoice
+from imagewright.ops.build.layout import DEFAULT_ESP_BYTES, Firmware, TableKind, resolve_shape
 from imagewright.programs import mmdebstrap
 
 __all__ = [
@@ -116,6 +140,9 @@ class DistroBuildReport:
     #: ``.deb`` files apt downloaded (0 when the local cache had them all).
     packages_downloaded: int
     cache: str | None
+    #: The root filesystem cache: "hit" (mmdebstrap did not run), "stored", or "off".
+    rootfs_cache: str
+    rootfs_key: str | None
     customizations: list[CustomizationReport]
     #: prepare's operation results (name → changes) on the built disk.
     prepare: list[dict[str, Any]]
@@ -139,6 +166,8 @@ class DistroBuildReport:
             "packages": self.packages,
             "packages_downloaded": self.packages_downloaded,
             "cache": self.cache,
+            "rootfs_cache": self.rootfs_cache,
+            "rootfs_key": self.rootfs_key,
             "customizations": [c.to_dict() for c in self.customizations],
             "prepare": list(self.prepare),
             "disk": self.disk.to_dict() if self.disk is not None else None,
@@ -199,13 +228,18 @@ def build_distribution(
     source_date_epoch: int | None = None,
     size: int | None = None,
     swap: int = 0,
-    table: TableKind = "mbr",
+    table: TableKind | None = None,
+    firmware: Firmware | None = None,
+    esp_size: int | None = None,
+    efi_loader: LoaderChoice = "auto",
     append: str = "",
     output_format: str | None = None,
     files: Sequence[FileToCopy] = (),
     commands: Sequence[str] = (),
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
+    reuse_rootfs: bool = True,
+    rootfs_cache_entries: int | None = None,
     keep_rootfs: str | os.PathLike[str] | None = None,
     force: bool = False,
     progress: Progress | None = None,
@@ -214,6 +248,9 @@ def build_distribution(
     """Build a cloud image of ``release`` at ``output``; see the module docstring for the phases.
 
     ``keep_rootfs``: also keep the root filesystem tarball the disk was made from at this path.
+    ``use_cache``: keep packages (and root filesystems) in ``cache_dir``; ``reuse_rootfs``: use
+    the root filesystem cache (with ``use_cache``; disk outputs only); ``rootfs_cache_entries``:
+    how many root filesystems it keeps (default ``cache.DEFAULT_ROOTFS_ENTRIES``).
     """
     started = time.monotonic()
     out_path = Path(output)
@@ -230,6 +267,9 @@ def build_distribution(
     sources = choose_sources(rel, mirror=mirror, snapshot=snapshot)
     check_keyring(rel)
     user_packages = _check_packages(packages)
+    shape, _ = resolve_shape(
+        table, firmware, swap_size=swap, esp_size=DEFAULT_ESP_BYTES if esp_size is None else esp_size
+    )
     for item in files:
         if not item.source.is_file():
             raise InvalidArgumentError(f"{item.source} is not a file to copy into the image.")
@@ -244,6 +284,7 @@ def build_distribution(
         files=tuple(files),
         commands=tuple(commands),
         append=append,
+        firmware=shape.firmware,
     )
     tarball_only = is_tarball_output(out_path)
     manifest = manifest_path(out_path)
@@ -258,8 +299,17 @@ def build_distribution(
 
     clock = _PhaseClock(progress)
     phase = clock.enter
-    cache = PackageCache(Path(cache_dir) if cache_dir else default_cache_root(), rel) if use_cache else None
+    cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = PackageCache(cache_root, rel) if use_cache else None
+    rootfs_cache: RootfsCache | None = None
+    if use_cache and reuse_rootfs and not tarball_only:
+        rootfs_cache = (
+            RootfsCache(cache_root, max_entries=rootfs_cache_entries)
+            if rootfs_cache_entries is not None
+            else RootfsCache(cache_root)
+        )
     reports = [CustomizationReport(c.name, c.summary) for c in selected]
+    notes = list(plan.notes)
     with ScratchFiles(out_path) as scratch:
         work = scratch.scratch_directory("distro").absolute()
         scripts = _write_scripts(plan, selected, reports, work)
@@ -268,17 +318,33 @@ def build_distribution(
         tarball = work / f"rootfs{suffix}"
         listing = work / "packages"
         temporary = _temporary_directory(work)
-        with cache.locked() if cache is not None else contextlib.nullcontext():
-            setup_hooks, save_hooks, skip = cache.hooks() if cache is not None else ((), (), ())
-            request = mmdebstrap.MmdebstrapRequest(
-                suite=rel.codename, target=tarball, mode=mode, variant=variant,
-                mirrors=sources.lines, components=rel.vendor.components, include=tuple(include),
-                hooks=(*setup_hooks, *scripts.essential, *save_hooks, *scripts.customize,
-                       _manifest_hook(listing)),
-                aptopts=('Acquire::Languages "none"',), dpkgopts=("force-unsafe-io",), skip=skip,
-                source_date_epoch=plan.source_date_epoch, temporary_directory=temporary,
-            )  # fmt: skip
-            status = _run(request, plan, phase, log)
+        setup_hooks, save_hooks, skip = cache.hooks() if cache is not None else ((), (), ())
+        request = mmdebstrap.MmdebstrapRequest(
+            suite=rel.codename, target=tarball, mode=mode, variant=variant,
+            mirrors=sources.lines, components=rel.vendor.components, include=tuple(include),
+            hooks=(*setup_hooks, *scripts.essential, *save_hooks, *scripts.customize,
+                   _manifest_hook(listing)),
+            aptopts=('Acquire::Languages "none"',), dpkgopts=("force-unsafe-io",), skip=skip,
+            source_date_epoch=plan.source_date_epoch, temporary_directory=temporary,
+        )  # fmt: skip
+        key: str | None = None
+        inputs: dict[str, Any] = {}
+        cached: RootfsEntry | None = None
+        if rootfs_cache is not None:
+            phase("cache")
+            try:
+                inputs = _rootfs_inputs(plan, request, scripts)
+                key = rootfs_key(inputs)
+                cached = rootfs_cache.lookup(key)
+            except (BuildError, ProgramError) as err:
+                notes.append(f"the root filesystem cache was not used: {as_clause(err)}")
+        packages_downloaded = 0
+        if cached is not None:
+            tarball, listing = cached.tarball, cached.listing
+        else:
+            with cache.locked() if cache is not None else contextlib.nullcontext():
+                status = _run(request, plan, phase, log)
+            packages_downloaded = status.packages_fetched
         entries = read_manifest(listing)
         manifest_text = "".join(f"{name}\t{version}\n" for name, version in entries)
 
@@ -300,24 +366,40 @@ def build_distribution(
             def image_progress(stage: str, done: int, total: int | None) -> None:
                 phase("image", done, total)
 
-            # BIOS only, on MBR or GPT: the guest's boot-loader package is grub-pc (grub-efi-amd64-signed
-            # for UEFI is not installed yet, so a hybrid disk's ESP would not follow kernel updates).
             disk_report = build(
-                tarball, out_path, size=size, swap=swap, table=table, firmware="bios", append=append,
+                tarball, out_path, size=size, swap=swap, table=table, firmware=firmware,
+                esp_size=esp_size, efi_loader=efi_loader, cache_dir=cache_root, append=append,
                 output_format=output_format, force=force, progress=image_progress, finish=finish,
             )  # fmt: skip
+        rootfs_state = "hit" if cached is not None else "off"
         try:
+            if cached is None and key is not None and rootfs_cache is not None and disk_report is not None:
+                phase("cache")
+                try:
+                    stored = rootfs_cache.store(key, tarball, listing, inputs)
+                    tarball, rootfs_state = stored.tarball, "stored"
+                except (OSError, ImagewrightError) as err:
+                    notes.append(f"the root filesystem was not kept in the cache: {as_clause(err)}")
             write_file_atomically(manifest, manifest_text, force=True)
             if keep_rootfs is not None and not tarball_only:
                 with AtomicOutput(Path(keep_rootfs), force=force) as kept:
-                    shutil.move(tarball, kept.path)
+                    if rootfs_state == "off":
+                        shutil.move(tarball, kept.path)
+                    else:  # the cache's copy stays where it is
+                        shutil.copyfile(tarball, kept.path)
                     kept.commit()
         except BaseException:
             out_path.unlink(missing_ok=True)
             manifest.unlink(missing_ok=True)
             raise
         phase("done")
-    notes = list(plan.notes)
+    if disk_report is not None and plan.uefi and rel.vendor.name != "debian":
+        notes.append(
+            f"the ESP holds build's UEFI loader (Debian's signed shim and GRUB, or an unsigned GRUB), not "
+            f"{rel.vendor.title}'s: it starts {rel.vendor.title}'s kernel with Secure Boot off only (on, "
+            f"Debian's GRUB refuses it: bad shim signature); the "
+            f"guest's own shim-signed and grub-efi-amd64-signed are installed for grub-install to put there"
+        )
     if plan.source_date_epoch is None:
         notes.append("SOURCE_DATE_EPOCH was not set: file times are those of the build, so two builds differ")
     return DistroBuildReport(
@@ -332,8 +414,10 @@ def build_distribution(
         output=str(out_path),
         manifest=str(manifest),
         packages=len(entries),
-        packages_downloaded=status.packages_fetched,
+        packages_downloaded=packages_downloaded,
         cache=str(cache.directory) if cache is not None else None,
+        rootfs_cache=rootfs_state,
+        rootfs_key=key,
         customizations=reports,
         prepare=prepare_results,
         disk=disk_report,
@@ -366,6 +450,31 @@ class _PhaseClock:
 class _Scripts:
     essential: list[mmdebstrap.Hook]
     customize: list[mmdebstrap.Hook]
+    #: Every script's name and text, in run order (part of the root filesystem cache key).
+    texts: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _rootfs_inputs(
+    plan: DistroPlan, request: mmdebstrap.MmdebstrapRequest, scripts: _Scripts
+) -> dict[str, Any]:
+    """Everything that decides the root filesystem tarball's bytes (cache.rootfs_key's input)."""
+    return {
+        "format": 1,
+        "imagewright": __version__,
+        "mmdebstrap": mmdebstrap.version(),
+        "architecture": architecture(),
+        "release": plan.release.name,
+        "variant": plan.variant,
+        "mode": request.mode,
+        "include": sorted(request.include),
+        "components": list(request.components),
+        "sources": list(plan.sources.lines),
+        "archive": archive_state(plan.sources),
+        "source_date_epoch": plan.source_date_epoch,
+        "aptopts": list(request.aptopts),
+        "dpkgopts": list(request.dpkgopts),
+        "scripts": [[name, text] for name, text in scripts.texts],
+    }
 
 
 def _write_scripts(
@@ -382,7 +491,9 @@ def _write_scripts(
             script = TargetScript()
             make(plan, script)
             path = directory / f"{kind}-{number:02d}-{custom.name}.sh"
-            path.write_text(script.text())
+            text = script.text()
+            path.write_text(text)
+            scripts.texts.append((path.name, text))
             path.chmod(0o644)
             report.changes += script.changes
             hook = mmdebstrap.Hook(kind, f'chroot "$1" /bin/sh -s < {shlex.quote(str(path))}')

@@ -40,6 +40,13 @@ class DistroPlan:
     commands: tuple[str, ...] = ()
     #: Kernel parameters beyond root= and the consoles (``--append``).
     append: str = ""
+    #: What the disk boots under: bios, uefi or hybrid (layout.resolve_shape's answer).
+    firmware: str = "hybrid"
+
+    @property
+    def uefi(self) -> bool:
+        return self.firmware in ("uefi", "hybrid")
+
     notes: list[str] = field(default_factory=list)
 
     @property

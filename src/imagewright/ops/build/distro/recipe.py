@@ -20,7 +20,8 @@ Schema (every field but ``release`` is optional; relative paths are relative to 
     [disk]
     size = "4G"                         # or a number of bytes
     swap = "512M"
-    table = "gpt"                       # mbr | gpt
+    table = "gpt"                       # mbr | gpt (default: gpt; mbr with firmware = "bios")
+    firmware = "hybrid"                 # hybrid | bios | uefi (default: hybrid)
 
     [[files]]                           # copied in before the commands run
     source = "nginx.conf"
@@ -56,7 +57,7 @@ TOP_FIELDS = (
     "release", "variant", "packages", "context", "kernel", "mirror", "snapshot",
     "source_date_epoch", "append", "commands", "outputs", "disk", "files",
 )  # fmt: skip
-DISK_FIELDS = ("size", "swap", "table")
+DISK_FIELDS = ("size", "swap", "table", "firmware")
 FILE_FIELDS = ("source", "destination", "mode")
 
 
@@ -83,7 +84,8 @@ class Recipe:
     output_format: str | None = None
     size: int | None = None
     swap: int = 0
-    table: str = "mbr"
+    table: str | None = None
+    firmware: str | None = None
     files: tuple[FileToCopy, ...] = ()
     #: Where the recipe file is (None for a recipe made from options).
     path: Path | None = None
@@ -96,6 +98,7 @@ class Recipe:
         size: int | None = None,
         swap: int | None = None,
         table: str | None = None,
+        firmware: str | None = None,
         append: str | None = None,
         output_format: str | None = None,
         variant: str | None = None,
@@ -108,7 +111,8 @@ class Recipe:
         """This recipe with the values given on the command line in place of its own."""
         changes: dict[str, Any] = {}
         given = {
-            "release": release, "size": size, "swap": swap, "table": table, "append": append,
+            "release": release, "size": size, "swap": swap, "table": table, "firmware": firmware,
+            "append": append,
             "output_format": output_format, "variant": variant, "context": context, "kernel": kernel,
             "mirror": mirror, "snapshot": snapshot,
         }  # fmt: skip
@@ -261,7 +265,8 @@ def load_recipe(path: Path) -> Recipe:
         output_paths=tuple(base / p for p in top.texts("outputs")),
         size=disk.size("size"),
         swap=disk.size("swap") or 0,
-        table=disk.text("table", ("mbr", "gpt")) or "mbr",
+        table=disk.text("table", ("mbr", "gpt")),
+        firmware=disk.text("firmware", ("hybrid", "bios", "uefi")),
         files=tuple(files),
         path=path,
     )

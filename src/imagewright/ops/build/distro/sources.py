@@ -11,11 +11,15 @@ Three ways, in this order of precedence:
 - Neither: the archive this machine's own apt uses for the vendor (``/etc/apt/sources.list``
   and ``sources.list.d/*.list``/``*.sources``, one-line and deb822 formats), with the release's
   ``-updates`` suite and the security archive beside it when the machine has one. A machine
-  whose apt names no such archive leaves the choice to mmdebstrap (its default mirror, with
-  updates and security added for a stable release).
+  whose apt names no such archive gets the vendor's own archive when the release table names
+  one (Ubuntu: archive.ubuntu.com with ``-updates``, and ``-security`` from
+  security.ubuntu.com), else mmdebstrap's choice (its default mirror, with updates and security
+  added for a stable release).
 
-Every entry is written in one-line form with ``signed-by=`` the vendor's keyring, so the
-image's /etc/apt/sources.list names the key its archive is checked with.
+Every entry is written in one-line form with ``signed-by=`` the keyring the build checks the
+archive with (``Release.keyring``: the host's, else the copy imagewright ships), so the image's
+/etc/apt/sources.list names the key its archive is checked with (the apt-sources customisation
+points it at the guest's own copy when the build used the shipped one).
 
 Sources: sources.list(5) (both formats), mmdebstrap(1) (MIRROR arguments).
 """
@@ -23,12 +27,15 @@ Sources: sources.list(5) (both formats), mmdebstrap(1) (MIRROR arguments).
 from __future__ import annotations
 
 import calendar
+import hashlib
 import re
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagewright.errors import InvalidArgumentError, ProgramNotFoundError
+from imagewright.errors import BuildError, InvalidArgumentError, ProgramNotFoundError
 from imagewright.ops.build.distro.release import Release
 
 #: The public snapshot service of the Debian archive (used for --snapshot without --mirror).
@@ -38,6 +45,9 @@ APT_SOURCES = Path("/etc/apt/sources.list")
 APT_SOURCES_DIR = Path("/etc/apt/sources.list.d")
 #: A sources file larger than this is not one.
 MAX_SOURCES_BYTES = 1 << 20
+#: An InRelease file larger than this is not one (Debian's and Ubuntu's are 0.1–0.3 MiB).
+MAX_RELEASE_BYTES = 16 << 20
+RELEASE_TIMEOUT_SECONDS = 30.0
 _STAMP = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z")
 _URL = re.compile(r"(https?|file)://[^\s\[\]]+")
 
@@ -57,7 +67,7 @@ class Sources:
 
     #: One-line entries for mmdebstrap (empty: mmdebstrap's own default).
     lines: tuple[str, ...]
-    #: "snapshot", "mirror", "host" or "mmdebstrap default".
+    #: "snapshot", "mirror", "host", "vendor default" or "mmdebstrap default".
     origin: str
     #: The main archive's URL (None for mmdebstrap's default).
     mirror: str | None
@@ -71,6 +81,8 @@ class Sources:
             text += f" (snapshot {self.snapshot})"
         elif self.origin == "host":
             text += " (this machine's apt sources)"
+        elif self.origin == "vendor default":
+            text += " (the vendor's archive)"
         return text
 
 
@@ -103,13 +115,14 @@ def check_mirror(url: str) -> str:
 
 
 def _entry(release: Release, uri: str, suite: str, options: str = "") -> str:
-    signed = f"signed-by={release.vendor.keyring}"
+    signed = f"signed-by={release.keyring}"
     opts = f"{signed} {options}".strip()
     return f"deb [{opts}] {uri} {suite} {' '.join(release.vendor.components)}"
 
 
 def check_keyring(release: Release) -> None:
-    if not release.vendor.keyring.is_file():
+    """The archive keyring must exist: a build is never unverified."""
+    if not release.keyring.is_file():
         raise ProgramNotFoundError(
             f"The {release.vendor.title} archive keyring {release.vendor.keyring} is not installed; "
             f"install the Debian package '{release.vendor.keyring_package}'."
@@ -145,15 +158,19 @@ def choose_sources(
         return Sources((_entry(release, url, codename),), "mirror", url)
     found = host_sources if host_sources is not None else read_host_sources()
     main_uri = _host_uri(found, release, security=False)
+    origin = "host"
+    security_uri = _host_uri(found, release, security=True)
     if main_uri is None:
-        return Sources((), "mmdebstrap default", None)
+        if release.vendor.default_mirror is None:
+            return Sources((), "mmdebstrap default", None)
+        main_uri, security_uri = release.vendor.default_mirror, release.vendor.security_mirror
+        origin = "vendor default"
     lines = [_entry(release, main_uri, codename)]
     if release.has_updates:
         lines.append(_entry(release, main_uri, f"{codename}-updates"))
-        security_uri = _host_uri(found, release, security=True)
         if security_uri is not None:
             lines.append(_entry(release, security_uri, f"{codename}-security"))
-    return Sources(tuple(lines), "host", main_uri)
+    return Sources(tuple(lines), origin, main_uri)
 
 
 def host_mirror(release: Release) -> str | None:
@@ -238,3 +255,47 @@ def parse_deb822(text: str) -> list[AptSource]:
             for suite in fields.get("suites", "").split():
                 found.append(AptSource(uri, suite, components))
     return found
+
+
+def release_file_url(line: str) -> str:
+    """``deb [opts] URI SUITE comp…`` → ``URI/dists/SUITE/InRelease``."""
+    words = line.split()
+    if words[:1] != ["deb"]:
+        raise ValueError(f"{line!r} is not a one-line deb entry")
+    rest = words[1:]
+    if rest and rest[0].startswith("["):
+        while rest and not rest[0].endswith("]"):
+            rest = rest[1:]
+        rest = rest[1:]
+    if len(rest) < 2:
+        raise ValueError(f"{line!r} names no URI and suite")
+    return f"{rest[0].rstrip('/')}/dists/{rest[1]}/InRelease"
+
+
+def archive_state(sources: Sources) -> dict[str, str]:
+    """SHA-256 of each source's ``InRelease``: what the archive offers now (a cache key part).
+
+    A snapshot's files never change, so its stamp alone says it. BuildError when a file cannot
+    be read (the build itself would fail on the same archive).
+    """
+    if sources.snapshot is not None:
+        return {"snapshot": sources.snapshot}
+    if not sources.lines:
+        raise BuildError("mmdebstrap's default mirror has no state imagewright can read")
+    state: dict[str, str] = {}
+    for line in sources.lines:
+        url = release_file_url(line)
+        digest = hashlib.sha256()
+        try:
+            with urllib.request.urlopen(url, timeout=RELEASE_TIMEOUT_SECONDS) as response:  # noqa: S310
+                total = 0
+                while chunk := response.read(1 << 16):
+                    total += len(chunk)
+                    if total > MAX_RELEASE_BYTES:
+                        raise BuildError(f"{url} is larger than any InRelease file")
+                    digest.update(chunk)
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = getattr(err, "reason", None) or err
+            raise BuildError(f"{url} could not be read ({reason})") from None
+        state[url] = digest.hexdigest()
+    return state

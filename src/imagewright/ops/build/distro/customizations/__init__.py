@@ -13,6 +13,8 @@ boot-loader       grub-pc + debconf + update-grub defaults — kernels updated i
 serial-console    console=ttyS0 and a serial getty — a cloud's console log
 network           DHCP on every Ethernet interface (networkd, any name) — reachable clones
 ssh               openssh-server, host keys made at first boot — no shared host keys
+apt-sources       the vendor's keyring package; sources.list names the guest's keyring —
+                  the guest keeps checking its archive
 cloud-init        with --cloud-init: cloud-init + the datasources imagewright serves
 agent-tools       with --agent: sfdisk, ip, growpart (prepare installs the agent itself)
 locale-timezone   C.UTF-8, UTC
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 from imagewright.ops.build.distro.customizations import (
     agent_tools,
+    apt_sources,
     boot_loader,
     cleanup,
     cloud_init,
@@ -53,6 +56,7 @@ CUSTOMIZATIONS: tuple[Customization, ...] = (
     serial_console.CUSTOMIZATION,
     network.CUSTOMIZATION,
     ssh.CUSTOMIZATION,
+    apt_sources.CUSTOMIZATION,
     cloud_init.CUSTOMIZATION,
     agent_tools.CUSTOMIZATION,
     locale_timezone.CUSTOMIZATION,

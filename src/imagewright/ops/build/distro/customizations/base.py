@@ -16,7 +16,7 @@ here-documents, so nothing from the host is read while the guest's files are wri
 from __future__ import annotations
 
 import base64
-import secrets
+import hashlib
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +24,17 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from imagewright.ops.build.distro.plan import DistroPlan
+
+
+def _marker(body: str) -> str:
+    """A here-document delimiter that is not a line of ``body``, derived from it: the same
+    content gives the same script text (build's root filesystem cache keys on the scripts)."""
+    digest = hashlib.sha256(body.encode("utf-8", "surrogateescape")).hexdigest()
+    for start in range(0, len(digest) - 16):
+        marker = "IMAGEWRIGHT_EOF_" + digest[start : start + 16]
+        if marker not in body:
+            return marker
+    raise ValueError("no here-document delimiter fits this content")  # pragma: no cover
 
 
 @dataclass
@@ -44,10 +55,8 @@ class TargetScript:
         """Write ``content`` to ``path`` (parents created, owned by root, ``mode``)."""
         if not path.startswith("/") or "\0" in path or "\n" in path:
             raise ValueError(f"{path!r} is not an absolute guest path")
-        marker = "IMAGEWRIGHT_EOF_" + secrets.token_hex(8)
-        while marker in content:  # pragma: no cover - 64 random bits
-            marker = "IMAGEWRIGHT_EOF_" + secrets.token_hex(8)
         body = content if content.endswith("\n") or not content else content + "\n"
+        marker = _marker(body)
         quoted = shlex.quote(path)
         directory = shlex.quote(path.rsplit("/", 1)[0] or "/")
         self.lines.append(f"mkdir -p {directory}")
@@ -63,8 +72,8 @@ class TargetScript:
         """Write any bytes to ``path`` (carried base64-encoded, decoded by the guest's coreutils)."""
         if not path.startswith("/") or "\0" in path or "\n" in path:
             raise ValueError(f"{path!r} is not an absolute guest path")
-        marker = "IMAGEWRIGHT_EOF_" + secrets.token_hex(8)
         encoded = base64.encodebytes(data).decode("ascii")
+        marker = _marker(encoded)
         quoted = shlex.quote(path)
         self.lines.append(f"mkdir -p {shlex.quote(path.rsplit('/', 1)[0] or '/')}")
         self.lines.append(f"rm -f {quoted}")

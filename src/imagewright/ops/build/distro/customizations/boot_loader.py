@@ -1,4 +1,4 @@
-"""boot-loader: the guest's own ``grub-pc``, configured so that the guest keeps its menu itself.
+"""boot-loader: the guest's own GRUB packages, configured so that the guest keeps its menu itself.
 
 build places GRUB's boot code and core image itself (``ops/build/bootloader.py``) and writes a
 ``grub.cfg``; this customisation makes the guest able to maintain both after it boots:
@@ -6,6 +6,18 @@ build places GRUB's boot code and core image itself (``ops/build/bootloader.py``
 - ``grub-pc`` is installed, so ``update-grub`` and ``grub-mkconfig`` exist (virt-v2v needs the
   latter) and the kernel packages' ``/etc/kernel/postinst.d/zz-update-grub`` rewrites the menu
   whenever a kernel is installed or removed.
+- For a disk that boots under UEFI (``--firmware hybrid``, the default, or ``uefi``) also
+  ``grub-efi-amd64-signed`` and ``shim-signed`` (with ``shim-helpers-amd64-signed`` and
+  ``grub-efi-amd64-bin`` as their dependencies): the signed boot chain the ESP carries is then
+  a package of the guest, upgraded with it and at hand for ``grub-install --target=x86_64-efi
+  --uefi-secure-boot`` (virt-v2v and the guest's admin find it). grub-pc stays the platform
+  package: ``grub-efi-amd64`` conflicts with it, and one ``update-grub`` writes the one
+  ``/boot/grub/grub.cfg`` that both BIOS GRUB and the ESP's GRUB read (build's ESP
+  ``grub.cfg`` finds the root by UUID and loads that file), so a kernel installed in the guest
+  reaches both menus. Neither package's maintainer scripts install to an ESP here: with grub-pc
+  as the platform, shim-signed and grub-efi-amd64-signed run no ``grub-install``; the ESP's
+  binaries are build's, of the same packages when the build machine's apt has the same
+  release (Debian), and refreshed in the guest by that ``grub-install`` when wanted.
 - debconf is told, before grub-pc is configured, that there is no install device yet
   (``grub-pc/install_devices`` empty, ``install_devices_empty`` true): there is no disk inside
   mmdebstrap's chroot, and grub-pc's postinst must not try ``grub-install`` there.
@@ -34,6 +46,8 @@ from imagewright.ops.build.grubcfg import CONSOLE_ARGUMENTS, MENU_TIMEOUT_SECOND
 
 GRUB_DEFAULTS = "/etc/default/grub.d/50-imagewright.cfg"
 DEVICE_SCRIPT = "/usr/local/sbin/imagewright-grub-install-device"
+#: The signed UEFI chain of a disk that boots under UEFI (see the module docstring).
+UEFI_PACKAGES = ("grub-efi-amd64-signed", "shim-signed")
 DEVICE_UNIT = "/etc/systemd/system/imagewright-grub-install-device.service"
 DEVICE_MARKER = "/var/lib/imagewright/grub-install-device"
 
@@ -117,9 +131,9 @@ def _customize(plan: DistroPlan, script: TargetScript) -> None:
 
 CUSTOMIZATION = Customization(
     name="boot-loader",
-    summary="the guest's own grub-pc, configured to keep build's menu (update-grub, install device)",
+    summary="the guest's own grub-pc (+ signed shim and GRUB for UEFI), keeping build's menu (update-grub)",
     why="an apt upgrade of a kernel must reach the boot menu; virt-v2v needs grub-mkconfig",
-    packages=lambda plan: ("grub-pc",),
+    packages=lambda plan: ("grub-pc", *UEFI_PACKAGES) if plan.uefi else ("grub-pc",),
     essential=_essential,
     customize=_customize,
 )

@@ -52,6 +52,7 @@ CUSTOMIZATION = Customization(
     name="network",
     summary="DHCP on every Ethernet interface (systemd-networkd, any interface name)",
     why="an instance must be reachable without knowing its NIC's name or MAC",
-    packages=lambda plan: ("systemd-resolved",),
+    # Part of systemd itself in older releases (release.py: resolved_in_systemd).
+    packages=lambda plan: ("systemd-resolved",) if plan.release.has_resolved_package else (),
     customize=_customize,
 )
