@@ -256,3 +256,31 @@ def test_qemu_reads_the_base_through_the_overlay(tmp_path: Path) -> None:
     out = run("qemu-io", "--image-opts", image_opts, "-c", "read -P 0xab 0 64k", "-c", "read -P 0 64k 64k")
     assert b"Pattern verification failed" not in out.stdout + out.stderr
     assert out.stdout.count(b"read 65536/65536 bytes") == 2
+
+
+def test_a_uefi_boot_with_a_cd_rom_runs_on_q35(tmp_path: Path) -> None:
+    """``boot --firmware uefi --cdrom seed.iso``: q35's AHCI (Linux under OVMF does not see a CD-ROM
+    on PIIX's IDE), and QEMU accepts the machine; without a CD-ROM the machine stays ``pc``."""
+    from tests.fixtures.tools import run
+
+    from imagewright.compute.boot import uefi_chipset
+    from imagewright.programs.ovmf import find_ovmf
+    from imagewright.programs.qemu_system import UefiFlash
+
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(b"\0" * 1024 * 1024)
+    seed = tmp_path / "seed.iso"
+    seed.write_bytes(b"\0" * 1024 * 1024)
+    plain = [Drive(disk)]
+    with_seed = [*plain, Drive(seed, bus="ide", media="cdrom")]
+    assert uefi_chipset(plain) == "pc" and uefi_chipset(with_seed) == "q35"
+
+    ovmf = find_ovmf(secure_boot=False)
+    variables = tmp_path / "vars.fd"
+    variables.write_bytes(ovmf.variables_template.read_bytes())
+    flash = UefiFlash(ovmf.code, variables, False, chipset=uefi_chipset(with_seed))
+    argv = qemu_system_argv(MachineSpec(accelerator="tcg", uefi=flash, drives=tuple(with_seed)))
+    assert _after(argv, "-machine") == ["q35"]
+    assert [d for d in _after(argv, "-device") if d.startswith("ide-cd")][0].endswith("bus=ide.0,unit=0")
+    proc = run("timeout", "3", *argv, "-S", check=False)
+    assert proc.returncode == 124, proc.stderr.decode()  # still running when timeout stopped it

@@ -333,7 +333,7 @@ def boot(
         if ovmf is not None:
             variables = Path(vars_directory) / "OVMF_VARS.fd"
             shutil.copyfile(ovmf.variables_template, variables)
-            uefi = UefiFlash(ovmf.code, variables, secure_boot)
+            uefi = UefiFlash(ovmf.code, variables, secure_boot, chipset=uefi_chipset(machine_drives))
         return _boot(
             timeout=timeout, expect=expect, drives=machine_drives, network=network,
             memory_mib=memory_mib, cpus=cpus, console_log=console_log, smbios_system=smbios_system,
@@ -341,6 +341,13 @@ def boot(
             firmware_description=ovmf.description if ovmf is not None else SEABIOS_DESCRIPTION,
         )  # fmt: skip
 
+
+
+def uefi_chipset(drives: list[Drive]) -> str:
+    """The machine a UEFI boot gets: q35 when a CD-ROM is attached (under OVMF on ``pc``, Linux's
+    ata_piix finds no drive on PIIX's IDE, so a NoCloud or config-drive CD-ROM goes unseen;
+    q35's AHCI is seen, see programs/qemu_system.py), else ``pc`` as for BIOS."""
+    return "q35" if any(drive.media == "cdrom" for drive in drives) else "pc"
 
 def _boot(
     *,
