@@ -281,6 +281,6 @@ def test_a_uefi_boot_with_a_cd_rom_runs_on_q35(tmp_path: Path) -> None:
     flash = UefiFlash(ovmf.code, variables, False, chipset=uefi_chipset(with_seed))
     argv = qemu_system_argv(MachineSpec(accelerator="tcg", uefi=flash, drives=tuple(with_seed)))
     assert _after(argv, "-machine") == ["q35"]
-    assert [d for d in _after(argv, "-device") if d.startswith("ide-cd")][0].endswith("bus=ide.0,unit=0")
+    assert next(d for d in _after(argv, "-device") if d.startswith("ide-cd")).endswith("bus=ide.0,unit=0")
     proc = run("timeout", "3", *argv, "-S", check=False)
     assert proc.returncode == 124, proc.stderr.decode()  # still running when timeout stopped it
