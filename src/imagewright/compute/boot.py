@@ -342,12 +342,12 @@ def boot(
         )  # fmt: skip
 
 
-
 def uefi_chipset(drives: list[Drive]) -> str:
     """The machine a UEFI boot gets: q35 when a CD-ROM is attached (under OVMF on ``pc``, Linux's
     ata_piix finds no drive on PIIX's IDE, so a NoCloud or config-drive CD-ROM goes unseen;
     q35's AHCI is seen, see programs/qemu_system.py), else ``pc`` as for BIOS."""
     return "q35" if any(drive.media == "cdrom" for drive in drives) else "pc"
+
 
 def _boot(
     *,
