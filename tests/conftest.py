@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -10,6 +11,12 @@ import pytest
 from click.testing import CliRunner, Result
 
 from imagewright.cli.main import cli
+
+# A suite started in the background by a non-interactive shell (`make test &`, nohup) inherits
+# SIGINT ignored (POSIX), and so would every program the tests start and send Ctrl-C to: the
+# Ctrl-C tests would wait for nothing. Python's own handler again, inherited as the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The test guest fixtures (testguest_rootfs, testguest_flat_ext4, testguest_tarball) for every boot test;
 # s3_server (a real S3 endpoint: Swift + s3api) for the stores' and the registry's tests;
