@@ -378,11 +378,16 @@ with AtomicOutput(Path(sys.argv[1])) as out, out.path.open("wb") as f:
 def test_ctrl_c_during_a_write_leaves_nothing(tmp_path: Path) -> None:
     target = tmp_path / "out.img"
     proc = child(WRITE_FOREVER, target)
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "writing"
-    assert len(names(tmp_path)) == 2  # the temporary and the scratch directory
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "writing"
+        assert len(names(tmp_path)) == 2  # the temporary and the scratch directory
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # it writes forever: a failed test must not leave it spinning
+            proc.wait()
     assert "KeyboardInterrupt" in stderr
     assert names(tmp_path) == []
 
