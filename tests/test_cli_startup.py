@@ -248,7 +248,11 @@ def test_the_group_answers_when_the_sandbox_is_off(
     argument_words: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """With IMAGEWRIGHT_NO_SANDBOX set the group warns first, so a plain inspect goes to it."""
+    from imagewright.programs import runner
+
     monkeypatch.setenv(NO_SANDBOX_ENV, "1")
+    # The warning is said once per process: another test in this worker may have said it.
+    monkeypatch.setattr(runner._policy, "warned", False)
     (code, out, err), _ = both_ways(["inspect", argument_words[0]], capsys)
     assert code == 0
     assert "verdict:" in out
