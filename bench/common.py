@@ -98,3 +98,8 @@ def gpt_ext4_disk(raw: Path, root_size: str) -> Path:
     )
     run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "root", "-E", f"offset={2 << 20}", raw, root_size])
     return raw
+
+
+def sha256_of(path: Path) -> str:
+    """The file's SHA-256 by ``sha256sum``: an independent reader of what both sides wrote."""
+    return run(["sha256sum", path]).stdout.split()[0].decode()

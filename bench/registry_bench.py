@@ -43,7 +43,7 @@ import httpx
 from tests.fixtures.glance import GlanceServer, glance_server
 from tests.fixtures.registry import RegistryServer
 
-from bench.common import Comparison, report, run
+from bench.common import Comparison, report, run, sha256_of
 
 MiB = 1 << 20
 SIZE = int(os.environ.get("IMAGEWRIGHT_BENCH_REGISTRY_MIB", "2048")) * MiB
@@ -63,10 +63,6 @@ def make_source(path: Path) -> tuple[str, str]:
             md5.update(chunk)
             f.write(chunk)
     return sha256.hexdigest(), md5.hexdigest()
-
-
-def sha256_of(path: Path) -> str:
-    return run(["sha256sum", path]).stdout.split()[0].decode()
 
 
 # --- memory ------------------------------------------------------------------------------------

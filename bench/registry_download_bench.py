@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 from tests.fixtures.registry import RegistryServer
 
-from bench.common import Comparison, report, run
+from bench.common import Comparison, report, run, sha256_of
 
 MiB = 1 << 20
 SIZE = int(os.environ.get("IMAGEWRIGHT_BENCH_REGISTRY_DOWNLOAD_MIB", "1024")) * MiB
@@ -52,10 +52,6 @@ def make_source(path: Path) -> str:
             sha256.update(chunk)
             f.write(chunk)
     return sha256.hexdigest()
-
-
-def sha256_of(path: Path) -> str:
-    return run(["sha256sum", path]).stdout.split()[0].decode()
 
 
 def group_cpu_seconds(pgid: int) -> float:

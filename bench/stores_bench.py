@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import Comparison, report, run, timed
+from bench.common import Comparison, report, run, sha256_of, timed
 from imagewright.stores.base import BlobStore
 from imagewright.stores.file import FileStore
 from imagewright.stores.s3 import S3Store
@@ -54,10 +54,6 @@ def store_download(store: BlobStore, key: str, out: Path) -> Callable[[], object
                 f.write(chunk)
 
     return download
-
-
-def sha256_of(path: Path) -> str:
-    return run(["sha256sum", path]).stdout.split()[0].decode()
 
 
 def best(ours: Callable[[], object], theirs: Callable[[], object]) -> tuple[list[float], list[float]]:
