@@ -77,6 +77,8 @@ _READ = 4 << 20
 _ZERO = bytes(64 * 1024)
 #: Bytes of the gzip stream gathered per encryption call.
 _ENCRYPT_BLOCK = 1 << 20
+#: AES's block: CBC encrypts whole blocks, PKCS#7 pads to one.
+_AES_BLOCK = 16
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,7 @@ class PartWriter:
         self.outputs: list[AtomicOutput] = []
         self._file: SequentialFile | None = None
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
             if self._file is None or self._file.size >= self.part_size:
@@ -202,7 +204,7 @@ class PartWriter:
                 self.outputs.append(output)
                 self._file = SequentialFile(output.path, ("sha1", "sha256"))
             take = min(len(view), self.part_size - self._file.size)
-            self._file.write(bytes(view[:take]))
+            self._file.write(view[:take])
             view = view[take:]
 
     def _close_part(self) -> None:
@@ -235,24 +237,36 @@ class BundleWriter:
         self.tar_sha1 = hashlib.sha1()  # noqa: S324 - the manifest's digest algorithm is SHA-1
         cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
         self._encryptor = cipher.encryptor()
-        self._padder = sym_padding.PKCS7(128).padder()
-        # The gzip member's bytes are gathered before they are encrypted: a grain's block is a
-        # few bytes to a few dozen KiB, and each cipher call has a cost of its own.
-        self._gathered = bytearray()
+        # The gzip member's bytes are gathered in one buffer, filled in place, before they are
+        # encrypted into another: a grain's block is a few bytes to a few dozen KiB, each cipher
+        # call has a cost of its own, and fresh buffers per MiB cost page faults. PKCS#7 padding
+        # is added by hand at the end (AES-CBC needs whole 16-byte blocks only there).
+        self._gathered = bytearray(_ENCRYPT_BLOCK)
+        self._gathered_view = memoryview(self._gathered)
+        self._used = 0
+        self._encrypted = bytearray(_ENCRYPT_BLOCK + _AES_BLOCK)
+        self._gzip_size = 0
         self._gzip = GzipMember(self._gather)
         self._add(ustar_header(name, image_size))
 
     def _gather(self, data: bytes) -> None:
-        self._gathered += data
-        if len(self._gathered) >= _ENCRYPT_BLOCK:
-            self._encrypt()
+        self._gzip_size += len(data)
+        view = memoryview(data)
+        while view:
+            take = min(len(view), _ENCRYPT_BLOCK - self._used)
+            self._gathered_view[self._used : self._used + take] = view[:take]
+            self._used += take
+            view = view[take:]
+            if self._used == _ENCRYPT_BLOCK:
+                self._encrypt()
 
     def _encrypt(self) -> None:
-        data = bytes(self._gathered)
-        self._gathered.clear()
-        out = self._encryptor.update(self._padder.update(data))
-        if out:
-            self._parts.write(out)
+        if not self._used:
+            return
+        written = self._encryptor.update_into(self._gathered_view[: self._used], self._encrypted)
+        self._used = 0
+        if written:
+            self._parts.write(memoryview(self._encrypted)[:written])
 
     def _add(self, data: bytes) -> None:
         self.tar_sha1.update(data)
@@ -267,8 +281,10 @@ class BundleWriter:
         pad = padding(self.image_size)
         self._add(pad + end_of_archive(BLOCK + self.image_size + len(pad)))
         self._gzip.finish()
+        pkcs7 = _AES_BLOCK - self._gzip_size % _AES_BLOCK  # PKCS#7: 1..16 bytes of their count
+        self._gather(bytes([pkcs7]) * pkcs7)
         self._encrypt()
-        tail = self._encryptor.update(self._padder.finalize()) + self._encryptor.finalize()
+        tail = self._encryptor.finalize()
         self._parts.write(tail)
         self._parts.finish()
 

@@ -82,21 +82,31 @@ class SequentialFile:
         self._file = OutputFile(path)
         self._file.position = start
         self._hashers = {name: hashlib.new(name) for name in algorithms}
-        self._pending = bytearray()
+        # One buffer for the file's life, filled in place: a bytearray that grows, is copied
+        # out and cleared for every MiB reallocates and faults in fresh pages each time.
+        self._buffer = bytearray(self.BUFFER)
+        self._view = memoryview(self._buffer)
+        self._used = 0
         self.size = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._pending += data
-        self.size += len(data)
-        if len(self._pending) >= self.BUFFER:
+        length = len(data)
+        self.size += length
+        if self._used + length > self.BUFFER:
             self.flush()
+            if length >= self.BUFFER:
+                self._emit(data)
+                return
+        self._view[self._used : self._used + length] = data
+        self._used += length
 
     def flush(self) -> None:
         """Hash and write what is gathered."""
-        if not self._pending:
-            return
-        data = bytes(self._pending)
-        self._pending.clear()
+        if self._used:
+            self._emit(self._view[: self._used])
+            self._used = 0
+
+    def _emit(self, data: bytes | bytearray | memoryview) -> None:
         self._file.append(data)
         for hasher in self._hashers.values():
             hasher.update(data)
@@ -108,7 +118,7 @@ class SequentialFile:
 
     @property
     def position(self) -> int:
-        return self._file.position + len(self._pending)
+        return self._file.position + self._used
 
     def digests(self) -> dict[str, str]:
         self.flush()

@@ -171,7 +171,7 @@ class OutputFile:
             raise io_error(err, path, "creating") from None
         self.position = 0
 
-    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         try:
             while view:
@@ -182,7 +182,7 @@ class OutputFile:
             raise io_error(err, self.path) from None
         self.position = max(self.position, offset)
 
-    def append(self, data: bytes | memoryview) -> None:
+    def append(self, data: bytes | bytearray | memoryview) -> None:
         self.write_at(self.position, data)
 
     def finish(self, size: int | None = None) -> None:
