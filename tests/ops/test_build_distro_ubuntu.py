@@ -13,16 +13,18 @@ the Ubuntu archive key (the host's ubuntu-keyring or the copy imagewright ships)
 Timings measured here (2 cores, TCG, load 10–14, another build running): the cold build 5.3 min
 (fetch 19 s, unpack 45 s, configure 90 s, customize 3 s, pack 66 s, image 88 s); the BIOS boot
 to the user-data line 8.3 min (cloud-init's local stage at 188 s of uptime, final at 465 s); the
-hybrid build 3.7 min with a warm package cache; its UEFI boot (OVMF, Secure Boot off, Debian's
-shim and GRUB on the ESP) to systemd's hostname line 61 s.
+hybrid build 3.7 min with a warm package cache; its UEFI boot (OVMF, Secure Boot off) to
+systemd's hostname line 61 s.
 
 Secure Boot (``test_*_boots_with_secure_boot``): ``--agent`` builds of noble and jammy, whose
 ESP holds Ubuntu's own shim (Microsoft-signed) and GRUB (Canonical-signed) in ``EFI/ubuntu``,
 each booted under OVMF with Microsoft's keys enrolled and Secure Boot enforced
 (``OVMF_VARS_4M.ms.fd``) with a NoCloud seed: the kernel says "Secure boot enabled", the guest's
 own ``mokutil --sb-state`` (run by the user-data) says "SecureBoot enabled", and the agent's
-ready line shows the seed's hostname. Measured here (2 cores, TCG, load 12–16, other boots
-running): the jammy build 5.1 min cold; its boot to the ready line under Secure Boot ~N min.
+ready line shows the seed's hostname. Measured here (2 cores, TCG, load 16–20, other helpers'
+boots running): cold builds 4.5 min (noble) and 5.1 min (jammy), 100 s each with the root
+filesystem cached; the Secure Boot tests 6.8 min (noble) and 5.7 min (jammy) on two workers
+(the agent's ready line at 189 s of jammy's uptime).
 """
 
 from __future__ import annotations
