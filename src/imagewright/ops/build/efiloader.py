@@ -28,8 +28,9 @@ signature (``disk/efiboot.py`` reads it; the signature itself is the firmware's 
 **The guest's own chain comes first.** A root filesystem with its distribution's signed packages
 installed (Debian's or Ubuntu's ``shim-signed`` and ``grub-efi-amd64-signed``; ``build --from``
 installs them for every disk that boots under UEFI) carries a chain whose GRUB checks the
-kernel *that distribution* signed: Debian's GRUB (through Debian's shim) refuses Ubuntu's
-kernel under Secure Boot ("bad shim signature"), and Ubuntu's refuses Debian's. So when the
+kernel *that distribution* signed (each shim carries its own vendor's certificate only):
+Debian's GRUB, through Debian's shim, refuses Ubuntu's kernel under Secure Boot ("bad shim
+signature", tried here with noble). So when the
 source has the files below, the ESP gets them, read out of the new root filesystem (never from
 the build machine), and the directory under ``EFI/`` is the one that GRUB was built to look in::
 
