@@ -487,8 +487,8 @@ def _loader_from_guest(
         grub_signers = loader.binary("grubx64.efi").signers
         signed_by = f" (GRUB's signature names {', '.join(grub_signers[:2])})" if grub_signers else ""
         notes.append(
-            f"the ESP holds {loader.description}{signed_by}, copied from its root filesystem: "
-            "they start the kernel its distribution signed, with Secure Boot on or off"
+            f"the ESP holds {loader.description}, copied from its root filesystem: they start the "
+            f"kernel its distribution signed, with Secure Boot on or off{signed_by}"
         )
         return loader
     loader, loader_notes = choose_loader(efi_loader, scratch=work, cache_dir=cache_dir)
