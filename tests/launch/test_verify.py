@@ -169,3 +169,39 @@ def test_verify_boots_a_uefi_only_image_under_ovmf_with_given_user_data_and_a_gr
     finally:
         iw(stack, "rm", "--force", report["instance_id"])
     assert ps(stack) == {"instances": [], "orphans": []}
+
+
+@pytest.mark.long
+def test_verify_boots_an_image_that_requires_secure_boot_with_secure_boot_on(
+    stack: MetadataStack, testguest_tarball: Path, tmp_path: Path
+) -> None:
+    """A registry image with ``os_secure_boot=required`` (as Nova reads it): verify starts OVMF
+    with Microsoft's keys and Secure Boot enforced, the disk's signed shim, GRUB and kernel boot,
+    and the kernel's own "Secure boot enabled" is part of the firmware check."""
+    disk = _disk(testguest_tarball, tmp_path)
+    with stack.server.api(stack.server.token()) as admin:
+        image = admin.create_image(
+            name="testguest-sb", disk_format="qcow2", container_format="bare", os_secure_boot="required"
+        )
+        assert admin.upload(image["id"], disk.read_bytes()).status_code == 204
+
+    result = iw(stack, "verify", "testguest-sb", "--context", "nocloud", "--timeout", VERIFY_TIMEOUT,
+                "--keep", "--json")  # fmt: skip
+
+    report = json.loads(result.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    try:
+        assert report["ok"] is True, result.stdout
+        assert (report["firmware"], report["secure_boot"]) == ("uefi", True)
+        assert report["firmware_reason"] == "image property os_secure_boot=required"
+        assert checks["firmware"]["detail"] == (
+            "OVMF; the kernel found UEFI firmware (EDK II), Secure Boot enabled"
+        )
+        # Independently: the kept console and the variable store of the Secure Boot firmware.
+        instance = stack.server.data_dir / "instances" / report["instance_id"]
+        console = (instance / "console.log").read_text(errors="replace")
+        assert "secureboot: Secure boot enabled" in console
+        assert (instance / "OVMF_VARS.fd").read_bytes() != b""
+    finally:
+        iw(stack, "rm", "--force", report["instance_id"])
+    assert ps(stack) == {"instances": [], "orphans": []}

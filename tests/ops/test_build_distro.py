@@ -261,6 +261,10 @@ def test_the_hybrid_image_boots_under_uefi_with_secure_boot(
         assert name in packages, name
     disk_report = debian_cloud_init_guest.report["disk"]
     assert isinstance(disk_report, dict) and disk_report["boots_under"] == ["bios", "uefi"]
+    # The ESP carries the guest's own Debian chain, copied from its root filesystem.
+    loader = disk_report["uefi"]["loader"]
+    assert (loader["owner"], loader["vendor_directory"]) == ("guest", "debian")
+    assert {b["name"] for b in loader["binaries"]} == {"shimx64.efi", "grubx64.efi", "mmx64.efi"}
     result = json.loads(
         imagewright(
             "boot", debian_cloud_init_guest.disk, "--snapshot", "--secure-boot", "--json",

@@ -71,8 +71,8 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     type=click.Choice(["auto", "signed", "unsigned"]),
     default="auto",
     show_default=True,
-    help="UEFI boot loader: Debian's signed shim + GRUB (Secure Boot), an unsigned GRUB, "
-    "or the signed one when it can be had.",
+    help="UEFI boot loader: signed shim + GRUB (Secure Boot; the guest's own when it has them, "
+    "else Debian's), an unsigned GRUB, or a signed one when it can be had.",
 )
 @click.option(
     "--fs",
@@ -163,13 +163,14 @@ def command(
     before anything is written.
 
     By default the disk boots under both BIOS and UEFI (--firmware hybrid): a GPT disk with a
-    BIOS boot partition for GRUB 2 (i386-pc), an EFI System Partition holding Debian's signed
-    shim and GRUB (Secure Boot works; without them, an unsigned GRUB, said in the report) and
-    the root partition after them; an optional swap partition at the end. --firmware bios
-    gives an MBR disk (root partition 1, bootable) or, with --table gpt, a BIOS boot partition
-    and the root; --firmware uefi an ESP and the root. Both firmwares read the same grub.cfg,
-    booting the newest /boot/vmlinuz-* (or --kernel) with root=UUID= and a serial console, and
-    /etc/fstab names root and swap by UUID.
+    BIOS boot partition for GRUB 2 (i386-pc), an EFI System Partition holding a signed shim
+    and GRUB (Secure Boot works: the guest's own, from its shim-signed and
+    grub-efi-amd64-signed, when it has them, else Debian's; without them, an unsigned GRUB,
+    said in the report) and the root partition after them; an optional swap partition at the
+    end. --firmware bios gives an MBR disk (root partition 1, bootable) or, with --table gpt,
+    a BIOS boot partition and the root; --firmware uefi an ESP and the root. Both firmwares
+    read the same grub.cfg, booting the newest /boot/vmlinuz-* (or --kernel) with root=UUID=
+    and a serial console, and /etc/fstab names root and swap by UUID.
 
     Owners, modes, device nodes, links and extended attributes of a tarball come out as the
     tarball says, also when build runs as an ordinary user. A directory is read as it is on
@@ -387,8 +388,12 @@ def _print_disk(report: BuildReport) -> None:
     esp = report.esp
     if esp is not None:
         chain = "shim -> GRUB (signed: Secure Boot)" if esp.secure_boot else "GRUB (unsigned: no Secure Boot)"
+        whose = "the guest's own" if esp.loader.owner == "guest" else "build's"
         out.print(
-            Text(f"UEFI: {chain} at EFI/BOOT/BOOTX64.EFI on partition {esp.partition} ({esp.fat_type})")
+            Text(
+                f"UEFI: {chain}, {whose}, at EFI/BOOT/BOOTX64.EFI and EFI/{esp.loader.vendor_directory} "
+                f"on partition {esp.partition} ({esp.fat_type})"
+            )
         )
     for key, value in report.image_properties.items():
         out.print(Text(f"image property: {key}={value}"))

@@ -11,10 +11,14 @@ root, loop devices or mounting anything. The steps, in order:
    (``layout.py`` documents the layout and which firmware each ``--firmware`` boots under)
    and read the table back with our own reader: the two must agree. A disk that boots under
    UEFI first gets its boot loader (``efiloader.py``: Debian's signed shim and GRUB, else an
-   unsigned GRUB, said in the report) and the ESP's room is checked.
+   unsigned GRUB, said in the report) and the ESP's room is checked — unless the source carries
+   its own signed shim and GRUB (or is a filesystem image, whose files are not listed before it
+   is copied): then the loader is chosen in step 4, from the new root filesystem.
 3. Write the root filesystem into its partition's byte range (``rootfs.py``; tarballs through a
    rootless staging tree, ``tarball.py`` and ``metadata.py``).
-4. Put the kernel (``--kernel``) into /boot or choose the newest there, write ``grub.cfg`` and
+4. Copy the guest's own signed UEFI chain out of the root filesystem when it has one (its
+   GRUB checks the kernel its distribution signed; ``efiloader.guest_loader``). Put the kernel
+   (``--kernel``) into /boot or choose the newest there, write ``grub.cfg`` and
    ``/etc/fstab`` (``configure.py``, ``grubcfg.py``, ``fstab.py``).
 5. Write the swap signature (``swap.py``), install GRUB for BIOS (``bootloader.py``) and write
    the EFI System Partition (``esp.py``), as the firmware choice asks.
@@ -52,7 +56,7 @@ from imagewright.ops.build.configure import (
     write_fstab,
     write_grub_config,
 )
-from imagewright.ops.build.efiloader import EfiLoader, LoaderChoice, choose_loader
+from imagewright.ops.build.efiloader import EfiLoader, LoaderChoice, choose_loader, guest_loader
 from imagewright.ops.build.esp import ESP_LABEL, EspPlacement, check_esp, check_esp_room, write_esp
 from imagewright.ops.build.grubcfg import KernelChoice, command_line, kernel_parameters
 from imagewright.ops.build.kernelhook import install_kernel_hook, menu_program
@@ -228,9 +232,10 @@ def build(
     quarter, in whole GiB). ``swap``: bytes of swap (0: no swap partition). ``table``: "mbr" or
     "gpt"; ``firmware``: "hybrid", "bios" or "uefi" (both None: a hybrid GPT disk; see
     ``layout.resolve_shape``). ``esp_size``: bytes of the EFI System Partition (default
-    100 MiB). ``efi_loader``: "auto" (Debian's signed shim and GRUB, else an unsigned GRUB),
-    "signed" or "unsigned"; ``cache_dir``: where the signed packages are kept (default
-    ``$IMAGEWRIGHT_CACHE``). ``fs_type``: ext2/ext3/ext4 for a tree or tarball (default ext4).
+    100 MiB). ``efi_loader``: "auto" (the guest's own signed shim and GRUB, else Debian's
+    signed ones, else an unsigned GRUB), "signed" or "unsigned"; ``cache_dir``: where the
+    signed packages are kept (default ``$IMAGEWRIGHT_CACHE``). ``fs_type``: ext2/ext3/ext4 for
+    a tree or tarball (default ext4).
     ``kernel``/``initrd``: host files copied into /boot and booted. ``append``: more kernel
     parameters. ``output_format``: raw, qcow2, vmdk, vhd, vhdx or vdi (default: from the
     output's name, else raw).
@@ -312,12 +317,17 @@ def build(
         work = out.scratch_directory("work")
         loader: EfiLoader | None = None
         loader_notes: list[str] = []
-        if shape.uefi:
+        # The guest's own chain is read from the root filesystem once it is written (step 4).
+        from_guest = efi_loader != "unsigned" and (
+            isinstance(src, FilesystemImageSource) or src.content.has_uefi_chain
+        )
+        if shape.uefi and not from_guest:
             loader, loader_notes = choose_loader(efi_loader, scratch=work, cache_dir=cache_dir)
             check_esp_room(shape.esp_size, loader)
         report = _build_raw(
             src, out.path, work, layout, given=given, fs_type=fs_type or "ext4", append=append,
-            loader=loader, scratch=out.scratch, limits=limits, progress=progress,
+            loader=loader, efi_loader=efi_loader, cache_dir=cache_dir, scratch=out.scratch,
+            limits=limits, progress=progress,
         )  # fmt: skip
         report.notes[:0] = shape_notes + loader_notes
         _check_built(out.path, layout, report, work)
@@ -357,11 +367,14 @@ def _build_raw(
     fs_type: str,
     append: str,
     loader: EfiLoader | None,
+    efi_loader: LoaderChoice,
+    cache_dir: Path | None,
     scratch: Callable[[str], Path],
     limits: Limits,
     progress: Progress | None,
 ) -> BuildReport:
-    """Steps 2-5 of the module docstring, into the raw file ``image``."""
+    """Steps 2-5 of the module docstring, into the raw file ``image``; ``loader`` None on a
+    disk with an ESP: the guest's own chain, else ``choose_loader(efi_loader)``."""
     notes: list[str] = []
     fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)  # created empty by AtomicOutput
     try:
@@ -415,6 +428,8 @@ def _build_raw(
             description="the new root filesystem", verify=False,
         )  # fmt: skip
         try:
+            if layout.esp is not None and loader is None:
+                loader = _loader_from_guest(guest, efi_loader, work, cache_dir, notes)
             chosen = install_kernel(guest, given)
             write_grub_config(guest, chosen, root.uuid, append)
             write_fstab(guest, root_uuid=root.uuid, root_type=root.fs_type, swap_uuid=swap_uuid)
@@ -461,6 +476,26 @@ def _build_raw(
         boot_loader_package_program=menu,
         kernel_hooks=kernel_hooks,
     )
+
+
+def _loader_from_guest(
+    guest: E2fsGuest, efi_loader: LoaderChoice, work: Path, cache_dir: Path | None, notes: list[str]
+) -> EfiLoader:
+    """The guest's own signed chain, said in the notes; else what ``efi_loader`` chooses."""
+    loader, why_not = guest_loader(guest, work)
+    if loader is not None:
+        grub_signers = loader.binary("grubx64.efi").signers
+        signed_by = f" (GRUB's signature names {', '.join(grub_signers[:2])})" if grub_signers else ""
+        notes.append(
+            f"the ESP holds {loader.description}, copied from its root filesystem: they start the "
+            f"kernel its distribution signed, with Secure Boot on or off{signed_by}"
+        )
+        return loader
+    loader, loader_notes = choose_loader(efi_loader, scratch=work, cache_dir=cache_dir)
+    if why_not is not None:
+        notes.append(f"the guest's own signed UEFI chain was not used: {why_not}")
+    notes.extend(loader_notes)
+    return loader
 
 
 def _write_tarball(

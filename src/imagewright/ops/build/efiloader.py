@@ -1,4 +1,4 @@
-"""The UEFI boot loader ``build`` puts on the ESP: Debian's signed chain, or an unsigned GRUB.
+"""The UEFI boot loader ``build`` puts on the ESP: the guest's signed chain, Debian's, or an unsigned GRUB.
 
 The signed chain is what makes a disk boot under Secure Boot (the firmware runs only what a
 key in its ``db`` signed; every cloud's Secure Boot firmware carries Microsoft's UEFI CA)::
@@ -25,6 +25,29 @@ with a ``manifest.json`` written last (the test guest's cache pattern), under th
 Every file is checked before use: a PE32+ x86-64 EFI application carrying an Authenticode
 signature (``disk/efiboot.py`` reads it; the signature itself is the firmware's to verify).
 
+**The guest's own chain comes first.** A root filesystem with its distribution's signed packages
+installed (Debian's or Ubuntu's ``shim-signed`` and ``grub-efi-amd64-signed``; ``build --from``
+installs them for every disk that boots under UEFI) carries a chain whose GRUB checks the
+kernel *that distribution* signed (each shim carries its own vendor's certificate only):
+Debian's GRUB, through Debian's shim, refuses Ubuntu's kernel under Secure Boot ("bad shim
+signature", tried here with noble). So when the
+source has the files below, the ESP gets them, read out of the new root filesystem (never from
+the build machine), and the directory under ``EFI/`` is the one that GRUB was built to look in::
+
+    /usr/lib/shim/shimx64.efi.signed                    shim (Ubuntu: an alternatives link
+                                                        to shimx64.efi.signed.latest)
+    /usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed  GRUB, signed by the distribution
+    /usr/lib/shim/mmx64.efi.signed or mmx64.efi         MokManager, when there is a signed one
+                                                        (Debian: shim-helpers-amd64-signed;
+                                                        Ubuntu: shim-signed, Canonical-signed)
+
+GRUB's prefix is read from the signed image itself: ``grub-mkimage -p`` stores it as a module
+of type ``OBJ_TYPE_PREFIX`` (3) — a ``struct grub_module_header`` {u32 type, u32 size} and the
+NUL-terminated string (GRUB ``include/grub/kernel.h``, ``util/mkimage.c``); Debian's and
+Ubuntu's ``build-efi-images`` pass ``/EFI/debian`` and ``/EFI/ubuntu``. Its built-in
+configuration then reads ``$prefix/grub.cfg``, where build puts the stub.
+
+When the guest has no such chain, the ESP gets Debian's from the build machine's APT as above.
 When the signed packages cannot be had (no APT, APT knows no such package, no network and
 nothing cached), ``auto`` falls back to GRUB linked here by ``grub-mkimage -O x86_64-efi``
 (``grub-efi-amd64-bin``) with the same prefix, so the ESP is laid out the same way; it boots
@@ -45,9 +68,13 @@ from imagewright.binary import FileSource
 from imagewright.disk.efiboot import read_pe_image
 from imagewright.errors import BuildError, ImagewrightError, InvalidArgumentError
 from imagewright.files import ScratchFiles, cache_lock, default_cache_dir, read_manifest
+from imagewright.guest.base import GuestFS
 from imagewright.programs import apt, grub
 
 LoaderKind = Literal["signed", "unsigned"]
+#: Whose boot chain: the guest's own packages, or build's (Debian's from the build machine's APT,
+#: or grub-mkimage's).
+LoaderOwner = Literal["guest", "build"]
 #: ``--efi-loader``: signed (or fail), unsigned, or auto (signed when it can be had).
 LoaderChoice = Literal["auto", "signed", "unsigned"]
 LOADER_CHOICES: tuple[LoaderChoice, ...] = ("auto", "signed", "unsigned")
@@ -65,6 +92,15 @@ _MANIFEST = "manifest.json"
 _MANIFEST_VERSION = 1
 #: Largest boot loader file believed (Debian's signed GRUB is 4 MiB).
 MAX_LOADER_BYTES = 64 << 20
+#: GRUB's module type for the prefix (``OBJ_TYPE_PREFIX``, include/grub/kernel.h).
+_GRUB_PREFIX_MODULE = 3
+#: A prefix module: header {u32 type, u32 size}, then ``/EFI/<directory>`` and its NUL.
+_GRUB_PREFIX = re.compile(
+    re.escape(_GRUB_PREFIX_MODULE.to_bytes(4, "little")) + rb"(.{4})/EFI/([A-Za-z0-9._-]{1,64})\x00",
+    re.DOTALL,
+)
+_SCAN_CHUNK = 1 << 20
+_SCAN_OVERLAP = 128
 
 
 @dataclass(frozen=True)
@@ -83,6 +119,24 @@ SIGNED_FILES: tuple[_SignedFile, ...] = (
 
 
 @dataclass(frozen=True)
+class _GuestFile:
+    #: Its name on the ESP.
+    name: str
+    #: Where the guest's packages put it, the first that exists and is signed wins.
+    candidates: tuple[str, ...]
+    required: bool
+
+
+GUEST_FILES: tuple[_GuestFile, ...] = (
+    _GuestFile("shimx64.efi", ("/usr/lib/shim/shimx64.efi.signed",), True),
+    _GuestFile("grubx64.efi", ("/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",), True),
+    _GuestFile("mmx64.efi", ("/usr/lib/shim/mmx64.efi.signed", "/usr/lib/shim/mmx64.efi"), False),
+)
+#: The paths (relative, as tar members are named) whose presence says a source carries its own chain.
+GUEST_CHAIN_PATHS: tuple[str, ...] = tuple(f.candidates[0].lstrip("/") for f in GUEST_FILES if f.required)
+
+
+@dataclass(frozen=True)
 class EfiBinary:
     """One EFI executable for the ESP (``name`` as it is called there)."""
 
@@ -91,8 +145,12 @@ class EfiBinary:
     size: int
     sha256: str
     signed: bool
-    #: "shim-signed 1.51~1+deb12u1+16.1-2~deb12u1", "grub-mkimage (grub-efi-amd64-bin)".
+    #: "shim-signed 1.51~1+deb12u1+16.1-2~deb12u1", "grub-mkimage (grub-efi-amd64-bin)",
+    #: "the guest's /usr/lib/shim/shimx64.efi.signed.latest".
     origin: str
+    #: The common names in its Authenticode signature's certificates, as they come (the signer's
+    #: and its issuers').
+    signers: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +158,7 @@ class EfiBinary:
             "size": self.size,
             "sha256": self.sha256,
             "signed": self.signed,
+            "signers": list(self.signers),
             "origin": self.origin,
         }
 
@@ -110,12 +169,27 @@ class EfiLoader:
 
     kind: LoaderKind
     binaries: tuple[EfiBinary, ...]
+    owner: LoaderOwner = "build"
+    #: The directory under EFI/ GRUB takes as its prefix (where it reads grub.cfg).
+    vendor_directory: str = VENDOR_DIRECTORY
 
     def binary(self, name: str) -> EfiBinary:
         for item in self.binaries:
             if item.name == name:
                 return item
         raise KeyError(name)
+
+    def has(self, name: str) -> bool:
+        return any(item.name == name for item in self.binaries)
+
+    @property
+    def description(self) -> str:
+        """Whose chain, in words (the build report and the ESP room message use it)."""
+        if self.owner == "guest":
+            return f"the guest's own signed shim and GRUB (EFI/{self.vendor_directory})"
+        if self.kind == "signed":
+            return "Debian's signed shim, GRUB and MokManager"
+        return "GRUB"
 
     @property
     def first_stage(self) -> EfiBinary:
@@ -127,7 +201,12 @@ class EfiLoader:
         return sum(item.size for item in self.binaries)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "binaries": [item.to_dict() for item in self.binaries]}
+        return {
+            "kind": self.kind,
+            "owner": self.owner,
+            "vendor_directory": self.vendor_directory,
+            "binaries": [item.to_dict() for item in self.binaries],
+        }
 
 
 def choose_loader(
@@ -253,7 +332,70 @@ def _describe(path: Path, name: str, origin: str, *, must_be_signed: bool) -> Ef
         raise BuildError(f"{path} is not an x86-64 EFI application.")
     if must_be_signed and not pe.signed:
         raise BuildError(f"{path} carries no Authenticode signature.")
-    return EfiBinary(name, path, size, digest.hexdigest(), pe.signed, origin)
+    return EfiBinary(name, path, size, digest.hexdigest(), pe.signed, origin, pe.certificate_names)
+
+
+def guest_loader(guest: GuestFS, scratch: Path) -> tuple[EfiLoader | None, str | None]:
+    """The guest's own signed shim, GRUB (and MokManager) copied into ``scratch``, or None and
+    why not (None, None: the guest has no signed chain at all)."""
+    found: list[EfiBinary] = []
+    directory = scratch / "guest-efi"
+    for wanted in GUEST_FILES:
+        binary, why = _guest_binary(guest, wanted, directory)
+        if binary is not None:
+            found.append(binary)
+        elif wanted.required:
+            present = [guest.lstat_or_none(f.candidates[0]) is not None for f in GUEST_FILES if f.required]
+            return None, (why if any(present) else None)
+    grub_binary = next(item for item in found if item.name == "grubx64.efi")
+    vendor = grub_efi_directory(grub_binary.path)
+    if vendor is None:
+        return None, (
+            "the guest's signed GRUB carries no /EFI/<directory> prefix: where it reads grub.cfg is unknown"
+        )
+    return EfiLoader("signed", tuple(found), owner="guest", vendor_directory=vendor), None
+
+
+def _guest_binary(guest: GuestFS, wanted: _GuestFile, directory: Path) -> tuple[EfiBinary | None, str]:
+    """The first candidate that is a signed x86-64 EFI application, copied out; else why not."""
+    why = f"the guest has no {wanted.candidates[0]}"
+    for number, candidate in enumerate(wanted.candidates):
+        try:
+            real = guest.resolve(candidate)
+            info = guest.stat(real)
+        except ImagewrightError:
+            continue
+        if not info.is_file:
+            why = f"the guest's {candidate} is not a regular file"
+            continue
+        if info.size > MAX_LOADER_BYTES:
+            why = f"the guest's {candidate} is larger than any boot loader"
+            continue
+        directory.mkdir(mode=0o700, exist_ok=True)
+        target = directory / f"{wanted.name}-{number}"
+        guest.copy_out(real, target)
+        try:
+            return _describe(target, wanted.name, f"the guest's {real}", must_be_signed=True), ""
+        except BuildError:
+            why = f"the guest's {candidate} is not a signed x86-64 EFI application"
+            target.unlink(missing_ok=True)
+    return None, why
+
+
+def grub_efi_directory(path: Path) -> str | None:
+    """The ``<directory>`` of a GRUB EFI image's built-in ``/EFI/<directory>`` prefix, or None
+    (see the module docstring: the prefix module, read in bounded chunks)."""
+    tail = b""
+    with path.open("rb") as f:
+        while chunk := f.read(_SCAN_CHUNK):
+            data = tail + chunk
+            for match in _GRUB_PREFIX.finditer(data):
+                size = int.from_bytes(match.group(1), "little")
+                needed = 8 + len(b"/EFI/") + len(match.group(2)) + 1
+                if needed <= size < needed + 16:  # the module is padded to the address size
+                    return match.group(2).decode("ascii")
+            tail = data[-_SCAN_OVERLAP:]
+    return None
 
 
 def unsigned_loader(scratch: Path) -> EfiLoader:

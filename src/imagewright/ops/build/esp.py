@@ -24,6 +24,10 @@ makes, ``efiloader.py`` says where the files come from)::
                              filesystem by UUID, then ``configfile /boot/grub/grub.cfg`` —
                              the same menu BIOS GRUB shows (``grubcfg.esp_config``)
 
+``debian`` is the loader's ``vendor_directory``: with the guest's own chain it is the directory
+that guest's signed GRUB was built to look in (``EFI/ubuntu`` for Ubuntu's), as Ubuntu's
+``grub-install`` lays it out. MokManager is left out when the chain has none.
+
 shim's fallback (``fbx64.efi``) is left out on purpose: in ``EFI/BOOT`` it would make shim
 write a boot entry and reset the machine on the first boot of every instance.
 
@@ -47,7 +51,7 @@ from imagewright.binary import FileSource, SliceSource
 from imagewright.disk.filesystems import fat
 from imagewright.errors import BuildError, ProgramError
 from imagewright.files import copy_range
-from imagewright.ops.build.efiloader import VENDOR_DIRECTORY, EfiLoader
+from imagewright.ops.build.efiloader import EfiLoader
 from imagewright.ops.build.grubcfg import esp_config
 from imagewright.ops.build.layout import MiB, PlannedPartition
 from imagewright.programs import dosfstools, mtools
@@ -61,9 +65,16 @@ FAT16_MINIMUM = 16 * MiB
 FAT32_SMALL_CLUSTER_LIMIT = 260 * MiB
 ESP_LABEL = "EFI"
 REMOVABLE_PATH = "EFI/BOOT/BOOTX64.EFI"
-#: What shim's fallback reads from the vendor directory: the loader, the entry's label and
-#: description (UTF-16 with a byte order mark, as Debian's grub-install writes it).
-BOOT_CSV = f"shimx64.efi,{VENDOR_DIRECTORY},,This is the boot entry for {VENDOR_DIRECTORY}\n"
+
+
+def boot_csv(vendor_directory: str) -> bytes:
+    """What shim's fallback reads from the vendor directory: the loader, the entry's label and
+    description (UTF-16 with a byte order mark, as Debian's grub-install and Ubuntu's
+    shim-signed write it)."""
+    text = f"shimx64.efi,{vendor_directory},,This is the boot entry for {vendor_directory}\n"
+    return b"\xff\xfe" + text.encode("utf-16-le")
+
+
 #: Space a file may take beyond its size: its last cluster (at most 4 KiB here) and a directory entry.
 _PER_FILE_SLACK = 4096
 #: The boot sector, FSInfo, backup boot sector and directories.
@@ -97,7 +108,7 @@ class EspPlacement:
 
     @property
     def secure_boot(self) -> bool:
-        """The removable-media path starts Debian's signed chain."""
+        """The removable-media path starts a signed chain (the guest's own, or Debian's)."""
         return self.loader.kind == "signed"
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,14 +146,15 @@ def planned_files(loader: EfiLoader, root_uuid: str) -> list[_Planned]:
     """Every file of the ESP, in the module docstring's order."""
     first = loader.first_stage
     files = [_Planned(REMOVABLE_PATH, None, first.path, _NAMES[first.name])]
-    vendor = f"EFI/{VENDOR_DIRECTORY}"
+    vendor = f"EFI/{loader.vendor_directory}"
     if loader.kind == "signed":
         for name in ("grubx64.efi", "mmx64.efi"):
-            files.append(_Planned(f"EFI/BOOT/{name}", None, loader.binary(name).path, _NAMES[name]))
+            if loader.has(name):
+                files.append(_Planned(f"EFI/BOOT/{name}", None, loader.binary(name).path, _NAMES[name]))
     for binary in loader.binaries:
         files.append(_Planned(f"{vendor}/{binary.name}", None, binary.path, _NAMES[binary.name]))
     if loader.kind == "signed":
-        csv = b"\xff\xfe" + BOOT_CSV.encode("utf-16-le")
+        csv = boot_csv(loader.vendor_directory)
         files.append(_Planned(f"{vendor}/BOOTX64.CSV", csv, None, "boot entry for shim's fallback"))
     files.append(_Planned(f"{vendor}/grub.cfg", esp_config(root_uuid).encode(), None, "GRUB configuration"))
     return files
@@ -167,10 +179,9 @@ def check_esp_room(esp_size: int, loader: EfiLoader, root_uuid: str = str(uuid.U
     smallest = MiB
     while _usable_bytes(smallest) < needed:
         smallest += MiB
-    chain = "Debian's signed shim, GRUB and MokManager" if loader.kind == "signed" else "GRUB"
     raise BuildError(
         f"An EFI System Partition of {format_size(esp_size)} cannot hold the UEFI boot files "
-        f"({format_size(needed)}: {chain} on the removable-media and the distribution path); "
+        f"({format_size(needed)}: {loader.description} on the removable-media and the distribution path); "
         f"give --esp-size {smallest // MiB}M or more."
     )
 

@@ -35,6 +35,7 @@ from imagewright.errors import BuildError, ImageIOError, InvalidArgumentError, U
 from imagewright.formats.base import Limits
 from imagewright.gate import admit
 from imagewright.inspection import ImageReport
+from imagewright.ops.build.efiloader import GUEST_CHAIN_PATHS
 from imagewright.units import format_size
 
 #: Filesystems build copies block for block (and grows with resize2fs).
@@ -64,8 +65,19 @@ class ContentEstimate:
     inodes: int = 0
     #: Names of kernels in /boot (``vmlinuz-*``), for an early "nothing to boot".
     kernels: list[str] = field(default_factory=list)
+    #: Which of the guest's signed UEFI chain files (``efiloader.GUEST_CHAIN_PATHS``) it has.
+    uefi_chain_paths: set[str] = field(default_factory=set)
+
+    @property
+    def has_uefi_chain(self) -> bool:
+        """The tree names its own signed shim and GRUB (build puts those on the ESP)."""
+        return len(self.uefi_chain_paths) == len(GUEST_CHAIN_PATHS)
 
     def add(self, kind: str, size: int = 0, name: str = "", link_target_length: int = 0) -> None:
+        if name:
+            relative = "/".join(p for p in name.split("/") if p not in ("", "."))
+            if relative in GUEST_CHAIN_PATHS:
+                self.uefi_chain_paths.add(relative)
         if kind == "hardlink":
             return  # another name for an inode already counted
         self.inodes += 1

@@ -25,11 +25,12 @@ The phases, each reported through ``progress(phase, done, total)``:
    bytes repeat.
 4. **image** — ``ops.build.build`` makes the bootable disk from the tarball as from any other
    (partitions, ``mke2fs -d``, fstab by UUID, grub.cfg, GRUB's boot code, and for UEFI the
-   ESP with the signed shim and GRUB), by default a hybrid GPT disk that boots under BIOS and
-   UEFI (``--firmware``/``--table`` as for any build). The guest has ``grub-pc``, and for a
-   disk that boots under UEFI also ``grub-efi-amd64-signed`` and ``shim-signed`` (the
-   boot-loader customisation), so no kernel hook is needed: the ESP's grub.cfg reads the
-   root's ``/boot/grub/grub.cfg``, which the guest's update-grub keeps.
+   ESP with the guest's own signed shim and GRUB, copied from the tarball's root filesystem,
+   so that its GRUB checks the kernel its distribution signed), by default a hybrid GPT disk
+   that boots under BIOS and UEFI (``--firmware``/``--table`` as for any build). The guest
+   has ``grub-pc``, and for a disk that boots under UEFI also ``grub-efi-amd64-signed`` and
+   ``shim-signed`` (the boot-loader customisation), so no kernel hook is needed: the ESP's
+   grub.cfg reads the root's ``/boot/grub/grub.cfg``, which the guest's update-grub keeps.
 5. **prepare** — on the finished raw disk, before it is converted: prepare's ``agent``
    operation with ``--agent``.
 6. The image and, beside it, ``IMAGE.packages`` (``name<TAB>version`` per installed package,
@@ -393,12 +394,12 @@ def build_distribution(
             manifest.unlink(missing_ok=True)
             raise
         phase("done")
-    if disk_report is not None and plan.uefi and rel.vendor.name != "debian":
+    esp = disk_report.esp if disk_report is not None else None
+    if esp is not None and esp.loader.owner != "guest" and rel.vendor.name != "debian":
         notes.append(
-            f"the ESP holds build's UEFI loader (Debian's signed shim and GRUB, or an unsigned GRUB), not "
-            f"{rel.vendor.title}'s: it starts {rel.vendor.title}'s kernel with Secure Boot off only (on, "
-            f"Debian's GRUB refuses it: bad shim signature); the "
-            f"guest's own shim-signed and grub-efi-amd64-signed are installed for grub-install to put there"
+            f"the ESP holds build's UEFI loader ({esp.loader.description}), not {rel.vendor.title}'s: "
+            f"it starts {rel.vendor.title}'s kernel with Secure Boot off only (on, Debian's GRUB refuses "
+            "it: bad shim signature)"
         )
     if plan.source_date_epoch is None:
         notes.append("SOURCE_DATE_EPOCH was not set: file times are those of the build, so two builds differ")

@@ -15,9 +15,10 @@ build places GRUB's boot code and core image itself (``ops/build/bootloader.py``
   ``/boot/grub/grub.cfg`` that both BIOS GRUB and the ESP's GRUB read (build's ESP
   ``grub.cfg`` finds the root by UUID and loads that file), so a kernel installed in the guest
   reaches both menus. Neither package's maintainer scripts install to an ESP here: with grub-pc
-  as the platform, shim-signed and grub-efi-amd64-signed run no ``grub-install``; the ESP's
-  binaries are build's, of the same packages when the build machine's apt has the same
-  release (Debian), and refreshed in the guest by that ``grub-install`` when wanted.
+  as the platform, shim-signed and grub-efi-amd64-signed run no ``grub-install``; build copies
+  these packages' signed binaries from the root filesystem to the ESP itself
+  (``efiloader.guest_loader``; Ubuntu's into ``EFI/ubuntu``, where Ubuntu's signed GRUB looks),
+  and the guest refreshes them with that ``grub-install`` when wanted.
 - debconf is told, before grub-pc is configured, that there is no install device yet
   (``grub-pc/install_devices`` empty, ``install_devices_empty`` true): there is no disk inside
   mmdebstrap's chroot, and grub-pc's postinst must not try ``grub-install`` there.
