@@ -100,6 +100,9 @@ def tuned_guest(tmp_path: Path) -> GuestImage:
     write(root, "boot/grub/grub.cfg", DEBIAN_GRUB_CFG)
     write(root, "etc/default/grub", DEBIAN_GRUB_DEFAULTS)
     write(root, "etc/cloud/cloud.cfg.d/05_logging.cfg", "# cloud-init's own\n")
+    # what Debian's package and build --cloud-init write: the pin must be read after both
+    write(root, "etc/cloud/cloud.cfg.d/90_dpkg.cfg", "datasource_list: [ NoCloud, Ec2, None ]\n")
+    write(root, "etc/cloud/cloud.cfg.d/99-imagewright.cfg", "datasource_list: [NoCloud, Ec2, None]\n")
     write(root, WAIT_ONLINE, "[Unit]\nDescription=Wait for Network to be Configured\n")
     return flat_ext4(root, tmp_path / "guest.raw")
 
@@ -114,7 +117,7 @@ def test_prepare_boot_tuning_edits_grub_cloud_init_and_masks_wait_online(tmp_pat
     assert changed == {
         "/boot/grub/grub.cfg": "edit",
         "/etc/default/grub": "edit",
-        "/etc/cloud/cloud.cfg.d/90_imagewright_datasource.cfg": "write",
+        "/etc/cloud/cloud.cfg.d/99_imagewright_datasource.cfg": "write",
         "/etc/systemd/system": "mkdir",
         "/etc/systemd/system/systemd-networkd-wait-online.service": "link",
     }
@@ -127,8 +130,13 @@ def test_prepare_boot_tuning_edits_grub_cloud_init_and_masks_wait_online(tmp_pat
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert sourced.stdout == "0|console serial|console=tty0 console=ttyS0,115200|quiet"
-    cloud = yaml.safe_load(cat(image, "/etc/cloud/cloud.cfg.d/90_imagewright_datasource.cfg"))
+    cloud = yaml.safe_load(cat(image, "/etc/cloud/cloud.cfg.d/99_imagewright_datasource.cfg"))
     assert cloud == {"datasource_list": ["Ec2", "None"], "datasource": {"Ec2": {"strict_id": False}}}
+    # cloud-init reads cloud.cfg.d/*.cfg sorted (Python's sorted, as ds-identify's C-locale
+    # glob), the last datasource_list winning: the pin is the last file
+    listed = debugfs(image, "ls -p /etc/cloud/cloud.cfg.d")
+    names = sorted(line.split("/")[5] for line in listed.splitlines() if line.count("/") >= 6)
+    assert [n for n in names if n.endswith(".cfg")][-1] == "99_imagewright_datasource.cfg", names
     assert 'Fast link dest: "/dev/null"' in debugfs(
         image, "stat /etc/systemd/system/systemd-networkd-wait-online.service"
     )
@@ -147,4 +155,4 @@ def test_boot_tuning_needs_its_option_and_a_known_datasource(tmp_path: Path) -> 
     report = prepare(image.path, operations=["boot-tuning"], options=PrepareOptions(boot_tuning=True))
     (result,) = report.operations
     assert result.note == "cloud-init datasources left as they are (no --datasource)"
-    assert "/etc/cloud/cloud.cfg.d/90_imagewright_datasource.cfg" not in {c.path for c in result.changes}
+    assert "/etc/cloud/cloud.cfg.d/99_imagewright_datasource.cfg" not in {c.path for c in result.changes}

@@ -14,12 +14,15 @@ only where its file exists, and said in the report:
 - ``/etc/default/grub``: ``GRUB_TIMEOUT=0``, ``GRUB_TERMINAL="console serial"``, the serial
   command and the console arguments in ``GRUB_CMDLINE_LINUX`` — so the guest's own
   ``update-grub`` (a kernel update) keeps all of it;
-- cloud-init (``/etc/cloud`` exists): ``/etc/cloud/cloud.cfg.d/90_imagewright_datasource.cfg``
+- cloud-init (``/etc/cloud`` exists): ``/etc/cloud/cloud.cfg.d/99_imagewright_datasource.cfg``
   pins ``datasource_list`` to the one datasource the image will see (``--datasource``:
   ``ec2`` for the metadata service, ``nocloud``, ``configdrive``, ``opennebula``) and
   ``None`` (cloud-init's documented fallback); ``ec2`` also sets ``strict_id: false``
   (cloud-init docs, "Datasources": Ec2 ``strict_id``), so a machine not named EC2 in SMBIOS
-  still uses it;
+  still uses it. cloud-init and ds-identify read ``cloud.cfg.d/*.cfg`` in name order, the last
+  ``datasource_list`` winning: the name sorts after ``build``'s ``99-imagewright.cfg`` ("_"
+  after "-") and the package's ``90_dpkg.cfg`` (a ``90_…`` name lost to build's list, and the
+  pin did nothing on a built image);
 - ``systemd-networkd-wait-online.service`` and ``NetworkManager-wait-online.service``, where
   installed, are masked (a link to ``/dev/null`` in ``/etc/systemd/system``): an instance's
   network is up by DHCP or not at all, and nothing on a cloud image should wait for it.
@@ -40,7 +43,7 @@ from imagewright.ops.prepare.operations.base import Operation
 GRUB_CONFIGS = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg")
 GRUB_DEFAULTS = "/etc/default/grub"
 CLOUD_DIR = "/etc/cloud"
-DATASOURCE_CONF = "/etc/cloud/cloud.cfg.d/90_imagewright_datasource.cfg"
+DATASOURCE_CONF = "/etc/cloud/cloud.cfg.d/99_imagewright_datasource.cfg"
 #: ``--datasource`` -> cloud-init's datasource name.
 DATASOURCES = dict(zip(BOOT_DATASOURCES, ("Ec2", "NoCloud", "ConfigDrive", "OpenNebula"), strict=True))
 WAIT_ONLINE_UNITS = ("systemd-networkd-wait-online.service", "NetworkManager-wait-online.service")
