@@ -109,6 +109,10 @@ TRUSTED_INPUTS: dict[str, str] = {
     ),
     "unshare": "asked only whether this process may create namespaces (runs true)",
     "ssh-keygen": "makes a new key pair for a verify run (reads no image)",
+    "ssh": (
+        "logs in to a verify run's instance through its forwarded port: an SSH client is made "
+        "for servers it does not trust, reads no image, and needs the network a sandbox takes away"
+    ),
 }
 
 # Extra places to look: e2fsprogs and friends live in /sbin, which is not on a user's PATH.

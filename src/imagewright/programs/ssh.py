@@ -6,6 +6,8 @@ is learned on first use into the instance's own ``known_hosts`` (``StrictHostKey
 accept-new``): a fresh instance has new host keys (``verify`` checks that), so the user's
 ``~/.ssh/known_hosts`` would only collect stale entries for ``[127.0.0.1]:PORT``; a changed key
 on a later connection to the same instance is still refused.
+
+``run_remote`` runs one command the same way and returns its result (``verify``'s login check).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from imagewright.errors import InstanceError
-from imagewright.programs.runner import find_program
+from imagewright.programs.runner import ProgramResult, find_program, run_program
 
 
 def ssh_argv(
@@ -53,3 +55,14 @@ def exec_ssh(argv: Sequence[str]) -> NoReturn:
         os.execv(program, [program, *argv[1:]])  # noqa: S606 - the user asked for this ssh session
     except OSError as err:
         raise InstanceError(f"ssh could not be started: {err.strerror}.") from None
+
+
+def run_remote(argv: Sequence[str], timeout: float) -> ProgramResult:
+    """Run ``argv`` (an ``ssh_argv`` with ``batch`` and a command) to its end; its exit status
+    is the remote command's, or ssh's own 255 (refused, no connection)."""
+    return run_program(
+        [*argv[:1], "-o", f"ConnectTimeout={max(1, int(timeout))}", *argv[1:]],
+        timeout=timeout,
+        check=False,
+        what="logging in with ssh",
+    )

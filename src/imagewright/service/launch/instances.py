@@ -708,6 +708,16 @@ class SshEndpoint:
     known_hosts: Path
 
 
+def free_host_port() -> int:
+    """A TCP port on 127.0.0.1 free now (the kernel's pick), for a forward to a guest port.
+
+    Another program may take it before QEMU binds it; QEMU then fails to start, said as such."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
 def ssh_endpoint(site: Site, instance_id: str) -> SshEndpoint:
     """Where to reach a running instance's SSH server: its forwarded port to guest port 22."""
     with site.catalog() as catalog, catalog.reading() as session:

@@ -14,22 +14,27 @@ without trusting anything the guest says about itself:
    (``efi: EFI v2.70 by EDK II`` only under OVMF; ``secureboot: Secure boot enabled`` under
    Secure Boot), and OVMF refused no boot loader — a quiet kernel that says nothing passes
    with that said;
-3. the instance is stopped — QMP ``quit`` at once after our agent's ready line (the agent runs
+3. ``ssh login`` (an image with an SSH server, ``/usr/sbin/sshd`` or dropbear): the port
+   verify forwards to the guest's port 22 answers, and ``ssh`` logs in with the run's private
+   key — as cloud-init's default user (``system_info.default_user.name`` of the image's
+   ``/etc/cloud/cloud.cfg``), else root — and reads ``/etc/hostname``, which holds the
+   hostname given; the host key it met is kept in the instance's ``known_hosts``;
+4. the instance is stopped — QMP ``quit`` at once after our agent's ready line (the agent runs
    ``sync`` before it), ACPI power-off first after a login prompt — QEMU closes the disk
    cleanly, and the disk it wrote is read back (its overlay on the base, flattened by
    ``qemu-img`` with the chain named explicitly, read through the guest file contract,
    ``guest.open_guest``);
-4. ``hostname``: ``/etc/hostname`` holds the hostname given;
-5. ``ssh key``: the key is in root's or a user's ``authorized_keys``;
-6. ``user-data``: the marker holds the token exactly once (it ran, and only once); with the
+5. ``hostname``: ``/etc/hostname`` holds the hostname given;
+6. ``ssh key``: the key is in root's or a user's ``authorized_keys``;
+7. ``user-data``: the marker holds the token exactly once (it ran, and only once); with the
    user's own user-data: the guest kept exactly those bytes as this instance's user-data and
    ran them — our agent's ``STATE_DIR/<instance-id>/user-data`` and its exit status 0 in
    ``user-data.status``, or cloud-init's ``/var/lib/cloud/instances/<id>/user-data.txt``
    and no error in ``/var/lib/cloud/data/result.json``;
-7. ``root filesystem``: the partition holding ``/etc`` now ends at the end of the bigger disk
+8. ``root filesystem``: the partition holding ``/etc`` now ends at the end of the bigger disk
    (within ``GROWTH_SLACK``: alignment, the GPT backup) and its filesystem fills it, larger
    than in the image (sizes from the superblocks, ``disk.filesystems``);
-8. ``ssh host keys``: the guest has host keys, none of them the base image's.
+9. ``ssh host keys``: the guest has host keys, none of them the base image's.
 
 Each check records the seconds it took (the console check: from launch to the line). The
 instance is removed afterwards (``keep`` leaves it, stopped, for a look at its files).
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets
 import tempfile
 import time
@@ -57,6 +63,7 @@ from imagewright.guest.locate import choose_region, layout_of
 from imagewright.inspection import ImageReport, inspect_image
 from imagewright.metadata.instance import read_ssh_key_file
 from imagewright.programs import qemu_img, ssh_keygen
+from imagewright.programs.ssh import run_remote, ssh_argv
 from imagewright.service.launch import instances
 from imagewright.service.launch.firmware import FirmwareChoice
 from imagewright.units import format_size
@@ -73,6 +80,13 @@ _CONSOLE_HEAD = 4 * MiB
 ACPI_GRACE = 5.0
 CLOUD_INIT_INSTANCES = "/var/lib/cloud/instances"
 CLOUD_INIT_RESULT = "/var/lib/cloud/data/result.json"
+#: An image with one of these has an SSH server: verify logs in.
+SSH_SERVERS = ("/usr/sbin/sshd", "/usr/sbin/dropbear")
+CLOUD_CFG = "/etc/cloud/cloud.cfg"
+#: ``system_info: default_user: name: NAME`` in cloud.cfg (the user cloud-init gives the keys).
+_DEFAULT_USER = re.compile(r"(?m)^\s+default_user:\s*\n\s+name:\s*([a-z_][a-z0-9_-]{0,31})\s*$")
+#: How long one ssh login may take (TCG guests are slow to fork a session).
+SSH_LOGIN_TIMEOUT = 90.0
 
 
 @dataclass(frozen=True)
@@ -159,15 +173,67 @@ def _host_keys(guest: GuestFS, base_keys: set[str]) -> tuple[bool, str]:
     return True, f"{len(paths)} new ({', '.join(p.rsplit('/', 1)[-1] for p in paths)})"
 
 
-def _base_host_keys(base: Path) -> set[str]:
+@dataclass(frozen=True)
+class BaseFacts:
+    """What verify needs to know of the image itself (read from the base, never the instance)."""
+
+    host_keys: frozenset[str]
+    #: The users an SSH login is tried as, in order; empty: the image has no SSH server.
+    login_users: tuple[str, ...]
+
+
+def login_users(guest: GuestFS) -> tuple[str, ...]:
+    """Whom to log in as: cloud-init's default user (it gets the keys; root is refused), then root."""
+    if not any(guest.is_file(path) for path in SSH_SERVERS):
+        return ()
+    users: list[str] = []
+    if guest.is_file(CLOUD_CFG):
+        found = _DEFAULT_USER.search(guest.read_text(CLOUD_CFG))
+        if found is not None:
+            users.append(found.group(1))
+    return (*users, "root") if "root" not in users else tuple(users)
+
+
+def _base_facts(base: Path) -> BaseFacts:
     from imagewright.guest.session import open_guest
 
     with open_guest(base) as guest:
-        return {
+        keys = frozenset(
             fields[1]
             for path in guest.glob(_HOST_KEY_GLOB)
             if len(fields := guest.read_text(path).split()) > 1
-        }
+        )
+        return BaseFacts(keys, login_users(guest))
+
+
+def ssh_login_check(
+    endpoint: instances.SshEndpoint,
+    identity: Path,
+    users: tuple[str, ...],
+    hostname: str,
+    running: Callable[[], bool],
+    deadline: float,
+) -> tuple[bool, str]:
+    """Log in through the forwarded port with the run's key and read ``/etc/hostname``."""
+    seen, detail = instances.wait_for_ssh(endpoint, running, deadline)
+    if not seen:
+        return False, detail
+    refusals: list[str] = []
+    for user in users:
+        argv = ssh_argv(
+            endpoint.port, user, endpoint.known_hosts, identity=identity,
+            command=["cat", "/etc/hostname"], batch=True,
+        )  # fmt: skip
+        result = run_remote(argv, timeout=SSH_LOGIN_TIMEOUT)
+        if result.returncode != 0:
+            said = next((line for line in reversed(result.stderr_text.splitlines()) if line.strip()), "")
+            said = said or next((line for line in result.stdout_text.splitlines() if line.strip()), "")
+            refusals.append(f"{user}: exit {result.returncode} ({said.strip()[:80] or 'no message'})")
+            continue
+        text = result.stdout_text.strip()
+        ok = text in (hostname, hostname.split(".", maxsplit=1)[0])
+        return ok, f"{user}@127.0.0.1:{endpoint.port} with the given key; /etc/hostname is {text[:64]!r}"
+    return False, f"no login with the given key: {'; '.join(refusals)}"
 
 
 def _console_head(log: Path) -> str:
@@ -281,6 +347,21 @@ def root_growth_check(
     return True, detail
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What one verify run made for its instance (the checks compare against it)."""
+
+    started: float
+    deadline: float
+    token: str
+    key_line: str
+    #: The private key of the run's fresh pair (the instance got its public half).
+    identity: Path
+    #: The host port forwarded to the guest's port 22.
+    ssh_port: int
+    user_data: bytes | None
+
+
 def verify_image(
     site: instances.Site,
     image_ref: str,
@@ -301,8 +382,6 @@ def verify_image(
     instance's disk (else the image's plus ``DISK_GROWTH``); ``firmware``/``secure_boot``:
     override the firmware the image asks for.
     """
-    from imagewright.guest.session import open_guest
-
     if timeout <= 0:
         raise InvalidArgumentError("A verify time limit must be a positive number of seconds.")
     token = secrets.token_hex(4)
@@ -310,8 +389,11 @@ def verify_image(
     report = VerifyReport(image_ref, hostname=hostname, context=context)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="imagewright-verify-") as scratch:
-        public = ssh_keygen.generate_ed25519(Path(scratch) / "id_ed25519", f"imagewright-verify-{token}")
+        identity = Path(scratch) / "id_ed25519"
+        public = ssh_keygen.generate_ed25519(identity, f"imagewright-verify-{token}")
         key = read_ssh_key_file(public)[0]
+        # a port to the guest's SSH server, used if the image has one (known once it is resolved)
+        ssh_port = instances.free_host_port()
         launched = instances.launch(
             site,
             instances.LaunchRequest(
@@ -327,68 +409,93 @@ def verify_image(
                 secure_boot=secure_boot,
                 disk_size=disk_size,
                 disk_growth=DISK_GROWTH,
+                port_forwards=((ssh_port, instances.SSH_PORT),),
             ),
         )
-    report.instance_id, report.accelerator = launched.instance_id, launched.accelerator
-    report.firmware, report.secure_boot = launched.firmware.firmware, launched.firmware.secure_boot
-    report.firmware_reason, report.disk_size = launched.firmware.reason, launched.disk_size
-    files: InstanceFiles = launched.files
-    try:
-        log, running = instances.console_path(site, launched.instance_id)
-        seen, detail = instances.wait_for_console(log, launched.instance_id, running, started + timeout)
-        report.checks.append(Check("console", seen, time.monotonic() - started, detail))
-        console_text = _console_head(log)
-        report.checks.append(_timed("firmware", lambda: firmware_check(console_text, launched.firmware)))
-        stop_started = time.monotonic()
-        # Our agent syncs before its ready line: nothing it wrote is only in the guest's page
-        # cache, so QEMU may quit at once. A login prompt (cloud-init, systemd) gets an ACPI
-        # power-off and ACPI_GRACE seconds to shut down cleanly first.
-        agent_ready = seen and detail.startswith("agent ready")
-        outcome = instances.stop(site, launched.instance_id, grace=0.0 if agent_ready else ACPI_GRACE)
-        report.checks.append(Check("stop", True, time.monotonic() - stop_started, outcome.how))
-        flat = files.directory / "disk-read-back.raw"
+        report.instance_id, report.accelerator = launched.instance_id, launched.accelerator
+        report.firmware, report.secure_boot = launched.firmware.firmware, launched.firmware.secure_boot
+        report.firmware_reason, report.disk_size = launched.firmware.reason, launched.disk_size
+        run = _Run(started, started + timeout, token, key.line, identity, ssh_port, user_data)
         try:
-            read_started = time.monotonic()
-            qemu_img.flatten_overlay(files.overlay, launched.base.path, launched.base.format, flat)
-            flat_report = inspect_image(str(flat))
-            with open_guest(flat, format="raw", report=flat_report) as guest:
-                opened = time.monotonic() - read_started
-
-                def hostname_check() -> tuple[bool, str]:
-                    text = guest.read_text("/etc/hostname").strip() if guest.is_file("/etc/hostname") else ""
-                    short = hostname.split(".", maxsplit=1)[0]
-                    return text in (hostname, short), f"/etc/hostname is {text[:64]!r}"
-
-                def marker_check() -> tuple[bool, str]:
-                    if user_data is not None:
-                        return given_user_data_check(guest, launched.instance_id, user_data)
-                    if not guest.is_file(MARKER_PATH):
-                        return False, f"{MARKER_PATH} is missing: the user-data did not run"
-                    lines = guest.read_text(MARKER_PATH).split()
-                    runs = lines.count(token)
-                    return runs == 1 and len(lines) == 1, f"ran {runs} time(s)"
-
-                checks = [
-                    _timed("hostname", hostname_check),
-                    _timed("ssh key", lambda: _authorized(guest, key.line)),
-                    _timed("user-data", marker_check),
-                ]
-            base_report = inspect_image(str(launched.base.path))
-            grown = launched.disk_size > launched.base.virtual_size
-            checks.append(
-                _timed("root filesystem", lambda: root_growth_check(flat, flat_report, base_report, grown))
-            )
-            base_keys = _base_host_keys(launched.base.path)
-            with open_guest(flat, format="raw", report=flat_report) as guest:
-                checks.append(_timed("ssh host keys", lambda: _host_keys(guest, base_keys)))
-            # the read-back (flatten + open) is shared by the checks: charge it to the first
-            first = checks[0]
-            checks[0] = Check(first.name, first.ok, first.seconds + opened, first.detail)
-            report.checks += checks
+            _check_instance(site, launched, report, run)
         finally:
-            flat.unlink(missing_ok=True)
-    finally:
-        if not keep:
-            instances.remove(site, launched.instance_id, force=True)
-        report.total_seconds = time.monotonic() - started
+            if not keep:
+                instances.remove(site, launched.instance_id, force=True)
+            report.total_seconds = time.monotonic() - started
     return report
+
+
+def _check_instance(
+    site: instances.Site,
+    launched: instances.LaunchedInstance,
+    report: VerifyReport,
+    run: _Run,
+) -> None:
+    """The checks of a launched instance, in the order of the module docstring."""
+    from imagewright.guest.session import open_guest
+
+    files: InstanceFiles = launched.files
+    hostname = report.hostname
+    log, running = instances.console_path(site, launched.instance_id)
+    seen, detail = instances.wait_for_console(log, launched.instance_id, running, run.deadline)
+    report.checks.append(Check("console", seen, time.monotonic() - run.started, detail))
+    console_text = _console_head(log)
+    report.checks.append(_timed("firmware", lambda: firmware_check(console_text, launched.firmware)))
+    base = _base_facts(launched.base.path)
+    if seen and base.login_users:
+        endpoint = instances.SshEndpoint(launched.instance_id, run.ssh_port, files.known_hosts)
+        report.checks.append(
+            _timed(
+                "ssh login",
+                lambda: ssh_login_check(
+                    endpoint, run.identity, base.login_users, hostname, running, run.deadline
+                ),
+            )
+        )
+    stop_started = time.monotonic()
+    # Our agent syncs before its ready line: nothing it wrote is only in the guest's page
+    # cache, so QEMU may quit at once. A login prompt (cloud-init, systemd) gets an ACPI
+    # power-off and ACPI_GRACE seconds to shut down cleanly first.
+    agent_ready = seen and detail.startswith("agent ready")
+    outcome = instances.stop(site, launched.instance_id, grace=0.0 if agent_ready else ACPI_GRACE)
+    report.checks.append(Check("stop", True, time.monotonic() - stop_started, outcome.how))
+    flat = files.directory / "disk-read-back.raw"
+    try:
+        read_started = time.monotonic()
+        qemu_img.flatten_overlay(files.overlay, launched.base.path, launched.base.format, flat)
+        flat_report = inspect_image(str(flat))
+        with open_guest(flat, format="raw", report=flat_report) as guest:
+            opened = time.monotonic() - read_started
+
+            def hostname_check() -> tuple[bool, str]:
+                text = guest.read_text("/etc/hostname").strip() if guest.is_file("/etc/hostname") else ""
+                short = hostname.split(".", maxsplit=1)[0]
+                return text in (hostname, short), f"/etc/hostname is {text[:64]!r}"
+
+            def marker_check() -> tuple[bool, str]:
+                if run.user_data is not None:
+                    return given_user_data_check(guest, launched.instance_id, run.user_data)
+                if not guest.is_file(MARKER_PATH):
+                    return False, f"{MARKER_PATH} is missing: the user-data did not run"
+                lines = guest.read_text(MARKER_PATH).split()
+                runs = lines.count(run.token)
+                return runs == 1 and len(lines) == 1, f"ran {runs} time(s)"
+
+            checks = [
+                _timed("hostname", hostname_check),
+                _timed("ssh key", lambda: _authorized(guest, run.key_line)),
+                _timed("user-data", marker_check),
+            ]
+        base_report = inspect_image(str(launched.base.path))
+        grown = launched.disk_size > launched.base.virtual_size
+        checks.append(
+            _timed("root filesystem", lambda: root_growth_check(flat, flat_report, base_report, grown))
+        )
+        with open_guest(flat, format="raw", report=flat_report) as guest:
+            checks.append(_timed("ssh host keys", lambda: _host_keys(guest, set(base.host_keys))))
+        # the read-back (flatten + open) is shared by the checks: charge it to the first
+        first = checks[0]
+        checks[0] = Check(first.name, first.ok, first.seconds + opened, first.detail)
+        report.checks += checks
+    finally:
+        flat.unlink(missing_ok=True)
