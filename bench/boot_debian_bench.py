@@ -1,0 +1,218 @@
+"""bench/boot, the Debian half: time to login of Debian 12 + cloud-init, ours vs by hand.
+
+The root filesystem: ``build --from debian:bookworm --cloud-init --kernel generic`` (cloud-init,
+openssh-server, linux-image-amd64; the tarball from build's rootfs cache, as
+tests/launch/test_verify_debian.py builds it), made into one 2 GiB hybrid GPT qcow2. Both sides
+boot that same disk, copied:
+
+- ours: ``imagewright prepare --boot-tuning --datasource nocloud`` on the copy, then
+  ``imagewright verify DISK --context nocloud`` (launch on an overlay 128 MiB bigger, NoCloud
+  seed, wait for the login prompt, SSH login with the run's key, ACPI stop, read back, checks).
+  Timed: verify's own "console" check (launch to the login prompt), and verify end to end.
+- theirs, by hand: the copy set back to the settings a disk built by hand has — GRUB's default
+  menu timeout (Debian's ``GRUB_TIMEOUT=5``), cloud-init's packaged datasource list (build's
+  ``99-imagewright.cfg`` removed) and systemd's default wait-online (build's 30 s drop-in
+  removed) — edited with ``debugfs -w`` on a raw copy, NOT rebuilt by hand with debootstrap
+  (bench/build measures that); a NoCloud seed made with genisoimage (``-V cidata``, meta-data,
+  a user-data script and a cloud-config with an SSH key); ``qemu-system-x86_64`` started by hand
+  (SeaBIOS, virtio disk with ``snapshot=on``, the seed on IDE, user networking, serial on
+  stdout), timed until the serial console shows ``login:``, then killed.
+
+Alternating theirs/ours for ``ROUNDS`` rounds; the medians are compared. Goal (issue 12): ours
+(to the login prompt) ≤ 0.7× theirs. The load average is recorded with each run: the machine
+is shared and TCG boots stretch with load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tests.fixtures.debian_guest import RELEASE, SOURCE_DATE_EPOCH
+from tests.fixtures.metadata_service import start_stack
+
+from bench.common import Comparison, report, run
+from imagewright.ops.build.distro import build_distribution
+from imagewright.ops.build.distro.release import parse_release
+from imagewright.ops.build.distro.sources import host_mirror
+from imagewright.ops.prepare import PrepareOptions, prepare
+
+ROUNDS = int(os.environ.get("BENCH_BOOT_DEBIAN_ROUNDS", "2"))
+LOGIN_TIMEOUT = 900.0
+LOGIN_PROMPT = re.compile(rb"(?m)\blogin: *\r?$")
+DEBIAN_GRUB_TIMEOUT = 5
+#: What build adds that a disk built by hand does not have (removed from theirs).
+BUILD_ONLY_FILES = (
+    "/etc/cloud/cloud.cfg.d/99-imagewright.cfg",
+    "/etc/systemd/system/systemd-networkd-wait-online.service.d/50-imagewright.conf",
+)
+
+
+def make_disk(workdir: Path) -> tuple[Path, str]:
+    mirror = host_mirror(parse_release(RELEASE))
+    disk = workdir / "debian.qcow2"
+    built = build_distribution(
+        RELEASE, disk, context="cloud-init", kernel="generic", mirror=mirror,
+        source_date_epoch=SOURCE_DATE_EPOCH, size=2 << 30, force=True,
+    )  # fmt: skip
+    return disk, built.rootfs_cache
+
+
+def root_offset(raw: Path) -> int:
+    table = json.loads(run(["sfdisk", "--json", raw]).stdout)["partitiontable"]
+    root = max(table["partitions"], key=lambda p: p["size"])
+    return int(root["start"]) * 512
+
+
+def disk_by_hand(built: Path, workdir: Path) -> Path:
+    """The built disk with a hand-built disk's defaults (module docstring), as raw."""
+    raw = workdir / "by-hand.raw"
+    run(["qemu-img", "convert", "-O", "raw", built, raw])
+    device = f"{raw}?offset={root_offset(raw)}"
+    grub_cfg = run(["debugfs", "-R", "cat /boot/grub/grub.cfg", device]).stdout.decode()
+    defaults, count = re.subn(
+        r"(?m)^(\s*set\s+timeout\s*=\s*)\d+\s*$", rf"\g<1>{DEBIAN_GRUB_TIMEOUT}", grub_cfg
+    )
+    if not count:
+        raise SystemExit("the built grub.cfg sets no timeout; nothing to set back")
+    local = workdir / "grub.cfg"
+    local.write_text(defaults)
+    requests = ["rm /boot/grub/grub.cfg", f"write {local} /boot/grub/grub.cfg"]
+    requests += [f"rm {path}" for path in BUILD_ONLY_FILES]
+    script = workdir / "debugfs.cmds"
+    script.write_text("\n".join(requests) + "\n")
+    run(["debugfs", "-w", "-f", script, device])
+    for path in BUILD_ONLY_FILES:
+        listed = subprocess.run(["debugfs", "-R", f"stat {path}", device], capture_output=True, check=False)
+        if b"File not found" not in listed.stderr:
+            raise SystemExit(f"{path} is still in the disk by hand")
+    return raw
+
+
+def seed_by_hand(workdir: Path) -> Path:
+    seed = workdir / "seed"
+    seed.mkdir()
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", workdir / "id_hand"])
+    key = (workdir / "id_hand.pub").read_text().strip()
+    (seed / "meta-data").write_text("instance-id: i-0000000000bench02\nlocal-hostname: bench-by-hand\n")
+    (seed / "user-data").write_text(
+        f"#cloud-config\nssh_authorized_keys:\n  - {key}\nruncmd:\n  - echo bench >> /var/lib/bench.marker\n"
+    )
+    iso = workdir / "seed.iso"
+    run(
+        [
+            "genisoimage",
+            "-quiet",
+            "-o",
+            iso,
+            "-V",
+            "cidata",
+            "-J",
+            "-r",
+            seed / "meta-data",
+            seed / "user-data",
+        ]
+    )
+    return iso
+
+
+def boot_by_hand(disk: Path, iso: Path, console: Path) -> float:
+    """Start QEMU as a person would and time it to the login prompt."""
+    argv = [
+        "qemu-system-x86_64", "-nodefaults", "-machine", "pc", "-accel", "tcg", "-m", "512",
+        "-display", "none", "-serial", "stdio",
+        "-drive", f"file={disk},format=raw,if=virtio,snapshot=on",
+        "-drive", f"file={iso},format=raw,media=cdrom,if=ide",
+        "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0",
+    ]  # fmt: skip
+    seen = b""
+    started = time.perf_counter()
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as qemu:
+        assert qemu.stdout is not None
+        try:
+            while time.perf_counter() - started < LOGIN_TIMEOUT:
+                chunk = qemu.stdout.read1(4096)
+                if not chunk:
+                    break
+                seen += chunk
+                if LOGIN_PROMPT.search(seen[-4096:]):
+                    return time.perf_counter() - started
+            raise SystemExit("the hand-started guest never showed a login prompt")
+        finally:
+            qemu.kill()
+            console.write_bytes(seen)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="iw-bench-boot-debian-") as tmp:
+        workdir = Path(tmp)
+        built, rootfs_cache = make_disk(workdir)
+        ours_disk = workdir / "ours.qcow2"
+        shutil.copyfile(built, ours_disk)
+        tuned = prepare(ours_disk, options=PrepareOptions(boot_tuning=True, boot_datasource="nocloud"))
+        tuning = [
+            f"{change.path} ({change.detail})" if change.detail else change.path
+            for op in tuned.operations if op.name == "boot-tuning" for change in op.changes
+        ]  # fmt: skip
+        theirs_disk = disk_by_hand(built, workdir)
+        iso = seed_by_hand(workdir)
+        stack = start_stack(workdir / "data")
+        ours_login: list[float] = []
+        ours_total: list[float] = []
+        theirs: list[float] = []
+        loads: list[dict[str, object]] = []
+        try:
+            for round_number in range(ROUNDS):
+                load = os.getloadavg()[0]
+                theirs.append(boot_by_hand(theirs_disk, iso, workdir / f"by-hand-{round_number}.log"))
+                loads.append({"side": "theirs", "seconds": round(theirs[-1], 1), "load1": load})
+                load = os.getloadavg()[0]
+                started = time.perf_counter()
+                result = stack.server.imagewright(
+                    "verify", str(ours_disk), "--context", "nocloud", "--timeout", str(LOGIN_TIMEOUT),
+                    "--json", check=False,
+                )  # fmt: skip
+                ours_total.append(time.perf_counter() - started)
+                verified = json.loads(result.stdout)
+                if not verified["ok"]:
+                    raise SystemExit(f"verify failed:\n{result.stdout}")
+                checks = {c["name"]: c["seconds"] for c in verified["checks"]}
+                ours_login.append(checks["console"])
+                loads.append(
+                    {"side": "ours", "seconds": round(ours_login[-1], 1), "total": round(ours_total[-1], 1),
+                     "load1": load, "checks": checks}
+                )  # fmt: skip
+        finally:
+            stack.server.stop()
+        report(
+            Comparison(
+                name="boot-debian",
+                ours_label="prepare --boot-tuning + verify: launch to login prompt",
+                theirs_label="qemu-system-x86_64 by hand to the login prompt",
+                ours_seconds=statistics.median(ours_login),
+                theirs_seconds=statistics.median(theirs),
+                goal_ratio=0.7,
+                extra={
+                    "image": "debian:bookworm minbase + cloud-init, openssh-server, linux-image-amd64; "
+                    "2 GiB hybrid GPT qcow2 (build --from, rootfs cache " + rootfs_cache + ")",
+                    "theirs_disk": "the same build set back to GRUB timeout 5, cloud-init's packaged "
+                    "datasource list, systemd's default wait-online (debugfs -w); NoCloud seed: genisoimage",
+                    "boot_tuning": tuning,
+                    "rounds": ROUNDS,
+                    "verify_end_to_end_seconds_median": round(statistics.median(ours_total), 1),
+                    "runs": loads,
+                    "load_average_end": os.getloadavg(),
+                },
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
