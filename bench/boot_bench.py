@@ -11,9 +11,8 @@ the seed on IDE and the same serial console, timed until the same ready line, th
 In one run, one after the other. Goal (issue 12): ours ≤ 1.1× theirs — orchestration, overlay,
 context and checks cost almost nothing next to the boot.
 
-Not measured here (issue 12 asks for it too): the Debian 12 + cloud-init image with ``prepare
---boot-tuning`` vs the hand-run way (0.7× goal); building that image (debootstrap) under TCG
-on this machine takes most of an hour.
+The other half of issue 12's bench/boot, the Debian 12 + cloud-init image with ``prepare
+--boot-tuning`` vs the hand-run way (0.7× goal), is bench/boot_debian_bench.py.
 """
 
 from __future__ import annotations
