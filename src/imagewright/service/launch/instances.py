@@ -652,6 +652,31 @@ def wait_for_console(
         time.sleep(0.5)
 
 
+#: cloud-init's final message (its ``final_message`` module, written to the console at the end
+#: of the final stage, after the user's scripts ran): "Cloud-init v. 22.4.2 finished at <date>.
+#: Datasource DataSourceEc2Local.  Up 53.12 seconds".
+CLOUD_INIT_FINISHED = re.compile(r"Cloud-init v\. (\S+) finished at [^\n]*?Datasource (\w+)")
+
+
+def wait_for_cloud_init(log: Path, running: Callable[[], bool], deadline: float) -> tuple[bool, str]:
+    """(seen, detail): the console shows cloud-init's final message (its last stage is done)."""
+    while True:
+        try:
+            with open(log, "rb") as handle:
+                handle.seek(max(0, os.fstat(handle.fileno()).st_size - (1 << 20)))
+                text = handle.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            text = ""
+        finished = CLOUD_INIT_FINISHED.search(text)
+        if finished is not None:
+            return True, f"cloud-init {finished.group(1)} finished (datasource {finished.group(2)})"
+        if not running():
+            return False, "QEMU ended before cloud-init finished"
+        if time.monotonic() > deadline:
+            return False, "cloud-init did not finish in time (no final message on the console)"
+        time.sleep(0.5)
+
+
 def console_path(site: Site, instance_id: str) -> tuple[Path, Callable[[], bool]]:
     """The instance's console log, and a function telling whether its QEMU still runs."""
     with site.catalog() as catalog, catalog.reading() as session:

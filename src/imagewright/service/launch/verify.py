@@ -14,27 +14,31 @@ without trusting anything the guest says about itself:
    (``efi: EFI v2.70 by EDK II`` only under OVMF; ``secureboot: Secure boot enabled`` under
    Secure Boot), and OVMF refused no boot loader — a quiet kernel that says nothing passes
    with that said;
-3. ``ssh login`` (an image with an SSH server, ``/usr/sbin/sshd`` or dropbear): the port
+3. ``cloud-init`` (an image with cloud-init, once the login prompt showed: getty does not
+   wait for cloud-init's config and final stages, and the user-data runs in the last): the
+   console shows cloud-init's final message, which names the datasource it used;
+4. ``ssh login`` (an image with an SSH server, ``/usr/sbin/sshd`` or dropbear): the port
    verify forwards to the guest's port 22 answers, and ``ssh`` logs in with the run's private
    key — as cloud-init's default user (``system_info.default_user.name`` of the image's
    ``/etc/cloud/cloud.cfg``), else root — and reads ``/etc/hostname``, which holds the
-   hostname given; the host key it met is kept in the instance's ``known_hosts``;
-4. the instance is stopped — QMP ``quit`` at once after our agent's ready line (the agent runs
+   hostname given (after a ``sync``: what the guest wrote is on the disk whatever the stop
+   does next); the host key it met is kept in the instance's ``known_hosts``;
+5. the instance is stopped — QMP ``quit`` at once after our agent's ready line (the agent runs
    ``sync`` before it), ACPI power-off first after a login prompt — QEMU closes the disk
    cleanly, and the disk it wrote is read back (its overlay on the base, flattened by
    ``qemu-img`` with the chain named explicitly, read through the guest file contract,
    ``guest.open_guest``);
-5. ``hostname``: ``/etc/hostname`` holds the hostname given;
-6. ``ssh key``: the key is in root's or a user's ``authorized_keys``;
-7. ``user-data``: the marker holds the token exactly once (it ran, and only once); with the
+6. ``hostname``: ``/etc/hostname`` holds the hostname given;
+7. ``ssh key``: the key is in root's or a user's ``authorized_keys``;
+8. ``user-data``: the marker holds the token exactly once (it ran, and only once); with the
    user's own user-data: the guest kept exactly those bytes as this instance's user-data and
    ran them — our agent's ``STATE_DIR/<instance-id>/user-data`` and its exit status 0 in
    ``user-data.status``, or cloud-init's ``/var/lib/cloud/instances/<id>/user-data.txt``
    and no error in ``/var/lib/cloud/data/result.json``;
-8. ``root filesystem``: the partition holding ``/etc`` now ends at the end of the bigger disk
+9. ``root filesystem``: the partition holding ``/etc`` now ends at the end of the bigger disk
    (within ``GROWTH_SLACK``: alignment, the GPT backup) and its filesystem fills it, larger
    than in the image (sizes from the superblocks, ``disk.filesystems``);
-9. ``ssh host keys``: the guest has host keys, none of them the base image's.
+10. ``ssh host keys``: the guest has host keys, none of them the base image's.
 
 Each check records the seconds it took (the console check: from launch to the line). The
 instance is removed afterwards (``keep`` leaves it, stopped, for a look at its files).
@@ -76,13 +80,15 @@ DISK_GROWTH = 128 * MiB
 #: backup header and table), and how much smaller than its partition a grown filesystem may be.
 GROWTH_SLACK = 2 * MiB
 _CONSOLE_HEAD = 4 * MiB
-#: How long a guest that showed a login prompt may take to power off (ACPI) before QEMU quits.
-ACPI_GRACE = 5.0
+#: How long a guest that showed a login prompt may take to power off (ACPI) before QEMU quits
+#: (systemd's shutdown of a Debian under TCG on a busy machine: 10-20 s).
+ACPI_GRACE = 20.0
 CLOUD_INIT_INSTANCES = "/var/lib/cloud/instances"
 CLOUD_INIT_RESULT = "/var/lib/cloud/data/result.json"
 #: An image with one of these has an SSH server: verify logs in.
 SSH_SERVERS = ("/usr/sbin/sshd", "/usr/sbin/dropbear")
 CLOUD_CFG = "/etc/cloud/cloud.cfg"
+CLOUD_INIT_PROGRAM = "/usr/bin/cloud-init"
 #: ``system_info: default_user: name: NAME`` in cloud.cfg (the user cloud-init gives the keys).
 _DEFAULT_USER = re.compile(r"(?m)^\s+default_user:\s*\n\s+name:\s*([a-z_][a-z0-9_-]{0,31})\s*$")
 #: How long one ssh login may take (TCG guests are slow to fork a session).
@@ -153,12 +159,17 @@ def _authorized(guest: GuestFS, key_line: str) -> tuple[bool, str]:
     candidates = ["/root/.ssh/authorized_keys"]
     with contextlib.suppress(ImagewrightError):
         candidates += guest.glob("/home/*/.ssh/authorized_keys")
-    for path in candidates:
-        if not guest.is_file(path):
-            continue
-        for line in guest.read_text(path).splitlines():
-            if line.split()[-3:-1] == key_fields or line.split()[:2] == key_fields:
-                return True, f"in {path}"
+    found = [
+        path
+        for path in candidates
+        if guest.is_file(path)
+        and any(
+            line.split()[-3:-1] == key_fields or line.split()[:2] == key_fields
+            for line in guest.read_text(path).splitlines()
+        )
+    ]
+    if found:
+        return True, f"in {', '.join(found)}"
     return False, f"not in {', '.join(candidates)}"
 
 
@@ -180,6 +191,7 @@ class BaseFacts:
     host_keys: frozenset[str]
     #: The users an SSH login is tried as, in order; empty: the image has no SSH server.
     login_users: tuple[str, ...]
+    cloud_init: bool
 
 
 def login_users(guest: GuestFS) -> tuple[str, ...]:
@@ -203,7 +215,7 @@ def _base_facts(base: Path) -> BaseFacts:
             for path in guest.glob(_HOST_KEY_GLOB)
             if len(fields := guest.read_text(path).split()) > 1
         )
-        return BaseFacts(keys, login_users(guest))
+        return BaseFacts(keys, login_users(guest), guest.is_file(CLOUD_INIT_PROGRAM))
 
 
 def ssh_login_check(
@@ -222,7 +234,7 @@ def ssh_login_check(
     for user in users:
         argv = ssh_argv(
             endpoint.port, user, endpoint.known_hosts, identity=identity,
-            command=["cat", "/etc/hostname"], batch=True,
+            command=["sync", "&&", "cat", "/etc/hostname"], batch=True,
         )  # fmt: skip
         result = run_remote(argv, timeout=SSH_LOGIN_TIMEOUT)
         if result.returncode != 0:
@@ -442,6 +454,10 @@ def _check_instance(
     console_text = _console_head(log)
     report.checks.append(_timed("firmware", lambda: firmware_check(console_text, launched.firmware)))
     base = _base_facts(launched.base.path)
+    if seen and base.cloud_init and detail == "login prompt":
+        report.checks.append(
+            _timed("cloud-init", lambda: instances.wait_for_cloud_init(log, running, run.deadline))
+        )
     if seen and base.login_users:
         endpoint = instances.SshEndpoint(launched.instance_id, run.ssh_port, files.known_hosts)
         report.checks.append(
