@@ -43,11 +43,16 @@ def make_disk(workdir: Path) -> Path:
     return disk
 
 
-def seed_by_hand(workdir: Path) -> Path:
+def seed_by_hand(
+    workdir: Path,
+    user_data: str = "#!/bin/sh\necho bench >> /var/lib/bench.marker\n",
+    instance_id: str = "i-0000000000bench01",
+) -> Path:
+    """A NoCloud seed as a person makes one: genisoimage, volume label ``cidata``."""
     seed = workdir / "seed"
     seed.mkdir()
-    (seed / "meta-data").write_text("instance-id: i-0000000000bench01\nlocal-hostname: bench-by-hand\n")
-    (seed / "user-data").write_text("#!/bin/sh\necho bench >> /var/lib/bench.marker\n")
+    (seed / "meta-data").write_text(f"instance-id: {instance_id}\nlocal-hostname: bench-by-hand\n")
+    (seed / "user-data").write_text(user_data)
     iso = workdir / "seed.iso"
     run(
         [

@@ -38,6 +38,7 @@ from pathlib import Path
 from tests.fixtures.debian_guest import RELEASE, SOURCE_DATE_EPOCH
 from tests.fixtures.metadata_service import start_stack
 
+from bench.boot_bench import seed_by_hand
 from bench.common import Comparison, report, run
 from imagewright.ops.build.distro import build_distribution
 from imagewright.ops.build.distro.release import parse_release
@@ -96,31 +97,14 @@ def disk_by_hand(built: Path, workdir: Path) -> Path:
     return raw
 
 
-def seed_by_hand(workdir: Path) -> Path:
-    seed = workdir / "seed"
-    seed.mkdir()
+def debian_seed_by_hand(workdir: Path) -> Path:
+    """The NoCloud seed of bench/boot, with a cloud-config: an SSH key and a marker command."""
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", workdir / "id_hand"])
     key = (workdir / "id_hand.pub").read_text().strip()
-    (seed / "meta-data").write_text("instance-id: i-0000000000bench02\nlocal-hostname: bench-by-hand\n")
-    (seed / "user-data").write_text(
+    user_data = (
         f"#cloud-config\nssh_authorized_keys:\n  - {key}\nruncmd:\n  - echo bench >> /var/lib/bench.marker\n"
     )
-    iso = workdir / "seed.iso"
-    run(
-        [
-            "genisoimage",
-            "-quiet",
-            "-o",
-            iso,
-            "-V",
-            "cidata",
-            "-J",
-            "-r",
-            seed / "meta-data",
-            seed / "user-data",
-        ]
-    )
-    return iso
+    return seed_by_hand(workdir, user_data, "i-0000000000bench02")
 
 
 def boot_by_hand(disk: Path, iso: Path, console: Path) -> float:
@@ -138,7 +122,7 @@ def boot_by_hand(disk: Path, iso: Path, console: Path) -> float:
         assert qemu.stdout is not None
         try:
             while time.perf_counter() - started < LOGIN_TIMEOUT:
-                chunk = qemu.stdout.read1(4096)
+                chunk = os.read(qemu.stdout.fileno(), 4096)
                 if not chunk:
                     break
                 seen += chunk
@@ -162,7 +146,7 @@ def main() -> None:
             for op in tuned.operations if op.name == "boot-tuning" for change in op.changes
         ]  # fmt: skip
         theirs_disk = disk_by_hand(built, workdir)
-        iso = seed_by_hand(workdir)
+        iso = debian_seed_by_hand(workdir)
         stack = start_stack(workdir / "data")
         ours_login: list[float] = []
         ours_total: list[float] = []

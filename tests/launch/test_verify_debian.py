@@ -26,6 +26,7 @@ from tests.fixtures.debian_guest import RELEASE, SOURCE_DATE_EPOCH, debian_mirro
 from tests.fixtures.metadata_service import MetadataStack
 from tests.fixtures.tools import run
 from tests.launch.conftest import iw, ps
+from tests.launch.test_verify import CHECKS as AGENT_CHECKS
 
 from imagewright.ops.build.distro import build_distribution
 from imagewright.ops.prepare import PrepareOptions, prepare
@@ -36,18 +37,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(3600)]
 #: while other guests run.
 VERIFY_TIMEOUT = "900"
 DISK_SIZE = 2 << 30
-CHECKS = [
-    "console",
-    "firmware",
-    "cloud-init",
-    "ssh login",
-    "stop",
-    "hostname",
-    "ssh key",
-    "user-data",
-    "root filesystem",
-    "ssh host keys",
-]
+#: verify's checks of the test guest, with those of an image with cloud-init and an SSH server.
+CHECKS = [*AGENT_CHECKS[:2], "cloud-init", "ssh login", *AGENT_CHECKS[2:]]
 #: Debian's cloud.cfg gives the keys to this user (root is refused: disable_root).
 DEFAULT_USER = "debian"
 

@@ -625,18 +625,23 @@ def _remove_orphan(site: Site, instance_id: str, *, force: bool) -> StopOutcome:
 LOGIN_PROMPT = re.compile(r"(?m)\blogin: *\r?$")
 
 
+def _console_tail(log: Path) -> str:
+    """The last MiB of the console log (what a wait looks for is near its end), or ""."""
+    try:
+        with open(log, "rb") as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - (1 << 20)))
+            return handle.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+
+
 def wait_for_console(
     log: Path, instance_id: str, running: Callable[[], bool], deadline: float, *, want: str = "ready"
 ) -> tuple[bool, str]:
     """(seen, detail): the console shows our agent's ready line for ``instance_id`` (``want``
     ``ready``: or a login prompt, for images without our agent) or a login prompt (``login``)."""
     while True:
-        try:
-            with open(log, "rb") as handle:
-                handle.seek(max(0, os.fstat(handle.fileno()).st_size - (1 << 20)))
-                text = handle.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            text = ""
+        text = _console_tail(log)
         ready = find_ready_line(text) if want == "ready" else None
         if ready is not None and ready.instance_id == instance_id:
             return True, f"agent ready (source {ready.source}, hostname {ready.hostname})"
@@ -661,12 +666,7 @@ CLOUD_INIT_FINISHED = re.compile(r"Cloud-init v\. (\S+) finished at [^\n]*?Datas
 def wait_for_cloud_init(log: Path, running: Callable[[], bool], deadline: float) -> tuple[bool, str]:
     """(seen, detail): the console shows cloud-init's final message (its last stage is done)."""
     while True:
-        try:
-            with open(log, "rb") as handle:
-                handle.seek(max(0, os.fstat(handle.fileno()).st_size - (1 << 20)))
-                text = handle.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            text = ""
+        text = _console_tail(log)
         finished = CLOUD_INIT_FINISHED.search(text)
         if finished is not None:
             return True, f"cloud-init {finished.group(1)} finished (datasource {finished.group(2)})"
