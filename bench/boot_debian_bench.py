@@ -161,7 +161,7 @@ def main() -> None:
                 started = time.perf_counter()
                 result = stack.server.imagewright(
                     "verify", str(ours_disk), "--context", "nocloud", "--timeout", str(LOGIN_TIMEOUT),
-                    "--json", check=False,
+                    "--json", check=False, timeout=LOGIN_TIMEOUT + 300,
                 )  # fmt: skip
                 ours_total.append(time.perf_counter() - started)
                 verified = json.loads(result.stdout)

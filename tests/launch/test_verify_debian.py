@@ -62,8 +62,10 @@ def debian_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _verify(stack: MetadataStack, disk: Path, *context: str) -> dict[str, object]:
-    result = iw(stack, "verify", str(disk), *context, "--timeout", VERIFY_TIMEOUT, "--keep", "--json",
-                check=False)  # fmt: skip
+    result = stack.server.imagewright(
+        "verify", str(disk), *context, "--timeout", VERIFY_TIMEOUT, "--keep", "--json", check=False,
+        timeout=float(VERIFY_TIMEOUT) + 300,
+    )  # fmt: skip
     report: dict[str, object] = json.loads(result.stdout)
     assert result.returncode == 0 and report["ok"] is True, result.stdout + result.stderr
     return report
