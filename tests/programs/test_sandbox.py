@@ -555,7 +555,7 @@ def test_a_program_not_known_to_be_trusted_cannot_run_without_a_sandbox() -> Non
         run_program(["/usr/bin/true"])
     assert set(runner.TRUSTED_INPUTS) == {
         "apt-get", "apt-cache", "dpkg-deb", "ldd", "depmod", "busybox", "grub-mkimage", "mkswap",
-        "mmdebstrap", "unshare", "ssh-keygen",
+        "mmdebstrap", "unshare", "ssh-keygen", "ssh",
     }  # fmt: skip
 
 
