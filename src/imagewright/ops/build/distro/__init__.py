@@ -43,6 +43,7 @@ tarball itself instead of a disk (steps 2, 4 and 5 are skipped).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shlex
@@ -62,7 +63,13 @@ from imagewright.errors import (
     ProgramError,
     as_clause,
 )
-from imagewright.files import AtomicOutput, ScratchFiles, default_cache_dir, write_file_atomically
+from imagewright.files import (
+    AtomicOutput,
+    ScratchFiles,
+    default_cache_dir,
+    memory_scratch_directory,
+    write_file_atomically,
+)
 from imagewright.ops.build import BuildReport, build
 from imagewright.ops.build.distro.cache import (
     PackageCache,
@@ -311,14 +318,17 @@ def build_distribution(
         )
     reports = [CustomizationReport(c.name, c.summary) for c in selected]
     notes = list(plan.notes)
-    with ScratchFiles(out_path) as scratch:
+    with ScratchFiles(out_path) as scratch, contextlib.ExitStack() as stack:
         work = scratch.scratch_directory("distro").absolute()
         scripts = _write_scripts(plan, selected, reports, work)
         # mmdebstrap compresses by the target's suffix: a disk build reads a plain .tar fastest.
         suffix = next(s for s in _TARBALL_SUFFIXES if out_path.name.endswith(s)) if tarball_only else ".tar"
         tarball = work / f"rootfs{suffix}"
         listing = work / "packages"
-        temporary = _temporary_directory(work)
+        # mmdebstrap's chroot (its TMPDIR) on tmpfs when memory allows: see _chroot_bytes.
+        memory = memory_scratch_directory(_chroot_bytes(plan))
+        in_memory = stack.enter_context(ScratchFiles(out_path, memory)) if memory is not None else None
+        temporary = _temporary_directory(in_memory.scratch_directory("chroot") if in_memory else work)
         setup_hooks, save_hooks, skip = cache.hooks() if cache is not None else ((), (), ())
         request = mmdebstrap.MmdebstrapRequest(
             suite=rel.codename, target=tarball, mode=mode, variant=variant,
@@ -344,7 +354,7 @@ def build_distribution(
             tarball, listing = cached.tarball, cached.listing
         else:
             with cache.locked() if cache is not None else contextlib.nullcontext():
-                status = _run(request, plan, phase, log)
+                status = _run(request, plan, phase, log, disk_fallback=work if in_memory else None)
             packages_downloaded = status.packages_fetched
         entries = read_manifest(listing)
         manifest_text = "".join(f"{name}\t{version}\n" for name, version in entries)
@@ -545,16 +555,49 @@ def _temporary_directory(work: Path) -> Path:
     return tmp
 
 
+#: mmdebstrap's chroot at its largest for a minbase with cloud-init and its downloaded packages
+#: (measured: ~1.1 GiB), with room to spare; every package named beyond that is guessed large.
+_CHROOT_BYTES = 2 << 30
+_CHROOT_BYTES_PER_PACKAGE = 64 << 20
+_CHROOT_BYTES_STANDARD = 1 << 30
+#: What dpkg, apt and tar say when the chroot's filesystem is full.
+_NO_SPACE = "No space left on device"
+
+
+def _chroot_bytes(plan: DistroPlan) -> int:
+    """The room mmdebstrap's chroot is given on tmpfs (a guess; a full tmpfs falls back to disk)."""
+    extra = _CHROOT_BYTES_STANDARD if plan.variant != "minbase" else 0
+    return _CHROOT_BYTES + extra + _CHROOT_BYTES_PER_PACKAGE * len(plan.packages)
+
+
 def _run(
     request: mmdebstrap.MmdebstrapRequest,
     plan: DistroPlan,
     phase: Callable[[str, int, int | None], None],
     log: Callable[[str], None] | None,
+    *,
+    disk_fallback: Path | None = None,
 ) -> mmdebstrap.StatusReader:
+    """Run mmdebstrap; when its chroot on tmpfs filled up, once more with the chroot in
+    ``disk_fallback`` (the package set was larger than ``_chroot_bytes`` guessed)."""
+    full = False
+
+    def watch(line: str) -> None:
+        nonlocal full
+        full = full or _NO_SPACE in line
+        if log is not None:
+            log(line)
+
     try:
-        return mmdebstrap.run_mmdebstrap(request, progress=phase, log=log)
+        return mmdebstrap.run_mmdebstrap(request, progress=phase, log=watch)
     except ProgramError as err:
-        raise _explain(err, plan) from None
+        if not (full and disk_fallback is not None):
+            raise _explain(err, plan) from None
+    if log is not None:
+        log("imagewright: the chroot filled the memory-backed scratch space; building it on disk instead")
+    request.target.unlink(missing_ok=True)
+    on_disk = dataclasses.replace(request, temporary_directory=_temporary_directory(disk_fallback))
+    return _run(on_disk, plan, phase, log)
 
 
 def _explain(err: ProgramError, plan: DistroPlan) -> BuildError:
