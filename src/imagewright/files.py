@@ -511,7 +511,8 @@ def _copy_run(fin: int, fout: int, start: int, end: int, shift: int) -> None:
 
 #: The tmpfs every systemd (and Debian) system mounts; scratch trees go under a per-user directory.
 MEMORY_SCRATCH_ROOT = Path("/dev/shm")
-#: ``IMAGEWRIGHT_MEMORY_SCRATCH=0`` keeps every scratch tree on disk.
+#: ``IMAGEWRIGHT_MEMORY_SCRATCH=0`` keeps every scratch tree on disk; ``=/some/tmpfs`` uses that
+#: tmpfs instead of ``MEMORY_SCRATCH_ROOT``.
 MEMORY_SCRATCH_SWITCH = "IMAGEWRIGHT_MEMORY_SCRATCH"
 _TMPFS = "tmpfs"
 _MAX_PROC_TEXT = 1 << 20
@@ -524,7 +525,8 @@ def memory_scratch_directory(needed: int, root: Path | None = None) -> Path | No
     metadata writes the disk must journal; a tree that is read once and deleted needs no
     durability, and on tmpfs it costs a fraction of that (numbers: bench/build_bench.py).
 
-    The directory is ``ROOT/imagewright-UID`` (``ROOT``: ``root``, else ``MEMORY_SCRATCH_ROOT``),
+    The directory is ``ROOT/imagewright-UID`` (``ROOT``: ``root``, else the absolute path
+    ``IMAGEWRIGHT_MEMORY_SCRATCH`` names, else ``MEMORY_SCRATCH_ROOT``),
     mode 0711: an unshared mmdebstrap's subordinate root must reach its TMPDIR below it, and
     nothing in it can be listed by others. Dead writers' leftovers are swept from it
     (``sweep_leftovers``: the pid in each name) before it is handed out. None — the caller
@@ -534,9 +536,11 @@ def memory_scratch_directory(needed: int, root: Path | None = None) -> Path | No
     user's own directory. Callers make their trees with ``ScratchFiles(anchor, directory)``,
     so every error path removes them as it would on disk.
     """
-    if os.environ.get(MEMORY_SCRATCH_SWITCH, "").strip() == "0" or needed < 0:
+    switch = os.environ.get(MEMORY_SCRATCH_SWITCH, "").strip()
+    if switch == "0" or needed < 0:
         return None
-    root = MEMORY_SCRATCH_ROOT if root is None else root
+    if root is None:
+        root = Path(switch) if switch.startswith("/") else MEMORY_SCRATCH_ROOT
     if not _on_tmpfs(root):
         return None
     try:
