@@ -289,7 +289,7 @@ def test_a_second_build_reuses_the_cached_root_filesystem(
         RELEASE, disk, context="agent", mirror=debian_agent_guest.mirror, source_date_epoch=SOURCE_DATE_EPOCH,
         size=2 << 30,
     )  # fmt: skip
-    assert report.rootfs_cache == "hit"
+    assert report.rootfs_cache == "hit" and report.chroot is None
     assert report.rootfs_key == debian_agent_guest.report["rootfs_key"]
     assert report.packages_downloaded == 0 and "fetch" not in report.phase_seconds
     assert set(report.phase_seconds) <= {"cache", "image", "prepare"}
@@ -305,12 +305,17 @@ def test_a_second_build_reuses_the_cached_root_filesystem(
 @pytest.mark.long
 @pytest.mark.timeout(BUILD_TIMEOUT)
 def test_two_builds_with_the_same_epoch_give_the_same_tarball(
-    debian_agent_guest: DebianGuest, tmp_path: Path
+    debian_agent_guest: DebianGuest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The first build had mmdebstrap's chroot on tmpfs (this machine has the memory); the second
+    # has it on disk: where the chroot was must not change a byte.
+    assert debian_agent_guest.report["chroot"] == "memory"
+    monkeypatch.setenv("IMAGEWRIGHT_MEMORY_SCRATCH", "0")
     again = tmp_path / "rootfs.tar"
     report = build_distribution(
         RELEASE, again, context="agent", mirror=debian_agent_guest.mirror, source_date_epoch=SOURCE_DATE_EPOCH
     )
+    assert report.chroot == "disk"
     # The first build filled the cache: the second downloads no package.
     assert report.packages_downloaded == 0
     first = debian_agent_guest.rootfs.read_bytes()

@@ -158,6 +158,8 @@ class DistroBuildReport:
     seconds: float
     phase_seconds: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    #: Where mmdebstrap's chroot was: "memory" (tmpfs), "disk", or None (it did not run).
+    chroot: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -176,6 +178,7 @@ class DistroBuildReport:
             "cache": self.cache,
             "rootfs_cache": self.rootfs_cache,
             "rootfs_key": self.rootfs_key,
+            "chroot": self.chroot,
             "customizations": [c.to_dict() for c in self.customizations],
             "prepare": list(self.prepare),
             "disk": self.disk.to_dict() if self.disk is not None else None,
@@ -350,11 +353,12 @@ def build_distribution(
             except (BuildError, ProgramError) as err:
                 notes.append(f"the root filesystem cache was not used: {as_clause(err)}")
         packages_downloaded = 0
+        chroot: str | None = None
         if cached is not None:
             tarball, listing = cached.tarball, cached.listing
         else:
             with cache.locked() if cache is not None else contextlib.nullcontext():
-                status = _run(request, plan, phase, log, disk_fallback=work if in_memory else None)
+                status, chroot = _run(request, plan, phase, log, disk_fallback=work if in_memory else None)
             packages_downloaded = status.packages_fetched
         entries = read_manifest(listing)
         manifest_text = "".join(f"{name}\t{version}\n" for name, version in entries)
@@ -428,6 +432,7 @@ def build_distribution(
         packages_downloaded=packages_downloaded,
         cache=str(cache.directory) if cache is not None else None,
         rootfs_cache=rootfs_state,
+        chroot=chroot,
         rootfs_key=key,
         customizations=reports,
         prepare=prepare_results,
@@ -577,9 +582,10 @@ def _run(
     log: Callable[[str], None] | None,
     *,
     disk_fallback: Path | None = None,
-) -> mmdebstrap.StatusReader:
+) -> tuple[mmdebstrap.StatusReader, str]:
     """Run mmdebstrap; when its chroot on tmpfs filled up, once more with the chroot in
-    ``disk_fallback`` (the package set was larger than ``_chroot_bytes`` guessed)."""
+    ``disk_fallback`` (the package set was larger than ``_chroot_bytes`` guessed). Returns its
+    status and where the chroot was in the end ("memory": ``disk_fallback`` is given)."""
     full = False
 
     def watch(line: str) -> None:
@@ -589,7 +595,8 @@ def _run(
             log(line)
 
     try:
-        return mmdebstrap.run_mmdebstrap(request, progress=phase, log=watch)
+        status = mmdebstrap.run_mmdebstrap(request, progress=phase, log=watch)
+        return status, "memory" if disk_fallback is not None else "disk"
     except ProgramError as err:
         if not (full and disk_fallback is not None):
             raise _explain(err, plan) from None
