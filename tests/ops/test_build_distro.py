@@ -455,6 +455,7 @@ def test_a_chroot_that_fills_the_memory_scratch_is_built_again_on_disk(
     # disk, where it gets as far as resolving the packages. The package asked for does not exist,
     # so the second run ends quickly, in that package's sentence — not in the full tmpfs.
     monkeypatch.setattr(distro, "_CHROOT_BYTES", 1 << 20)
+    monkeypatch.setattr(distro, "_CHROOT_BYTES_PER_PACKAGE", 0)
     lines: list[str] = []
     out = tmp_path / "out"
     out.mkdir()
