@@ -18,7 +18,9 @@ The phases, each reported through ``progress(phase, done, total)``:
 3. **fetch / unpack / configure / customize / pack** — one mmdebstrap run
    (``programs/mmdebstrap.py``) writes the root filesystem as a tarball into scratch space next
    to the output: apt downloads (into the local package cache, ``cache.py``), dpkg unpacks and
-   configures inside mmdebstrap's private chroot, the customisations' scripts run inside the
+   configures inside mmdebstrap's private chroot (on tmpfs when memory allows, see
+   ``_chroot_bytes`` and ``files.memory_scratch_directory``; if it fills the tmpfs, mmdebstrap
+   runs again with the chroot on disk), the customisations' scripts run inside the
    target through ``--essential-hook``/``--customize-hook``, and the package manifest is read
    with the guest's own ``dpkg-query``. With ``SOURCE_DATE_EPOCH`` (the ``source_date_epoch``
    argument, the environment, or the snapshot's time) every mtime is clamped and the tarball's
