@@ -17,6 +17,10 @@ to its disk here, see ENVIRONMENT.md), ``umount``, then ``qemu-img convert -O qc
 
 Goals (issue 15): ours ≤ 0.7× theirs; our warm-cache build ≤ 0.3× our cold one. Both sides use
 the Debian archive this machine's apt uses, so network speed counts on both.
+
+Ours keeps its scratch trees (mmdebstrap's chroot, the staging tree of the image step) on tmpfs
+when memory allows (``files.memory_scratch_directory``); ``IMAGEWRIGHT_MEMORY_SCRATCH=0`` measures
+it with them on disk, as before. Theirs keeps debootstrap's tree on disk, as people do.
 """
 
 from __future__ import annotations

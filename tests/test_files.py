@@ -28,6 +28,7 @@ from imagewright.files import (
     copy_sparse,
     file_extents,
     io_error,
+    memory_scratch_directory,
     reflink,
     sweep_leftovers,
     temp_name,
@@ -490,3 +491,59 @@ def test_reflink_says_when_the_filesystem_cannot(tmp_path: Path, small_tmpfs: Pa
         run("cmp", source, target)
     with pytest.raises(ImageIOError, match=r"^Copying .*/nothing.img failed: No such file or directory\.$"):
         reflink(tmp_path / "nothing.img", tmp_path / "clone")
+
+
+# --- scratch space in memory ---------------------------------------------------------------------
+
+
+def test_memory_scratch_is_a_private_directory_on_tmpfs_swept_of_dead_leftovers(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "shm", "8m") as shm:
+        mine = shm / f"imagewright-{os.getuid()}"
+        mine.mkdir(mode=0o700)
+        leftover = mine / f".disk.qcow2.iw-{DEAD_PID}-0123abcd.tree"
+        leftover.mkdir()
+        (leftover / "file").write_bytes(b"x")
+        directory = memory_scratch_directory(1 * MiB, shm)
+        assert directory == mine
+        st = os.lstat(directory)
+        assert (st.st_mode & 0o7777, st.st_uid) == (0o711, os.getuid())
+        assert not leftover.exists()
+        with ScratchFiles(tmp_path / "disk.qcow2", directory) as scratch:
+            tree = scratch.scratch_directory("tree")
+            (tree / "etc").mkdir()
+            assert tree.parent == directory
+        assert list(directory.iterdir()) == []
+
+
+def test_memory_scratch_is_refused_when_the_tree_would_not_fit(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "shm", "8m") as shm:
+        assert memory_scratch_directory(16 * MiB, shm) is None
+        assert not (shm / f"imagewright-{os.getuid()}").exists()
+
+
+def test_memory_scratch_is_never_on_a_disk_filesystem(tmp_path: Path) -> None:
+    assert memory_scratch_directory(1, tmp_path) is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_scratch_can_be_switched_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEWRIGHT_MEMORY_SCRATCH", "0")
+    with mounted_tmpfs(tmp_path / "shm", "8m") as shm:
+        assert memory_scratch_directory(1, shm) is None
+
+
+@pytest.mark.parametrize("planted", ["other-owner", "symlink", "file"])
+def test_memory_scratch_never_uses_a_name_someone_else_planted(tmp_path: Path, planted: str) -> None:
+    with mounted_tmpfs(tmp_path / "shm", "8m") as shm:
+        name = shm / f"imagewright-{os.getuid()}"
+        elsewhere = shm / "elsewhere"
+        elsewhere.mkdir()
+        if planted == "other-owner":
+            name.mkdir()
+            os.chown(name, os.getuid() + 1, os.getgid())  # the tests run as root
+        elif planted == "symlink":
+            name.symlink_to(elsewhere)
+        else:
+            name.write_bytes(b"")
+        assert memory_scratch_directory(1, shm) is None
+        assert list(elsewhere.iterdir()) == []

@@ -14,6 +14,7 @@ installation inside the TCG guest 2–5 min.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -24,8 +25,10 @@ from pathlib import Path
 import pytest
 from tests.conftest import require_program
 from tests.fixtures.debian_guest import RELEASE, SOURCE_DATE_EPOCH, DebianGuest, debian_mirror
+from tests.fixtures.tools import mounted_tmpfs
 
-from imagewright.ops.build import build
+from imagewright.errors import BuildError
+from imagewright.ops.build import build, distro
 from imagewright.ops.build.distro import build_distribution
 from imagewright.ops.build.kernelhook import HOOK_PATHS
 from imagewright.programs import apt
@@ -286,7 +289,7 @@ def test_a_second_build_reuses_the_cached_root_filesystem(
         RELEASE, disk, context="agent", mirror=debian_agent_guest.mirror, source_date_epoch=SOURCE_DATE_EPOCH,
         size=2 << 30,
     )  # fmt: skip
-    assert report.rootfs_cache == "hit"
+    assert report.rootfs_cache == "hit" and report.chroot is None
     assert report.rootfs_key == debian_agent_guest.report["rootfs_key"]
     assert report.packages_downloaded == 0 and "fetch" not in report.phase_seconds
     assert set(report.phase_seconds) <= {"cache", "image", "prepare"}
@@ -302,12 +305,17 @@ def test_a_second_build_reuses_the_cached_root_filesystem(
 @pytest.mark.long
 @pytest.mark.timeout(BUILD_TIMEOUT)
 def test_two_builds_with_the_same_epoch_give_the_same_tarball(
-    debian_agent_guest: DebianGuest, tmp_path: Path
+    debian_agent_guest: DebianGuest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The first build had mmdebstrap's chroot on tmpfs (this machine has the memory); the second
+    # has it on disk: where the chroot was must not change a byte.
+    assert debian_agent_guest.report["chroot"] == "memory"
+    monkeypatch.setenv("IMAGEWRIGHT_MEMORY_SCRATCH", "0")
     again = tmp_path / "rootfs.tar"
     report = build_distribution(
         RELEASE, again, context="agent", mirror=debian_agent_guest.mirror, source_date_epoch=SOURCE_DATE_EPOCH
     )
+    assert report.chroot == "disk"
     # The first build filled the cache: the second downloads no package.
     assert report.packages_downloaded == 0
     first = debian_agent_guest.rootfs.read_bytes()
@@ -434,3 +442,32 @@ def test_a_recipe_reaches_the_build(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "The mirror http://127.0.0.1:9/debian cannot be reached" in proc.stderr
     assert _leftovers(tmp_path, {"web.toml", "motd"}) == []
+
+
+@pytest.mark.slow
+@pytest.mark.long
+@pytest.mark.timeout(BUILD_TIMEOUT)
+def test_a_chroot_that_fills_the_memory_scratch_is_built_again_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 4 MiB tmpfs, taken as room enough (the guess made tiny), cannot hold even the package
+    # lists: mmdebstrap fails there with ENOSPC, and the build runs again with its chroot on
+    # disk, where it gets as far as resolving the packages. The package asked for does not exist,
+    # so the second run ends quickly, in that package's sentence — not in the full tmpfs.
+    monkeypatch.setattr(distro, "_CHROOT_BYTES", 1 << 20)
+    monkeypatch.setattr(distro, "_CHROOT_BYTES_PER_PACKAGE", 0)
+    lines: list[str] = []
+    out = tmp_path / "out"
+    out.mkdir()
+    with mounted_tmpfs(tmp_path / "shm", "4m") as shm:
+        monkeypatch.setenv("IMAGEWRIGHT_MEMORY_SCRATCH", str(shm))
+        with pytest.raises(BuildError, match="The package 'imagewright-no-such-package' does not exist"):
+            build_distribution(
+                RELEASE, out / "out.qcow2", packages=["imagewright-no-such-package"],
+                mirror=debian_mirror(), log=lines.append,
+            )  # fmt: skip
+        assert any("No space left on device" in line for line in lines), lines[-20:]
+        assert any("building it on disk instead" in line for line in lines), lines[-20:]
+        assert os.listdir(shm) == [f"imagewright-{os.getuid()}"]
+        assert os.listdir(shm / f"imagewright-{os.getuid()}") == []
+    assert _leftovers(out, set()) == []

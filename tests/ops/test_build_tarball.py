@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from tests.fixtures.tools import run, sfdisk_json
+from tests.fixtures.tools import mounted_tmpfs, run, sfdisk_json
 
+from imagewright import files
 from imagewright.compute.testguest import TestGuest
 
 pytestmark = pytest.mark.integration
@@ -221,10 +222,24 @@ def assert_fidelity(image: Path, scratch: Path) -> None:
     assert debugfs(root, "cat /etc/tagged") == "attr\n"
 
 
-@pytest.mark.parametrize("compression", ["", "gz", "xz", "zst"])
+@pytest.fixture
+def memory_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A small tmpfs standing in for /dev/shm: where build's staging tree goes when it fits."""
+    with mounted_tmpfs(tmp_path / "shm", "48m") as shm:
+        monkeypatch.setattr(files, "MEMORY_SCRATCH_ROOT", shm)
+        yield shm
+
+
+@pytest.mark.parametrize(
+    ("compression", "staging"),
+    [("", "memory"), ("", "disk"), ("gz", "memory"), ("xz", "memory"), ("zst", "disk")],
+)
 def test_tarball_metadata_preserved(
-    run_cli: Callable[..., Result], testguest_rootfs: TestGuest, tmp_path: Path, compression: str
-) -> None:
+    run_cli: Callable[..., Result], testguest_rootfs: TestGuest, tmp_path: Path, compression: str,
+    staging: str, memory_root: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    if staging == "disk":
+        monkeypatch.setenv("IMAGEWRIGHT_MEMORY_SCRATCH", "0")
     suffix = f".tar.{compression}" if compression else ".tar"
     archive = fidelity_tarball(tmp_path / f"rootfs{suffix}", compression)
     image = tmp_path / "disk.raw"
@@ -234,6 +249,34 @@ def test_tarball_metadata_preserved(
     ])  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert_fidelity(image, tmp_path)
+    # The staging tree was made where asked, and is gone.
+    assert os.listdir(memory_root) == ([f"imagewright-{os.getuid()}"] if staging == "memory" else [])
+    if staging == "memory":
+        assert os.listdir(memory_root / f"imagewright-{os.getuid()}") == []
+    assert not [name for name in os.listdir(tmp_path) if ".iw-" in name]
+
+
+def test_a_failure_while_staging_in_memory_leaves_nothing(
+    run_cli: Callable[..., Result], testguest_rootfs: TestGuest, tmp_path: Path, memory_root: Path
+) -> None:
+    # Inspection accepts a directory replaced by a file; extraction refuses it, half-way through.
+    archive = tmp_path / "rootfs.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        skeleton(tar)
+        tar.addfile(dir_member("etc/x"))
+        add_file(tar, "etc/x", b"not a directory\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_cli([
+        "build", "--from", archive, "--kernel", testguest_rootfs.kernel,
+        "--initrd", testguest_rootfs.initrd, "-o", out / "disk.raw", "--size", "64M",
+        "--firmware", "bios",
+    ])  # fmt: skip
+    message = assert_refused(result)
+    assert "a directory and then a non-directory at /etc/x" in message, message
+    assert os.listdir(out) == []
+    assert os.listdir(memory_root) == [f"imagewright-{os.getuid()}"]
+    assert os.listdir(memory_root / f"imagewright-{os.getuid()}") == []
 
 
 def test_tarball_metadata_preserved_as_ordinary_user(testguest_rootfs: TestGuest, tmp_path: Path) -> None:

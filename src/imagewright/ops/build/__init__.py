@@ -31,6 +31,7 @@ root, loop devices or mounting anything. The steps, in order:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -44,7 +45,7 @@ from imagewright.binary import FileSource
 from imagewright.disk.partitions import read_partition_table
 from imagewright.disk.table import PartitionTable
 from imagewright.errors import BuildError, InvalidArgumentError, OutputExistsError
-from imagewright.files import AtomicOutput
+from imagewright.files import AtomicOutput, ScratchFiles, memory_scratch_directory
 from imagewright.formats.base import Limits
 from imagewright.guest.e2fs import E2fsGuest
 from imagewright.inspection import inspect_image
@@ -507,19 +508,25 @@ def _write_tarball(
     root_uuid: str,
     progress: Progress | None,
 ) -> RootFilesystem:
-    staging = work / "tree"
-    staging.mkdir(mode=0o700)
-
     def extracting(done: int, total: int) -> None:
         if progress is not None:
             progress("extracting", done, total)
 
-    try:
-        tree = extract_tarball(src, staging, progress=extracting)
-        return write_tree(image, part, staging, tree.plan, fs_type=fs_type, uuid=root_uuid, scratch=work)
-    finally:
-        # The staging tree is as large as the content: free it before the next steps.
-        shutil.rmtree(staging, ignore_errors=True)
+    # The staging tree is read once by mke2fs and deleted: on tmpfs when memory allows
+    # (files.memory_scratch_directory says why), else beside the output.
+    memory = memory_scratch_directory(root_bytes_needed(src.content))
+    with ScratchFiles(image, memory) if memory is not None else contextlib.nullcontext() as in_memory:
+        if in_memory is not None:
+            staging = in_memory.scratch_directory("tree")
+        else:
+            staging = work / "tree"
+            staging.mkdir(mode=0o700)
+        try:
+            tree = extract_tarball(src, staging, progress=extracting)
+            return write_tree(image, part, staging, tree.plan, fs_type=fs_type, uuid=root_uuid, scratch=work)
+        finally:
+            # The staging tree is as large as the content: free it before the next steps.
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _partition_reports(

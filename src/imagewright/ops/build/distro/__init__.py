@@ -18,7 +18,9 @@ The phases, each reported through ``progress(phase, done, total)``:
 3. **fetch / unpack / configure / customize / pack** — one mmdebstrap run
    (``programs/mmdebstrap.py``) writes the root filesystem as a tarball into scratch space next
    to the output: apt downloads (into the local package cache, ``cache.py``), dpkg unpacks and
-   configures inside mmdebstrap's private chroot, the customisations' scripts run inside the
+   configures inside mmdebstrap's private chroot (on tmpfs when memory allows, see
+   ``_chroot_bytes`` and ``files.memory_scratch_directory``; if it fills the tmpfs, mmdebstrap
+   runs again with the chroot on disk), the customisations' scripts run inside the
    target through ``--essential-hook``/``--customize-hook``, and the package manifest is read
    with the guest's own ``dpkg-query``. With ``SOURCE_DATE_EPOCH`` (the ``source_date_epoch``
    argument, the environment, or the snapshot's time) every mtime is clamped and the tarball's
@@ -43,6 +45,7 @@ tarball itself instead of a disk (steps 2, 4 and 5 are skipped).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shlex
@@ -62,7 +65,13 @@ from imagewright.errors import (
     ProgramError,
     as_clause,
 )
-from imagewright.files import AtomicOutput, ScratchFiles, default_cache_dir, write_file_atomically
+from imagewright.files import (
+    AtomicOutput,
+    ScratchFiles,
+    default_cache_dir,
+    memory_scratch_directory,
+    write_file_atomically,
+)
 from imagewright.ops.build import BuildReport, build
 from imagewright.ops.build.distro.cache import (
     PackageCache,
@@ -151,6 +160,8 @@ class DistroBuildReport:
     seconds: float
     phase_seconds: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    #: Where mmdebstrap's chroot was: "memory" (tmpfs), "disk", or None (it did not run).
+    chroot: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -169,6 +180,7 @@ class DistroBuildReport:
             "cache": self.cache,
             "rootfs_cache": self.rootfs_cache,
             "rootfs_key": self.rootfs_key,
+            "chroot": self.chroot,
             "customizations": [c.to_dict() for c in self.customizations],
             "prepare": list(self.prepare),
             "disk": self.disk.to_dict() if self.disk is not None else None,
@@ -311,14 +323,17 @@ def build_distribution(
         )
     reports = [CustomizationReport(c.name, c.summary) for c in selected]
     notes = list(plan.notes)
-    with ScratchFiles(out_path) as scratch:
+    with ScratchFiles(out_path) as scratch, contextlib.ExitStack() as stack:
         work = scratch.scratch_directory("distro").absolute()
         scripts = _write_scripts(plan, selected, reports, work)
         # mmdebstrap compresses by the target's suffix: a disk build reads a plain .tar fastest.
         suffix = next(s for s in _TARBALL_SUFFIXES if out_path.name.endswith(s)) if tarball_only else ".tar"
         tarball = work / f"rootfs{suffix}"
         listing = work / "packages"
-        temporary = _temporary_directory(work)
+        # mmdebstrap's chroot (its TMPDIR) on tmpfs when memory allows: see _chroot_bytes.
+        memory = memory_scratch_directory(_chroot_bytes(plan))
+        in_memory = stack.enter_context(ScratchFiles(out_path, memory)) if memory is not None else None
+        temporary = _temporary_directory(in_memory.scratch_directory("chroot") if in_memory else work)
         setup_hooks, save_hooks, skip = cache.hooks() if cache is not None else ((), (), ())
         request = mmdebstrap.MmdebstrapRequest(
             suite=rel.codename, target=tarball, mode=mode, variant=variant,
@@ -340,11 +355,12 @@ def build_distribution(
             except (BuildError, ProgramError) as err:
                 notes.append(f"the root filesystem cache was not used: {as_clause(err)}")
         packages_downloaded = 0
+        chroot: str | None = None
         if cached is not None:
             tarball, listing = cached.tarball, cached.listing
         else:
             with cache.locked() if cache is not None else contextlib.nullcontext():
-                status = _run(request, plan, phase, log)
+                status, chroot = _run(request, plan, phase, log, disk_fallback=work if in_memory else None)
             packages_downloaded = status.packages_fetched
         entries = read_manifest(listing)
         manifest_text = "".join(f"{name}\t{version}\n" for name, version in entries)
@@ -418,6 +434,7 @@ def build_distribution(
         packages_downloaded=packages_downloaded,
         cache=str(cache.directory) if cache is not None else None,
         rootfs_cache=rootfs_state,
+        chroot=chroot,
         rootfs_key=key,
         customizations=reports,
         prepare=prepare_results,
@@ -545,16 +562,52 @@ def _temporary_directory(work: Path) -> Path:
     return tmp
 
 
+#: mmdebstrap's chroot at its largest for a minbase with cloud-init and its downloaded packages
+#: is 0.8 GiB (tmpfs use sampled during bench/build_bench.py); the guess leaves room to spare,
+#: and every package named beyond that is guessed large.
+_CHROOT_BYTES = 2 << 30
+_CHROOT_BYTES_PER_PACKAGE = 64 << 20
+_CHROOT_BYTES_STANDARD = 1 << 30
+#: What dpkg, apt and tar say when the chroot's filesystem is full.
+_NO_SPACE = "No space left on device"
+
+
+def _chroot_bytes(plan: DistroPlan) -> int:
+    """The room mmdebstrap's chroot is given on tmpfs (a guess; a full tmpfs falls back to disk)."""
+    extra = _CHROOT_BYTES_STANDARD if plan.variant != "minbase" else 0
+    return _CHROOT_BYTES + extra + _CHROOT_BYTES_PER_PACKAGE * len(plan.packages)
+
+
 def _run(
     request: mmdebstrap.MmdebstrapRequest,
     plan: DistroPlan,
     phase: Callable[[str, int, int | None], None],
     log: Callable[[str], None] | None,
-) -> mmdebstrap.StatusReader:
+    *,
+    disk_fallback: Path | None = None,
+) -> tuple[mmdebstrap.StatusReader, str]:
+    """Run mmdebstrap; when its chroot on tmpfs filled up, once more with the chroot in
+    ``disk_fallback`` (the package set was larger than ``_chroot_bytes`` guessed). Returns its
+    status and where the chroot was in the end ("memory": ``disk_fallback`` is given)."""
+    full = False
+
+    def watch(line: str) -> None:
+        nonlocal full
+        full = full or _NO_SPACE in line
+        if log is not None:
+            log(line)
+
     try:
-        return mmdebstrap.run_mmdebstrap(request, progress=phase, log=log)
+        status = mmdebstrap.run_mmdebstrap(request, progress=phase, log=watch)
+        return status, "memory" if disk_fallback is not None else "disk"
     except ProgramError as err:
-        raise _explain(err, plan) from None
+        if not (full and disk_fallback is not None):
+            raise _explain(err, plan) from None
+    if log is not None:
+        log("imagewright: the chroot filled the memory-backed scratch space; building it on disk instead")
+    request.target.unlink(missing_ok=True)
+    on_disk = dataclasses.replace(request, temporary_directory=_temporary_directory(disk_fallback))
+    return _run(on_disk, plan, phase, log)
 
 
 def _explain(err: ProgramError, plan: DistroPlan) -> BuildError:
