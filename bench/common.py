@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,56 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+@dataclass(frozen=True)
+class ProcessUsage:
+    """CPU seconds (user + system, all threads) and resident bytes of some processes, summed."""
+
+    cpu_seconds: float
+    rss_bytes: int
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _process_table() -> dict[int, tuple[int, int, float, int]]:
+    """pid → (ppid, pgid, CPU seconds, RSS bytes) of every process now, from ``/proc/PID/stat``
+    (proc(5): after ``(comm)``, which may hold spaces and parentheses, field 4 is ppid, 5 pgrp,
+    14/15 utime/stime in clock ticks, 24 rss in pages)."""
+    table: dict[int, tuple[int, int, float, int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+            table[int(entry.name)] = (int(fields[1]), int(fields[2]), cpu, int(fields[21]) * _PAGE_SIZE)
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended between the listing and the read
+    return table
+
+
+def group_usage(pgid: int) -> ProcessUsage:
+    """Every process of the process group ``pgid`` (a server started with ``start_new_session``)."""
+    rows = [row for row in _process_table().values() if row[1] == pgid]
+    return ProcessUsage(sum(row[2] for row in rows), sum(row[3] for row in rows))
+
+
+def tree_usage(root: int) -> ProcessUsage:
+    """``root`` and every process below it (a server whose workers are its children)."""
+    table = _process_table()
+    tree, todo = {root}, [root]
+    while todo:
+        parent = todo.pop()
+        for pid, row in table.items():
+            if row[0] == parent and pid not in tree:
+                tree.add(pid)
+                todo.append(pid)
+    rows = [table[pid] for pid in tree if pid in table]
+    return ProcessUsage(sum(row[2] for row in rows), sum(row[3] for row in rows))
+
+
 def run(argv: Sequence[str | os.PathLike[str]], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
     args = [str(a) for a in argv]
     found = shutil.which(args[0]) or shutil.which(args[0], path="/usr/sbin:/sbin")
@@ -63,6 +115,54 @@ def run(argv: Sequence[str | os.PathLike[str]], **kwargs: Any) -> subprocess.Com
     except subprocess.CalledProcessError as err:
         tail = (err.stderr or b"").decode("utf-8", "replace")[-2000:] or (err.stdout or b"").decode()[-2000:]
         raise SystemExit(f"{' '.join(args)} failed (exit {err.returncode}):\n{tail}") from None
+
+
+@contextlib.contextmanager
+def nginx_static(
+    work: Path, root: Path, host: str, port: int, prefix: Sequence[str] = ()
+) -> Iterator[subprocess.Popen[bytes]]:
+    """nginx, one worker, serving the files under ``root`` at ``host:port`` (``sendfile on``: the
+    kernel sends a file to the socket, no copy through the server): the peer for what an HTTP
+    server costs at its best. ``prefix``: a command to run it under (``taskset -c 0``)."""
+    conf = work / "nginx.conf"
+    conf.write_text(
+        f"""user root;
+worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    keepalive_requests 1000000;
+    default_type application/octet-stream;
+    client_body_temp_path {work}/nginx-tmp;
+    server {{ listen {host}:{port}; root {root}; }}
+}}
+"""
+    )
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    process = subprocess.Popen(
+        [*prefix, nginx, "-c", str(conf), "-e", str(work / "nginx-error.log")], start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex((host, port)) == 0:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"nginx did not listen on {host}:{port}; see {work}/nginx-error.log")
+            time.sleep(0.1)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def report(comparison: Comparison) -> None:

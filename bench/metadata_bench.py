@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS_DIR, run
+from bench.common import RESULTS_DIR, nginx_static, run, tree_usage
 
 ADDRESS = "127.0.0.91"
 PATH = "/latest/meta-data/instance-id"
@@ -105,41 +105,15 @@ def _wrk(port: int, seconds: int) -> dict[str, float]:
     return result
 
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(root: int) -> float:
-    """User + system CPU time of ``root`` and every process below it (nginx's worker, ...)."""
-    stats: dict[int, tuple[int, float]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            text = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = text[text.rfind(")") + 2 :].split()
-        stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS)
-    tree, todo, total = {root}, [root], 0.0
-    while todo:
-        parent = todo.pop()
-        total += stats.get(parent, (0, 0.0))[1]
-        for pid, (ppid, _) in stats.items():
-            if ppid == parent and pid not in tree:
-                tree.add(pid)
-                todo.append(pid)
-    return total
-
-
 def _measure(port: int, server: int) -> list[dict[str, float]]:
     """Two runs; each also counts the server's CPU time, so that requests per CPU-second — what
     one dedicated core would serve — is known even when other jobs share the machine."""
     _wrk(port, 1)
     runs = []
     for _ in range(2):
-        before = _cpu_seconds(server)
+        before = tree_usage(server).cpu_seconds
         result = _wrk(port, 5)
-        used = _cpu_seconds(server) - before
+        used = tree_usage(server).cpu_seconds - before
         result["server_cpu_seconds"] = used
         result["requests_per_cpu_second"] = result["requests"] / used if used else 0.0
         runs.append(result)
@@ -182,32 +156,8 @@ def _nginx(work: Path, body: bytes) -> list[dict[str, float]]:
     (root / PATH.lstrip("/")).parent.mkdir(parents=True)
     (root / PATH.lstrip("/")).write_bytes(body)
     port = _free_port()
-    conf = work / "nginx.conf"
-    conf.write_text(
-        f"""user root;
-worker_processes 1;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    default_type text/plain;
-    client_body_temp_path {work}/tmp;
-    server {{ listen {ADDRESS}:{port}; root {root}; }}
-}}
-"""
-    )
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    process = subprocess.Popen(
-        ["taskset", "-c", "0", nginx, "-c", str(conf), "-e", str(work / "nginx-error.log")]
-    )
-    try:
-        _wait_for(port)
+    with nginx_static(work, root, ADDRESS, port, prefix=["taskset", "-c", "0"]) as process:
         return _measure(port, process.pid)
-    finally:
-        _stop(process)
 
 
 def _best(runs: list[dict[str, float]]) -> dict[str, float]:

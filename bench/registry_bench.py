@@ -43,7 +43,7 @@ import httpx
 from tests.fixtures.glance import GlanceServer, glance_server
 from tests.fixtures.registry import RegistryServer
 
-from bench.common import Comparison, report, run, sha256_of
+from bench.common import Comparison, group_usage, report, run, sha256_of
 
 MiB = 1 << 20
 SIZE = int(os.environ.get("IMAGEWRIGHT_BENCH_REGISTRY_MIB", "2048")) * MiB
@@ -68,25 +68,6 @@ def make_source(path: Path) -> tuple[str, str]:
 # --- memory ------------------------------------------------------------------------------------
 
 
-def group_rss_bytes(pgid: int) -> int:
-    """The summed VmRSS of every process in the process group ``pgid``."""
-    total = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-            # pid (comm) state ppid pgrp …: comm may hold spaces and parentheses.
-            if int(stat[stat.rindex(")") + 2 :].split()[2]) != pgid:
-                continue
-            for line in Path(entry.path, "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            continue  # the process ended between the listing and the read
-    return total
-
-
 @dataclass
 class RssPeak:
     """Samples a process group's RSS in a thread while the ``with`` block runs."""
@@ -100,12 +81,12 @@ class RssPeak:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, group_rss_bytes(self.pgid))
+            self.peak = max(self.peak, group_usage(self.pgid).rss_bytes)
             self.samples += 1
             self._stop.wait(self.interval)
 
     def __enter__(self) -> RssPeak:
-        self.peak = group_rss_bytes(self.pgid)
+        self.peak = group_usage(self.pgid).rss_bytes
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -114,7 +95,7 @@ class RssPeak:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.peak = max(self.peak, group_rss_bytes(self.pgid))
+        self.peak = max(self.peak, group_usage(self.pgid).rss_bytes)
 
 
 # --- one service through the Image API -----------------------------------------------------------
@@ -142,7 +123,7 @@ def chunks_of(path: Path) -> Iterator[bytes]:
 def round_trip(service: Service, source: Path, out: Path, md5: str) -> None:
     """Create, upload (timed), download (timed), check, delete — one run against one service."""
     with httpx.Client(base_url=service.base, headers=service.headers, timeout=1800) as client:
-        service.idle_rss = group_rss_bytes(service.pgid)
+        service.idle_rss = group_usage(service.pgid).rss_bytes
         created = client.post(
             "/v2/images", json={"name": "bench", "disk_format": "raw", "container_format": "bare"}
         )

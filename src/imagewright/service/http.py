@@ -16,12 +16,14 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from imagewright.catalog import tokens
 from imagewright.catalog.database import Catalog
@@ -35,7 +37,7 @@ from imagewright.errors import (
 )
 from imagewright.service.config import ServiceConfig
 from imagewright.service.tasks.environment import TaskEnvironment
-from imagewright.stores import StoreSet
+from imagewright.stores import BlobStore, StoreSet
 
 LOG = logging.getLogger("imagewright.service")
 
@@ -144,6 +146,59 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     if start >= size or end <= start:
         raise RangeNotSatisfiableError(size)
     return start, end
+
+
+# --- blob downloads -----------------------------------------------------------------------------
+
+#: The chunks a download streams through Python: large enough that what each chunk costs (a
+#: thread-pool hop, an ASGI message, a transport write) is small next to copying its bytes
+#: (bench/registry_download on uvicorn: 4 MiB took about a fifth less server CPU than 1 MiB,
+#: 256 KiB a third more; 8 MiB no less than 4), small enough that a download holds a few MiB.
+DOWNLOAD_CHUNK_SIZE = 4 << 20
+
+#: The ASGI extension by which the server sends a file itself (granian has it; uvicorn does not).
+PATHSEND = "http.response.pathsend"
+
+
+async def blob_response(
+    request: Request,
+    store: BlobStore,
+    location: str,
+    size: int,
+    span: tuple[int, int] | None,
+    headers: dict[str, str],
+) -> Response:
+    """``blob[span]`` (the whole blob for None): 206 for a span, else 200, with ``headers``.
+
+    The whole blob of a file store leaves as ``http.response.pathsend`` where the server offers
+    it: the server reads the file, no Python loop over chunks (and the worker's event loop is
+    free meanwhile). Spans and S3 blobs stream in ``DOWNLOAD_CHUNK_SIZE`` chunks read in the
+    thread pool. Nothing is hashed here: Content-MD5 comes from the catalog.
+    """
+    start, end = span if span is not None else (0, size)
+    status = 200 if span is None else 206
+    if (start, end) == (0, size) and PATHSEND in request.scope.get("extensions", {}):
+        path = await blocking(store.sendable_path, location, size)
+        if path is not None:
+            return PathSendResponse(path, status, headers)
+    chunks = await blocking(store.read_chunks, location, start, end, DOWNLOAD_CHUNK_SIZE)
+    return StreamingResponse(iterate_in_threadpool(chunks), status_code=status, headers=headers)
+
+
+class PathSendResponse(Response):
+    """A whole blob sent by the ASGI server from its file (``http.response.pathsend``).
+
+    Starlette's FileResponse would do the same, but also re-stats, adds ETag/Last-Modified and
+    answers Range itself; the registry answers ranges with its own streaming path.
+    """
+
+    def __init__(self, path: Path, status: int, headers: dict[str, str]) -> None:
+        super().__init__(status_code=status, headers=headers, media_type="application/octet-stream")
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": PATHSEND, "path": str(self.path)})
 
 
 # --- errors -------------------------------------------------------------------------------------

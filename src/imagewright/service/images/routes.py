@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
-from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from imagewright.catalog import image_policy, images, imports
 from imagewright.catalog.accounts import utcnow
@@ -26,6 +23,7 @@ from imagewright.service.http import (
     LOG,
     RangeNotSatisfiableError,
     Registry,
+    blob_response,
     blocking,
     byte_range,
     caller_of,
@@ -634,36 +632,9 @@ async def download(request: Request) -> Response:
     if span is None:
         if image.checksum:
             headers["Content-MD5"] = image.checksum
-        status = 200
     else:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        status = 206
-    if span is None and PATHSEND in request.scope.get("extensions", {}):
-        path = await blocking(store.sendable_path, image.location, size)
-        if path is not None:
-            return PathSendResponse(path, headers)
-    chunks = await blocking(store.read_chunks, image.location, start, end)
-    return StreamingResponse(iterate_in_threadpool(chunks), status_code=status, headers=headers)
-
-
-#: The ASGI extension by which the server sends a file itself (granian has it; uvicorn does not).
-PATHSEND = "http.response.pathsend"
-
-
-class PathSendResponse(Response):
-    """A whole blob sent by the ASGI server from its file (no Python loop over chunks).
-
-    Starlette's FileResponse would do the same, but also re-stats, adds ETag/Last-Modified and
-    answers Range itself; the registry answers ranges with its own streaming path.
-    """
-
-    def __init__(self, path: Path, headers: dict[str, str]) -> None:
-        super().__init__(status_code=200, headers=headers, media_type="application/octet-stream")
-        self.path = path
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        await send({"type": PATHSEND, "path": str(self.path)})
+    return await blob_response(request, store, image.location, size, span, headers)
 
 
 # --- members ------------------------------------------------------------------------------------

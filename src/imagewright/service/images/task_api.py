@@ -22,9 +22,8 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
-from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from imagewright.catalog import exports, image_policy, images
@@ -35,6 +34,7 @@ from imagewright.errors import ConflictError, ForbiddenError, NotFoundError, Req
 from imagewright.service.http import (
     RangeNotSatisfiableError,
     Registry,
+    blob_response,
     blocking,
     byte_range,
     caller_of,
@@ -271,16 +271,12 @@ async def download_export(request: Request) -> Response:
     }
     if "sha256" in checksums:
         headers["X-Checksum-SHA256"] = checksums["sha256"]
-    status = 200
     if span is None:
         if "md5" in checksums:
             headers["Content-MD5"] = checksums["md5"]
     else:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        status = 206
-    store = registry.stores[store_id]
-    chunks = await blocking(store.read_chunks, location, start, end)
-    return StreamingResponse(iterate_in_threadpool(chunks), status_code=status, headers=headers)
+    return await blob_response(request, registry.stores[store_id], location, size, span, headers)
 
 
 def task_routes() -> list[Route]:
