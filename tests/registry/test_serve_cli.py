@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import select
 from tests.fixtures.postgres import PostgresCluster
-from tests.fixtures.registry import BIN, RegistryServer, _clean_env, free_port
+from tests.fixtures.registry import ADMIN_PASSWORD, BIN, RegistryServer, _clean_env, free_port
 
 from imagewright.catalog.database import Catalog
 from imagewright.catalog.metadefs import default_documents
@@ -96,13 +98,9 @@ def test_first_start_generates_password_and_client_files(tmp_path: Path) -> None
         process.terminate()
         process.wait(timeout=30)
     # A restart neither prints nor changes the password.
-    server = RegistryServer(data)
-    server.start()
-    try:
+    with RegistryServer(data) as server:
         assert "admin password" not in server.log()
         assert password.group(1) in (data / "clouds.yaml").read_text()
-    finally:
-        server.stop()
 
 
 def test_accounts_cli(registry: RegistryServer) -> None:
@@ -258,3 +256,49 @@ def test_db_upgrade_on_postgresql_and_two_servers_as_one(pg: PostgresCluster, tm
     finally:
         for server in servers:
             server.stop()
+
+
+@pytest.mark.parametrize(
+    ("level", "asgi_server"), [("info", "uvicorn"), ("info", "granian"), ("warning", "uvicorn")]
+)
+def test_serve_logs_to_stderr_at_its_log_level(tmp_path: Path, level: str, asgi_server: str) -> None:
+    """INFO: each worker says it is ready, each request ends in one line (method, path without
+    its query string, status, bytes, seconds; never a header); the banner stays on stdout."""
+    data, port = tmp_path / "data", free_port()
+    out, err = tmp_path / "out.log", tmp_path / "err.log"
+    env = _clean_env() | {"IMAGEWRIGHT_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    argv = [str(BIN / "imagewright"), "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}",
+            "--server", asgi_server, "--log-level", level]  # fmt: skip
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        process = subprocess.Popen(argv, stdout=stdout, stderr=stderr, env=env, start_new_session=True)
+    server = RegistryServer(data, port=port)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert process.poll() is None, err.read_text()
+            try:
+                if httpx.get(f"{server.url}/identity/v3", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        token = server.token()
+        with server.api(token) as api:
+            assert api.get("/image/v2/images?limit=1&marker-secret=x").status_code == 200
+            assert api.get("/image/v2/images/no-such-image/file").status_code == 404
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    said, printed = err.read_text(), out.read_text()
+    assert f"listening on 127.0.0.1:{port}" in printed and "listening on" not in said
+    assert token not in said and "marker-secret" not in said
+    if level == "warning":
+        assert " INFO " not in said, said
+        return
+    assert f"worker ready: identity {server.url}/identity/v3, image {server.url}/image" in said, said
+    request_line = r"INFO imagewright\.service\.requests \[\d+\]: {} {} {} \d+ B \d+\.\d{{3}} s$"
+    for method, path, status in (
+        ("POST", "/identity/v3/auth/tokens", 201),
+        ("GET", "/image/v2/images", 200),
+        ("GET", "/image/v2/images/no-such-image/file", 404),
+    ):
+        assert re.search(request_line.format(method, re.escape(path), status), said, re.MULTILINE), said

@@ -7,6 +7,7 @@ import click
 from imagewright.cli.common import task_lease_option
 from imagewright.cli.metadata import build_config, metadata_options
 from imagewright.service.config import DEFAULT_LISTEN, parse_listen
+from imagewright.service.logs import LEVELS
 
 
 @click.command("serve")
@@ -120,6 +121,13 @@ from imagewright.service.config import DEFAULT_LISTEN, parse_listen
 )
 @task_lease_option
 @click.option(
+    "--log-level",
+    type=click.Choice(LEVELS),
+    default="info",
+    show_default=True,
+    help="What the service logs to stderr (info: start-up, one line per request, tasks, sweeps).",
+)
+@click.option(
     "--sweep-interval",
     default=60.0,
     show_default=True,
@@ -151,6 +159,7 @@ def command(
     export_ttl: float,
     task_lease: float,
     sweep_interval: float,
+    log_level: str,
 ) -> None:
     """Run the image registry: Glance-compatible images at /image, identity at /identity/v3.
 
@@ -159,8 +168,10 @@ def command(
     and DATA_DIR/openrc for OpenStack clients. Every uploaded image is inspected; unsafe images
     and images that are not what their disk_format says are refused.
     """
-    from imagewright.service import datadir, serving
+    from imagewright.service import datadir, logs, serving
     from imagewright.units import format_size, parse_size
+
+    logs.configure(log_level)  # what the start-up (the sweep) logs, too
 
     host, port = parse_listen(listen)
     if metadata_listen is not None:
@@ -182,6 +193,7 @@ def command(
         "export_ttl_seconds": export_ttl,
         "task_lease_seconds": task_lease,
         "sweep_interval_seconds": sweep_interval,
+        "log_level": log_level,
     }
     prepared = serving.prepare(
         directory,

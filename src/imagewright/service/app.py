@@ -26,11 +26,13 @@ import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
 from imagewright.catalog.database import Catalog
+from imagewright.service import logs
 from imagewright.service.compute.routes import build_compute_app
 from imagewright.service.compute.routes import versions as compute_versions
 from imagewright.service.config import ServiceConfig
@@ -102,6 +104,8 @@ def build_app(config: ServiceConfig) -> Starlette:
         registry = await blocking(open_registry, config)
         runner = await blocking(_start_task_runner, registry)
         task = asyncio.create_task(_periodic_sweep(registry))
+        base = registry.public_url
+        LOG.info("worker ready: identity %s/identity/v3, image %s/image", base, base)
         try:
             yield {"registry": registry}
         finally:
@@ -126,9 +130,12 @@ def build_app(config: ServiceConfig) -> Starlette:
         Mount("/image", app=image),
         Mount("/compute", app=compute),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(logs.RequestLog)])
 
 
 def create_app() -> Starlette:
-    """uvicorn's app factory (``imagewright.service.app:create_app``, ``factory=True``)."""
-    return build_app(ServiceConfig.from_environment())
+    """The ASGI servers' app factory (``imagewright.service.app:create_app``, ``factory=True``),
+    run in each worker process."""
+    config = ServiceConfig.from_environment()
+    logs.configure(config.log_level)
+    return build_app(config)

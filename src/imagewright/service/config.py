@@ -60,6 +60,8 @@ class ServiceConfig:
     glance_regions: tuple[str, ...] = ()
     #: How long an export's download URL (and its blob) stays valid.
     export_ttl_seconds: float = 24 * 3600.0
+    #: What the service logs to stderr (``--log-level``, ``service.logs.LEVELS``).
+    log_level: str = "info"
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:

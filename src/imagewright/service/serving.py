@@ -10,7 +10,6 @@ sweep. ``run`` hands the config to uvicorn, which starts the workers (``app.crea
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 from imagewright.catalog import accounts
 from imagewright.catalog.database import Catalog, redact, sqlite_url
 from imagewright.errors import InvalidArgumentError
-from imagewright.service import datadir
+from imagewright.service import datadir, logs
 from imagewright.service.config import ENVIRONMENT_VARIABLE, ServiceConfig, url_host
 from imagewright.service.http import Registry
 from imagewright.service.imds import serving as imds_serving
@@ -145,19 +144,19 @@ def run(
     if server not in SERVERS:
         raise InvalidArgumentError(f"--server must be one of {', '.join(SERVERS)}.")
     os.environ[ENVIRONMENT_VARIABLE] = config.to_json()
-    logging.getLogger("imagewright").setLevel(logging.INFO)
+    logs.configure(config.log_level)
     child = imds_serving.start_child(metadata) if metadata is not None else None
     try:
         if server == "granian":
-            _run_granian(host, port, workers)
+            _run_granian(host, port, workers, logs.server_level(config.log_level))
         else:
-            _run_uvicorn(host, port, workers)
+            _run_uvicorn(host, port, workers, logs.server_level(config.log_level))
     finally:
         if child is not None:
             imds_serving.stop_child(child)
 
 
-def _run_granian(host: str, port: int, workers: int) -> None:
+def _run_granian(host: str, port: int, workers: int, log_level: str) -> None:
     """granian (Rust HTTP, its own worker processes); full downloads from a file store leave as
     ``http.response.pathsend`` — the server reads the file itself, no Python chunk loop."""
     from granian import Granian
@@ -174,15 +173,15 @@ def _run_granian(host: str, port: int, workers: int) -> None:
         log_dictconfig={
             "version": 1,
             "disable_existing_loggers": False,
-            "root": {"level": "WARNING", "handlers": ["console"]},
+            "root": {"level": log_level.upper(), "handlers": ["console"]},
             "handlers": {"console": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}},
-            "loggers": {"_granian": {"level": "WARNING"}, "granian.access": {"level": "WARNING"}},
+            "loggers": {"_granian": {"level": log_level.upper()}, "granian.access": {"level": "WARNING"}},
         },
         workers_kill_timeout=10,
     ).serve()
 
 
-def _run_uvicorn(host: str, port: int, workers: int) -> None:
+def _run_uvicorn(host: str, port: int, workers: int, log_level: str) -> None:
     import uvicorn
 
     uvicorn.run(
@@ -191,7 +190,7 @@ def _run_uvicorn(host: str, port: int, workers: int) -> None:
         host=host,
         port=port,
         workers=workers,
-        log_level="warning",
+        log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=10,
         server_header=False,
