@@ -30,6 +30,22 @@ pytest_plugins = (
 )
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--registry-server",
+        choices=("uvicorn", "granian"),
+        default="uvicorn",
+        help="The ASGI server every started 'imagewright serve' runs on, unless a test names one "
+        "(tests.fixtures.registry.RegistryServer).",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from tests.fixtures import registry
+
+    registry.DEFAULT_SERVER = config.getoption("--registry-server")
+
+
 @pytest.fixture
 def run_cli() -> Callable[..., Result]:
     """Run ``imagewright ARGS`` in-process; returns click's Result (exit_code, stdout, stderr)."""

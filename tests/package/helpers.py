@@ -4,9 +4,10 @@ streamOptimized VMDK of a source written by the package stage's own pass."""
 from __future__ import annotations
 
 import hashlib
+import random
 from pathlib import Path
 
-from tests.fixtures.tools import qemu_img, qemu_io_write, run, sparse_file
+from tests.fixtures.tools import qemu_img, qemu_io_write, run, sparse_file, write_at
 
 from imagewright.files import ScratchFiles
 from imagewright.package.passes import SequentialFile, read_source, run_pass
@@ -114,6 +115,24 @@ def make_key(
     run("openssl", "x509", "-req", "-in", csr, "-CA", issuer[1], "-CAkey", issuer[0], "-CAcreateserial",
         "-out", cert, "-days", "30")  # fmt: skip
     return key, cert
+
+
+def publish_keys(directory: Path) -> dict[str, tuple[Path, Path]]:
+    """The user's and the cloud's keys and certificates, as ``publish`` takes them (``--cert`` /
+    ``--privatekey`` / ``--sign`` of the user, ``--ec2cert`` of the cloud)."""
+    return {"user": make_key(directory, "user"), "cloud": make_key(directory, "cloud")}
+
+
+def publish_sources(
+    directory: Path, size: int, writes: list[tuple[int, int, int]], random_at: int, seed: int
+) -> tuple[Path, Path]:
+    """A raw disk of ``size`` bytes with pattern ``writes`` (``make_disk``) and 2 MiB of seeded
+    random bytes at ``random_at`` (data that does not compress), and the same disk as qcow2."""
+    raw = make_disk(directory / "disk.raw", size, writes)
+    write_at(raw, random_at, random.Random(seed).randbytes(2 * MiB))
+    qcow2 = directory / "disk.qcow2"
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, qcow2)
+    return raw, qcow2
 
 
 def tar_members(path: Path) -> list[str]:

@@ -6,14 +6,21 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import random
 import tarfile
 from pathlib import Path
 
 import pytest
 from click.testing import Result
-from tests.fixtures.tools import mounted_tmpfs, qemu_img, run, write_at
-from tests.package.helpers import MiB, libvmdk_sha256, make_disk, make_key, sha256_file, tar_members
+from tests.fixtures.tools import mounted_tmpfs, qemu_img, run
+from tests.package.helpers import (
+    MiB,
+    libvmdk_sha256,
+    make_disk,
+    publish_keys,
+    publish_sources,
+    sha256_file,
+    tar_members,
+)
 from tests.package.test_bundle import decrypt_by_hand
 
 from imagewright.package.ova_verify import verify_ova
@@ -26,18 +33,13 @@ SIZE = 40 * MiB
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
-    work = tmp_path_factory.mktemp("keys")
-    return {"user": make_key(work, "user"), "cloud": make_key(work, "cloud")}
+    return publish_keys(tmp_path_factory.mktemp("keys"))
 
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     work = tmp_path_factory.mktemp("publish-src")
-    raw = make_disk(work / "disk.raw", SIZE, [(0, 8192, 0x71), (33 * MiB, 3 * MiB, 0x72)])
-    write_at(raw, 5 * MiB, random.Random(3).randbytes(2 * MiB))
-    qcow2 = work / "disk.qcow2"
-    qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, qcow2)
-    return raw, qcow2
+    return publish_sources(work, SIZE, [(0, 8192, 0x71), (33 * MiB, 3 * MiB, 0x72)], 5 * MiB, seed=3)
 
 
 def test_every_target_from_one_read_each_read_back_by_an_independent_reader(

@@ -63,12 +63,8 @@ def make_server(request: pytest.FixtureRequest, base: Path, backend: str) -> Reg
 
 
 def _server(request: pytest.FixtureRequest, base: Path, backend: str) -> Iterator[RegistryServer]:
-    server = make_server(request, base, backend)
-    server.start()
-    try:
+    with make_server(request, base, backend) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -103,16 +103,12 @@ def uefi_disk(tree: Path, out: Path, loader: Path, *, bios: bool) -> Path:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    server = RegistryServer(tmp_path_factory.mktemp("content-registry") / "data")
-    server.start()
-    server.add_project("team")
-    server.add_user("carol", "team", "member", PASSWORD)
-    OTHERS.append(server.add_project("others"))
-    server.add_user("olga", "others", "member", PASSWORD)
-    try:
+    with RegistryServer(tmp_path_factory.mktemp("content-registry") / "data") as server:
+        server.add_project("team")
+        server.add_user("carol", "team", "member", PASSWORD)
+        OTHERS.append(server.add_project("others"))
+        server.add_user("olga", "others", "member", PASSWORD)
         yield server
-    finally:
-        server.stop()
 
 
 def openstack_json(registry: RegistryServer, *args: str, user: str | None = None) -> Any:
@@ -365,9 +361,7 @@ def test_the_override_and_publishing_follow_the_image_rules(
 def test_register_local_fills_properties_and_keeps_the_rule(images: dict[str, Path], tmp_path: Path) -> None:
     srv = tmp_path / "srv"
     srv.mkdir()
-    server = RegistryServer(tmp_path / "data", extra_args=["--store", f"local=file-inplace://{srv}"])
-    server.start()
-    try:
+    with RegistryServer(tmp_path / "data", extra_args=["--store", f"local=file-inplace://{srv}"]) as server:
         used = srv / "used.qcow2"
         shutil.copyfile(images["seeded.qcow2"], used)
         refused = register_local(server, used, "--visibility", "public")
@@ -381,8 +375,6 @@ def test_register_local_fills_properties_and_keeps_the_rule(images: dict[str, Pa
         view = json.loads(accepted.stdout)
         assert view["visibility"] == "public" and view["os_distro"] == "debian"
         assert view["imagewright_audit"].startswith("secret: authorized-keys")
-    finally:
-        server.stop()
 
 
 def register_local(server: RegistryServer, path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -407,9 +399,7 @@ def register_local(server: RegistryServer, path: Path, *args: str) -> subprocess
 def test_a_blob_in_s3_is_read_from_a_local_copy_that_goes_away(
     request: pytest.FixtureRequest, images: dict[str, Path], tmp_path: Path
 ) -> None:
-    server = make_server(request, tmp_path, S3)
-    server.start()
-    try:
+    with make_server(request, tmp_path, S3) as server:
         image_id = create_with_file(server, "in-s3", images["debian.qcow2"])
         shown = properties_of(server, image_id)
         assert shown["stores"] == "bulk"
@@ -422,5 +412,3 @@ def test_a_blob_in_s3_is_read_from_a_local_copy_that_goes_away(
         assert shown["imagewright_audit"] == "clean"
         scratch = server.data_dir / "scratch"
         assert scratch.is_dir() and list(scratch.iterdir()) == []
-    finally:
-        server.stop()

@@ -335,11 +335,9 @@ def parity(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     # One file store named as Glance's (``fast``), so store ids compare equal.
     store = base / "fast-store"
     arguments = ["--max-image-size", str(SIZE_CAP), "--store", f"fast={store.as_uri()}"]
-    server = RegistryServer(
+    with RegistryServer(
         base / "data", extra_args=[*arguments, "--server", request.param], file_store_dirs=[store]
-    )
-    server.start()
-    try:
+    ) as server:
         for project in ("alpha", "beta", "gamma"):
             server.add_project(project)
         server.add_user("alice", "alpha", "member", PASSWORD)
@@ -377,8 +375,6 @@ def parity(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
                 },
             )
             yield Parity(ours, theirs, actors)
-    finally:
-        server.stop()
 
 
 # --- the scenario -------------------------------------------------------------------------------

@@ -212,9 +212,9 @@ def corrupting_proxy(port: int, upstream_port: int) -> Iterator[None]:
 def test_client_verifies_the_checksum_the_registry_reports(tmp_path: Path) -> None:
     proxy_port = free_port()
     # Clients reach the registry through the proxy: it is the URL the server announces.
-    server = RegistryServer(tmp_path / "data", extra_args=["--public-url", f"http://127.0.0.1:{proxy_port}"])
-    server.start()
-    try:
+    with RegistryServer(
+        tmp_path / "data", extra_args=["--public-url", f"http://127.0.0.1:{proxy_port}"]
+    ) as server:
         disk = tmp_path / "disk.raw"
         disk.write_bytes(b"\0" * (1 << 20) + MARKER + os.urandom(4096) + b"\0" * (1 << 20))
         with corrupting_proxy(proxy_port, server.port):
@@ -226,8 +226,6 @@ def test_client_verifies_the_checksum_the_registry_reports(tmp_path: Path) -> No
             clean.write_bytes(b"\0" * (1 << 20) + os.urandom(4096))
             assert iw_json(server, "image", "upload", str(clean), "--name", "clean")["status"] == "active"
         assert len(server.blobs()) == 1
-    finally:
-        server.stop()
 
 
 # --- register-local -----------------------------------------------------------------------------
@@ -237,12 +235,8 @@ def test_client_verifies_the_checksum_the_registry_reports(tmp_path: Path) -> No
 def local_registry(tmp_path: Path) -> Iterator[RegistryServer]:
     srv = tmp_path / "srv" / "images"
     srv.mkdir(parents=True)
-    server = RegistryServer(tmp_path / "data", extra_args=["--store", f"local=file-inplace://{srv}"])
-    server.start()
-    try:
+    with RegistryServer(tmp_path / "data", extra_args=["--store", f"local=file-inplace://{srv}"]) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def register(server: RegistryServer, *args: str) -> subprocess.CompletedProcess[str]:

@@ -42,7 +42,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
 @pytest.fixture(scope="module")
 def two_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     root = tmp_path_factory.mktemp("registry-two-stores")
-    server = RegistryServer(
+    with RegistryServer(
         root / "data",
         extra_args=[
             "--store",
@@ -56,12 +56,8 @@ def two_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistrySer
             "--export-ttl",
             "4",
         ],
-    )
-    server.start()
-    try:
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -33,19 +33,15 @@ def http(images: Images) -> Iterator[ImageHTTPServer]:
 
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    server = RegistryServer(tmp_path_factory.mktemp("remote-registry") / "data")
-    server.start()
-    try:
+    with RegistryServer(tmp_path_factory.mktemp("remote-registry") / "data") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def registry(
     tmp_path_factory: pytest.TempPathFactory, http: ImageHTTPServer, remote: RegistryServer
 ) -> Iterator[RegistryServer]:
-    server = RegistryServer(
+    with RegistryServer(
         tmp_path_factory.mktemp("client-registry") / "data",
         extra_args=[
             "--web-download-allow",
@@ -53,12 +49,8 @@ def registry(
             "--glance-region",
             f"RegionTwo=imagewright@{remote.data_dir / 'clouds.yaml'}",
         ],
-    )
-    server.start()
-    try:
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _openstack_json(registry: RegistryServer, *args: str) -> Any:

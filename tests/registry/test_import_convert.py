@@ -78,12 +78,8 @@ def _registry(root: Path, http: ImageHTTPServer, *extra: str) -> RegistryServer:
 
 @pytest.fixture(scope="module")
 def converting(tmp_path_factory: pytest.TempPathFactory, http: ImageHTTPServer) -> Iterator[RegistryServer]:
-    server = _registry(tmp_path_factory.mktemp("registry-convert"), http, "--convert-to", "raw")
-    server.start()
-    try:
+    with _registry(tmp_path_factory.mktemp("registry-convert"), http, "--convert-to", "raw") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -203,9 +199,7 @@ def test_a_hostile_compressed_image_is_refused_and_nothing_is_stored(
 def test_without_conversion_the_same_image_is_refused_as_too_large_to_examine(
     tmp_path: Path, http: ImageHTTPServer
 ) -> None:
-    server = _registry(tmp_path, http)
-    server.start()
-    try:
+    with _registry(tmp_path, http) as server:
         with server.api(server.token()) as client:
             image, task = _import(
                 client, f"{http.url}/files/disk.raw.gz", disk_format="raw", container_format="compressed"
@@ -213,8 +207,6 @@ def test_without_conversion_the_same_image_is_refused_as_too_large_to_examine(
         assert task["status"] == "failure", task
         assert "does not decompress uploads to a scratch disk" in task["message"], task["message"]
         assert image["status"] == "queued" and server.blobs() == []
-    finally:
-        server.stop()
 
 
 # --- --keep-original ---------------------------------------------------------------------------
@@ -224,14 +216,10 @@ def test_without_conversion_the_same_image_is_refused_as_too_large_to_examine(
 def keeping(
     tmp_path_factory: pytest.TempPathFactory, http: ImageHTTPServer, sources: Path
 ) -> Iterator[RegistryServer]:
-    server = _registry(
+    with _registry(
         tmp_path_factory.mktemp("registry-keep"), http, "--convert-to", "raw", "--keep-original"
-    )
-    server.start()
-    try:
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _blob_bytes(server: RegistryServer) -> list[bytes]:

@@ -23,12 +23,10 @@ from tests.registry.test_uploads import SLOW_UPLOAD, _wait_for_bytes
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RegistryServer]:
-    registry = RegistryServer(tmp_path / "data", extra_args=["--sweep-interval", "1", "--export-ttl", "2"])
-    registry.start()
-    try:
+    with RegistryServer(
+        tmp_path / "data", extra_args=["--sweep-interval", "1", "--export-ttl", "2"]
+    ) as registry:
         yield registry
-    finally:
-        registry.stop()
 
 
 def test_kill9_server_mid_stage_then_restart(server: RegistryServer, tmp_path: Path) -> None:

@@ -188,15 +188,14 @@ def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageHTTPServer]:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, http: ImageHTTPServer) -> Iterator[Api]:
-    server = RegistryServer(
-        tmp_path_factory.mktemp("registry-ssrf") / "data", extra_args=["--web-download-allow", f"{http.url}/"]
-    )
-    server.start()
-    try:
-        with server.api(server.token()) as client:
-            yield client
-    finally:
-        server.stop()
+    with (
+        RegistryServer(
+            tmp_path_factory.mktemp("registry-ssrf") / "data",
+            extra_args=["--web-download-allow", f"{http.url}/"],
+        ) as server,
+        server.api(server.token()) as client,
+    ):
+        yield client
 
 
 def _matrix(hosts: dict[str, tuple[str, str]]) -> list[tuple[str, str]]:

@@ -46,15 +46,11 @@ def other_http(images: Images) -> Iterator[ImageHTTPServer]:
 
 @pytest.fixture(scope="module")
 def registry_web(tmp_path_factory: pytest.TempPathFactory, http: ImageHTTPServer) -> Iterator[RegistryServer]:
-    server = RegistryServer(
+    with RegistryServer(
         tmp_path_factory.mktemp("registry-web") / "data",
         extra_args=["--web-download-allow", f"{http.url}/", "--web-download-timeout", "3"],
-    )
-    server.start()
-    try:
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -266,15 +266,11 @@ def scratch_leftovers_in(scratch: Path) -> list[str]:
 
 @pytest.fixture
 def embedded(tmp_path: Path, http: ImageHTTPServer) -> Iterator[RegistryServer]:
-    server = RegistryServer(
+    with RegistryServer(
         tmp_path / "data",
         extra_args=["--convert-to", "raw", "--web-download-allow", f"{http.url}/", "--task-lease", "5"],
-    )
-    server.start()
-    try:
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_embedded_qemu_img_killed_mid_conversion_fails_with_the_reason(

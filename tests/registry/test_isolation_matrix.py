@@ -139,9 +139,7 @@ class World:
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    server = make_server(request, tmp_path_factory.mktemp("matrix"), request.param)
-    server.start()
-    try:
+    with make_server(request, tmp_path_factory.mktemp("matrix"), request.param) as server:
         ids = {}
         for project in ("pa", "pb", "pc"):
             ids[project] = server.add_project(project)
@@ -156,8 +154,6 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         yield World(server, apis, ids)
         for api in apis.values():
             api.client.close()
-    finally:
-        server.stop()
 
 
 def make_image(world: World, kind: str) -> dict[str, Any]:

@@ -53,12 +53,8 @@ def packages(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, tuple[Pat
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    server = RegistryServer(tmp_path_factory.mktemp("ova-registry") / "data")
-    server.start()
-    try:
+    with RegistryServer(tmp_path_factory.mktemp("ova-registry") / "data") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

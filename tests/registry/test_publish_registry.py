@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +27,8 @@ from typing import Any
 
 import pytest
 from tests.fixtures.registry import BIN, RegistryServer
-from tests.fixtures.tools import qemu_img, run, write_at
-from tests.package.helpers import MiB, make_disk, make_key
+from tests.fixtures.tools import qemu_img, run
+from tests.package.helpers import MiB, publish_keys, publish_sources
 
 from imagewright.metadata.imds import ec2_image_id
 
@@ -40,28 +39,19 @@ SIZE = 24 * MiB
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    server = RegistryServer(tmp_path_factory.mktemp("publish-registry") / "data")
-    server.start()
-    try:
+    with RegistryServer(tmp_path_factory.mktemp("publish-registry") / "data") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
-    work = tmp_path_factory.mktemp("keys")
-    return {"user": make_key(work, "user"), "cloud": make_key(work, "cloud")}
+    return publish_keys(tmp_path_factory.mktemp("keys"))
 
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     work = tmp_path_factory.mktemp("src")
-    raw = make_disk(work / "disk.raw", SIZE, [(0, 8192, 0x71), (17 * MiB, 1 * MiB, 0x72)])
-    write_at(raw, 3 * MiB, random.Random(5).randbytes(2 * MiB))
-    qcow2 = work / "disk.qcow2"
-    qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, qcow2)
-    return raw, qcow2
+    return publish_sources(work, SIZE, [(0, 8192, 0x71), (17 * MiB, 1 * MiB, 0x72)], 3 * MiB, seed=5)
 
 
 def iw(registry: RegistryServer, *args: object) -> subprocess.CompletedProcess[str]:
@@ -259,14 +249,10 @@ def test_a_refused_upload_fails_the_publish_and_leaves_nothing(
     sources: tuple[Path, Path], tmp_path: Path
 ) -> None:
     _, qcow2 = sources
-    small = RegistryServer(tmp_path / "data", extra_args=["--max-image-size", "1M"])
-    small.start()
-    try:
+    with RegistryServer(tmp_path / "data", extra_args=["--max-image-size", "1M"]) as small:
         out = tmp_path / "out"
         out.mkdir()
         line = one_sentence(iw(small, "publish", qcow2, "--to", "qcow2,raw.gz,registry", "-d", out))
         assert "limit" in line, line
         assert list(out.iterdir()) == []
         assert osc_ids(small) == set() and small.blobs() == []
-    finally:
-        small.stop()

@@ -205,9 +205,7 @@ def _status(server: RegistryServer, image_id: str) -> str:
 def test_kill9_server_mid_upload_then_restart(
     request: pytest.FixtureRequest, backend: str, tmp_path: Path
 ) -> None:
-    server = make_server(request, tmp_path, backend)
-    server.start()
-    try:
+    with make_server(request, tmp_path, backend) as server:
         token = server.token()
         with server.api(token) as api:
             image = api.create_image(name="interrupted", disk_format="raw", container_format="bare")
@@ -231,8 +229,6 @@ def test_kill9_server_mid_upload_then_restart(
             assert api.upload(image["id"], data).status_code == 204
             assert api.get(f"/image/v2/images/{image['id']}/file").content == data
             assert len(server.blobs()) == 1
-    finally:
-        server.stop()
 
 
 def test_kill9_client_mid_upload(server: RegistryServer, admin: Api, tmp_path: Path) -> None:
@@ -301,9 +297,7 @@ def test_fifty_concurrent_clients(server: RegistryServer, admin: Api) -> None:
 def test_max_image_size(tmp_path: Path) -> None:
     """``serve --max-image-size`` (Glance's image_size_cap): larger uploads get 413 and leave nothing,
     whether the client announces the size (Content-Length) or streams it (chunked)."""
-    server = RegistryServer(tmp_path / "data", extra_args=["--max-image-size", "4M"])
-    server.start()
-    try:
+    with RegistryServer(tmp_path / "data", extra_args=["--max-image-size", "4M"]) as server:
         assert "(images up to 4 MiB)" in server.log()
         with server.api(server.token()) as api:
             image = api.create_image(name="big", disk_format="raw", container_format="bare")
@@ -322,8 +316,6 @@ def test_max_image_size(tmp_path: Path) -> None:
             exact = api.upload(image["id"], b"\x03" * (4 << 20))
             assert exact.status_code == 204
             assert api.get(f"/image/v2/images/{image['id']}").json()["size"] == 4 << 20
-    finally:
-        server.stop()
     refused = subprocess.run(
         [str(BIN / "imagewright"), "serve", "--data-dir", str(tmp_path / "x"), "--max-image-size", "0"],
         capture_output=True,
