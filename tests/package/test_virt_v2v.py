@@ -13,11 +13,15 @@ The guest is ``build --from debian:bookworm --agent`` (tests/fixtures/debian_gue
 once per session from the local package and root filesystem caches): the product's own image,
 with grub-pc installed, which is what virt-v2v needs to find a boot loader it can manage.
 
-Where the time goes (measured here, 2 cores, load ~20, virt-v2v 2.2.0, libguestfs 1.48 appliance
-under TCG): the appliance boots and inspects in ~4 min; the conversion's one heavy step is the
-guest's ``update-initramfs -c`` inside the appliance (~3,100 processes — readlink/realpath/cp
-per module — ~6 CPU-seconds natively, ~11 min here); then nbdcopy copies the used blocks. About
-18 min in all, so the test is ``long`` (``make test-long``), outside the 30-minute suite.
+Where the time goes (measured here, 2 cores, virt-v2v 2.2.0, libguestfs 1.48 appliance under
+TCG): the appliance boots and inspects in ~3-4 min; the conversion's one heavy step is the
+guest's ``update-initramfs -c`` inside the appliance, which virt-v2v runs for every Linux guest
+whatever its initramfs holds (~3,100 processes — readlink/realpath/cp per module of
+``MODULES=most`` — 6.4 CPU-seconds natively, 11 min in the appliance at load ~20, 28 min at load
+~30); then nbdcopy copies the used blocks (~15 s). virt-v2v took 1,074 s at load ~20 (up to the
+missing nbdkit, below) and 2,038 s at load ~30 with five appliances running; the converted disk
+booted to the ready line in 487 s at load ~27. So the test is ``long`` (``make test-long``),
+outside the 30-minute suite.
 
 virt-v2v 2.x writes every output through nbdkit and copies with nbdcopy, neither of which
 Debian's virt-v2v package depends on: without them it converts for 18 minutes and then stops
@@ -42,7 +46,7 @@ from imagewright.agent import find_ready_line
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(7200)]
 #: virt-v2v's whole run: 18 min at load ~20, 34 min at load ~30 (five appliances at once) on the
-#: 2-core machine; room for a heavier load.
+#: 2-core machine; room for a heavier load. The boot gets 1,500 s (487 s at load ~27).
 V2V_TIMEOUT = 5400
 LIBOSINFO = "http://libosinfo.org/xmlns/libvirt/domain/1.0"
 
@@ -111,7 +115,7 @@ def test_virt_v2v_imports_our_ova_of_a_debian_guest_and_the_result_boots(
 
     console = tmp_path / "console.log"
     booted: Result = run_cli(  # type: ignore[operator]
-        ["boot", imported, "--expect", "imagewright-agent: ready", "--timeout", "900", "--snapshot",
+        ["boot", imported, "--expect", "imagewright-agent: ready", "--timeout", "1500", "--snapshot",
          "--memory", "1024", "--console-log", console]
     )  # fmt: skip
     assert booted.exit_code == 0, booted.output
