@@ -14,7 +14,7 @@ APT_PACKAGES := qemu-utils qemu-system-x86 qemu-system-data seabios ipxe-qemu \
 	libguestfs-tools linux-image-amd64 cloud-guest-utils strace bubblewrap \
 	swift swift-proxy swift-account swift-container swift-object \
 	postgresql valgrind wrk nginx ovmf grub-efi-amd64-bin sbsigntool systemd-boot-efi \
-	virt-v2v mmdebstrap openssl rpm debian-archive-keyring debootstrap db5.3-util gpg
+	virt-v2v nbdkit libnbd-bin mmdebstrap openssl rpm debian-archive-keyring debootstrap db5.3-util gpg
 
 PYTEST_ARGS ?=
 
