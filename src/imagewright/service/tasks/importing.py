@@ -225,12 +225,13 @@ def _import(
             converted = _convert_compressed(run, plan, arrived, work, declared)
         else:
             _judge(run, arrived, image_id, declared)
-            run.progress("looking inside", 0, None)
-            facts = _facts(run, arrived, work)
+            if not _converts_into_raw(plan, arrived):
+                run.progress("looking inside", 0, None)
+                facts = _facts(run, arrived, work)
             converted = _convert(run, plan, arrived, work)
     data = converted
     if facts is None:
-        # Converted as it decompressed: what is inside is read from the conversion's output.
+        # Converted as it decompressed, or into raw: what is inside is read from the output.
         run.progress("looking inside", 0, None)
         facts = _converted_facts(data)
     original = (
@@ -453,6 +454,18 @@ def _facts(run: TaskRun, data: ImageData, work: Path) -> ImageFacts:
         # stores then read instead of the blob.
         data.path = _local_copy(run, data, work)
     return publishing.content_facts(data.path, data.report, data.disk_format, data.container_format)
+
+
+def _converts_into_raw(plan: ImportPlan, data: ImageData) -> bool:
+    """Whether ``_convert`` writes judged, looked-into bytes (a bare disk that is not raw) into a
+    new raw file: what is inside is then read from that file where it lies (``_converted_facts``)
+    instead of from a raw working copy of the source made for it alone (a whole extra pass)."""
+    return (
+        plan.convert_to == "raw"
+        and data.container_format == "bare"
+        and publishing.looked_into(data.disk_format, data.container_format)
+        and data.disk_format != "raw"
+    )
 
 
 def _converted_facts(data: ImageData) -> ImageFacts:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
-import os
 import socket
 import ssl
 import time
@@ -298,8 +297,10 @@ def download(
 
         fetch = _Fetch(url, policy, limits, deadline, dict(headers or {}), write, progress, should_stop)
         fetch.run()
+        # Not fsynced: the file is the task's scratch. What is kept of it is made durable where
+        # it is kept (the file store's ``adopt`` fsyncs before its rename, a store writer on
+        # ``finish``), and a worker that dies takes its scratch with it (the task starts over).
         out.flush()
-        os.fsync(out.fileno())
     return DownloadResult(url, fetch.final_url, fetch.done, fetch.resumes)
 
 
