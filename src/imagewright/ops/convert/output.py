@@ -55,6 +55,46 @@ class Hashes:
         """Nothing to let go (see ``BackgroundHashes``)."""
 
 
+class _Lane:
+    """A thread of its own that applies ``work`` to each item handed to it, in order.
+
+    ``put`` returns once the item is queued (at most ``depth`` wait), so the caller goes on
+    while the lane works; the first exception ``work`` raises stops the lane and is raised
+    by the next ``put`` or by ``join``. Items must not change once handed over.
+    """
+
+    _DONE = object()
+
+    def __init__(self, name: str, work: Callable[[Any], None], depth: int = 8) -> None:
+        self._work = work
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not self._DONE:
+            if self._error is not None:
+                continue  # drained, not worked: put() raises the error
+            try:
+                self._work(item)
+            except BaseException as err:  # noqa: BLE001 - raised in the caller's thread
+                self._error = err
+
+    def put(self, item: object) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(item)
+
+    def join(self) -> None:
+        """Wait until every item was worked (or the lane failed); raise its error."""
+        if self._thread.is_alive():
+            self._queue.put(self._DONE)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 class BackgroundHashes(Hashes):
     """``Hashes`` computed by threads of their own, one per algorithm: ``update`` hands an
     immutable buffer over and returns, so the caller writes or compresses it while it is
@@ -63,54 +103,47 @@ class BackgroundHashes(Hashes):
     conversion). A buffer that may change later (a ``memoryview`` into a reused receive buffer)
     is copied once first: a copy costs a small part of hashing it."""
 
-    _DONE = object()
-
     def __init__(self, algorithms: tuple[str, ...], depth: int = 8) -> None:
         super().__init__(algorithms)
-        self._lanes: list[tuple[queue.Queue[object], threading.Thread]] = []
-        for name, hasher in self._hashers.items():
-            lane: queue.Queue[object] = queue.Queue(maxsize=depth)
-            thread = threading.Thread(
-                target=self._run, args=(lane, hasher), name=f"hashing-{name}", daemon=True
-            )
-            thread.start()
-            self._lanes.append((lane, thread))
-
-    def _run(self, lane: queue.Queue[object], hasher: Any) -> None:
-        while (item := lane.get()) is not self._DONE:
-            if isinstance(item, int):
-                length = item
-                while length:
-                    step = min(length, CHUNK)
-                    hasher.update(_ZEROS[:step] if step < CHUNK else _ZEROS)
-                    length -= step
-            else:
-                assert isinstance(item, bytes)
-                hasher.update(item)
+        self._lanes = [
+            _Lane(f"hashing-{name}", _hash_item(hasher), depth) for name, hasher in self._hashers.items()
+        ]
 
     def update(self, data: bytes | memoryview) -> None:
         if self._lanes:
             item = data if isinstance(data, bytes) else bytes(data)
-            for lane, _ in self._lanes:
+            for lane in self._lanes:
                 lane.put(item)
 
     def update_zeros(self, length: int) -> None:
         if length > 0:
-            for lane, _ in self._lanes:
+            for lane in self._lanes:
                 lane.put(length)
 
-    def _wait(self) -> None:
-        for lane, thread in self._lanes:
-            if thread.is_alive():
-                lane.put(self._DONE)
-                thread.join()
-
     def hexdigests(self) -> dict[str, str]:
-        self._wait()
+        self.close()
         return super().hexdigests()
 
     def close(self) -> None:
-        self._wait()
+        for lane in self._lanes:
+            lane.join()
+
+
+def _hash_item(hasher: Any) -> Callable[[object], None]:
+    """A lane's work: hash a buffer, or a run of that many zeros."""
+
+    def work(item: object) -> None:
+        if isinstance(item, int):
+            length = item
+            while length:
+                step = min(length, CHUNK)
+                hasher.update(_ZEROS[:step] if step < CHUNK else _ZEROS)
+                length -= step
+        else:
+            assert isinstance(item, bytes)
+            hasher.update(item)
+
+    return work
 
 
 class Compressor(Protocol):
@@ -207,8 +240,11 @@ class ImageStreamWriter:
 
     ``content`` hashes the image bytes; ``output`` hashes the file bytes. Without
     compression they are the same bytes, the file is written sparse (zero runs become holes)
-    and only ``content`` is kept. With compression, every byte — zeros included — goes
-    through the compressor and the compressed bytes are hashed as they are written.
+    and only ``content`` is kept; the file is written by a thread of its own (``_Lane``), so
+    the writes (a copy into the page cache each, and whatever the kernel makes a writer wait
+    for) overlap the hashing and whatever produces the bytes. With compression, every byte —
+    zeros included — goes through the compressor and the compressed bytes are hashed as they
+    are written.
     """
 
     def __init__(self, path: Path, *, compression: str | None, checksums: tuple[str, ...]) -> None:
@@ -217,16 +253,24 @@ class ImageStreamWriter:
         self.compression = compression
         self.output: Hashes = BackgroundHashes(checksums) if compression else self.content
         self._compressor = new_compressor(compression) if compression else None
+        self._writing = _Lane("writing", self._write_item) if compression is None else None
         self.bytes_in = 0
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         self._gap(offset)
-        self.content.update(data)
-        if self._compressor is None:
-            self.file.write_at(offset, data)
+        if self._writing is not None:
+            # One immutable copy (none for bytes) shared by the hashing and the writing lanes.
+            item = data if isinstance(data, bytes) else bytes(data)
+            self.content.update(item)
+            self._writing.put((offset, item))
         else:
+            assert self._compressor is not None
+            self.content.update(data)
             self._emit(self._compressor.compress(data))
         self.bytes_in = offset + len(data)
+
+    def _write_item(self, item: tuple[int, bytes]) -> None:
+        self.file.write_at(*item)
 
     def zeros(self, offset: int, length: int) -> None:
         self._gap(offset)
@@ -255,9 +299,15 @@ class ImageStreamWriter:
             self._emit(self._compressor.flush())
             self.file.finish()
         else:
+            assert self._writing is not None
+            self._writing.join()
             self.file.finish(size)
 
     def close(self) -> None:
+        if self._writing is not None:
+            # Every queued write ends before the file is closed (an error is finish's to raise).
+            with contextlib.suppress(BaseException):
+                self._writing.join()
         self.file.close()
         self.content.close()
         self.output.close()
