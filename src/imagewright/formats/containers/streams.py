@@ -6,7 +6,7 @@ comes after them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from imagewright.binary import ByteSource, MiB, NotExaminedError, PrefixExhaustedError, zeros
@@ -220,6 +220,22 @@ class StreamCapture:
                     self.on_pending()
         self.position = end
         self._wanted = {b for b in self._wanted if b * CAPTURE_BLOCK >= end}
+
+    def recall(self, size: int, start: int, pieces: Iterable[tuple[int, bytes]]) -> None:
+        """The stream ended at ``size`` (unknown until then): keep its blocks from ``start`` on
+        out of ``pieces`` (its last ``(offset, data)``, aligned as ``feed``'s were), which went
+        by before anything could ask for them — a streamed disk's tail (GPT backup, footers)."""
+        self._size = size
+        self._wanted = set()
+        self._pending = set()
+        for offset, data in pieces:
+            end = offset + len(data)
+            for block in range(max(start, offset) // CAPTURE_BLOCK, -(-end // CAPTURE_BLOCK)):
+                begin = block * CAPTURE_BLOCK
+                if begin < offset or block in self._blocks or min(begin + CAPTURE_BLOCK, size) > end:
+                    continue
+                self._keep(block, data[begin - offset : begin - offset + CAPTURE_BLOCK])
+        self.position = size
 
     def _keep(self, block: int, data: bytes) -> None:
         self._wanted.discard(block)

@@ -148,7 +148,8 @@ def convert(
     limits = limits or Limits()
     notes: list[str] = []
     with AtomicOutput(dst_path, force=force) as out, growing or FileSource(src_path) as opened:
-        stream = open_stream(opened, str(src_path), limits, progress)
+        # A raw output needs no size before the stream: one decompression, no checking pass.
+        stream = open_stream(opened, str(src_path), limits, progress, sized=plan.format != "raw")
         if growing is not None and not isinstance(stream, RawStream):
             growing.wait_complete()  # read by path from here on
         source: PreparedSource | None = None
@@ -272,12 +273,12 @@ def _convert_stream(
         producer.join()
 
 
-def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
+def _stage(progress: Progress | None, stage: str) -> Callable[[int, int | None], None] | None:
     """``progress`` as a ``(done, total)`` callback of one stage (None without progress)."""
     if progress is None:
         return None
 
-    def report(done: int, total: int) -> None:
+    def report(done: int, total: int | None) -> None:
         progress(stage, done, total)
 
     return report
@@ -319,17 +320,28 @@ def open_source(
 def stream_raw(
     source: ImageSource,
     consumer: StreamConsumer,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
 ) -> None:
     """Stream ``source``'s guest bytes, front to back, into ``consumer`` (raw, in one pass).
 
     A ``RawStream`` is decompressed in a thread and handed on from its window, no qemu-img at
-    all (a refusal mid-stream is raised here, before the last piece); a prepared source is read
+    all (a refusal mid-stream is raised here, before the last piece) — an unsized one (its size
+    is learned at its end: ``RawStream.runs``) is decompressed in this thread and handed on
+    directly (``total`` None until then); a prepared source is read
     by qemu-img, which writes raw into the in-process NBD sink, which hands ``consumer`` every
     write in ascending order and the zero runs between them (``nbd_sink``). Convert's raw
     outputs and the package stage (OVA, EC2 bundles, publish) use this: one way to read any
     image as a stream. ``progress(done, total)`` is called as the bytes go by.
     """
+    if isinstance(source, RawStream) and not source.size_known:
+        for offset, length, data in source.runs():
+            if data is None:
+                consumer.zeros(offset, length)
+            else:
+                consumer.write(offset, data)  # bytes: kept by background lanes without a copy
+            if progress is not None:
+                progress(offset + length, source.virtual_size if source.size_known else None)
+        return
     size = source.virtual_size
     if isinstance(source, RawStream):
         window = ForwardWindow(size)

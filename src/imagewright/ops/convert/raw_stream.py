@@ -37,6 +37,11 @@ later step could interpret was judged):
   ISA-L speed for gzip, judging the whole stream, so that a hostile gzip is refused before
   qemu-img runs at all — and then streamed. Both passes judge the stream; if the file
   changed in between (another size, another head), the second pass refuses it.
+- **A raw output needs no size up front** (no qemu-img, no NBD export: ``sized=False``): a
+  gzip or bzip2 stream is then decompressed once (the checking pass cost as much CPU as the
+  rest of an import to raw). The size is what the one pass found; the last piece is held back
+  until the end was judged, as always, and the tail of the disk (GPT backup, a fixed VHD's
+  footer) is recalled from the last pieces, which are kept until the end (``runs``).
 
 The inspection report of the decompressed disk (partition table, filesystems, boot code) is
 made of regions captured as they go by (``StreamCapture``): the head and the tail (GPT
@@ -53,6 +58,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -73,6 +79,8 @@ from imagewright.ops.convert.nbd_source import ForwardWindow, StreamCancelledErr
 PIECE = 1 * MiB
 #: The head and the tail of the disk, kept for the format decision and the survey.
 EDGE = 1 * MiB
+#: Pieces an unsized stream keeps until its end: more than ``EDGE`` whatever the last one's length.
+RECENT_PIECES = 2 + EDGE // PIECE
 #: How often the survey may look again while the disk goes by (each look is cheap).
 MAX_SURVEY_LOOKS = 64
 
@@ -133,6 +141,8 @@ class RawStream:
         compression: CompressionFormat,
         limits: Limits,
         progress: CheckProgress | None = None,
+        *,
+        sized: bool = True,
     ) -> None:
         self.label = label
         self.compression = compression
@@ -145,7 +155,7 @@ class RawStream:
         if fmt != "raw":
             raise NotRawError(fmt)
         size = judged.recorded_size
-        if size is None:
+        if size is None and sized:
             size = self._checking_pass(progress)
             judged, first = self._start()
             if first[:HEAD_SIZE] != self.head:
@@ -153,21 +163,42 @@ class RawStream:
             self.counted = True
         if size == 0:
             raise ImageIOError(f"{label} decompresses to nothing.")
-        judged.expect_size(
-            size,
-            f"the {compression} stream holds more than the {size} bytes "
-            + ("it held when it was checked" if self.counted else "it records"),
-        )
-        self.size = size
-        self.virtual_size = -(-size // raw.SECTOR) * raw.SECTOR
+        if size is not None:
+            judged.expect_size(
+                size,
+                f"the {compression} stream holds more than the {size} bytes "
+                + ("it held when it was checked" if self.counted else "it records"),
+            )
+        #: None until the one pass of an unsized stream has ended (``size_known``).
+        self._size = size
         self._judged = judged
         self._first = first
-        self._capture = StreamCapture(size, limits.max_held_bytes)
+        # An unsized stream is surveyed as the largest disk allowed until its end is known.
+        self._capture = StreamCapture(
+            size if size is not None else limits.max_virtual_size, limits.max_held_bytes
+        )
         self._capture.want(0, EDGE)
-        self._capture.want(max(0, size - EDGE), EDGE)
+        if size is not None:
+            self._capture.want(max(0, size - EDGE), EDGE)
         self._capture.on_pending = self._look
         self._looks = 0
         self._reports: StreamReports | None = None
+
+    @property
+    def size_known(self) -> bool:
+        """Whether ``size`` is known (before the stream: a recorded size or the checking pass)."""
+        return self._size is not None
+
+    @property
+    def size(self) -> int:
+        """The decompressed size (of an unsized stream: once ``runs`` has ended)."""
+        if self._size is None:
+            raise AssertionError("the size of an unsized stream is known once it has been produced")
+        return self._size
+
+    @property
+    def virtual_size(self) -> int:
+        return -(-self.size // raw.SECTOR) * raw.SECTOR
 
     # --- the passes ---------------------------------------------------------------------------
 
@@ -216,18 +247,33 @@ class RawStream:
             window.fail(err)
 
     def _produce(self, window: ForwardWindow) -> None:
+        for run in self.runs():
+            _put(window, *run)
+
+    def runs(self) -> Iterator[tuple[int, int, bytes | None]]:
+        """The disk front to back, ``(offset, length, data or None for zeros)``, judged piece by
+        piece; the last piece only once the end of the stream was judged (a refusal raises)."""
         judged = self._judged
         held = (0, self._first)
+        # An unsized stream's last pieces, for its tail once its end is known.
+        recent: deque[tuple[int, bytes]] = deque([held], maxlen=RECENT_PIECES)
         self._capture.feed(0, self._first)
         self._look()  # the head is in: the survey asks for what it needs next
         for piece in judged.pieces(PIECE):
             offset = judged.position - len(piece)
             self._capture.feed(offset, piece)
-            _hand_on(window, *held)
+            if self._size is None:
+                recent.append((offset, piece))
+            yield from _runs(*held)
             held = (offset, piece)
         opened = judged.finish()
         if opened.problems:
             self._refuse(opened.problems)
+        if self._size is None:
+            if judged.position == 0:
+                raise ImageIOError(f"{self.label} decompresses to nothing.")
+            self._size = judged.position
+            self._capture.recall(self._size, max(0, self._size - EDGE), recent)
         if judged.position != self.size:
             self._refuse([f"the {self.compression} stream holds {judged.position} bytes, not {self.size}"])
         if not self.counted:
@@ -236,8 +282,9 @@ class RawStream:
         if not self._reports.inner.verdict.safe:
             reasons = list(self._reports.inner.verdict.reasons)
             raise UnsafeImageError(f"{self.label} is refused: {reasons[0]}", tuple(reasons))
-        _hand_on(window, *held)
-        window.put_zeros(self.size, self.virtual_size - self.size)
+        yield from _runs(*held)
+        if self.virtual_size > self.size:
+            yield self.size, self.virtual_size - self.size, None
 
     # --- the survey ---------------------------------------------------------------------------
 
@@ -325,15 +372,28 @@ class _Edges:
 
 
 def _hand_on(window: ForwardWindow, offset: int, piece: bytes) -> None:
-    """``piece`` into the window as data and zero runs (found at C speed)."""
+    """``piece`` into the window as data and zero runs."""
+    for run in _runs(offset, piece):
+        _put(window, *run)
+
+
+def _put(window: ForwardWindow, offset: int, length: int, data: bytes | None) -> None:
+    if data is None:
+        window.put_zeros(offset, length)
+    else:
+        window.put(offset, data)
+
+
+def _runs(offset: int, piece: bytes) -> Iterator[tuple[int, int, bytes | None]]:
+    """``piece`` as data and zero runs (found at C speed): ``(offset, length, data or None)``."""
     position = 0
     for start, end in data_runs(piece):
         if start > position:
-            window.put_zeros(offset + position, start - position)
-        window.put(offset + start, piece if start == 0 and end == len(piece) else piece[start:end])
+            yield offset + position, start - position, None
+        yield offset + start, end - start, piece if start == 0 and end == len(piece) else piece[start:end]
         position = end
     if position < len(piece):
-        window.put_zeros(offset + position, len(piece) - position)
+        yield offset + position, len(piece) - position, None
 
 
 def segments(

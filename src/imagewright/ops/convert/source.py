@@ -48,11 +48,12 @@ Progress = Callable[[str, int, int | None], None]
 
 
 def open_stream(
-    src: ByteSource, label: str, limits: Limits, progress: Progress | None = None
+    src: ByteSource, label: str, limits: Limits, progress: Progress | None = None, *, sized: bool = True
 ) -> RawStream | str | None:
     """``src`` as a ``RawStream`` when it is a compressed raw disk; else None (not compressed,
     or a compressed archive), or the format of the compressed content (needs the spool way).
-    UnsafeImageError when the stream is refused."""
+    UnsafeImageError when the stream is refused. ``sized`` False: its size may be learned at
+    its end (a raw output; see ``raw_stream``)."""
     compression = probe_compression(src.pread(0, 64))
     if compression is None:
         return None
@@ -68,7 +69,7 @@ def open_stream(
     if looks_like_tar(first):
         return None
     try:
-        return RawStream(src, label, compression, limits, checking)
+        return RawStream(src, label, compression, limits, checking, sized=sized)
     except NotRawError as err:
         return err.format
 
