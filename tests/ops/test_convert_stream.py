@@ -259,17 +259,49 @@ def test_a_compressed_qcow2_is_spooled_and_says_so(disk: Path, tmp_path: Path) -
     _identical(disk, tmp_path / "out.vmdk", "vmdk")
 
 
+@pytest.mark.parametrize("out_name", ["out.qcow2", "out.raw"])
 @pytest.mark.parametrize("tool", ["gzip", "xz"])
-def test_a_fixed_vhd_is_known_by_its_footer(disk: Path, tmp_path: Path, tool: str) -> None:
-    """A fixed VHD starts like a raw disk; its footer, at the very end, says otherwise. gzip:
-    seen by the checking pass; xz: seen as the stream ends, and converted again the spool way."""
+def test_a_fixed_vhd_is_known_by_its_footer(disk: Path, tmp_path: Path, tool: str, out_name: str) -> None:
+    """A fixed VHD starts like a raw disk; its footer, at the very end, says otherwise. gzip
+    into qcow2: seen by the checking pass; xz, or gzip into raw (one pass, no checking pass):
+    seen as the stream ends (its tail recalled), and converted again the spool way."""
     vhd = tmp_path / "disk.vhd"
     tools.qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on", disk, vhd)
     packed = pack(vhd, tool)
-    result = convert(packed, tmp_path / "out.qcow2")
+    result = convert(packed, tmp_path / out_name)
     assert result.source_format == "vpc" and result.source_access == "spooled"
-    _identical(disk, tmp_path / "out.qcow2", "qcow2")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["disk.vhd", packed.name, "out.qcow2"])
+    _identical(disk, tmp_path / out_name, "qcow2" if out_name.endswith("qcow2") else "raw")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["disk.vhd", packed.name, out_name])
+
+
+@pytest.mark.parametrize("tool", ["gzip", "bzip2"])
+def test_a_stream_without_a_recorded_size_is_decompressed_once_into_raw(
+    disk: Path, tmp_path: Path, tool: str
+) -> None:
+    """A raw output needs no size before the stream: no checking pass (its progress stage
+    never shows), where a qcow2 output (an NBD export has a size) has one. Both outputs are
+    the disk, and the raw one's checksums are those of an independent reader."""
+    packed = pack(disk, tool, tmp_path)
+    stages: dict[str, list[str]] = {}
+    for out_name in ("out.raw", "out.qcow2"):
+        seen: list[str] = []
+        result = convert(
+            packed,
+            tmp_path / out_name,
+            checksums=("md5", "sha512"),
+            progress=lambda stage, _done, _total, seen=seen: seen.append(stage),
+        )
+        assert result.source_access == "streamed" and result.virtual_size == disk.stat().st_size
+        _identical(disk, tmp_path / out_name, "qcow2" if out_name.endswith("qcow2") else "raw")
+        stages[out_name] = seen
+    assert "checking" not in stages["out.raw"] and "converting" in stages["out.raw"]
+    assert "checking" in stages["out.qcow2"]
+    md5 = tools.run("md5sum", tmp_path / "out.raw").stdout.split()[0].decode()
+    sha512 = tools.run("sha512sum", tmp_path / "out.raw").stdout.split()[0].decode()
+    assert convert(packed, tmp_path / "again.raw", checksums=("md5", "sha512")).checksums == {
+        "md5": md5,
+        "sha512": sha512,
+    }
 
 
 # --- interruption -----------------------------------------------------------------------------
