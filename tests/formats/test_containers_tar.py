@@ -393,13 +393,22 @@ def test_probe_tells_an_ova_from_a_tar_and_ignores_other_data(tmp_path: Path) ->
             assert probe_container(src, src.pread(0, HEAD_SIZE)) == expected
 
 
-def test_trailing_data_after_the_end_marker_is_a_note(tmp_path: Path) -> None:
+def test_data_after_the_end_marker_is_refused(tmp_path: Path) -> None:
     archive = write_tar(tmp_path / "t.tar", [Entry("disk.raw", b"\0" * 512)])
     with archive.open("ab") as f:
         f.write(b"hidden" * 20000)
     opened = open_path(archive)
+    assert any("follows the end-of-archive marker (" in p for p in opened.problems)
+
+
+def test_zero_padding_after_the_end_marker_is_fine(tmp_path: Path) -> None:
+    """tar pads to its record size (10 KiB by default) and beyond: zeros are no members."""
+    archive = write_tar(tmp_path / "t.tar", [Entry("disk.raw", b"\0" * 512)])
+    with archive.open("ab") as f:
+        f.write(bytes(200_000))
+    opened = open_path(archive)
     assert opened.problems == []
-    assert any("follow the end-of-archive marker" in note for note in opened.notes)
+    assert not any("end-of-archive" in note for note in opened.notes)
 
 
 def test_an_ovf_file_deep_inside_a_root_filesystem_does_not_make_it_an_ova(tmp_path: Path) -> None:
