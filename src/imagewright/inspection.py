@@ -244,6 +244,10 @@ def _inspect_disk(src: ByteSource, head: bytes, name: str, walk: _Walk) -> Image
 
 def _survey_guest(report: ImageReport, guest: ByteSource) -> None:
     try:
+        conflict = registry.guest_probe_conflict(guest, report.format)
+        if conflict is not None:
+            report.verdict = Verdict((*report.verdict.reasons, conflict))
+            return
         survey = survey_disk(guest)
     except ImageFormatError as err:
         report.verdict = Verdict((*report.verdict.reasons, as_clause(err)))

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from imagewright.formats import probes
-from imagewright.formats.qemu_probe import qemu_probe_choice, qemu_probe_scores
+from imagewright.formats.qemu_probe import PROBE_BUFFER_SIZE, qemu_probe_choice, qemu_probe_scores
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -92,3 +92,24 @@ def probe_conflicts(src: ByteSource, head: bytes, chosen: DiskFormatReader) -> l
             "a cloud that lets QEMU probe it would see another disk"
         )
     return problems
+
+
+def guest_probe_conflict(guest: ByteSource, fmt: str) -> str | None:
+    """A reason to refuse a ``fmt`` image whose guest disk QEMU would itself probe as an image.
+
+    NOTE (safety): the guest's bytes become a file of their own whenever the image is
+    converted to raw or written to a volume, and QEMU probes such a file by its first 2 KiB:
+    a qcow2 whose guest disk begins with a qcow2 header naming a backing file is harmless as
+    itself, and a backing-file attack once converted (the raw file is refused by this gate, so
+    the converted output of an accepted image must not be). Only a raw guest is passed.
+    """
+    if fmt == "raw" or guest.size == 0:
+        return None
+    head = guest.pread(0, min(PROBE_BUFFER_SIZE, guest.size))
+    choice = qemu_probe_choice(qemu_probe_scores(head, guest.size))
+    if choice == ["raw"]:
+        return None
+    return (
+        f"the guest disk inside this {fmt} image begins with a {' or '.join(choice)} image header; "
+        f"converted to raw or written to a volume, QEMU's format probe would open it as {choice[0]}"
+    )
