@@ -208,7 +208,11 @@ def _inspect_source(src: ByteSource, name: str, walk: _Walk, depth: int) -> Imag
         head = src.pread(0, HEAD_SIZE)
         kind = probe_container(src, head)
         if kind is not None:
-            return _inspect_container(src, name, walk, depth)
+            report = _inspect_container(src, name, walk, depth)
+            conflict = registry.container_probe_conflict(src, head, kind)
+            if conflict is not None:
+                report.verdict = Verdict((conflict, *report.verdict.reasons))
+            return report
         return _inspect_disk(src, head, name, walk)
     except ImageFormatError as err:
         # NotExaminedError (a read past what was decompressed, a budget) is one of these.

@@ -1,4 +1,6 @@
-"""A disk image whose guest disk QEMU would itself probe as an image is refused (red-team gap).
+"""Files QEMU's own probe would read as another disk than imagewright does (red-team gaps):
+a disk image whose guest disk is itself an image, an archive or compressed stream that is
+also a disk image.
 
 The check: converted to raw, such a guest is a file QEMU's probe opens as qcow2/vmdk/...;
 ``qemu-img info`` on the real conversion says so (the independent reader), and the controls
@@ -7,11 +9,18 @@ The check: converted to raw, such a guest is a file QEMU's probe opens as qcow2/
 
 from __future__ import annotations
 
+import gzip
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
 from tests.fixtures import tools
+from tests.fixtures.hostile_gaps import (
+    gzip_that_probes_as_vdi,
+    tar_that_is_a_qcow2,
+    tar_that_is_a_vmdk_descriptor,
+)
 from tests.fixtures.hostile_members import backed_qcow2, small_raw
 
 from imagewright.inspection import inspect_image
@@ -45,4 +54,51 @@ def test_real_guest_disks_stay_safe(fmt: str, tmp_path: Path) -> None:
     for source in (disk, tools.sparse_file(tmp_path / "empty.raw", 1 << 20)):
         image = _convert(source, fmt, tmp_path / f"{source.stem}.{fmt}")
         report = inspect_image(image)
+        assert report.verdict.safe, report.verdict.reasons
+
+
+def test_a_tar_that_is_also_a_backed_qcow2_is_refused(tmp_path: Path) -> None:
+    path = tar_that_is_a_qcow2(tmp_path / "disk.tar")
+    with tarfile.open(path) as tar:  # a real tar to Python's reader ...
+        assert [m.size for m in tar.getmembers()] == [0]
+    info = json.loads(tools.qemu_img("info", "--output=json", path))  # ... and a qcow2 to QEMU's
+    assert (info["format"], info["backing-filename"]) == ("qcow2", "/etc/passwd")
+    report = inspect_image(path)
+    assert report.format == "tar"
+    assert report.verdict.reasons[0].startswith("the file is a tar to imagewright, but QEMU's own")
+
+
+def test_a_tar_that_is_also_a_vmdk_descriptor_is_refused(tmp_path: Path) -> None:
+    canary = tmp_path / "canary"
+    canary.write_bytes(b"\xca" * (1 << 20))
+    path = tar_that_is_a_vmdk_descriptor(tmp_path / "disk.tar", b"canary", 2048)
+    with tarfile.open(path) as tar:
+        assert len(tar.getmembers()) == 1
+    # QEMU's probe takes it for a VMDK descriptor and copies the file it names.
+    out = tmp_path / "copied.raw"
+    tools.qemu_img("convert", "-O", "raw", path, out)
+    assert out.read_bytes() == canary.read_bytes()
+    report = inspect_image(path)
+    assert any("would open it as vmdk" in r for r in report.verdict.reasons)
+
+
+def test_a_gzip_that_probes_as_vdi_is_refused(tmp_path: Path) -> None:
+    path = gzip_that_probes_as_vdi(tmp_path / "disk.img.gz")
+    assert gzip.decompress(path.read_bytes()) == bytes(1 << 20)
+    result = tools.run("qemu-img", "info", path, check=False)
+    assert b"VDI" in result.stderr
+    report = inspect_image(path)
+    assert any("would open it as vdi" in r for r in report.verdict.reasons)
+
+
+def test_real_archives_and_compressed_disks_stay_safe(tmp_path: Path) -> None:
+    disk = small_raw(tmp_path / "disk.raw")
+    tar = tmp_path / "disk.tar"
+    with tarfile.open(tar, "w") as out:
+        out.add(disk, "disk.raw")
+    packed = tmp_path / "disk.raw.gz"
+    packed.write_bytes(gzip.compress(disk.read_bytes()))
+    for path in (tar, packed):
+        assert json.loads(tools.qemu_img("info", "--output=json", path))["format"] == "raw"
+        report = inspect_image(path)
         assert report.verdict.safe, report.verdict.reasons

@@ -113,3 +113,23 @@ def guest_probe_conflict(guest: ByteSource, fmt: str) -> str | None:
         f"the guest disk inside this {fmt} image begins with a {' or '.join(choice)} image header; "
         f"converted to raw or written to a volume, QEMU's format probe would open it as {choice[0]}"
     )
+
+
+def container_probe_conflict(src: ByteSource, head: bytes, container: str) -> str | None:
+    """A reason to refuse a file imagewright reads as a ``container`` (tar, gzip ...) that
+    QEMU's own format probe would open as a disk image.
+
+    NOTE (safety): a tar header's name field is 100 free bytes at offset 0, and gzip, xz and
+    zstd headers carry free bytes too, so one file can be a valid archive and a valid qcow2
+    (backing file name in the tar link name field) or VMDK descriptor (extent lines in the
+    member name) at once: imagewright would judge the archive's members while a cloud that
+    lets QEMU probe the file opens the disk and the file it names (red-team finding). A real
+    archive probes as raw.
+    """
+    choice = qemu_probe_choice(qemu_probe_scores(head, src.size))
+    if choice == ["raw"]:
+        return None
+    return (
+        f"the file is a {container} to imagewright, but QEMU's own format probe would open it as "
+        f"{' or '.join(choice)}; the two would read different things"
+    )
