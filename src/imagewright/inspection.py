@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from imagewright.binary import ByteSource, ConcatSource, FileSource, PrefixSource
+from imagewright.binary import ByteSource, ConcatSource, CountingSource, FileSource, PrefixSource
 from imagewright.disk.survey import DiskSurvey, survey_disk
 from imagewright.errors import ImageFormatError, as_clause
 from imagewright.formats import registry
@@ -330,7 +330,15 @@ def _inspect_members(
         ]
     reasons: list[str] = []
     compressed = opened.format not in ("tar", "ova")  # a .tar.gz: members were kept in memory
+    read_limit = walk.limits.max_member_read_bytes
+    read = 0
     for name, source in targets:
+        if read > read_limit:
+            reasons.append(
+                f"member '{name[:200]}' {NOT_EXAMINED}: the members before it read more than the "
+                f"{format_size(read_limit)} one archive's inspection may read"
+            )
+            continue
         if source is None or not _complete(source):
             why = (
                 f"imagewright keeps at most {format_size(walk.limits.max_held_bytes)} of the member data "
@@ -340,7 +348,9 @@ def _inspect_members(
             )
             reasons.append(f"member '{name[:200]}' {NOT_EXAMINED}: {why}")
             continue
-        image = _inspect_source(source, name, walk, depth + 1)
+        counting = CountingSource(source)
+        image = _inspect_source(counting, name, walk, depth + 1)
+        read += counting.bytes_read
         container.images.append(MemberImage(name, image))
         reasons.extend(f"member '{name[:200]}': {reason}" for reason in image.verdict.reasons)
     return reasons
