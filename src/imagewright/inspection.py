@@ -223,7 +223,7 @@ def _inspect_disk(src: ByteSource, head: bytes, name: str, walk: _Walk) -> Image
     reader = registry.detect_disk_format(src, head)
     # Readers disagreeing on what the file is comes first: every other reason follows from
     # which reader looked, and it stands even when that reader cannot open the file at all.
-    conflicts = registry.probe_conflicts(src, head, reader)
+    conflicts = registry.probe_conflicts(src, head, reader, os.path.basename(name))
     try:
         opened: OpenedImage = reader.module.open_image(src, walk.limits)
     except ImageFormatError as err:

@@ -102,3 +102,13 @@ def test_real_archives_and_compressed_disks_stay_safe(tmp_path: Path) -> None:
         assert json.loads(tools.qemu_img("info", "--output=json", path))["format"] == "raw"
         report = inspect_image(path)
         assert report.verdict.safe, report.verdict.reasons
+
+
+def test_a_raw_disk_named_dmg_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "disk.dmg"
+    path.write_bytes(bytes(1 << 20))
+    result = tools.run("qemu-img", "info", path, check=False)  # QEMU's probe picks dmg by name
+    assert b"dmg" in result.stderr
+    assert any("would open this file as dmg" in r for r in inspect_image(path).verdict.reasons)
+    renamed = path.rename(tmp_path / "disk.img")
+    assert inspect_image(renamed).verdict.safe

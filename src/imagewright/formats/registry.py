@@ -70,8 +70,11 @@ def reader_for(name: str) -> DiskFormatReader:
     raise KeyError(name)
 
 
-def probe_conflicts(src: ByteSource, head: bytes, chosen: DiskFormatReader) -> list[str]:
-    """Reasons to refuse because readers would disagree on what ``src`` is (see module NOTE)."""
+def probe_conflicts(src: ByteSource, head: bytes, chosen: DiskFormatReader, name: str = "") -> list[str]:
+    """Reasons to refuse because readers would disagree on what ``src`` is (see module NOTE).
+
+    ``name``: the file's name, when known: QEMU probes a raw file named ``*.dmg`` as dmg.
+    """
     claimed = [reader.name for reader in DISK_FORMATS[:-1] if reader.probe(src, head)]
     problems: list[str] = []
     if len(claimed) > 1:
@@ -79,7 +82,7 @@ def probe_conflicts(src: ByteSource, head: bytes, chosen: DiskFormatReader) -> l
             f"the file carries the signatures of {' and '.join(claimed)} at once; readers would "
             "disagree on its format"
         )
-    qemu_choice = qemu_probe_choice(qemu_probe_scores(head, src.size))
+    qemu_choice = qemu_probe_choice(qemu_probe_scores(head, src.size, name))
     if len(qemu_choice) > 1:
         problems.append(
             f"QEMU's own format probe scores {' and '.join(qemu_choice)} alike, so which format it "
