@@ -332,6 +332,7 @@ def _inspect_members(
     compressed = opened.format not in ("tar", "ova")  # a .tar.gz: members were kept in memory
     read_limit = walk.limits.max_member_read_bytes
     read = 0
+    declared = _ovf_declared_formats(opened)
     for name, source in targets:
         if read > read_limit:
             reasons.append(
@@ -352,5 +353,66 @@ def _inspect_members(
         image = _inspect_source(counting, name, walk, depth + 1)
         read += counting.bytes_read
         container.images.append(MemberImage(name, image))
+        mismatch = _declared_format_mismatch(name, image, declared.get(name))
+        if mismatch is not None:
+            reasons.append(mismatch)
         reasons.extend(f"member '{name[:200]}': {reason}" for reason in image.verdict.reasons)
     return reasons
+
+
+#: What a member's name says it is: an importer that goes by the name hands it to this driver.
+_SUFFIX_FORMATS = {
+    ".vmdk": "vmdk",
+    ".qcow2": "qcow2",
+    ".vhd": "vpc",
+    ".vhdx": "vhdx",
+    ".vdi": "vdi",
+    ".qed": "qed",
+}
+#: Words in an OVF ``Disk/@ovf:format`` URI, and the driver an importer picks for them
+#: (VMware's ``vmdk.html#streamOptimized``, the qcow/VHD specification URLs ...).
+_OVF_FORMAT_WORDS = (("vmdk", "vmdk"), ("qcow", "qcow2"), ("vhdx", "vhdx"), ("vhd", "vpc"), ("vdi", "vdi"))
+
+
+def _ovf_declared_formats(opened: OpenedContainer) -> dict[str, tuple[str, bool]]:
+    """Member name -> (the driver its OVF ``Disk`` declares or "", whether its File is
+    compressed: ``ovf:compression``, which an importer undoes first)."""
+    ova = opened.details.ova
+    if ova is None or ova.descriptor is None:
+        return {}
+    files = {ref.id: ref for ref in ova.descriptor.references}
+    declared: dict[str, tuple[str, bool]] = {}
+    for disk in ova.descriptor.disks:
+        ref = files.get(disk.file_ref or "")
+        uri = (disk.format or "").lower()
+        driver = next((fmt for word, fmt in _OVF_FORMAT_WORDS if word in uri), None)
+        if ref is not None and (driver is not None or ref.compression):
+            declared[ref.href] = (driver or "", bool(ref.compression))
+    return declared
+
+
+def _declared_format_mismatch(name: str, image: ImageReport, declared: tuple[str, bool] | None) -> str | None:
+    """A reason to refuse a member whose OVF ``Disk`` or file name says another format.
+
+    NOTE (safety): an importer that trusts the descriptor or the name runs ``qemu-img -f
+    vmdk`` (say) on the member; QEMU's vmdk driver then reads any file that is not a sparse
+    VMDK as descriptor text — a raw disk starting with a byte-order mark and extent lines, or
+    a gzip whose header's file name holds them — and opens the files it names (red-team
+    finding). So the content must be what it is declared to be.
+    """
+    expected, compressed = declared if declared is not None else ("", False)
+    why = "its OVF descriptor declares it"
+    if not expected:
+        expected = _SUFFIX_FORMATS.get(os.path.splitext(name)[1].lower(), "")
+        why = "its name says it is"
+    if not expected:
+        return None
+    found = image
+    if compressed and image.container is not None and image.container.inner is not None:
+        found = image.container.inner  # the File is compressed (ovf:compression): judge what is inside
+    if found.format == expected:
+        return None
+    return (
+        f"member '{name[:200]}' is {found.format} but {why} {expected}; an importer that trusts that "
+        f"would read it with QEMU's {expected} driver, by rules imagewright did not judge"
+    )

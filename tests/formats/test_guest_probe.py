@@ -112,3 +112,32 @@ def test_a_raw_disk_named_dmg_is_refused(tmp_path: Path) -> None:
     assert any("would open this file as dmg" in r for r in inspect_image(path).verdict.reasons)
     renamed = path.rename(tmp_path / "disk.img")
     assert inspect_image(renamed).verdict.safe
+
+
+def test_a_member_that_is_not_the_format_its_name_says_is_refused(tmp_path: Path) -> None:
+    canary = tmp_path / "canary"
+    canary.write_bytes(b"\xca" * (1 << 20))
+    text = b'\xef\xbb\xbfversion=1\nCID=1\nparentCID=ffffffff\ncreateType="vmfs"\nRW 2048 VMFS "canary"\n'
+    member = tmp_path / "disk.vmdk"
+    member.write_bytes(text.ljust(1 << 20, b"\0"))
+    # QEMU's probe calls it raw; an importer trusting the name reads it with -f vmdk and copies
+    # the file the "descriptor" names.
+    assert json.loads(tools.qemu_img("info", "--output=json", member))["format"] == "raw"
+    copied = tmp_path / "copied.raw"
+    tools.qemu_img("convert", "-f", "vmdk", "-O", "raw", member, copied)
+    assert copied.read_bytes() == canary.read_bytes()
+    archive = tmp_path / "disk.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(member, "disk.vmdk")
+    reasons = inspect_image(archive).verdict.reasons
+    assert any("is raw but its name says it is vmdk" in r for r in reasons), reasons
+
+
+def test_members_that_are_what_their_names_say_stay_safe(tmp_path: Path) -> None:
+    disk = small_raw(tmp_path / "disk.raw")
+    archive = tmp_path / "disks.tar"
+    with tarfile.open(archive, "w") as tar:
+        for fmt, suffix in (("vmdk", "vmdk"), ("qcow2", "qcow2"), ("vpc", "vhd"), ("vdi", "vdi")):
+            tar.add(_convert(disk, fmt, tmp_path / f"disk.{suffix}"), f"disk.{suffix}")
+    report = inspect_image(archive)
+    assert report.verdict.safe, report.verdict.reasons
