@@ -108,9 +108,8 @@ def guest_probe_conflict(guest: ByteSource, fmt: str) -> str | None:
     """
     if fmt == "raw" or guest.size == 0:
         return None
-    head = guest.pread(0, min(PROBE_BUFFER_SIZE, guest.size))
-    choice = qemu_probe_choice(qemu_probe_scores(head, guest.size))
-    if choice == ["raw"]:
+    choice = _probed_as_image(guest.pread(0, min(PROBE_BUFFER_SIZE, guest.size)), guest.size)
+    if not choice:
         return None
     return (
         f"the guest disk inside this {fmt} image begins with a {' or '.join(choice)} image header; "
@@ -129,10 +128,17 @@ def container_probe_conflict(src: ByteSource, head: bytes, container: str) -> st
     lets QEMU probe the file opens the disk and the file it names (red-team finding). A real
     archive probes as raw.
     """
-    choice = qemu_probe_choice(qemu_probe_scores(head, src.size))
-    if choice == ["raw"]:
+    choice = _probed_as_image(head, src.size)
+    if not choice:
         return None
     return (
         f"the file is a {container} to imagewright, but QEMU's own format probe would open it as "
         f"{' or '.join(choice)}; the two would read different things"
     )
+
+
+def _probed_as_image(head: bytes, size: int) -> list[str]:
+    """The drivers QEMU's probe would pick for a file of ``size`` starting with ``head``,
+    unless it picks raw (then empty)."""
+    choice = qemu_probe_choice(qemu_probe_scores(head, size))
+    return [] if choice == ["raw"] else choice
