@@ -105,6 +105,7 @@ def test_real_archives_and_compressed_disks_stay_safe(tmp_path: Path) -> None:
 
 
 def test_a_raw_disk_named_dmg_is_refused(tmp_path: Path) -> None:
+    """By name, so not in the hostile catalogue (the registry names its blobs itself)."""
     path = tmp_path / "disk.dmg"
     path.write_bytes(bytes(1 << 20))
     result = tools.run("qemu-img", "info", path, check=False)  # QEMU's probe picks dmg by name
