@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from imagewright.binary import ByteSource, ConcatSource, FileSource, PrefixSource
+from imagewright.binary import ByteSource, ConcatSource, CountingSource, FileSource, PrefixSource
 from imagewright.disk.survey import DiskSurvey, survey_disk
 from imagewright.errors import ImageFormatError, as_clause
 from imagewright.formats import registry
@@ -208,7 +208,11 @@ def _inspect_source(src: ByteSource, name: str, walk: _Walk, depth: int) -> Imag
         head = src.pread(0, HEAD_SIZE)
         kind = probe_container(src, head)
         if kind is not None:
-            return _inspect_container(src, name, walk, depth)
+            report = _inspect_container(src, name, walk, depth)
+            conflict = registry.container_probe_conflict(src, head, kind)
+            if conflict is not None:
+                report.verdict = Verdict((conflict, *report.verdict.reasons))
+            return report
         return _inspect_disk(src, head, name, walk)
     except ImageFormatError as err:
         # NotExaminedError (a read past what was decompressed, a budget) is one of these.
@@ -219,7 +223,7 @@ def _inspect_disk(src: ByteSource, head: bytes, name: str, walk: _Walk) -> Image
     reader = registry.detect_disk_format(src, head)
     # Readers disagreeing on what the file is comes first: every other reason follows from
     # which reader looked, and it stands even when that reader cannot open the file at all.
-    conflicts = registry.probe_conflicts(src, head, reader)
+    conflicts = registry.probe_conflicts(src, head, reader, os.path.basename(name))
     try:
         opened: OpenedImage = reader.module.open_image(src, walk.limits)
     except ImageFormatError as err:
@@ -244,6 +248,10 @@ def _inspect_disk(src: ByteSource, head: bytes, name: str, walk: _Walk) -> Image
 
 def _survey_guest(report: ImageReport, guest: ByteSource) -> None:
     try:
+        conflict = registry.guest_probe_conflict(guest, report.format)
+        if conflict is not None:
+            report.verdict = Verdict((*report.verdict.reasons, conflict))
+            return
         survey = survey_disk(guest)
     except ImageFormatError as err:
         report.verdict = Verdict((*report.verdict.reasons, as_clause(err)))
@@ -322,7 +330,16 @@ def _inspect_members(
         ]
     reasons: list[str] = []
     compressed = opened.format not in ("tar", "ova")  # a .tar.gz: members were kept in memory
+    read_limit = walk.limits.max_member_read_bytes
+    read = 0
+    declared = _ovf_declared_formats(opened)
     for name, source in targets:
+        if read > read_limit:
+            reasons.append(
+                f"member '{name[:200]}' {NOT_EXAMINED}: the members before it read more than the "
+                f"{format_size(read_limit)} one archive's inspection may read"
+            )
+            continue
         if source is None or not _complete(source):
             why = (
                 f"imagewright keeps at most {format_size(walk.limits.max_held_bytes)} of the member data "
@@ -332,7 +349,70 @@ def _inspect_members(
             )
             reasons.append(f"member '{name[:200]}' {NOT_EXAMINED}: {why}")
             continue
-        image = _inspect_source(source, name, walk, depth + 1)
+        counting = CountingSource(source)
+        image = _inspect_source(counting, name, walk, depth + 1)
+        read += counting.bytes_read
         container.images.append(MemberImage(name, image))
+        mismatch = _declared_format_mismatch(name, image, declared.get(name))
+        if mismatch is not None:
+            reasons.append(mismatch)
         reasons.extend(f"member '{name[:200]}': {reason}" for reason in image.verdict.reasons)
     return reasons
+
+
+#: What a member's name says it is: an importer that goes by the name hands it to this driver.
+_SUFFIX_FORMATS = {
+    ".vmdk": "vmdk",
+    ".qcow2": "qcow2",
+    ".vhd": "vpc",
+    ".vhdx": "vhdx",
+    ".vdi": "vdi",
+    ".qed": "qed",
+}
+#: Words in an OVF ``Disk/@ovf:format`` URI, and the driver an importer picks for them
+#: (VMware's ``vmdk.html#streamOptimized``, the qcow/VHD specification URLs ...).
+_OVF_FORMAT_WORDS = (("vmdk", "vmdk"), ("qcow", "qcow2"), ("vhdx", "vhdx"), ("vhd", "vpc"), ("vdi", "vdi"))
+
+
+def _ovf_declared_formats(opened: OpenedContainer) -> dict[str, tuple[str, bool]]:
+    """Member name -> (the driver its OVF ``Disk`` declares or "", whether its File is
+    compressed: ``ovf:compression``, which an importer undoes first)."""
+    ova = opened.details.ova
+    if ova is None or ova.descriptor is None:
+        return {}
+    files = {ref.id: ref for ref in ova.descriptor.references}
+    declared: dict[str, tuple[str, bool]] = {}
+    for disk in ova.descriptor.disks:
+        ref = files.get(disk.file_ref or "")
+        uri = (disk.format or "").lower()
+        driver = next((fmt for word, fmt in _OVF_FORMAT_WORDS if word in uri), None)
+        if ref is not None and (driver is not None or ref.compression):
+            declared[ref.href] = (driver or "", bool(ref.compression))
+    return declared
+
+
+def _declared_format_mismatch(name: str, image: ImageReport, declared: tuple[str, bool] | None) -> str | None:
+    """A reason to refuse a member whose OVF ``Disk`` or file name says another format.
+
+    NOTE (safety): an importer that trusts the descriptor or the name runs ``qemu-img -f
+    vmdk`` (say) on the member; QEMU's vmdk driver then reads any file that is not a sparse
+    VMDK as descriptor text — a raw disk starting with a byte-order mark and extent lines, or
+    a gzip whose header's file name holds them — and opens the files it names (red-team
+    finding). So the content must be what it is declared to be.
+    """
+    expected, compressed = declared if declared is not None else ("", False)
+    why = "its OVF descriptor declares it"
+    if not expected:
+        expected = _SUFFIX_FORMATS.get(os.path.splitext(name)[1].lower(), "")
+        why = "its name says it is"
+    if not expected:
+        return None
+    found = image
+    if compressed and image.container is not None and image.container.inner is not None:
+        found = image.container.inner  # the File is compressed (ovf:compression): judge what is inside
+    if found.format == expected:
+        return None
+    return (
+        f"member '{name[:200]}' is {found.format} but {why} {expected}; an importer that trusts that "
+        f"would read it with QEMU's {expected} driver, by rules imagewright did not judge"
+    )

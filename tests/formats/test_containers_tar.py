@@ -393,13 +393,22 @@ def test_probe_tells_an_ova_from_a_tar_and_ignores_other_data(tmp_path: Path) ->
             assert probe_container(src, src.pread(0, HEAD_SIZE)) == expected
 
 
-def test_trailing_data_after_the_end_marker_is_a_note(tmp_path: Path) -> None:
+def test_data_after_the_end_marker_is_refused(tmp_path: Path) -> None:
     archive = write_tar(tmp_path / "t.tar", [Entry("disk.raw", b"\0" * 512)])
     with archive.open("ab") as f:
         f.write(b"hidden" * 20000)
     opened = open_path(archive)
+    assert any("follows the end-of-archive marker (" in p for p in opened.problems)
+
+
+def test_zero_padding_after_the_end_marker_is_fine(tmp_path: Path) -> None:
+    """tar pads to its record size (10 KiB by default) and beyond: zeros are no members."""
+    archive = write_tar(tmp_path / "t.tar", [Entry("disk.raw", b"\0" * 512)])
+    with archive.open("ab") as f:
+        f.write(bytes(200_000))
+    opened = open_path(archive)
     assert opened.problems == []
-    assert any("follow the end-of-archive marker" in note for note in opened.notes)
+    assert not any("end-of-archive" in note for note in opened.notes)
 
 
 def test_an_ovf_file_deep_inside_a_root_filesystem_does_not_make_it_an_ova(tmp_path: Path) -> None:
@@ -419,3 +428,30 @@ def test_an_ovf_file_deep_inside_a_root_filesystem_does_not_make_it_an_ova(tmp_p
     opened = open_path(nested)
     assert opened.kind == "ova"
     assert any("not at the top of the archive" in note for note in opened.notes)
+
+
+@pytest.mark.parametrize(("length", "refused"), [(255, False), (256, True)])
+def test_a_root_filesystem_name_component_longer_than_name_max_is_refused(
+    tmp_path: Path, length: int, refused: bool
+) -> None:
+    """NAME_MAX is 255 bytes (build once stopped half way on a longer one); GNU tar agrees."""
+    name = "etc/" + "é" * (length // 2) + "a" * (length % 2)  # bytes, not characters, count
+    tree = tmp_path / "tree"
+    for directory in ("etc", "usr", "bin", "var", "lib", "sbin"):
+        (tree / directory).mkdir(parents=True)
+    archive = write_tar(
+        tmp_path / "rootfs.tar",
+        [
+            *(
+                Entry(d, type=tarfile.DIRTYPE, mode=0o755)
+                for d in ("etc", "usr", "bin", "var", "lib", "sbin")
+            ),
+            Entry(name, b"x"),
+        ],
+    )
+    opened = open_path(archive)
+    assert opened.kind == "rootfs-archive"
+    assert any("more than the 255 a Linux file system holds" in p for p in opened.problems) == refused
+    if not refused:  # the independent check: GNU tar extracts it
+        tools.run("tar", "-xf", archive, "-C", tree)
+        assert (tree / name).read_bytes() == b"x"

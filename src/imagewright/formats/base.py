@@ -81,6 +81,10 @@ class Limits:
     input_bytes_per_member: int = 64
     #: Most members of an image package (OVA, disk archive) inspected as images.
     max_examined_members: int = 64
+    #: Most bytes the members of one archive may read while they are inspected (their
+    #: metadata tables, descriptors, partition tables): 64 members of sparse zeros each with
+    #: a 32 MiB table cost 13 s to read (red-team finding); real packages read a few MiB.
+    max_member_read_bytes: int = 128 * MiB
     #: How deep containers may nest (ova → vmdk, tar.gz → tar → qcow2).
     max_nesting: int = 4
 

@@ -18,7 +18,7 @@ first, an order no caller controls). Scores::
     luks       100  'LUKS\\xba\\xbe' and u16 BE version 1 (block_crypto_probe_luks)
     bochs      100  'Bochs Virtual HD Image', 'Redolog', 'Growing', version 1.0 or 2.0 (bochs_probe)
     cloop        2  the cloop V2.0 shell-script preamble (cloop_probe)
-    dmg          2  a file *name* ending in '.dmg' (dmg_probe: not content, not modelled here)
+    dmg          2  a file *name* ending in '.dmg' (dmg_probe: not content; when the name is known)
     raw          1  anything                              (raw_probe)
 
 NOTE (safety): imagewright always names the format when it hands a file to QEMU (``-f``,
@@ -72,8 +72,11 @@ def _u32be(buf: bytes, offset: int) -> int:
     return int.from_bytes(buf[offset : offset + 4], "big")
 
 
-def qemu_probe_scores(head: bytes, file_size: int) -> dict[str, int]:
-    """Every QEMU driver whose probe scores the file above zero, with its score."""
+def qemu_probe_scores(head: bytes, file_size: int, filename: str = "") -> dict[str, int]:
+    """Every QEMU driver whose probe scores the file above zero, with its score.
+
+    ``filename``: the name QEMU would be given, when known (``dmg_probe`` judges by it).
+    """
     if file_size == 0:
         return {"raw": 1}
     buf = head[:PROBE_BUFFER_SIZE].ljust(PROBE_BUFFER_SIZE, b"\0")
@@ -108,6 +111,8 @@ def qemu_probe_scores(head: bytes, file_size: int) -> dict[str, int]:
         scores["bochs"] = 100
     if buf.startswith(_CLOOP_V2):
         scores["cloop"] = 2
+    if len(filename) > 4 and filename.endswith(".dmg"):
+        scores["dmg"] = 2
     return scores
 
 

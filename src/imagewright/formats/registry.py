@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from imagewright.formats import probes
-from imagewright.formats.qemu_probe import qemu_probe_choice, qemu_probe_scores
+from imagewright.formats.qemu_probe import PROBE_BUFFER_SIZE, qemu_probe_choice, qemu_probe_scores
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -70,8 +70,11 @@ def reader_for(name: str) -> DiskFormatReader:
     raise KeyError(name)
 
 
-def probe_conflicts(src: ByteSource, head: bytes, chosen: DiskFormatReader) -> list[str]:
-    """Reasons to refuse because readers would disagree on what ``src`` is (see module NOTE)."""
+def probe_conflicts(src: ByteSource, head: bytes, chosen: DiskFormatReader, name: str = "") -> list[str]:
+    """Reasons to refuse because readers would disagree on what ``src`` is (see module NOTE).
+
+    ``name``: the file's name, when known: QEMU probes a raw file named ``*.dmg`` as dmg.
+    """
     claimed = [reader.name for reader in DISK_FORMATS[:-1] if reader.probe(src, head)]
     problems: list[str] = []
     if len(claimed) > 1:
@@ -79,7 +82,7 @@ def probe_conflicts(src: ByteSource, head: bytes, chosen: DiskFormatReader) -> l
             f"the file carries the signatures of {' and '.join(claimed)} at once; readers would "
             "disagree on its format"
         )
-    qemu_choice = qemu_probe_choice(qemu_probe_scores(head, src.size))
+    qemu_choice = qemu_probe_choice(qemu_probe_scores(head, src.size, name))
     if len(qemu_choice) > 1:
         problems.append(
             f"QEMU's own format probe scores {' and '.join(qemu_choice)} alike, so which format it "
@@ -92,3 +95,50 @@ def probe_conflicts(src: ByteSource, head: bytes, chosen: DiskFormatReader) -> l
             "a cloud that lets QEMU probe it would see another disk"
         )
     return problems
+
+
+def guest_probe_conflict(guest: ByteSource, fmt: str) -> str | None:
+    """A reason to refuse a ``fmt`` image whose guest disk QEMU would itself probe as an image.
+
+    NOTE (safety): the guest's bytes become a file of their own whenever the image is
+    converted to raw or written to a volume, and QEMU probes such a file by its first 2 KiB:
+    a qcow2 whose guest disk begins with a qcow2 header naming a backing file is harmless as
+    itself, and a backing-file attack once converted (the raw file is refused by this gate, so
+    the converted output of an accepted image must not be). Only a raw guest is passed.
+    """
+    if fmt == "raw" or guest.size == 0:
+        return None
+    choice = _probed_as_image(guest.pread(0, min(PROBE_BUFFER_SIZE, guest.size)), guest.size)
+    if not choice:
+        return None
+    return (
+        f"the guest disk inside this {fmt} image begins with a {' or '.join(choice)} image header; "
+        f"converted to raw or written to a volume, QEMU's format probe would open it as {choice[0]}"
+    )
+
+
+def container_probe_conflict(src: ByteSource, head: bytes, container: str) -> str | None:
+    """A reason to refuse a file imagewright reads as a ``container`` (tar, gzip ...) that
+    QEMU's own format probe would open as a disk image.
+
+    NOTE (safety): a tar header's name field is 100 free bytes at offset 0, and gzip, xz and
+    zstd headers carry free bytes too, so one file can be a valid archive and a valid qcow2
+    (backing file name in the tar link name field) or VMDK descriptor (extent lines in the
+    member name) at once: imagewright would judge the archive's members while a cloud that
+    lets QEMU probe the file opens the disk and the file it names (red-team finding). A real
+    archive probes as raw.
+    """
+    choice = _probed_as_image(head, src.size)
+    if not choice:
+        return None
+    return (
+        f"the file is a {container} to imagewright, but QEMU's own format probe would open it as "
+        f"{' or '.join(choice)}; the two would read different things"
+    )
+
+
+def _probed_as_image(head: bytes, size: int) -> list[str]:
+    """The drivers QEMU's probe would pick for a file of ``size`` starting with ``head``,
+    unless it picks raw (then empty)."""
+    choice = qemu_probe_choice(qemu_probe_scores(head, size))
+    return [] if choice == ["raw"] else choice

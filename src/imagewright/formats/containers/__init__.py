@@ -88,8 +88,8 @@ __all__ = [
 
 #: How many members ``probe_container`` looks at to tell an OVA from a plain tar.
 PROBE_MEMBERS = 64
-#: Bytes after the end-of-archive marker we read to check they are zero padding.
-_TRAILING_LOOK = 64 * 1024
+#: Bytes after the end-of-archive marker read at a time to check they are zero padding.
+_TRAILING_STEP = 64 * 1024
 
 
 def probe_container(src: ByteSource, head: bytes) -> str | None:
@@ -106,6 +106,17 @@ def probe_container(src: ByteSource, head: bytes) -> str | None:
     limits = dataclasses.replace(Limits(), max_archive_members=PROBE_MEMBERS)
     scan = TarScanner(SourceInput(src), limits, budget=Budget(limits, src.size), file_source=src).scan()
     return "ova" if any(is_top_level_ovf(m) for m in scan.members) else "tar"
+
+
+def _data_after_end(src: ByteSource, end: int) -> bool:
+    """True when anything but zero bytes follows the end-of-archive marker at ``end``."""
+    position = end
+    while position < src.size:
+        piece = src.pread(position, min(_TRAILING_STEP, src.size - position))
+        if not piece or any(piece):
+            return bool(piece)
+        position += len(piece)
+    return False
 
 
 def open_container(
@@ -137,17 +148,13 @@ def open_tar(
     from imagewright.formats.containers.model import ContainerDetails, OpenedContainer
     from imagewright.formats.containers.problems import Findings
     from imagewright.formats.containers.streams import SourceInput
-    from imagewright.formats.containers.tar import TarScanner
+    from imagewright.formats.containers.tar import TRAILING_DATA, TarScanner
 
     findings = Findings()
     budget = budget if budget is not None else Budget(limits, src.size)
     scan = TarScanner(SourceInput(src), limits, budget=budget, file_source=src, findings=findings).scan()
-    if scan.complete:
-        trailing = src.size - scan.details.archive_size
-        if trailing > 0:
-            look = src.pread(scan.details.archive_size, min(trailing, _TRAILING_LOOK))
-            if trailing > _TRAILING_LOOK or any(look):
-                findings.note(f"{trailing} bytes follow the end-of-archive marker")
+    if scan.complete and _data_after_end(src, scan.details.archive_size):
+        findings.problem(TRAILING_DATA.format(where=f" ({src.size - scan.details.archive_size} bytes)"))
     kind, ova = judge_archive(scan.members, read_from_source, limits, findings, name_hint)
     findings.finish()
     fmt: ContainerFormat = "ova" if kind == "ova" else "tar"

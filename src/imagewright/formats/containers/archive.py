@@ -11,6 +11,15 @@ from imagewright.formats.containers.ova import ReadMember, read_ova
 from imagewright.formats.containers.problems import Findings, as_problem
 from imagewright.units import format_size
 
+#: ``NAME_MAX``: the longest file name (one path component, in bytes) ext4 and every Linux
+#: file system imagewright builds hold. (A whole path over ``PATH_MAX`` is refused by the tar
+#: reader itself.) A root filesystem member with a longer one stopped ``build`` half way.
+NAME_MAX = 255
+
+
+def _longest_component(name: str) -> bytes:
+    return max((part.encode("utf-8", "replace") for part in name.split("/")), key=len, default=b"")
+
 
 def judge_archive(
     members: list[ArchiveMember],
@@ -29,6 +38,14 @@ def judge_archive(
                     f"member '{member.name[:200]}' claims {format_size(member.size)}, more than the "
                     f"{format_size(limits.max_virtual_size)} of the largest disk imagewright builds",
                     "member too large",
+                )
+            component = _longest_component(member.name)
+            if len(component) > NAME_MAX:
+                findings.problem(
+                    f"member '{member.name[:200]}' has a name component of {len(component)} bytes, "
+                    f"more than the {NAME_MAX} a Linux file system holds; the root filesystem cannot "
+                    "be built from it",
+                    "name too long",
                 )
     ova: OvaDetails | None = None
     if kind == "ova":

@@ -127,6 +127,10 @@ def classify(members: list[ArchiveMember]) -> ContainerKind:
     return "archive"
 
 
+#: Member types that never carry data (``tar`` refuses a header of one that claims some).
+_NO_DATA_TYPEFLAGS = frozenset({"1", "2", "3", "4", "5", "6"})
+
+
 def _path_fault(name: str) -> str | None:
     if name.startswith("/"):
         return "has an absolute path"
@@ -166,6 +170,17 @@ def judge_members(kind: ContainerKind, members: list[ArchiveMember], findings: F
                 )
                 break
             parent = posixpath.dirname(parent)
+
+        if member.type != "file" and member.stored_size and member.typeflag not in _NO_DATA_TYPEFLAGS:
+            # NOTE (safety): GNU tar reads a 'D' member's data as a directory listing and skips
+            # a 'V' label's; Python's tarfile extracts every type it does not know (D, V, A, M
+            # ...) as a regular file with that data: a file nobody examined (any archive kind).
+            findings.problem(
+                f"{_label(name)} has the tar type '{member.typeflag}' and carries "
+                f"{member.stored_size} bytes of data, which Python's tarfile extracts as a regular "
+                "file and GNU tar does not; readers disagree on what the archive holds",
+                "typed data",
+            )
 
         if member.type == "hardlink":
             target = member.linkname or ""

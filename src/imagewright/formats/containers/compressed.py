@@ -44,7 +44,7 @@ from imagewright.formats.containers.model import (
 from imagewright.formats.containers.problems import Findings, as_problem
 from imagewright.formats.containers.signature import probe_compression
 from imagewright.formats.containers.streams import DecompressedInput
-from imagewright.formats.containers.tar import TarScanner
+from imagewright.formats.containers.tar import TRAILING_DATA, TarScanner
 from imagewright.formats.containers.tar_header import looks_like_tar
 from imagewright.units import format_size
 
@@ -406,7 +406,7 @@ def _drain(inp: DecompressedInput, findings: Findings) -> None:
             break
         nonzero = nonzero or any(piece)
     if nonzero:
-        findings.note("data follows the end-of-archive marker inside the compressed stream")
+        findings.problem(TRAILING_DATA.format(where=" inside the compressed stream"))
 
 
 def _open_compressed_tar(

@@ -81,6 +81,15 @@ _TYPES: dict[bytes, MemberType] = {
 }
 #: Types that carry no data: a size on them is skipped by GNU tar and not by Python's tarfile.
 _NO_DATA_TYPES = {b"1", b"2", b"3", b"4", b"5", b"6"}
+#: The refusal for data after the end-of-archive marker (``where``: how much, or where).
+#: NOTE (safety): GNU tar stops at the marker, but ``tar --ignore-zeros``, Python's
+#: ``tarfile.open(ignore_zeros=True)`` and concatenated-archive readers go on reading headers
+#: there: a member hidden after it is one that an importer may extract and imagewright never
+#: examined. Zero padding (tar's record blocking) is all that may follow.
+TRAILING_DATA = (
+    "data follows the end-of-archive marker{where}; readers that go on past it (tar "
+    "--ignore-zeros, concatenated archives) would find members imagewright never examined"
+)
 #: The pax records of a member that has none (never written to).
 _NO_PAX: dict[str, bytes] = {}
 _PAX_NUMBER = re.compile(rb"^\d{1,20}$")
