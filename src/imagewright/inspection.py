@@ -241,9 +241,27 @@ def _inspect_disk(src: ByteSource, head: bytes, name: str, walk: _Walk) -> Image
         details=opened.details,
         verdict=judge(opened, walk.limits),
     )
-    if opened.guest is not None and report.verdict.safe:
-        _survey_guest(report, opened.guest)
+    if report.verdict.safe:
+        if opened.guest is not None:
+            _survey_guest(report, opened.guest)
+        elif opened.virtual_size > 0:
+            report.verdict = Verdict((*report.verdict.reasons, _unread_guest_reason(opened)))
     return report
+
+
+def _unread_guest_reason(opened: OpenedImage) -> str:
+    """Why a disk whose guest bytes no reader here can read is not safe.
+
+    ``safe`` promises that every byte a later step could interpret was judged. An encrypted
+    guest (LUKS, qcow2 LUKS/AES, qcow AES) is read by whoever holds the key, and what they
+    read (a partition table, or a qcow2 naming a backing file) was never seen here.
+    """
+    encryption = getattr(opened.details, "encryption", None)
+    if opened.format == "luks":
+        encryption = "luks"
+    if encryption not in (None, "none"):
+        return f"its guest data is encrypted ({encryption}), so what it holds could not be examined"
+    return "its guest data could not be read here, so what it holds could not be examined"
 
 
 def _survey_guest(report: ImageReport, guest: ByteSource) -> None:
