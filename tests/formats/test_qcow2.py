@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.fixtures import hostile_qcow2
+from tests.fixtures import hostile_encrypted, hostile_qcow2
 from tests.fixtures.hostile import CASES, HostileCase
 from tests.fixtures.tools import qemu_img, qemu_img_info, run, write_at
 from tests.formats.sparse_checks import (
@@ -277,11 +277,8 @@ def test_luks_encryption_is_reported_and_not_read(tmp_path: Path) -> None:
 
 
 def test_legacy_aes_encryption_is_reported_not_refused(tmp_path: Path) -> None:
-    image = tmp_path / "aes.qcow2"
-    qemu_img(
-        "create", "-q", "-f", "qcow2", "--object", "secret,id=sec0,data=abc",
-        "-o", "encrypt.format=aes,encrypt.key-secret=sec0", str(image), "64M",
-    )  # fmt: skip
+    # The reader names no other file; inspection still refuses the unread guest (hostile_encrypted).
+    image = hostile_encrypted.qcow2_aes(tmp_path)
     with opened(qcow2, image) as result:
         assert_matches_qemu_info(result, image, "qcow2")
         assert result.details.encryption == "aes"
