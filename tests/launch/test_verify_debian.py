@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.fixtures.debian_guest import RELEASE, SOURCE_DATE_EPOCH, debian_mirror
+from tests.fixtures.debian_guest import RELEASE, SOURCE_DATE_EPOCH, DebianGuest, debian_mirror
 from tests.fixtures.metadata_service import MetadataStack
 from tests.fixtures.tools import run
 from tests.launch.conftest import iw, ps
@@ -148,4 +148,36 @@ def test_debian_verifies_through_the_metadata_service_and_through_nocloud(
         _host_key_met(stack, by_seed, flat)
     finally:
         iw(stack, "rm", "--force", str(by_seed["instance_id"]))
+    assert ps(stack) == {"instances": [], "orphans": []}
+
+
+def test_debian_agent_image_verifies_through_the_metadata_service_and_through_nocloud(
+    stack: MetadataStack, debian_agent_guest: DebianGuest
+) -> None:
+    """``build --from debian:bookworm --agent`` (our agent, openssh-server, no cloud-init): the
+    same proof through both doors — the agent's ready line, an SSH login as root with the run's
+    key, hostname, user-data once, grown root, the instance's own host key."""
+    for context, source in (
+        (("--context", "metadata", "--tokens", "required"), "ec2"),
+        (("--context", "nocloud"), "nocloud"),
+    ):
+        report = _verify(stack, debian_agent_guest.disk, *context)
+        try:
+            checks = report["checks"]
+            assert isinstance(checks, list)
+            names = [c["name"] for c in checks]
+            assert "ssh login" in names and "cloud-init" not in names, names
+            assert all(c["ok"] for c in checks), checks
+            named = {c["name"]: c for c in checks}
+            hostname = report["hostname"]
+            assert named["console"]["detail"] == f"agent ready (source {source}, hostname {hostname})"
+            assert str(named["ssh login"]["detail"]).startswith("root@127.0.0.1:")
+            assert str(named["ssh login"]["detail"]).endswith(f"/etc/hostname is '{hostname}'")
+            assert named["ssh key"]["detail"] == "in /root/.ssh/authorized_keys"
+            assert named["user-data"]["detail"] == "ran 1 time(s)"
+            _console, flat = _kept(stack, report, debian_agent_guest.disk, Path(str(stack.server.data_dir)))
+            _host_key_met(stack, report, flat)
+            flat.unlink()
+        finally:
+            iw(stack, "rm", "--force", str(report["instance_id"]))
     assert ps(stack) == {"instances": [], "orphans": []}

@@ -124,7 +124,7 @@ dhcp_iface() {
     if have dhcpcd; then
         live_timeout 30 dhcpcd -1 -t 20 "$_dh_if" && return 0
     fi
-    if have networkctl && [ -d "$R/run/systemd/netif" ]; then
+    if networkd_running; then
         # systemd-networkd is running: hand it a runtime .network file asking for DHCP
         mkdir -p "$R/run/systemd/network"
         printf '[Match]\nName=%s\n\n[Network]\nDHCP=ipv4\n' "$_dh_if" >"$R/run/systemd/network/10-imagewright-$_dh_if.network"
@@ -141,8 +141,17 @@ dhcp_iface() {
     return 1
 }
 
+# systemd-networkd is running (not merely installed). The agent's unit is ordered before
+# network-pre.target and networkd after it, so on a booting system networkd has not started
+# yet: asking it (networkctl) then only times out, twice 25 s, and no lease ever comes.
+networkd_running() {
+    have networkctl && [ -d "$R/run/systemd/netif" ] || return 1
+    [ "$DRYRUN" = 1 ] && return 0
+    ! have systemctl || systemctl is-active --quiet systemd-networkd.service
+}
+
 have_dhcp_client() {
-    have udhcpc || have dhclient || have dhcpcd || { have networkctl && [ -d "$R/run/systemd/netif" ]; }
+    have udhcpc || have dhclient || have dhcpcd || networkd_running
 }
 
 # DHCP on the first interface that gets a lease (at most three are tried); once per run.
@@ -161,7 +170,7 @@ dhcp_any_once() {
         return 1
     fi
     if ! have_dhcp_client; then
-        log "no DHCP client (udhcpc, dhclient, dhcpcd, networkctl) is installed"
+        log "no DHCP client (udhcpc, dhclient, dhcpcd) is installed and systemd-networkd is not running yet"
         return 1
     fi
     _da_n=0
