@@ -40,7 +40,7 @@ from xml.etree import ElementTree
 import pytest
 from click.testing import Result
 from tests.fixtures.debian_guest import DebianGuest
-from tests.fixtures.tools import qemu_img_info, which
+from tests.fixtures.tools import DIE_WITH_TESTS, qemu_img_info, which
 
 from imagewright.agent import find_ready_line
 
@@ -55,9 +55,12 @@ def run_virt_v2v(argv: list[str], env: dict[str, str], log: Path) -> int:
     """Run virt-v2v in a session of its own, its (verbose) output in ``log``: on a timeout the
     whole group goes (virt-v2v's qemu-nbd, nbdkit and appliance outlive a virt-v2v killed alone)."""
     with log.open("w") as output:
+        # setpriv: virt-v2v gets SIGTERM should this test process die without its finally
+        # (a killed pytest left three virt-v2v appliances spinning for an hour).
         process = subprocess.Popen(
-            argv, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            [*DIE_WITH_TESTS, *argv], env=env, stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
         try:
             returncode = process.wait(timeout=V2V_TIMEOUT)
         except subprocess.TimeoutExpired:
