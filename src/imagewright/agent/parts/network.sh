@@ -65,8 +65,23 @@ has_ipv4_address() {
          END { exit !found }' "$R/proc/net/fib_trie"
 }
 
+# The lease handler udhcpc runs, written where it may be executed: /run (the agent's work
+# directory) is mounted noexec by initramfs-tools' init on Debian and Ubuntu, and there udhcpc
+# got its lease and silently could not apply it. Tried: the work directory, then the root
+# filesystem's /var/lib/imagewright-agent, then /tmp. Sets UDHCPC_SCRIPT.
 write_udhcpc_script() {
-    cat >"$WORK/udhcpc.script" <<'EOF'
+    for _us_dir in "$WORK" "$R/var/lib/imagewright-agent" "$R/tmp"; do
+        mkdir -p "$_us_dir" 2>/dev/null || continue
+        UDHCPC_SCRIPT=$_us_dir/udhcpc.script
+        write_udhcpc_handler "$UDHCPC_SCRIPT" || continue
+        "$UDHCPC_SCRIPT" probe >/dev/null 2>&1 && return 0
+        rm -f "$UDHCPC_SCRIPT"
+    done
+    return 1
+}
+
+write_udhcpc_handler() {
+    cat >"$1" <<'EOF'
 #!/bin/sh
 # udhcpc event handler written by imagewright-agent: applies the lease with ip (or ifconfig/route)
 R=${IMAGEWRIGHT_AGENT_ROOT:-}
@@ -107,7 +122,7 @@ case "$1" in
 esac
 exit 0
 EOF
-    chmod 700 "$WORK/udhcpc.script"
+    chmod 700 "$1"
 }
 
 # DHCP on one interface with whichever client exists; 0 once it has an address.
@@ -115,8 +130,11 @@ dhcp_iface() {
     _dh_if=$1
     live ip link set dev "$_dh_if" up >/dev/null 2>&1 || true
     if have udhcpc; then
-        write_udhcpc_script
-        live_timeout 30 udhcpc -i "$_dh_if" -n -q -t 4 -T 2 -s "$WORK/udhcpc.script" && return 0
+        if write_udhcpc_script; then
+            live_timeout 30 udhcpc -i "$_dh_if" -n -q -t 4 -T 2 -s "$UDHCPC_SCRIPT" && return 0
+        else
+            log "network: no directory lets udhcpc run its lease handler"
+        fi
     fi
     if have dhclient; then
         live_timeout 30 dhclient -1 "$_dh_if" && return 0
