@@ -58,7 +58,7 @@ from imagewright.package.bundle_manifest import (
 )
 from imagewright.package.deflate import DEFAULT_LEVEL, GzipMember, deflate_block
 from imagewright.package.grains import Grain, GrainStream
-from imagewright.package.passes import Progress, SequentialFile, read_source, run_pass
+from imagewright.package.passes import GatherBuffer, Progress, SequentialFile, read_source, run_pass
 from imagewright.package.signing import (
     SignatureError,
     decrypt_with,
@@ -237,36 +237,20 @@ class BundleWriter:
         self.tar_sha1 = hashlib.sha1()  # noqa: S324 - the manifest's digest algorithm is SHA-1
         cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
         self._encryptor = cipher.encryptor()
-        # The gzip member's bytes are gathered in one buffer, filled in place, before they are
-        # encrypted into another: a grain's block is a few bytes to a few dozen KiB, each cipher
-        # call has a cost of its own, and fresh buffers per MiB cost page faults. PKCS#7 padding
-        # is added by hand at the end (AES-CBC needs whole 16-byte blocks only there).
-        self._gathered = bytearray(_ENCRYPT_BLOCK)
-        self._gathered_view = memoryview(self._gathered)
-        self._used = 0
+        # The gzip member's bytes are gathered before they are encrypted: a grain's block is a
+        # few bytes to a few dozen KiB, and each cipher call has a cost of its own. PKCS#7
+        # padding is added by hand at the end (AES-CBC needs whole 16-byte blocks only there).
+        self._gathered = GatherBuffer(_ENCRYPT_BLOCK, self._encrypt)
         self._encrypted = bytearray(_ENCRYPT_BLOCK + _AES_BLOCK)
-        self._gzip_size = 0
-        self._gzip = GzipMember(self._gather)
+        self._gzip = GzipMember(self._gathered.write)
         self._add(ustar_header(name, image_size))
 
-    def _gather(self, data: bytes) -> None:
-        self._gzip_size += len(data)
+    def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
-        while view:
-            take = min(len(view), _ENCRYPT_BLOCK - self._used)
-            self._gathered_view[self._used : self._used + take] = view[:take]
-            self._used += take
-            view = view[take:]
-            if self._used == _ENCRYPT_BLOCK:
-                self._encrypt()
-
-    def _encrypt(self) -> None:
-        if not self._used:
-            return
-        written = self._encryptor.update_into(self._gathered_view[: self._used], self._encrypted)
-        self._used = 0
-        if written:
-            self._parts.write(memoryview(self._encrypted)[:written])
+        for start in range(0, len(view), _ENCRYPT_BLOCK):
+            written = self._encryptor.update_into(view[start : start + _ENCRYPT_BLOCK], self._encrypted)
+            if written:
+                self._parts.write(memoryview(self._encrypted)[:written])
 
     def _add(self, data: bytes) -> None:
         self.tar_sha1.update(data)
@@ -281,9 +265,9 @@ class BundleWriter:
         pad = padding(self.image_size)
         self._add(pad + end_of_archive(BLOCK + self.image_size + len(pad)))
         self._gzip.finish()
-        pkcs7 = _AES_BLOCK - self._gzip_size % _AES_BLOCK  # PKCS#7: 1..16 bytes of their count
-        self._gather(bytes([pkcs7]) * pkcs7)
-        self._encrypt()
+        pkcs7 = _AES_BLOCK - self._gathered.size % _AES_BLOCK  # PKCS#7: 1..16 bytes of their count
+        self._gathered.write(bytes([pkcs7]) * pkcs7)
+        self._gathered.flush()
         tail = self._encryptor.finalize()
         self._parts.write(tail)
         self._parts.finish()

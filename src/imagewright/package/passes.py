@@ -66,6 +66,39 @@ def run_pass(
     return stream
 
 
+class GatherBuffer:
+    """Writes gathered in one fixed buffer, filled in place; ``sink`` gets each gathered run.
+
+    A bytearray that grows, is copied out and cleared for every run reallocates and faults in
+    fresh pages each time; one buffer for the writer's life does neither. A write at least as
+    big as the buffer goes to ``sink`` as it is (after what was gathered before it).
+    """
+
+    def __init__(self, capacity: int, sink: Callable[[memoryview | bytes | bytearray], None]) -> None:
+        self._view = memoryview(bytearray(capacity))
+        self._capacity = capacity
+        self._sink = sink
+        self.used = 0
+        #: Every byte written so far.
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        length = len(data)
+        self.size += length
+        if self.used + length > self._capacity:
+            self.flush()
+            if length >= self._capacity:
+                self._sink(data)
+                return
+        self._view[self.used : self.used + length] = data
+        self.used += length
+
+    def flush(self) -> None:
+        if self.used:
+            self._sink(self._view[: self.used])
+            self.used = 0
+
+
 class SequentialFile:
     """A file written front to back, hashed as written (``digests``), errors in one sentence.
 
@@ -82,29 +115,19 @@ class SequentialFile:
         self._file = OutputFile(path)
         self._file.position = start
         self._hashers = {name: hashlib.new(name) for name in algorithms}
-        # One buffer for the file's life, filled in place: a bytearray that grows, is copied
-        # out and cleared for every MiB reallocates and faults in fresh pages each time.
-        self._buffer = bytearray(self.BUFFER)
-        self._view = memoryview(self._buffer)
-        self._used = 0
-        self.size = 0
+        self._buffer = GatherBuffer(self.BUFFER, self._emit)
+
+    @property
+    def size(self) -> int:
+        """Bytes written through ``write``."""
+        return self._buffer.size
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        length = len(data)
-        self.size += length
-        if self._used + length > self.BUFFER:
-            self.flush()
-            if length >= self.BUFFER:
-                self._emit(data)
-                return
-        self._view[self._used : self._used + length] = data
-        self._used += length
+        self._buffer.write(data)
 
     def flush(self) -> None:
         """Hash and write what is gathered."""
-        if self._used:
-            self._emit(self._view[: self._used])
-            self._used = 0
+        self._buffer.flush()
 
     def _emit(self, data: bytes | bytearray | memoryview) -> None:
         self._file.append(data)
@@ -118,7 +141,7 @@ class SequentialFile:
 
     @property
     def position(self) -> int:
-        return self._file.position + self._used
+        return self._file.position + self._buffer.used
 
     def digests(self) -> dict[str, str]:
         self.flush()
