@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from imagewright.package.deflate import (
     FINAL_BLOCK,
     GRAIN,
+    DeflateBlock,
     GzipMember,
     ParallelDeflater,
     deflate_block,
@@ -69,11 +70,14 @@ def test_the_parallel_deflater_delivers_in_submission_order(chunks: list[bytes],
     out = io.BytesIO()
     member = GzipMember(out.write)
 
-    def deliver(tag: object, block: object) -> None:
-        delivered.append((tag, 0))
-        member.add(block)  # type: ignore[arg-type]
+    def deliver(batch: list[tuple[object, DeflateBlock]]) -> None:
+        for tag, block in batch:
+            delivered.append((tag, 0))
+            member.add(block)
 
-    deflater = ParallelDeflater(deliver, workers=workers)
+    deflater = ParallelDeflater(
+        lambda tags, blocks: list(zip(tags, blocks, strict=True)), deliver, workers=workers
+    )
     try:
         for index, chunk in enumerate(chunks):
             if chunk and not any(chunk):

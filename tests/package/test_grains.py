@@ -5,6 +5,7 @@ and the USTAR header writer (read back by Python's tarfile, GNU tar and our own 
 from __future__ import annotations
 
 import io
+import itertools
 import tarfile
 import zlib
 
@@ -15,18 +16,20 @@ from tests.fixtures.tools import run
 
 from imagewright.errors import InvalidArgumentError
 from imagewright.formats.containers.tar import parse_header
-from imagewright.package.deflate import GRAIN
-from imagewright.package.grains import BackgroundTarget, Grain, GrainStream
+from imagewright.package.deflate import FINAL_BLOCK, GRAIN
+from imagewright.package.grains import BackgroundTarget, Grain, GrainBatch, GrainStream
 from imagewright.package.tar_writer import end_of_archive, padding, ustar_header
 
 
 class Collect:
     def __init__(self) -> None:
         self.grains: list[Grain] = []
+        self.batches: list[GrainBatch] = []
         self.finished = False
 
-    def grain(self, grain: Grain) -> None:
-        self.grains.append(grain)
+    def batch(self, batch: GrainBatch) -> None:
+        self.batches.append(batch)
+        self.grains.extend(batch.grains)
 
     def finish(self) -> None:
         self.finished = True
@@ -86,11 +89,30 @@ def test_any_split_of_writes_and_zero_runs_gives_the_same_grains(
             assert grain.data is None and grain.length == grain.count * GRAIN
         one = bytes(grain.bytes())[: grain.length // grain.count]
         assert zlib.decompress(grain.block.zlib_stream()) == one
+    # What a batch shares, checked against the bytes it stands for by independent readers:
+    # the runs and pieces are its guest bytes, its blocks one raw deflate stream of them
+    # (zlib's inflater), its CRC-32 zlib's.
+    position = 0
+    for batch in collect.batches:
+        assert batch.offset == position and batch.grains[0].offset == position
+        expected = bytes(image[position : position + batch.length])
+        assert b"".join(bytes(piece) for piece in batch.pieces()) == expected
+        joined = b"".join(
+            bytes(run.data) if run.data is not None else bytes(run.length) for run in batch.runs
+        )
+        assert joined == expected
+        kinds = [run.data is None for run in batch.runs]
+        assert all(a != b for a, b in itertools.pairwise(kinds))  # runs alternate
+        assert all(run.data is None or any(run.data[:GRAIN]) for run in batch.runs)
+        assert zlib.decompress(batch.deflated + FINAL_BLOCK, -15) == expected
+        assert batch.crc32 == zlib.crc32(expected)
+        position += batch.length
+    assert position == size
 
 
 def test_a_background_target_raises_its_error_in_the_feeding_thread() -> None:
     class Failing:
-        def grain(self, grain: Grain) -> None:
+        def batch(self, batch: GrainBatch) -> None:
             raise OSError(28, "No space left on device")
 
         def finish(self) -> None:
@@ -130,3 +152,36 @@ def test_gnu_tar_lists_an_archive_made_of_our_headers() -> None:
 def test_names_a_flat_ustar_member_cannot_hold_are_refused(name: str) -> None:
     with pytest.raises(InvalidArgumentError, match="cannot be a tar member name"):
         ustar_header(name, 1)
+
+
+def test_background_targets_finish_on_their_own_threads_and_raise_in_the_feeding_thread() -> None:
+    import threading
+
+    finished_on: list[str] = []
+
+    class Finishing:
+        def __init__(self, fail: bool) -> None:
+            self.fail = fail
+
+        def batch(self, batch: GrainBatch) -> None:
+            pass
+
+        def finish(self) -> None:
+            finished_on.append(threading.current_thread().name)
+            if self.fail:
+                raise OSError(5, "Input/output error")
+
+    good = GrainStream(2 * GRAIN, [BackgroundTarget(Finishing(False)), BackgroundTarget(Finishing(False))])
+    try:
+        good.write(0, b"y" * GRAIN)
+        good.finish()
+    finally:
+        good.close()
+    assert finished_on == ["grain-target", "grain-target"]
+    bad = GrainStream(2 * GRAIN, [BackgroundTarget(Finishing(True))])
+    with pytest.raises(OSError, match="Input/output error"):
+        try:
+            bad.write(0, b"y" * GRAIN)
+            bad.finish()
+        finally:
+            bad.close()

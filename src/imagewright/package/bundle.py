@@ -32,6 +32,7 @@ import secrets
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ from imagewright.files import AtomicOutput, ScratchFiles, io_error
 from imagewright.formats.base import Limits
 from imagewright.formats.containers.tar import parse_header
 from imagewright.formats.containers.tar_header import TarHeaderError
-from imagewright.ops.convert.output import OutputFile, stream_file
+from imagewright.ops.convert.output import BackgroundHashes, OutputFile, stream_file
 from imagewright.package.bundle_manifest import (
     ARCHITECTURES,
     BundleManifest,
@@ -57,7 +58,7 @@ from imagewright.package.bundle_manifest import (
     read_manifest,
 )
 from imagewright.package.deflate import DEFAULT_LEVEL, GzipMember, deflate_block
-from imagewright.package.grains import Grain, GrainStream
+from imagewright.package.grains import GrainBatch, GrainStream
 from imagewright.package.passes import GatherBuffer, Progress, SequentialFile, read_source, run_pass
 from imagewright.package.signing import (
     SignatureError,
@@ -193,6 +194,10 @@ class PartWriter:
         self.sha256: dict[str, str] = {}
         self.outputs: list[AtomicOutput] = []
         self._file: SequentialFile | None = None
+        # Finished parts are fsynced (waiting for their bytes to reach the disk) by a thread
+        # of their own, so writing the next part does not wait for it.
+        self._syncing = ThreadPoolExecutor(1, thread_name_prefix="bundle-part-sync")
+        self._synced: list[Future[None]] = []
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -210,17 +215,22 @@ class PartWriter:
     def _close_part(self) -> None:
         if self._file is None:
             return
-        self._file.finish()
+        self._file.flush()
         name = self.outputs[-1].target.name
         digests = self._file.digests()
         self.parts.append(BundlePart(name, digests["sha1"], self._file.size))
         self.sha256[name] = digests["sha256"]
+        self._synced.append(self._syncing.submit(self._file.finish))
         self._file = None
 
     def finish(self) -> None:
         self._close_part()
+        self._syncing.shutdown(wait=True)
+        for future in self._synced:
+            future.result()
 
     def close(self) -> None:
+        self._syncing.shutdown(wait=True)  # an error is finish's to raise
         if self._file is not None:
             self._file.close()
 
@@ -234,7 +244,10 @@ class BundleWriter:
         self.image_size = image_size
         self._parts = parts
         self._level = level
-        self.tar_sha1 = hashlib.sha1()  # noqa: S324 - the manifest's digest algorithm is SHA-1
+        # The manifest's digest (SHA-1, by definition) of the whole tar stream, zeros included:
+        # the longest single piece of a bundle's work, so it runs on a thread of its own,
+        # fed a batch's data runs and zero run lengths.
+        self._tar_digest = BackgroundHashes(("sha1",))
         cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
         self._encryptor = cipher.encryptor()
         # The gzip member's bytes are gathered before they are encrypted: a grain's block is a
@@ -253,13 +266,23 @@ class BundleWriter:
                 self._parts.write(memoryview(self._encrypted)[:written])
 
     def _add(self, data: bytes) -> None:
-        self.tar_sha1.update(data)
+        self._tar_digest.update(data)
         self._gzip.add(deflate_block(data, self._level))
 
-    def grain(self, grain: Grain) -> None:
-        assert grain.block is not None
-        self.tar_sha1.update(grain.bytes())
-        self._gzip.add(grain.block, grain.count)
+    def batch(self, batch: GrainBatch) -> None:
+        for run in batch.runs:
+            if run.data is None:
+                self._tar_digest.update_zeros(run.length)
+            else:
+                self._tar_digest.update(run.data)
+        self._gzip.add_joined(batch.deflated, batch.crc32, batch.length)
+
+    def tar_digest(self) -> str:
+        """The SHA-1 of the tar stream (once ``finish`` ran)."""
+        return self._tar_digest.hexdigests()["sha1"]
+
+    def close(self) -> None:
+        self._tar_digest.close()
 
     def finish(self) -> None:
         pad = padding(self.image_size)
@@ -318,6 +341,7 @@ class BundleJob:
             self.parts,
             level,
         )
+        stack.callback(self.writer.close)
         self.manifest: BundleManifest | None = None
 
     def complete(self) -> BundleManifest:
@@ -329,7 +353,7 @@ class BundleJob:
             user=options.user.replace("-", ""),
             image_type=options.image_type,
             architecture=options.architecture,
-            image_digest=self.writer.tar_sha1.hexdigest(),
+            image_digest=self.writer.tar_digest(),
             image_size=self.image_size,
             bundled_size=sum(part.size for part in self.parts.parts),
             ec2_encrypted_key=encrypt_for(self.cloud_cert, key).hex(),

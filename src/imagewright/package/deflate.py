@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from isal import isal_zlib
 
@@ -44,6 +45,8 @@ FINAL_BLOCK = b"\x03\x00"
 ZLIB_HEADER = b"\x78\x01"
 #: Grains per task handed to a worker (1 MiB): amortises the pool's cost per task.
 _BATCH = 16
+
+Prepared = TypeVar("Prepared")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,23 @@ def zero_block(length: int, level: int = DEFAULT_LEVEL) -> DeflateBlock:
     return block
 
 
+_zero_crcs: dict[int, int] = {}
+
+
+def zero_crc32(length: int) -> int:
+    """The CRC-32 of ``length`` zero bytes (computed once per length)."""
+    crc = _zero_crcs.get(length)
+    if crc is None:
+        crc = 0
+        if length <= 0:
+            return 0
+        step = bytes(min(length, 1 << 20))
+        for start in range(0, length, len(step)):
+            crc = isal_zlib.crc32(memoryview(step)[: length - start], crc)
+        _zero_crcs[length] = crc
+    return crc
+
+
 def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
     """The CRC-32 of A+B from CRC(A), CRC(B) and len(B)."""
     return int(isal_zlib.crc32_combine(crc1, crc2, length2))
@@ -104,6 +124,12 @@ class GzipMember:
             self.crc32 = crc32_combine(self.crc32, block.crc32, block.length)
         self.size += block.length * count
 
+    def add_joined(self, data: bytes, crc32: int, length: int) -> None:
+        """Blocks already joined in order: ``data`` deflates ``length`` bytes whose CRC-32 is ``crc32``."""
+        self._write(data)
+        self.crc32 = crc32_combine(self.crc32, crc32, length)
+        self.size += length
+
     def finish(self) -> None:
         self._write(FINAL_BLOCK + struct.pack("<II", self.crc32, self.size & 0xFFFFFFFF))
 
@@ -116,22 +142,27 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class ParallelDeflater:
+class ParallelDeflater(Generic[Prepared]):
     """Deflates grains on a thread pool and hands the results back in submission order.
 
     ``submit(tag, data)`` queues one grain (``block`` given: already known, e.g. a zero
-    grain's, and only kept in order); results go to ``deliver(tag, block)`` in the submitting
-    thread, in submission order, as soon as every earlier one is done. At most ``window``
-    batches are in flight, so memory stays bounded (about window x 1 MiB).
+    grain's, and only kept in order). Grains travel in tasks of ``_BATCH`` grains to deflate;
+    the worker that deflated a task also runs ``prepare(tags, blocks)`` on it (whatever the
+    receiver wants done once per task, out of order and side by side: joining buffers,
+    combining checksums), and ``deliver(prepared)`` gets each task's result in the
+    submitting thread, in submission order, as soon as every earlier one is done. At most
+    ``window`` tasks are in flight, so memory stays bounded (about window x 1 MiB).
     """
 
     def __init__(
         self,
-        deliver: Callable[[object, DeflateBlock], None],
+        prepare: Callable[[list[object], list[DeflateBlock]], Prepared],
+        deliver: Callable[[Prepared], None],
         *,
         level: int = DEFAULT_LEVEL,
         workers: int | None = None,
     ) -> None:
+        self._prepare = prepare
         self._deliver = deliver
         self._level = level
         self.workers = workers or default_workers()
@@ -139,7 +170,7 @@ class ParallelDeflater:
         self._window = 2 * self.workers + 2
         self._batch: list[tuple[object, bytes | None, DeflateBlock | None]] = []
         self._work = 0
-        self._pending: deque[tuple[list[object], Future[list[DeflateBlock]]]] = deque()
+        self._pending: deque[Future[Prepared]] = deque()
 
     def submit(self, tag: object, data: bytes | None, block: DeflateBlock | None = None) -> None:
         self._batch.append((tag, data, block))
@@ -152,29 +183,28 @@ class ParallelDeflater:
         if not self._batch:
             return
         batch, self._batch = self._batch, []
-        level = self._level
-        future: Future[list[DeflateBlock]]
+        level, prepare = self._level, self._prepare
+
+        def work() -> Prepared:
+            blocks = [
+                block if block is not None else deflate_block(data or b"", level) for _, data, block in batch
+            ]
+            return prepare([tag for tag, _, _ in batch], blocks)
+
+        future: Future[Prepared]
         if self._work:
-
-            def compress() -> list[DeflateBlock]:
-                return [
-                    block if block is not None else deflate_block(data or b"", level)
-                    for _, data, block in batch
-                ]
-
-            future = self._pool.submit(compress)
+            future = self._pool.submit(work)
         else:
+            # Nothing to deflate (zero grains only): prepared here, no hand-over to the pool.
             future = Future()
-            future.set_result([block for _, _, block in batch if block is not None])
+            future.set_result(work())
         self._work = 0
-        self._pending.append(([tag for tag, _, _ in batch], future))
+        self._pending.append(future)
         while len(self._pending) >= self._window:
             self._pop()
 
     def _pop(self) -> None:
-        tags, future = self._pending.popleft()
-        for tag, block in zip(tags, future.result(), strict=True):
-            self._deliver(tag, block)
+        self._deliver(self._pending.popleft().result())
 
     def flush(self) -> None:
         """Deliver everything submitted so far."""
@@ -183,7 +213,7 @@ class ParallelDeflater:
             self._pop()
 
     def close(self) -> None:
-        for _, future in self._pending:
+        for future in self._pending:
             future.cancel()
         self._pending.clear()
         self._batch.clear()

@@ -12,16 +12,33 @@ A run of zero grains travels as one ``Grain`` (``count`` grains, ``length`` thei
 ``MAX_ZERO_RUN`` grains): most of a disk is often zeros, and every target would otherwise
 spend its per-grain cost on each of them (a 4 GiB disk with 1 GiB data is 49152 zero grains
 for each target). Every target handles a run as ``count`` zero grains in a row.
+
+Targets receive grains in batches (``GrainBatch``: the grains of one deflate task, up to 16
+data grains and the zero runs between them), not one by one: with four targets on threads of
+their own, per-grain Python (a few calls per grain per target) and the GIL hand-overs of
+many small C calls were most of a publish's overhead. What every target of a batch would
+otherwise each compute again is computed once, by the deflate worker, beside the
+compression: the batch's deflate blocks joined (a gzip member's bytes), its CRC-32, and its
+guest bytes as runs (consecutive data grains joined into one buffer, zeros as a length), so
+a target hashes, writes or encrypts each batch in a few large calls that release the GIL.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from imagewright.package.deflate import DEFAULT_LEVEL, GRAIN, DeflateBlock, ParallelDeflater, zero_block
+from imagewright.package.deflate import (
+    DEFAULT_LEVEL,
+    GRAIN,
+    DeflateBlock,
+    ParallelDeflater,
+    crc32_combine,
+    zero_block,
+    zero_crc32,
+)
 
 #: The most zero grains one ``Grain`` stands for (16 MiB).
 MAX_ZERO_RUN = 256
@@ -53,10 +70,93 @@ class Grain:
         return self.data if self.data is not None else memoryview(_ZEROS)[: self.length]
 
 
-class GrainTarget(Protocol):
-    """Receives every grain of the guest in order, then ``finish()``."""
+@dataclass(slots=True)
+class GuestRun:
+    """``length`` guest bytes at ``offset``: ``data`` (consecutive data grains joined), or
+    zeros when ``data`` is None."""
 
-    def grain(self, grain: Grain) -> None: ...
+    offset: int
+    length: int
+    data: bytes | None
+
+
+@dataclass(slots=True)
+class GrainBatch:
+    """Consecutive grains (``length`` guest bytes at ``offset``), with what targets share.
+
+    ``deflated``: every grain's deflate block in order (a zero run's block ``count`` times),
+    the bytes a gzip member of these guest bytes holds; ``crc32``: the CRC-32 of the guest
+    bytes; ``runs``: the guest bytes as alternating data and zero runs.
+    """
+
+    grains: list[Grain]
+    offset: int
+    length: int
+    crc32: int
+    deflated: bytes
+    runs: list[GuestRun]
+
+    def pieces(self) -> Iterator[bytes | memoryview]:
+        """The guest bytes in order, in pieces (zeros as views of one shared zero buffer)."""
+        for run in self.runs:
+            if run.data is not None:
+                yield run.data
+                continue
+            for start in range(0, run.length, len(_ZEROS)):
+                yield memoryview(_ZEROS)[: min(len(_ZEROS), run.length - start)]
+
+
+def _close_run(runs: list[GuestRun], joining: list[bytes]) -> None:
+    """The data grains of the last run, joined into its ``data``."""
+    if joining:
+        runs[-1].data = b"".join(joining) if len(joining) > 1 else joining[0]
+
+
+def prepare_batch(tags: list[object], blocks: list[DeflateBlock]) -> GrainBatch:
+    """The ``GrainBatch`` of grains just deflated (run by the deflate worker)."""
+    grains: list[Grain] = []
+    deflated: list[bytes] = []
+    runs: list[GuestRun] = []
+    joining: list[bytes] = []  # the data grains of the last run, while it grows
+    crc = 0
+    for tag, block in zip(tags, blocks, strict=True):
+        assert isinstance(tag, Grain)
+        grain = tag
+        grain.block = block
+        grains.append(grain)
+        if grain.data is None:
+            deflated.append(block.data * grain.count if grain.count > 1 else block.data)
+            crc = crc32_combine(crc, zero_crc32(grain.length), grain.length)
+            if runs and not joining:
+                runs[-1].length += grain.length
+            else:
+                _close_run(runs, joining)
+                joining = []
+                runs.append(GuestRun(grain.offset, grain.length, None))
+        else:
+            deflated.append(block.data)
+            crc = crc32_combine(crc, block.crc32, block.length)
+            if joining:
+                runs[-1].length += grain.length
+            else:
+                runs.append(GuestRun(grain.offset, grain.length, None))
+            joining.append(grain.data)
+    _close_run(runs, joining)
+    first, end = grains[0], grains[-1]
+    return GrainBatch(
+        grains=grains,
+        offset=first.offset,
+        length=end.offset + end.length - first.offset,
+        crc32=crc,
+        deflated=b"".join(deflated),
+        runs=runs,
+    )
+
+
+class GrainTarget(Protocol):
+    """Receives every grain of the guest in order, batch by batch, then ``finish()``."""
+
+    def batch(self, batch: GrainBatch) -> None: ...
 
     def finish(self) -> None: ...
 
@@ -80,7 +180,9 @@ class GrainStream:
         self.targets = list(targets)
         self.level = level
         self._progress = progress
-        self._deflater = ParallelDeflater(self._deliver, level=level, workers=workers)
+        self._deflater: ParallelDeflater[GrainBatch] = ParallelDeflater(
+            prepare_batch, self._deliver, level=level, workers=workers
+        )
         self._buffer = bytearray()
         self._buffer_offset = 0  # guest offset of the grain being filled
         self.delivered = 0
@@ -135,6 +237,10 @@ class GrainStream:
         self._deflater.flush()
         self._finished = True
         self._deflater.close()
+        # Targets on threads of their own finish side by side (flushes, fsyncs, read-backs).
+        for target in self.targets:
+            if isinstance(target, BackgroundTarget):
+                target.start_finish()
         for target in self.targets:
             target.finish()
 
@@ -176,12 +282,10 @@ class GrainStream:
             Grain(offset, length * count, None, count=count), None, zero_block(length, self.level)
         )
 
-    def _deliver(self, tag: object, block: DeflateBlock) -> None:
-        assert isinstance(tag, Grain)
-        tag.block = block
+    def _deliver(self, batch: GrainBatch) -> None:
         for target in self.targets:
-            target.grain(tag)
-        self.delivered = tag.offset + tag.length
+            target.batch(batch)
+        self.delivered = batch.offset + batch.length
         if self._progress is not None:
             self._progress(self.delivered)
 
@@ -192,10 +296,10 @@ class DigestTarget:
     def __init__(self, algorithms: Sequence[str]) -> None:
         self._hashers = {name: hashlib.new(name) for name in algorithms}
 
-    def grain(self, grain: Grain) -> None:
-        data = grain.bytes()
-        for hasher in self._hashers.values():
-            hasher.update(data)
+    def batch(self, batch: GrainBatch) -> None:
+        for data in batch.pieces():
+            for hasher in self._hashers.values():
+                hasher.update(data)
 
     def finish(self) -> None:
         pass
@@ -209,14 +313,14 @@ class BackgroundTarget:
 
     When one pass feeds several targets (``publish``), each one's hashing, encryption and
     writing (all of which release the GIL) then run side by side instead of one after the
-    other in the thread that receives qemu-img's stream. Grains travel in batches of
-    ``BATCH`` (one queue hand-over per batch, not per grain: with four targets the hand-overs
-    of a mostly empty disk's 64 KiB grains otherwise cost more than the grains' work); at most
-    ``depth`` batches wait.
+    other in the thread that receives qemu-img's stream; one queue hand-over per batch. The
+    target's ``finish`` runs on that thread too: ``start_finish`` asks for it and returns, so
+    several targets finish side by side; ``finish`` waits for it (and raises what failed).
+    At most ``depth`` batches wait.
     """
 
+    _FINISH = object()
     _DONE = object()
-    BATCH = 16
 
     def __init__(self, inner: GrainTarget, depth: int = 4) -> None:
         import queue
@@ -224,42 +328,46 @@ class BackgroundTarget:
 
         self.inner = inner
         self._queue: queue.Queue[object] = queue.Queue(depth)
-        self._batch: list[Grain] = []
         self._error: BaseException | None = None
+        self._finishing = False
         self._thread = threading.Thread(target=self._run, name="grain-target", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            if item is self._DONE:
+            if item is self._DONE or (item is self._FINISH and self._error is not None):
                 return
             if self._error is not None:
                 continue  # drain: the error is raised in the feeding thread
             try:
-                assert isinstance(item, list)
-                for grain in item:
-                    self.inner.grain(grain)
+                if item is self._FINISH:
+                    self.inner.finish()
+                else:
+                    assert isinstance(item, GrainBatch)
+                    self.inner.batch(item)
             except BaseException as err:  # noqa: BLE001 - handed to the feeding thread
                 self._error = err
+            if item is self._FINISH:
+                return
 
-    def grain(self, grain: Grain) -> None:
+    def batch(self, batch: GrainBatch) -> None:
         if self._error is not None:
             self.close()
             raise self._error
-        self._batch.append(grain)
-        if len(self._batch) >= self.BATCH:
-            self._queue.put(self._batch)
-            self._batch = []
+        self._queue.put(batch)
+
+    def start_finish(self) -> None:
+        """Ask for the inner target's ``finish`` (on its thread) once every batch is worked."""
+        if not self._finishing and self._thread.is_alive():
+            self._finishing = True
+            self._queue.put(self._FINISH)
 
     def finish(self) -> None:
-        if self._batch and self._error is None:
-            self._queue.put(self._batch)
-            self._batch = []
-        self.close()
+        self.start_finish()
+        self._thread.join()
         if self._error is not None:
             raise self._error
-        self.inner.finish()
 
     def close(self) -> None:
         """Stop the thread (idempotent); whatever was queued has been handled or dropped."""

@@ -30,6 +30,7 @@ from imagewright.errors import InvalidArgumentError
 from imagewright.files import AtomicOutput, io_error
 from imagewright.formats.base import Limits
 from imagewright.package.deflate import DEFAULT_LEVEL
+from imagewright.package.grains import GrainBatch
 from imagewright.package.ovf_descriptor import CONTROLLERS, DiskFacts, MachineSpec, build_descriptor
 from imagewright.package.passes import Progress, SequentialFile, read_source, run_pass
 from imagewright.package.signing import Signer
@@ -200,8 +201,8 @@ class OvaWriter:
         self.size = 0
 
     # GrainTarget
-    def grain(self, grain: Any) -> None:
-        self.vmdk.grain(grain)
+    def batch(self, batch: GrainBatch) -> None:
+        self.vmdk.batch(batch)
 
     def finish(self) -> None:
         self.vmdk.finish()

@@ -21,7 +21,8 @@ qcow2     DIR/NAME.qcow2 (compat 1.1)             ``qcow2_stream`` on the grains
 Every file is written under a temporary name and appears only when all targets are done;
 ``SHA256SUMS`` (sha256sum's format) lists every file written, then is itself put in place.
 The digest of a file written front to back is taken as it is written; the OVA and the qcow2
-(their heads are written last) are read back once, from the page cache.
+(their heads are written last) are read back once, from the page cache, each as soon as its
+own target is done (a target's ``finish`` runs on its thread, beside the others').
 
 How the registry plugs in (``imagewright.registry.publishing``, the room above this one):
 ``publish(..., hand_over=…)`` is handed every finished file — at its temporary name, with its
@@ -47,7 +48,7 @@ from imagewright.ops.convert import NotRawError, open_source
 from imagewright.ops.convert.output import OutputFile
 from imagewright.package.bundle import BundleJob, BundleOptions
 from imagewright.package.deflate import DEFAULT_LEVEL, GzipMember
-from imagewright.package.grains import DigestTarget, Grain, GrainTarget
+from imagewright.package.grains import DigestTarget, GrainBatch
 from imagewright.package.ova import OvaLayout, OvaOptions, OvaWriter, file_digests
 from imagewright.package.passes import Progress, SequentialFile, run_pass
 from imagewright.package.qcow2_stream import CLUSTER, Qcow2StreamWriter
@@ -110,15 +111,20 @@ class PublishContext:
 
 
 class Target:
-    """One requested output: grain targets for the pass, work after it, files to commit."""
+    """One requested output: a ``GrainTarget`` of the pass whose ``finish`` completes it.
+
+    ``finish`` runs on the target's own thread (``BackgroundTarget``), so each target's last
+    work (flush and fsync, the heads written last, a read-back for a checksum, the bundle's
+    manifest) runs beside the others' instead of after all of them.
+    """
 
     name = ""
 
-    def grain_targets(self) -> list[GrainTarget]:
-        return []
+    def batch(self, batch: GrainBatch) -> None:
+        """The next grains of the guest."""
 
-    def after_pass(self) -> None:
-        """Work once every grain has passed (headers, qemu-img ...)."""
+    def finish(self) -> None:
+        """Complete the files once every grain has passed."""
 
     def files(self) -> list[tuple[AtomicOutput, int, str]]:
         """(output, size, sha256) of every file this target made."""
@@ -137,22 +143,16 @@ class SparseRaw(Target):
         self._file = OutputFile(path)
         # Without an output (a raw nobody publishes) there is nothing to hash.
         self._digest = DigestTarget((CHECKSUM,)) if output is not None else None
-        outer = self
 
-        class _Grains:
-            def grain(self, grain: Grain) -> None:
-                if outer._digest is not None:
-                    outer._digest.grain(grain)
-                if grain.data is not None:
-                    outer._file.write_at(grain.offset, grain.data)
+    def batch(self, batch: GrainBatch) -> None:
+        if self._digest is not None:
+            self._digest.batch(batch)
+        for run in batch.runs:
+            if run.data is not None:
+                self._file.write_at(run.offset, run.data)
 
-            def finish(self) -> None:
-                outer._file.finish(outer.size)
-
-        self._grains = _Grains()
-
-    def grain_targets(self) -> list[GrainTarget]:
-        return [self._grains]
+    def finish(self) -> None:
+        self._file.finish(self.size)
 
     def close(self) -> None:
         self._file.close()
@@ -171,21 +171,13 @@ class GzipRaw(Target):
         self._file = SequentialFile(self.output.path, (CHECKSUM,))
         context.stack.callback(self._file.close)
         self._member = GzipMember(self._file.write)
-        outer = self
 
-        class _Grains:
-            def grain(self, grain: Grain) -> None:
-                assert grain.block is not None
-                outer._member.add(grain.block, grain.count)
+    def batch(self, batch: GrainBatch) -> None:
+        self._member.add_joined(batch.deflated, batch.crc32, batch.length)
 
-            def finish(self) -> None:
-                outer._member.finish()
-                outer._file.finish()
-
-        self._grains = _Grains()
-
-    def grain_targets(self) -> list[GrainTarget]:
-        return [self._grains]
+    def finish(self) -> None:
+        self._member.finish()
+        self._file.finish()
 
     def files(self) -> list[tuple[AtomicOutput, int, str]]:
         return [(self.output, self._file.size, self._file.digests()[CHECKSUM])]
@@ -202,20 +194,13 @@ class StreamOptimizedVmdk(Target):
         self._vmdk = StreamOptimizedWriter(
             self._file.write, context.virtual_size, VmdkOptions(file_name=file_name)
         )
-        outer = self
 
-        class _Grains:
-            def grain(self, grain: Grain) -> None:
-                outer._vmdk.grain(grain)
+    def batch(self, batch: GrainBatch) -> None:
+        self._vmdk.batch(batch)
 
-            def finish(self) -> None:
-                outer._vmdk.finish()
-                outer._file.finish()
-
-        self._grains = _Grains()
-
-    def grain_targets(self) -> list[GrainTarget]:
-        return [self._grains]
+    def finish(self) -> None:
+        self._vmdk.finish()
+        self._file.finish()
 
     def files(self) -> list[tuple[AtomicOutput, int, str]]:
         return [(self.output, self._file.size, self._file.digests()[CHECKSUM])]
@@ -232,11 +217,13 @@ class Ova(Target):
         context.stack.callback(self._writer.close)
         self._sha256 = ""
 
-    def grain_targets(self) -> list[GrainTarget]:
-        return [self._writer]
+    def batch(self, batch: GrainBatch) -> None:
+        self._writer.batch(batch)
 
-    def after_pass(self) -> None:
+    def finish(self) -> None:
+        self._writer.finish()
         self._writer.close_archive()
+        # The head is written last, in front: the file's checksum needs one read-back.
         self._sha256 = file_digests(self.output.path, (CHECKSUM,))[CHECKSUM]
 
     def files(self) -> list[tuple[AtomicOutput, int, str]]:
@@ -262,10 +249,11 @@ class Bundle(Target):
             level=context.level,
         )
 
-    def grain_targets(self) -> list[GrainTarget]:
-        return [self.job.writer]
+    def batch(self, batch: GrainBatch) -> None:
+        self.job.writer.batch(batch)
 
-    def after_pass(self) -> None:
+    def finish(self) -> None:
+        self.job.writer.finish()
         self.job.complete()
 
     def files(self) -> list[tuple[AtomicOutput, int, str]]:
@@ -293,12 +281,14 @@ class Qcow2(Target):
         self._qcow2 = Qcow2StreamWriter(self._file.write, context.virtual_size)
         self._sha256 = ""
 
-    def grain_targets(self) -> list[GrainTarget]:
-        return [self._qcow2]
+    def batch(self, batch: GrainBatch) -> None:
+        self._qcow2.batch(batch)
 
-    def after_pass(self) -> None:
+    def finish(self) -> None:
+        self._qcow2.finish()
         self._file.write_at(0, self._qcow2.header())
         self._file.finish(self._qcow2.size)
+        # The header is written last, in front: the file's checksum needs one read-back.
         self._sha256 = file_digests(self.output.path, (CHECKSUM,))[CHECKSUM]
 
     def files(self) -> list[tuple[AtomicOutput, int, str]]:
@@ -413,13 +403,7 @@ def publish(
                     built.append(record.build(context))
                     context.building_unpublished = False
                     hidden.add(len(built) - 1)
-            grain_targets: list[GrainTarget] = []
-            for target in built:
-                grain_targets.extend(target.grain_targets())
-            run_pass(
-                source, grain_targets, stage="publishing", progress=progress, level=level, concurrent=True
-            )
-            _after_pass(built)
+            run_pass(source, built, stage="publishing", progress=progress, level=level, concurrent=True)
             files: list[PublishedFile] = []
             outputs: list[AtomicOutput] = []
             finished: list[FinishedFile] = []
@@ -451,17 +435,6 @@ def publish(
         sums=str(out_dir / SUMS_FILE),
         seconds=time.monotonic() - started,
     )
-
-
-def _after_pass(built: list[Target]) -> None:
-    """Every target's work after the pass, side by side: qemu-img making the qcow2, the OVA
-    read back for its checksum and the bundle's manifest do not wait for each other."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=max(1, len(built)), thread_name_prefix="after-pass") as pool:
-        futures = [pool.submit(target.after_pass) for target in built]
-    for future in futures:
-        future.result()
 
 
 def _default_name(image: Path) -> str:

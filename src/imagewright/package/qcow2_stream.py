@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 from imagewright.errors import InvalidArgumentError
 from imagewright.package.deflate import GRAIN
-from imagewright.package.grains import Grain
+from imagewright.package.grains import GrainBatch
 
 CLUSTER = GRAIN
 CLUSTER_BITS = 16
@@ -58,7 +58,7 @@ class Qcow2StreamWriter:
     length.
     """
 
-    def __init__(self, write: Callable[[bytes], None], virtual_size: int) -> None:
+    def __init__(self, write: Callable[[bytes | memoryview], None], virtual_size: int) -> None:
         if not 0 < virtual_size <= MAX_VIRTUAL_SIZE:
             raise InvalidArgumentError("A qcow2 image holds from one byte to 32 PiB.")
         self._write = write
@@ -75,25 +75,37 @@ class Qcow2StreamWriter:
         self._refcount_table_clusters = 0
         self.data_clusters = 0
 
-    def _emit(self, data: bytes) -> int:
+    def _emit(self, data: bytes | memoryview) -> int:
         offset = self.size
         self._write(data)
         self.size += len(data)
         return offset
 
-    def grain(self, grain: Grain) -> None:
-        if grain.data is None:
-            return  # zero grains (one or a run) stay unallocated
-        l2_index, entry = divmod(grain.index, L2_ENTRIES)
-        if l2_index != self._l2_index:
-            self._flush_l2()
-            self._l2_index = l2_index
-        data = grain.data
-        if len(data) < CLUSTER:
-            data = data + bytes(CLUSTER - len(data))
-        self._l2[entry] = self._emit(data) | COPIED
-        self._l2_used = True
-        self.data_clusters += 1
+    def batch(self, batch: GrainBatch) -> None:
+        """Each data run of the batch becomes consecutive data clusters (zero grains stay
+        unallocated), written in one piece per L2 range it falls in."""
+        for run in batch.runs:
+            if run.data is None:
+                continue
+            data = run.data
+            if len(data) % CLUSTER:
+                # Only the image's last grain can be short: its cluster is filled up with zeros.
+                data = data + bytes(-len(data) % CLUSTER)
+            view = memoryview(data)
+            index = run.offset // CLUSTER
+            done = 0
+            while done < len(data):
+                l2_index, entry = divmod(index, L2_ENTRIES)
+                if l2_index != self._l2_index:
+                    self._flush_l2()
+                    self._l2_index = l2_index
+                count = min((len(data) - done) // CLUSTER, L2_ENTRIES - entry)
+                host = self._emit(view[done : done + count * CLUSTER])
+                self._l2[entry : entry + count] = [(host + i * CLUSTER) | COPIED for i in range(count)]
+                self._l2_used = True
+                self.data_clusters += count
+                index += count
+                done += count * CLUSTER
 
     def _flush_l2(self) -> None:
         if not self._l2_used:

@@ -32,8 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from imagewright.errors import InvalidArgumentError
-from imagewright.package.deflate import GRAIN
-from imagewright.package.grains import Grain
+from imagewright.package.deflate import FINAL_BLOCK, GRAIN, ZLIB_HEADER
+from imagewright.package.grains import GrainBatch
 
 SECTOR = 512
 GRAIN_SECTORS = GRAIN // SECTOR
@@ -64,6 +64,7 @@ DEFAULT_HW_VERSION = "4"
 _HEADER = struct.Struct("<4sIIQQQQIQQQB4sH")
 _MARKER = struct.Struct("<QII")
 _GRAIN_MARKER = struct.Struct("<QI")
+_ADLER = struct.Struct(">I")
 _PAD = bytes(SECTOR)
 
 
@@ -192,30 +193,48 @@ class StreamOptimizedWriter:
         self._write(data)
         self.size += len(data)
 
-    def grain(self, grain: Grain) -> None:
-        if grain.data is None:
-            # Zero grains (one, or a run) are not stored; only the grain table they end in counts.
-            last = grain.index + grain.count - 1
+    def batch(self, batch: GrainBatch) -> None:
+        """The batch's data grains, framed from their deflate blocks, written in one piece."""
+        frames: list[bytes] = []
+        # Where the next frame starts: what is written plus the frames gathered so far.
+        position = self.size
+        for grain in batch.grains:
+            # A zero grain (or run) is not stored; only the grain table it ends in counts.
+            last = grain.index + grain.count - 1 if grain.data is None else grain.index
             if last // GTES_PER_GT != self._gt_index:
+                if frames:
+                    self._emit(b"".join(frames))
+                    frames = []
                 self._flush_gt()
                 self._gt_index = last // GTES_PER_GT
-            return
-        gt_index, entry = divmod(grain.index, GTES_PER_GT)
-        if gt_index != self._gt_index:
-            self._flush_gt()
-            self._gt_index = gt_index
-        assert grain.block is not None
-        stream = grain.block.zlib_stream()
-        sector = self.size // SECTOR
-        if sector > 0xFFFF_FFFF:
-            raise InvalidArgumentError(
-                "The streamOptimized VMDK grew past 2 TiB, beyond what its grain tables can address."
+                position = self.size
+            if grain.data is None:
+                continue
+            block = grain.block
+            assert block is not None
+            sector = position // SECTOR
+            if sector > 0xFFFF_FFFF:
+                raise InvalidArgumentError(
+                    "The streamOptimized VMDK grew past 2 TiB, beyond what its grain tables can address."
+                )
+            self._gt[grain.index % GTES_PER_GT] = sector
+            self._gt_used = True
+            self.populated_size += grain.length
+            # The grain's zlib stream (RFC 1950) is its deflate block between a zlib header
+            # and the final block + Adler-32: no compression here.
+            stream_length = len(ZLIB_HEADER) + len(block.data) + len(FINAL_BLOCK) + 4
+            framed = _GRAIN_MARKER.size + stream_length
+            frames += (
+                _GRAIN_MARKER.pack(grain.offset // SECTOR, stream_length),
+                ZLIB_HEADER,
+                block.data,
+                FINAL_BLOCK,
+                _ADLER.pack(block.adler32),
+                _pad(framed),
             )
-        self._gt[entry] = sector
-        self._gt_used = True
-        self.populated_size += grain.length
-        head = _GRAIN_MARKER.pack(grain.offset // SECTOR, len(stream))
-        self._emit(head + stream + _pad(len(head) + len(stream)))
+            position += framed + (-framed % SECTOR)
+        if frames:
+            self._emit(b"".join(frames))
 
     def _flush_gt(self) -> None:
         if not self._gt_used:
