@@ -8,6 +8,7 @@ import io
 import itertools
 import tarfile
 import zlib
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +19,7 @@ from imagewright.errors import InvalidArgumentError
 from imagewright.formats.containers.tar import parse_header
 from imagewright.package.deflate import FINAL_BLOCK, GRAIN
 from imagewright.package.grains import BackgroundTarget, Grain, GrainBatch, GrainStream
+from imagewright.package.passes import SequentialFile
 from imagewright.package.tar_writer import end_of_archive, padding, ustar_header
 
 
@@ -185,3 +187,30 @@ def test_background_targets_finish_on_their_own_threads_and_raise_in_the_feeding
             bad.finish()
         finally:
             bad.close()
+
+
+@pytest.mark.parametrize("writeback", [False, True])
+def test_a_sequential_file_holds_and_hashes_every_byte_written_with_or_without_writeback(
+    tmp_path: Path, writeback: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+    import os
+
+    # A writeback every 3 small buffers: many fdatasyncs while the file grows.
+    monkeypatch.setattr(SequentialFile, "BUFFER", 4096)
+    monkeypatch.setattr(SequentialFile, "WRITEBACK", 3 * 4096)
+    path = tmp_path / "out.bin"
+    pieces = [os.urandom(n) for n in (1, 4095, 4096, 10_000, 7, 50_000, 3, 4096 * 5)]
+    file = SequentialFile(path, ("sha256", "sha1"), start=512, writeback=writeback)
+    try:
+        for piece in pieces:
+            file.write(piece)
+        file.write_at(0, b"H" * 512)
+        digests = file.digests()
+        file.finish()
+    finally:
+        file.close()
+    body = b"".join(pieces)
+    assert path.read_bytes() == b"H" * 512 + body
+    assert file.size == len(body)
+    assert digests == {"sha256": hashlib.sha256(body).hexdigest(), "sha1": hashlib.sha1(body).hexdigest()}

@@ -186,7 +186,7 @@ class OvaWriter:
         self.layout = layout
         self.virtual_size = virtual_size
         machine = layout.options.machine
-        self.file = SequentialFile(path, (layout.options.digest,), start=layout.head + BLOCK)
+        self.file = SequentialFile(path, (layout.options.digest,), start=layout.head + BLOCK, writeback=True)
         self.vmdk = StreamOptimizedWriter(
             self.file.write,
             virtual_size,

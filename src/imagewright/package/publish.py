@@ -168,7 +168,7 @@ class GzipRaw(Target):
 
     def __init__(self, context: PublishContext) -> None:
         self.output = context.output(f"{context.name}.raw.gz")
-        self._file = SequentialFile(self.output.path, (CHECKSUM,))
+        self._file = SequentialFile(self.output.path, (CHECKSUM,), writeback=True)
         context.stack.callback(self._file.close)
         self._member = GzipMember(self._file.write)
 
@@ -189,7 +189,7 @@ class StreamOptimizedVmdk(Target):
     def __init__(self, context: PublishContext) -> None:
         file_name = f"{context.name}.vmdk"
         self.output = context.output(file_name)
-        self._file = SequentialFile(self.output.path, (CHECKSUM,))
+        self._file = SequentialFile(self.output.path, (CHECKSUM,), writeback=True)
         context.stack.callback(self._file.close)
         self._vmdk = StreamOptimizedWriter(
             self._file.write, context.virtual_size, VmdkOptions(file_name=file_name)
@@ -276,7 +276,7 @@ class Qcow2(Target):
 
     def __init__(self, context: PublishContext) -> None:
         self.output = context.output(f"{context.name}.qcow2")
-        self._file = SequentialFile(self.output.path, (), start=CLUSTER)
+        self._file = SequentialFile(self.output.path, (), start=CLUSTER, writeback=True)
         context.stack.callback(self._file.close)
         self._qcow2 = Qcow2StreamWriter(self._file.write, context.virtual_size)
         self._sha256 = ""

@@ -218,6 +218,13 @@ class OutputFile:
     def append(self, data: bytes | bytearray | memoryview) -> None:
         self.write_at(self.position, data)
 
+    def sync_data(self) -> None:
+        """Send what is written so far to the disk (``fdatasync``): ``finish`` then waits less."""
+        try:
+            os.fdatasync(self._fd)
+        except OSError as err:
+            raise io_error(err, self.path) from None
+
     def finish(self, size: int | None = None) -> None:
         """Set the final size (holes at the end of a sparse file) and flush to disk."""
         try:
