@@ -78,6 +78,19 @@ def test_commit_puts_the_whole_file_in_place_and_nothing_else(tmp_path: Path) ->
     assert names(tmp_path) == ["out.img"]
 
 
+def test_several_outputs_committed_with_one_directory_sync_are_each_in_place(tmp_path: Path) -> None:
+    outputs = [AtomicOutput(tmp_path / f"part.{index:02}") for index in range(3)]
+    for index, out in enumerate(outputs):
+        out.path.write_bytes(bytes([index]) * 10)
+    for out in outputs[:-1]:
+        out.commit(sync_directory=False)
+    outputs[-1].commit()
+    for out in outputs:
+        out.cleanup()
+    assert names(tmp_path) == ["part.00", "part.01", "part.02"]
+    assert [(tmp_path / f"part.{i:02}").read_bytes() for i in range(3)] == [bytes([i]) * 10 for i in range(3)]
+
+
 def test_leaving_the_block_without_commit_leaves_nothing(tmp_path: Path) -> None:
     target = tmp_path / "out.img"
     with pytest.raises(RuntimeError), AtomicOutput(target) as out:

@@ -322,8 +322,13 @@ class AtomicOutput(ScratchFiles):
     def __enter__(self) -> AtomicOutput:
         return self
 
-    def commit(self) -> None:
-        """Put ``.path`` in place of the target: fsync, mode, rename (or link), fsync the directory."""
+    def commit(self, *, sync_directory: bool = True) -> None:
+        """Put ``.path`` in place of the target: fsync, mode, rename (or link), fsync the directory.
+
+        ``sync_directory`` False: the caller fsyncs the directory itself once it has put
+        several outputs of one directory in place (``fsync_directory``): one flush of its
+        entries instead of one per file.
+        """
         if self._committed:
             return
         original = self._original
@@ -346,7 +351,8 @@ class AtomicOutput(ScratchFiles):
         except OSError as err:
             raise io_error(err, self.target, self.doing) from None
         self._committed = True
-        fsync_directory(self.directory)
+        if sync_directory:
+            fsync_directory(self.directory)
 
 
 def _link_without_clobbering(source: Path, target: Path) -> None:

@@ -377,8 +377,9 @@ class BundleJob:
         return manifest
 
     def commit(self) -> None:
+        # The directory's entries are flushed once, with the manifest's (the parts' come first).
         for output in self.parts.outputs:
-            output.commit()
+            output.commit(sync_directory=False)
         self.manifest_out.commit()
 
     def result(self, seconds: float) -> BundleResult:

@@ -417,8 +417,10 @@ def publish(
             sums = "".join(f"{f.sha256}  {Path(f.path).name}\n" for f in files)
             if hand_over is not None:
                 hand_over(finished)
+            # Each file is fsynced as it is put in place; the directory's entries once, at the end
+            # (the SHA256SUMS written last syncs them: it is put in place in the same directory).
             for output in outputs:
-                output.commit()
+                output.commit(sync_directory=output.target.parent != out_dir)
             write_file_atomically(out_dir / SUMS_FILE, sums, force=True)
         return source.format, source.virtual_size, files
 
