@@ -80,6 +80,8 @@ _ZERO = bytes(64 * 1024)
 _ENCRYPT_BLOCK = 1 << 20
 #: AES's block: CBC encrypts whole blocks, PKCS#7 pads to one.
 _AES_BLOCK = 16
+#: Items (a data run of at most 1 MiB, or a zero run's length) waiting for the tar's SHA-1.
+_TAR_DIGEST_QUEUE = 32
 
 
 @dataclass(frozen=True)
@@ -246,8 +248,10 @@ class BundleWriter:
         self._level = level
         # The manifest's digest (SHA-1, by definition) of the whole tar stream, zeros included:
         # the longest single piece of a bundle's work, so it runs on a thread of its own,
-        # fed a batch's data runs and zero run lengths.
-        self._tar_digest = BackgroundHashes(("sha1",))
+        # fed a batch's data runs (at most 1 MiB each) and zero run lengths. Hashing a long
+        # zero run takes a while (0.1 s per 200 MiB) in which nothing else has work unless
+        # the data after it can be queued meanwhile: up to _TAR_DIGEST_QUEUE items wait.
+        self._tar_digest = BackgroundHashes(("sha1",), depth=_TAR_DIGEST_QUEUE)
         cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
         self._encryptor = cipher.encryptor()
         # The gzip member's bytes are gathered before they are encrypted: a grain's block is a
