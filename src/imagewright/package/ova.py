@@ -260,11 +260,13 @@ class OvaWriter:
 def file_digests(path: Path, algorithms: tuple[str, ...]) -> dict[str, str]:
     """Digests of a finished file (one sequential read, from the page cache when just written)."""
     hashers = {name: hashlib.new(name) for name in algorithms}
+    # One buffer read into again and again: a fresh 4 MiB object per read is fresh pages.
+    buffer = memoryview(bytearray(4 << 20))
     try:
-        with path.open("rb") as f:
-            while chunk := f.read(4 << 20):
+        with path.open("rb", buffering=0) as f:
+            while length := f.readinto(buffer):
                 for hasher in hashers.values():
-                    hasher.update(chunk)
+                    hasher.update(buffer[:length])
     except OSError as err:
         raise io_error(err, path, "reading") from None
     return {name: hasher.hexdigest() for name, hasher in hashers.items()}
