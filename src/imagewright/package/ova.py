@@ -168,12 +168,11 @@ def package_ova(
         writer = OvaWriter(out.path, layout, source.virtual_size)
         try:
             run_pass(source, [writer], progress=progress, level=level)
-            writer.close_archive()
+            digests = writer.close_archive(checksums)
         finally:
             writer.close()
         result = writer.result(out_path, source.format)
-        if checksums:
-            result.checksums = file_digests(out.path, checksums)
+        result.checksums = digests
         out.commit()
     result.seconds = time.monotonic() - started
     return result
@@ -207,8 +206,12 @@ class OvaWriter:
     def finish(self) -> None:
         self.vmdk.finish()
 
-    def close_archive(self) -> None:
-        """Write the disk's header, the end of the archive and the head; flush the file."""
+    def close_archive(self, checksums: tuple[str, ...] = ()) -> dict[str, str]:
+        """Write the disk's header, the end of the archive and the head; flush the file.
+
+        ``checksums``: digests of the whole OVA, read back (from the page cache) before the
+        final fsync, so that the disk's last writes and the read-back overlap.
+        """
         layout = self.layout
         file = self.file
         disk_size = file.size
@@ -235,10 +238,12 @@ class OvaWriter:
         if len(blob) != layout.head:
             raise AssertionError(f"the OVA head is {len(blob)} bytes, not the {layout.head} reserved")
         file.write_at(0, blob)
+        digests = file_digests(file.path, checksums, self.size) if checksums else {}
         file.finish(self.size)
         self.members = [
             OvaMember(name, len(data), hashlib.new(algorithm, data).hexdigest()) for name, data in head
         ] + [OvaMember(layout.disk_name, disk_size, disk_digest)]
+        return digests
 
     def close(self) -> None:
         self.file.close()
@@ -257,8 +262,11 @@ class OvaWriter:
         )
 
 
-def file_digests(path: Path, algorithms: tuple[str, ...]) -> dict[str, str]:
-    """Digests of a finished file (one sequential read, from the page cache when just written)."""
+def file_digests(path: Path, algorithms: tuple[str, ...], size: int | None = None) -> dict[str, str]:
+    """Digests of a finished file (one sequential read, from the page cache when just written).
+
+    ``size``: what the file's length must be (a file read back before it is completed).
+    """
     hashers = {name: hashlib.new(name) for name in algorithms}
     # One buffer read into again and again: a fresh 4 MiB object per read is fresh pages.
     buffer = memoryview(bytearray(4 << 20))
@@ -267,6 +275,8 @@ def file_digests(path: Path, algorithms: tuple[str, ...]) -> dict[str, str]:
             while length := f.readinto(buffer):
                 for hasher in hashers.values():
                     hasher.update(buffer[:length])
+            if size is not None and f.tell() != size:
+                raise AssertionError(f"{path} is {f.tell()} bytes, not the {size} written")
     except OSError as err:
         raise io_error(err, path, "reading") from None
     return {name: hasher.hexdigest() for name, hasher in hashers.items()}

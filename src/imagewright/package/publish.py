@@ -222,9 +222,8 @@ class Ova(Target):
 
     def finish(self) -> None:
         self._writer.finish()
-        self._writer.close_archive()
         # The head is written last, in front: the file's checksum needs one read-back.
-        self._sha256 = file_digests(self.output.path, (CHECKSUM,))[CHECKSUM]
+        self._sha256 = self._writer.close_archive((CHECKSUM,))[CHECKSUM]
 
     def files(self) -> list[tuple[AtomicOutput, int, str]]:
         return [(self.output, self._writer.size, self._sha256)]
@@ -287,9 +286,10 @@ class Qcow2(Target):
     def finish(self) -> None:
         self._qcow2.finish()
         self._file.write_at(0, self._qcow2.header())
+        # The header is written last, in front: the file's checksum needs one read-back,
+        # taken before the final fsync so that the disk's last writes overlap it.
+        self._sha256 = file_digests(self.output.path, (CHECKSUM,), self._qcow2.size)[CHECKSUM]
         self._file.finish(self._qcow2.size)
-        # The header is written last, in front: the file's checksum needs one read-back.
-        self._sha256 = file_digests(self.output.path, (CHECKSUM,))[CHECKSUM]
 
     def files(self) -> list[tuple[AtomicOutput, int, str]]:
         return [(self.output, self._qcow2.size, self._sha256)]
