@@ -55,6 +55,10 @@ class GuestFilesystemError(ImagewrightError):
     """A file inside a guest filesystem could not be read or written."""
 
 
+class GuestNotEditableError(GuestFilesystemError):
+    """A guest that cannot be edited, found out before anything was written to it."""
+
+
 class BuildError(ImagewrightError):
     """A bootable disk could not be built from the given source."""
 

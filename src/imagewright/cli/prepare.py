@@ -88,10 +88,11 @@ def _print_report(report: PrepareReport) -> None:
 )
 @click.option(
     "--datasource",
-    type=click.Choice(["ec2", "nocloud", "configdrive", "opennebula"]),
+    metavar="KIND[,KIND]",
     default=None,
-    help="With --boot-tuning: the one cloud-init datasource the image's instances see "
-    "(ec2: the metadata service).",
+    help="With --boot-tuning: the cloud-init datasource the image's instances see — ec2 (the "
+    "metadata service), nocloud, configdrive or opennebula — or several, media first "
+    "(nocloud,configdrive,ec2: an attached medium, else the metadata service).",
 )
 @click.option(
     "--partition",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.text import Text
@@ -18,7 +19,13 @@ from imagewright.cli.common import (
 )
 from imagewright.cli.render import emit_json, stdout_console
 from imagewright.formats.base import Limits
+from imagewright.ops.prepare.model import ANY_DATASOURCE
 from imagewright.units import format_size
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from imagewright.package.tuned_source import TuningReport
 
 
 @click.command("publish")
@@ -65,6 +72,23 @@ from imagewright.units import format_size
     help="registry: the images' visibility.",
 )
 @click.option("--property", "properties", multiple=True, metavar="KEY=VALUE", help="registry: a property.")
+@click.option(
+    "--boot-tuning/--no-boot-tuning",
+    default=True,
+    show_default=True,
+    help="Tune the first boot of the published guest, as prepare --boot-tuning does (GRUB timeout 0 "
+    "and a serial console, cloud-init's datasource pinned, no wait-online), on a scratch copy: "
+    "IMAGE is never written. A disk without a Linux root filesystem is published as it is.",
+)
+@click.option(
+    "--datasource",
+    metavar="KIND[,KIND]",
+    default=ANY_DATASOURCE,
+    show_default=True,
+    help="With --boot-tuning, as for prepare: the cloud-init datasource the instances see — ec2 (the "
+    "metadata service), nocloud, configdrive, opennebula — or several, media first: an attached "
+    "medium is used, else the metadata service.",
+)
 @cloud_options
 @click.option(
     "--max-virtual-size", type=SIZE, default=None, help="Refuse sources larger than this (default 16T)."
@@ -90,6 +114,8 @@ def command(
     ramdisk: str | None,
     visibility: str | None,
     properties: tuple[str, ...],
+    boot_tuning: bool,
+    datasource: str,
     cloud_name: str | None,
     clouds_file: str | None,
     max_virtual_size: int | None,
@@ -106,17 +132,23 @@ def command(
     ramdisk_id, and the OVA when it is a target; the checksums the registry reports are checked
     against the bytes sent. Nothing is put in place unless every upload succeeded.
 
+    Every output holds the guest boot-tuned (--no-boot-tuning: the source's bytes as they are);
+    the report lists the prepare operations applied, or why the tuning was skipped.
+
     \b
     Example:
       imagewright publish disk.qcow2 --to qcow2,raw.gz,ova,bundle -d out/ \\
           --os debian64 --user 123456789012 --cert cert.pem --privatekey pk.pem --ec2cert cloud.pem
       imagewright publish disk.qcow2 --to qcow2,ova,registry -d out/ --cloud mycloud
+      imagewright publish disk.qcow2 --to qcow2 -d out/ --datasource nocloud   # NoCloud seeds only
+      imagewright publish disk.qcow2 --to raw.gz -d out/ --no-boot-tuning     # bytes as they are
     """
     from imagewright.package.bundle import BundleOptions
     from imagewright.package.ova import OvaOptions
     from imagewright.package.ovf_descriptor import MachineSpec
     from imagewright.package.publish import parse_targets, publish
     from imagewright.package.signing import load_signer
+    from imagewright.package.tuned_source import BootTuning
 
     wanted = parse_targets(targets, extra=("registry",))
     to_registry = "registry" in wanted
@@ -144,6 +176,9 @@ def command(
             kernel=kernel,
             ramdisk=ramdisk,
         )
+    if not boot_tuning and datasource != ANY_DATASOURCE:
+        raise click.UsageError("--datasource goes with --boot-tuning.")
+    tuning = BootTuning(datasource) if boot_tuning else None
     limits = Limits() if max_virtual_size is None else Limits(max_virtual_size=max_virtual_size)
     uploads = []
     with sigterm_as_interrupt(), staged_progress(enabled=not as_json) as progress:
@@ -166,6 +201,7 @@ def command(
                 force=force,
                 limits=limits,
                 progress=progress,
+                boot_tuning=tuning,
             )
             result, uploads = both.published, both.uploads
             if as_json:
@@ -182,6 +218,7 @@ def command(
                 force=force,
                 limits=limits,
                 progress=progress,
+                boot_tuning=tuning,
             )
     if as_json:
         emit_json(result.to_dict())
@@ -201,6 +238,7 @@ def command(
             Text(f"{published.target:<8} {Path(published.path).name:<{width}} {size:>10}  {published.sha256}")
         )
     out.print(Text(f"checksums: {result.sums}"))
+    _print_tuning(out, result.tuning)
     for upload in uploads:
         out.print(
             Text(
@@ -209,3 +247,31 @@ def command(
                 f"{upload.checksum} verified"
             )
         )
+
+
+def _print_tuning(out: Console, tuning: TuningReport | None) -> None:
+    """The boot-tuning lines of the report: each change as prepare prints it, or why none."""
+    if tuning is None:
+        out.print(Text("boot-tuning: off (--no-boot-tuning); the outputs hold the source's guest as it is"))
+        return
+    if not tuning.applied:
+        out.print(Text(f"boot-tuning: skipped, {tuning.note}; the outputs hold the source's guest as it is"))
+        return
+    count = tuning.change_count
+    out.print(
+        Text(
+            f"boot-tuning ({tuning.filesystem}, datasource {tuning.datasource}): "
+            f"{count} change{'' if count == 1 else 's'} in {tuning.seconds:.1f} s"
+        )
+    )
+    for operation in tuning.operations:
+        if not operation.changes:
+            out.print(
+                Text(
+                    f"  {operation.name}  nothing to do" + (f" ({operation.note})" if operation.note else "")
+                )
+            )
+        for change in operation.changes:
+            out.print(Text(f"  {change.describe(dry_run=False)}"))
+        if operation.changes and operation.note:
+            out.print(Text(f"  ({operation.note})"))

@@ -24,7 +24,7 @@ from imagewright.guest.model import (
     GuestStat,
     guest_path,
 )
-from imagewright.guest.session import open_guest
+from imagewright.guest.session import open_guest, open_scratch_guest
 
 __all__ = [
     "DirEntry",
@@ -34,4 +34,5 @@ __all__ = [
     "GuestStat",
     "guest_path",
     "open_guest",
+    "open_scratch_guest",
 ]

@@ -171,6 +171,13 @@ class GuestFS(ABC):
     def discard(self) -> None:
         """Release what the backend holds without saving anything still queued (after a failure)."""
 
+    def ready_for_writes(self) -> None:
+        """Make now the checks the backend makes before its first write (ext2/3/4: a pending
+        journal replayed, e2fsck finding the filesystem clean), so a caller learns that the
+        guest cannot be edited before anything is written. Backends without such checks
+        (libguestfs: its appliance refuses a filesystem it cannot mount) have nothing to do."""
+        return None
+
     def _check(self) -> tuple[str, str] | None:
         """The filesystem's own checker on it as it is now: ``(checker, first problem)``, or
         None when clean or when the backend has no checker of its own."""

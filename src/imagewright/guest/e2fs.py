@@ -159,6 +159,9 @@ class E2fsGuest(GuestFS):
         cmd.line()  # validate now, so a bad name fails where it was given
         self._pending.append(_Queued(cmd, what, accept))
 
+    def ready_for_writes(self) -> None:
+        self._prepare_for_writes()
+
     def _prepare_for_writes(self) -> None:
         """Before the first write: replay a pending journal, and refuse a damaged filesystem.
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imagewright.errors import GuestFilesystemError, InvalidArgumentError
+from imagewright.errors import GuestFilesystemError, InvalidArgumentError, as_clause
 from imagewright.guest import libguestfs
 from imagewright.programs import e2fs
 
@@ -82,6 +82,26 @@ def layout_of(report: ImageReport, raw: Path) -> DiskLayout:
     size = raw.stat().st_size
     region = FilesystemRegion(0, size, filesystem.type, None, getattr(filesystem, "label", None))
     return DiskLayout(fmt, (region,), partitioned=False)
+
+
+def why_not_editable(report: ImageReport) -> str | None:
+    """Why no filesystem of the image ``report`` describes can hold a Linux root a backend here
+    edits, judged from the report alone (before a raw copy is made); None when one may (its
+    ``/etc`` is looked for when the filesystem is opened)."""
+    table = report.partition_table
+    if table is not None:
+        found = [getattr(getattr(part, "filesystem", None), "type", None) for part in table.partitions]
+    else:
+        found = [getattr(report.filesystem, "type", None)]
+    kinds = [kind for kind in found if kind is not None]
+    if any(kind in EXT_TYPES for kind in kinds):
+        return None
+    others = sorted({kind for kind in kinds if kind in OTHER_LINUX_TYPES})
+    if others:
+        return None if libguestfs.available() else as_clause(libguestfs.unavailable(others[0]))
+    if not kinds:
+        return "the image holds no filesystem imagewright recognises"
+    return f"the image holds no Linux filesystem (only {', '.join(sorted(set(kinds)))})"
 
 
 def choose_region(layout: DiskLayout, raw: Path, partition: int | None) -> FilesystemRegion:

@@ -16,7 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imagewright.errors import GuestFilesystemError, ImageIOError, InvalidArgumentError
+from imagewright.errors import (
+    GuestFilesystemError,
+    GuestNotEditableError,
+    ImageIOError,
+    ImagewrightError,
+    InvalidArgumentError,
+)
 from imagewright.guest import libguestfs
 from imagewright.guest.base import GuestFS
 from imagewright.guest.e2fs import E2fsGuest
@@ -29,7 +35,7 @@ from imagewright.guest.locate import (
     layout_of,
     root_regions,
 )
-from imagewright.guest.workcopy import WorkingCopy
+from imagewright.guest.workcopy import WorkingCopy, plain_name
 from imagewright.programs import e2fs
 
 if TYPE_CHECKING:
@@ -78,6 +84,49 @@ def open_guest(
                 work.commit()
         finally:
             guest.discard()
+
+
+@contextmanager
+def open_scratch_guest(
+    raw: Path, report: ImageReport, *, name: str, partition: int | None = None
+) -> Iterator[GuestFS]:
+    """The guest filesystem of ``raw``, a raw scratch copy the caller made of an image the gate
+    admitted with ``report`` (its guest bytes are the same, so is its layout), opened for
+    writing *in place*: no working copy, nothing to commit. ``name`` is the image's, for
+    messages. The edits are checked as ``open_guest`` checks them (``e2fsck -fn`` before the
+    first change and after the last). GuestNotEditableError when the guest cannot be edited
+    (no Linux root filesystem, one no backend here writes, e2fsck finds errors): raised
+    before anything was written, so ``raw`` still holds the image's guest bytes (a pending
+    ext journal may have been replayed). On any later error ``raw`` may hold part of the
+    edits — the caller owns it and throws it away.
+    """
+    links, device = plain_name(raw)
+    try:
+        try:
+            layout = layout_of(report, device)
+            region = choose_region(layout, device, partition)
+            guest = _backend(region, device, f"{region.describe()} of {name}", True, True)
+        except ImagewrightError as err:
+            raise GuestNotEditableError(str(err)) from err
+        guest.image_format = str(report.format)
+        try:
+            try:
+                guest.ready_for_writes()
+                if not guest.is_dir("/etc"):
+                    raise GuestFilesystemError(
+                        f"{guest.description} has no /etc; it does not look like a Linux root filesystem."
+                    )
+            except ImagewrightError as err:
+                raise GuestNotEditableError(str(err)) from err
+            yield guest
+            guest.close()
+            if guest.modified:
+                guest.verify_edits()
+        finally:
+            guest.discard()
+    finally:
+        if links is not None:
+            links.cleanup()
 
 
 class OtherFilesystems:

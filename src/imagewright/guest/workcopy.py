@@ -146,6 +146,30 @@ def _vmdk_plan(details: VmdkDetails, subformat: str | None) -> WriteBack:
     return WriteBack("vmdk", options)
 
 
+def copy_to_raw(
+    image: Path, fmt: str, raw: Path, virtual_size: int | None, progress: ProgressCallback | None = None
+) -> None:
+    """Write the guest bytes of ``image`` (format ``fmt``, already judged safe) into the raw
+    file ``raw``, sparse: a reflink or sparse copy of a raw image, qemu-img for the others."""
+    if fmt == "raw":
+        copy_sparse(image, raw, progress)
+        return
+    qemu_img.convert(
+        image, fmt, raw, "raw", progress=progress, total_bytes=virtual_size if progress else None
+    )
+
+
+def plain_name(path: Path) -> tuple[ScratchFiles | None, Path]:
+    """``path``, or a link to it without '?' (e2fsprogs splits device names at '?'), with the
+    scratch files holding the link (the caller cleans them up)."""
+    if "?" not in str(path):
+        return None, path
+    links = ScratchFiles(path, Path(tempfile.gettempdir()))
+    link = links.scratch_directory("link") / "disk"
+    link.symlink_to(path.absolute())
+    return links, link
+
+
 class WorkingCopy:
     """The raw file to edit for ``image``; ``commit`` puts it back, ``cleanup`` forgets it.
 
@@ -200,29 +224,18 @@ class WorkingCopy:
         return ScratchFiles(self.image, Path(tempfile.gettempdir()))
 
     def _prepare(self) -> Path:
-        if self.fmt == "raw":
-            if self._output is None:
-                return self.image  # read-only: used where it is
-            copy_sparse(self.image, self._output.path, self._progress)
-            return self._output.path
-        raw = self._scratch.scratch("raw")
-        qemu_img.convert(
-            self.image,
-            self.fmt,
-            raw,
-            "raw",
-            progress=self._progress,
-            total_bytes=self._virtual_size if self._progress else None,
+        if self.fmt == "raw" and self._output is None:
+            return self.image  # read-only: used where it is
+        raw = (
+            self._output.path
+            if self._output is not None and self.fmt == "raw"
+            else self._scratch.scratch("raw")
         )
+        copy_to_raw(self.image, self.fmt, raw, self._virtual_size, self._progress)
         return raw
 
     def _plain_name(self, path: Path) -> Path:
-        """``path``, or a link to it without '?' (e2fsprogs splits device names at '?')."""
-        if "?" not in str(path):
-            return path
-        self._links = ScratchFiles(path, Path(tempfile.gettempdir()))
-        link = self._links.scratch_directory("link") / "disk"
-        link.symlink_to(path.absolute())
+        self._links, link = plain_name(path)
         return link
 
     def commit(self) -> None:

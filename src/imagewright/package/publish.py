@@ -18,6 +18,13 @@ qcow2     DIR/NAME.qcow2 (compat 1.1)             ``qcow2_stream`` on the grains
                                                   per data grain; no scratch file, no qemu-img)
 ========  ======================================  ===========================================
 
+Boot-tuning (``boot_tuning``; the ``publish`` command's default, issue 12): before the pass, the
+admitted source is copied to a raw scratch file and ``prepare``'s ``boot-tuning`` operation
+edits the copy — GRUB timeout 0 and a serial console, cloud-init's datasource pinned, no
+wait-online — so every output holds the tuned guest and the source is never written; a source
+with no Linux root filesystem to edit is published as it is, and the result says why
+(``tuned_source``; ``PublishResult.tuning``).
+
 Every file is written under a temporary name and appears only when all targets are done;
 ``SHA256SUMS`` (sha256sum's format) lists every file written, then is itself put in place.
 The digest of a file written front to back is taken as it is written; the OVA and the qcow2
@@ -52,6 +59,7 @@ from imagewright.package.grains import DigestTarget, GrainBatch
 from imagewright.package.ova import OvaLayout, OvaOptions, OvaWriter, file_digests
 from imagewright.package.passes import Progress, SequentialFile, run_pass
 from imagewright.package.qcow2_stream import CLUSTER, Qcow2StreamWriter
+from imagewright.package.tuned_source import BootTuning, TuningReport, tune_source
 from imagewright.package.vmdk_stream import StreamOptimizedWriter, VmdkOptions
 
 CHECKSUM = "sha256"
@@ -74,9 +82,13 @@ class PublishResult:
     files: list[PublishedFile]
     sums: str
     seconds: float
+    #: What boot-tuning did (None: not asked for).
+    tuning: TuningReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        document = asdict(self)
+        document["tuning"] = self.tuning.to_dict() if self.tuning is not None else None
+        return document
 
 
 @dataclass
@@ -359,8 +371,13 @@ def publish(
     level: int = DEFAULT_LEVEL,
     hand_over: Callable[[list[FinishedFile]], None] | None = None,
     unpublished: tuple[str, ...] = (),
+    boot_tuning: BootTuning | None = None,
 ) -> PublishResult:
-    """Write every target of ``image`` into ``directory`` from one read; see the module docstring."""
+    """Write every target of ``image`` into ``directory`` from one read; see the module docstring.
+
+    ``boot_tuning``: tune the first boot of the published guest (prepare's ``boot-tuning``
+    operation on a scratch copy; the source is never written); None publishes the source as it is.
+    """
     started = time.monotonic()
     image_path, out_dir = Path(image), Path(directory)
     if not out_dir.is_dir():
@@ -372,14 +389,18 @@ def publish(
             )
     base = name or _default_name(image_path)
 
-    def attempt(stream: bool) -> tuple[str, int, list[PublishedFile]]:
+    def attempt(stream: bool) -> tuple[str, int, list[PublishedFile], TuningReport | None]:
         """One attempt: the source opened as convert opens it (a compressed raw disk streamed as
-        it decompresses, no scratch copy), every target fed by one pass, the files committed."""
+        it decompresses, no scratch copy), tuned on a scratch copy when asked, every target fed
+        by one pass, the files committed."""
         with contextlib.ExitStack() as stack:
             scratch = stack.enter_context(ScratchFiles(out_dir / base))
             source = stack.enter_context(
                 open_source(image_path, scratch.scratch, limits, progress, stream=stream)
             )
+            read, tuning = source, None
+            if boot_tuning is not None:
+                read, tuning = tune_source(source, scratch.scratch, boot_tuning, image_path.name, progress)
             context = PublishContext(
                 name=base,
                 directory=out_dir,
@@ -403,7 +424,7 @@ def publish(
                     built.append(record.build(context))
                     context.building_unpublished = False
                     hidden.add(len(built) - 1)
-            run_pass(source, built, stage="publishing", progress=progress, level=level, concurrent=True)
+            run_pass(read, built, stage="publishing", progress=progress, level=level, concurrent=True)
             files: list[PublishedFile] = []
             outputs: list[AtomicOutput] = []
             finished: list[FinishedFile] = []
@@ -422,13 +443,13 @@ def publish(
             for output in outputs:
                 output.commit(sync_directory=output.target.parent != out_dir)
             write_file_atomically(out_dir / SUMS_FILE, sums, force=True)
-        return source.format, source.virtual_size, files
+        return source.format, source.virtual_size, files, tuning
 
     try:
-        source_format, virtual_size, files = attempt(stream=True)
+        source_format, virtual_size, files, tuning = attempt(stream=True)
     except NotRawError:
         # A compressed fixed VHD (its footer is at the very end): read it the spooled way.
-        source_format, virtual_size, files = attempt(stream=False)
+        source_format, virtual_size, files, tuning = attempt(stream=False)
     return PublishResult(
         source=str(image_path),
         source_format=source_format,
@@ -436,6 +457,7 @@ def publish(
         files=files,
         sums=str(out_dir / SUMS_FILE),
         seconds=time.monotonic() - started,
+        tuning=tuning,
     )
 
 

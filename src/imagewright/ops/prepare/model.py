@@ -14,6 +14,24 @@ MAX_NAMESERVERS = 3
 _MODULE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: What ``--datasource`` names (``operations/boot_tuning.py`` maps them to cloud-init's).
 BOOT_DATASOURCES = ("ec2", "nocloud", "configdrive", "opennebula")
+#: ``--datasource`` when the medium is not known (``publish``'s default): the media imagewright
+#: makes are found by their label when attached, else the metadata service (see boot_tuning.py).
+ANY_DATASOURCE = "nocloud,configdrive,ec2"
+
+
+def datasource_kinds(text: str) -> tuple[str, ...]:
+    """The kinds a ``--datasource`` value names, in order (``ec2`` or ``nocloud,ec2``)."""
+    kinds = tuple(part.strip().lower() for part in text.split(","))
+    for kind in kinds:
+        if kind not in BOOT_DATASOURCES:
+            raise InvalidArgumentError(
+                f"'{kind[:32]}' is not a datasource; use one of {', '.join(BOOT_DATASOURCES)} "
+                "(or several, separated by commas)."
+            )
+    if len(set(kinds)) != len(kinds):
+        raise InvalidArgumentError(f"--datasource names a datasource twice in '{text[:64]}'.")
+    return kinds
+
 
 #: Verbs of the human report, for changes made and for changes a dry run would make.
 VERBS: dict[str, tuple[str, str]] = {
@@ -44,7 +62,8 @@ class PrepareOptions:
     #: Tune the first boot (adds the ``boot-tuning`` operation).
     boot_tuning: bool = False
     #: The cloud-init datasource ``boot-tuning`` pins (``ec2``, ``nocloud``, ``configdrive``,
-    #: ``opennebula``); None leaves cloud-init's list alone.
+    #: ``opennebula``), or several in order (``nocloud,configdrive,ec2``: ``ANY_DATASOURCE``);
+    #: None leaves cloud-init's list alone.
     boot_datasource: str | None = None
 
     def validate(self) -> None:
@@ -58,11 +77,8 @@ class PrepareOptions:
             raise InvalidArgumentError(
                 f"resolv.conf uses at most {MAX_NAMESERVERS} name servers; {len(self.dns)} were given."
             )
-        if self.boot_datasource is not None and self.boot_datasource not in BOOT_DATASOURCES:
-            raise InvalidArgumentError(
-                f"'{self.boot_datasource[:32]}' is not a datasource; "
-                f"use one of {', '.join(BOOT_DATASOURCES)}."
-            )
+        if self.boot_datasource is not None:
+            datasource_kinds(self.boot_datasource)
         for module in self.modules:
             if not _MODULE_NAME.match(module):
                 raise InvalidArgumentError(f"'{module}' is not a kernel module name for --module.")

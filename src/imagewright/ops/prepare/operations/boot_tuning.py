@@ -17,7 +17,11 @@ only where its file exists, and said in the report:
 - cloud-init (``/etc/cloud`` exists): ``/etc/cloud/cloud.cfg.d/99_imagewright_datasource.cfg``
   pins ``datasource_list`` to the one datasource the image will see (``--datasource``:
   ``ec2`` for the metadata service, ``nocloud``, ``configdrive``, ``opennebula``) and
-  ``None`` (cloud-init's documented fallback); ``ec2`` also sets ``strict_id: false``
+  ``None`` (cloud-init's documented fallback) — or to several when the medium is not known
+  (``publish``'s default ``nocloud,configdrive,ec2``: ds-identify takes the datasources it
+  *found* — a ``cidata`` or ``config-2`` labelled medium — over those that *maybe* apply, Ec2
+  without an EC2 SMBIOS; cloud-init ``tools/ds-identify`` ``_main``, so an attached medium wins
+  and the metadata service is the fallback); ``ec2`` also sets ``strict_id: false``
   (cloud-init docs, "Datasources": Ec2 ``strict_id``), so a machine not named EC2 in SMBIOS
   still uses it. cloud-init and ds-identify read ``cloud.cfg.d/*.cfg`` in name order, the last
   ``datasource_list`` winning: the name sorts after ``build``'s ``99-imagewright.cfg`` ("_"
@@ -37,7 +41,7 @@ from __future__ import annotations
 import re
 
 from imagewright.ops.prepare.context import PrepareContext
-from imagewright.ops.prepare.model import BOOT_DATASOURCES
+from imagewright.ops.prepare.model import BOOT_DATASOURCES, datasource_kinds
 from imagewright.ops.prepare.operations.base import Operation
 
 GRUB_CONFIGS = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg")
@@ -115,13 +119,19 @@ def tuned_grub_defaults(text: str) -> str:
     return _set_variable(text, "GRUB_CMDLINE_LINUX", f'"{current}"')
 
 
-def datasource_config(kind: str) -> str:
-    name = DATASOURCES[kind]
+def datasource_names(kinds: str) -> list[str]:
+    """cloud-init's names of the ``--datasource`` value ``kinds`` (``nocloud,ec2``), in order."""
+    return [DATASOURCES[kind] for kind in datasource_kinds(kinds)]
+
+
+def datasource_config(kinds: str) -> str:
+    names = datasource_names(kinds)
+    what = "the one datasource" if len(names) == 1 else "the datasources"
     text = (
-        "# imagewright prepare --boot-tuning: the one datasource this image's instances see\n"
-        f"datasource_list: [ {name}, None ]\n"
+        f"# imagewright prepare --boot-tuning: {what} this image's instances see\n"
+        f"datasource_list: [ {', '.join(names)}, None ]\n"
     )
-    if name == "Ec2":
+    if "Ec2" in names:
         text += "datasource:\n  Ec2:\n    strict_id: false\n"
     return text
 
@@ -151,9 +161,8 @@ def run(ctx: PrepareContext) -> None:
             current = guest.read_text(DATASOURCE_CONF) if guest.is_file(DATASOURCE_CONF) else None
             if current != wanted:
                 ctx.mkdir("/etc/cloud/cloud.cfg.d")
-                ctx.write(
-                    DATASOURCE_CONF, wanted.encode(), detail=f"datasource_list [{DATASOURCES[kind]}, None]"
-                )
+                names = ", ".join(datasource_names(kind))
+                ctx.write(DATASOURCE_CONF, wanted.encode(), detail=f"datasource_list [{names}, None]")
     for unit in WAIT_ONLINE_UNITS:
         if any(guest.is_file(f"{directory}/{unit}") for directory in _UNIT_DIRECTORIES):
             ctx.mkdir(MASKED_DIRECTORY)

@@ -1,0 +1,163 @@
+"""What ``publish`` reads when it boot-tunes (issue 12: ``prepare --boot-tuning``, on by default
+in ``publish``): a raw scratch copy of the admitted source, tuned in place — the source itself
+is never written.
+
+The order, so that the gate judges the original before any tool touches it and the source
+is read once:
+
+1. ``open_source`` admits the source as ``convert`` does (a compressed raw disk is judged
+   as it decompresses);
+2. from the gate's report alone, before anything is copied: does the disk hold a
+   filesystem a Linux root can be on that a backend here edits? If not, the pass reads the
+   source as it is and the result says why the tuning was skipped;
+3. the guest bytes go once into a sparse raw scratch file next to the outputs: a reflink or
+   sparse copy of a raw source, qemu-img for the other formats, the decompressed stream of a
+   ``raw.gz`` (judged as it flows, exactly as the pass would have judged it);
+4. ``prepare``'s ``boot-tuning`` operation edits that file in place
+   (``ops.prepare.prepare_scratch``: debugfs, e2fsck before and after); a guest that turns
+   out not to be editable (no ``/etc``, a filesystem e2fsck finds errors in) is found out
+   before the first write, and is published untuned, with the reason;
+5. the pass reads the scratch file (raw) instead of the source.
+
+Why a raw copy and not a qcow2 overlay backed by the source: debugfs and e2fsck read and
+write raw bytes only, and the one way to show them an overlay as a file here is a FUSE export
+(``qemu-storage-daemon --export type=fuse``), whose mount, made inside the sandbox every
+program reading an image runs in (``programs/runner.py``: its own mount namespace), is not
+visible outside it. What the copy costs is measured by ``bench/publish_tuning_bench.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagewright.errors import GuestNotEditableError, as_clause
+from imagewright.guest.locate import why_not_editable
+from imagewright.guest.workcopy import copy_to_raw
+from imagewright.ops.convert import ImageSource, stream_raw
+from imagewright.ops.convert.output import OutputFile
+from imagewright.ops.convert.raw_stream import RawStream
+from imagewright.ops.convert.source import PreparedSource
+from imagewright.ops.prepare import OperationResult, PrepareOptions, prepare_scratch
+from imagewright.ops.prepare.model import ANY_DATASOURCE
+
+Progress = Callable[[str, int, int | None], None]
+#: The prepare operation publish applies.
+OPERATION = "boot-tuning"
+
+
+@dataclass(frozen=True)
+class BootTuning:
+    """How ``publish`` tunes the first boot: prepare's ``--datasource`` value (the kinds of
+    medium or metadata the published image's instances see)."""
+
+    datasource: str = ANY_DATASOURCE
+
+
+@dataclass
+class TuningReport:
+    """What the tuning did: the prepare operations applied, or why it was skipped."""
+
+    datasource: str
+    applied: bool
+    #: Why the tuning was skipped, or what an operation found worth saying.
+    note: str = ""
+    filesystem: str = ""
+    operations: list[OperationResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def change_count(self) -> int:
+        return sum(len(op.changes) for op in self.operations)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "datasource": self.datasource,
+            "applied": self.applied,
+            "note": self.note,
+            "filesystem": self.filesystem,
+            "changes": self.change_count,
+            "seconds": round(self.seconds, 3),
+            "operations": [op.to_dict() for op in self.operations],
+        }
+
+
+def tune_source(
+    source: ImageSource,
+    scratch: Callable[[str], Path],
+    tuning: BootTuning,
+    name: str,
+    progress: Progress | None = None,
+) -> tuple[ImageSource, TuningReport]:
+    """The source the pass reads and what the tuning did (see the module docstring).
+
+    ``source`` is what ``open_source`` gave (already admitted, or judged as it streams);
+    ``scratch`` names scratch files (removed with the publish's other scratch files).
+    Raises what ``prepare`` raises for a failure after the first write (nothing is published).
+    """
+    started = time.monotonic()
+    options = PrepareOptions(boot_tuning=True, boot_datasource=tuning.datasource)
+    options.validate()
+
+    def skipped(reason: str) -> TuningReport:
+        return TuningReport(tuning.datasource, applied=False, note=reason, seconds=time.monotonic() - started)
+
+    def copying(done: int, total: int | None) -> None:
+        if progress is not None:
+            progress("copying for boot-tuning", done, total)
+
+    raw = scratch("tuned.raw")
+    if isinstance(source, RawStream):
+        _decompress(source, raw, copying)
+        report = source.reports.inner
+        copied: PreparedSource = PreparedSource(raw, "raw", source.virtual_size, report)
+        reason = why_not_editable(report)
+        if reason is not None:
+            return copied, skipped(reason)
+    else:
+        assert isinstance(source, PreparedSource)
+        report = source.report
+        reason = why_not_editable(report)
+        if reason is not None:
+            return source, skipped(reason)
+        copy_to_raw(source.path, source.format, raw, source.virtual_size, copying)
+        copied = PreparedSource(raw, "raw", source.virtual_size, report, source.wrapper, source.notes)
+    try:
+        prepared = prepare_scratch(raw, report, name=name, operations=[OPERATION], options=options)
+    except GuestNotEditableError as err:
+        return copied, skipped(as_clause(err))
+    (result,) = prepared.operations
+    return copied, TuningReport(
+        tuning.datasource,
+        applied=True,
+        note=result.note,
+        filesystem=prepared.filesystem,
+        operations=prepared.operations,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _decompress(source: RawStream, raw: Path, progress: Callable[[int, int | None], None]) -> None:
+    """The guest bytes of a compressed raw disk into the sparse file ``raw``, judged as they
+    flow (a refusal raises before the last piece is written)."""
+    output = OutputFile(raw)
+
+    class _Sparse:
+        def write(self, offset: int, data: bytes | memoryview) -> None:
+            output.write_at(offset, data)
+
+        def zeros(self, offset: int, length: int) -> None:
+            """Zero runs stay holes."""
+
+    try:
+        stream_raw(source, _Sparse(), progress)
+    finally:
+        output.close()
+    os.truncate(raw, source.virtual_size)
+
+
+__all__ = ["BootTuning", "TuningReport", "tune_source"]
