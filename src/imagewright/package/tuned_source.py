@@ -10,7 +10,9 @@ is read once:
 2. from the gate's report alone, before anything is copied: does the disk hold a
    filesystem a Linux root can be on that a backend here edits? If not, the pass reads the
    source as it is and the result says why the tuning was skipped;
-3. the guest bytes go once into a sparse raw scratch file next to the outputs: a reflink or
+3. (a compressed raw disk is judged as it flows, so its report comes only at its end: its
+   head alone decides whether it is copied — no partition table and no filesystem there, no
+   copy); the guest bytes go once into a sparse raw scratch file next to the outputs: a reflink or
    sparse copy of a raw source, qemu-img for the other formats, the decompressed stream of a
    ``raw.gz`` (judged as it flows, exactly as the pass would have judged it);
 4. ``prepare``'s ``boot-tuning`` operation edits that file in place
@@ -35,7 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imagewright.errors import GuestNotEditableError, as_clause
+from imagewright.binary import PrefixSource
+from imagewright.disk.survey import survey_disk
+from imagewright.errors import GuestNotEditableError, ImageFormatError, as_clause
 from imagewright.guest.locate import why_not_editable
 from imagewright.guest.workcopy import copy_to_raw
 from imagewright.ops.convert import ImageSource, stream_raw
@@ -112,6 +116,8 @@ def tune_source(
 
     raw = scratch("tuned.raw")
     if isinstance(source, RawStream):
+        if _nothing_at_the_head(source):
+            return source, skipped("the image holds no partition table or filesystem imagewright recognises")
         _decompress(source, raw, copying)
         report = source.reports.inner
         copied: PreparedSource = PreparedSource(raw, "raw", source.virtual_size, report)
@@ -139,6 +145,19 @@ def tune_source(
         operations=prepared.operations,
         seconds=time.monotonic() - started,
     )
+
+
+def _nothing_at_the_head(source: RawStream) -> bool:
+    """Whether the head of a compressed raw disk (``RawStream.head``, its first 64 KiB, known
+    before the stream flows) shows neither a partition table nor a filesystem: then there is
+    nothing to tune, and no scratch copy is made. Anything else is decompressed and judged by
+    the full report, which names the filesystems the head does not reach."""
+    size = source.size if source.size_known else None
+    try:
+        survey = survey_disk(PrefixSource(source.head, size, len(source.head)))
+    except ImageFormatError:
+        return False  # a table the head alone cannot read: the full report decides
+    return survey.partition_table is None and survey.filesystem is None
 
 
 def _decompress(source: RawStream, raw: Path, progress: Callable[[int, int | None], None]) -> None:
