@@ -28,7 +28,9 @@ from typing import Any
 import pytest
 from tests.fixtures.registry import BIN, RegistryServer
 from tests.fixtures.tools import qemu_img, run
+from tests.guest.images import GuestImage
 from tests.package.helpers import MiB, publish_keys, publish_sources
+from tests.package.tuned_guests import TUNED, debian_shaped, output_as_raw, tuned_files
 
 from imagewright.metadata.imds import ec2_image_id
 
@@ -141,6 +143,28 @@ def test_registry_alone_uploads_a_qcow2_made_for_it_and_keeps_no_file(
     registry.openstack("image", "save", "--file", str(downloaded), upload["id"])
     assert md5(downloaded) == upload["checksum"]
     assert "Images are identical" in qemu_img("compare", "-f", "raw", "-F", "qcow2", raw, downloaded)
+    registry.openstack("image", "delete", upload["id"])
+
+
+def test_the_registry_gets_the_boot_tuned_guest_and_the_source_is_not_written(
+    registry: RegistryServer, tmp_path: Path
+) -> None:
+    """publish's default boot-tuning reaches the registry: the uploaded disk is the tuned one."""
+    debian = debian_shaped(tmp_path / "src")
+    before = hashlib.sha256(debian.qcow2.read_bytes()).hexdigest()
+    out = tmp_path / "out"
+    out.mkdir()
+    report = iw_json(
+        registry, "publish", debian.qcow2, "--to", "qcow2,registry", "-d", out, "--name", "tuned"
+    )
+    assert hashlib.sha256(debian.qcow2.read_bytes()).hexdigest() == before
+    assert report["tuning"]["applied"] is True and report["tuning"]["changes"] == len(TUNED)
+    (upload,) = report["registry"]
+    downloaded = tmp_path / "downloaded.qcow2"
+    registry.openstack("image", "save", "--file", str(downloaded), upload["id"])
+    assert md5(downloaded) == upload["checksum"] == md5(out / "tuned.qcow2")
+    raw = output_as_raw(downloaded, tmp_path)
+    assert tuned_files(GuestImage(raw, debian.root_offset)) == tuned_files(debian.reference)
     registry.openstack("image", "delete", upload["id"])
 
 
