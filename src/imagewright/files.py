@@ -438,10 +438,13 @@ def file_extents(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
         yield position, size - position, False
 
 
-def copy_sparse(source: Path, target: Path, progress: ByteProgress | None = None) -> None:
+def copy_sparse(
+    source: Path, target: Path, progress: ByteProgress | None = None, *, durable: bool = True
+) -> None:
     """Make ``target`` (created or emptied) a byte-identical copy of ``source``, holes kept.
 
-    A reflink when the filesystem can, else the data ranges only; flushed to disk at the end.
+    A reflink when the filesystem can, else the data ranges only; flushed to disk at the end
+    unless ``durable`` is False (a scratch copy read back at once and then thrown away).
     """
     try:
         with source.open("rb") as fin, target.open("wb") as fout:
@@ -452,7 +455,8 @@ def copy_sparse(source: Path, target: Path, progress: ByteProgress | None = None
                     if progress is not None:
                         progress(end, size)
                 fout.truncate(size)
-            os.fsync(fout.fileno())
+            if durable:
+                os.fsync(fout.fileno())
             if progress is not None:
                 progress(size, size)
     except OSError as err:

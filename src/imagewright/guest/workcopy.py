@@ -147,15 +147,28 @@ def _vmdk_plan(details: VmdkDetails, subformat: str | None) -> WriteBack:
 
 
 def copy_to_raw(
-    image: Path, fmt: str, raw: Path, virtual_size: int | None, progress: ProgressCallback | None = None
+    image: Path,
+    fmt: str,
+    raw: Path,
+    virtual_size: int | None,
+    progress: ProgressCallback | None = None,
+    *,
+    durable: bool = True,
 ) -> None:
     """Write the guest bytes of ``image`` (format ``fmt``, already judged safe) into the raw
-    file ``raw``, sparse: a reflink or sparse copy of a raw image, qemu-img for the others."""
+    file ``raw``, sparse: a reflink or sparse copy of a raw image, qemu-img for the others.
+    ``durable`` False: not flushed to disk (a scratch copy read back at once)."""
     if fmt == "raw":
-        copy_sparse(image, raw, progress)
+        copy_sparse(image, raw, progress, durable=durable)
         return
     qemu_img.convert(
-        image, fmt, raw, "raw", progress=progress, total_bytes=virtual_size if progress else None
+        image,
+        fmt,
+        raw,
+        "raw",
+        progress=progress,
+        total_bytes=virtual_size if progress else None,
+        durable=durable,
     )
 
 

@@ -130,7 +130,8 @@ def tune_source(
         reason = why_not_editable(report)
         if reason is not None:
             return source, skipped(reason)
-        copy_to_raw(source.path, source.format, raw, source.virtual_size, copying)
+        # Not flushed: the pass reads it back from the page cache, and it is thrown away after.
+        copy_to_raw(source.path, source.format, raw, source.virtual_size, copying, durable=False)
         copied = PreparedSource(raw, "raw", source.virtual_size, report, source.wrapper, source.notes)
     try:
         prepared = prepare_scratch(raw, report, name=name, operations=[OPERATION], options=options)

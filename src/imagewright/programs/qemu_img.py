@@ -238,8 +238,12 @@ def convert(
     compress: bool = False,
     progress: ProgressCallback | None = None,
     total_bytes: int | None = None,
+    durable: bool = True,
 ) -> None:
     """``qemu-img convert -f SRC_FMT -O DST_FMT [-o OPTIONS] [-c] SRC DST`` with progress.
+
+    ``durable`` False: ``-t unsafe``, the output's flushes ignored (qemu-img(1), cache modes) —
+    for a scratch file read back at once and thrown away, which need not wait for the disk.
 
     ``progress(done, total)`` is called as qemu-img reports percentages; ``total_bytes``
     (the virtual size, when the caller knows it) turns them into bytes. The output is
@@ -253,6 +257,8 @@ def convert(
         argv += ["-o", format_options(options)]
     if compress:
         argv.append("-c")
+    if not durable:
+        argv += ["-t", "unsafe"]
     if progress is not None:
         argv.append("-p")
     target = image_path(dst)
