@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from imagewright.ops.convert import ImageSource, stream_raw
 from imagewright.ops.convert.output import OutputFile
 from imagewright.ops.convert.raw_stream import RawStream
 from imagewright.ops.convert.source import PreparedSource
-from imagewright.ops.prepare import OperationResult, PrepareOptions, prepare_scratch
+from imagewright.ops.prepare import OperationResult, PrepareOptions, PrepareReport, prepare_scratch
 from imagewright.ops.prepare.model import ANY_DATASOURCE
 
 Progress = Callable[[str, int, int | None], None]
@@ -64,19 +64,31 @@ class BootTuning:
 
 @dataclass
 class TuningReport:
-    """What the tuning did: the prepare operations applied, or why it was skipped."""
+    """What the tuning did: prepare's report of the operations applied, or why it was skipped."""
 
     datasource: str
-    applied: bool
-    #: Why the tuning was skipped, or what an operation found worth saying.
+    #: prepare's report (on the scratch copy); None when the tuning was skipped.
+    prepared: PrepareReport | None
+    #: Why the tuning was skipped, or what the operation found worth saying.
     note: str = ""
-    filesystem: str = ""
-    operations: list[OperationResult] = field(default_factory=list)
+    #: The whole tuning: the scratch copy and the edits.
     seconds: float = 0.0
 
     @property
+    def applied(self) -> bool:
+        return self.prepared is not None
+
+    @property
+    def filesystem(self) -> str:
+        return self.prepared.filesystem if self.prepared is not None else ""
+
+    @property
+    def operations(self) -> list[OperationResult]:
+        return self.prepared.operations if self.prepared is not None else []
+
+    @property
     def change_count(self) -> int:
-        return sum(len(op.changes) for op in self.operations)
+        return self.prepared.change_count if self.prepared is not None else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,7 +120,7 @@ def tune_source(
     options.validate()
 
     def skipped(reason: str) -> TuningReport:
-        return TuningReport(tuning.datasource, applied=False, note=reason, seconds=time.monotonic() - started)
+        return TuningReport(tuning.datasource, None, note=reason, seconds=time.monotonic() - started)
 
     def copying(done: int, total: int | None) -> None:
         if progress is not None:
@@ -139,12 +151,7 @@ def tune_source(
         return copied, skipped(as_clause(err))
     (result,) = prepared.operations
     return copied, TuningReport(
-        tuning.datasource,
-        applied=True,
-        note=result.note,
-        filesystem=prepared.filesystem,
-        operations=prepared.operations,
-        seconds=time.monotonic() - started,
+        tuning.datasource, prepared, note=result.note, seconds=time.monotonic() - started
     )
 
 
