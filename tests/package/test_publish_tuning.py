@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import Result
-from tests.fixtures.tools import run
+from tests.fixtures.tools import run, sfdisk, sparse_file
 from tests.guest.images import GuestImage, flat_ext4, write
 from tests.package.helpers import MiB, make_disk, sha256_file
 from tests.package.tuned_guests import TUNED, DebianShaped, debian_shaped, output_as_raw, tuned_files
@@ -144,6 +144,16 @@ def test_a_source_without_a_linux_root_is_published_as_it_is_with_the_reason(
         "operations": [],
     }
     assert len([argv for argv in log.argvs if "qemu-img" in argv[0]]) == 1  # the pass only
+
+    # A FAT partition only (a data disk, an ESP alone): no Linux filesystem, nothing copied.
+    fat = tmp_path / "fat.raw"
+    sparse_file(fat, 40 * MiB)
+    sfdisk(fat, "label: dos\nstart=2048, type=c\n")
+    run("mkfs.vfat", "--offset", "2048", fat, str((40 * MiB - MiB) // 1024))
+    with record_invocations() as log:
+        report = publish_json(run_cli, fat, "--to", "qcow2", "-d", out)
+    assert report["tuning"]["note"] == "the image holds no Linux filesystem (only vfat)"  # type: ignore[index]
+    assert not [argv for argv in log.argvs if Path(argv[0]).name in ("debugfs", "e2fsck", "dumpe2fs")]
 
     # An ext4 filesystem that is not a root (no /etc): found out on the copy, before any write.
     tree = tmp_path / "data"
