@@ -11,6 +11,8 @@ behind qemu-img), cut into 64 KiB grains (``grains``), each deflated once in par
 - ``bundle``       an EC2 image bundle as euca2ools writes it (tar, SHA-1, gzip, AES-128-CBC,
                    parts, ``bundle_manifest``);
 - ``publish``      every output of one image from one read (qcow2, raw.gz, ova, bundle ...).
+- ``tuned_source`` what ``publish`` reads when it boot-tunes (its default): a raw scratch copy of
+                   the admitted source, edited by prepare's ``boot-tuning``; the source is never written.
 
 How a package is read back: ``ova_verify`` (member order, digests, signature, certificate
 chain, descriptor against members, the disk through the gate; and the one-pass extraction
