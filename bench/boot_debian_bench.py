@@ -153,8 +153,21 @@ def debian_seed_by_hand(workdir: Path) -> Path:
     return seed_by_hand(workdir, user_data, "i-0000000000bench02")
 
 
-def boot_by_hand(disk: Path, iso: Path, console: Path) -> float:
-    """Start QEMU as a person would and time it to the login prompt."""
+#: Console lines that mark a boot's phases: GRUB starts the menu entry (then reads the kernel
+#: and initrd through the BIOS), the kernel's first line, the initramfs's /init, systemd.
+PHASE_MARKERS = {
+    "grub entry": b"Booting `",
+    "kernel": b"Linux version",
+    "initramfs /init": b"Run /init as init process",
+    "systemd": b"systemd[1]: systemd ",
+    "cloud-init local": b"running 'init-local'",
+    "cloud-init init": b"running 'init' at",
+}
+
+
+def boot_by_hand(disk: Path, iso: Path, console: Path, phases: dict[str, float]) -> float:
+    """Start QEMU as a person would and time it to the login prompt; when each of
+    ``PHASE_MARKERS`` first showed goes into ``phases``."""
     argv = [
         "qemu-system-x86_64", "-nodefaults", "-machine", "pc", "-accel", "tcg", "-m", "512",
         "-display", "none", "-serial", "stdio",
@@ -172,6 +185,9 @@ def boot_by_hand(disk: Path, iso: Path, console: Path) -> float:
                 if not chunk:
                     break
                 seen += chunk
+                for name, marker in PHASE_MARKERS.items():
+                    if name not in phases and marker in seen[-len(chunk) - len(marker) :]:
+                        phases[name] = round(time.perf_counter() - started, 1)
                 if LOGIN_PROMPT.search(seen[-4096:]):
                     return time.perf_counter() - started
             raise SystemExit("the hand-started guest never showed a login prompt")
@@ -202,10 +218,11 @@ def main() -> None:
         try:
             for round_number in range(ROUNDS):
                 load, cpu = os.getloadavg()[0], cpu_seconds()
-                theirs.append(boot_by_hand(theirs_disk, iso, workdir / f"by-hand-{round_number}.log"))
+                phases: dict[str, float] = {}
+                theirs.append(boot_by_hand(theirs_disk, iso, workdir / f"by-hand-{round_number}.log", phases))
                 loads.append(
                     {"side": "theirs", "seconds": round(theirs[-1], 1), "load1": load,
-                     "cpu_seconds": round(cpu_seconds() - cpu, 1)}
+                     "cpu_seconds": round(cpu_seconds() - cpu, 1), "phases": phases}
                 )  # fmt: skip
                 load, cpu = os.getloadavg()[0], cpu_seconds()
                 started = time.perf_counter()
