@@ -33,7 +33,7 @@ BOOKWORM = parse_release("debian:bookworm")
 EXPECTED = (
     "virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ata_piix", "ahci", "ata_generic",
     "nvme", "xen-blkfront", "hv_storvsc", "hv_vmbus", "vmw_pvscsi", "mptspi", "mptsas",
-    "sym53c8xx", "ext4", "jbd2", "crc32c_generic",
+    "sym53c8xx", "sr_mod", "cdrom", "ext4", "jbd2", "crc32c_generic",
 )  # fmt: skip
 #: MODULES=most would add these; a cloud machine boots without them.
 NOT_EXPECTED = ("usb-storage", "e1000e", "btrfs", "xfs", "nouveau", "uas", "mmc_block", "firewire-ohci")

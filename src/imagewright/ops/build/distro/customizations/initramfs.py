@@ -22,7 +22,11 @@ reads them, so a kernel installed later gets the same initrd):
   ``/etc/initramfs-tools/modules``: every module listed there is also force-loaded at boot
   (``load_modules`` in scripts/functions), drivers for absent hardware included; added by a
   hook, udev in the initramfs loads the one the instance's hardware asks for (its modalias),
-  as under ``MODULES=most``.
+  as under ``MODULES=most``. The CD-ROM driver is among them although no root is on a CD:
+  cloud-init's ``ds-identify`` runs as a systemd generator, before the real root's udev has
+  loaded anything, and finds a context medium only among the block devices the initramfs
+  made — without ``sr_mod`` there a NoCloud seed on a CD-ROM was not seen, and with
+  more than one datasource in its list cloud-init disabled itself for the boot.
 
 Both are written in mmdebstrap's essential hook, before the kernel package is configured, so
 its postinst builds this initrd at once (no second ``update-initramfs`` run). Measured for
@@ -48,6 +52,7 @@ CLOUD_DISK_DRIVERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Xen (AWS Xen instances, XenServer)", ("xen_blkfront",)),
     ("Hyper-V and Azure", ("hv_storvsc",)),
     ("VMware SCSI and QEMU's LSI controllers", ("vmw_pvscsi", "mptspi", "mptsas", "sym53c8xx")),
+    ("CD-ROMs: a context medium (NoCloud, config drive, OpenNebula) seen by ds-identify", ("sr_mod",)),
 )
 #: The root filesystem build makes (ops/build: mke2fs -t ext4).
 ROOT_FILESYSTEM_MODULES = ("ext4",)
