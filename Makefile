@@ -11,7 +11,7 @@ APT_PACKAGES := qemu-utils qemu-system-x86 qemu-system-data seabios ipxe-qemu \
 	grub-pc-bin grub-common genisoimage xorriso busybox-static cpio kmod gawk mawk \
 	zstd xz-utils bzip2 gzip file shellcheck openssh-client dropbear-bin dash \
 	ntfs-3g cryptsetup-bin squashfs-tools syslinux-common binutils curl jq \
-	libguestfs-tools linux-image-amd64 cloud-guest-utils strace bubblewrap \
+	libguestfs-tools linux-image-amd64 initramfs-tools cloud-guest-utils strace bubblewrap \
 	swift swift-proxy swift-account swift-container swift-object \
 	postgresql valgrind wrk nginx ovmf grub-efi-amd64-bin sbsigntool systemd-boot-efi \
 	virt-v2v nbdkit libnbd-bin mmdebstrap openssl rpm debian-archive-keyring debootstrap db5.3-util gpg

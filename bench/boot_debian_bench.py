@@ -11,9 +11,12 @@ boot that same disk, copied:
   Timed: verify's own "console" check (launch to the login prompt), and verify end to end.
 - theirs, by hand: the copy set back to the settings a disk built by hand has — GRUB's default
   menu timeout (Debian's ``GRUB_TIMEOUT=5``), cloud-init's packaged datasource list (build's
-  ``99-imagewright.cfg`` removed) and systemd's default wait-online (build's 30 s drop-in
-  removed) — edited with ``debugfs -w`` on a raw copy, NOT rebuilt by hand with debootstrap
-  (bench/build measures that); a NoCloud seed made with genisoimage (``-V cidata``, meta-data,
+  ``99-imagewright.cfg`` removed), systemd's default wait-online (build's 30 s drop-in
+  removed) and initramfs-tools' default initrd (``MODULES=most``: build's initramfs
+  customisation removed from the same root filesystem, ``mkinitramfs`` run inside it with
+  ``chroot``, as the kernel package's postinst makes it in a tree built by hand) — edited with
+  ``debugfs -w`` on a raw copy, NOT rebuilt by hand with debootstrap (bench/build measures
+  that); a NoCloud seed made with genisoimage (``-V cidata``, meta-data,
   a user-data script and a cloud-config with an SSH key); ``qemu-system-x86_64`` started by hand
   (SeaBIOS, virtio disk with ``snapshot=on``, the seed on IDE, user networking, serial on
   stdout), timed until the serial console shows ``login:``, then killed.
@@ -39,8 +42,9 @@ from tests.fixtures.debian_guest import RELEASE, SOURCE_DATE_EPOCH
 from tests.fixtures.metadata_service import start_stack
 
 from bench.boot_bench import seed_by_hand
-from bench.common import Comparison, report, run
+from bench.common import Comparison, cpu_seconds, report, run
 from imagewright.ops.build.distro import build_distribution
+from imagewright.ops.build.distro.customizations import initramfs
 from imagewright.ops.build.distro.release import parse_release
 from imagewright.ops.build.distro.sources import host_mirror
 from imagewright.ops.prepare import PrepareOptions, prepare
@@ -50,20 +54,47 @@ LOGIN_TIMEOUT = 900.0
 LOGIN_PROMPT = re.compile(rb"(?m)\blogin: *\r?$")
 DEBIAN_GRUB_TIMEOUT = 5
 #: What build adds that a disk built by hand does not have (removed from theirs).
+INITRAMFS_FILES = (initramfs.CONF_FILE, initramfs.HOOK_FILE)
 BUILD_ONLY_FILES = (
     "/etc/cloud/cloud.cfg.d/99-imagewright.cfg",
     "/etc/systemd/system/systemd-networkd-wait-online.service.d/50-imagewright.conf",
+    *INITRAMFS_FILES,
 )
 
 
-def make_disk(workdir: Path) -> tuple[Path, str]:
+def make_disk(workdir: Path) -> tuple[Path, Path, str]:
+    """The built disk, the root filesystem tarball it was made from, and the cache's answer."""
     mirror = host_mirror(parse_release(RELEASE))
     disk = workdir / "debian.qcow2"
+    rootfs = workdir / "rootfs.tar"
     built = build_distribution(
         RELEASE, disk, context="cloud-init", kernel="generic", mirror=mirror,
-        source_date_epoch=SOURCE_DATE_EPOCH, size=2 << 30, force=True,
+        source_date_epoch=SOURCE_DATE_EPOCH, size=2 << 30, force=True, keep_rootfs=rootfs,
     )  # fmt: skip
-    return disk, built.rootfs_cache
+    return disk, rootfs, built.rootfs_cache
+
+
+def default_initrd(rootfs: Path, workdir: Path) -> tuple[Path, str]:
+    """The initrd initramfs-tools' defaults make from this root filesystem, and its kernel version.
+
+    build's initramfs customisation (``MODULES=list`` and its hook) is taken out of an unpacked
+    copy and the tree's own ``mkinitramfs`` runs inside it (``chroot``; in a user namespace
+    for a user who is not root), as the kernel package's postinst does in a tree built by hand.
+    """
+    tree = workdir / "rootfs"
+    tree.mkdir()
+    run(["tar", "-xf", rootfs, "-C", tree])
+    for path in INITRAMFS_FILES:
+        (tree / path.lstrip("/")).unlink()
+    versions = sorted(p.name.removeprefix("vmlinuz-") for p in (tree / "boot").glob("vmlinuz-*"))
+    if len(versions) != 1:
+        raise SystemExit(f"expected one kernel in the root filesystem, found {versions}")
+    chroot = ["chroot"] if os.geteuid() == 0 else ["unshare", "--map-root-user", "chroot"]
+    run([*chroot, tree, "mkinitramfs", "-o", "/tmp/initrd.default", versions[0]])
+    initrd = workdir / "initrd.default"
+    os.replace(tree / "tmp/initrd.default", initrd)
+    shutil.rmtree(tree)
+    return initrd, versions[0]
 
 
 def root_offset(raw: Path) -> int:
@@ -72,11 +103,22 @@ def root_offset(raw: Path) -> int:
     return int(root["start"]) * 512
 
 
-def disk_by_hand(built: Path, workdir: Path) -> Path:
-    """The built disk with a hand-built disk's defaults (module docstring), as raw."""
+def file_bytes(device: str, path: str) -> int:
+    found = re.search(rb"Size: (\d+)", run(["debugfs", "-R", f"stat {path}", device]).stdout)
+    if found is None:
+        raise SystemExit(f"debugfs gives no size for {path}")
+    return int(found.group(1))
+
+
+def disk_by_hand(built: Path, rootfs: Path, workdir: Path) -> tuple[Path, dict[str, int]]:
+    """The built disk with a hand-built disk's defaults (module docstring), as raw; the bytes of
+    both sides' initrds."""
+    initrd, version = default_initrd(rootfs, workdir)
     raw = workdir / "by-hand.raw"
     run(["qemu-img", "convert", "-O", "raw", built, raw])
     device = f"{raw}?offset={root_offset(raw)}"
+    initrd_path = f"/boot/initrd.img-{version}"
+    sizes = {"ours": file_bytes(device, initrd_path)}
     grub_cfg = run(["debugfs", "-R", "cat /boot/grub/grub.cfg", device]).stdout.decode()
     defaults, count = re.subn(
         r"(?m)^(\s*set\s+timeout\s*=\s*)\d+\s*$", rf"\g<1>{DEBIAN_GRUB_TIMEOUT}", grub_cfg
@@ -86,6 +128,7 @@ def disk_by_hand(built: Path, workdir: Path) -> Path:
     local = workdir / "grub.cfg"
     local.write_text(defaults)
     requests = ["rm /boot/grub/grub.cfg", f"write {local} /boot/grub/grub.cfg"]
+    requests += [f"rm {initrd_path}", f"write {initrd} {initrd_path}"]
     requests += [f"rm {path}" for path in BUILD_ONLY_FILES]
     script = workdir / "debugfs.cmds"
     script.write_text("\n".join(requests) + "\n")
@@ -94,7 +137,10 @@ def disk_by_hand(built: Path, workdir: Path) -> Path:
         listed = subprocess.run(["debugfs", "-R", f"stat {path}", device], capture_output=True, check=False)
         if b"File not found" not in listed.stderr:
             raise SystemExit(f"{path} is still in the disk by hand")
-    return raw
+    sizes["theirs"] = file_bytes(device, initrd_path)
+    if sizes["theirs"] != initrd.stat().st_size:
+        raise SystemExit("the default initrd was not written whole into the disk by hand")
+    return raw, sizes
 
 
 def debian_seed_by_hand(workdir: Path) -> Path:
@@ -107,8 +153,21 @@ def debian_seed_by_hand(workdir: Path) -> Path:
     return seed_by_hand(workdir, user_data, "i-0000000000bench02")
 
 
-def boot_by_hand(disk: Path, iso: Path, console: Path) -> float:
-    """Start QEMU as a person would and time it to the login prompt."""
+#: Console lines that mark a boot's phases: GRUB starts the menu entry (then reads the kernel
+#: and initrd through the BIOS), the kernel's first line, the initramfs's /init, systemd.
+PHASE_MARKERS = {
+    "grub entry": b"Booting `",
+    "kernel": b"Linux version",
+    "initramfs /init": b"Run /init as init process",
+    "systemd": b"systemd[1]: systemd ",
+    "cloud-init local": b"running 'init-local'",
+    "cloud-init init": b"running 'init' at",
+}
+
+
+def boot_by_hand(disk: Path, iso: Path, console: Path, phases: dict[str, float]) -> float:
+    """Start QEMU as a person would and time it to the login prompt; when each of
+    ``PHASE_MARKERS`` first showed goes into ``phases``."""
     argv = [
         "qemu-system-x86_64", "-nodefaults", "-machine", "pc", "-accel", "tcg", "-m", "512",
         "-display", "none", "-serial", "stdio",
@@ -126,6 +185,9 @@ def boot_by_hand(disk: Path, iso: Path, console: Path) -> float:
                 if not chunk:
                     break
                 seen += chunk
+                for name, marker in PHASE_MARKERS.items():
+                    if name not in phases and marker in seen[-len(chunk) - len(marker) :]:
+                        phases[name] = round(time.perf_counter() - started, 1)
                 if LOGIN_PROMPT.search(seen[-4096:]):
                     return time.perf_counter() - started
             raise SystemExit("the hand-started guest never showed a login prompt")
@@ -137,7 +199,7 @@ def boot_by_hand(disk: Path, iso: Path, console: Path) -> float:
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="iw-bench-boot-debian-") as tmp:
         workdir = Path(tmp)
-        built, rootfs_cache = make_disk(workdir)
+        built, rootfs, rootfs_cache = make_disk(workdir)
         ours_disk = workdir / "ours.qcow2"
         shutil.copyfile(built, ours_disk)
         tuned = prepare(ours_disk, options=PrepareOptions(boot_tuning=True, boot_datasource="nocloud"))
@@ -145,7 +207,8 @@ def main() -> None:
             f"{change.path} ({change.detail})" if change.detail else change.path
             for op in tuned.operations if op.name == "boot-tuning" for change in op.changes
         ]  # fmt: skip
-        theirs_disk = disk_by_hand(built, workdir)
+        theirs_disk, initrd_sizes = disk_by_hand(built, rootfs, workdir)
+        rootfs.unlink()
         iso = debian_seed_by_hand(workdir)
         stack = start_stack(workdir / "data")
         ours_login: list[float] = []
@@ -154,16 +217,21 @@ def main() -> None:
         loads: list[dict[str, object]] = []
         try:
             for round_number in range(ROUNDS):
-                load = os.getloadavg()[0]
-                theirs.append(boot_by_hand(theirs_disk, iso, workdir / f"by-hand-{round_number}.log"))
-                loads.append({"side": "theirs", "seconds": round(theirs[-1], 1), "load1": load})
-                load = os.getloadavg()[0]
+                load, cpu = os.getloadavg()[0], cpu_seconds()
+                phases: dict[str, float] = {}
+                theirs.append(boot_by_hand(theirs_disk, iso, workdir / f"by-hand-{round_number}.log", phases))
+                loads.append(
+                    {"side": "theirs", "seconds": round(theirs[-1], 1), "load1": load,
+                     "cpu_seconds": round(cpu_seconds() - cpu, 1), "phases": phases}
+                )  # fmt: skip
+                load, cpu = os.getloadavg()[0], cpu_seconds()
                 started = time.perf_counter()
                 result = stack.server.imagewright(
                     "verify", str(ours_disk), "--context", "nocloud", "--timeout", str(LOGIN_TIMEOUT),
                     "--json", check=False, timeout=LOGIN_TIMEOUT + 300,
                 )  # fmt: skip
                 ours_total.append(time.perf_counter() - started)
+                ours_cpu = cpu_seconds() - cpu
                 verified = json.loads(result.stdout)
                 if not verified["ok"]:
                     raise SystemExit(f"verify failed:\n{result.stdout}")
@@ -171,7 +239,7 @@ def main() -> None:
                 ours_login.append(checks["console"])
                 loads.append(
                     {"side": "ours", "seconds": round(ours_login[-1], 1), "total": round(ours_total[-1], 1),
-                     "load1": load, "checks": checks}
+                     "load1": load, "cpu_seconds_whole_verify": round(ours_cpu, 1), "checks": checks}
                 )  # fmt: skip
         finally:
             stack.server.stop()
@@ -187,7 +255,12 @@ def main() -> None:
                     "image": "debian:bookworm minbase + cloud-init, openssh-server, linux-image-amd64; "
                     "2 GiB hybrid GPT qcow2 (build --from, rootfs cache " + rootfs_cache + ")",
                     "theirs_disk": "the same build set back to GRUB timeout 5, cloud-init's packaged "
-                    "datasource list, systemd's default wait-online (debugfs -w); NoCloud seed: genisoimage",
+                    "datasource list, systemd's default wait-online and initramfs-tools' default initrd "
+                    "(MODULES=most, mkinitramfs in the same root filesystem; debugfs -w); NoCloud seed: "
+                    "genisoimage",
+                    "initrd_bytes": initrd_sizes,
+                    "cpu_seconds": "theirs: QEMU to the login prompt; ours: the whole verify (QEMU to "
+                    "the login prompt, SSH login, ACPI stop, checks)",
                     "boot_tuning": tuning,
                     "rounds": ROUNDS,
                     "verify_end_to_end_seconds_median": round(statistics.median(ours_total), 1),

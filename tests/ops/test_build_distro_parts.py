@@ -3,6 +3,7 @@ command line and its status lines, recipes, the customisation scripts and the ke
 
 from __future__ import annotations
 
+import configparser
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from tests.conftest import require_program
 
 from imagewright.errors import InvalidArgumentError
 from imagewright.ops.build.distro.customizations import BY_NAME, CUSTOMIZATIONS, TargetScript
-from imagewright.ops.build.distro.customizations.boot_loader import grub_defaults
+from imagewright.ops.build.distro.customizations.boot_loader import DEVICE_UNIT_TEXT, grub_defaults
 from imagewright.ops.build.distro.plan import DistroPlan
 from imagewright.ops.build.distro.recipe import load_recipe
 from imagewright.ops.build.distro.release import is_release_spec, parse_release
@@ -326,3 +327,13 @@ def test_kernel_hook_writes_build_s_menu_for_the_newest_kernel(tmp_path: Path, s
     # The same menu, line for line, but for the first (comment) line.
     assert written.splitlines()[1:] == expected.splitlines()[1:]
     assert not list((boot / "grub").glob("*.imagewright-new"))
+
+
+def test_the_first_boot_grub_unit_runs_in_the_idle_classes() -> None:
+    """It is bookkeeping: on a one-vCPU instance it must not take CPU from cloud-init's stages."""
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read_string(DEVICE_UNIT_TEXT)
+    assert unit["Service"]["CPUSchedulingPolicy"] == "idle"
+    assert unit["Service"]["IOSchedulingClass"] == "idle"
+    assert unit["Service"]["Type"] == "oneshot" and unit["Install"]["WantedBy"] == "multi-user.target"

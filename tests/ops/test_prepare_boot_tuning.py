@@ -118,6 +118,7 @@ def test_prepare_boot_tuning_edits_grub_cloud_init_and_masks_wait_online(tmp_pat
         "/boot/grub/grub.cfg": "edit",
         "/etc/default/grub": "edit",
         "/etc/cloud/cloud.cfg.d/99_imagewright_datasource.cfg": "write",
+        "/etc/cloud/cloud.cfg.d/99_imagewright_ssh_keys.cfg": "write",
         "/etc/systemd/system": "mkdir",
         "/etc/systemd/system/systemd-networkd-wait-online.service": "link",
     }
@@ -136,7 +137,14 @@ def test_prepare_boot_tuning_edits_grub_cloud_init_and_masks_wait_online(tmp_pat
     # glob), the last datasource_list winning: the pin is the last file
     listed = debugfs(image, "ls -p /etc/cloud/cloud.cfg.d")
     names = sorted(line.split("/")[5] for line in listed.splitlines() if line.count("/") >= 6)
-    assert [n for n in names if n.endswith(".cfg")][-1] == "99_imagewright_datasource.cfg", names
+    setting = [
+        n
+        for n in names
+        if n.endswith(".cfg") and "datasource_list" in cat(image, f"/etc/cloud/cloud.cfg.d/{n}").decode()
+    ]
+    assert setting[-1] == "99_imagewright_datasource.cfg", names
+    keys = yaml.safe_load(cat(image, "/etc/cloud/cloud.cfg.d/99_imagewright_ssh_keys.cfg"))
+    assert keys == {"ssh_genkeytypes": ["rsa", "ecdsa", "ed25519"]}
     assert 'Fast link dest: "/dev/null"' in debugfs(
         image, "stat /etc/systemd/system/systemd-networkd-wait-online.service"
     )
@@ -156,3 +164,38 @@ def test_boot_tuning_needs_its_option_and_a_known_datasource(tmp_path: Path) -> 
     (result,) = report.operations
     assert result.note == "cloud-init datasources left as they are (no --datasource)"
     assert "/etc/cloud/cloud.cfg.d/99_imagewright_datasource.cfg" not in {c.path for c in result.changes}
+
+
+@pytest.mark.parametrize(
+    ("path", "text", "note"),
+    [
+        ("etc/ssh/sshd_config", "Port 22\nHostKey /etc/ssh/ssh_host_dsa_key\n", "sshd uses a DSA host key"),
+        (
+            "etc/ssh/sshd_config.d/10-old.conf",
+            "  hostkey /etc/ssh/ssh_host_dsa_key\n",
+            "sshd uses a DSA host key",
+        ),
+        ("etc/cloud/cloud.cfg", "ssh_genkeytypes: [rsa, dsa]\n", "its configuration sets ssh_genkeytypes"),
+    ],
+)
+def test_cloud_init_key_types_are_left_to_an_image_that_asks_for_them(
+    tmp_path: Path, path: str, text: str, note: str
+) -> None:
+    root = tmp_path / "tree"
+    write(root, "etc/os-release", 'ID=debian\nVERSION_ID="12"\n')
+    write(root, "etc/cloud/cloud.cfg.d/05_logging.cfg", "# cloud-init's own\n")
+    # a commented DSA key and an ECDSA key are not a DSA host key
+    write(
+        root,
+        "etc/ssh/sshd_config",
+        "#HostKey /etc/ssh/ssh_host_dsa_key\nHostKey /etc/ssh/ssh_host_ecdsa_key\n",
+    )
+    write(root, path, text)
+    image = flat_ext4(root, tmp_path / "guest.raw")
+
+    report = prepare(image.path, operations=["boot-tuning"], options=PrepareOptions(boot_tuning=True))
+
+    (result,) = report.operations
+    assert "/etc/cloud/cloud.cfg.d/99_imagewright_ssh_keys.cfg" not in {c.path for c in result.changes}
+    assert f"cloud-init's SSH key types left alone ({note})" in (result.note or "")
+    assert "99_imagewright_ssh_keys.cfg" not in debugfs(image, "ls /etc/cloud/cloud.cfg.d")

@@ -27,13 +27,27 @@ only where its file exists, and said in the report:
   ``datasource_list`` winning: the name sorts after ``build``'s ``99-imagewright.cfg`` ("_"
   after "-") and the package's ``90_dpkg.cfg`` (a ``90_…`` name lost to build's list, and the
   pin did nothing on a built image);
+- cloud-init (``/etc/cloud`` exists) whose SSH server does not use DSA host keys:
+  ``/etc/cloud/cloud.cfg.d/99_imagewright_ssh_keys.cfg`` sets ``ssh_genkeytypes`` to
+  ``[rsa, ecdsa, ed25519]``. cloud-init 22.4's default list also makes a DSA key
+  (``cc_ssh.GENERATE_KEY_NAMES``), in its init stage, which the login prompt waits for
+  (cloud-init.service is ordered before sysinit.target); OpenSSH's sshd has not loaded a DSA
+  host key by default since 7.0 (sshd_config(5), HostKey), so that key is made and never
+  used. Left alone when ``/etc/ssh/sshd_config`` (or a ``sshd_config.d/*.conf``) names a DSA
+  ``HostKey``, or when any cloud-init configuration already sets ``ssh_genkeytypes``;
 - ``systemd-networkd-wait-online.service`` and ``NetworkManager-wait-online.service``, where
   installed, are masked (a link to ``/dev/null`` in ``/etc/systemd/system``): an instance's
   network is up by DHCP or not at all, and nothing on a cloud image should wait for it.
 
-Not done: cloud-init's growpart/resizefs stay (they only look when the root is already grown,
-well under a second); GRUB's ``recordfail`` timeout after an unclean shutdown is Ubuntu's and
-left alone.
+Looked at and not done (Debian 12 + cloud-init under TCG, ``systemd-analyze critical-chain``
+of the serial getty: cloud-init-local.service -> cloud-init.service -> sysinit.target ->
+systemd-user-sessions -> getty): ``quiet`` on the kernel line (the serial console log is what
+a cloud shows its users; not measured); masking ``e2scrub_reap.service`` (not on the chain,
+and it already runs in the idle CPU class); dropping the RSA host key, whose generation is
+most of cloud-init's ``ssh`` module time, or moving it off the chain (clients still expect
+one, and sshd would wait for it anyway). cloud-init's growpart/resizefs stay (they only look
+when the root is already grown, well under a second); GRUB's ``recordfail`` timeout after an
+unclean shutdown is Ubuntu's and left alone.
 """
 
 from __future__ import annotations
@@ -48,6 +62,16 @@ GRUB_CONFIGS = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg")
 GRUB_DEFAULTS = "/etc/default/grub"
 CLOUD_DIR = "/etc/cloud"
 DATASOURCE_CONF = "/etc/cloud/cloud.cfg.d/99_imagewright_datasource.cfg"
+CLOUD_CONFIG_DIR = "/etc/cloud/cloud.cfg.d"
+SSH_KEYS_CONF = "/etc/cloud/cloud.cfg.d/99_imagewright_ssh_keys.cfg"
+SSH_KEY_TYPES = ("rsa", "ecdsa", "ed25519")
+SSH_KEYS_TEXT = (
+    "# imagewright prepare --boot-tuning: the host key types sshd uses (no DSA: sshd has not\n"
+    "# loaded a DSA host key by default since OpenSSH 7.0)\n"
+    f"ssh_genkeytypes: [ {', '.join(SSH_KEY_TYPES)} ]\n"
+)
+SSHD_CONFIGS = ("/etc/ssh/sshd_config",)
+SSHD_CONFIG_DIR = "/etc/ssh/sshd_config.d"
 #: ``--datasource`` -> cloud-init's datasource name.
 DATASOURCES = dict(zip(BOOT_DATASOURCES, ("Ec2", "NoCloud", "ConfigDrive", "OpenNebula"), strict=True))
 WAIT_ONLINE_UNITS = ("systemd-networkd-wait-online.service", "NetworkManager-wait-online.service")
@@ -64,6 +88,8 @@ SERIAL_LINES = (
 _TIMEOUT = re.compile(r"(?m)^(\s*set\s+timeout\s*=\s*)(-?\d+)\s*$")
 _LINUX = re.compile(r"(?m)^(\s*linux(?:efi|16)?\s+\S+)(.*)$")
 _SERIAL_TERMINAL = re.compile(r"(?m)^\s*terminal_output\b.*\bserial\b")
+_DSA_HOST_KEY = re.compile(r"(?mi)^\s*HostKey\s+\S*\bssh_host_dsa_key\b")
+_GENKEYTYPES = re.compile(r"(?m)^ssh_genkeytypes\s*:")
 
 
 def tuned_grub_cfg(text: str) -> tuple[str, list[str]]:
@@ -136,6 +162,33 @@ def datasource_config(kinds: str) -> str:
     return text
 
 
+def _config_files(ctx: PrepareContext, files: tuple[str, ...], directory: str, suffix: str) -> list[str]:
+    found = [path for path in files if ctx.guest.is_file(path)]
+    if ctx.guest.is_dir(directory):
+        names = sorted(e.name for e in ctx.guest.listdir(directory) if e.name.endswith(suffix))
+        found += [f"{directory}/{name}" for name in names if ctx.guest.is_file(f"{directory}/{name}")]
+    return found
+
+
+def _tune_ssh_key_types(ctx: PrepareContext, notes: list[str]) -> None:
+    """cloud-init makes only the host key types sshd uses (module docstring)."""
+    guest = ctx.guest
+    sshd = _config_files(ctx, SSHD_CONFIGS, SSHD_CONFIG_DIR, ".conf")
+    if any(_DSA_HOST_KEY.search(guest.read_text(path)) for path in sshd):
+        notes.append("cloud-init's SSH key types left alone (sshd uses a DSA host key)")
+        return
+    cloud = _config_files(ctx, ("/etc/cloud/cloud.cfg",), CLOUD_CONFIG_DIR, ".cfg")
+    if any(_GENKEYTYPES.search(guest.read_text(path)) for path in cloud if path != SSH_KEYS_CONF):
+        notes.append("cloud-init's SSH key types left alone (its configuration sets ssh_genkeytypes)")
+        return
+    current = guest.read_text(SSH_KEYS_CONF) if guest.is_file(SSH_KEYS_CONF) else None
+    if current != SSH_KEYS_TEXT:
+        ctx.mkdir(CLOUD_CONFIG_DIR)
+        ctx.write(
+            SSH_KEYS_CONF, SSH_KEYS_TEXT.encode(), detail=f"ssh_genkeytypes [{', '.join(SSH_KEY_TYPES)}]"
+        )
+
+
 def run(ctx: PrepareContext) -> None:
     guest = ctx.guest
     notes: list[str] = []
@@ -163,6 +216,7 @@ def run(ctx: PrepareContext) -> None:
                 ctx.mkdir("/etc/cloud/cloud.cfg.d")
                 names = ", ".join(datasource_names(kind))
                 ctx.write(DATASOURCE_CONF, wanted.encode(), detail=f"datasource_list [{names}, None]")
+        _tune_ssh_key_types(ctx, notes)
     for unit in WAIT_ONLINE_UNITS:
         if any(guest.is_file(f"{directory}/{unit}") for directory in _UNIT_DIRECTORIES):
             ctx.mkdir(MASKED_DIRECTORY)
@@ -176,7 +230,7 @@ def run(ctx: PrepareContext) -> None:
 OPERATION = Operation(
     name="boot-tuning",
     default=False,
-    summary="GRUB timeout 0 and a serial console, cloud-init's datasource pinned, no wait-online",
+    summary="GRUB timeout 0, serial console, cloud-init's datasource pinned, no DSA host key, no wait-online",
     why="only when asked (publish asks): it changes how the guest boots, for the first boot's sake",
     run=run,
     needs="--boot-tuning",

@@ -8,6 +8,8 @@ customisation     what, and why
 ================  ===========================================================================
 init-system       systemd-sysv, udev, dbus — a minimal tree has no init
 kernel            the cloud (or generic) kernel and its initrd — the disk boots itself
+initramfs         MODULES=list + a hook adding cloud machines' disk drivers — a small initrd
+                  (BIOS GRUB reads it, the kernel unpacks it: every boot)
 boot-loader       grub-pc + debconf + update-grub defaults — kernels updated in the guest
                   reach the menu; virt-v2v finds grub-mkconfig
 serial-console    console=ttyS0 and a serial getty — a cloud's console log
@@ -38,6 +40,7 @@ from imagewright.ops.build.distro.customizations import (
     cleanup,
     cloud_init,
     init_system,
+    initramfs,
     kernel,
     locale_timezone,
     network,
@@ -52,6 +55,7 @@ from imagewright.ops.build.distro.customizations.base import Customization, Targ
 CUSTOMIZATIONS: tuple[Customization, ...] = (
     init_system.CUSTOMIZATION,
     kernel.CUSTOMIZATION,
+    initramfs.CUSTOMIZATION,
     boot_loader.CUSTOMIZATION,
     serial_console.CUSTOMIZATION,
     network.CUSTOMIZATION,

@@ -24,7 +24,10 @@ build places GRUB's boot code and core image itself (``ops/build/bootloader.py``
   mmdebstrap's chroot, and grub-pc's postinst must not try ``grub-install`` there.
 - At first boot a oneshot unit records the disk the root filesystem is on as the install device
   (``/dev/disk/by-id/...`` when udev gives the disk one, else ``/dev/vda``-style), as the
-  Debian installer would have; from then on a ``grub-pc`` upgrade reinstalls GRUB on it.
+  Debian installer would have; from then on a ``grub-pc`` upgrade reinstalls GRUB on it. It
+  runs in the idle scheduling classes (CPU and I/O, as e2fsprogs' ``e2scrub_reap.service``
+  does): ``debconf-set-selections`` is Perl, and on a one-vCPU instance under TCG it ran for
+  17 s (busy host) beside cloud-init's stages, which the login prompt waits for.
 - GRUB's i386-pc modules are copied to ``/boot/grub/i386-pc`` from the guest's own grub-pc-bin,
   as ``grub-install`` does: the menu ``update-grub`` writes loads some (``gzio``, ``all_video``)
   that build's core image does not carry. (build links its core image with the build machine's
@@ -95,6 +98,9 @@ After=local-fs.target systemd-udev-settle.service
 
 [Service]
 Type=oneshot
+# Bookkeeping for a later grub-pc upgrade: never in the way of the first boot's own work.
+CPUSchedulingPolicy=idle
+IOSchedulingClass=idle
 ExecStart={DEVICE_SCRIPT}
 
 [Install]

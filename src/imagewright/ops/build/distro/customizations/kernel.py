@@ -2,8 +2,10 @@
 
 Debian's ``linux-image-cloud-amd64`` carries the drivers of virtual machines (virtio, Xen,
 Hyper-V, ENA) and leaves out physical hardware: a smaller package and a faster initrd. The
-initrd is built by ``initramfs-tools`` inside the target when the kernel package is configured;
-``build`` then boots the newest ``/boot/vmlinuz-*`` with its ``initrd.img-*``.
+initrd is built by ``initramfs-tools`` inside the target when the kernel package is configured
+(with the initramfs customisation's ``MODULES=list`` and hook, written before: only the disk
+drivers of cloud machines); ``build`` then boots the newest ``/boot/vmlinuz-*`` with its
+``initrd.img-*``.
 """
 
 from __future__ import annotations
