@@ -21,10 +21,11 @@ import pytest
 from tests.fixtures.tools import qemu_img, run, sparse_file
 
 from imagewright.binary import FileSource, GrowingFile
+from imagewright.errors import ImageIOError
 from imagewright.formats import qcow2
 from imagewright.formats.base import Limits
 from imagewright.formats.mapped_guest import MappedGuestSource
-from imagewright.ops.convert import convert, hash_guest
+from imagewright.ops.convert import GuestHashing, convert, hash_guest
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -238,3 +239,30 @@ def test_guest_runs_cover_the_disk_in_order_with_bounded_reads(tmp_path: Path) -
             position += run.length
         assert position == 64 * MiB
         assert guest.pread(8 * MiB - 100, 40 * MiB + 200) == bytes(100) + block + bytes(100)
+
+
+@pytest.mark.integration
+def test_hashing_in_a_thread_beside_the_copy(images: dict[str, Path], tmp_path: Path) -> None:
+    """``GuestHashing``: convert copies while the thread hashes, then takes its digests; digests
+    that are not this conversion's (another file) make convert hash what it wrote instead; a
+    cancelled thread ends, gives none, and closes its source."""
+    source = tmp_path / "download.qcow2"
+    shutil.copy(images["scattered"], source)
+    hashing = GuestHashing(FileSource(source), source, ("sha256",))
+    result = convert(source, tmp_path / "out.raw", checksums=("sha256",), prehashed=hashing.result)
+    assert result.prehashed and result.checksums["sha256"] == _sha256(tmp_path / "out.raw")
+    hashing.cancel()  # after the end: nothing to stop
+
+    other = GuestHashing(FileSource(images["v3"]), images["v3"], ("sha256",))
+    result = convert(source, tmp_path / "again.raw", checksums=("sha256",), prehashed=other.result)
+    assert result.own_reader and not result.prehashed
+    assert result.checksums["sha256"] == _sha256(tmp_path / "again.raw")
+
+    big = tmp_path / "big.qcow2"
+    qemu_img("create", "-f", "qcow2", big, "64G")  # 64 GiB of zeros to hash: long enough to stop
+    opened = FileSource(big)
+    stopped = GuestHashing(opened, big, ("md5",))
+    stopped.cancel()
+    assert stopped.result() is None
+    with pytest.raises(ImageIOError):
+        opened.pread(0, 4)

@@ -25,8 +25,9 @@ V = TypeVar("V")
 
 #: Merged host reads are split at this size so one guest read never buffers too much at once.
 _MAX_MERGED_READ = 8 * 1024 * 1024
-#: Zero runs are merged up to this (a streaming reader checks whether to stop between runs).
-_MAX_MERGED_ZEROS = 1 << 30
+#: Zero runs are merged (and split) up to this: a streaming reader checks whether to stop
+#: between runs, and a run hands that much work to whoever hashes it.
+_MAX_MERGED_ZEROS = 64 * 1024 * 1024
 
 
 class LruCache(Generic[K, V]):
@@ -95,7 +96,8 @@ class MappedGuestSource:
 
         Host-contiguous runs are merged into one, and longer ones split, so that each is one
         read of at most ``_MAX_MERGED_READ`` bytes (memory stays flat); adjacent zero runs are
-        merged (up to ``_MAX_MERGED_ZEROS``); a run of materialised ``data`` is passed as it is.
+        merged, and longer ones split (``_MAX_MERGED_ZEROS``); a run of materialised ``data`` is
+        passed as it is.
         What a reader that streams the whole guest (a conversion) walks, and what ``pread`` reads.
         """
         end = self._size if end is None else min(end, self._size)
@@ -107,6 +109,8 @@ class MappedGuestSource:
                 raise AssertionError(f"map_run returned a run of {run.length} bytes")
             if run.host_offset is not None and run.length > _MAX_MERGED_READ:
                 run = GuestRun(_MAX_MERGED_READ, host_offset=run.host_offset)  # one read at a time
+            elif run.host_offset is None and run.data is None and run.length > _MAX_MERGED_ZEROS:
+                run = GuestRun(_MAX_MERGED_ZEROS)
             if pending is not None:
                 start, last = pending
                 if run.host_offset is not None and last.host_offset is not None:

@@ -46,7 +46,14 @@ from imagewright.errors import ImageIOError, ImagewrightError, InvalidArgumentEr
 from imagewright.files import AtomicOutput, ScratchFiles, io_error
 from imagewright.formats.base import Limits
 from imagewright.inspection import ImageReport
-from imagewright.ops.convert.guest_reader import GuestDigests, copy_guest, hash_guest, stream_guest
+from imagewright.ops.convert.guest_reader import (
+    GuestDigests,
+    GuestHashing,
+    copy_guest,
+    hash_guest,
+    reads_itself,
+    stream_guest,
+)
 from imagewright.ops.convert.nbd_sink import NbdStreamSink, StreamConsumer
 from imagewright.ops.convert.nbd_source import ForwardWindow, NbdStreamSource
 from imagewright.ops.convert.output import HashingConsumer, ImageStreamWriter, stream_file
@@ -57,10 +64,13 @@ from imagewright.programs import qemu_img
 
 #: ``progress(stage, done, total)``: stage is "decompressing", "converting", "compressing" or "hashing".
 Progress = Callable[[str, int, int | None], None]
+#: Digests of the source's raw conversion computed as it arrived, or a call that waits for them.
+Prehashed = GuestDigests | Callable[[], GuestDigests | None]
 
 __all__ = [
     "ConvertResult",
     "GuestDigests",
+    "GuestHashing",
     "ImageSource",
     "NotRawError",
     "OutputPlan",
@@ -134,7 +144,7 @@ def convert(
     limits: Limits | None = None,
     progress: Progress | None = None,
     growing: GrowingFile | None = None,
-    prehashed: GuestDigests | None = None,
+    prehashed: Prehashed | None = None,
 ) -> ConvertResult:
     """Convert the image ``src`` into ``dst``; see the module docstring for how.
 
@@ -142,9 +152,10 @@ def convert(
     disk is judged and converted from it as its bytes arrive; any other source waits until it
     is complete. The caller makes sure the writer ended well before it uses the output.
 
-    ``prehashed``: the digests ``guest_reader.hash_guest`` computed of ``src`` as it arrived;
-    used instead of hashing the output when they are those of this very conversion (a raw
-    output of the same complete file, read by the same reader), else ignored.
+    ``prehashed``: the digests ``guest_reader.hash_guest`` computed of ``src`` as it arrived
+    (or a call that waits for them: ``GuestHashing.result``); used instead of hashing the
+    output when they are those of this very conversion (a raw output of the same complete
+    file, read by the same reader), else the output is hashed.
     """
     started = time.monotonic()
     src_path, dst_path = Path(src), Path(dst)
@@ -396,7 +407,7 @@ def _write_raw(
     plan: OutputPlan,
     limits: Limits,
     progress: Progress | None,
-    prehashed: GuestDigests | None = None,
+    prehashed: Prehashed | None = None,
 ) -> tuple[dict[str, str], dict[str, str], bool, bool]:
     """Content and output digests, whether the source was read by ``guest_reader``, and
     whether the digests are ``prehashed``'s."""
@@ -404,11 +415,19 @@ def _write_raw(
     if (
         prehashed is not None
         and plan.compression is None
-        and prehashed.matches(source, plan.checksums)
+        and (callable(prehashed) or prehashed.matches(source, plan.checksums))
+        and reads_itself(source)
         and copy_guest(source, temp, limits, stage)
     ):
-        digests = {name: prehashed.digests[name] for name in plan.checksums}
-        return digests, digests, True, True
+        # Copied while the prehashing (a thread: GuestHashing.result) may still be finishing.
+        known = prehashed() if callable(prehashed) else prehashed
+        if known is not None and known.matches(source, plan.checksums):
+            digests = {name: known.digests[name] for name in plan.checksums}
+            return digests, digests, True, True
+        hasher = HashingConsumer(plan.checksums, background=True)  # one read of what was written
+        stream_file(temp, hasher, _stage(progress, "hashing"))
+        digests = hasher.hashes.hexdigests()
+        return digests, digests, True, False
     writer = ImageStreamWriter(temp, compression=plan.compression, checksums=plan.checksums)
     try:
         # A qcow2 is read by its guest view, no qemu-img (``guest_reader``); else qemu-img.

@@ -37,6 +37,7 @@ simply not prehashed: the gate then says what is wrong with it.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,52 @@ def hash_guest(
     finally:
         hashing.hashes.close()
     return GuestDigests(os.path.realpath(path), src.size, fmt, guest.size, digests)
+
+
+class _CancelledError(Exception):
+    """``GuestHashing.cancel`` was called."""
+
+
+class GuestHashing:
+    """``hash_guest`` in a thread of its own, so that what follows the download (the gate, the
+    copy into the output) runs beside the last of the hashing: ``result()`` waits for the
+    digests (None: not computed), ``cancel()`` stops the thread. The thread closes ``src`` when
+    it ends: the file it reads outlives the code that started it."""
+
+    def __init__(
+        self,
+        src: FileSource,
+        path: str | os.PathLike[str],
+        checksums: tuple[str, ...],
+        limits: Limits | None = None,
+    ) -> None:
+        self._src = src
+        self._stop = threading.Event()
+        self._digests: GuestDigests | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(path, checksums, limits), name="guest-hashing", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, path: str | os.PathLike[str], checksums: tuple[str, ...], limits: Limits | None) -> None:
+        try:
+            self._digests = hash_guest(self._src, path, checksums, limits, progress=self._check)
+        except BaseException:  # noqa: BLE001 - cancelled, or the source failed (its writer says why)
+            self._digests = None
+        finally:
+            self._src.close()
+
+    def _check(self, done: int, total: int | None) -> None:
+        if self._stop.is_set():
+            raise _CancelledError
+
+    def result(self) -> GuestDigests | None:
+        self._thread.join()
+        return self._digests
+
+    def cancel(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _guest(src: ByteSource, fmt: str, limits: Limits) -> MappedGuestSource | None:

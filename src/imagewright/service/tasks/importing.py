@@ -66,7 +66,7 @@ from imagewright.stores.file import FileStore
 from imagewright.upload_gate import judge_report, judge_upload
 
 if TYPE_CHECKING:
-    from imagewright.ops.convert import ConvertResult, GuestDigests
+    from imagewright.ops.convert import ConvertResult, GuestHashing
 
 LOG = logging.getLogger("imagewright.service.tasks")
 
@@ -150,8 +150,8 @@ class ImageData:
     properties: dict[str, str] = field(default_factory=dict)
     #: The gate's inspection of the bytes (set by ``_judge``).
     report: ImageReport | None = None
-    #: md5 and sha512 of the raw conversion of ``path``, computed as it arrived (``hash_guest``).
-    prehashed: GuestDigests | None = None
+    #: md5 and sha512 of the raw conversion of ``path``, being computed as it arrives.
+    prehashed: GuestHashing | None = None
 
 
 @dataclass(frozen=True)
@@ -218,12 +218,29 @@ def _import(
     run: TaskRun, plan: ImportPlan, image_id: str, work: Path, written: list[BlobRef], failed: list[str]
 ) -> dict[str, Any]:
     declared = _declared(run, image_id)
-    converted: ImageData | None = None
-    facts: ImageFacts | None = None
     if plan.convert_to is not None and plan.method != "glance-direct":
         arrived, converted = _acquire_converting(run, plan, work, declared)
     else:
-        arrived = _acquire(run, plan, image_id, work)
+        arrived, converted = _acquire(run, plan, image_id, work), None
+    try:
+        return _import_arrived(run, plan, image_id, work, written, failed, declared, arrived, converted)
+    finally:
+        if arrived.prehashed is not None:
+            arrived.prehashed.cancel()  # (ended already, unless the import failed before using it)
+
+
+def _import_arrived(
+    run: TaskRun,
+    plan: ImportPlan,
+    image_id: str,
+    work: Path,
+    written: list[BlobRef],
+    failed: list[str],
+    declared: DeclaredImage,
+    arrived: ImageData,
+    converted: ImageData | None,
+) -> dict[str, Any]:
+    facts: ImageFacts | None = None
     if converted is None:
         run.progress("inspecting", 0, arrived.size)
         if plan.convert_to is not None and _compressed(run, arrived):
@@ -368,7 +385,9 @@ def _acquire_converting(
     hashes = _Hashes() if plan.keep_original else None
     stop = threading.Event()
     outcome: list[web_download.DownloadResult] = []
-    with GrowingFile(target) as growing:
+    growing = GrowingFile(target)
+    hashing: GuestHashing | None = None
+    try:
         report = run.reporter("downloading")
 
         def progress(done: int, total: int | None) -> None:
@@ -406,23 +425,28 @@ def _acquire_converting(
                 converted = _convert_compressed(run, plan, arrived, work, declared, growing=growing)
             elif plan.convert_to == "raw":
                 # A qcow2 is judged (and converted) only once it is complete, but the digests of
-                # its conversion can be computed as it arrives (ops.convert.guest_reader).
-                from imagewright.ops.convert import hash_guest
+                # its conversion can be computed as it arrives (ops.convert.guest_reader), by a
+                # thread that goes on beside the gate and the copy; it closes ``growing``.
+                from imagewright.ops.convert import GuestHashing
 
-                def checking(done: int, total: int | None) -> None:
-                    run.check()
-
-                arrived.prehashed = hash_guest(growing, target, CHECKSUMS, progress=checking)
+                hashing = arrived.prehashed = GuestHashing(growing, target, CHECKSUMS)
             growing.wait_complete()
         finally:
             if not outcome:
                 stop.set()  # the conversion failed: the download stops too
             thread.join()
-    run.check()
-    result = outcome[0]
-    LOG.info("task %s downloaded %d bytes from %s", run.task.id, result.size, result.final_url)
-    if result.size == 0:
-        raise ImportFailedError(f"{url} sent no data.")
+        run.check()
+        result = outcome[0]
+        LOG.info("task %s downloaded %d bytes from %s", run.task.id, result.size, result.final_url)
+        if result.size == 0:
+            raise ImportFailedError(f"{url} sent no data.")
+    except BaseException:
+        if hashing is not None:
+            hashing.cancel()
+        raise
+    finally:
+        if hashing is None:
+            growing.close()
     arrived.size = result.size
     if hashes is not None:
         arrived.md5, arrived.sha512 = hashes.md5.hexdigest(), hashes.sha512.hexdigest()
@@ -565,7 +589,7 @@ def _run_convert(
         checksums=CHECKSUMS,
         progress=progress,
         growing=growing,
-        prehashed=data.prehashed,
+        prehashed=data.prehashed.result if data.prehashed is not None else None,
     )
     run.check()
     LOG.info(
