@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,14 +72,24 @@ def stream_guest(
     False (nothing streamed) when the image is not one this module reads: the caller uses
     qemu-img. Zero runs (unallocated or zero clusters) are passed as ``zeros``, never read.
     """
+    with _admitted_guest(source, limits) as found:
+        if found is None:
+            return False
+        _stream(found[1], consumer, progress)
+    return True
+
+
+@contextmanager
+def _admitted_guest(
+    source: PreparedSource, limits: Limits
+) -> Iterator[tuple[FileSource, MappedGuestSource] | None]:
+    """The open file and guest view of ``source``, or None when this module does not read it."""
     if not reads_itself(source):
-        return False
+        yield None
+        return
     with FileSource(source.path) as opened:
         guest = _guest(opened, source.format, limits)
-        if guest is None or guest.size != source.virtual_size:
-            return False
-        _stream(guest, consumer, progress)
-    return True
+        yield None if guest is None or guest.size != source.virtual_size else (opened, guest)
 
 
 def copy_guest(
@@ -91,12 +102,10 @@ def copy_guest(
     process (their digests are known: ``hash_guest``): runs of host clusters are copied in
     the kernel (``OutputFile.copy_at``), zero runs stay holes. False (nothing written) when
     the image is not one this module reads."""
-    if not reads_itself(source):
-        return False
-    with FileSource(source.path) as opened:
-        guest = _guest(opened, source.format, limits)
-        if guest is None or guest.size != source.virtual_size:
+    with _admitted_guest(source, limits) as found:
+        if found is None:
             return False
+        opened, guest = found
         out = OutputFile(dst)
         try:
             for offset, run in guest.runs():
