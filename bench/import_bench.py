@@ -10,7 +10,11 @@ Two workloads, the same disk (1 GiB virtual, 768 MiB of real binaries from /usr/
 
       curl -o disk.qcow2 URL && qemu-img convert -f qcow2 -O raw disk.qcow2 disk.raw && sha256sum disk.raw
 
-  A qcow2 needs random access: ours converts once the download is complete.
+  A qcow2 needs random access and can be judged only once complete: ours hashes (md5 and
+  sha512, a thread each) the raw output it will write from the download as it arrives
+  (``ops.convert.guest_reader``), judges the complete file, then writes the raw output with
+  imagewright's own qcow2 reader by kernel copies (``copy_file_range``) while the hashing
+  finishes — no qemu-img, and no byte hashed twice.
 - ``import-gz``: a ``disk.raw.gz`` (gzip -1, as cloud images travel). Theirs, the shell pipe::
 
       curl -s URL | gunzip -c > disk.raw && sha256sum disk.raw

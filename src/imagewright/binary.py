@@ -115,6 +115,12 @@ class FileSource:
     def size(self) -> int:
         return self._size
 
+    def fileno(self) -> int:
+        """The open file descriptor (for kernel-side copies of the file's bytes)."""
+        if self._fd is None:
+            raise ImageIOError(f"{self.path} was already closed.")
+        return self._fd
+
     def pread(self, offset: int, length: int) -> bytes:
         if self._fd is None:
             raise ImageIOError(f"{self.path} was already closed.")

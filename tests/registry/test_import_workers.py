@@ -6,7 +6,11 @@
   the data is the source's (``qemu-img compare``); the server process ran none of it.
 - Embedded (SQLite): ``kill -9`` of qemu-img mid-conversion fails the task with that reason and
   leaves the image ``queued`` with nothing stored; ``kill -9`` of the whole server mid-conversion
-  and a restart run the task again to ``active``.
+  and a restart run the task again to ``active`` — for a VMDK (qemu-img converts it) and for a
+  qcow2 (read by imagewright itself: ``ops.convert.guest_reader``; the server is stopped as
+  soon as its conversion output exists, then killed).
+
+The VMDK is the image whose converter (qemu-img) the tests hold still with SIGSTOP.
 
 Each ends with no blob but the active image's and no scratch file left.
 """
@@ -37,7 +41,8 @@ DATA_MIB = 384
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A qcow2 holding DATA_MIB MiB of incompressible data: a conversion that lasts seconds."""
+    """A qcow2 and a VMDK (``big.vmdk`` beside it) holding DATA_MIB MiB of incompressible data:
+    a conversion that lasts seconds."""
     root = tmp_path_factory.mktemp("big")
     raw = root / "big.raw"
     with open(raw, "wb") as out:
@@ -46,6 +51,7 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
         out.truncate((DATA_MIB + 64) * MiB)
     qcow2 = root / "big.qcow2"
     qemu_img("convert", "-f", "raw", "-O", "qcow2", raw, qcow2)
+    qemu_img("convert", "-f", "raw", "-O", "vmdk", raw, root / "big.vmdk")
     raw.unlink()
     return qcow2
 
@@ -187,7 +193,19 @@ def _start_worker(database: str, data_dir: Path, scratch: Path, log: Path) -> su
 def _compare_with_source(api: Any, image_id: str, source: Path, tmp_path: Path) -> None:
     copy = tmp_path / "downloaded.raw"
     copy.write_bytes(download(api, image_id))
-    qemu_img("compare", "-f", "raw", "-F", "qcow2", copy, source)
+    qemu_img("compare", "-f", "raw", "-F", source.suffix[1:], copy, source)
+
+
+def _stop_when_converting(process: subprocess.Popen[bytes], scratch: Path) -> None:
+    """SIGSTOP ``process`` as soon as a conversion output (``.converted.raw.iw-*``) exists under
+    ``scratch``: a conversion without qemu-img held mid-way."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if any(scratch.rglob(".converted.raw.*")):
+            os.killpg(process.pid, signal.SIGSTOP)  # the server and its workers
+            return
+        time.sleep(0.002)
+    raise AssertionError("no conversion started within 180 s")
 
 
 def test_postgresql_worker_killed_mid_conversion_is_retried_by_another(
@@ -217,8 +235,8 @@ def test_postgresql_worker_killed_mid_conversion_is_retried_by_another(
     workers = [_start_worker(database, data_dir, scratch, log) for log in logs]
     try:
         with server.api(server.token()) as api:
-            image = api.create_image(name="big", disk_format="qcow2", container_format="bare")
-            start_import(api, image["id"], {"name": "web-download", "uri": f"{http.url}/files/big.qcow2"})
+            image = api.create_image(name="big", disk_format="vmdk", container_format="bare")
+            start_import(api, image["id"], {"name": "web-download", "uri": f"{http.url}/files/big.vmdk"})
             read = _pg_reader(database)
             row, converter = _wait_converting(read, image["id"], {w.pid for w in workers})
             victim = next(w for w in workers if w.pid == _holder_pid(row["holder"]))
@@ -234,7 +252,7 @@ def test_postgresql_worker_killed_mid_conversion_is_retried_by_another(
             assert shown["status"] == "active"
             assert shown["disk_format"] == "raw" and shown["container_format"] == "bare"
             assert shown["size"] == shown["virtual_size"] == (DATA_MIB + 64) * MiB
-            _compare_with_source(api, image["id"], big, tmp_path)
+            _compare_with_source(api, image["id"], big.with_suffix(".vmdk"), tmp_path)
             assert survivor.poll() is None
             survivor_log = logs[workers.index(survivor)].read_text()
             assert f"task {task['id']} (api_image_import, attempt 2) started" in survivor_log
@@ -277,8 +295,8 @@ def test_embedded_qemu_img_killed_mid_conversion_fails_with_the_reason(
     embedded: RegistryServer, http: ImageHTTPServer
 ) -> None:
     with embedded.api(embedded.token()) as api:
-        image = api.create_image(name="big", disk_format="qcow2", container_format="bare")
-        start_import(api, image["id"], {"name": "web-download", "uri": f"{http.url}/files/big.qcow2"})
+        image = api.create_image(name="big", disk_format="vmdk", container_format="bare")
+        start_import(api, image["id"], {"name": "web-download", "uri": f"{http.url}/files/big.vmdk"})
         assert embedded.process is not None
         _, converter = _wait_converting(
             _sqlite_reader(embedded.data_dir), image["id"], {embedded.process.pid}
@@ -294,16 +312,25 @@ def test_embedded_qemu_img_killed_mid_conversion_fails_with_the_reason(
         assert embedded.process.poll() is None
 
 
+@pytest.mark.parametrize("fmt", ["vmdk", "qcow2"])
 def test_embedded_server_killed_mid_conversion_runs_the_task_again_after_restart(
-    embedded: RegistryServer, http: ImageHTTPServer, big: Path, tmp_path: Path
+    embedded: RegistryServer, http: ImageHTTPServer, big: Path, tmp_path: Path, fmt: str
 ) -> None:
+    source = big.with_suffix(f".{fmt}")
     with embedded.api(embedded.token()) as api:
-        image = api.create_image(name="big", disk_format="qcow2", container_format="bare")
-        start_import(api, image["id"], {"name": "web-download", "uri": f"{http.url}/files/big.qcow2"})
+        image = api.create_image(name="big", disk_format=fmt, container_format="bare")
+        start_import(api, image["id"], {"name": "web-download", "uri": f"{http.url}/files/{source.name}"})
     assert embedded.process is not None
-    _, converter = _wait_converting(_sqlite_reader(embedded.data_dir), image["id"], {embedded.process.pid})
+    converter = None
+    if fmt == "vmdk":
+        _, converter = _wait_converting(
+            _sqlite_reader(embedded.data_dir), image["id"], {embedded.process.pid}
+        )
+    else:
+        _stop_when_converting(embedded.process, embedded.data_dir / "tasks")
     embedded.kill9()
-    _kill(converter)
+    if converter is not None:
+        _kill(converter)
     embedded.start()  # the start-up sweep requeues the task of the dead process
     with embedded.api(embedded.token()) as api:
         task = wait_for_task(api, image["id"])
@@ -311,6 +338,6 @@ def test_embedded_server_killed_mid_conversion_runs_the_task_again_after_restart
         assert task["attempts"] == 2
         shown = image_of(api, image["id"])
         assert shown["status"] == "active" and shown["disk_format"] == "raw"
-        _compare_with_source(api, image["id"], big, tmp_path)
+        _compare_with_source(api, image["id"], source, tmp_path)
         assert len(embedded.blobs()) == 1
         assert scratch_leftovers(embedded) == []

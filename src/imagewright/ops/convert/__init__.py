@@ -46,6 +46,14 @@ from imagewright.errors import ImageIOError, ImagewrightError, InvalidArgumentEr
 from imagewright.files import AtomicOutput, ScratchFiles, io_error
 from imagewright.formats.base import Limits
 from imagewright.inspection import ImageReport
+from imagewright.ops.convert.guest_reader import (
+    GuestDigests,
+    GuestHashing,
+    copy_guest,
+    hash_guest,
+    reads_itself,
+    stream_guest,
+)
 from imagewright.ops.convert.nbd_sink import NbdStreamSink, StreamConsumer
 from imagewright.ops.convert.nbd_source import ForwardWindow, NbdStreamSource
 from imagewright.ops.convert.output import HashingConsumer, ImageStreamWriter, stream_file
@@ -56,14 +64,19 @@ from imagewright.programs import qemu_img
 
 #: ``progress(stage, done, total)``: stage is "decompressing", "converting", "compressing" or "hashing".
 Progress = Callable[[str, int, int | None], None]
+#: Digests of the source's raw conversion computed as it arrived, or a call that waits for them.
+Prehashed = GuestDigests | Callable[[], GuestDigests | None]
 
 __all__ = [
     "ConvertResult",
+    "GuestDigests",
+    "GuestHashing",
     "ImageSource",
     "NotRawError",
     "OutputPlan",
     "Progress",
     "convert",
+    "hash_guest",
     "open_source",
     "plan_output",
     "stream_raw",
@@ -92,6 +105,11 @@ class ConvertResult:
     seconds: float
     #: How the source was read ("streamed", "spooled" to a scratch file, or "file").
     source_access: str = "file"
+    #: The guest bytes were read by imagewright's own reader of the format (``guest_reader``),
+    #: not by qemu-img.
+    own_reader: bool = False
+    #: The checksums are the ones computed as the source arrived (``convert(prehashed=...)``).
+    prehashed: bool = False
     notes: list[str] = field(default_factory=list)
     #: What inspection found in the source (for a streamed source: the decompressed disk,
     #: surveyed as it went by). Not part of ``to_dict``.
@@ -126,12 +144,18 @@ def convert(
     limits: Limits | None = None,
     progress: Progress | None = None,
     growing: GrowingFile | None = None,
+    prehashed: Prehashed | None = None,
 ) -> ConvertResult:
     """Convert the image ``src`` into ``dst``; see the module docstring for how.
 
     ``growing``: ``src`` is still being written (a download, ``GrowingFile``): a compressed raw
     disk is judged and converted from it as its bytes arrive; any other source waits until it
     is complete. The caller makes sure the writer ended well before it uses the output.
+
+    ``prehashed``: the digests ``guest_reader.hash_guest`` computed of ``src`` as it arrived
+    (or a call that waits for them: ``GuestHashing.result``); used instead of hashing the
+    output when they are those of this very conversion (a raw output of the same complete
+    file, read by the same reader), else the output is hashed.
     """
     started = time.monotonic()
     src_path, dst_path = Path(src), Path(dst)
@@ -147,6 +171,7 @@ def convert(
         raise InvalidArgumentError("The output would overwrite the source; choose another output name.")
     limits = limits or Limits()
     notes: list[str] = []
+    used_prehash = own_reader = False
     with AtomicOutput(dst_path, force=force) as out, growing or FileSource(src_path) as opened:
         # A raw output needs no size before the stream: one decompression, no checking pass.
         stream = open_stream(opened, str(src_path), limits, progress, sized=plan.format != "raw")
@@ -172,7 +197,9 @@ def convert(
         if source is not None:
             _check_space(source, out.directory)
             if plan.format == "raw":
-                content, output = _write_raw(source, out.path, plan, progress)
+                content, output, own_reader, used_prehash = _write_raw(
+                    source, out.path, plan, limits, progress, prehashed
+                )
             else:
                 content, output = _write_formatted(source.path, source, out.path, out.scratch, plan, progress)
             fmt = source.format
@@ -198,6 +225,8 @@ def convert(
         content_checksums=content if plan.compression else None,
         seconds=time.monotonic() - started,
         source_access=access,
+        own_reader=own_reader,
+        prehashed=used_prehash,
         notes=notes,
         source_report=report,
         wrapper_report=wrapper_report,
@@ -373,17 +402,42 @@ def stream_raw(
 
 
 def _write_raw(
-    source: PreparedSource, temp: Path, plan: OutputPlan, progress: Progress | None
-) -> tuple[dict[str, str], dict[str, str]]:
-    size = source.virtual_size
+    source: PreparedSource,
+    temp: Path,
+    plan: OutputPlan,
+    limits: Limits,
+    progress: Progress | None,
+    prehashed: Prehashed | None = None,
+) -> tuple[dict[str, str], dict[str, str], bool, bool]:
+    """Content and output digests, whether the source was read by ``guest_reader``, and
+    whether the digests are ``prehashed``'s."""
+    stage = _stage(progress, "converting")
+    if (
+        prehashed is not None
+        and plan.compression is None
+        and (callable(prehashed) or prehashed.matches(source, plan.checksums))
+        and reads_itself(source)
+        and copy_guest(source, temp, limits, stage)
+    ):
+        # Copied while the prehashing (a thread: GuestHashing.result) may still be finishing.
+        known = prehashed() if callable(prehashed) else prehashed
+        if known is not None and known.matches(source, plan.checksums):
+            digests = {name: known.digests[name] for name in plan.checksums}
+            return digests, digests, True, True
+        hasher = HashingConsumer(plan.checksums, background=True)  # one read of what was written
+        stream_file(temp, hasher, _stage(progress, "hashing"))
+        digests = hasher.hashes.hexdigests()
+        return digests, digests, True, False
     writer = ImageStreamWriter(temp, compression=plan.compression, checksums=plan.checksums)
-
     try:
-        stream_raw(source, writer, _stage(progress, "converting"))
-        writer.finish(size)
+        # A qcow2 is read by its guest view, no qemu-img (``guest_reader``); else qemu-img.
+        own = stream_guest(source, writer, limits, stage)
+        if not own:
+            stream_raw(source, writer, stage)
+        writer.finish(source.virtual_size)
     finally:
         writer.close()
-    return writer.content.hexdigests(), writer.output.hexdigests()
+    return writer.content.hexdigests(), writer.output.hexdigests(), own, False
 
 
 def _write_formatted(

@@ -7,6 +7,7 @@ destination and renamed into place only when complete (see ``imagewright.files``
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import lzma
 import os
@@ -225,6 +226,33 @@ class OutputFile:
         except OSError as err:
             raise io_error(err, self.path) from None
 
+    def copy_at(self, offset: int, source_fd: int, source_offset: int, length: int) -> int:
+        """Copy ``length`` bytes of ``source_fd`` at ``source_offset`` to ``offset``, in the
+        kernel (``copy_file_range``: no trip through this process, and on a filesystem that
+        shares extents, no copy at all); bytes past the end of the source are left as a hole.
+        Returns how many bytes were copied."""
+        copied = 0
+        try:
+            while copied < length:
+                try:
+                    done = os.copy_file_range(
+                        source_fd, self._fd, length - copied, source_offset + copied, offset + copied
+                    )
+                except OSError as err:
+                    if err.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                        raise
+                    data = os.pread(source_fd, min(length - copied, 8 * CHUNK), source_offset + copied)
+                    done = len(data)
+                    if done:
+                        self.write_at(offset + copied, data)
+                if done == 0:
+                    break
+                copied += done
+        except OSError as err:
+            raise io_error(err, self.path) from None
+        self.position = max(self.position, offset + copied)
+        return copied
+
     def finish(self, size: int | None = None) -> None:
         """Set the final size (holes at the end of a sparse file) and flush to disk."""
         try:
@@ -396,10 +424,11 @@ def _read_ahead(fd: int, size: int, path: Path) -> Iterator[tuple[int, int, byte
 
 
 class HashingConsumer:
-    """A consumer that only hashes (for outputs another program wrote)."""
+    """A consumer that only hashes (for outputs another program wrote, or bytes to be written
+    later). ``background``: one thread per digest (``BackgroundHashes``)."""
 
-    def __init__(self, checksums: tuple[str, ...]) -> None:
-        self.hashes = Hashes(checksums)
+    def __init__(self, checksums: tuple[str, ...], *, background: bool = False) -> None:
+        self.hashes: Hashes = BackgroundHashes(checksums) if background else Hashes(checksums)
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         self.hashes.update(data)

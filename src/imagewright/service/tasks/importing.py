@@ -17,7 +17,10 @@ content), and what is inside them becomes properties (OS, firmware, audit) as fo
 (``service.images.publishing``; a public image whose data holds secrets fails the import).
 If the target stores convert (``--convert-to``), ``ops.convert`` writes the image in
 that format — ``imagewright convert``'s one path (the source judged again by its own gate; md5
-and sha512 of the output computed as it is written). A compressed image (``container_format``
+and sha512 of the output computed as it is written — or, for a downloaded qcow2 converted to
+raw, computed from the download as it arrives by the reader that then writes the output:
+``ops.convert.guest_reader``; the gate still judges the complete file before anything is
+converted). A compressed image (``container_format``
 ``compressed``: a ``disk.raw.gz`` as cloud images travel) is judged by convert alone: a raw disk
 inside is judged and converted as it decompresses, no scratch copy, every byte seen before the
 image can turn active (the upload gate would examine it only as far as memory allows, and
@@ -63,12 +66,14 @@ from imagewright.stores.file import FileStore
 from imagewright.upload_gate import judge_report, judge_upload
 
 if TYPE_CHECKING:
-    from imagewright.ops.convert import ConvertResult
+    from imagewright.ops.convert import ConvertResult, GuestHashing
 
 LOG = logging.getLogger("imagewright.service.tasks")
 
 CHUNK = 1 << 20
 HASH_ALGORITHM = "sha512"
+#: Glance's ``checksum`` and ``os_hash_value``.
+CHECKSUMS = ("md5", HASH_ALGORITHM)
 
 
 class ImportFailedError(ImagewrightError):
@@ -145,6 +150,8 @@ class ImageData:
     properties: dict[str, str] = field(default_factory=dict)
     #: The gate's inspection of the bytes (set by ``_judge``).
     report: ImageReport | None = None
+    #: md5 and sha512 of the raw conversion of ``path``, being computed as it arrives.
+    prehashed: GuestHashing | None = None
 
 
 @dataclass(frozen=True)
@@ -211,12 +218,29 @@ def _import(
     run: TaskRun, plan: ImportPlan, image_id: str, work: Path, written: list[BlobRef], failed: list[str]
 ) -> dict[str, Any]:
     declared = _declared(run, image_id)
-    converted: ImageData | None = None
-    facts: ImageFacts | None = None
     if plan.convert_to is not None and plan.method != "glance-direct":
         arrived, converted = _acquire_converting(run, plan, work, declared)
     else:
-        arrived = _acquire(run, plan, image_id, work)
+        arrived, converted = _acquire(run, plan, image_id, work), None
+    try:
+        return _import_arrived(run, plan, image_id, work, written, failed, declared, arrived, converted)
+    finally:
+        if arrived.prehashed is not None:
+            arrived.prehashed.cancel()  # (ended already, unless the import failed before using it)
+
+
+def _import_arrived(
+    run: TaskRun,
+    plan: ImportPlan,
+    image_id: str,
+    work: Path,
+    written: list[BlobRef],
+    failed: list[str],
+    declared: DeclaredImage,
+    arrived: ImageData,
+    converted: ImageData | None,
+) -> dict[str, Any]:
+    facts: ImageFacts | None = None
     if converted is None:
         run.progress("inspecting", 0, arrived.size)
         if plan.convert_to is not None and _compressed(run, arrived):
@@ -361,7 +385,9 @@ def _acquire_converting(
     hashes = _Hashes() if plan.keep_original else None
     stop = threading.Event()
     outcome: list[web_download.DownloadResult] = []
-    with GrowingFile(target) as growing:
+    growing = GrowingFile(target)
+    hashing: GuestHashing | None = None
+    try:
         report = run.reporter("downloading")
 
         def progress(done: int, total: int | None) -> None:
@@ -397,16 +423,30 @@ def _acquire_converting(
         try:
             if probe_compression(growing.pread(0, 64)) is not None:
                 converted = _convert_compressed(run, plan, arrived, work, declared, growing=growing)
+            elif plan.convert_to == "raw":
+                # A qcow2 is judged (and converted) only once it is complete, but the digests of
+                # its conversion can be computed as it arrives (ops.convert.guest_reader), by a
+                # thread that goes on beside the gate and the copy; it closes ``growing``.
+                from imagewright.ops.convert import GuestHashing
+
+                hashing = arrived.prehashed = GuestHashing(growing, target, CHECKSUMS)
             growing.wait_complete()
         finally:
             if not outcome:
                 stop.set()  # the conversion failed: the download stops too
             thread.join()
-    run.check()
-    result = outcome[0]
-    LOG.info("task %s downloaded %d bytes from %s", run.task.id, result.size, result.final_url)
-    if result.size == 0:
-        raise ImportFailedError(f"{url} sent no data.")
+        run.check()
+        result = outcome[0]
+        LOG.info("task %s downloaded %d bytes from %s", run.task.id, result.size, result.final_url)
+        if result.size == 0:
+            raise ImportFailedError(f"{url} sent no data.")
+    except BaseException:
+        if hashing is not None:
+            hashing.cancel()
+        raise
+    finally:
+        if hashing is None:
+            growing.close()
     arrived.size = result.size
     if hashes is not None:
         arrived.md5, arrived.sha512 = hashes.md5.hexdigest(), hashes.sha512.hexdigest()
@@ -543,16 +583,23 @@ def _run_convert(
         run.progress(stage, done, total)
 
     result = convert(
-        source, output, output_format=target, checksums=("md5", "sha512"), progress=progress, growing=growing
+        source,
+        output,
+        output_format=target,
+        checksums=CHECKSUMS,
+        progress=progress,
+        growing=growing,
+        prehashed=data.prehashed.result if data.prehashed is not None else None,
     )
     run.check()
     LOG.info(
-        "task %s converted %s to %s (%d bytes, source %s) in %.1f s",
+        "task %s converted %s to %s (%d bytes, source %s%s) in %.1f s",
         run.task.id,
         result.source_compression or result.source_format,
         target,
         result.output_size,
         result.source_access,
+        ", hashed as it arrived" if result.prehashed else "",
         result.seconds,
     )
     converted = ImageData(
