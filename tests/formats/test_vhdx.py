@@ -603,13 +603,14 @@ def test_sector_bitmap_entries_are_told_apart_in_every_bat_page(tmp_path: Path) 
 
 
 @pytest.mark.long
+@pytest.mark.timeout(3600)
 def test_convert_reads_a_vhdx_whose_bat_is_over_the_table_limit_and_qemu_agrees(
     tmp_path: Path, run_cli: Callable[..., Result]
 ) -> None:
     """End to end: ``imagewright convert`` (inspect, then qemu-img) to qcow2, and ``qemu-img
     compare`` on the result. 5 TiB is the smallest size here whose BAT (40 MiB) was refused;
     QEMU 7.2's vhdx driver reports no allocation, so qemu-img reads every byte of it twice
-    (convert, compare): tens of minutes on 2 busy cores, hence ``long``."""
+    (convert, compare): about 10 minutes each on 2 busy cores, hence ``long``."""
     size = 5 * TiB
     image = create_vhdx(tmp_path, "five.vhdx", str(size), "block_size=1M", "subformat=dynamic")
     qemu_io(
