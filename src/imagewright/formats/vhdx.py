@@ -378,6 +378,7 @@ def open_image(src: ByteSource, limits: Limits) -> OpenedImage:
         guest = VhdxGuest(src, qemu_size, bat, block_size, chunk_ratio)
     return OpenedImage(
         format="vhdx",
+        encryption=None,
         virtual_size=qemu_size,
         details=details,
         guest=guest,
