@@ -338,16 +338,8 @@ def open_image(src: ByteSource, limits: Limits) -> OpenedImage:
         )
 
     bat = PagedBat(src, bat_region.file_offset, bat_entries)
-    states = _check_bat(
-        bat,
-        file_size=src.size,
-        block_size=block_size,
-        chunk_ratio=chunk_ratio,
-        virtual_size=qemu_size,
-        has_parent=has_parent,
-        regions=regions,
-        problems=problems,
-    )
+    shape = _BatShape(src.size, block_size, chunk_ratio, qemu_size, has_parent)
+    states = _check_bat(bat, shape, regions, problems)
 
     details = VhdxDetails(
         creator=creator,
@@ -677,17 +669,19 @@ class PagedBat:
         return self._cache.get_or_load(number, self.read_page)[within]
 
 
-def _check_bat(
-    bat: PagedBat,
-    *,
-    file_size: int,
-    block_size: int,
-    chunk_ratio: int,
-    virtual_size: int,
-    has_parent: bool,
-    regions: _RegionMap,
-    problems: list[str],
-) -> dict[str, int]:
+@dataclass(frozen=True)
+class _BatShape:
+    """What every BAT entry is judged against."""
+
+    file_size: int
+    block_size: int
+    chunk_ratio: int
+    #: QEMU's virtual size (whole logical sectors).
+    virtual_size: int
+    has_parent: bool
+
+
+def _check_bat(bat: PagedBat, shape: _BatShape, regions: _RegionMap, problems: list[str]) -> dict[str, int]:
     """QEMU's ``vhdx_check_bat_entries`` and more: states, bounds and overlaps of every entry.
 
     Returns how many payload blocks are in each state. Only the first bad entry of each
@@ -705,46 +699,20 @@ def _check_bat(
             problems.append(message)
 
     for first, page in bat.pages():
-        page_counts = _quick_check(
-            page,
-            first,
-            file_size=file_size,
-            block_size=block_size,
-            chunk_ratio=chunk_ratio,
-            has_parent=has_parent,
-            regions_end=regions_end,
-        )
+        page_counts = _quick_check(page, first, shape, regions_end)
         if page_counts is None:
-            page_counts = _walk_page(
-                page,
-                first,
-                file_size=file_size,
-                block_size=block_size,
-                chunk_ratio=chunk_ratio,
-                virtual_size=virtual_size,
-                has_parent=has_parent,
-                regions=regions,
-                report=report,
-            )
+            page_counts = _walk_page(page, first, shape, regions, report)
         for name, count in page_counts.items():
             counts[name] = counts.get(name, 0) + count
     return counts
 
 
 def _walk_page(
-    page: array[int],
-    first: int,
-    *,
-    file_size: int,
-    block_size: int,
-    chunk_ratio: int,
-    virtual_size: int,
-    has_parent: bool,
-    regions: _RegionMap,
-    report: Callable[[str, str], None],
+    page: array[int], first: int, shape: _BatShape, regions: _RegionMap, report: Callable[[str, str], None]
 ) -> dict[str, int]:
     """The entry-by-entry check of one page (entries ``first`` onwards); its payload state counts."""
     counts: dict[str, int] = {}
+    file_size, block_size, chunk_ratio = shape.file_size, shape.block_size, shape.chunk_ratio
     period = chunk_ratio + 1
     for index, entry in enumerate(page, first):
         state = entry & BAT_STATE_MASK
@@ -761,7 +729,7 @@ def _walk_page(
             report("state", f"VHDX BAT entry {index} has the invalid payload block state {state}")
             continue
         counts[name] = counts.get(name, 0) + 1
-        if state == PARTIALLY_PRESENT and not has_parent:
+        if state == PARTIALLY_PRESENT and not shape.has_parent:
             report(
                 "partial",
                 f"VHDX BAT entry {index} is 'partially present', which only a differencing disk may use",
@@ -769,7 +737,7 @@ def _walk_page(
         if state not in (FULLY_PRESENT, PARTIALLY_PRESENT):
             continue
         # The last block may be partial (QEMU once wrote such files and still accepts them).
-        length = min(block_size, max(0, virtual_size - block * block_size))
+        length = min(block_size, max(0, shape.virtual_size - block * block_size))
         if offset + length > file_size:
             report(
                 "beyond",
@@ -788,16 +756,7 @@ _STATE_OF_BYTE = bytes(b & BAT_STATE_MASK for b in range(256))
 _HAS_DATA = bytes(1 if b & BAT_STATE_MASK in (FULLY_PRESENT, PARTIALLY_PRESENT) else 0 for b in range(256))
 
 
-def _quick_check(
-    page: array[int],
-    first: int,
-    *,
-    file_size: int,
-    block_size: int,
-    chunk_ratio: int,
-    has_parent: bool,
-    regions_end: int,
-) -> dict[str, int] | None:
+def _quick_check(page: array[int], first: int, shape: _BatShape, regions_end: int) -> dict[str, int] | None:
     """Payload state counts of one page (entries ``first`` onwards) when every entry is
     certainly valid, else None.
 
@@ -807,6 +766,7 @@ def _quick_check(
     lies wholly inside the file and after every region, no state is invalid.
     """
     raw = page.tobytes()
+    chunk_ratio = shape.chunk_ratio
     period = chunk_ratio + 1
     # The page's first sector bitmap entry: global indices chunk_ratio, chunk_ratio + period ...
     first_bitmap = (chunk_ratio - first) % period
@@ -814,14 +774,14 @@ def _quick_check(
     bitmap_states = raw[8 * first_bitmap :: 8 * period].translate(_STATE_OF_BYTE)
     bitmap_bad = len(bitmap_states) - bitmap_states.count(NOT_PRESENT) - bitmap_states.count(FULLY_PRESENT)
     payload = {state: states.count(state) - bitmap_states.count(state) for state in range(8)}
-    if bitmap_bad or payload[4] or (payload[PARTIALLY_PRESENT] and not has_parent):
+    if bitmap_bad or payload[4] or (payload[PARTIALLY_PRESENT] and not shape.has_parent):
         return None
     selector = raw[0::8].translate(_HAS_DATA)
     if selector.count(1):
         # Two streaming passes: no list of millions of ints.
         highest = max(itertools.compress(page, selector)) & BAT_OFFSET_MASK
         lowest = min(itertools.compress(page, selector)) & BAT_OFFSET_MASK
-        if highest + block_size > file_size or lowest < regions_end:
+        if highest + shape.block_size > shape.file_size or lowest < regions_end:
             return None
     counts: dict[str, int] = {}
     for state, count in payload.items():
