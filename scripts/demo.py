@@ -116,7 +116,6 @@ def main() -> None:
         ],
     )
     timed(
-        # no --swap: build puts the swap partition after the root, which then cannot grow
         "build a bootable disk: GPT, ext4 root, GRUB 2 — no root, no loop devices",
         imagewright(
             "build",

@@ -256,11 +256,8 @@ def _unread_guest_reason(opened: OpenedImage) -> str:
     guest (LUKS, qcow2 LUKS/AES, qcow AES) is read by whoever holds the key, and what they
     read (a partition table, or a qcow2 naming a backing file) was never seen here.
     """
-    encryption = getattr(opened.details, "encryption", None)
-    if opened.format == "luks":
-        encryption = "luks"
-    if encryption not in (None, "none"):
-        return f"its guest data is encrypted ({encryption}), so what it holds could not be examined"
+    if opened.encryption is not None:
+        return f"its guest data is encrypted ({opened.encryption}), so what it holds could not be examined"
     return "its guest data could not be read here, so what it holds could not be examined"
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import struct
 import time
+import tracemalloc
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.fixtures import hostile_vhdx
@@ -45,6 +48,7 @@ from imagewright.errors import ImageFormatError
 from imagewright.formats import registry, vhdx
 from imagewright.formats.base import Limits
 from imagewright.formats.crc32c import crc32c_with_field_zeroed
+from imagewright.inspection import inspect_image
 
 pytestmark = pytest.mark.integration
 
@@ -508,3 +512,117 @@ def test_random_structures_with_valid_crcs_raise_only_imagewright_errors(
         data[base + 8 : base + 8 + len(table)] = table
     _fix_crcs(data)
     open_mutated(vhdx, bytes(data))
+
+
+# --- BATs larger than any table read whole ---------------------------------------------------
+
+TiB = 1024 * GiB
+#: With 1 MiB blocks and 512-byte sectors a chunk (4096 payload blocks, then a bitmap entry) is 4 GiB.
+CHUNK = 4 * GiB
+
+
+def _windows(size: int) -> list[tuple[int, int, int]]:
+    """(guest offset, length, pattern) written with qemu-io: the first block, two blocks across
+    the first chunk boundary (where a sector bitmap entry sits between them in the BAT), the
+    middle of the disk and its very last block."""
+    return [
+        (0, MiB, 0x5A),
+        (CHUNK - MiB // 2, MiB, 0xA5),
+        (size // 2 + 4096, 64 * 1024, 0x3C),
+        (size - MiB, MiB, 0x11),
+    ]
+
+
+@pytest.mark.parametrize("size", [16 * TiB, 64 * TiB], ids=["16T", "64T"])
+def test_a_bat_of_hundreds_of_mib_is_read_in_pages_not_refused(tmp_path: Path, size: int) -> None:
+    image = create_vhdx(tmp_path, "big.vhdx", str(size), "block_size=1M", "subformat=dynamic")
+    windows = _windows(size)
+    qemu_io(image, "vhdx", *(f"write -P {pattern} {offset} {length}" for offset, length, pattern in windows))
+    run("fallocate", "--dig-holes", image)  # qemu-img writes the 128/512 MiB BAT out as zeros
+    blocks = size // MiB
+    bat_bytes = (blocks + (blocks - 1) // 4096) * 8  # a bitmap entry after every 4096 blocks but the last
+    assert bat_bytes > Limits().max_table_bytes  # what used to be refused
+    limits = Limits(max_virtual_size=64 * TiB)
+    tracemalloc.start()
+    try:
+        with opened(vhdx, image, limits) as result:
+            assert result.problems == []
+            assert isinstance(result.details, vhdx.VhdxDetails)
+            assert result.details.bat_entries * 8 == bat_bytes
+            # Blocks 0, 4095, 4096, one in the middle, the last: five present, the rest zero or absent.
+            states = result.details.payload_block_states
+            assert states["fully present"] == 5 and sum(states.values()) == blocks
+            guest = result.guest
+            assert guest is not None
+            for offset, length, _ in windows:
+                # qemu's own reading of the window: its raw driver over a byte range of the vhdx.
+                start, end = offset // MiB * MiB, -(-(offset + length) // MiB) * MiB
+                theirs = tmp_path / f"window-{start}.raw"
+                window = f"driver=raw,offset={start},size={end - start},file.driver=vhdx"
+                window += f",file.file.filename={image}"
+                run("qemu-img", "convert", "-O", "raw", "--image-opts", window, theirs)
+                assert guest.pread(start, end - start) == theirs.read_bytes()
+            assert guest.pread(size // 4, 4096) == bytes(4096)
+            _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # The BAT is 128 or 512 MiB; opening, checking and reading kept a few pages of it.
+    assert peak < 24 * MiB, peak
+    report = inspect_image(image, limits=limits)  # the whole inspection: format, table, verdict
+    assert report.format == "vhdx" and report.virtual_size == size
+    assert report.safe, report.verdict.reasons
+
+
+def test_sector_bitmap_entries_are_told_apart_in_every_bat_page(tmp_path: Path) -> None:
+    """Pages of the BAT do not start on chunk boundaries: the bitmap entries' places in a later
+    page follow from the entry's index in the whole table, in the quick check and in the walk."""
+    fixed = create_vhdx(
+        tmp_path, "fixed.vhdx", "3900G", "block_size=1M", "subformat=fixed", "block_state_zero=off"
+    )
+    with opened(vhdx, fixed) as result:  # every payload entry present, every bitmap entry not
+        assert isinstance(result.details, vhdx.VhdxDetails)
+        assert result.details.payload_block_states == {"fully present": 3900 * 1024}
+    fixed.unlink()
+    image = create_vhdx(tmp_path, "paged.vhdx", "3900G", "block_size=1M", "subformat=dynamic")
+    period = 4096 + 1
+    later = 4096 + 200 * period  # a sector bitmap entry in the BAT's seventh page
+    assert later // vhdx.BAT_PAGE_ENTRIES == 6 and later % vhdx.BAT_PAGE_ENTRIES % period != 4096
+    set_bat_entry(image, later, 2 * MiB | 6)  # a present sector bitmap: not a payload block
+    with opened(vhdx, image) as result:
+        assert result.problems == []
+        assert isinstance(result.details, vhdx.VhdxDetails)
+        assert "fully present" not in result.details.payload_block_states
+        assert sum(result.details.payload_block_states.values()) == 3900 * 1024
+    bad = later + 40 * period  # another bitmap entry, a page on, in a state bitmaps cannot have
+    assert bad // vhdx.BAT_PAGE_ENTRIES == 7
+    set_bat_entry(image, bad, 3)
+    set_bat_entry(image, bad - 1, 1 << 50 | 6)  # and the payload entry before it, far beyond the file
+    with opened(vhdx, image) as result:
+        assert_refused_with(result, f"VHDX sector bitmap entry {bad} has the invalid state 3")
+        assert_refused_with(result, f"VHDX BAT entry {bad - 1} points to offset {1 << 50}")
+
+
+@pytest.mark.long
+@pytest.mark.timeout(3600)
+def test_convert_reads_a_vhdx_whose_bat_is_over_the_table_limit_and_qemu_agrees(
+    tmp_path: Path, run_cli: Callable[..., Result]
+) -> None:
+    """End to end: ``imagewright convert`` (inspect, then qemu-img) to qcow2, and ``qemu-img
+    compare`` on the result. 5 TiB is the smallest size here whose BAT (40 MiB) was refused;
+    QEMU 7.2's vhdx driver reports no allocation, so qemu-img reads every byte of it twice
+    (convert, compare): about 10 minutes each on 2 busy cores, hence ``long``."""
+    size = 5 * TiB
+    image = create_vhdx(tmp_path, "five.vhdx", str(size), "block_size=1M", "subformat=dynamic")
+    qemu_io(
+        image,
+        "vhdx",
+        *(f"write -P {pattern} {offset} {length}" for offset, length, pattern in _windows(size)),
+    )
+    run("fallocate", "--dig-holes", image)
+    out = tmp_path / "five.qcow2"
+    result = run_cli(["convert", "--json", image, "-O", "qcow2", out])
+    assert result.exit_code == 0, result.stderr
+    assert run("qemu-img", "check", "-f", "qcow2", out).returncode == 0
+    compared = run("qemu-img", "compare", "-f", "vhdx", "-F", "qcow2", image, out, check=False)
+    assert compared.returncode == 0, compared.stdout.decode() + compared.stderr.decode()
+    assert b"Images are identical." in compared.stdout

@@ -10,14 +10,19 @@ the process a user starts, and reached from the instances' fixed loopback addres
   and after a ``kill -9`` the next one replaces the dead socket and serves;
 - SIGTERM ends it with status 0, its socket removed and its access log flushed;
 - a data dir that does not exist, a directory without a catalog (left as it was), a busy port and
-  a bad listen address are one sentence each.
+  a bad listen address are one sentence each;
+- it logs as ``imagewright serve`` does (``--log-level``, ``service.logs``' handler on stderr): its
+  start-up line, its access lines with ``--access-log -``, and a failure of its catalog watch as
+  one formatted ERROR record — nothing bare, nothing dropped.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,6 +32,7 @@ from pathlib import Path
 import pytest
 from tests.fixtures.metadata_service import IMAGE_BYTES, Answer, request
 from tests.fixtures.registry import BIN, RegistryServer, _clean_env, free_port
+from tests.fixtures.tools import run
 
 from imagewright.metadata.channel import MetadataChannel
 
@@ -224,3 +230,49 @@ def test_bad_start_up_input_is_one_sentence(registry: Registry, tmp_path: Path) 
     for output in (missing.output(), not_a_data_dir.output(), taken.output()):
         assert "Traceback" not in output
     assert os.listdir(MetadataChannel.for_data_dir(registry.server.data_dir).socket_path.parent) == []
+
+
+#: ``service.logs.FORMAT``: "2026-12-07 13:40:00,123 INFO imagewright.metadata [4242]: ...".
+RECORD = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} %s %s \[%d\]: %s"
+
+
+def test_logs_like_serve_start_up_access_lines_and_errors(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    run(BIN / "imagewright", "db", "upgrade", "--data-dir", data_dir)  # a catalog, no registry running
+    quiet = _wait_listening(_start(data_dir, tmp_path, "--log-level", "warning"))
+    assert quiet.get("/latest/meta-data/instance-id", STRANGER).status == 404  # serving: signals handled
+    assert _stop(quiet) == 0
+    assert "INFO" not in quiet.output(), quiet.output()
+
+    service = _wait_listening(_start(data_dir, tmp_path, "--log-level", "info", "--access-log", "-"))
+    try:
+        pid = service.process.pid
+        socket_path = MetadataChannel.for_data_dir(data_dir).socket_path
+        started = RECORD % ("INFO", re.escape("imagewright.metadata"), pid, re.escape(
+            f"serving instance metadata on {socket_path} and 127.0.0.1:{service.port}; access log: -"
+        ))  # fmt: skip
+        _eventually("the start-up line is logged", lambda: re.search(started, service.output(), re.M))
+
+        fetched = run(
+            "curl", "-sS", "--noproxy", "*", "--interface", STRANGER, "-o", "/dev/null", "-w", "%{http_code}",
+            f"http://127.0.0.1:{service.port}/latest/meta-data/instance-id",
+        )  # fmt: skip
+        assert fetched.stdout == b"404"
+        access = re.compile(
+            rf"^\S+Z {re.escape(STRANGER)} - GET /latest/meta-data/instance-id 404 \d+$", re.M
+        )
+        _eventually("the access line reaches stderr", lambda: access.search(service.output()))
+
+        # Break the catalog under the running service: its watch fails, and says so in one record.
+        with sqlite3.connect(data_dir / "catalog.sqlite") as catalog:
+            catalog.execute("ALTER TABLE catalog_versions RENAME TO catalog_versions_gone")
+        failed = RECORD % ("ERROR", re.escape("imagewright.metadata.cache"), pid, re.escape(
+            "checking the catalog for instance changes failed"
+        ))  # fmt: skip
+        _eventually("the failed catalog check is logged", lambda: re.search(failed, service.output(), re.M))
+        assert "no such table: catalog_versions" in service.output()
+    finally:
+        assert _stop(service) == 0
+    stopped = RECORD % ("INFO", re.escape("imagewright.metadata"), pid, "the metadata service stopped$")
+    assert re.search(stopped, service.output(), re.M), service.output()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from click.testing import Result
 from tests.fixtures.tools import run, sfdisk_json
+from tests.ops.resize_fixtures import block_count, e2fsck_clean
 
 from imagewright.compute.boot import boot
 from imagewright.compute.testguest import FlatFilesystem, TestGuest
@@ -100,7 +101,7 @@ def test_directory_to_mbr_raw_with_swap(
     assert report["firmware"] == "bios" and report["boots_under"] == ["bios"]
     assert any("BIOS only" in note for note in report["notes"]), report["notes"]
     assert report["source_kind"] == "directory"
-    assert [p["role"] for p in report["partitions"]] == ["root", "swap"]
+    assert [p["role"] for p in report["partitions"]] == ["swap", "root"]
     assert by_role(report, "root")["bootable"] is True
     assert by_role(report, "swap")["sectors"] * SECTOR == 64 * MiB
     assert_sfdisk_matches(image, report, "dos")
@@ -116,12 +117,58 @@ def test_directory_to_gpt_raw_with_swap(
         run_cli, "--from", testguest_rootfs.root, "-o", image, "--swap", "32M", "--table", "gpt"
     )
     assert report["table"] == "gpt"
-    assert [p["role"] for p in report["partitions"]][-2:] == ["root", "swap"]
+    assert [p["role"] for p in report["partitions"]][-2:] == ["swap", "root"]
     assert_sfdisk_matches(image, report, "gpt")
     verify = run("sgdisk", "-v", image)
     assert b"No problems found" in verify.stdout, verify.stdout.decode()
     assert_partitions_hold_what_report_says(image, report, tmp_path)
     assert_inspect_sees(image, report, "gpt")
+
+
+@pytest.mark.parametrize("table", ["mbr", "gpt"])
+def test_root_after_swap_grows_with_resize_and_with_growpart(
+    run_cli: Callable[..., Result], testguest_rootfs: TestGuest, tmp_path: Path, table: str
+) -> None:
+    """The root partition is the last one on a disk with swap, so it can grow: our resize grows
+    it (and its ext4), and so does cloud-utils' growpart, which stops at the next partition."""
+    image = tmp_path / "disk.raw"
+    report = build_json(
+        run_cli, "--from", testguest_rootfs.root, "-o", image, "--swap", "32M", "--table", table,
+        "--size", "256M",
+    )  # fmt: skip
+    root = by_role(report, "root")
+    on_disk = sorted(sfdisk_json(image)["partitions"], key=lambda p: p["start"])
+    assert on_disk[-1]["node"] == f"{image}{root['number']}"
+    assert on_disk[-2]["node"] == f"{image}{by_role(report, 'swap')['number']}"
+    grown_end = (256 + 128) * MiB // SECTOR - 34  # growpart's end: 33 sectors kept free
+
+    ours = tmp_path / "ours.raw"
+    run("cp", "--sparse=always", image, ours)
+    resized = run_cli(["resize", "--json", "--grow-filesystem", ours, "+128M"])
+    assert resized.exit_code == 0, resized.stderr
+    growth = json.loads(resized.stdout)["partition"]
+    assert growth["number"] == root["number"] and growth["new_end"] == grown_end
+
+    theirs = tmp_path / "theirs.raw"
+    run("cp", "--sparse=always", image, theirs)
+    resized = run_cli(["resize", "--no-partition", theirs, "+128M"])
+    assert resized.exit_code == 0, resized.stderr
+    changed = run("growpart", theirs, str(root["number"])).stdout.decode()
+    assert changed.startswith(f"CHANGED: partition={root['number']}"), changed
+
+    for grown in (ours, theirs):
+        (entry,) = [p for p in sfdisk_json(grown)["partitions"] if p["node"] == f"{grown}{root['number']}"]
+        assert (entry["start"], entry["start"] + entry["size"] - 1) == (root["start"], grown_end)
+        part = extract(grown, {"start": entry["start"], "sectors": entry["size"]}, tmp_path / "root.part")
+        if grown == theirs:
+            run("resize2fs", part)  # what cloud-init's resizefs does after growpart
+        e2fsck_clean(str(part))
+        blocks, block_size = block_count(str(part))
+        # Grown by (nearly) all 128 MiB; resize2fs may leave the partition's last few blocks out.
+        assert root["sectors"] * SECTOR + 127 * MiB < blocks * block_size <= entry["size"] * SECTOR
+        assert blkid_value(part, "UUID") == report["root_filesystem"]["uuid"]
+    if table == "gpt":
+        assert b"No problems found" in run("sgdisk", "-v", theirs).stdout
 
 
 # --- bad input ----------------------------------------------------------------------------

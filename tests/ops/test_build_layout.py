@@ -29,8 +29,9 @@ def test_hybrid_layout() -> None:
     assert [(p.number, p.role, p.start, p.sectors) for p in layout.partitions] == [
         (1, "bios-boot", 2048, 2048),
         (2, "esp", 4096, DEFAULT_ESP_BYTES // 512),
-        (3, "root", 4096 + 204800, layout.swap.start - 208896 if layout.swap else 0),
-        (4, "swap", layout.swap.start if layout.swap else 0, 64 * MiB // 512),
+        (3, "swap", 208896, 64 * MiB // 512),
+        # Root last, to the last aligned MiB before the backup GPT (1 GiB - 1 MiB).
+        (4, "root", 208896 + 131072, 2097152 - 2048 - 208896 - 131072),
     ]
     assert layout.esp is not None and layout.esp.type_id == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
     assert layout.core_image_lba == 2048
@@ -48,6 +49,25 @@ def test_uefi_and_bios_layouts() -> None:
     ] and bios.esp is None
     mbr = plan_layout(GiB, LayoutShape("mbr", "bios"))
     assert [(p.number, p.role, p.bootable) for p in mbr.partitions] == [(1, "root", True)]
+    mbr_swap = plan_layout(GiB, LayoutShape("mbr", "bios", swap_size=64 * MiB))
+    assert [(p.number, p.role, p.start, p.sectors, p.bootable) for p in mbr_swap.partitions] == [
+        (1, "swap", 2048, 131072, False),
+        (2, "root", 2048 + 131072, 2097152 - 2048 - 131072, True),
+    ]
+    assert mbr_swap.core_image_capacity == 2047
+
+
+def test_swap_comes_before_root_so_root_can_grow() -> None:
+    """growpart grows a partition only up to the next one on the disk: root must end last."""
+    for table, firmware in (("mbr", "bios"), ("gpt", "bios"), ("gpt", "uefi"), ("gpt", "hybrid")):
+        layout = plan_layout(GiB, LayoutShape(table, firmware, swap_size=32 * MiB))  # type: ignore[arg-type]
+        assert layout.partitions[-1].role == "root", (table, firmware)
+        assert layout.swap is not None and layout.swap.number == layout.root.number - 1
+        assert layout.swap.end + 1 == layout.root.start
+        # Numbered in disk order, so sfdisk reports no "not in disk order" warning.
+        assert [p.number for p in sorted(layout.partitions, key=lambda p: p.start)] == list(
+            range(1, len(layout.partitions) + 1)
+        )
 
 
 @settings(max_examples=200, deadline=None)
@@ -70,6 +90,7 @@ def test_minimum_disk_size_is_exact(root: int, swap: int, shape: tuple[str, str]
     ends = [(p.start, p.end) for p in layout.partitions]
     assert all(a_end < b_start for (_, a_end), (b_start, _) in itertools.pairwise(ends))
     assert all(p.start % 2048 == 0 for p in layout.partitions)
+    assert layout.partitions[-1].role == "root"
 
 
 @pytest.mark.parametrize(

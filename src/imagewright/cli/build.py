@@ -166,9 +166,10 @@ def command(
     BIOS boot partition for GRUB 2 (i386-pc), an EFI System Partition holding a signed shim
     and GRUB (Secure Boot works: the guest's own, from its shim-signed and
     grub-efi-amd64-signed, when it has them, else Debian's; without them, an unsigned GRUB,
-    said in the report) and the root partition after them; an optional swap partition at the
-    end. --firmware bios gives an MBR disk (root partition 1, bootable) or, with --table gpt,
-    a BIOS boot partition and the root; --firmware uefi an ESP and the root. Both firmwares
+    said in the report) and the root partition after them, last on the disk so that it can
+    grow (an optional swap partition goes before it). --firmware bios gives an MBR disk (root
+    partition 1, bootable; 2 after swap) or, with --table gpt, a BIOS boot partition and the
+    root; --firmware uefi an ESP and the root. Both firmwares
     read the same grub.cfg, booting the newest /boot/vmlinuz-* (or --kernel) with root=UUID=
     and a serial console, and /etc/fstab names root and swap by UUID.
 

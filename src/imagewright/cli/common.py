@@ -51,6 +51,24 @@ task_lease_option = click.option(
 )
 
 
+def log_level_option(func: F) -> F:
+    """``--log-level`` of the servers (``serve``, ``metadata serve``): what ``service.logs`` shows.
+
+    Its choices are imported when a server command is defined, not with this module (every
+    command imports it).
+    """
+    from imagewright.service.logs import LEVELS
+
+    return click.option(
+        "--log-level",
+        type=click.Choice(LEVELS),
+        default="info",
+        show_default=True,
+        help="What the service logs to stderr (info: start-up, one line per request, tasks, sweeps; "
+        "the metadata service's request lines go to its --access-log).",
+    )(func)
+
+
 #: ``--tokens`` of the commands that make instances (``instance create``, ``run``, ``verify``).
 tokens_option = click.option(
     "--tokens",

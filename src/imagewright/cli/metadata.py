@@ -7,6 +7,8 @@ from typing import Any, TypeVar
 
 import click
 
+from imagewright.cli.common import log_level_option
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_METADATA_LISTEN = "169.254.169.254:80"
@@ -65,6 +67,7 @@ def build_config(
     rate_limit: float | None,
     access_log: str | None,
     cache_check: float,
+    log_level: str,
 ) -> Any:
     from imagewright.service.config import parse_listen
     from imagewright.service.imds.config import MetadataConfig, parse_trusted_proxy
@@ -77,6 +80,7 @@ def build_config(
         rate_limit=rate_limit,
         access_log=access_log,
         cache_check_seconds=cache_check,
+        log_level=log_level,
     )
 
 
@@ -99,6 +103,7 @@ def command() -> None:
     "is always served).",
 )
 @metadata_options("")
+@log_level_option
 def serve(
     data_dir: str | None,
     database: str | None,
@@ -107,6 +112,7 @@ def serve(
     rate_limit: float | None,
     access_log: str | None,
     cache_check: float,
+    log_level: str,
 ) -> None:
     """Serve instance metadata from the registry's catalog, without the registry's APIs.
 
@@ -114,9 +120,10 @@ def serve(
     signed headers of a trusted proxy, or by the forwarder that `imagewright run` puts behind
     QEMU's guestfwd; anybody else gets 404.
     """
-    from imagewright.service import datadir
+    from imagewright.service import datadir, logs
     from imagewright.service.imds import serving
 
+    logs.configure(log_level)  # as `serve` does: what start-up logs has a handler too
     directory = datadir.resolve_data_dir(data_dir)
     if not directory.is_dir():
         raise click.UsageError(f"There is no data dir {directory}; start 'imagewright serve' once first.")
@@ -128,6 +135,7 @@ def serve(
         rate_limit,
         access_log,
         cache_check,
+        log_level,
     )
     channel = serving.prepare(config)
     click.echo(f"imagewright metadata service: data dir {directory}")

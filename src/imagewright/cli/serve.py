@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
-from imagewright.cli.common import task_lease_option
+from imagewright.cli.common import log_level_option, task_lease_option
 from imagewright.cli.metadata import build_config, metadata_options
 from imagewright.service.config import DEFAULT_LISTEN, parse_listen
-from imagewright.service.logs import LEVELS
 
 
 @click.command("serve")
@@ -120,13 +119,7 @@ from imagewright.service.logs import LEVELS
     help="How long an export's signed download URL (and its file) stays valid.",
 )
 @task_lease_option
-@click.option(
-    "--log-level",
-    type=click.Choice(LEVELS),
-    default="info",
-    show_default=True,
-    help="What the service logs to stderr (info: start-up, one line per request, tasks, sweeps).",
-)
+@log_level_option
 @click.option(
     "--sweep-interval",
     default=60.0,
@@ -235,6 +228,7 @@ def command(
             rate_limit,
             access_log,
             cache_check,
+            log_level,
         )
         echo(
             f"  metadata: http://{metadata_listen} (instances), "

@@ -189,6 +189,10 @@ class OpenedImage:
     virtual_size: int
     #: The format's own typed dataclass of header fields (``Qcow2Details``, ``VmdkDetails`` ...).
     details: FormatDetails
+    #: How the guest data is encrypted (``aes``, ``luks``, ``unknown (N)`` for a method no
+    #: reader knows); None when it is not. Every reader states it: an encrypted guest is read
+    #: only by whoever holds the key, so nothing here judged what it holds.
+    encryption: str | None
     #: Guest-visible bytes through the format's own mapping (zeros where unallocated);
     #: ``None`` when they cannot be read from this file alone (e.g. descriptor-only VMDK).
     guest: ByteSource | None = None

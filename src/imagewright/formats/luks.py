@@ -134,4 +134,10 @@ def open_image(src: ByteSource, limits: Limits) -> OpenedImage:
     )
     # QEMU measures the file in whole sectors (rounded up) before subtracting the payload offset.
     file_size = -(-src.size // SECTOR) * SECTOR
-    return OpenedImage(format="luks", virtual_size=file_size - payload, details=details, problems=problems)
+    return OpenedImage(
+        format="luks",
+        virtual_size=file_size - payload,
+        details=details,
+        encryption="luks",
+        problems=problems,
+    )

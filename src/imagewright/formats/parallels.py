@@ -149,7 +149,12 @@ def open_image(src: ByteSource, limits: Limits) -> OpenedImage:
         allocated_clusters=allocated,
     )
     return OpenedImage(
-        format="parallels", virtual_size=virtual_size, details=details, guest=guest, problems=problems
+        format="parallels",
+        virtual_size=virtual_size,
+        details=details,
+        encryption=None,
+        guest=guest,
+        problems=problems,
     )
 
 

@@ -182,6 +182,7 @@ def open_image(src: ByteSource, limits: Limits) -> OpenedImage:
         format="qcow",
         virtual_size=size // 512 * 512,
         details=details,
+        encryption=None if details.encryption == "none" else details.encryption,
         guest=guest,
         references=references,
         problems=problems,

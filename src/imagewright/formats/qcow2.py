@@ -464,6 +464,7 @@ class _Qcow2Reader:
             format="qcow2",
             virtual_size=virtual_size,
             details=details,
+            encryption=None if details.encryption == "none" else details.encryption,
             guest=guest,
             references=self.references,
             problems=self.problems,

@@ -192,6 +192,7 @@ def open_image(src: ByteSource, limits: Limits) -> OpenedImage:
     )
     return OpenedImage(
         format="qed",
+        encryption=None,
         virtual_size=image_size,
         details=details,
         guest=guest,

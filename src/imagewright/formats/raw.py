@@ -54,4 +54,6 @@ def open_image(src: ByteSource, limits: Limits) -> OpenedImage:
     """The file as a disk: virtual size = file size in whole sectors, guest bytes = file bytes."""
     virtual_size = -(-src.size // SECTOR) * SECTOR
     guest: ByteSource = src if virtual_size == src.size else ZeroPaddedSource(src, virtual_size)
-    return OpenedImage(format="raw", virtual_size=virtual_size, details=RawDetails(src.size), guest=guest)
+    return OpenedImage(
+        format="raw", virtual_size=virtual_size, details=RawDetails(src.size), encryption=None, guest=guest
+    )

@@ -256,6 +256,7 @@ def open_image(src: ByteSource, limits: Limits) -> OpenedImage:
         guest = VdiGuest(src, virtual_size, bmap, offset_data, block_size)
     return OpenedImage(
         format="vdi",
+        encryption=None,
         virtual_size=virtual_size,
         details=details,
         guest=guest,

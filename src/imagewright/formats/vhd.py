@@ -348,6 +348,7 @@ def open_image(src: ByteSource, limits: Limits) -> OpenedImage:
             )
         return OpenedImage(
             format="vpc",
+            encryption=None,
             virtual_size=virtual_size,
             details=details,
             guest=FixedVhdGuest(src, virtual_size, data_end),
@@ -364,6 +365,7 @@ def open_image(src: ByteSource, limits: Limits) -> OpenedImage:
         guest = DynamicVhdGuest(src, virtual_size, bat, dynamic.block_size, dynamic.bitmap_size)
     return OpenedImage(
         format="vpc",
+        encryption=None,
         virtual_size=virtual_size,
         details=dataclasses.replace(details, dynamic=dynamic),
         guest=guest,

@@ -33,6 +33,14 @@ replayed before its metadata can be trusted, so it is refused. Regions, metadata
 every FULLY_PRESENT block must lie inside the file and must not overlap each other.
 QEMU 7.2 itself refuses a HasParent image (``vhdx_parse_metadata``: ENOTSUP); Hyper-V opens
 the parent, so the reference is refused here whatever QEMU does.
+
+NOTE (memory): a valid BAT may be large — a 64 TiB disk (the format's maximum) with 1 MiB
+blocks has 64 Mi payload entries, 512 MiB of table — so it is never read whole (QEMU reads it
+whole: ``vhdx_open``). Opening streams it once, ``BAT_PAGE_ENTRIES`` at a time, through every
+check below; the guest view reads the page an entry lies in when it needs it and keeps at
+most ``BAT_CACHED_PAGES`` pages. Its size is bounded by the format itself (``MAX_VIRTUAL_SIZE``,
+``MIN_BLOCK_SIZE``) and by the BAT region, which must lie inside the file; ``Limits.max_table_bytes``
+(for tables that are read whole) does not apply.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import dataclasses
 import itertools
 import uuid
 from array import array
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from imagewright.binary import ByteSource, Layout, read_exact
@@ -49,7 +58,7 @@ from imagewright.formats import probes
 from imagewright.formats.base import ExternalReference, Limits, OpenedImage
 from imagewright.formats.crc32c import crc32c_with_field_zeroed
 from imagewright.formats.external_names import describe_external_name
-from imagewright.formats.mapped_guest import GuestRun, MappedGuestSource
+from imagewright.formats.mapped_guest import GuestRun, LruCache, MappedGuestSource
 from imagewright.units import format_size
 
 KiB = 1024
@@ -72,6 +81,10 @@ MAX_VIRTUAL_SIZE = 64 * TiB
 SECTORS_PER_CHUNK = 1 << 23
 BAT_OFFSET_MASK = 0xFFFFFFFFFFF00000
 BAT_STATE_MASK = 0x7
+#: BAT entries read at once: 1 MiB of table.
+BAT_PAGE_ENTRIES = 128 * 1024
+#: BAT pages the guest view keeps (at most 8 MiB of table, whatever the disk's size).
+BAT_CACHED_PAGES = 8
 
 NOT_PRESENT, UNDEFINED, ZERO, UNMAPPED, UNMAPPED_DRAFT = 0, 1, 2, 3, 5
 FULLY_PRESENT, PARTIALLY_PRESENT = 6, 7
@@ -235,8 +248,8 @@ class VhdxDetails:
     chunk_ratio: int
     bat_offset: int
     bat_entries: int
-    #: Count of payload blocks per state name; None when the BAT was not read.
-    payload_block_states: dict[str, int] | None
+    #: Count of payload blocks per state name (the whole BAT is always checked, page by page).
+    payload_block_states: dict[str, int]
     parent_locator: VhdxParentLocator | None = None
 
 
@@ -324,27 +337,9 @@ def open_image(src: ByteSource, limits: Limits) -> OpenedImage:
             f"region holds only {bat_region.length // 8}."
         )
 
-    bat: array[int] | None = None
-    states: dict[str, int] | None = None
-    if bat_bytes > limits.max_table_bytes:
-        problems.append(
-            f"the VHDX BAT has {bat_entries} entries ({format_size(bat_bytes)}), more than the "
-            f"{format_size(limits.max_table_bytes)} allowed for a metadata table"
-        )
-    else:
-        bat = array("Q", read_exact(src, bat_region.file_offset, bat_bytes, "VHDX BAT"))
-        if bat.itemsize != 8:
-            raise AssertionError("array('Q') must hold 64-bit entries")
-        states = _check_bat(
-            bat,
-            file_size=src.size,
-            block_size=block_size,
-            chunk_ratio=chunk_ratio,
-            virtual_size=qemu_size,
-            has_parent=has_parent,
-            regions=regions,
-            problems=problems,
-        )
+    bat = PagedBat(src, bat_region.file_offset, bat_entries)
+    shape = _BatShape(src.size, block_size, chunk_ratio, qemu_size, has_parent)
+    states = _check_bat(bat, shape, regions, problems)
 
     details = VhdxDetails(
         creator=creator,
@@ -371,10 +366,11 @@ def open_image(src: ByteSource, limits: Limits) -> OpenedImage:
         parent_locator=locator,
     )
     guest = None
-    if bat is not None and not has_parent:
+    if not has_parent:
         guest = VhdxGuest(src, qemu_size, bat, block_size, chunk_ratio)
     return OpenedImage(
         format="vhdx",
+        encryption=None,
         virtual_size=qemu_size,
         details=details,
         guest=guest,
@@ -640,37 +636,85 @@ def _parent_reference(locator: VhdxParentLocator) -> ExternalReference:
     return ExternalReference("parent", target, detail)
 
 
-def _check_bat(
-    bat: array[int],
-    *,
-    file_size: int,
-    block_size: int,
-    chunk_ratio: int,
-    virtual_size: int,
-    has_parent: bool,
-    regions: _RegionMap,
-    problems: list[str],
-) -> dict[str, int]:
+class PagedBat:
+    """The BAT, read ``BAT_PAGE_ENTRIES`` entries at a time: never whole (see the NOTE above)."""
+
+    def __init__(self, src: ByteSource, offset: int, entries: int) -> None:
+        self._src = src
+        self._offset = offset
+        self.entries = entries
+        self._cache: LruCache[int, array[int]] = LruCache(BAT_CACHED_PAGES)
+
+    def read_page(self, number: int) -> array[int]:
+        """Entries ``number * BAT_PAGE_ENTRIES`` onwards (fewer in the last page), read from the file."""
+        first = number * BAT_PAGE_ENTRIES
+        count = min(BAT_PAGE_ENTRIES, self.entries - first)
+        if count <= 0:
+            raise ImageFormatError(f"The VHDX BAT has no page {number}.")
+        page = array("Q", read_exact(self._src, self._offset + 8 * first, 8 * count, "VHDX BAT"))
+        if page.itemsize != 8:
+            raise AssertionError("array('Q') must hold 64-bit entries")
+        return page
+
+    def pages(self) -> Iterator[tuple[int, array[int]]]:
+        """(index of the first entry, entries) for every page, in order; one page in memory at a time."""
+        for number in range(-(-self.entries // BAT_PAGE_ENTRIES)):
+            yield number * BAT_PAGE_ENTRIES, self.read_page(number)
+
+    def entry(self, index: int) -> int:
+        """Entry ``index`` (0 beyond the table), through the cache of recently read pages."""
+        if not 0 <= index < self.entries:
+            return 0
+        number, within = divmod(index, BAT_PAGE_ENTRIES)
+        return self._cache.get_or_load(number, self.read_page)[within]
+
+
+@dataclass(frozen=True)
+class _BatShape:
+    """What every BAT entry is judged against."""
+
+    file_size: int
+    block_size: int
+    chunk_ratio: int
+    #: QEMU's virtual size (whole logical sectors).
+    virtual_size: int
+    has_parent: bool
+
+
+def _check_bat(bat: PagedBat, shape: _BatShape, regions: _RegionMap, problems: list[str]) -> dict[str, int]:
     """QEMU's ``vhdx_check_bat_entries`` and more: states, bounds and overlaps of every entry.
 
     Returns how many payload blocks are in each state. Only the first bad entry of each
-    kind is described. A sound BAT is confirmed by ``_quick_check`` at C speed; only one
-    that fails it is walked entry by entry to name the culprit.
+    kind is described. The BAT is streamed page by page; a sound page is confirmed by
+    ``_quick_check`` at C speed, and only one that fails it is walked entry by entry to name
+    the culprit.
     """
-    quick = _quick_check(bat, file_size=file_size, block_size=block_size, chunk_ratio=chunk_ratio,
-                         has_parent=has_parent, regions_end=regions.end())  # fmt: skip
-    if quick is not None:
-        return quick
     counts: dict[str, int] = {}
     seen: set[str] = set()
+    regions_end = regions.end()
 
     def report(kind: str, message: str) -> None:
         if kind not in seen:
             seen.add(kind)
             problems.append(message)
 
+    for first, page in bat.pages():
+        page_counts = _quick_check(page, first, shape, regions_end)
+        if page_counts is None:
+            page_counts = _walk_page(page, first, shape, regions, report)
+        for name, count in page_counts.items():
+            counts[name] = counts.get(name, 0) + count
+    return counts
+
+
+def _walk_page(
+    page: array[int], first: int, shape: _BatShape, regions: _RegionMap, report: Callable[[str, str], None]
+) -> dict[str, int]:
+    """The entry-by-entry check of one page (entries ``first`` onwards); its payload state counts."""
+    counts: dict[str, int] = {}
+    file_size, block_size, chunk_ratio = shape.file_size, shape.block_size, shape.chunk_ratio
     period = chunk_ratio + 1
-    for index, entry in enumerate(bat):
+    for index, entry in enumerate(page, first):
         state = entry & BAT_STATE_MASK
         offset = entry & BAT_OFFSET_MASK
         if index % period == chunk_ratio:
@@ -685,7 +729,7 @@ def _check_bat(
             report("state", f"VHDX BAT entry {index} has the invalid payload block state {state}")
             continue
         counts[name] = counts.get(name, 0) + 1
-        if state == PARTIALLY_PRESENT and not has_parent:
+        if state == PARTIALLY_PRESENT and not shape.has_parent:
             report(
                 "partial",
                 f"VHDX BAT entry {index} is 'partially present', which only a differencing disk may use",
@@ -693,7 +737,7 @@ def _check_bat(
         if state not in (FULLY_PRESENT, PARTIALLY_PRESENT):
             continue
         # The last block may be partial (QEMU once wrote such files and still accepts them).
-        length = min(block_size, max(0, virtual_size - block * block_size))
+        length = min(block_size, max(0, shape.virtual_size - block * block_size))
         if offset + length > file_size:
             report(
                 "beyond",
@@ -712,30 +756,32 @@ _STATE_OF_BYTE = bytes(b & BAT_STATE_MASK for b in range(256))
 _HAS_DATA = bytes(1 if b & BAT_STATE_MASK in (FULLY_PRESENT, PARTIALLY_PRESENT) else 0 for b in range(256))
 
 
-def _quick_check(
-    bat: array[int], *, file_size: int, block_size: int, chunk_ratio: int, has_parent: bool, regions_end: int
-) -> dict[str, int] | None:
-    """Payload state counts when every entry is certainly valid, else None.
+def _quick_check(page: array[int], first: int, shape: _BatShape, regions_end: int) -> dict[str, int] | None:
+    """Payload state counts of one page (entries ``first`` onwards) when every entry is
+    certainly valid, else None.
 
     Works on the entries' low bytes (``bytes[0::8]``, the state lives in bits 0-2) and on
     ``max``/``min`` over the data-bearing entries picked by ``itertools.compress``, so a
     4-million-entry BAT costs milliseconds. Sufficient, not necessary: every data block
     lies wholly inside the file and after every region, no state is invalid.
     """
-    raw = bat.tobytes()
+    raw = page.tobytes()
+    chunk_ratio = shape.chunk_ratio
     period = chunk_ratio + 1
+    # The page's first sector bitmap entry: global indices chunk_ratio, chunk_ratio + period ...
+    first_bitmap = (chunk_ratio - first) % period
     states = raw[0::8].translate(_STATE_OF_BYTE)
-    bitmap_states = raw[8 * chunk_ratio :: 8 * period].translate(_STATE_OF_BYTE)
+    bitmap_states = raw[8 * first_bitmap :: 8 * period].translate(_STATE_OF_BYTE)
     bitmap_bad = len(bitmap_states) - bitmap_states.count(NOT_PRESENT) - bitmap_states.count(FULLY_PRESENT)
     payload = {state: states.count(state) - bitmap_states.count(state) for state in range(8)}
-    if bitmap_bad or payload[4] or (payload[PARTIALLY_PRESENT] and not has_parent):
+    if bitmap_bad or payload[4] or (payload[PARTIALLY_PRESENT] and not shape.has_parent):
         return None
     selector = raw[0::8].translate(_HAS_DATA)
     if selector.count(1):
         # Two streaming passes: no list of millions of ints.
-        highest = max(itertools.compress(bat, selector)) & BAT_OFFSET_MASK
-        lowest = min(itertools.compress(bat, selector)) & BAT_OFFSET_MASK
-        if highest + block_size > file_size or lowest < regions_end:
+        highest = max(itertools.compress(page, selector)) & BAT_OFFSET_MASK
+        lowest = min(itertools.compress(page, selector)) & BAT_OFFSET_MASK
+        if highest + shape.block_size > shape.file_size or lowest < regions_end:
             return None
     counts: dict[str, int] = {}
     for state, count in payload.items():
@@ -749,7 +795,7 @@ class VhdxGuest(MappedGuestSource):
     """Guest bytes through the BAT: fully present blocks from the file, other states as zeros."""
 
     def __init__(
-        self, image: ByteSource, virtual_size: int, bat: array[int], block_size: int, chunk_ratio: int
+        self, image: ByteSource, virtual_size: int, bat: PagedBat, block_size: int, chunk_ratio: int
     ) -> None:
         super().__init__(image, virtual_size, "VHDX")
         self._bat = bat
@@ -760,7 +806,7 @@ class VhdxGuest(MappedGuestSource):
         block, within = divmod(offset, self._block_size)
         length = min(max_length, self._block_size - within)
         index = block + block // self._chunk_ratio
-        entry = self._bat[index] if index < len(self._bat) else 0
+        entry = self._bat.entry(index)
         state = entry & BAT_STATE_MASK
         if state == FULLY_PRESENT:
             return GuestRun(length, host_offset=(entry & BAT_OFFSET_MASK) + within)

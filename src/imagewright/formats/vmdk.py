@@ -425,6 +425,7 @@ def _open_descriptor_file(src: ByteSource, limits: Limits) -> OpenedImage:
     hint = descriptor.parent_file_name_hint or hint
     return OpenedImage(
         format="vmdk",
+        encryption=None,
         virtual_size=descriptor.qemu_virtual_sectors() * SECTOR,
         details=VmdkDetails(
             kind="descriptor",
@@ -497,6 +498,7 @@ def _open_cowd(src: ByteSource, limits: Limits) -> OpenedImage:
         _add_reference(references, ExternalReference("parent", hint.name, detail))
     return OpenedImage(
         format="vmdk",
+        encryption=None,
         virtual_size=header.capacity_sectors * SECTOR,
         details=VmdkDetails(kind="cowd", create_type="vmfsSparse", cowd_header=header),
         guest=None,
@@ -582,6 +584,7 @@ class _SparseReader:
     ) -> OpenedImage:
         return OpenedImage(
             format="vmdk",
+            encryption=None,
             virtual_size=virtual_sectors * SECTOR,
             details=details,
             guest=guest,

@@ -15,8 +15,8 @@ MBR (``--table mbr``, BIOS only)::
 
     sector 0         MBR: GRUB's boot.img in the first 440 bytes, the partition table
     sectors 1-2047   the "MBR gap": GRUB's core.img, from sector 1
-    partition 1      root filesystem, type 83, bootable flag        2048 .. swap start - 1
-    partition 2      swap, type 82 (only with --swap)                 .. end of the disk
+    partition 1      swap, type 82 (only with --swap)               from sector 2048
+    partition 1 / 2  root filesystem, type 83, bootable flag        .. end of the disk
 
 GPT (``--table gpt``)::
 
@@ -26,17 +26,20 @@ GPT (``--table gpt``)::
                      (GPT keeps no gap after the MBR); bios and hybrid only
     ESP              EFI System (C12A7328-F81F-11D2-BA4B-00A0C93EC93B), 100 MiB by default,
                      FAT32, name "EFI System"; uefi and hybrid only
-    root             Linux filesystem type, name "root"
     swap             Linux swap type, name "swap" (only with --swap)
+    root             Linux filesystem type, name "root"
     last 33 sectors  backup entry array and header
 
-Partitions are numbered in disk order: on GPT the root filesystem is partition 2 (bios: after
-the BIOS boot partition, as grub-install's documentation lays it out; uefi: after the ESP) or
-3 (hybrid). The boot partitions come first and the root partition after them, so the root
-partition is the one that ends last when there is no swap: ``resize`` and the guest's
-growpart grow it and never move or touch the ESP. The swap partition is at the end of the
-disk, exactly the size asked for (rounded up to whole MiB); the root partition takes
-everything between.
+Partitions are numbered in disk order: the boot partitions first (on GPT the BIOS boot
+partition, as grub-install's documentation lays it out, then the ESP), then swap, exactly the
+size asked for (rounded up to whole MiB), and the root partition last, taking the rest of the
+disk. Root is last so that it can grow: cloud-utils' ``growpart`` (what cloud-init's growpart
+module and our agent run at first boot) grows a partition only up to the start of the next
+partition on the disk (``max_end``, /usr/bin/growpart), and ``resize`` grows only the partition
+that ends last — with swap after root, neither could give root a byte of a bigger disk. So the
+root filesystem is partition 1 (MBR) or 2 (GPT, bios or uefi) or 3 (hybrid) without swap, and
+one more with it; nothing finds it by number but GRUB's built-in prefix (``bootloader.py``),
+which is computed from this layout; fstab and the kernel command line use UUIDs.
 """
 
 from __future__ import annotations
@@ -292,14 +295,20 @@ def plan_layout(disk_size: int, shape: LayoutShape) -> DiskLayout:
             PlannedPartition(len(partitions) + 1, "esp", position, esp_sectors, EFI_SYSTEM_GUID, "EFI System")
         )
         position += esp_sectors
-    root_start = position
     if swap_sectors:
-        swap_start = _align_down(end - swap_sectors)
-        root_end = swap_start  # exclusive
-    else:
-        swap_start = 0
-        root_end = _align_down(end)
-    root_sectors = root_end - root_start
+        partitions.append(
+            PlannedPartition(
+                len(partitions) + 1,
+                "swap",
+                position,
+                swap_sectors,
+                LINUX_SWAP_GUID if gpt else MBR_SWAP,
+                "swap" if gpt else None,
+            )
+        )
+        position += swap_sectors
+    root_start = position
+    root_sectors = _align_down(end) - root_start
     if root_sectors * SECTOR < MIN_ROOT_BYTES:
         beside = [f"{format_size(swap_sectors * SECTOR)} of swap"] if swap_sectors else []
         if shape.uefi:
@@ -309,10 +318,9 @@ def plan_layout(disk_size: int, shape: LayoutShape) -> DiskLayout:
             + (f" next to {' and '.join(beside)}" if beside else "")
             + "; give a larger --size."
         )
-    root_number = len(partitions) + 1
     partitions.append(
         PlannedPartition(
-            root_number,
+            len(partitions) + 1,
             "root",
             root_start,
             root_sectors,
@@ -321,17 +329,6 @@ def plan_layout(disk_size: int, shape: LayoutShape) -> DiskLayout:
             bootable=not gpt,
         )
     )
-    if swap_sectors:
-        partitions.append(
-            PlannedPartition(
-                root_number + 1,
-                "swap",
-                swap_start,
-                swap_sectors,
-                LINUX_SWAP_GUID if gpt else MBR_SWAP,
-                "swap" if gpt else None,
-            )
-        )
     return DiskLayout(table, disk_size, tuple(partitions), shape)
 
 

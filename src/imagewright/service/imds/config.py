@@ -30,6 +30,8 @@ class MetadataConfig:
     access_log: str | None = None
     region: str = DEFAULT_REGION
     cache_check_seconds: float = DEFAULT_CACHE_CHECK_SECONDS
+    #: What the service logs to stderr (``--log-level``, ``service.logs.LEVELS``).
+    log_level: str = "info"
     #: When run as a child of ``imagewright serve``: exit when this process is gone.
     parent_pid: int | None = None
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from imagewright.catalog.database import Catalog
 from imagewright.errors import InvalidArgumentError
 from imagewright.metadata.channel import MetadataChannel
+from imagewright.service import logs
 from imagewright.service.imds.access_log import AccessLog
 from imagewright.service.imds.app import MetadataApp, MetadataService
 from imagewright.service.imds.cache import InstanceCache
@@ -225,6 +226,11 @@ async def serve(config: MetadataConfig, channel: MetadataChannel, sockets: list[
     ]
     for task in serving:
         task.add_done_callback(lambda _task: stop.set())
+    LOG.info(
+        "serving instance metadata on %s; access log: %s",
+        " and ".join(_where(sock) for sock in sockets),
+        access_log_target(config, channel) or "off",
+    )
     try:
         await stop.wait()
     finally:
@@ -238,6 +244,14 @@ async def serve(config: MetadataConfig, channel: MetadataChannel, sockets: list[
         with contextlib.suppress(OSError):
             channel.socket_path.unlink()
         catalog.dispose()
+        LOG.info("the metadata service stopped")
+
+
+def _where(sock: socket.socket) -> str:
+    if sock.family == socket.AF_UNIX:
+        return str(sock.getsockname())
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
 
 
 def run(
@@ -250,7 +264,8 @@ def run(
     import uvloop
 
     channel = prepared or prepare(config)
-    logging.getLogger("imagewright").setLevel(logging.INFO)
+    # Here, not only in the CLI: the child ``imagewright serve`` starts is a fresh interpreter.
+    logs.configure(config.log_level)
     uvloop.run(serve(config, channel, sockets if sockets is not None else bind_sockets(config, channel)))
 
 
