@@ -633,9 +633,9 @@ def test_convert_reads_a_vhdx_whose_bat_is_over_the_table_limit_and_qemu_agrees(
     windows = _windows(size)
     assert sum(length for _, length in data) >= sum(length for _, length, _ in windows)
     for start, length in data:
-        assert any(
-            start < offset + window and offset < start + length for offset, window, _ in windows
-        ), f"data at {start}+{length} outside every written window"
+        assert any(start < offset + window and offset < start + length for offset, window, _ in windows), (
+            f"data at {start}+{length} outside every written window"
+        )
     reads = [f"read -P {pattern} {offset} {length}" for offset, length, pattern in windows]
     reads += [f"read -P 0 {offset + length} 4096" for offset, length, _ in windows if offset + length < size]
     checked = run("qemu-io", "-f", "qcow2", *(arg for read in reads for arg in ("-c", read)), out)
