@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from tests.fixtures.tools import qemu_img, qemu_io_write, run, sparse_file, write_at
 
 from imagewright.files import ScratchFiles
+from imagewright.ops.convert import ImageSource
+from imagewright.ops.convert.raw_stream import RawStream
+from imagewright.package import passes
 from imagewright.package.passes import SequentialFile, read_source, run_pass
 from imagewright.package.vmdk_stream import StreamOptimizedWriter, VmdkOptions
 
@@ -174,3 +180,19 @@ def read_members(path: Path) -> list[tuple[str, bytes]]:
 
 def manifest_line(algorithm: str, name: str, data: bytes) -> bytes:
     return f"{algorithm.upper()}({name})= {hashlib.new(algorithm, data).hexdigest()}\n".encode()
+
+
+@contextmanager
+def pass_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every source a package pass streams (``passes.stream_raw``, the real one, recorded):
+    the path of a file it reads, or ``<stream>`` for a compressed raw disk read as it
+    decompresses. How "the source is read once" is shown now that no program need run on it."""
+    reads: list[str] = []
+    real = passes.stream_raw
+
+    def recorded(source: ImageSource, *args: object, **kwargs: object) -> None:
+        reads.append("<stream>" if isinstance(source, RawStream) else str(source.path))
+        real(source, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(passes, "stream_raw", recorded)
+    yield reads

@@ -22,6 +22,7 @@ TUNED = {
     "/boot/grub/grub.cfg": "edit",
     "/etc/default/grub": "edit",
     "/etc/cloud/cloud.cfg.d/99_imagewright_datasource.cfg": "write",
+    "/etc/cloud/cloud.cfg.d/99_imagewright_ssh_keys.cfg": "write",
     "/etc/systemd/system": "mkdir",
     "/etc/systemd/system/systemd-networkd-wait-online.service": "link",
 }
@@ -30,6 +31,7 @@ TUNED_FILES = (
     "/boot/grub/grub.cfg",
     "/etc/default/grub",
     "/etc/cloud/cloud.cfg.d/99_imagewright_datasource.cfg",
+    "/etc/cloud/cloud.cfg.d/99_imagewright_ssh_keys.cfg",
 )
 
 

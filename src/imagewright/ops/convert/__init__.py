@@ -356,9 +356,11 @@ def stream_raw(
     A ``RawStream`` is decompressed in a thread and handed on from its window, no qemu-img at
     all (a refusal mid-stream is raised here, before the last piece) — an unsized one (its size
     is learned at its end: ``RawStream.runs``) is decompressed in this thread and handed on
-    directly (``total`` None until then); a prepared source is read
-    by qemu-img, which writes raw into the in-process NBD sink, which hands ``consumer`` every
-    write in ascending order and the zero runs between them (``nbd_sink``). Convert's raw
+    directly (``total`` None until then); a prepared raw file is read as it is
+    (``stream_file``), a qcow2 by its own guest view (``guest_reader.stream_guest``); any other
+    prepared source is read by qemu-img, which writes raw into the in-process NBD sink, which
+    hands ``consumer`` every write in ascending order and the zero runs between them
+    (``nbd_sink``). Convert's raw
     outputs and the package stage (OVA, EC2 bundles, publish) use this: one way to read any
     image as a stream. ``progress(done, total)`` is called as the bytes go by.
     """
@@ -387,6 +389,14 @@ def stream_raw(
             window.cancel()
             producer.join()
         return
+    if _is_plain_raw_file(source):
+        # A raw file the gate admitted is its guest bytes: read it directly (holes as zero
+        # runs, a thread reading ahead) — qemu-img and the NBD sink would move every byte
+        # across a socket twice for nothing.
+        stream_file(source.path, consumer, progress)
+        return
+    if stream_guest(source, consumer, Limits(), progress):
+        return
     with _socket_dir() as sockdir:
         sink_path = os.path.join(sockdir, "sink")
         with NbdStreamSink(sink_path, size, consumer) as sink:
@@ -399,6 +409,16 @@ def stream_raw(
             sink.finish()
     if progress is not None:
         progress(size, size)
+
+
+def _is_plain_raw_file(source: PreparedSource) -> bool:
+    """A safe raw source whose file is exactly the guest (no more, no fewer bytes)."""
+    if source.format != "raw" or not source.report.safe:
+        return False
+    try:
+        return source.path.stat().st_size == source.virtual_size
+    except OSError:
+        return False
 
 
 def _write_raw(
