@@ -107,6 +107,18 @@ def tuned_guest(tmp_path: Path) -> GuestImage:
     return flat_ext4(root, tmp_path / "guest.raw")
 
 
+#: What boot-tuning changes on a Debian-shaped root with cloud-init (action by path), as
+#: prepare reports it; publish's tuned-guest tests expect the same (tests/package/tuned_guests).
+BOOT_TUNING_CHANGES = {
+    "/boot/grub/grub.cfg": "edit",
+    "/etc/default/grub": "edit",
+    "/etc/cloud/cloud.cfg.d/99_imagewright_datasource.cfg": "write",
+    "/etc/cloud/cloud.cfg.d/99_imagewright_ssh_keys.cfg": "write",
+    "/etc/systemd/system": "mkdir",
+    "/etc/systemd/system/systemd-networkd-wait-online.service": "link",
+}
+
+
 def test_prepare_boot_tuning_edits_grub_cloud_init_and_masks_wait_online(tmp_path: Path) -> None:
     image = tuned_guest(tmp_path)
     options = PrepareOptions(boot_tuning=True, boot_datasource="ec2")
@@ -114,14 +126,7 @@ def test_prepare_boot_tuning_edits_grub_cloud_init_and_masks_wait_online(tmp_pat
     report = prepare(image.path, operations=["boot-tuning"], options=options)
 
     changed = {c.path: c.action for op in report.operations for c in op.changes}
-    assert changed == {
-        "/boot/grub/grub.cfg": "edit",
-        "/etc/default/grub": "edit",
-        "/etc/cloud/cloud.cfg.d/99_imagewright_datasource.cfg": "write",
-        "/etc/cloud/cloud.cfg.d/99_imagewright_ssh_keys.cfg": "write",
-        "/etc/systemd/system": "mkdir",
-        "/etc/systemd/system/systemd-networkd-wait-online.service": "link",
-    }
+    assert changed == BOOT_TUNING_CHANGES
     script_check(cat(image, "/boot/grub/grub.cfg").decode(), tmp_path)
     defaults = tmp_path / "grub-defaults"
     defaults.write_bytes(cat(image, "/etc/default/grub"))

@@ -12,20 +12,18 @@ from pathlib import Path
 
 from tests.fixtures.tools import qemu_img
 from tests.guest.images import GuestImage, cat, debugfs, partitioned_ext4, write
-from tests.ops.test_prepare_boot_tuning import DEBIAN_GRUB_CFG, DEBIAN_GRUB_DEFAULTS, WAIT_ONLINE
+from tests.ops.test_prepare_boot_tuning import (
+    BOOT_TUNING_CHANGES,
+    DEBIAN_GRUB_CFG,
+    DEBIAN_GRUB_DEFAULTS,
+    WAIT_ONLINE,
+)
 
 from imagewright.ops.prepare import PrepareOptions, prepare
 from imagewright.ops.prepare.model import ANY_DATASOURCE
 
 #: What boot-tuning writes on the Debian-shaped root (action by path), prepare's report.
-TUNED = {
-    "/boot/grub/grub.cfg": "edit",
-    "/etc/default/grub": "edit",
-    "/etc/cloud/cloud.cfg.d/99_imagewright_datasource.cfg": "write",
-    "/etc/cloud/cloud.cfg.d/99_imagewright_ssh_keys.cfg": "write",
-    "/etc/systemd/system": "mkdir",
-    "/etc/systemd/system/systemd-networkd-wait-online.service": "link",
-}
+TUNED = BOOT_TUNING_CHANGES
 #: The files whose content the tuning sets (the link is checked by its target).
 TUNED_FILES = (
     "/boot/grub/grub.cfg",
