@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from tests.fixtures import hostile_encrypted
-from tests.fixtures.hostile_other_formats import create_luks
+from tests.fixtures.hostile_other_formats import create_luks, create_luks_qcow2
 from tests.fixtures.tools import qemu_img, qemu_img_info
 
 from imagewright.binary import FileSource
@@ -36,11 +36,7 @@ def _created(fmt: str, *options: str) -> Callable[[Path], Path]:
 IMAGES: list[tuple[str, Callable[[Path], Path], str | None]] = [
     ("qcow2", _created("qcow2"), None),
     ("qcow2", hostile_encrypted.qcow2_aes, "aes"),
-    (
-        "qcow2",
-        _created("qcow2", "encrypt.format=luks", "encrypt.key-secret=sec0", "encrypt.iter-time=10"),
-        "luks",
-    ),
+    ("qcow2", lambda directory: create_luks_qcow2(directory / "disk.qcow2", "16M"), "luks"),
     ("qcow", _created("qcow"), None),
     ("qcow", _created("qcow", "encrypt.format=aes", "encrypt.key-secret=sec0"), "aes"),
     ("luks", lambda directory: create_luks(directory / "disk.luks", "4M"), "luks"),

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.fixtures import hostile_encrypted, hostile_qcow2
 from tests.fixtures.hostile import CASES, HostileCase
+from tests.fixtures.hostile_other_formats import create_luks_qcow2
 from tests.fixtures.tools import qemu_img, qemu_img_info, run, write_at
 from tests.formats.sparse_checks import (
     MiB,
@@ -250,19 +251,7 @@ def test_bitmaps_extension_is_read(tmp_path: Path) -> None:
 
 
 def test_luks_encryption_is_reported_and_not_read(tmp_path: Path) -> None:
-    image = tmp_path / "luks.qcow2"
-    # QEMU's PBKDF2 calibration sometimes fails on this machine ("Unable to get accurate CPU
-    # usage"); it is QEMU's timing probe, not the image, so try again.
-    for _ in range(30):
-        proc = run(
-            "qemu-img", "create", "-q", "-f", "qcow2", "--object", "secret,id=sec0,data=abc",
-            "-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
-            image, "64M", check=False,
-        )  # fmt: skip
-        if proc.returncode == 0:
-            break
-    else:
-        pytest.fail(f"qemu-img could not create a LUKS qcow2: {proc.stderr.decode()}")
+    image = create_luks_qcow2(tmp_path / "luks.qcow2", "64M")
     with opened(qcow2, image) as result:
         assert_matches_qemu_info(result, image, "qcow2")
         details = result.details
