@@ -82,6 +82,8 @@ def xfs_repair_clean(disk: Path, partition: int, tmp_path: Path) -> bool:
     return clean
 
 
+@pytest.mark.long  # 58-83 s of TCG appliance; libguestfs on XFS stays in the normal suite via
+# tests/ops/test_inspect_os_libguestfs.py (43 s)
 def test_file_operations_on_a_flat_xfs(tmp_path: Path) -> None:
     image = tmp_path / "flat.xfs"
     with image.open("wb") as f:
@@ -125,6 +127,8 @@ def test_file_operations_on_a_flat_xfs(tmp_path: Path) -> None:
     assert run("xfs_repair", "-n", image, check=False).returncode == 0
 
 
+@pytest.mark.long  # 58-83 s of TCG appliance; libguestfs on XFS stays in the normal suite via
+# tests/ops/test_inspect_os_libguestfs.py (43 s)
 def test_prepare_finds_the_xfs_root_and_edits_it(tmp_path: Path) -> None:
     tree = sysprep_tree(tmp_path / "tree")
     disk = xfs_disk(tmp_path, tree)
