@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 import tracemalloc
 import uuid
 from collections.abc import Callable
@@ -338,26 +337,24 @@ def test_opening_a_20_gib_image_reads_only_headers(tmp_path: Path) -> None:
     image = create_vhdx(tmp_path, "big.vhdx", "20G", "block_size=1M")
     qemu_io(image, "vhdx", "write -P 7 0 1M", f"write -P 9 {20 * GiB - MiB} 1M")
     with FileSource(image) as src:
-        start = time.perf_counter()
         result = vhdx.open_image(src, Limits())
-        elapsed = time.perf_counter() - start
         # File id, two headers, two region tables, the metadata table and items, a 160 KiB BAT.
+        # (What it costs is counted in bytes read, not in seconds: no timed assertions.)
         assert src.bytes_read < 512 * 1024
-        assert elapsed < 0.3
         assert result.guest is not None
         assert result.guest.pread(20 * GiB - 1, 1) == b"\x09"
         assert result.guest.pread(10 * GiB, 4096) == bytes(4096)
 
 
 @pytest.mark.parametrize("options", [["subformat=dynamic"], ["subformat=fixed", "block_state_zero=off"]])
-def test_a_four_million_entry_bat_is_checked_in_well_under_a_second(
-    tmp_path: Path, options: list[str]
-) -> None:
+def test_a_four_million_entry_bat_is_checked_in_one_read_of_it(tmp_path: Path, options: list[str]) -> None:
     image = create_vhdx(tmp_path, "huge.vhdx", "3900G", "block_size=1M", *options)
     with FileSource(image) as src:
-        start = time.process_time()
         result = vhdx.open_image(src, Limits())
-        assert time.process_time() - start < 0.6
+        assert isinstance(result.details, vhdx.VhdxDetails)
+        # Every BAT byte is read once (in pages), plus the headers and metadata: the cost is
+        # bounded by the table, not by what the guest holds (no timed assertion: load decides time).
+        assert src.bytes_read <= result.details.bat_entries * 8 + 1024 * 1024
         assert result.problems == []
         assert isinstance(result.details, vhdx.VhdxDetails)
         assert sum((result.details.payload_block_states or {}).values()) == 3900 * 1024
