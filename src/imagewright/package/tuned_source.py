@@ -30,7 +30,6 @@ visible outside it. What the copy costs is measured by ``bench/publish_tuning_be
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from imagewright.errors import GuestNotEditableError, ImageFormatError, as_claus
 from imagewright.guest.locate import why_not_editable
 from imagewright.guest.workcopy import copy_to_raw
 from imagewright.ops.convert import ImageSource, stream_raw
-from imagewright.ops.convert.output import OutputFile
+from imagewright.ops.convert.output import ImageStreamWriter
 from imagewright.ops.convert.raw_stream import RawStream
 from imagewright.ops.convert.source import PreparedSource
 from imagewright.ops.prepare import OperationResult, PrepareOptions, PrepareReport, prepare_scratch
@@ -171,20 +170,14 @@ def _nothing_at_the_head(source: RawStream) -> bool:
 def _decompress(source: RawStream, raw: Path, progress: Callable[[int, int | None], None]) -> None:
     """The guest bytes of a compressed raw disk into the sparse file ``raw``, judged as they
     flow (a refusal raises before the last piece is written)."""
-    output = OutputFile(raw)
-
-    class _Sparse:
-        def write(self, offset: int, data: bytes | memoryview) -> None:
-            output.write_at(offset, data)
-
-        def zeros(self, offset: int, length: int) -> None:
-            """Zero runs stay holes."""
-
+    # convert's sparse raw writer (zero runs stay holes, writes on a thread of their own);
+    # no digests, and not flushed: the pass reads it back from the page cache.
+    writer = ImageStreamWriter(raw, compression=None, checksums=())
     try:
-        stream_raw(source, _Sparse(), progress)
+        stream_raw(source, writer, progress)
+        writer.finish(source.virtual_size, durable=False)
     finally:
-        output.close()
-    os.truncate(raw, source.virtual_size)
+        writer.close()
 
 
 __all__ = ["BootTuning", "TuningReport", "tune_source"]

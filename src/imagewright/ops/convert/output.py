@@ -253,12 +253,14 @@ class OutputFile:
         self.position = max(self.position, offset + copied)
         return copied
 
-    def finish(self, size: int | None = None) -> None:
-        """Set the final size (holes at the end of a sparse file) and flush to disk."""
+    def finish(self, size: int | None = None, *, durable: bool = True) -> None:
+        """Set the final size (holes at the end of a sparse file) and flush to disk (not when
+        ``durable`` is False: a scratch file read back soon from the page cache, then deleted)."""
         try:
             if size is not None:
                 os.ftruncate(self._fd, size)
-            os.fsync(self._fd)
+            if durable:
+                os.fsync(self._fd)
         except OSError as err:
             raise io_error(err, self.path) from None
         finally:
@@ -327,16 +329,17 @@ class ImageStreamWriter:
             self.output.update(data)
             self.file.append(data)
 
-    def finish(self, size: int) -> None:
-        """Complete the stream at ``size`` bytes (trailing zeros) and close the file."""
+    def finish(self, size: int, *, durable: bool = True) -> None:
+        """Complete the stream at ``size`` bytes (trailing zeros) and close the file
+        (``durable``: as ``OutputFile.finish``)."""
         self._gap(size)
         if self._compressor is not None:
             self._emit(self._compressor.flush())
-            self.file.finish()
+            self.file.finish(durable=durable)
         else:
             assert self._writing is not None
             self._writing.join()
-            self.file.finish(size)
+            self.file.finish(size, durable=durable)
 
     def close(self) -> None:
         if self._writing is not None:
