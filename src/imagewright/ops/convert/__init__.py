@@ -105,8 +105,8 @@ class ConvertResult:
     seconds: float
     #: How the source was read ("streamed", "spooled" to a scratch file, or "file").
     source_access: str = "file"
-    #: The guest bytes were read by imagewright's own reader of the format (``guest_reader``),
-    #: not by qemu-img.
+    #: The guest bytes were read by imagewright itself (a raw file as it is, a qcow2 by its
+    #: guest view: ``guest_reader``), not by qemu-img.
     own_reader: bool = False
     #: The checksums are the ones computed as the source arrived (``convert(prehashed=...)``).
     prehashed: bool = False
@@ -350,8 +350,10 @@ def stream_raw(
     source: ImageSource,
     consumer: StreamConsumer,
     progress: Callable[[int, int | None], None] | None = None,
-) -> None:
-    """Stream ``source``'s guest bytes, front to back, into ``consumer`` (raw, in one pass).
+    limits: Limits | None = None,
+) -> bool:
+    """Stream ``source``'s guest bytes, front to back, into ``consumer`` (raw, in one pass);
+    True when imagewright read them itself, False when qemu-img did.
 
     A ``RawStream`` is decompressed in a thread and handed on from its window, no qemu-img at
     all (a refusal mid-stream is raised here, before the last piece) — an unsized one (its size
@@ -362,7 +364,8 @@ def stream_raw(
     hands ``consumer`` every write in ascending order and the zero runs between them
     (``nbd_sink``). Convert's raw
     outputs and the package stage (OVA, EC2 bundles, publish) use this: one way to read any
-    image as a stream. ``progress(done, total)`` is called as the bytes go by.
+    image as a stream. ``progress(done, total)`` is called as the bytes go by; ``limits``
+    bound the guest view's second reading of an admitted image's metadata (the gate's own).
     """
     if isinstance(source, RawStream) and not source.size_known:
         for offset, length, data in source.runs():
@@ -372,7 +375,7 @@ def stream_raw(
                 consumer.write(offset, data)  # bytes: kept by background lanes without a copy
             if progress is not None:
                 progress(offset + length, source.virtual_size if source.size_known else None)
-        return
+        return True
     size = source.virtual_size
     if isinstance(source, RawStream):
         window = ForwardWindow(size)
@@ -388,15 +391,15 @@ def stream_raw(
         finally:
             window.cancel()
             producer.join()
-        return
+        return True
     if _is_plain_raw_file(source):
         # A raw file the gate admitted is its guest bytes: read it directly (holes as zero
         # runs, a thread reading ahead) — qemu-img and the NBD sink would move every byte
         # across a socket twice for nothing.
         stream_file(source.path, consumer, progress)
-        return
-    if stream_guest(source, consumer, Limits(), progress):
-        return
+        return True
+    if stream_guest(source, consumer, limits or Limits(), progress):
+        return True
     with _socket_dir() as sockdir:
         sink_path = os.path.join(sockdir, "sink")
         with NbdStreamSink(sink_path, size, consumer) as sink:
@@ -409,6 +412,7 @@ def stream_raw(
             sink.finish()
     if progress is not None:
         progress(size, size)
+    return False
 
 
 def _is_plain_raw_file(source: PreparedSource) -> bool:
@@ -450,10 +454,8 @@ def _write_raw(
         return digests, digests, True, False
     writer = ImageStreamWriter(temp, compression=plan.compression, checksums=plan.checksums)
     try:
-        # A qcow2 is read by its guest view, no qemu-img (``guest_reader``); else qemu-img.
-        own = stream_guest(source, writer, limits, stage)
-        if not own:
-            stream_raw(source, writer, stage)
+        # A raw file as it is, a qcow2 by its guest view; else qemu-img (``stream_raw``).
+        own = stream_raw(source, writer, stage, limits)
         writer.finish(source.virtual_size)
     finally:
         writer.close()
