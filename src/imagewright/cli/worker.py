@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from imagewright.cli.common import task_lease_option
+from imagewright.cli.common import log_level_option, task_lease_option
 
 
 @click.command("worker")
@@ -50,6 +50,7 @@ from imagewright.cli.common import task_lease_option
     metavar="SECONDS",
     help="How often this worker looks for tasks whose worker died.",
 )
+@log_level_option
 def command(
     database: str,
     stores: tuple[str, ...],
@@ -58,6 +59,7 @@ def command(
     concurrency: int,
     task_lease: float,
     sweep_interval: float,
+    log_level: str,
 ) -> None:
     """Run import/export tasks of a registry started with '--task-queue procrastinate'.
 
@@ -68,6 +70,7 @@ def command(
     """
     from imagewright.catalog.database import Catalog, redact
     from imagewright.errors import InvalidArgumentError
+    from imagewright.service import logs
     from imagewright.service.tasks import procrastinate_queue
     from imagewright.service.tasks.environment import TaskEnvironment
     from imagewright.service.tasks.queue import ProcrastinateQueue
@@ -80,8 +83,10 @@ def command(
             "Name the registry's stores (--store, as given to 'imagewright serve'), or its --data-dir "
             "when it keeps images in the default file store."
         )
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("imagewright").setLevel(logging.INFO)
+    # The servers' handler and levels (service.logs): a worker's task lines read like serve's;
+    # Procrastinate's own warnings go to stderr in the same format.
+    logging.basicConfig(stream=sys.stderr, level=logs.server_level(log_level).upper(), format=logs.FORMAT)
+    logs.configure(log_level)
     catalog = Catalog(database)
     catalog.check_schema()
     procrastinate_queue.ensure_schema(database)
