@@ -9,6 +9,7 @@ the same. Each instance is removed as soon as it is checked (OVMF spins on a bla
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from tests.fixtures.metadata_service import IMAGE_BYTES, MetadataStack
 from tests.fixtures.tools import run
 from tests.launch.conftest import iw, iw_json, ps, state_of
 
+from imagewright.compute.instance import default_cpus
 from imagewright.programs.ovmf import find_ovmf
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -167,3 +169,26 @@ def test_run_for_another_project_sees_only_that_projects_images(stack: MetadataS
     unknown = iw(stack, "run", "tiny", "--project", "nosuch", "--detach", check=False)
     assert unknown.stderr.strip() == "imagewright: error: There is no project 'nosuch'."
     assert ps(stack) == {"instances": [], "orphans": []}
+
+
+def test_an_instance_gets_two_vcpus_under_tcg_unless_cpus_says_otherwise(stack: MetadataStack) -> None:
+    """Without --cpus: ``default_cpus`` (two under TCG, one on a one-core host; one under KVM),
+    as QEMU's own command line, run's JSON and ps all say; --cpus wins."""
+    launched, row, argv = launched_and_removed(stack, "tiny")
+    wanted = default_cpus(launched["accelerator"])
+    assert launched["accelerator"] != "tcg" or wanted == min(2, len(os.sched_getaffinity(0)))
+    assert argv[argv.index("-smp") + 1] == str(wanted)
+    assert launched["cpus"] == row["cpus"] == wanted
+    launched, row, argv = launched_and_removed(stack, "tiny", "--cpus", "3")
+    assert argv[argv.index("-smp") + 1] == "3"
+    assert launched["cpus"] == row["cpus"] == 3
+    assert ps(stack) == {"instances": [], "orphans": []}
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "host_cpus", "cpus"), [("tcg", 1, 1), ("tcg", 2, 2), ("tcg", 16, 2), ("kvm", 16, 1)]
+)
+def test_default_cpus_is_two_host_cores_under_tcg_and_one_under_kvm(
+    accelerator: str, host_cpus: int, cpus: int
+) -> None:
+    assert default_cpus(accelerator, host_cpus) == cpus

@@ -19,6 +19,22 @@
 The QEMU process is named ``imagewright-instance-<id>`` (``-name``), which is how ``ps`` tells
 an instance's process from any other QEMU and finds the orphans: processes with such a name that
 the catalog does not know as running.
+
+vCPUs (``default_cpus``): without ``--cpus``, an instance under TCG gets two (one on a one-core
+host), under KVM one. QEMU 7.2 runs an x86-64 guest on an x86-64 host with multi-threaded TCG
+by default, one host thread per vCPU (qemu-system-x86_64(1), ``-accel tcg,thread=``: on unless
+icount or ``thread=single``; seen here as threads ``CPU 0/TCG`` and ``CPU 1/TCG`` with ``-smp
+2``, one ``CPU 0/TCG`` with ``-smp 1``), so a second vCPU is a second host core for the guest's
+own parallel work: systemd starts udev's coldplug, journald, resolved, networkd and the first
+boot's bookkeeping beside cloud-init, which on one vCPU all took turns on the critical chain.
+Measured on Debian 12 + cloud-init (``prepare --boot-tuning``), the same disk booted twice at
+the same time on the 2-core build machine (host load 8): login prompt 144 s with two vCPUs,
+185 s with one (``systemd-analyze critical-chain``: serial-getty at 86 s vs 123 s of user
+space), QEMU's CPU time 127 s vs 105 s. With two vCPUs the guest kernel marks the TSC unstable
+(qemu64 is an AMD model without an invariant TSC, a CPUID bit TCG does not offer) and keeps
+time with the HPET; the second vCPU pays for that and more. Under KVM a vCPU runs at the host's
+speed and one stays the default (not measured here: KVM does not run a standard kernel on this
+machine, see ``compute/accel.py``).
 """
 
 from __future__ import annotations
@@ -41,6 +57,20 @@ from imagewright.programs.qemu_system import (
 #: ``-name`` of an instance's QEMU: this prefix, then the instance id.
 PROCESS_NAME_PREFIX = "imagewright-instance-"
 _NAME_RE = re.compile(rb"^" + re.escape(PROCESS_NAME_PREFIX.encode()) + rb"(i-[0-9a-f]{8,17})$")
+
+
+#: vCPUs of an instance under TCG without ``--cpus`` (see the module docstring), at most the
+#: host's cores; under KVM ``KVM_CPUS``.
+TCG_CPUS = 2
+KVM_CPUS = 1
+
+
+def default_cpus(accelerator: str, host_cpus: int | None = None) -> int:
+    """The vCPUs an instance gets without ``--cpus`` (module docstring)."""
+    if accelerator != "tcg":
+        return KVM_CPUS
+    cores = host_cpus if host_cpus is not None else len(os.sched_getaffinity(0))
+    return max(1, min(TCG_CPUS, cores))
 
 
 def process_name(instance_id: str) -> str:
