@@ -25,11 +25,11 @@ Alternating theirs/ours for ``ROUNDS`` rounds; the medians are compared. Goal (i
 (to the login prompt) ≤ 0.7× theirs. The load average is recorded with each run: the machine
 is shared and TCG boots stretch with load.
 
-vCPUs: verify gives an instance under TCG two vCPUs by default (``compute.instance.default_cpus``),
-a person's ``qemu-system-x86_64`` without ``-smp`` gets one. The headline compares those two
-defaults; each round also boots theirs with ``-smp`` equal to ours (``theirs_equal_vcpus``), and
-``extra`` holds both counts and the ratio at equal vCPUs, so what the vCPU default buys and what
-the image's tuning buys are told apart.
+vCPUs: verify gives an instance of a systemd guest under TCG two vCPUs by default
+(``compute.instance.default_cpus``), a person's ``qemu-system-x86_64`` without ``-smp`` gets
+one. The headline compares those two defaults; each round also boots theirs with ``-smp`` equal
+to ours (``theirs_equal_vcpus``), and ``extra`` holds both counts and the ratio at equal vCPUs,
+so what the vCPU default buys and what the image's tuning buys are told apart.
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ cpus_option = click.option(
     "--cpus",
     type=click.IntRange(1, 64),
     default=None,
-    help="vCPUs. Default: 2 under TCG (multi-threaded, one host core each; 1 on a one-core host), "
-    "1 under KVM.",
+    help="vCPUs. Default: 2 under TCG for a guest that boots systemd (multi-threaded TCG, one host "
+    "core each; 1 on a one-core host), else 1.",
 )
 disk_size_option = click.option(
     "--disk-size",

@@ -57,7 +57,13 @@ from imagewright.programs.qemu_system import (
 from imagewright.programs.runner import start_imagewright_process
 from imagewright.service.datadir import database_url_for, read_config
 from imagewright.service.launch.firmware import FirmwareChoice, choose_firmware
-from imagewright.service.launch.images import BaseImage, base_from_file, base_from_registry, is_file_reference
+from imagewright.service.launch.images import (
+    BaseImage,
+    base_from_file,
+    base_from_registry,
+    boots_systemd,
+    is_file_reference,
+)
 from imagewright.service.launch.supervisor import write_plan
 from imagewright.stores.storeset import open_stores
 from imagewright.units import format_size
@@ -118,7 +124,7 @@ class LaunchRequest:
     user_data: bytes | None = None
     context: str = "metadata"
     tokens: str = "optional"
-    #: None: ``compute.instance.default_cpus`` (two under TCG, one under KVM).
+    #: None: ``compute.instance.default_cpus`` (two under TCG for a systemd guest, else one).
     cpus: int | None = None
     memory_mib: int = 512
     port_forwards: Sequence[tuple[int, int]] = ()
@@ -150,8 +156,9 @@ class LaunchedInstance:
     firmware: FirmwareChoice
     #: Bytes: the instance's disk (its overlay's virtual size).
     disk_size: int
-    #: The vCPUs it runs with (``--cpus``, else ``default_cpus``).
+    #: The vCPUs it runs with (``--cpus``, else ``default_cpus``), and why.
     cpus: int = 1
+    cpus_reason: str = "--cpus"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -172,6 +179,7 @@ class LaunchedInstance:
             "firmware_reason": self.firmware.reason,
             "disk_size": self.disk_size,
             "cpus": self.cpus,
+            "cpus_reason": self.cpus_reason,
             "start_seconds": round(self.started_in, 3),
         }
 
@@ -268,7 +276,7 @@ def launch(site: Site, request: LaunchRequest, *, progress: Any = None) -> Launc
             mac = created.interfaces[0].mac
         try:
             files = site.files(instance_id)
-            decision, cpus = _start(
+            decision, (cpus, cpus_reason) = _start(
                 site, catalog, request, base, instance_id, description, mac, files, firmware, ovmf
             )
         except BaseException:
@@ -276,7 +284,7 @@ def launch(site: Site, request: LaunchRequest, *, progress: Any = None) -> Launc
             raise
     return LaunchedInstance(
         instance_id, name, hostname, files, base, decision.accelerator, decision.reason, request.context,
-        time.monotonic() - started, firmware, size, cpus,
+        time.monotonic() - started, firmware, size, cpus, cpus_reason,
     )  # fmt: skip
 
 
@@ -291,7 +299,7 @@ def _start(
     files: InstanceFiles,
     firmware: FirmwareChoice,
     ovmf: OvmfFirmware | None,
-) -> tuple[AccelDecision, int]:
+) -> tuple[AccelDecision, tuple[int, str]]:
     try:
         files.create()
     except OSError as err:
@@ -308,7 +316,11 @@ def _start(
         else:
             extra = (Drive(medium, format="raw", bus="ide", media="cdrom"),)
     decision = request.accelerator or choose_accelerator()
-    cpus = request.cpus if request.cpus is not None else default_cpus(decision.accelerator)
+    if request.cpus is not None:
+        cpus, cpus_reason = request.cpus, "--cpus"
+    else:
+        systemd = decision.accelerator == "tcg" and boots_systemd(base)
+        cpus, cpus_reason = default_cpus(decision.accelerator, systemd=systemd)
     # cloud-init uses its EC2 datasource only on a machine that looks like EC2 (ENVIRONMENT.md):
     # SMBIOS manufacturer "Amazon EC2", serial and uuid equal and starting with "ec2".
     smbios = ec2_smbios(instance_id) if request.context == "metadata" else None
@@ -368,7 +380,7 @@ def _start(
             run = instance_runs.get_run(session, instance_id)
             state, message = run.state, run.message
         if state == "running":
-            return decision, cpus
+            return decision, (cpus, cpus_reason)
         if state == "failed":
             raise InstanceError(message or "QEMU could not start the instance.")
         if state == "stopped":

@@ -114,6 +114,7 @@ class VerifyReport:
     context: str = ""
     accelerator: str = ""
     cpus: int = 0
+    cpus_reason: str = ""
     firmware: str = ""
     secure_boot: bool = False
     firmware_reason: str = ""
@@ -133,6 +134,7 @@ class VerifyReport:
             "context": self.context,
             "accelerator": self.accelerator,
             "cpus": self.cpus,
+            "cpus_reason": self.cpus_reason,
             "firmware": self.firmware,
             "secure_boot": self.secure_boot,
             "firmware_reason": self.firmware_reason,
@@ -396,7 +398,7 @@ def verify_image(
     ``user_data``: the user's own (else a marker script of this run); ``disk_size``: the
     instance's disk (else the image's plus ``DISK_GROWTH``); ``firmware``/``secure_boot``:
     override the firmware the image asks for; ``cpus``: the vCPUs (else
-    ``compute.instance.default_cpus``: two under TCG).
+    ``compute.instance.default_cpus``: two under TCG for a guest that boots systemd).
     """
     if timeout <= 0:
         raise InvalidArgumentError("A verify time limit must be a positive number of seconds.")
@@ -430,7 +432,7 @@ def verify_image(
             ),
         )
         report.instance_id, report.accelerator = launched.instance_id, launched.accelerator
-        report.cpus = launched.cpus
+        report.cpus, report.cpus_reason = launched.cpus, launched.cpus_reason
         report.firmware, report.secure_boot = launched.firmware.firmware, launched.firmware.secure_boot
         report.firmware_reason, report.disk_size = launched.firmware.reason, launched.disk_size
         run = _Run(started, started + timeout, token, key.line, identity, ssh_port, user_data)
