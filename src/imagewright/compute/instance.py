@@ -44,7 +44,10 @@ The CPU model stays QEMU's default (qemu64) under TCG. ``-cpu max`` was measured
 Debian guest (one vCPU, after boot): ``python3 -c 'import cloudinit.cmd.main'`` took 8.5 and
 12.2 s against 4.0 and 5.5 s with qemu64 (host load 9 vs 5.5) — glibc then picks its AVX2 string
 functions, which TCG runs as helper calls — and ``ssh-keygen -t rsa -b 3072`` was no faster
-(6.6-27 s vs 15-29 s; a prime search varies more than that). TCG's translation buffer
+(6.6-27 s vs 15-29 s; a prime search varies more than that). ``-cpu qemu64,vendor=GenuineIntel``
+keeps a two-vCPU guest on the TSC (Linux trusts an Intel family-15 TSC to be constant), but then
+counts the CPU as open to Meltdown and turns on page-table isolation: side by side with qemu64,
+login prompt 168 s vs 141 s, QEMU's CPU time 178 s vs 128 s (host load 8). TCG's translation buffer
 (``-accel tcg,tb-size=``) stays at QEMU's default, 1 GiB on a host with memory to spare (QEMU 5.1
 and later; less on a small host), far more than one guest's boot translates.
 """
