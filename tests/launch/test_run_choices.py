@@ -15,9 +15,12 @@ from typing import Any
 import pytest
 from tests.fixtures.metadata_service import IMAGE_BYTES, MetadataStack
 from tests.fixtures.tools import run
+from tests.guest.images import flat_ext4, write
 from tests.launch.conftest import iw, iw_json, ps, state_of
 
+from imagewright.compute.instance import default_cpus
 from imagewright.programs.ovmf import find_ovmf
+from imagewright.service.launch.images import base_from_file, boots_systemd
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -167,3 +170,56 @@ def test_run_for_another_project_sees_only_that_projects_images(stack: MetadataS
     unknown = iw(stack, "run", "tiny", "--project", "nosuch", "--detach", check=False)
     assert unknown.stderr.strip() == "imagewright: error: There is no project 'nosuch'."
     assert ps(stack) == {"instances": [], "orphans": []}
+
+
+def test_a_guest_without_systemd_gets_one_vcpu_unless_cpus_says_otherwise(stack: MetadataStack) -> None:
+    """Without --cpus: ``default_cpus`` — the blank registry image boots no systemd, so one
+    vCPU, as QEMU's own command line, run's JSON and ps all say; --cpus wins."""
+    launched, row, argv = launched_and_removed(stack, "tiny")
+    assert argv[argv.index("-smp") + 1] == "1"
+    assert launched["cpus"] == row["cpus"] == 1
+    if launched["accelerator"] == "tcg":
+        assert launched["cpus_reason"] == "TCG, the guest does not boot systemd: one vCPU"
+    launched, row, argv = launched_and_removed(stack, "tiny", "--cpus", "3")
+    assert argv[argv.index("-smp") + 1] == "3"
+    assert (launched["cpus"], row["cpus"], launched["cpus_reason"]) == (3, 3, "--cpus")
+    assert ps(stack) == {"instances": [], "orphans": []}
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "systemd", "host_cpus", "cpus"),
+    [
+        ("tcg", True, 1, 1),
+        ("tcg", True, 2, 2),
+        ("tcg", True, 16, 2),
+        ("tcg", False, 16, 1),
+        ("kvm", True, 16, 1),
+    ],
+)
+def test_default_cpus_is_two_host_cores_for_systemd_under_tcg_else_one(
+    accelerator: str, systemd: bool, host_cpus: int, cpus: int
+) -> None:
+    assert default_cpus(accelerator, systemd=systemd, host_cpus=host_cpus)[0] == cpus
+
+
+@pytest.mark.parametrize(
+    ("init", "systemd"),
+    [
+        ("/lib/systemd/systemd", True),
+        ("../lib/systemd/systemd", True),
+        ("/bin/busybox", False),
+        (None, False),
+    ],
+)
+def test_boots_systemd_reads_the_guests_init_link(tmp_path: Path, init: str | None, systemd: bool) -> None:
+    root = tmp_path / "tree"
+    write(root, "etc/os-release", 'ID=debian\nVERSION_ID="12"\n')
+    write(root, "lib/systemd/systemd", "")
+    if init is not None:
+        (root / "sbin").mkdir()
+        (root / "sbin/init").symlink_to(init)
+    image = flat_ext4(root, tmp_path / "guest.raw")
+    assert boots_systemd(base_from_file(image.path)) is systemd
+    blank = tmp_path / "blank.raw"
+    blank.write_bytes(bytes(1 << 20))
+    assert boots_systemd(base_from_file(blank)) is False

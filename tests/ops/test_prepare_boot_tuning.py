@@ -204,3 +204,47 @@ def test_cloud_init_key_types_are_left_to_an_image_that_asks_for_them(
     assert "/etc/cloud/cloud.cfg.d/99_imagewright_ssh_keys.cfg" not in {c.path for c in result.changes}
     assert f"cloud-init's SSH key types left alone ({note})" in (result.note or "")
     assert "99_imagewright_ssh_keys.cfg" not in debugfs(image, "ls /etc/cloud/cloud.cfg.d")
+
+
+def test_a_systemd_guest_with_sshd_gets_its_rsa_host_key_after_the_boot(tmp_path: Path) -> None:
+    """cloud-init makes ed25519 and ecdsa before the login prompt; a unit wanted by
+    multi-user.target, ordered after it, makes the RSA key (read back: PyYAML for cloud-init's
+    file, systemd-analyze verify for the unit, debugfs for the enabling link)."""
+    root = tmp_path / "tree"
+    write(root, "etc/os-release", 'ID=debian\nVERSION_ID="12"\n')
+    write(root, "etc/cloud/cloud.cfg.d/05_logging.cfg", "# cloud-init's own\n")
+    write(root, "etc/ssh/sshd_config", "#HostKey /etc/ssh/ssh_host_rsa_key\n")
+    write(root, "lib/systemd/systemd", "")
+    write(root, "lib/systemd/system/ssh.service", "[Service]\nExecStart=/usr/sbin/sshd -D\n")
+    image = flat_ext4(root, tmp_path / "guest.raw")
+
+    report = prepare(image.path, operations=["boot-tuning"], options=PrepareOptions(boot_tuning=True))
+
+    unit = "/etc/systemd/system/imagewright-ssh-rsa-host-key.service"
+    link = "/etc/systemd/system/multi-user.target.wants/imagewright-ssh-rsa-host-key.service"
+    changed = {c.path: c.action for op in report.operations for c in op.changes}
+    assert changed == {
+        "/etc/cloud/cloud.cfg.d/99_imagewright_ssh_keys.cfg": "write",
+        "/etc/systemd/system": "mkdir",
+        unit: "write",
+        "/etc/systemd/system/multi-user.target.wants": "mkdir",
+        link: "link",
+    }
+    keys = yaml.safe_load(cat(image, "/etc/cloud/cloud.cfg.d/99_imagewright_ssh_keys.cfg"))
+    assert keys == {"ssh_genkeytypes": ["ed25519", "ecdsa"]}
+    text = cat(image, unit).decode()
+    local = tmp_path / "imagewright-ssh-rsa-host-key.service"
+    local.write_text(text)
+    checked = subprocess.run(
+        ["systemd-analyze", "verify", str(local)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0 and checked.stderr == "", checked.stderr
+    lines = text.splitlines()
+    assert "After=cloud-init.service ssh.service multi-user.target" in lines
+    assert "ConditionPathExists=!/etc/ssh/ssh_host_rsa_key" in lines
+    assert "ExecStart=/usr/bin/ssh-keygen -A" in lines
+    assert "CPUSchedulingPolicy=idle" in lines and "WantedBy=multi-user.target" in lines
+    assert f'Fast link dest: "{unit}"' in debugfs(image, f"stat {link}")
+
+    again = prepare(image.path, operations=["boot-tuning"], options=PrepareOptions(boot_tuning=True))
+    assert [c for op in again.operations for c in op.changes] == []

@@ -32,6 +32,13 @@ firmware_option = click.option(
 secure_boot_option = click.option(
     "--secure-boot", is_flag=True, help="OVMF with Secure Boot on and Microsoft's keys enrolled."
 )
+cpus_option = click.option(
+    "--cpus",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="vCPUs. Default: 2 under TCG for a guest that boots systemd (multi-threaded TCG, one host "
+    "core each; 1 on a one-core host), else 1.",
+)
 disk_size_option = click.option(
     "--disk-size",
     "disk_size_text",
@@ -65,7 +72,7 @@ def parse_port_forward(text: str) -> tuple[int, int]:
 @click.option(
     "--user-data", "user_data_file", default=None, metavar="FILE", help="User-data (at most 64 KiB)."
 )
-@click.option("--cpus", type=click.IntRange(1, 64), default=1, show_default=True)
+@cpus_option
 @click.option(
     "--memory", "memory_mib", type=click.IntRange(64, 65536), default=512, show_default=True, metavar="MiB"
 )
@@ -103,7 +110,7 @@ def run_command(
     hostname: str | None,
     key_files: tuple[str, ...],
     user_data_file: str | None,
-    cpus: int,
+    cpus: int | None,
     memory_mib: int,
     context: str,
     tokens: str,
@@ -147,6 +154,7 @@ def run_command(
     else:
         stdout_console().print(
             f"instance {launched.instance_id} running ({launched.name}, {launched.accelerator}, "
+            f"{launched.cpus} vCPU{'s' if launched.cpus > 1 else ''}, "
             f"{_firmware_text(launched.firmware.firmware, launched.firmware.secure_boot)} "
             f"({launched.firmware.reason}), context {launched.context}); "
             f"console: {launched.files.console_log}"
@@ -189,14 +197,16 @@ def ps_command(data_dir: str | None, database: str | None, as_json: bool) -> Non
         return
     console = stdout_console()
     console.print(
-        f"{'ID':<21} {'NAME':<16} {'STATE':<9} {'ACCEL':<5} {'FIRMWARE':<8} {'PID':>7}  CONTEXT  IMAGE"
+        f"{'ID':<21} {'NAME':<16} {'STATE':<9} {'ACCEL':<5} {'CPUS':>4} {'FIRMWARE':<8} {'PID':>7}  "
+        "CONTEXT  IMAGE"
     )
     for row in rows:
         pid = str(row.qemu_pid) if row.state == "running" and row.qemu_pid else "-"
         firmware = _firmware_text(row.firmware, row.secure_boot) if row.accelerator else "-"
+        cpus = str(row.cpus) if row.accelerator and row.cpus else "-"
         console.print(
             f"{row.instance_id:<21} {row.name[:16]:<16} {row.state:<9} {row.accelerator or '-':<5} "
-            f"{firmware:<8} {pid:>7}  {row.context or '-':<8} {row.image_id}"
+            f"{cpus:>4} {firmware:<8} {pid:>7}  {row.context or '-':<8} {row.image_id}"
         )
     for orphan in orphans:
         what = "not running in the catalog" if orphan.known else "not in the catalog"
@@ -303,6 +313,7 @@ def console_command(instance_id: str, follow: bool, data_dir: str | None, databa
 @firmware_option
 @secure_boot_option
 @disk_size_option
+@cpus_option
 @data_dir_option
 @database_option
 @json_option
@@ -316,6 +327,7 @@ def verify_command(
     firmware: str | None,
     secure_boot: bool,
     disk_size_text: str | None,
+    cpus: int | None,
     data_dir: str | None,
     database: str | None,
     as_json: bool,
@@ -335,7 +347,7 @@ def verify_command(
         site_of(data_dir, database), image_ref, context=context, tokens=tokens, timeout=timeout, keep=keep,
         user_data=read_user_data(Path(user_data_file), MAX_USER_DATA_BYTES) if user_data_file else None,
         disk_size=parse_size(disk_size_text) if disk_size_text is not None else None,
-        firmware=firmware, secure_boot=secure_boot,
+        firmware=firmware, secure_boot=secure_boot, cpus=cpus,
     )  # fmt: skip
     if as_json:
         emit_json(report.to_dict())
@@ -343,6 +355,7 @@ def verify_command(
         console = stdout_console()
         console.print(
             f"verify {image_ref}: instance {report.instance_id} ({report.hostname}, {report.accelerator}, "
+            f"{report.cpus} vCPU{'s' if report.cpus > 1 else ''}, "
             f"{_firmware_text(report.firmware, report.secure_boot)} ({report.firmware_reason}), "
             f"context {report.context})"
         )

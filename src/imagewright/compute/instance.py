@@ -19,6 +19,37 @@
 The QEMU process is named ``imagewright-instance-<id>`` (``-name``), which is how ``ps`` tells
 an instance's process from any other QEMU and finds the orphans: processes with such a name that
 the catalog does not know as running.
+
+vCPUs (``default_cpus``): without ``--cpus``, an instance under TCG whose guest boots systemd
+gets two (one on a one-core host); any other guest, and any guest under KVM, one. QEMU 7.2 runs
+an x86-64 guest on an x86-64 host with multi-threaded TCG by default, one host thread per vCPU
+(qemu-system-x86_64(1), ``-accel tcg,thread=``: on unless icount or ``thread=single``; seen
+here as threads ``CPU 0/TCG`` and ``CPU 1/TCG`` with ``-smp 2``, one ``CPU 0/TCG`` with ``-smp
+1``), so a second vCPU is a second host core for the guest's own parallel work: systemd starts
+udev's coldplug, journald, resolved, networkd and the first boot's bookkeeping beside
+cloud-init, which on one vCPU all took turns on the critical chain. Measured on the 2-core build
+machine, each pair booted at the same time (same host load): Debian 12 + cloud-init (``prepare
+--boot-tuning``) reached its login prompt in 144 s with two vCPUs, 185 s with one (host load 8;
+``systemd-analyze critical-chain``: serial-getty at 86 s vs 123 s of user space; QEMU's CPU
+time 127 s vs 105 s); the busybox test guest with our agent (one process after another) showed
+its ready line in 61 s with two, 47 s with one (host load 12): with two vCPUs the guest kernel
+brings up a second CPU, marks the TSC unstable (qemu64 is an AMD model without an invariant
+TSC, a CPUID bit TCG does not offer) and keeps time with the HPET, which only a parallel boot
+pays back. Whether the guest boots systemd is read from its ``/sbin/init`` (a link to
+``systemd``; ``service.launch.images.boots_systemd``). Under KVM a vCPU runs at the host's
+speed and one stays the default (not measured here: KVM does not run a standard kernel on this
+machine, see ``compute/accel.py``).
+
+The CPU model stays QEMU's default (qemu64) under TCG. ``-cpu max`` was measured inside the
+Debian guest (one vCPU, after boot): ``python3 -c 'import cloudinit.cmd.main'`` took 8.5 and
+12.2 s against 4.0 and 5.5 s with qemu64 (host load 9 vs 5.5) — glibc then picks its AVX2 string
+functions, which TCG runs as helper calls — and ``ssh-keygen -t rsa -b 3072`` was no faster
+(6.6-27 s vs 15-29 s; a prime search varies more than that). ``-cpu qemu64,vendor=GenuineIntel``
+keeps a two-vCPU guest on the TSC (Linux trusts an Intel family-15 TSC to be constant), but then
+counts the CPU as open to Meltdown and turns on page-table isolation: side by side with qemu64,
+login prompt 168 s vs 141 s, QEMU's CPU time 178 s vs 128 s (host load 8). TCG's translation buffer
+(``-accel tcg,tb-size=``) stays at QEMU's default, 1 GiB on a host with memory to spare (QEMU 5.1
+and later; less on a small host), far more than one guest's boot translates.
 """
 
 from __future__ import annotations
@@ -41,6 +72,23 @@ from imagewright.programs.qemu_system import (
 #: ``-name`` of an instance's QEMU: this prefix, then the instance id.
 PROCESS_NAME_PREFIX = "imagewright-instance-"
 _NAME_RE = re.compile(rb"^" + re.escape(PROCESS_NAME_PREFIX.encode()) + rb"(i-[0-9a-f]{8,17})$")
+
+
+#: vCPUs of an instance under TCG whose guest boots systemd, without ``--cpus`` (see the module
+#: docstring), at most the host's cores; else ``ONE_CPU``.
+TCG_SYSTEMD_CPUS = 2
+ONE_CPU = 1
+
+
+def default_cpus(accelerator: str, *, systemd: bool, host_cpus: int | None = None) -> tuple[int, str]:
+    """The vCPUs an instance gets without ``--cpus`` (module docstring), and why."""
+    if accelerator != "tcg":
+        return ONE_CPU, f"{accelerator}: one vCPU"
+    if not systemd:
+        return ONE_CPU, "TCG, the guest does not boot systemd: one vCPU"
+    cores = host_cpus if host_cpus is not None else len(os.sched_getaffinity(0))
+    cpus = max(1, min(TCG_SYSTEMD_CPUS, cores))
+    return cpus, f"TCG, the guest boots systemd: {cpus} vCPU(s), one host thread each"
 
 
 def process_name(instance_id: str) -> str:

@@ -26,7 +26,7 @@ from imagewright.catalog.database import Catalog
 from imagewright.catalog.instances import resolve_image
 from imagewright.catalog.models import Image
 from imagewright.disk.survey import required_firmware
-from imagewright.errors import ImageIOError, InvalidArgumentError
+from imagewright.errors import ImageIOError, ImagewrightError, InvalidArgumentError
 from imagewright.files import AtomicOutput, io_error
 from imagewright.gate import admit
 from imagewright.ops.convert.output import Hashes
@@ -84,6 +84,27 @@ def _admitted(
         needed_firmware=required_firmware(boot),
         properties=dict(properties or {}),
     )  # fmt: skip
+
+
+#: Where a guest's init lives; ``boots_systemd`` reads its link.
+INIT_PATHS = ("/sbin/init", "/usr/sbin/init")
+
+
+def boots_systemd(base: BaseImage) -> bool:
+    """The guest's ``/sbin/init`` is systemd (a link to ``.../systemd``): its boot runs units in
+    parallel (``compute.instance.default_cpus``). False when the image's filesystem cannot be
+    read (a blank disk, a filesystem imagewright does not read)."""
+    from imagewright.guest.session import open_guest
+
+    try:
+        with open_guest(base.path, format=base.format) as guest:
+            for path in INIT_PATHS:
+                found = guest.lstat_or_none(path)
+                if found is not None:
+                    return bool(found.is_symlink and (found.link_target or "").endswith("/systemd"))
+    except (ImagewrightError, OSError):
+        return False
+    return False
 
 
 def base_from_file(path: Path) -> BaseImage:

@@ -31,6 +31,7 @@ from imagewright.compute import qmp
 from imagewright.compute.accel import AccelDecision, choose_accelerator
 from imagewright.compute.instance import (
     InstanceFiles,
+    default_cpus,
     instance_machine,
     instance_process_alive,
     process_name,
@@ -56,7 +57,13 @@ from imagewright.programs.qemu_system import (
 from imagewright.programs.runner import start_imagewright_process
 from imagewright.service.datadir import database_url_for, read_config
 from imagewright.service.launch.firmware import FirmwareChoice, choose_firmware
-from imagewright.service.launch.images import BaseImage, base_from_file, base_from_registry, is_file_reference
+from imagewright.service.launch.images import (
+    BaseImage,
+    base_from_file,
+    base_from_registry,
+    boots_systemd,
+    is_file_reference,
+)
 from imagewright.service.launch.supervisor import write_plan
 from imagewright.stores.storeset import open_stores
 from imagewright.units import format_size
@@ -117,7 +124,8 @@ class LaunchRequest:
     user_data: bytes | None = None
     context: str = "metadata"
     tokens: str = "optional"
-    cpus: int = 1
+    #: None: ``compute.instance.default_cpus`` (two under TCG for a systemd guest, else one).
+    cpus: int | None = None
     memory_mib: int = 512
     port_forwards: Sequence[tuple[int, int]] = ()
     #: The project that owns the instance (``--project``, an admin launching for another
@@ -148,6 +156,9 @@ class LaunchedInstance:
     firmware: FirmwareChoice
     #: Bytes: the instance's disk (its overlay's virtual size).
     disk_size: int
+    #: The vCPUs it runs with (``--cpus``, else ``default_cpus``), and why.
+    cpus: int = 1
+    cpus_reason: str = "--cpus"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -167,6 +178,8 @@ class LaunchedInstance:
             "secure_boot": self.firmware.secure_boot,
             "firmware_reason": self.firmware.reason,
             "disk_size": self.disk_size,
+            "cpus": self.cpus,
+            "cpus_reason": self.cpus_reason,
             "start_seconds": round(self.started_in, 3),
         }
 
@@ -263,7 +276,7 @@ def launch(site: Site, request: LaunchRequest, *, progress: Any = None) -> Launc
             mac = created.interfaces[0].mac
         try:
             files = site.files(instance_id)
-            decision = _start(
+            decision, (cpus, cpus_reason) = _start(
                 site, catalog, request, base, instance_id, description, mac, files, firmware, ovmf
             )
         except BaseException:
@@ -271,7 +284,7 @@ def launch(site: Site, request: LaunchRequest, *, progress: Any = None) -> Launc
             raise
     return LaunchedInstance(
         instance_id, name, hostname, files, base, decision.accelerator, decision.reason, request.context,
-        time.monotonic() - started, firmware, size,
+        time.monotonic() - started, firmware, size, cpus, cpus_reason,
     )  # fmt: skip
 
 
@@ -286,7 +299,7 @@ def _start(
     files: InstanceFiles,
     firmware: FirmwareChoice,
     ovmf: OvmfFirmware | None,
-) -> AccelDecision:
+) -> tuple[AccelDecision, tuple[int, str]]:
     try:
         files.create()
     except OSError as err:
@@ -303,6 +316,11 @@ def _start(
         else:
             extra = (Drive(medium, format="raw", bus="ide", media="cdrom"),)
     decision = request.accelerator or choose_accelerator()
+    if request.cpus is not None:
+        cpus, cpus_reason = request.cpus, "--cpus"
+    else:
+        systemd = decision.accelerator == "tcg" and boots_systemd(base)
+        cpus, cpus_reason = default_cpus(decision.accelerator, systemd=systemd)
     # cloud-init uses its EC2 datasource only on a machine that looks like EC2 (ENVIRONMENT.md):
     # SMBIOS manufacturer "Amazon EC2", serial and uuid equal and starting with "ec2".
     smbios = ec2_smbios(instance_id) if request.context == "metadata" else None
@@ -320,7 +338,7 @@ def _start(
         accelerator=decision,
         network=_network(site, instance_id, request.context, mac, request.port_forwards),
         extra_drives=extra,
-        cpus=request.cpus,
+        cpus=cpus,
         memory_mib=request.memory_mib,
         smbios_system=smbios,
         uefi=uefi,
@@ -348,7 +366,7 @@ def _start(
                 base_format=base.format,
                 context=request.context,
                 port_forwards=tuple(request.port_forwards),
-                cpus=request.cpus,
+                cpus=cpus,
                 memory_mib=request.memory_mib,
                 firmware=firmware.firmware,
                 secure_boot=firmware.secure_boot,
@@ -362,7 +380,7 @@ def _start(
             run = instance_runs.get_run(session, instance_id)
             state, message = run.state, run.message
         if state == "running":
-            return decision
+            return decision, (cpus, cpus_reason)
         if state == "failed":
             raise InstanceError(message or "QEMU could not start the instance.")
         if state == "stopped":
@@ -403,6 +421,7 @@ class InstanceStatus:
     firmware: str | None = None
     secure_boot: bool = False
     firmware_reason: str | None = None
+    cpus: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -420,6 +439,7 @@ class InstanceStatus:
             "firmware": self.firmware,
             "secure_boot": self.secure_boot,
             "firmware_reason": self.firmware_reason,
+            "cpus": self.cpus,
         }
 
 
@@ -479,6 +499,7 @@ def statuses(site: Site) -> tuple[list[InstanceStatus], list[Orphan]]:
                     console_log=str(InstanceFiles(Path(run.directory)).console_log),
                     port_forwards=instance_runs.port_forwards(run),
                     firmware=run.firmware, secure_boot=run.secure_boot, firmware_reason=run.firmware_reason,
+                    cpus=run.cpus,
                 )
             )  # fmt: skip
     running = {s.instance_id: s.qemu_pid for s in result if s.state == "running"}

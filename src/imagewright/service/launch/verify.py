@@ -113,6 +113,8 @@ class VerifyReport:
     hostname: str = ""
     context: str = ""
     accelerator: str = ""
+    cpus: int = 0
+    cpus_reason: str = ""
     firmware: str = ""
     secure_boot: bool = False
     firmware_reason: str = ""
@@ -131,6 +133,8 @@ class VerifyReport:
             "hostname": self.hostname,
             "context": self.context,
             "accelerator": self.accelerator,
+            "cpus": self.cpus,
+            "cpus_reason": self.cpus_reason,
             "firmware": self.firmware,
             "secure_boot": self.secure_boot,
             "firmware_reason": self.firmware_reason,
@@ -387,12 +391,14 @@ def verify_image(
     disk_size: int | None = None,
     firmware: str | None = None,
     secure_boot: bool = False,
+    cpus: int | None = None,
 ) -> VerifyReport:
     """Boot ``image_ref`` once with a fresh identity and check the result (module docstring).
 
     ``user_data``: the user's own (else a marker script of this run); ``disk_size``: the
     instance's disk (else the image's plus ``DISK_GROWTH``); ``firmware``/``secure_boot``:
-    override the firmware the image asks for.
+    override the firmware the image asks for; ``cpus``: the vCPUs (else
+    ``compute.instance.default_cpus``: two under TCG for a guest that boots systemd).
     """
     if timeout <= 0:
         raise InvalidArgumentError("A verify time limit must be a positive number of seconds.")
@@ -419,12 +425,14 @@ def verify_image(
                 accelerator=accelerator,
                 firmware=firmware,
                 secure_boot=secure_boot,
+                cpus=cpus,
                 disk_size=disk_size,
                 disk_growth=DISK_GROWTH,
                 port_forwards=((ssh_port, instances.SSH_PORT),),
             ),
         )
         report.instance_id, report.accelerator = launched.instance_id, launched.accelerator
+        report.cpus, report.cpus_reason = launched.cpus, launched.cpus_reason
         report.firmware, report.secure_boot = launched.firmware.firmware, launched.firmware.secure_boot
         report.firmware_reason, report.disk_size = launched.firmware.reason, launched.disk_size
         run = _Run(started, started + timeout, token, key.line, identity, ssh_port, user_data)

@@ -20,7 +20,8 @@ cloud-init-state     yes      cloud-init would skip first-boot steps on clones
 resolv-conf          --dns    only when asked; most clouds hand out DNS by DHCP
 modules              --module only when asked (e.g. acpiphp for hot-plugged volumes)
 boot-tuning          --boot-  only when asked (publish asks): GRUB timeout 0 + serial console,
-                     tuning   cloud-init's datasource pinned, no DSA host key, no wait-online
+                     tuning   cloud-init's datasource pinned, no DSA host key, the RSA one
+                              after the boot, no wait-online
 root-password        no       changes how people log in (console password images)
 ssh-userdir          no       baked-in keys may be the only way in without key injection
 agent                --agent  adds a program to the guest

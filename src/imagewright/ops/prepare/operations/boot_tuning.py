@@ -28,26 +28,48 @@ only where its file exists, and said in the report:
   after "-") and the package's ``90_dpkg.cfg`` (a ``90_…`` name lost to build's list, and the
   pin did nothing on a built image);
 - cloud-init (``/etc/cloud`` exists) whose SSH server does not use DSA host keys:
-  ``/etc/cloud/cloud.cfg.d/99_imagewright_ssh_keys.cfg`` sets ``ssh_genkeytypes`` to
-  ``[rsa, ecdsa, ed25519]``. cloud-init 22.4's default list also makes a DSA key
-  (``cc_ssh.GENERATE_KEY_NAMES``), in its init stage, which the login prompt waits for
-  (cloud-init.service is ordered before sysinit.target); OpenSSH's sshd has not loaded a DSA
-  host key by default since 7.0 (sshd_config(5), HostKey), so that key is made and never
-  used. Left alone when ``/etc/ssh/sshd_config`` (or a ``sshd_config.d/*.conf``) names a DSA
-  ``HostKey``, or when any cloud-init configuration already sets ``ssh_genkeytypes``;
+  ``/etc/cloud/cloud.cfg.d/99_imagewright_ssh_keys.cfg`` sets ``ssh_genkeytypes``. cloud-init
+  22.4's default list also makes a DSA key (``cc_ssh.GENERATE_KEY_NAMES``), in its init stage,
+  which the login prompt waits for (cloud-init.service is ordered before sysinit.target);
+  OpenSSH's sshd has not loaded a DSA host key by default since 7.0 (sshd_config(5), HostKey),
+  so that key is made and never used. On a systemd guest the list is ``[ed25519, ecdsa]`` and
+  the RSA host key is made after the boot instead (``SSH_RSA_UNIT``, enabled in
+  multi-user.target): an RSA-3072 key is a prime search that under TCG took 15-29 s inside a
+  one-vCPU Debian 12 guest (``ssh-keygen -t rsa -b 3072``, three runs, host load 5.5; ed25519
+  and ecdsa 0.13-0.19 s each), most of cloud-init's ``ssh`` module and the longest item between
+  the kernel and the login prompt. The unit is ordered after cloud-init.service (whose ``ssh``
+  module deletes every host key at an instance's first boot, ``ssh_deletekeys``) and after
+  multi-user.target (a target waits for the units it wants unless they are ordered otherwise,
+  and cloud-final.service, which runs the user-data, waits for multi-user.target), runs
+  ``ssh-keygen -A`` (only the missing types; each key written to a temporary name and renamed)
+  in the idle CPU and I/O classes, and then asks sshd to reload (SIGHUP: it re-executes and
+  loads the new key; open sessions stay). Until then sshd offers ed25519 and ecdsa, which every
+  OpenSSH since 6.5 (2014), PuTTY since 0.68, paramiko and Go's x/crypto/ssh accept; a client
+  that knows only RSA host keys (OpenSSH < 5.7, old JSch) connects once the key is made, a
+  minute or so after the prompt under TCG, at once on KVM. Without systemd the list is
+  ``[rsa, ecdsa, ed25519]``, all made before the prompt as before. Left alone when
+  ``/etc/ssh/sshd_config`` (or a ``sshd_config.d/*.conf``) names a DSA ``HostKey``, or when any
+  cloud-init configuration already sets ``ssh_genkeytypes``;
 - ``systemd-networkd-wait-online.service`` and ``NetworkManager-wait-online.service``, where
   installed, are masked (a link to ``/dev/null`` in ``/etc/systemd/system``): an instance's
   network is up by DHCP or not at all, and nothing on a cloud image should wait for it.
 
-Looked at and not done (Debian 12 + cloud-init under TCG, ``systemd-analyze critical-chain``
-of the serial getty: cloud-init-local.service -> cloud-init.service -> sysinit.target ->
-systemd-user-sessions -> getty): ``quiet`` on the kernel line (the serial console log is what
-a cloud shows its users; not measured); masking ``e2scrub_reap.service`` (not on the chain,
-and it already runs in the idle CPU class); dropping the RSA host key, whose generation is
-most of cloud-init's ``ssh`` module time, or moving it off the chain (clients still expect
-one, and sshd would wait for it anyway). cloud-init's growpart/resizefs stay (they only look
-when the root is already grown, well under a second); GRUB's ``recordfail`` timeout after an
-unclean shutdown is Ubuntu's and left alone.
+Looked at and not done (Debian 12 + cloud-init under TCG, one vCPU, host load 6: ``systemd-analyze
+critical-chain`` of the serial getty is systemd-fsck-root (1.6-3 s) -> cloud-init-local.service
+(23 s, of which its init-local stage 3.1 s: the rest is Python importing cloud-init, 4-5.5 s on
+its own after the boot, slower beside the boot's other units) -> cloud-init.service (25 s, stage
+14 s: ``ssh`` 8.2 s, growpart 2.0 s, users-groups 1.4 s) -> sysinit.target ->
+systemd-user-sessions -> getty): ``quiet`` on the kernel line (the serial console log is what a
+cloud shows its users; some 60 KB of kernel and systemd lines, two port accesses a character —
+well under a second, not measured); masking ``e2scrub_reap.service`` and build's
+``imagewright-grub-install-device.service`` (15 and 18 s at one vCPU, but in the idle CPU class
+and off the chain); systemd's generators (about 3 s together once the boot is done, 0.5 s of it
+cloud-init's ds-identify, which finds the pinned datasource at once); cloud-init's
+growpart/resizefs stay (2 s when the disk is bigger, as verify's is: that is the work asked for);
+GRUB's ``recordfail`` timeout after an unclean shutdown is Ubuntu's and left alone. Not made at
+all, the RSA host key would have saved the same time with less machinery, but clients that
+expect one would fail for good. The vCPUs and the CPU model an instance gets are
+``compute/instance.py``'s.
 """
 
 from __future__ import annotations
@@ -64,18 +86,54 @@ CLOUD_DIR = "/etc/cloud"
 DATASOURCE_CONF = "/etc/cloud/cloud.cfg.d/99_imagewright_datasource.cfg"
 CLOUD_CONFIG_DIR = "/etc/cloud/cloud.cfg.d"
 SSH_KEYS_CONF = "/etc/cloud/cloud.cfg.d/99_imagewright_ssh_keys.cfg"
+#: ``ssh_genkeytypes`` without systemd (every key before the login prompt), and with it (the RSA
+#: key made after the boot by ``SSH_RSA_UNIT``).
 SSH_KEY_TYPES = ("rsa", "ecdsa", "ed25519")
-SSH_KEYS_TEXT = (
-    "# imagewright prepare --boot-tuning: the host key types sshd uses (no DSA: sshd has not\n"
-    "# loaded a DSA host key by default since OpenSSH 7.0)\n"
-    f"ssh_genkeytypes: [ {', '.join(SSH_KEY_TYPES)} ]\n"
-)
+SSH_KEY_TYPES_DEFERRED = ("ed25519", "ecdsa")
+SSH_RSA_UNIT_NAME = "imagewright-ssh-rsa-host-key.service"
+SSH_RSA_UNIT = f"/etc/systemd/system/{SSH_RSA_UNIT_NAME}"
+SSH_RSA_UNIT_LINK = f"/etc/systemd/system/multi-user.target.wants/{SSH_RSA_UNIT_NAME}"
+SSH_RSA_UNIT_TEXT = """[Unit]
+Description=Make the SSH RSA host key after the boot (imagewright prepare --boot-tuning)
+# after cloud-init's ssh module (it deletes an instance's old host keys) and after the boot's
+# own work: multi-user.target and cloud-final.service do not wait for this unit
+After=cloud-init.service ssh.service multi-user.target
+ConditionPathExists=!/etc/ssh/ssh_host_rsa_key
+ConditionFileIsExecutable=/usr/bin/ssh-keygen
+
+[Service]
+Type=oneshot
+CPUSchedulingPolicy=idle
+IOSchedulingClass=idle
+# only the missing key types, each written to a temporary name and renamed into place
+ExecStart=/usr/bin/ssh-keygen -A
+# sshd re-executes on SIGHUP and loads the new key; open sessions stay
+ExecStartPost=-/bin/systemctl --no-block try-reload-or-restart ssh.service
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def ssh_keys_text(types: tuple[str, ...]) -> str:
+    why = (
+        "no DSA: sshd has not loaded a DSA host key by default since OpenSSH 7.0"
+        if "rsa" in types
+        else f"RSA comes after the boot, from {SSH_RSA_UNIT_NAME}; no DSA"
+    )
+    return (
+        "# imagewright prepare --boot-tuning: the host key types made before the login prompt\n"
+        f"# ({why})\nssh_genkeytypes: [ {', '.join(types)} ]\n"
+    )
+
+
 SSHD_CONFIGS = ("/etc/ssh/sshd_config",)
 SSHD_CONFIG_DIR = "/etc/ssh/sshd_config.d"
 #: ``--datasource`` -> cloud-init's datasource name.
 DATASOURCES = dict(zip(BOOT_DATASOURCES, ("Ec2", "NoCloud", "ConfigDrive", "OpenNebula"), strict=True))
 WAIT_ONLINE_UNITS = ("systemd-networkd-wait-online.service", "NetworkManager-wait-online.service")
-_UNIT_DIRECTORIES = ("/lib/systemd/system", "/usr/lib/systemd/system")
+_SYSTEMD_DIRECTORIES = ("/lib/systemd", "/usr/lib/systemd")
+_UNIT_DIRECTORIES = tuple(f"{directory}/system" for directory in _SYSTEMD_DIRECTORIES)
 MASKED_DIRECTORY = "/etc/systemd/system"
 #: The kernel console order build writes (ops/build/grubcfg.py CONSOLE_ARGUMENTS).
 CONSOLE_ARGUMENTS = "console=tty0 console=ttyS0,115200"
@@ -181,12 +239,25 @@ def _tune_ssh_key_types(ctx: PrepareContext, notes: list[str]) -> None:
     if any(_GENKEYTYPES.search(guest.read_text(path)) for path in cloud if path != SSH_KEYS_CONF):
         notes.append("cloud-init's SSH key types left alone (its configuration sets ssh_genkeytypes)")
         return
+    deferred = _has_systemd(ctx)
+    types = SSH_KEY_TYPES_DEFERRED if deferred else SSH_KEY_TYPES
+    wanted = ssh_keys_text(types)
     current = guest.read_text(SSH_KEYS_CONF) if guest.is_file(SSH_KEYS_CONF) else None
-    if current != SSH_KEYS_TEXT:
+    if current != wanted:
         ctx.mkdir(CLOUD_CONFIG_DIR)
-        ctx.write(
-            SSH_KEYS_CONF, SSH_KEYS_TEXT.encode(), detail=f"ssh_genkeytypes [{', '.join(SSH_KEY_TYPES)}]"
-        )
+        ctx.write(SSH_KEYS_CONF, wanted.encode(), detail=f"ssh_genkeytypes [{', '.join(types)}]")
+    if deferred:
+        current = guest.read_text(SSH_RSA_UNIT) if guest.is_file(SSH_RSA_UNIT) else None
+        if current != SSH_RSA_UNIT_TEXT:
+            ctx.mkdir(MASKED_DIRECTORY)
+            ctx.write(SSH_RSA_UNIT, SSH_RSA_UNIT_TEXT.encode(), detail="the RSA host key, after the boot")
+        ctx.mkdir(SSH_RSA_UNIT_LINK.rsplit("/", 1)[0])
+        ctx.symlink(SSH_RSA_UNIT, SSH_RSA_UNIT_LINK, detail="enabled")
+
+
+def _has_systemd(ctx: PrepareContext) -> bool:
+    """The guest boots systemd (its manager binary is where Debian, Ubuntu, Fedora put it)."""
+    return any(ctx.guest.is_file(f"{directory}/systemd") for directory in _SYSTEMD_DIRECTORIES)
 
 
 def run(ctx: PrepareContext) -> None:
@@ -230,7 +301,8 @@ def run(ctx: PrepareContext) -> None:
 OPERATION = Operation(
     name="boot-tuning",
     default=False,
-    summary="GRUB timeout 0, serial console, cloud-init's datasource pinned, no DSA host key, no wait-online",
+    summary="GRUB timeout 0, serial console, cloud-init's datasource pinned, no DSA host key, the RSA one "
+    "after the boot, no wait-online",
     why="only when asked (publish asks): it changes how the guest boots, for the first boot's sake",
     run=run,
     needs="--boot-tuning",
