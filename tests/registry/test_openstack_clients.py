@@ -185,7 +185,8 @@ def test_glanceclient_session(any_registry: RegistryServer, tmp_path: Path) -> N
     server = any_registry
     disk = make_qcow2(tmp_path / "g.qcow2", size="32M", pattern=b"glance!")
     data = disk.read_bytes()
-    created = server.glance(
+    # The console script as a process of its own once (the others: see test_openstack_cli_session).
+    created = server.glance_process(
         "--os-image-api-version", "2", "image-create", "--name", "gl", "--disk-format", "qcow2",
         "--container-format", "bare", "--file", str(disk), "--property", "hw_disk_bus=virtio",
     )  # fmt: skip
