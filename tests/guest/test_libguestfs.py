@@ -40,8 +40,40 @@ def tree_tarball(tree: Path, out: Path) -> Path:
     return out
 
 
-def xfs_disk(tmp_path: Path, tree: Path | None) -> Path:
-    """GPT disk: partition 1 an empty xfs "/boot", partition 2 an xfs root holding ``tree``."""
+def xfs_protofile(tree: Path, out: Path) -> Path:
+    """``tree`` as an mkfs.xfs prototype file (man mkfs.xfs, -p): directories, regular files
+    (their bytes read from the tree) and symbolic links, with the tree's permission bits and
+    owners. Names with blanks cannot be written in one and are refused."""
+
+    def spec(path: Path) -> str:
+        info = path.lstat()
+        kind = "l" if path.is_symlink() else "d" if path.is_dir() else "-"
+        assert kind == "l" or path.is_dir() or path.is_file(), path
+        setuid = "u" if info.st_mode & 0o4000 else "-"
+        setgid = "g" if info.st_mode & 0o2000 else "-"
+        return f"{kind}{setuid}{setgid}{info.st_mode & 0o777:03o} {info.st_uid} {info.st_gid}"
+
+    def entries(directory: Path, depth: int) -> list[str]:
+        lines = []
+        for path in sorted(directory.iterdir()):
+            assert not any(c.isspace() for c in path.name), path
+            indent = " " * depth
+            if path.is_symlink():
+                lines.append(f"{indent}{path.name} {spec(path)} {path.readlink()}")
+            elif path.is_dir():
+                lines += [f"{indent}{path.name} {spec(path)}", *entries(path, depth + 1), f"{indent}$"]
+            else:
+                lines.append(f"{indent}{path.name} {spec(path)} {path}")
+        return lines
+
+    out.write_text("\n".join(["/dev/null", "0 0", spec(tree), *entries(tree, 1), "$", ""]))
+    return out
+
+
+def xfs_disk(tmp_path: Path, tree: Path | None, *, fill: str = "guestfish") -> Path:
+    """GPT disk: partition 1 an empty xfs "/boot", partition 2 an xfs root holding ``tree``,
+    copied in by ``guestfish tar-in`` (``fill="guestfish"``: an appliance boot) or written by
+    ``mkfs.xfs -p`` from a prototype file (``fill="mkfs"``)."""
     disk = tmp_path / "xfs-disk.raw"
     with disk.open("wb") as f:
         f.truncate(2 * MIB + 2 * XFS_SIZE)
@@ -55,7 +87,10 @@ def xfs_disk(tmp_path: Path, tree: Path | None) -> Path:
         part = tmp_path / f"part{index}.xfs"
         with part.open("wb") as f:
             f.truncate(XFS_SIZE)
-        run("mkfs.xfs", "-q", part)
+        proto = []
+        if tree is not None and fill == "mkfs" and index == 1:
+            proto = ["-p", str(xfs_protofile(tree, tmp_path / "root.proto"))]
+        run("mkfs.xfs", "-q", *proto, part)
         offset_mib = 1 + index * (XFS_SIZE // MIB)
         run(
             "dd",
@@ -67,7 +102,7 @@ def xfs_disk(tmp_path: Path, tree: Path | None) -> Path:
             "status=none",
         )
         part.unlink()
-    if tree is not None:
+    if tree is not None and fill == "guestfish":
         tarball = tree_tarball(tree, tmp_path / "tree.tar")
         guestfish("--format=raw", "-a", disk, "-m", "/dev/sda2", "tar-in", tarball, "/")
     return disk

@@ -66,6 +66,25 @@ def disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return made.path
 
 
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``pack`` remembered for the module: each (file, tool, options) is compressed once (per
+    xdist worker) into a directory of its own; the tests only read what they get (bzip2 and xz
+    take 8-10 s of CPU over the 160 MiB disk)."""
+    directory = tmp_path_factory.mktemp("packed")
+    made: dict[tuple[Path, str, tuple[str, ...]], Path] = {}
+
+    def get(raw: Path, tool: str, *extra: str) -> Path:
+        key = (raw, tool, extra)
+        if key not in made:
+            out_dir = directory / str(len(made))
+            out_dir.mkdir()
+            made[key] = pack(raw, tool, out_dir, *extra)
+        return made[key]
+
+    return get
+
+
 def _identical(raw: Path, out: Path, fmt: str) -> None:
     compare = tools.run("qemu-img", "compare", "-f", "raw", "-F", fmt, raw, out)
     assert b"Images are identical" in compare.stdout
@@ -87,14 +106,20 @@ def small_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 )
 @pytest.mark.parametrize("out_name", ["out.qcow2", "out.raw"])
 def test_a_compressed_raw_disk_larger_than_the_free_space_converts(
-    disk: Path, tmp_path: Path, small_tmp: Path, tool: str, extra: tuple[str, ...], out_name: str
+    disk: Path,
+    packed: Callable[..., Path],
+    tmp_path: Path,
+    small_tmp: Path,
+    tool: str,
+    extra: tuple[str, ...],
+    out_name: str,
 ) -> None:
     """The output's filesystem holds the output (48 MiB of data) but not also a scratch copy
     of the data; TMPDIR holds nothing. The result is the disk, bit for bit."""
-    packed = pack(disk, tool, tmp_path, *extra)
+    source = packed(disk, tool, *extra)
     with tools.mounted_tmpfs(tmp_path / "out", "72m") as out_dir:
         out = out_dir / out_name
-        result = convert(packed, out)
+        result = convert(source, out)
         fmt = "qcow2" if out_name.endswith("qcow2") else "raw"
         _identical(disk, out, fmt)
         assert result.source_access == "streamed" and result.source_format == "raw"
@@ -111,11 +136,12 @@ def test_a_compressed_raw_disk_larger_than_the_free_space_converts(
     assert list(small_tmp.iterdir()) == []
 
 
-def test_compressed_raw_to_compressed_raw_is_one_stream(disk: Path, tmp_path: Path) -> None:
-    packed = pack(disk, "gzip", tmp_path)
+def test_compressed_raw_to_compressed_raw_is_one_stream(
+    disk: Path, packed: Callable[..., Path], tmp_path: Path
+) -> None:
     out = tmp_path / "out.raw.zst"
     with record_invocations() as calls:
-        result = convert(packed, out)
+        result = convert(packed(disk, "gzip"), out)
     assert calls.argvs == []  # raw to raw: no qemu-img at all
     unpacked = tools.run("zstd", "-dcq", out).stdout
     assert hashlib.sha256(unpacked).hexdigest() == sha256(disk)
@@ -259,34 +285,43 @@ def test_a_compressed_qcow2_is_spooled_and_says_so(disk: Path, tmp_path: Path) -
     _identical(disk, tmp_path / "out.vmdk", "vmdk")
 
 
+@pytest.fixture(scope="module")
+def fixed_vhd(disk: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The disk as a fixed VHD (qemu-img), made once for the module."""
+    vhd = tmp_path_factory.mktemp("fixed-vhd") / "disk.vhd"
+    tools.qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on", disk, vhd)
+    return vhd
+
+
 @pytest.mark.parametrize("out_name", ["out.qcow2", "out.raw"])
 @pytest.mark.parametrize("tool", ["gzip", "xz"])
-def test_a_fixed_vhd_is_known_by_its_footer(disk: Path, tmp_path: Path, tool: str, out_name: str) -> None:
+def test_a_fixed_vhd_is_known_by_its_footer(
+    disk: Path, fixed_vhd: Path, packed: Callable[..., Path], tmp_path: Path, tool: str, out_name: str
+) -> None:
     """A fixed VHD starts like a raw disk; its footer, at the very end, says otherwise. gzip
     into qcow2: seen by the checking pass; xz, or gzip into raw (one pass, no checking pass):
-    seen as the stream ends (its tail recalled), and converted again the spool way."""
-    vhd = tmp_path / "disk.vhd"
-    tools.qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on", disk, vhd)
-    packed = pack(vhd, tool)
-    result = convert(packed, tmp_path / out_name)
+    seen as the stream ends (its tail recalled), and converted again the spool way. The scratch
+    copy goes next to the output, and goes."""
+    result = convert(packed(fixed_vhd, tool), tmp_path / out_name)
     assert result.source_format == "vpc" and result.source_access == "spooled"
     _identical(disk, tmp_path / out_name, "qcow2" if out_name.endswith("qcow2") else "raw")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["disk.vhd", packed.name, out_name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out_name]
 
 
 @pytest.mark.parametrize("tool", ["gzip", "bzip2"])
 def test_a_stream_without_a_recorded_size_is_decompressed_once_into_raw(
-    disk: Path, tmp_path: Path, tool: str
+    disk: Path, packed: Callable[..., Path], tmp_path: Path, tool: str
 ) -> None:
     """A raw output needs no size before the stream: no checking pass (its progress stage
     never shows), where a qcow2 output (an NBD export has a size) has one. Both outputs are
     the disk, and the raw one's checksums are those of an independent reader."""
-    packed = pack(disk, tool, tmp_path)
+    source = packed(disk, tool)
     stages: dict[str, list[str]] = {}
+    checksums: dict[str, dict[str, str]] = {}
     for out_name in ("out.raw", "out.qcow2"):
         seen: list[str] = []
         result = convert(
-            packed,
+            source,
             tmp_path / out_name,
             checksums=("md5", "sha512"),
             progress=lambda stage, _done, _total, seen=seen: seen.append(stage),
@@ -294,14 +329,12 @@ def test_a_stream_without_a_recorded_size_is_decompressed_once_into_raw(
         assert result.source_access == "streamed" and result.virtual_size == disk.stat().st_size
         _identical(disk, tmp_path / out_name, "qcow2" if out_name.endswith("qcow2") else "raw")
         stages[out_name] = seen
+        checksums[out_name] = dict(result.checksums)
     assert "checking" not in stages["out.raw"] and "converting" in stages["out.raw"]
     assert "checking" in stages["out.qcow2"]
     md5 = tools.run("md5sum", tmp_path / "out.raw").stdout.split()[0].decode()
     sha512 = tools.run("sha512sum", tmp_path / "out.raw").stdout.split()[0].decode()
-    assert convert(packed, tmp_path / "again.raw", checksums=("md5", "sha512")).checksums == {
-        "md5": md5,
-        "sha512": sha512,
-    }
+    assert checksums["out.raw"] == {"md5": md5, "sha512": sha512}
 
 
 # --- interruption -----------------------------------------------------------------------------
