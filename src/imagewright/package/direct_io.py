@@ -63,8 +63,11 @@ _POOL_SIZE = 8
 def _buffer() -> mmap.mmap:
     """A page-aligned buffer of ``STAGE`` bytes (``READ`` is the same size)."""
     with _pool_lock:
-        if _pool:
-            return _pool.pop()
+        while _pool:
+            buffer = _pool.pop()
+            if len(buffer) == STAGE:
+                return buffer
+            buffer.close()
     return mmap.mmap(-1, STAGE)
 
 
