@@ -56,8 +56,9 @@ ENABLED = True
 _pool: list[mmap.mmap] = []
 _pool_lock = threading.Lock()
 #: Buffers kept for the next writer or reader (a bundle opens a writer per 10 MiB part, and
-#: fresh anonymous pages cost a fault and a clearing each).
-_POOL_SIZE = 8
+#: fresh anonymous pages cost a fault and a clearing each); two: one writer's pair, so a
+#: long-lived process (``imagewright serve``) keeps 8 MiB, not every buffer it ever used.
+_POOL_SIZE = 2
 
 
 def _buffer() -> mmap.mmap:

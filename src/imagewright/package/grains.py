@@ -21,6 +21,11 @@ otherwise each compute again is computed once, by the deflate worker, beside the
 compression: the batch's deflate blocks joined (a gzip member's bytes), its CRC-32, and its
 guest bytes as runs (consecutive data grains joined into one buffer, zeros as a length), so
 a target hashes, writes or encrypts each batch in a few large calls that release the GIL.
+
+The guest's bytes are not copied on their way: a source handed over as ``bytes`` (a raw
+file's reads, a decompressed stream's pieces) is immutable, so its grains are views of it and
+a run of side-by-side grains one view again (copying each grain and then joining the copies
+was two copies of every data byte: about 4% of a publish's CPU).
 """
 
 from __future__ import annotations

@@ -210,8 +210,8 @@ class OvaWriter:
     def close_archive(self, checksums: tuple[str, ...] = ()) -> dict[str, str]:
         """Write the disk's header, the end of the archive and the head; flush the file.
 
-        ``checksums``: digests of the whole OVA, read back (from the page cache) before the
-        final fsync, so that the disk's last writes and the read-back overlap.
+        ``checksums``: digests of the whole OVA, read back (``direct_io.read_digests``) before
+        the final fsync.
         """
         layout = self.layout
         file = self.file
