@@ -41,9 +41,12 @@ qcow2, raw.gz, ova and bundle, 2 cores): about 10 CPU-s, of which the bundle's S
 whole tar stream (4 GiB with the zeros: SHA-1 cannot skip them) is 2.3 s on one core and the
 deflate of the 1 GiB of data 2.5-3 s; every other byte is hashed once per output (sha256 of
 raw.gz, the OVA's disk member and the OVA, the parts, the qcow2; sha1 of the parts) and
-encrypted once (AES-CBC: one core). Measured under load 8-10 (other work on both cores):
-10.0-10.5 CPU-s against 10.7-12.4 before ``direct_io`` and the grain views (an A/B of the
-same runs); the quiet numbers are in the README's bench table.
+encrypted once (AES-CBC: one core). Measured with other work on both cores (CPU-seconds,
+A/B of alternating runs): at load 8-10, 10.0-10.5 against 10.7-12.4 before ``direct_io`` and
+the grain views; at load 2-5, 10.1-11.6 against 10.2-11.5 (within the noise: the page
+cache's cost depends on whether the kernel hands out fresh or recycled pages, and the grain
+views keep the source's 4 MiB reads alive longer, which costs the reading thread ~0.3 s of
+fresh pages). ``IMAGEWRIGHT_NO_DIRECT_IO=1`` compares; the quiet numbers are in the README.
 
 How the registry plugs in (``imagewright.registry.publishing``, the room above this one):
 ``publish(..., hand_over=…)`` is handed every finished file — at its temporary name, with its
