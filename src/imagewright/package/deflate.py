@@ -171,11 +171,11 @@ class ParallelDeflater(Generic[Prepared]):
         self.workers = workers or default_workers()
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="deflate")
         self._window = 2 * self.workers + 2
-        self._batch: list[tuple[object, bytes | None, DeflateBlock | None]] = []
+        self._batch: list[tuple[object, bytes | memoryview | None, DeflateBlock | None]] = []
         self._work = 0
         self._pending: deque[Future[Prepared]] = deque()
 
-    def submit(self, tag: object, data: bytes | None, block: DeflateBlock | None = None) -> None:
+    def submit(self, tag: object, data: bytes | memoryview | None, block: DeflateBlock | None = None) -> None:
         self._batch.append((tag, data, block))
         if block is None:
             self._work += 1

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from imagewright.errors import InvalidArgumentError
-from imagewright.files import AtomicOutput, io_error
+from imagewright.files import AtomicOutput
 from imagewright.formats.base import Limits
 from imagewright.package.deflate import DEFAULT_LEVEL
+from imagewright.package.direct_io import read_digests
 from imagewright.package.grains import GrainBatch
 from imagewright.package.ovf_descriptor import CONTROLLERS, DiskFacts, MachineSpec, build_descriptor
 from imagewright.package.passes import Progress, SequentialFile, read_source, run_pass
@@ -209,8 +210,8 @@ class OvaWriter:
     def close_archive(self, checksums: tuple[str, ...] = ()) -> dict[str, str]:
         """Write the disk's header, the end of the archive and the head; flush the file.
 
-        ``checksums``: digests of the whole OVA, read back (from the page cache) before the
-        final fsync, so that the disk's last writes and the read-back overlap.
+        ``checksums``: digests of the whole OVA, read back (``direct_io.read_digests``) before
+        the final fsync.
         """
         layout = self.layout
         file = self.file
@@ -263,20 +264,9 @@ class OvaWriter:
 
 
 def file_digests(path: Path, algorithms: tuple[str, ...], size: int | None = None) -> dict[str, str]:
-    """Digests of a finished file (one sequential read, from the page cache when just written).
+    """Digests of a finished file, one sequential read (``direct_io.read_digests``: around the
+    page cache where it can).
 
-    ``size``: what the file's length must be (a file read back before it is completed).
+    ``size``: how many bytes the file holds (read back before it is cut to its length).
     """
-    hashers = {name: hashlib.new(name) for name in algorithms}
-    # One buffer read into again and again: a fresh 4 MiB object per read is fresh pages.
-    buffer = memoryview(bytearray(4 << 20))
-    try:
-        with path.open("rb", buffering=0) as f:
-            while length := f.readinto(buffer):
-                for hasher in hashers.values():
-                    hasher.update(buffer[:length])
-            if size is not None and f.tell() != size:
-                raise AssertionError(f"{path} is {f.tell()} bytes, not the {size} written")
-    except OSError as err:
-        raise io_error(err, path, "reading") from None
-    return {name: hasher.hexdigest() for name, hasher in hashers.items()}
+    return read_digests(path, algorithms, size)

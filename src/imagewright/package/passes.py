@@ -12,6 +12,7 @@ hashed as written, errors as one sentence).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,7 @@ from imagewright.ops.convert import ImageSource, stream_raw
 from imagewright.ops.convert.output import OutputFile
 from imagewright.ops.convert.source import PreparedSource, prepare_source
 from imagewright.package.deflate import DEFAULT_LEVEL
+from imagewright.package.direct_io import DirectAppender, open_direct
 from imagewright.package.grains import BackgroundTarget, GrainStream, GrainTarget
 
 #: ``progress(stage, done, total)`` as convert reports it ("decompressing", "packaging" ...).
@@ -71,13 +73,18 @@ class GatherBuffer:
     """Writes gathered in one fixed buffer, filled in place; ``sink`` gets each gathered run.
 
     A bytearray that grows, is copied out and cleared for every run reallocates and faults in
-    fresh pages each time; one buffer for the writer's life does neither. A write at least as
-    big as the buffer goes to ``sink`` as it is (after what was gathered before it).
+    fresh pages each time; one buffer for the writer's life does neither. A write of at least
+    ``DIRECT`` bytes goes to ``sink`` as it is (after what was gathered before it): gathering
+    is for the many small pieces (a grain's frame, a zero run's block), and copying a large
+    one costs more than the extra call it saves (a qcow2's data runs, a batch's joined blocks).
     """
+
+    DIRECT = 64 << 10
 
     def __init__(self, capacity: int, sink: Callable[[memoryview | bytes | bytearray], None]) -> None:
         self._view = memoryview(bytearray(capacity))
         self._capacity = capacity
+        self._direct = min(self.DIRECT, capacity)
         self._sink = sink
         self.used = 0
         #: Every byte written so far.
@@ -86,11 +93,12 @@ class GatherBuffer:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         length = len(data)
         self.size += length
+        if length >= self._direct:
+            self.flush()
+            self._sink(data)
+            return
         if self.used + length > self._capacity:
             self.flush()
-            if length >= self._capacity:
-                self._sink(data)
-                return
         self._view[self.used : self.used + length] = data
         self.used += length
 
@@ -108,10 +116,15 @@ class SequentialFile:
     block is a handful of bytes), and one system call and one hash update per grain cost more
     CPU than the bytes themselves.
 
-    ``writeback``: every ``WRITEBACK`` bytes, what is written so far is sent to the disk by a
-    thread of its own (``fdatasync``), so the fsync of ``finish`` waits for the last stretch
-    only, not for the whole file (a GiB takes the better part of a second to reach a disk, and
-    the kernel starts on its own only when the dirty pages pile up or age).
+    The bytes written front to back go to the disk around the page cache where the filesystem
+    allows it (``direct_io.DirectAppender``: ``O_DIRECT``, no copy into the cache); bytes
+    written out of order (``write_at``: headers filled in at the end) go through the cache.
+
+    ``writeback`` (only where the page cache is written): every ``WRITEBACK`` bytes, what is
+    written so far is sent to the disk by a thread of its own (``fdatasync``), so the fsync of
+    ``finish`` waits for the last stretch only, not for the whole file (a GiB takes the better
+    part of a second to reach a disk, and the kernel starts on its own only when the dirty
+    pages pile up or age).
     """
 
     BUFFER = 1 << 20
@@ -128,9 +141,17 @@ class SequentialFile:
         self.path = path
         self._file = OutputFile(path)
         self._file.position = start
+        self._direct: DirectAppender | None = None
+        fd = open_direct(path, os.O_WRONLY)
+        if fd is not None:
+            self._direct = DirectAppender(path, fd, self._file.fileno(), start)
         self._hashers = {name: hashlib.new(name) for name in algorithms}
         self._buffer = GatherBuffer(self.BUFFER, self._emit)
-        self._writeback = ThreadPoolExecutor(1, thread_name_prefix="writeback") if writeback else None
+        self._writeback = (
+            ThreadPoolExecutor(1, thread_name_prefix="writeback")
+            if writeback and self._direct is None
+            else None
+        )
         self._synced_to = start
         self._syncing: Future[None] | None = None
 
@@ -147,7 +168,10 @@ class SequentialFile:
         self._buffer.flush()
 
     def _emit(self, data: bytes | bytearray | memoryview) -> None:
-        self._file.append(data)
+        if self._direct is not None:
+            self._direct.append(data)
+        else:
+            self._file.append(data)
         for hasher in self._hashers.values():
             hasher.update(data)
         if (
@@ -167,11 +191,15 @@ class SequentialFile:
     def write_at(self, offset: int, data: bytes) -> None:
         """Bytes out of order (headers filled in at the end); not hashed."""
         self.flush()
+        if self._direct is not None:
+            self._direct.flush()
         self._file.write_at(offset, data)
 
     @property
     def position(self) -> int:
-        return self._file.position + self._buffer.used
+        """Where the next byte written front to back goes."""
+        appended = self._direct.position if self._direct is not None else self._file.position
+        return appended + self._buffer.used
 
     def digests(self) -> dict[str, str]:
         self.flush()
@@ -183,9 +211,17 @@ class SequentialFile:
         self._wait_for_writeback()
         if self._writeback is not None:
             self._writeback.shutdown(wait=True)
+        if self._direct is not None:
+            self._direct.finish()
+            if size is None:
+                # A partial last block went out padded: cut the file where its bytes end.
+                size = max(self._direct.position, self._file.position)
+            self._direct.close()
         self._file.finish(size)
 
     def close(self) -> None:
         if self._writeback is not None:
             self._writeback.shutdown(wait=True)  # no fdatasync may outlive the descriptor
+        if self._direct is not None:
+            self._direct.close()
         self._file.close()

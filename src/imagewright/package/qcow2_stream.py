@@ -90,7 +90,7 @@ class Qcow2StreamWriter:
             data = run.data
             if len(data) % CLUSTER:
                 # Only the image's last grain can be short: its cluster is filled up with zeros.
-                data = data + bytes(-len(data) % CLUSTER)
+                data = bytes(data) + bytes(-len(data) % CLUSTER)
             view = memoryview(data)
             index = run.offset // CLUSTER
             done = 0

@@ -102,7 +102,8 @@ class BackgroundHashes(Hashes):
     hashed, and the digests are computed side by side (hashlib releases the GIL on large
     buffers; md5 and sha512 of an import's output take about as long each as the rest of the
     conversion). A buffer that may change later (a ``memoryview`` into a reused receive buffer)
-    is copied once first: a copy costs a small part of hashing it."""
+    is copied once first: a copy costs a small part of hashing it; a view of a ``bytes`` object
+    cannot change and is kept as it is."""
 
     def __init__(self, algorithms: tuple[str, ...], depth: int = 8) -> None:
         super().__init__(algorithms)
@@ -112,7 +113,7 @@ class BackgroundHashes(Hashes):
 
     def update(self, data: bytes | memoryview) -> None:
         if self._lanes:
-            item = data if isinstance(data, bytes) else bytes(data)
+            item = data if isinstance(data, bytes) or _immutable_view(data) else bytes(data)
             for lane in self._lanes:
                 lane.put(item)
 
@@ -130,6 +131,11 @@ class BackgroundHashes(Hashes):
             lane.join()
 
 
+def _immutable_view(data: bytes | memoryview) -> bool:
+    """A view whose bytes nobody can change: one of a ``bytes`` object."""
+    return isinstance(data, memoryview) and isinstance(data.obj, bytes)
+
+
 def _hash_item(hasher: Any) -> Callable[[object], None]:
     """A lane's work: hash a buffer, or a run of that many zeros."""
 
@@ -141,7 +147,7 @@ def _hash_item(hasher: Any) -> Callable[[object], None]:
                 hasher.update(_ZEROS[:step] if step < CHUNK else _ZEROS)
                 length -= step
         else:
-            assert isinstance(item, bytes)
+            assert isinstance(item, bytes | memoryview)
             hasher.update(item)
 
     return work
@@ -218,6 +224,10 @@ class OutputFile:
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
         self.write_at(self.position, data)
+
+    def fileno(self) -> int:
+        """The descriptor (valid until ``finish`` or ``close``)."""
+        return self._fd
 
     def sync_data(self) -> None:
         """Send what is written so far to the disk (``fdatasync``): ``finish`` then waits less."""
