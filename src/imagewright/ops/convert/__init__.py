@@ -36,7 +36,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -44,7 +43,7 @@ from typing import Any
 
 from imagewright.binary import FileSource, GrowingFile
 from imagewright.errors import ImageIOError, ImagewrightError, InvalidArgumentError, ProgramError
-from imagewright.files import AtomicOutput, ScratchFiles, fsync_file, io_error
+from imagewright.files import AtomicOutput, ScratchFiles, io_error
 from imagewright.formats.base import Limits
 from imagewright.inspection import ImageReport
 from imagewright.ops.convert.guest_reader import (
@@ -444,13 +443,9 @@ def _write_raw(
         and reads_itself(source)
         and copy_guest(source, temp, limits, stage)
     ):
-        # Copied while the prehashing (a thread: GuestHashing.result) may still be finishing;
-        # the copy goes to the disk meanwhile (the commit's fsync then has little left to do:
-        # 0.3 s for 768 MiB here, which came after the digests, not beside them).
-        with ThreadPoolExecutor(1, thread_name_prefix="flush") as flushing:
-            flushed = flushing.submit(fsync_file, temp)
-            known = prehashed() if callable(prehashed) else prehashed
-            flushed.result()
+        # Copied (and flushed: copy_guest's OutputFile.finish) while the prehashing (a thread:
+        # GuestHashing.result) may still be finishing.
+        known = prehashed() if callable(prehashed) else prehashed
         if known is not None and known.matches(source, plan.checksums):
             digests = {name: known.digests[name] for name in plan.checksums}
             return digests, digests, True, True
