@@ -29,6 +29,7 @@ from imagewright.disk.survey import required_firmware
 from imagewright.errors import ImageIOError, ImagewrightError, InvalidArgumentError
 from imagewright.files import AtomicOutput, io_error
 from imagewright.gate import admit
+from imagewright.inspection import ImageReport
 from imagewright.ops.convert.output import Hashes
 from imagewright.stores.storeset import StoreSet
 
@@ -58,6 +59,8 @@ class BaseImage:
     needed_firmware: str | None = None
     #: The registry image's properties (a file has none).
     properties: Mapping[str, str] = field(default_factory=dict)
+    #: The gate's report of ``path`` (what later readers of the base pass on, not judge again).
+    report: ImageReport | None = field(default=None, repr=False, compare=False)
 
 
 def is_file_reference(ref: str) -> bool:
@@ -82,29 +85,24 @@ def _admitted(
         path, fmt, image_id, size, origin, downloaded,
         boots_under=tuple(boot.boots_under) if boot is not None else (),
         needed_firmware=required_firmware(boot),
-        properties=dict(properties or {}),
+        properties=dict(properties or {}), report=admitted.report,
     )  # fmt: skip
 
 
-#: Where a guest's init lives; ``boots_systemd`` reads its link.
-INIT_PATHS = ("/sbin/init", "/usr/sbin/init")
-
-
 def boots_systemd(base: BaseImage) -> bool:
-    """The guest's ``/sbin/init`` is systemd (a link to ``.../systemd``): its boot runs units in
-    parallel (``compute.instance.default_cpus``). False when the image's filesystem cannot be
-    read (a blank disk, a filesystem imagewright does not read)."""
+    """The guest's init is systemd (``inspect_os``'s ``read_init_system``: /sbin/init, links
+    followed): its boot runs units in parallel (``compute.instance.default_cpus``). False when
+    the image's filesystem cannot be read (a blank disk, a filesystem imagewright does not read).
+    The gate's report of the base is reused: the image is not judged a second time."""
+    from imagewright.guest.bounded import GuestReader
     from imagewright.guest.session import open_guest
+    from imagewright.ops.inspect_os.system import read_init_system
 
     try:
-        with open_guest(base.path, format=base.format) as guest:
-            for path in INIT_PATHS:
-                found = guest.lstat_or_none(path)
-                if found is not None:
-                    return bool(found.is_symlink and (found.link_target or "").endswith("/systemd"))
+        with open_guest(base.path, format=base.format, report=base.report) as guest:
+            return read_init_system(GuestReader(guest)) == "systemd"
     except (ImagewrightError, OSError):
         return False
-    return False
 
 
 def base_from_file(path: Path) -> BaseImage:
