@@ -239,7 +239,7 @@ class OvaWriter:
         if len(blob) != layout.head:
             raise AssertionError(f"the OVA head is {len(blob)} bytes, not the {layout.head} reserved")
         file.write_at(0, blob)
-        digests = file_digests(file.path, checksums, self.size) if checksums else {}
+        digests = read_digests(file.path, checksums, self.size) if checksums else {}
         file.finish(self.size)
         self.members = [
             OvaMember(name, len(data), hashlib.new(algorithm, data).hexdigest()) for name, data in head
@@ -261,12 +261,3 @@ class OvaWriter:
             source_format=source_format,
             seconds=0.0,
         )
-
-
-def file_digests(path: Path, algorithms: tuple[str, ...], size: int | None = None) -> dict[str, str]:
-    """Digests of a finished file, one sequential read (``direct_io.read_digests``: around the
-    page cache where it can).
-
-    ``size``: how many bytes the file holds (read back before it is cut to its length).
-    """
-    return read_digests(path, algorithms, size)

@@ -72,8 +72,9 @@ from imagewright.ops.convert import NotRawError, open_source
 from imagewright.ops.convert.output import OutputFile
 from imagewright.package.bundle import BundleJob, BundleOptions
 from imagewright.package.deflate import DEFAULT_LEVEL, GzipMember
+from imagewright.package.direct_io import read_digests
 from imagewright.package.grains import DigestTarget, GrainBatch
-from imagewright.package.ova import OvaLayout, OvaOptions, OvaWriter, file_digests
+from imagewright.package.ova import OvaLayout, OvaOptions, OvaWriter
 from imagewright.package.passes import Progress, SequentialFile, run_pass
 from imagewright.package.qcow2_stream import CLUSTER, Qcow2StreamWriter
 from imagewright.package.tuned_source import BootTuning, TuningReport, tune_source
@@ -292,7 +293,7 @@ class Bundle(Target):
         ]
         manifest = self.job.manifest_out
         out.append(
-            (manifest, manifest.path.stat().st_size, file_digests(manifest.path, (CHECKSUM,))[CHECKSUM])
+            (manifest, manifest.path.stat().st_size, read_digests(manifest.path, (CHECKSUM,))[CHECKSUM])
         )
         return out
 
@@ -317,7 +318,7 @@ class Qcow2(Target):
         self._file.write_at(0, self._qcow2.header())
         # The header is written last, in front: the file's checksum needs one read-back,
         # taken before the final fsync so that the disk's last writes overlap it.
-        self._sha256 = file_digests(self.output.path, (CHECKSUM,), self._qcow2.size)[CHECKSUM]
+        self._sha256 = read_digests(self.output.path, (CHECKSUM,), self._qcow2.size)[CHECKSUM]
         self._file.finish(self._qcow2.size)
 
     def files(self) -> list[tuple[AtomicOutput, int, str]]:
