@@ -31,6 +31,7 @@ from pathlib import Path
 
 from bench.common import Comparison, cpu_seconds, report, run, timed
 from bench.convert_bench import corpus
+from imagewright.allocator import keep_freed_buffers
 from imagewright.ops.convert import convert
 from imagewright.package.bundle import BundleOptions, bundle_image
 from imagewright.package.ova import OvaOptions, package_ova
@@ -273,6 +274,8 @@ def publish_by_hand(workdir: Path, disk: Path) -> None:
 
 
 def main() -> None:
+    # As the CLI's streaming verbs do (both sides run in this process).
+    keep_freed_buffers()
     with tempfile.TemporaryDirectory(prefix="iw-bench-package-", dir="/var/tmp") as tmp:
         workdir = Path(tmp)
         keys = make_keys(workdir)

@@ -4,7 +4,8 @@ Adding a command is adding a line: its name, where its ``click.Command`` lives
 (``"module:attribute"``, the module inside ``imagewright.cli``), and the first sentence of
 its help, which ``imagewright --help`` lists without importing anything
 (``tests/test_cli_startup.py`` checks that the sentence matches the command's own help).
-Order is the order of ``imagewright --help``: the pipeline, left to right.
+Order is the order of ``imagewright --help``: the pipeline, left to right. ``streams``
+marks the verbs that stream whole images (``allocator``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ class Verb(NamedTuple):
     target: str
     #: The first sentence of the command's help (what ``imagewright --help`` shows).
     summary: str
+    #: The verb streams whole images in one short-lived process: glibc is told to keep the
+    #: buffers it frees (``allocator.keep_freed_buffers``). The servers are not.
+    streams: bool = False
 
     def load(self) -> click.Command:
         module, _, attribute = self.target.partition(":")
@@ -35,9 +39,20 @@ VERBS: tuple[Verb, ...] = (
         "convert",
         "convert:command",
         "Convert SRC to DST in another format, computing checksums as it writes.",
+        streams=True,
     ),
-    Verb("resize", "resize:command", "Resize IMAGE to SIZE (8G), or by +DELTA (+1G) or -DELTA (-512M)."),
-    Verb("build", "build:command", "Build a bootable, partitioned disk from SOURCE, without root."),
+    Verb(
+        "resize",
+        "resize:command",
+        "Resize IMAGE to SIZE (8G), or by +DELTA (+1G) or -DELTA (-512M).",
+        streams=True,
+    ),
+    Verb(
+        "build",
+        "build:command",
+        "Build a bootable, partitioned disk from SOURCE, without root.",
+        streams=True,
+    ),
     Verb("context", "context:command", "Build context media: the seed an instance reads at first boot."),
     Verb(
         "cat",
@@ -66,11 +81,13 @@ VERBS: tuple[Verb, ...] = (
         "package",
         "package:command",
         "Make and check packages: OVA (signed or not) and EC2 image bundles.",
+        streams=True,
     ),
     Verb(
         "publish",
         "publish:command",
         "Write every output of IMAGE (qcow2, raw.gz, OVA, EC2 bundle ...) from one read.",
+        streams=True,
     ),
     Verb(
         "serve",
@@ -86,6 +103,7 @@ VERBS: tuple[Verb, ...] = (
         "image",
         "image:command",
         "Images in a cloud's image service (ours or any OpenStack Glance), through clouds.yaml.",
+        streams=True,
     ),
     Verb(
         "instance",

@@ -71,7 +71,12 @@ class ImagewrightGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in BY_NAME:
-            self.commands[cmd_name] = BY_NAME[cmd_name].load()
+            verb = BY_NAME[cmd_name]
+            if verb.streams:
+                from imagewright.allocator import keep_freed_buffers
+
+                keep_freed_buffers()
+            self.commands[cmd_name] = verb.load()
         return self.commands.get(cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
