@@ -27,12 +27,14 @@ with no Linux root filesystem to edit is published as it is, and the result says
 
 Every file is written under a temporary name and appears only when all targets are done;
 ``SHA256SUMS`` (sha256sum's format) lists every file written, then is itself put in place.
-The digest of a file written front to back is taken as it is written; the OVA and the qcow2
-(their heads are written last) are read back once each, as soon as its own target is done (a
-target's ``finish`` runs on its thread, beside the others'). The read-backs stay: a file's
-SHA-256 starts with its head, which depends on everything after it (the OVA's manifest holds
-the disk's digest; the qcow2's header names where its tables ended up), so the bytes after
-the head are hashed again once it is known — from the disk, not the page cache: outputs are
+The digest of a file written front to back is taken as it is written; the OVA (its head is
+written last) is read back once, as soon as its own target is done (a target's ``finish`` runs
+on its thread, beside the others'). That read-back stays: a file's SHA-256 starts with its
+head, and the OVA's manifest holds the disk's digest, so the bytes after the head are hashed
+again once it is known. The qcow2's header names where its tables end up: from a raw source
+whose data extents are known before the pass (``convert.possible_data``) its layout is planned
+and the header known in advance (``qcow2_stream``), so it is hashed as it is written; from any
+other source it is read back too. Read-backs come from the disk, not the page cache: outputs are
 written and read with ``O_DIRECT`` where the filesystem allows it (``direct_io``; copying 2.5
 GB into and out of fresh cache pages was a fifth of a publish's CPU).
 
@@ -68,7 +70,7 @@ from typing import Any
 from imagewright.errors import InvalidArgumentError
 from imagewright.files import AtomicOutput, ScratchFiles, write_file_atomically
 from imagewright.formats.base import Limits
-from imagewright.ops.convert import NotRawError, open_source
+from imagewright.ops.convert import NotRawError, open_source, possible_data
 from imagewright.ops.convert.output import OutputFile
 from imagewright.package.bundle import BundleJob, BundleOptions
 from imagewright.package.deflate import DEFAULT_LEVEL, GzipMember
@@ -126,6 +128,8 @@ class PublishContext:
     source: Path | None = None
     #: The target being built is made for the hand-over only (a scratch file).
     building_unpublished: bool = False
+    #: The guest ranges that may hold data, known before the pass (``convert.possible_data``).
+    possible_data: list[tuple[int, int]] | None = None
 
     def output(self, file_name: str) -> AtomicOutput:
         if self.building_unpublished:
@@ -299,7 +303,8 @@ class Bundle(Target):
 
 
 class Qcow2(Target):
-    """The qcow2 written from the grains (``qcow2_stream``), read back once for its checksum."""
+    """The qcow2 written from the grains (``qcow2_stream``), hashed as it is written when its
+    layout could be planned from the source's data extents, else read back once."""
 
     name = "qcow2"
 
@@ -307,7 +312,13 @@ class Qcow2(Target):
         self.output = context.output(f"{context.name}.qcow2")
         self._file = SequentialFile(self.output.path, (), start=CLUSTER, writeback=True)
         context.stack.callback(self._file.close)
-        self._qcow2 = Qcow2StreamWriter(self._file.write, context.virtual_size)
+        self._qcow2 = Qcow2StreamWriter(
+            self._file.write,
+            context.virtual_size,
+            possible_data=context.possible_data,
+            write_at=self._file.write_at,
+            checksum=CHECKSUM,
+        )
         self._sha256 = ""
 
     def batch(self, batch: GrainBatch) -> None:
@@ -316,9 +327,12 @@ class Qcow2(Target):
     def finish(self) -> None:
         self._qcow2.finish()
         self._file.write_at(0, self._qcow2.header())
-        # The header is written last, in front: the file's checksum needs one read-back,
-        # taken before the final fsync so that the disk's last writes overlap it.
-        self._sha256 = read_digests(self.output.path, (CHECKSUM,), self._qcow2.size)[CHECKSUM]
+        digest = self._qcow2.digest()
+        if digest is None:
+            # The header is written last, in front: without a plan the file's checksum needs
+            # one read-back, taken before the final fsync so the disk's last writes overlap it.
+            digest = read_digests(self.output.path, (CHECKSUM,), self._qcow2.size)[CHECKSUM]
+        self._sha256 = digest
         self._file.finish(self._qcow2.size)
 
     def files(self) -> list[tuple[AtomicOutput, int, str]]:
@@ -431,6 +445,7 @@ def publish(
                 scratch=scratch.scratch,
                 targets=list(targets),
                 source=image_path,
+                possible_data=possible_data(read) if "qcow2" in (*targets, *unpublished) else None,
             )
             built: list[Target] = []
             hidden: set[int] = set()

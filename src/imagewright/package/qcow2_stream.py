@@ -21,12 +21,29 @@ Layout (QEMU ``docs/interop/qcow2.txt``; all numbers big-endian)::
 Memory stays flat: one L2 table (64 KiB) is held at a time, plus the L1 table (8 bytes per
 512 MiB of guest). ``qemu-img check`` finds no leaks and no errors in what this writes, and
 ``qemu-img compare`` finds it identical to the source (tests/package/test_publish.py).
+
+**A header known in advance** (``possible_data``). The header names where the tables end up,
+so a digest of the file (``publish``'s SHA256SUMS) could only be taken by reading the whole
+file back once the header was written: a second pass over every data byte, after all the
+other outputs were done. When the caller knows beforehand which guest ranges may hold data
+(a raw file's data extents; everything else reads as zeros), the number of clusters in front
+of the L1 table has an upper bound: one per grain those ranges touch, plus one L2 table per
+512 MiB range they touch. The L1 table is then put at that bound, whatever the data turns
+out to be: clusters the bound counted but the data did not need (zero grains inside a data
+extent, a range left without data) stay a hole in the file, counted 0 in the refcounts
+(free: ``qemu-img check`` reports no leak), and the header is known before the first data
+byte — so the file is hashed as it is written (``checksum``), and the hole's zeros and the
+tables at the end. The plan is given up, and the file laid out and read back as without it,
+when more data arrives than it allowed (the source changed under the pass) or when the hole
+would exceed ``MAX_HOLE`` (a raw file allocated throughout but mostly zeros): the file never
+grows by more than that for it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from imagewright.errors import InvalidArgumentError
 from imagewright.package.deflate import GRAIN
@@ -44,10 +61,35 @@ HEADER_LENGTH = 104
 MAX_VIRTUAL_SIZE = (32 << 20) // 8 * L2_ENTRIES * CLUSTER
 
 _HEADER = struct.Struct(">4sIQIIQIIQQIIQQQQII")
+#: The largest hole a planned layout may leave in front of the tables (beyond a sixteenth of
+#: the data clusters): past it, the file is laid out tight and read back for its digest.
+MAX_HOLE = 64 << 20
 
 
 def _clusters(length: int) -> int:
     return -(-length // CLUSTER)
+
+
+def planned_clusters(possible_data: Sequence[tuple[int, int]]) -> int:
+    """Clusters in front of the L1 table at most (header, data, L2 tables) when the data lies
+    within ``possible_data`` (guest ``(offset, length)`` ranges, in ascending order)."""
+    grains = 0
+    last_grain = last_range = -1
+    ranges = 0
+    for offset, length in possible_data:
+        if length <= 0:
+            continue
+        first, end = offset // CLUSTER, (offset + length - 1) // CLUSTER
+        first = max(first, last_grain + 1)
+        if first <= end:
+            grains += end - first + 1
+            last_grain = end
+        first_range = max(offset // CLUSTER // L2_ENTRIES, last_range + 1)
+        end_range = end // L2_ENTRIES
+        if first_range <= end_range:
+            ranges += end_range - first_range + 1
+            last_range = end_range
+    return 1 + grains + ranges
 
 
 class Qcow2StreamWriter:
@@ -56,9 +98,22 @@ class Qcow2StreamWriter:
     The file starts with one reserved cluster (its writer starts appending at ``CLUSTER``);
     after ``finish``, ``header()`` is the cluster to put at offset 0 and ``size`` the file's
     length.
+
+    ``possible_data`` and ``write_at`` (both or neither): plan the layout so that the header
+    is known in advance (see the module docstring); ``write_at(offset, data)`` puts the tables
+    after the hole. ``checksum``: the file's digest is taken as it is written while the plan
+    holds (``digest()``: None when it did not, or without a plan).
     """
 
-    def __init__(self, write: Callable[[bytes | memoryview], None], virtual_size: int) -> None:
+    def __init__(
+        self,
+        write: Callable[[bytes | memoryview], None],
+        virtual_size: int,
+        *,
+        possible_data: Sequence[tuple[int, int]] | None = None,
+        write_at: Callable[[int, bytes], None] | None = None,
+        checksum: str | None = None,
+    ) -> None:
         if not 0 < virtual_size <= MAX_VIRTUAL_SIZE:
             raise InvalidArgumentError("A qcow2 image holds from one byte to 32 PiB.")
         self._write = write
@@ -74,12 +129,34 @@ class Qcow2StreamWriter:
         self._refcount_table_offset = 0
         self._refcount_table_clusters = 0
         self.data_clusters = 0
+        self._write_at = write_at
+        #: Clusters in front of the L1 table by the plan (None: no plan, or given up).
+        self.planned: int | None = None
+        self._hasher: hashlib._Hash | None = None
+        self._hole = 0
+        if possible_data is not None and write_at is not None:
+            self.planned = planned_clusters(possible_data)
+            if checksum is not None:
+                self._hasher = hashlib.new(checksum)
+                self._hasher.update(self._header(self.planned))
 
     def _emit(self, data: bytes | memoryview) -> int:
         offset = self.size
+        if self.planned is not None and offset + len(data) > self.planned * CLUSTER:
+            self._give_up_plan()  # more than it allowed for: the source changed under the pass
         self._write(data)
+        if self._hasher is not None:
+            self._hasher.update(data)
         self.size += len(data)
         return offset
+
+    def _give_up_plan(self) -> None:
+        self.planned = None
+        self._hasher = None
+
+    def digest(self) -> str | None:
+        """The file's digest taken as it was written (after ``finish``); None when it was not."""
+        return self._hasher.hexdigest() if self._hasher is not None and self.planned is not None else None
 
     def batch(self, batch: GrainBatch) -> None:
         """Each data run of the batch becomes consecutive data clusters (zero grains stay
@@ -117,29 +194,70 @@ class Qcow2StreamWriter:
 
     def finish(self) -> None:
         self._flush_l2()
-        l1 = struct.pack(f">{self.l1_size}Q", *self._l1)
-        self._l1_offset = self._emit(l1 + bytes(_clusters(len(l1)) * CLUSTER - len(l1)))
-        # The refcount blocks and table count every cluster of the file, themselves included.
         used = self.size // CLUSTER
+        if self.planned is not None:
+            hole = (self.planned - used) * CLUSTER
+            if hole > MAX_HOLE + self.data_clusters * CLUSTER // 16:
+                self._give_up_plan()  # mostly zeros where data could have been: laid out tight
+        start = used if self.planned is None else self.planned
+        self._l1_offset, blocks, table = self._tables(start)
+        l1 = struct.pack(f">{self.l1_size}Q", *self._l1)
+        tail = [l1 + bytes(_clusters(len(l1)) * CLUSTER - len(l1))]
+        # The refcount blocks and table count every cluster of the file, themselves included;
+        # the hole's clusters (used .. start) are free (0).
+        total = start + _clusters(len(l1)) + blocks + table
+        first_block = self._l1_offset + len(tail[0])
+        for index in range(blocks):
+            begin = index * REFCOUNTS_PER_BLOCK
+            counts = bytearray(CLUSTER)
+            for first, end in ((0, used), (start, total)):
+                low, high = max(first, begin), min(end, begin + REFCOUNTS_PER_BLOCK)
+                if low < high:
+                    counts[(low - begin) * 2 : (high - begin) * 2] = b"\x00\x01" * (high - low)
+            tail.append(bytes(counts))
+        offsets = struct.pack(f">{blocks}Q", *(first_block + i * CLUSTER for i in range(blocks)))
+        tail.append(offsets + bytes(table * CLUSTER - len(offsets)))
+        self._refcount_table_offset = first_block + blocks * CLUSTER
+        self._refcount_table_clusters = table
+        tables = b"".join(tail)
+        if start == used:
+            self._write(tables)
+        else:
+            assert self._write_at is not None
+            self._write_at(start * CLUSTER, tables)
+        if self._hasher is not None:
+            hole = (start - used) * CLUSTER
+            zeros = memoryview(bytes(min(hole, 16 << 20)))
+            for done in range(0, hole, max(1, len(zeros))):
+                self._hasher.update(zeros[: hole - done])
+            self._hasher.update(tables)
+        self.size = start * CLUSTER + len(tables)
+
+    def _tables(self, start: int) -> tuple[int, int, int]:
+        """Where the L1 table goes and how many refcount blocks and table clusters follow it,
+        when ``start`` clusters precede it."""
+        l1_clusters = _clusters(self.l1_size * 8)
+        used = start + l1_clusters
         blocks, table = 1, 1
         while True:
             total = used + blocks + table
             need_blocks = -(-total // REFCOUNTS_PER_BLOCK)
             need_table = _clusters(need_blocks * 8)
             if (need_blocks, need_table) == (blocks, table):
-                break
+                return start * CLUSTER, blocks, table
             blocks, table = need_blocks, need_table
-        total = used + blocks + table
-        first_block = self.size
-        for index in range(blocks):
-            covered = min(REFCOUNTS_PER_BLOCK, total - index * REFCOUNTS_PER_BLOCK)
-            self._emit(b"\x00\x01" * covered + bytes((REFCOUNTS_PER_BLOCK - covered) * 2))
-        offsets = struct.pack(f">{blocks}Q", *(first_block + i * CLUSTER for i in range(blocks)))
-        self._refcount_table_offset = self._emit(offsets + bytes(table * CLUSTER - len(offsets)))
-        self._refcount_table_clusters = table
 
     def header(self) -> bytes:
         """Cluster 0, once ``finish`` ran."""
+        return self._pack_header(self._l1_offset, self._refcount_table_offset, self._refcount_table_clusters)
+
+    def _header(self, start: int) -> bytes:
+        """Cluster 0 of the file whose L1 table follows ``start`` clusters."""
+        l1_offset, blocks, table = self._tables(start)
+        refcount_table_offset = l1_offset + _clusters(self.l1_size * 8) * CLUSTER + blocks * CLUSTER
+        return self._pack_header(l1_offset, refcount_table_offset, table)
+
+    def _pack_header(self, l1_offset: int, refcount_table_offset: int, refcount_table_clusters: int) -> bytes:
         fields = _HEADER.pack(
             b"QFI\xfb",
             3,  # version (compat 1.1)
@@ -149,9 +267,9 @@ class Qcow2StreamWriter:
             self.virtual_size,
             0,  # crypt_method
             self.l1_size,
-            self._l1_offset,
-            self._refcount_table_offset,
-            self._refcount_table_clusters,
+            l1_offset,
+            refcount_table_offset,
+            refcount_table_clusters,
             0,  # nb_snapshots
             0,  # snapshots_offset
             0,  # incompatible_features

@@ -43,7 +43,7 @@ from typing import Any
 
 from imagewright.binary import FileSource, GrowingFile
 from imagewright.errors import ImageIOError, ImagewrightError, InvalidArgumentError, ProgramError
-from imagewright.files import AtomicOutput, ScratchFiles, io_error
+from imagewright.files import AtomicOutput, ScratchFiles, file_extents, io_error
 from imagewright.formats.base import Limits
 from imagewright.inspection import ImageReport
 from imagewright.ops.convert.guest_reader import (
@@ -413,6 +413,30 @@ def stream_raw(
     if progress is not None:
         progress(size, size)
     return False
+
+
+#: A source with more data extents than this is not mapped in advance (``possible_data``).
+MAX_PLANNED_EXTENTS = 1 << 16
+
+
+def possible_data(source: ImageSource) -> list[tuple[int, int]] | None:
+    """The guest ranges ``(offset, length)`` that may hold data, known before the stream starts
+    (everything else reads as zeros): a plain raw file's data extents, which ``stream_raw``
+    reads the same way. None when that is not known up front (a compressed stream, an image
+    read through its format, a file of more than ``MAX_PLANNED_EXTENTS`` extents)."""
+    if isinstance(source, RawStream) or not _is_plain_raw_file(source):
+        return None
+    ranges: list[tuple[int, int]] = []
+    try:
+        with source.path.open("rb", buffering=0) as f:
+            for offset, length, is_data in file_extents(f.fileno(), source.virtual_size):
+                if is_data:
+                    if len(ranges) == MAX_PLANNED_EXTENTS:
+                        return None
+                    ranges.append((offset, length))
+    except OSError:
+        return None  # the stream itself reports what is wrong with the file
+    return ranges
 
 
 def _is_plain_raw_file(source: PreparedSource) -> bool:
