@@ -8,6 +8,7 @@ the same. Each instance is removed as soon as it is checked (OVMF spins on a bla
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -223,3 +224,14 @@ def test_boots_systemd_reads_the_guests_init_link(tmp_path: Path, init: str | No
     blank = tmp_path / "blank.raw"
     blank.write_bytes(bytes(1 << 20))
     assert boots_systemd(base_from_file(blank)) is False
+
+
+@pytest.mark.parametrize(("recorded", "systemd"), [("systemd", True), ("SystemD ", True), ("busybox", False)])
+def test_a_registry_image_s_recorded_init_system_is_believed_without_opening_it(
+    tmp_path: Path, recorded: str, systemd: bool
+) -> None:
+    # The file is a blank disk: read, it would say "not systemd".
+    blank = tmp_path / "blank.raw"
+    blank.write_bytes(bytes(1 << 20))
+    base = dataclasses.replace(base_from_file(blank), properties={"imagewright_init_system": recorded})
+    assert boots_systemd(base) is systemd

@@ -170,6 +170,8 @@ def test_upload_fills_os_and_audit_from_the_guest(registry: RegistryServer, imag
     assert properties["os_version"] == truth.version_id
     assert properties["architecture"] == truth.architecture
     assert properties["os_type"] == "linux"
+    # What run/verify read to size the instance without opening the image again.
+    assert properties["imagewright_init_system"] == truth.init_system == "systemd"
     # The tree holds no key, history, password hash, log, machine-id: nothing would leak.
     assert properties["imagewright_audit"] == "clean"
     # Neither BIOS boot code nor an ESP: no firmware to ask for.

@@ -52,12 +52,16 @@ if TYPE_CHECKING:
 AUDIT_PROPERTY = "imagewright_audit"
 #: The owner's explicit "publish it anyway" (see ``service.images.publishing``).
 ALLOW_SECRETS_PROPERTY = "imagewright_allow_secrets"
+#: The guest's init system (``systemd``, ``sysvinit``, ``busybox`` ...: ``OsFacts.init_system``),
+#: which ``run``/``verify`` read to size an instance without opening the image again.
+INIT_SYSTEM_PROPERTY = "imagewright_init_system"
 #: Every property ``image_facts`` may fill in.
 FILLED = (
     "os_distro",
     "os_version",
     "architecture",
     "os_type",
+    INIT_SYSTEM_PROPERTY,
     "hw_firmware_type",
     "hw_machine_type",
     "os_secure_boot",
@@ -102,8 +106,9 @@ def firmware_properties(boot: BootSummary | None) -> dict[str, str]:
 
 
 def os_properties(inspection: OsInspection) -> dict[str, str]:
-    """``os_distro``, ``os_version``, ``architecture``, ``os_type`` of the first root that says
-    which distribution it is (a disk with several roots is named by its first)."""
+    """``os_distro``, ``os_version``, ``architecture``, ``os_type`` and the init system of the
+    first root that says which distribution it is (a disk with several roots is named by its
+    first)."""
     roots = [root for root in inspection.roots if root.distribution.id is not None] or inspection.roots
     if not roots:
         return {}
@@ -113,6 +118,7 @@ def os_properties(inspection: OsInspection) -> dict[str, str]:
         "os_version": root.distribution.version_id,
         "architecture": root.architecture,
         "os_type": root.os_type,
+        INIT_SYSTEM_PROPERTY: root.init_system,
     }
     return {name: value[:_MAX_VALUE] for name, value in found.items() if value}
 
@@ -186,6 +192,7 @@ __all__ = [
     "ALLOW_SECRETS_PROPERTY",
     "AUDIT_PROPERTY",
     "FILLED",
+    "INIT_SYSTEM_PROPERTY",
     "ImageFacts",
     "audit_secrets",
     "audit_summary",

@@ -93,11 +93,19 @@ def boots_systemd(base: BaseImage) -> bool:
     """The guest's init is systemd (``inspect_os``'s ``read_init_system``: /sbin/init, links
     followed): its boot runs units in parallel (``compute.instance.default_cpus``). False when
     the image's filesystem cannot be read (a blank disk, a filesystem imagewright does not read).
-    The gate's report of the base is reused: the image is not judged a second time."""
+
+    A registry image says so in its ``imagewright_init_system`` property (the registry reads it
+    at upload, with the other OS facts): nothing is opened. A file is read (as the gate's report
+    of the base lets it be: the image is not judged a second time); a qcow2 file needs a raw
+    working copy for that, one pass over the image before the launch."""
     from imagewright.guest.bounded import GuestReader
     from imagewright.guest.session import open_guest
+    from imagewright.ops.inspect_os.properties import INIT_SYSTEM_PROPERTY
     from imagewright.ops.inspect_os.system import read_init_system
 
+    recorded = base.properties.get(INIT_SYSTEM_PROPERTY)
+    if recorded:
+        return recorded.strip().lower() == "systemd"
     try:
         with open_guest(base.path, format=base.format, report=base.report) as guest:
             return read_init_system(GuestReader(guest)) == "systemd"
