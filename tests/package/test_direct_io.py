@@ -20,15 +20,23 @@ from imagewright.package.grains import Grain, GrainBatch, GrainStream
 from imagewright.package.passes import SequentialFile
 
 
+@pytest.mark.parametrize("released", [True, False], ids=["gil-released-copies", "slice-copies"])
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "page-cache"])
 @pytest.mark.parametrize("start", [0, 512, 4096, 70_000])
 def test_a_sequential_file_holds_what_was_written_either_way(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool, start: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool, start: int, released: bool
 ) -> None:
     monkeypatch.setattr(direct_io, "ENABLED", direct)
     monkeypatch.setattr(direct_io, "STAGE", 3 * direct_io.ALIGN)  # many turns of the two buffers
+    # Every staging copy made without the GIL (from 1 byte), or none.
+    monkeypatch.setattr(direct_io, "_RELEASED_COPY", 1 if released else 1 << 62)
     path = tmp_path / "out.bin"
-    pieces = [os.urandom(n) for n in (1, 4095, 4096, 10_000, 7, 70_000, 3, 4096 * 5, 100_000)]
+    shared = os.urandom(300_000)
+    pieces: list[bytes | bytearray | memoryview] = [
+        os.urandom(n) for n in (1, 4095, 4096, 10_000, 7, 70_000, 3, 4096 * 5, 100_000)
+    ]
+    # Views into a larger buffer (as the grains of a source read are), and a mutable one.
+    pieces += [memoryview(shared)[12_345:200_000], bytearray(os.urandom(9_999)), memoryview(shared)[5:6]]
     file = SequentialFile(path, ("sha256",), start=start)
     try:
         for index, piece in enumerate(pieces):
@@ -55,6 +63,18 @@ def test_a_sequential_file_holds_what_was_written_either_way(
         file.close()
     assert path.read_bytes() == expected
     assert read_digests(path, ("sha256",)) == {"sha256": hashlib.sha256(expected).hexdigest()}
+
+
+def test_a_released_copy_takes_one_block_of_memory_only(tmp_path: Path) -> None:
+    target = bytearray(16)
+    address = direct_io.ctypes.addressof(direct_io.ctypes.c_char.from_buffer(target))
+    direct_io._copy_released(address + 3, memoryview(b"0123456789")[2:7], 5)
+    assert target == b"\x00" * 3 + b"23456" + b"\x00" * 8
+    with pytest.raises(BufferError):
+        direct_io._copy_released(address, memoryview(b"0123456789")[::2], 5)  # not one block
+    with pytest.raises(BufferError):
+        direct_io._copy_released(address, memoryview(b"0123"), 5)  # shorter than the copy
+    assert target == b"\x00" * 3 + b"23456" + b"\x00" * 8
 
 
 def test_a_sequential_file_is_cut_where_its_bytes_end(tmp_path: Path) -> None:
