@@ -22,6 +22,8 @@ from tests.package.tuned_guests import TUNED, DebianShaped, debian_shaped, outpu
 
 from imagewright.compute.boot import boot
 from imagewright.compute.testguest import TestGuest
+from imagewright.package import publish as publish_module
+from imagewright.package.direct_io import read_digests
 from imagewright.programs.runner import record_invocations
 
 pytestmark = pytest.mark.integration
@@ -50,18 +52,27 @@ def fingerprint(path: Path) -> tuple[str, int, int]:
 
 @pytest.mark.parametrize("kind", ["qcow2", "raw", "raw.gz"])
 def test_every_output_holds_the_tuned_guest_and_the_source_is_never_written(
-    kind: str, debian: DebianShaped, tmp_path: Path, run_cli: object
+    kind: str, debian: DebianShaped, tmp_path: Path, run_cli: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = {"qcow2": debian.qcow2, "raw": debian.raw, "raw.gz": debian.gz}[kind]
     before = fingerprint(source)
     out = tmp_path / "out"
     out.mkdir()
+    read_back: list[str] = []
+    monkeypatch.setattr(
+        publish_module,
+        "read_digests",
+        lambda path, *args: read_back.append(Path(path).name) or read_digests(path, *args),
+    )
     with record_invocations() as log:
         report = publish_json(
             run_cli, source, "--to", TARGETS, "-d", out, "--name", "tuned", "--os", "debian64"
         )
 
     assert fingerprint(source) == before
+    # The pass reads the tuned raw copy, whose data extents plan the qcow2's layout: it is
+    # hashed as written. Only the OVA is read back for its checksum (and the bundle manifest).
+    assert not [name for name in read_back if "qcow2" in name], read_back
     # The source is read once: by the copy the tuning edits (qemu-img for a qcow2; a sparse
     # copy in Python for a raw disk; the decompressed stream for a raw.gz) — never written.
     readers = [argv for argv in log.argvs if str(source) in argv]
