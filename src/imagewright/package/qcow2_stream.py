@@ -35,8 +35,8 @@ extent, a range left without data) stay a hole in the file, counted 0 in the ref
 byte — so the file is hashed as it is written (``checksum``), and the hole's zeros and the
 tables at the end. The plan is given up, and the file laid out and read back as without it,
 when more data arrives than it allowed (the source changed under the pass) or when the hole
-would exceed ``MAX_HOLE`` (a raw file allocated throughout but mostly zeros): the file never
-grows by more than that for it.
+would exceed ``MAX_HOLE`` and a sixteenth of the data (a raw file allocated throughout but
+mostly zeros): the file never grows by more than that for it, and the hole takes no disk space.
 """
 
 from __future__ import annotations
@@ -133,7 +133,6 @@ class Qcow2StreamWriter:
         #: Clusters in front of the L1 table by the plan (None: no plan, or given up).
         self.planned: int | None = None
         self._hasher: hashlib._Hash | None = None
-        self._hole = 0
         if possible_data is not None and write_at is not None:
             self.planned = planned_clusters(possible_data)
             if checksum is not None:
