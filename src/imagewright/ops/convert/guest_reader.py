@@ -236,7 +236,11 @@ class _Prewriter:
         self.path = path
         self.hashes = BackgroundHashes(checksums)
         self._file = DirectOutputFile(path)
-        self._writing: Lane | None = Lane("prewriting", self._write_item)
+        # Deeper than the digests' lanes (8): a direct write waits for the disk, and its
+        # hiccups must not hold the reader, which feeds the digests (the critical path); the
+        # items are the ones those lanes hash, kept longer only while the disk lags (at most
+        # 24 reads of 8 MiB).
+        self._writing: Lane | None = Lane("prewriting", self._write_item, depth=24)
         self._budget = budget
         self._written = 0
 
