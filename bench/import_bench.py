@@ -10,11 +10,12 @@ Two workloads, the same disk (1 GiB virtual, 768 MiB of real binaries from /usr/
 
       curl -o disk.qcow2 URL && qemu-img convert -f qcow2 -O raw disk.qcow2 disk.raw && sha256sum disk.raw
 
-  A qcow2 needs random access and can be judged only once complete: ours hashes (md5 and
-  sha512, a thread each) the raw output it will write from the download as it arrives
-  (``ops.convert.guest_reader``), judges the complete file, then writes the raw output with
-  imagewright's own qcow2 reader by kernel copies (``copy_file_range``) while the hashing
-  finishes — no qemu-img, and no byte hashed twice.
+  A qcow2 needs random access and can be judged only once complete: ours reads the download
+  as it arrives with imagewright's own qcow2 reader (``ops.convert.guest_reader``), hashes the
+  raw output (md5 and sha512, a thread each) and writes it in the same pass into the task's
+  scratch (a third thread, ``O_DIRECT``: no copy into the page cache), judges the complete
+  file, and renames that output into place if the gate admits this very file — no qemu-img,
+  no byte hashed or written twice, nothing after the download but the end of the hashing.
 - ``import-gz``: a ``disk.raw.gz`` (gzip -1, as cloud images travel). Theirs, the shell pipe::
 
       curl -s URL | gunzip -c > disk.raw && sha256sum disk.raw
