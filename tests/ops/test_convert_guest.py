@@ -1,5 +1,7 @@
 """convert reads a qcow2 itself for a raw output (``ops.convert.guest_reader``), and takes the
-digests computed while the file arrived (``hash_guest``, ``convert(prehashed=...)``).
+digests computed while the file arrived (``hash_guest``, ``convert(prehashed=...)``) — and the
+raw output written in that same pass (``hash_guest(output=...)``), taken by convert only where
+the digests are.
 
 Every qcow2 variant qemu-img writes — versions 2 and 3, 512-byte and 2 MiB clusters, zlib and
 zstd compressed clusters, zero clusters, extended L2 entries with half-written subclusters,
@@ -25,7 +27,7 @@ from imagewright.errors import ImageIOError
 from imagewright.formats import qcow2
 from imagewright.formats.base import Limits
 from imagewright.formats.mapped_guest import MappedGuestSource
-from imagewright.ops.convert import GuestHashing, convert, hash_guest
+from imagewright.ops.convert import GuestHashing, convert, guest_reader, hash_guest, output
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -266,3 +268,92 @@ def test_hashing_in_a_thread_beside_the_copy(images: dict[str, Path], tmp_path: 
     assert stopped.result() is None
     with pytest.raises(ImageIOError):
         opened.pread(0, 4)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "page-cache"])
+@pytest.mark.parametrize("name", [*VARIANTS, "scattered", "zero-clusters"])
+def test_the_output_written_as_the_image_is_hashed_is_qemu_imgs(
+    images: dict[str, Path], tmp_path: Path, name: str, direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``hash_guest(output=...)`` writes the raw conversion in the hashing pass (around the page
+    cache, or through it): byte for byte qemu-img's, holes where the guest has none; a
+    ``GuestHashing`` that wrote it hands it to convert, which renames it into place."""
+    monkeypatch.setattr(output, "DIRECT_ENABLED", direct)
+    monkeypatch.setattr(output, "DIRECT_STAGE", 3 * output.DIRECT_ALIGN)  # many turns of the buffer
+    source = tmp_path / "download.qcow2"
+    shutil.copy(images[name], source)
+    theirs = tmp_path / "theirs.raw"
+    qemu_img("convert", "-f", "qcow2", "-O", "raw", source, theirs)
+    written = tmp_path / "prewritten.raw"
+    with FileSource(source) as opened:
+        digests = hash_guest(opened, source, ("sha256",), output=written)
+    assert digests is not None and digests.output == str(written.resolve())
+    assert written.read_bytes() == theirs.read_bytes()
+    assert digests.digests["sha256"] == _sha256(theirs)
+    if name == "v3":  # mostly holes (``_source_raw``): they stay holes
+        assert written.stat().st_blocks * 512 < SIZE // 2
+
+    written.unlink()
+    hashing = GuestHashing(FileSource(source), source, ("sha256",), output=written)
+    out = tmp_path / "out.raw"
+    result = convert(source, out, checksums=("sha256",), prehashed=hashing)
+    assert result.prehashed and result.own_reader
+    assert out.read_bytes() == theirs.read_bytes() and result.checksums["sha256"] == _sha256(theirs)
+    assert not written.exists()  # renamed into place, not copied
+
+
+@pytest.mark.integration
+def test_an_output_written_for_another_file_is_not_taken(images: dict[str, Path], tmp_path: Path) -> None:
+    """Written as another file was hashed: convert writes its own output (and leaves that one)."""
+    source = tmp_path / "download.qcow2"
+    shutil.copy(images["scattered"], source)
+    written = tmp_path / "prewritten.raw"
+    other = GuestHashing(FileSource(images["v3"]), images["v3"], ("sha256",), output=written)
+    out = tmp_path / "out.raw"
+    result = convert(source, out, checksums=("sha256",), prehashed=other)
+    assert result.own_reader and not result.prehashed
+    assert result.checksums["sha256"] == _sha256(out)
+    compared = run("qemu-img", "compare", "-f", "qcow2", "-F", "raw", source, out).stdout
+    assert b"Images are identical" in compared
+    assert written.exists() and _sha256(written) != _sha256(out)
+
+
+def test_writing_stops_at_the_budget_and_the_hashing_goes_on(tmp_path: Path) -> None:
+    """More data than the file holds (a cluster mapped again and again) is not written: the
+    pass only hashes from there on, and says the output is not whole."""
+    path = tmp_path / "prewritten.raw"
+    writer = guest_reader._Prewriter(("sha256",), path, budget=3 * MiB)
+    block = os.urandom(MiB)
+    for index in range(5):
+        writer.write(index * MiB, block)
+    assert not writer.finish(5 * MiB)
+    writer.close()
+    assert writer.hashes.hexdigests()["sha256"] == hashlib.sha256(block * 5).hexdigest()
+    assert path.stat().st_size <= 3 * MiB
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "page-cache"])
+def test_a_direct_output_holds_the_bytes_written_and_holes_between(
+    tmp_path: Path, direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``DirectOutputFile``: data at rising, unaligned offsets with gaps (within a block, across
+    blocks, across the staging buffer); the gaps read as zeros, and the file is cut to size."""
+    monkeypatch.setattr(output, "DIRECT_ENABLED", direct)
+    monkeypatch.setattr(output, "DIRECT_STAGE", 4 * output.DIRECT_ALIGN)
+    size = 300_001
+    expected = bytearray(size)
+    pieces = [(0, 700), (1000, 512), (1600, 9000), (40_960, 16_384), (123_457, 33_333), (290_000, 10_001)]
+    out = output.DirectOutputFile(tmp_path / "out.raw")
+    assert out.direct == direct or not direct
+    try:
+        for offset, length in pieces:
+            data = os.urandom(length)
+            expected[offset : offset + length] = data
+            out.write_at(offset, data)
+        with pytest.raises(ValueError):
+            out.write_at(100, b"x")  # front to back only
+        out.finish(size)
+    finally:
+        out.close()
+    assert (tmp_path / "out.raw").read_bytes() == bytes(expected)

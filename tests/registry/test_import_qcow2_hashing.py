@@ -3,12 +3,13 @@ judged and converted only once complete (``service.tasks.importing._acquire_conv
 ``ops.convert.guest_reader``).
 
 The md5 and sha512 the image gets (``checksum``, ``os_hash_value``) are computed from the
-download as it grows, and the conversion after the gate only copies: checked here against the
-bytes the registry serves (hashlib) and the source (``qemu-img compare``), for a plain, a
-broken-off-and-resumed, a chunked (no size until the end) and a held download — held
-half-way, no conversion output exists (the gate has not judged the whole image yet). A
-download that ends short fails with its own reason; a hostile qcow2 is refused by the gate
-with its reason and nothing is stored.
+download as it grows, and the raw output written in the same pass (a candidate in the task's
+scratch, taken after the gate): checked here against the bytes the registry serves (hashlib)
+and the source (``qemu-img compare``), for a plain, a broken-off-and-resumed, a chunked (no
+size until the end) and a held download — held half-way, no conversion output exists (the
+gate has not judged the whole image yet: the candidate is only in the task's scratch, and
+nothing is stored). A download that ends short fails with its own reason; a hostile qcow2 is
+refused by the gate with its reason and nothing is stored.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def test_a_qcow2_is_hashed_as_it_arrives_and_stored_with_those_digests(
 def test_held_half_way_nothing_is_converted_until_the_whole_image_is_judged(
     api: Api, http: ImageHTTPServer, sources: Path, converting: RegistryServer, tmp_path: Path
 ) -> None:
+    before = converting.blobs()
     image = api.create_image(name="held", disk_format="qcow2", container_format="bare")
     start_import(api, image["id"], {"name": "web-download", "uri": f"{http.url}/gated/disk.qcow2"})
     assert http.gated.wait(120)
@@ -116,7 +118,10 @@ def test_held_half_way_nothing_is_converted_until_the_whole_image_is_judged(
         downloads = [*tasks.rglob("download")]
     time.sleep(1)  # (time for a conversion to start, if one wrongly would)
     assert not list(tasks.rglob("*converted*"))
+    candidates = list(tasks.rglob("prewritten.raw"))  # written as it arrives, in the scratch only
+    assert all(path.parent == downloads[0].parent for path in candidates)
     assert image_of(api, image["id"])["status"] == "importing"
+    assert converting.blobs() == before
     http.gate.set()
     task = wait_for_task(api, image["id"])
     assert task["status"] == "success", task

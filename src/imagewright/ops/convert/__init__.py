@@ -64,8 +64,9 @@ from imagewright.programs import qemu_img
 
 #: ``progress(stage, done, total)``: stage is "decompressing", "converting", "compressing" or "hashing".
 Progress = Callable[[str, int, int | None], None]
-#: Digests of the source's raw conversion computed as it arrived, or a call that waits for them.
-Prehashed = GuestDigests | Callable[[], GuestDigests | None]
+#: Digests of the source's raw conversion computed as it arrived, or a call that waits for them,
+#: or the thread computing them (which may also write the conversion: ``GuestHashing``).
+Prehashed = GuestDigests | GuestHashing | Callable[[], GuestDigests | None]
 
 __all__ = [
     "ConvertResult",
@@ -153,9 +154,11 @@ def convert(
     is complete. The caller makes sure the writer ended well before it uses the output.
 
     ``prehashed``: the digests ``guest_reader.hash_guest`` computed of ``src`` as it arrived
-    (or a call that waits for them: ``GuestHashing.result``); used instead of hashing the
+    (or a call that waits for them: ``GuestHashing.result``; or the ``GuestHashing`` itself,
+    which may also have written the raw output as it hashed); used instead of hashing the
     output when they are those of this very conversion (a raw output of the same complete
-    file, read by the same reader), else the output is hashed.
+    file, read by the same reader), else the output is hashed. An output written as it was
+    hashed is used under the same condition (renamed into place: no copy), else ignored.
     """
     started = time.monotonic()
     src_path, dst_path = Path(src), Path(dst)
@@ -460,6 +463,23 @@ def _write_raw(
     """Content and output digests, whether the source was read by ``guest_reader``, and
     whether the digests are ``prehashed``'s."""
     stage = _stage(progress, "converting")
+    if isinstance(prehashed, GuestHashing) and prehashed.writes_output and plan.compression is None:
+        # The thread writes the output as it hashes (guest_reader: "Writing while the image
+        # arrives"): wait for it, and take what it wrote if it is this very conversion.
+        known = prehashed.result()
+        prehashed = known
+        if (
+            known is not None
+            and known.output is not None
+            and known.matches(source, plan.checksums)
+            and _take_prewritten(known.output, temp, source.virtual_size)
+        ):
+            if stage is not None:
+                stage(source.virtual_size, source.virtual_size)
+            digests = {name: known.digests[name] for name in plan.checksums}
+            return digests, digests, True, True
+    if isinstance(prehashed, GuestHashing):
+        prehashed = prehashed.result
     if (
         prehashed is not None
         and plan.compression is None
@@ -485,6 +505,19 @@ def _write_raw(
     finally:
         writer.close()
     return writer.content.hexdigests(), writer.output.hexdigests(), own, False
+
+
+def _take_prewritten(prewritten: str, temp: Path, size: int) -> bool:
+    """Put the raw output ``hash_guest`` wrote in place of ``temp`` (the output's temporary
+    name, created empty: its mode is kept); False when it cannot be renamed there."""
+    try:
+        if os.stat(prewritten).st_size != size:
+            return False
+        os.chmod(prewritten, os.stat(temp).st_mode & 0o7777)
+        os.replace(prewritten, temp)
+    except OSError:
+        return False
+    return True
 
 
 def _write_formatted(

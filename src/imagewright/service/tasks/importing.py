@@ -15,20 +15,22 @@ For the first three, the bytes then go through the same gate as an upload
 ``disk_format``/``container_format`` say — an image created without them gets them from its
 content), and what is inside them becomes properties (OS, firmware, audit) as for an upload
 (``service.images.publishing``; a public image whose data holds secrets fails the import).
-If the target stores convert (``--convert-to``), ``ops.convert`` writes the image in
-that format — ``imagewright convert``'s one path (the source judged again by its own gate; md5
-and sha512 of the output computed as it is written — or, for a downloaded qcow2 converted to
-raw, computed from the download as it arrives by the reader that then writes the output:
-``ops.convert.guest_reader``; the gate still judges the complete file before anything is
-converted). A compressed image (``container_format``
-``compressed``: a ``disk.raw.gz`` as cloud images travel) is judged by convert alone: a raw disk
-inside is judged and converted as it decompresses, no scratch copy, every byte seen before the
-image can turn active (the upload gate would examine it only as far as memory allows, and
-refuse more); then its content must be what the declared formats say. ``disk_format`` becomes
-the target and ``container_format`` ``bare``, as Glance's image_conversion plugin does. The data
-is written into each target store (each blob named in the catalog before its first byte), hashed
-on the way when no conversion hashed it, and the image turns ``active`` with size,
-``virtual_size``, ``checksum`` (md5) and ``os_hash_value`` (sha512) of what the stores hold.
+If the target stores convert (``--convert-to``), ``ops.convert`` writes the image in that format
+— ``imagewright convert``'s one path (the source judged again by its own gate; md5 and sha512 of
+the output computed as it is written — or, for a downloaded qcow2 converted to raw, computed
+from the download as it arrives by imagewright's own qcow2 reader, which writes the raw output
+into the task's scratch in the same pass: ``ops.convert.guest_reader``; the gate still judges
+the complete file, and that output is used only if it admits it and it is this very file's
+conversion, else converted after the gate as any other). A compressed image
+(``container_format`` ``compressed``: a ``disk.raw.gz`` as cloud images travel) is judged by
+convert alone: a raw disk inside is judged and converted as it decompresses, no scratch copy,
+every byte seen before the image can turn active (the upload gate would examine it only as far
+as memory allows, and refuse more); then its content must be what the declared formats say.
+``disk_format`` becomes the target and ``container_format`` ``bare``, as Glance's
+image_conversion plugin does. The data is written into each target store (each blob named in the
+catalog before its first byte), hashed on the way when no conversion hashed it, and the image
+turns ``active`` with size, ``virtual_size``, ``checksum`` (md5) and ``os_hash_value`` (sha512)
+of what the stores hold.
 
 Any failure (a refused URL, a hostile image, a full store, the image deleted meanwhile) deletes
 every blob this attempt wrote and the staged data, and puts the image back to ``queued``
@@ -424,12 +426,15 @@ def _acquire_converting(
             if probe_compression(growing.pread(0, 64)) is not None:
                 converted = _convert_compressed(run, plan, arrived, work, declared, growing=growing)
             elif plan.convert_to == "raw":
-                # A qcow2 is judged (and converted) only once it is complete, but the digests of
-                # its conversion can be computed as it arrives (ops.convert.guest_reader), by a
-                # thread that goes on beside the gate and the copy; it closes ``growing``.
+                # A qcow2 is judged only once it is complete, but the digests of its conversion,
+                # and the conversion itself (a candidate in the scratch, used only if the gate
+                # admits this very file), can be made as it arrives (ops.convert.guest_reader),
+                # by a thread that goes on beside the gate; it closes ``growing``.
                 from imagewright.ops.convert import GuestHashing
 
-                hashing = arrived.prehashed = GuestHashing(growing, target, CHECKSUMS)
+                hashing = arrived.prehashed = GuestHashing(
+                    growing, target, CHECKSUMS, output=work / "prewritten.raw"
+                )
             growing.wait_complete()
         finally:
             if not outcome:
@@ -589,7 +594,7 @@ def _run_convert(
         checksums=CHECKSUMS,
         progress=progress,
         growing=growing,
-        prehashed=data.prehashed.result if data.prehashed is not None else None,
+        prehashed=data.prehashed,
     )
     run.check()
     LOG.info(
