@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from tests.fixtures.tools import qemu_img, run, sparse_file
 
+from imagewright import direct_io
 from imagewright.binary import FileSource, GrowingFile
 from imagewright.errors import ImageIOError
 from imagewright.formats import qcow2
@@ -279,8 +280,8 @@ def test_the_output_written_as_the_image_is_hashed_is_qemu_imgs(
     """``hash_guest(output=...)`` writes the raw conversion in the hashing pass (around the page
     cache, or through it): byte for byte qemu-img's, holes where the guest has none; a
     ``GuestHashing`` that wrote it hands it to convert, which renames it into place."""
-    monkeypatch.setattr(output, "DIRECT_ENABLED", direct)
-    monkeypatch.setattr(output, "DIRECT_STAGE", 3 * output.DIRECT_ALIGN)  # many turns of the buffer
+    monkeypatch.setattr(direct_io, "ENABLED", direct)
+    monkeypatch.setattr(direct_io, "STAGE", 3 * direct_io.ALIGN)  # many turns of the buffer
     source = tmp_path / "download.qcow2"
     shutil.copy(images[name], source)
     theirs = tmp_path / "theirs.raw"
@@ -339,8 +340,8 @@ def test_a_direct_output_holds_the_bytes_written_and_holes_between(
 ) -> None:
     """``DirectOutputFile``: data at rising, unaligned offsets with gaps (within a block, across
     blocks, across the staging buffer); the gaps read as zeros, and the file is cut to size."""
-    monkeypatch.setattr(output, "DIRECT_ENABLED", direct)
-    monkeypatch.setattr(output, "DIRECT_STAGE", 4 * output.DIRECT_ALIGN)
+    monkeypatch.setattr(direct_io, "ENABLED", direct)
+    monkeypatch.setattr(direct_io, "STAGE", 4 * direct_io.ALIGN)
     size = 300_001
     expected = bytearray(size)
     pieces = [(0, 700), (1000, 512), (1600, 9000), (40_960, 16_384), (123_457, 33_333), (290_000, 10_001)]

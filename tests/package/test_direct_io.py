@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagewright.package import direct_io
+from imagewright import direct_io
+from imagewright.direct_io import read_digests
 from imagewright.package.deflate import FINAL_BLOCK, GRAIN
-from imagewright.package.direct_io import read_digests
 from imagewright.package.grains import Grain, GrainBatch, GrainStream
 from imagewright.package.passes import SequentialFile
 
@@ -29,7 +29,7 @@ def test_a_sequential_file_holds_what_was_written_either_way(
     monkeypatch.setattr(direct_io, "ENABLED", direct)
     monkeypatch.setattr(direct_io, "STAGE", 3 * direct_io.ALIGN)  # many turns of the two buffers
     # Every staging copy made without the GIL (from 1 byte), or none.
-    monkeypatch.setattr(direct_io, "_RELEASED_COPY", 1 if released else 1 << 62)
+    monkeypatch.setattr(direct_io, "RELEASED_COPY", 1 if released else 1 << 62)
     path = tmp_path / "out.bin"
     shared = os.urandom(300_000)
     pieces: list[bytes | bytearray | memoryview] = [
@@ -68,12 +68,12 @@ def test_a_sequential_file_holds_what_was_written_either_way(
 def test_a_released_copy_takes_one_block_of_memory_only(tmp_path: Path) -> None:
     target = bytearray(16)
     address = direct_io.ctypes.addressof(direct_io.ctypes.c_char.from_buffer(target))
-    direct_io._copy_released(address + 3, memoryview(b"0123456789")[2:7], 5)
+    direct_io.copy_released(address + 3, memoryview(b"0123456789")[2:7], 5)
     assert target == b"\x00" * 3 + b"23456" + b"\x00" * 8
     with pytest.raises(BufferError):
-        direct_io._copy_released(address, memoryview(b"0123456789")[::2], 5)  # not one block
+        direct_io.copy_released(address, memoryview(b"0123456789")[::2], 5)  # not one block
     with pytest.raises(BufferError):
-        direct_io._copy_released(address, memoryview(b"0123"), 5)  # shorter than the copy
+        direct_io.copy_released(address, memoryview(b"0123"), 5)  # shorter than the copy
     assert target == b"\x00" * 3 + b"23456" + b"\x00" * 8
 
 

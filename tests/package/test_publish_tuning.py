@@ -22,8 +22,8 @@ from tests.package.tuned_guests import TUNED, DebianShaped, debian_shaped, outpu
 
 from imagewright.compute.boot import boot
 from imagewright.compute.testguest import TestGuest
+from imagewright.direct_io import read_digests
 from imagewright.package import publish as publish_module
-from imagewright.package.direct_io import read_digests
 from imagewright.programs.runner import record_invocations
 
 pytestmark = pytest.mark.integration

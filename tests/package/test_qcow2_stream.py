@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from tests.fixtures.tools import qemu_img
 
+from imagewright.direct_io import read_digests
 from imagewright.formats.base import Limits
 from imagewright.ops.convert import possible_data
 from imagewright.package import publish as publish_module
-from imagewright.package.direct_io import read_digests
 from imagewright.package.grains import GrainStream
 from imagewright.package.passes import read_source
 from imagewright.package.publish import publish

@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imagewright.direct_io import read_digests
 from imagewright.errors import InvalidArgumentError
 from imagewright.files import AtomicOutput
 from imagewright.formats.base import Limits
 from imagewright.package.deflate import DEFAULT_LEVEL
-from imagewright.package.direct_io import read_digests
 from imagewright.package.grains import GrainBatch
 from imagewright.package.ovf_descriptor import CONTROLLERS, DiskFacts, MachineSpec, build_descriptor
 from imagewright.package.passes import Progress, SequentialFile, read_source, run_pass

@@ -17,12 +17,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from imagewright.direct_io import DirectAppender, open_direct
 from imagewright.formats.base import Limits
 from imagewright.ops.convert import ImageSource, stream_raw
 from imagewright.ops.convert.output import OutputFile
 from imagewright.ops.convert.source import PreparedSource, prepare_source
 from imagewright.package.deflate import DEFAULT_LEVEL
-from imagewright.package.direct_io import DirectAppender, open_direct
 from imagewright.package.grains import BackgroundTarget, GrainStream, GrainTarget
 
 #: ``progress(stage, done, total)`` as convert reports it ("decompressing", "packaging" ...).

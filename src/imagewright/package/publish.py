@@ -67,6 +67,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imagewright.direct_io import read_digests
 from imagewright.errors import InvalidArgumentError
 from imagewright.files import AtomicOutput, ScratchFiles, write_file_atomically
 from imagewright.formats.base import Limits
@@ -74,7 +75,6 @@ from imagewright.ops.convert import NotRawError, open_source, possible_data
 from imagewright.ops.convert.output import OutputFile
 from imagewright.package.bundle import BundleJob, BundleOptions
 from imagewright.package.deflate import DEFAULT_LEVEL, GzipMember
-from imagewright.package.direct_io import read_digests
 from imagewright.package.grains import DigestTarget, GrainBatch
 from imagewright.package.ova import OvaLayout, OvaOptions, OvaWriter
 from imagewright.package.passes import Progress, SequentialFile, run_pass

@@ -10,7 +10,6 @@ import contextlib
 import errno
 import hashlib
 import lzma
-import mmap
 import os
 import queue
 import threading
@@ -21,6 +20,7 @@ from typing import Any, Protocol
 import zstandard
 from isal import isal_zlib  # ISA-L's igzip: the same gzip format, several times faster on one core
 
+from imagewright import direct_io
 from imagewright.errors import ImageIOError
 from imagewright.files import file_extents, io_error
 
@@ -283,16 +283,6 @@ class OutputFile:
             self._fd = -1
 
 
-#: Alignment of every direct transfer: the page size, a multiple of any logical block size.
-DIRECT_ALIGN = 4096
-#: Bytes staged per direct write.
-DIRECT_STAGE = 8 * CHUNK
-#: Errors that mean "not with O_DIRECT here", not "the disk failed".
-_NOT_DIRECT = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
-#: ``IMAGEWRIGHT_NO_DIRECT_IO=1`` turns direct writes off (as ``package.direct_io``'s).
-DIRECT_ENABLED = os.environ.get("IMAGEWRIGHT_NO_DIRECT_IO") != "1"
-
-
 class DirectOutputFile:
     """An output written front to back — data at rising offsets, holes between — with
     ``O_DIRECT`` where the filesystem allows it, else through the page cache (``OutputFile``).
@@ -301,30 +291,26 @@ class DirectOutputFile:
     kernel writes out anyway (the output is fsynced before it is kept): for a 1 GiB import,
     1–2 CPU-s on the bench machine, more than any other part of it but the digests; with
     ``O_DIRECT`` the disk reads a staging buffer (DMA), and what is left for the fsync is the
-    last partial block and the metadata. The rules are those of ``package.direct_io``
-    (which ``ops`` does not import): the address, offset and length of every direct transfer
-    are aligned (``DIRECT_ALIGN``); bytes are staged in a page-aligned buffer and written a
-    whole buffer at a time; a gap (a hole) flushes what is staged, its partial last block
-    padded with zeros — the gap's own bytes, which read as zeros — and the bytes in front of
-    the next data within its block are staged as zeros too; the file is cut to its size at
-    ``finish``. A filesystem that refuses ``O_DIRECT`` (at ``open``, or at a transfer) gets
-    the same bytes through the page cache. One thread writes (the caller's).
+    last partial block and the metadata. The rules are ``direct_io``'s (whose staging buffer
+    this uses): the address, offset and length of every direct transfer are aligned
+    (``direct_io.ALIGN``); bytes are staged in a page-aligned buffer and written a whole
+    buffer at a time; a gap (a hole) flushes what is staged, its partial last block padded
+    with zeros — the gap's own bytes, which read as zeros — and the bytes in front of the next
+    data within its block are staged as zeros too; the file is cut to its size at ``finish``.
+    A filesystem that refuses ``O_DIRECT`` (at ``open``, or at a transfer) gets the same bytes
+    through the page cache. One thread writes (the caller's).
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._plain = OutputFile(path)
-        self._fd = -1
-        direct = getattr(os, "O_DIRECT", 0)
-        if DIRECT_ENABLED and direct:
-            try:
-                self._fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | direct)
-            except OSError as err:
-                if err.errno not in _NOT_DIRECT:
-                    self._plain.close()
-                    raise io_error(err, path, "opening") from None
-        self._buffer: mmap.mmap | None = mmap.mmap(-1, DIRECT_STAGE) if self._fd >= 0 else None
-        self._view = memoryview(self._buffer) if self._buffer is not None else None
+        try:
+            fd = direct_io.open_direct(path, os.O_WRONLY)
+        except BaseException:
+            self._plain.close()
+            raise
+        self._fd = -1 if fd is None else fd
+        self._stage = direct_io.StagingBuffer() if self._fd >= 0 else None
         #: File offset of the staged bytes (aligned), and how many are staged.
         self._base = 0
         self._used = 0
@@ -341,40 +327,40 @@ class DirectOutputFile:
         end = self._base + self._used
         if offset < end:
             raise ValueError(f"{self.path} is written front to back ({offset} < {end})")
-        if self._view is None:
+        if self._stage is None or self._fd < 0:
             self._plain.write_at(offset, data)
             self._base = offset + len(data)
             return
         if offset > end:
-            start = offset - offset % DIRECT_ALIGN
+            start = offset - offset % direct_io.ALIGN
             if start <= end:  # within the block being staged: the gap's bytes, zeros
-                self._stage(memoryview(bytes(offset - end)))
+                self._put(memoryview(bytes(offset - end)))
             else:
                 self._flush_staged()
                 self._base, self._used = start, offset - start
-                self._view[: self._used] = bytes(self._used)
-        self._stage(memoryview(data))
+                self._stage.zero(0, self._used)
+        self._put(memoryview(data))
         self._staged_data = True
 
-    def _stage(self, view: memoryview) -> None:
-        assert self._view is not None
+    def _put(self, view: memoryview) -> None:
+        assert self._stage is not None
         done = 0
         while done < len(view):
-            take = min(len(view) - done, DIRECT_STAGE - self._used)
-            self._view[self._used : self._used + take] = view[done : done + take]
+            take = min(len(view) - done, direct_io.STAGE - self._used)
+            self._stage.put(self._used, view[done : done + take])
             self._used += take
             done += take
-            if self._used == DIRECT_STAGE:
-                self._write(self._view, self._base)
-                self._base += DIRECT_STAGE
+            if self._used == direct_io.STAGE:
+                self._write(self._stage.view, self._base)
+                self._base += direct_io.STAGE
                 self._used = 0
 
     def _flush_staged(self) -> None:
         """Write what is staged, its partial last block padded with zeros, and drop it."""
-        if self._view is not None and self._used and self._staged_data:
-            padded = -(-self._used // DIRECT_ALIGN) * DIRECT_ALIGN
-            self._view[self._used : padded] = bytes(padded - self._used)
-            self._write(self._view[:padded], self._base)
+        if self._stage is not None and self._used and self._staged_data:
+            padded = -(-self._used // direct_io.ALIGN) * direct_io.ALIGN
+            self._stage.zero(self._used, padded)
+            self._write(self._stage.view[:padded], self._base)
         self._base += self._used
         self._used = 0
         self._staged_data = False
@@ -385,7 +371,7 @@ class DirectOutputFile:
                 try:
                     written = os.pwrite(self._fd, view, offset)
                 except OSError as err:
-                    if err.errno not in _NOT_DIRECT:
+                    if err.errno not in direct_io.NOT_DIRECT:
                         raise io_error(err, self.path) from None
                     self._close_direct()  # this filesystem wants otherwise: the page cache
                     continue
@@ -413,12 +399,9 @@ class DirectOutputFile:
     def close(self) -> None:
         self._close_direct()
         self._plain.close()
-        if self._view is not None:
-            self._view.release()
-            self._view = None
-        if self._buffer is not None:
-            self._buffer.close()
-            self._buffer = None
+        if self._stage is not None:
+            self._stage.release()
+            self._stage = None
 
 
 class ImageStreamWriter:

@@ -17,7 +17,7 @@ aligned (to the device's logical block; ``ALIGN`` covers every block device Linu
   as zeros, and a partial last block is written padded with zeros (the file is cut to its
   length by the caller's ``ftruncate``). Two buffers take turns: one is written by a thread
   of its own while the next fills, so the disk's time overlaps the caller's hashing. Large
-  pieces are copied into the staging buffer with the GIL released (``_copy_released``): a
+  pieces are copied into the staging buffer with the GIL released (``copy_released``): a
   slice assignment holds it for the whole copy, and with four targets staging 2.5 GB side by
   side those copies kept the other threads' Python waiting (a publish ran 0.3-0.5 s faster at
   the same CPU time without them, in alternating runs at load 3-4).
@@ -52,7 +52,7 @@ STAGE = 4 << 20
 READ = STAGE
 
 #: Errors that mean "not with O_DIRECT here", not "the disk failed".
-_NOT_DIRECT = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
+NOT_DIRECT = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
 
 #: Off switch: ``IMAGEWRIGHT_NO_DIRECT_IO=1`` in the environment (to compare, or for a
 #: filesystem that takes O_DIRECT but is slow with it); tests exercise the page-cache path with it.
@@ -110,11 +110,11 @@ _get_buffer.restype = ctypes.c_int
 _release_buffer = ctypes.pythonapi.PyBuffer_Release
 _release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
 _release_buffer.restype = None
-#: Copies at least this long are made without the GIL (``_copy_released``).
-_RELEASED_COPY = 64 << 10
+#: Copies at least this long are made without the GIL (``copy_released``).
+RELEASED_COPY = 64 << 10
 
 
-def _copy_released(destination: int, source: memoryview, length: int) -> None:
+def copy_released(destination: int, source: memoryview, length: int) -> None:
     """Copy ``length`` bytes of ``source`` (contiguous) to the address ``destination`` with
     the GIL released: a slice assignment holds it for the whole copy, and the staging copies of
     a publish (every byte of 2.5 GB of outputs) then stall every other thread's Python."""
@@ -138,9 +138,44 @@ def open_direct(path: Path, flags: int) -> int | None:
     try:
         return os.open(path, flags | direct | os.O_CLOEXEC)
     except OSError as err:
-        if err.errno in _NOT_DIRECT:
+        if err.errno in NOT_DIRECT:
             return None
         raise io_error(err, path, "opening") from None
+
+
+class StagingBuffer:
+    """A page-aligned buffer of ``STAGE`` bytes (from the pool) that bytes are copied into for
+    a direct write: ``put`` copies a piece at an offset, large ones with the GIL released
+    (``copy_released``); ``view`` is the buffer; ``release`` hands it back to the pool."""
+
+    def __init__(self) -> None:
+        self._buffer: mmap.mmap | None = _buffer()
+        self.view = memoryview(self._buffer)
+        # Where the bytes are, for copies without the GIL: the ctypes object holds an export of
+        # the buffer until ``release``.
+        self._anchor: ctypes.Array[ctypes.c_char] | None = (ctypes.c_char * STAGE).from_buffer(self._buffer)
+        self._address = ctypes.addressof(self._anchor)
+
+    def put(self, offset: int, data: memoryview) -> None:
+        """Copy ``data`` (one block of memory) to ``offset``; it must fit."""
+        length = len(data)
+        if offset + length > STAGE:
+            raise ValueError(f"{length} bytes at {offset} do not fit in a {STAGE}-byte staging buffer")
+        if length >= RELEASED_COPY:
+            copy_released(self._address + offset, data, length)
+        else:
+            self.view[offset : offset + length] = data
+
+    def zero(self, start: int, end: int) -> None:
+        self.view[start:end] = bytes(end - start)
+
+    def release(self) -> None:
+        if self._buffer is None:
+            return
+        self.view.release()
+        self._anchor = None
+        buffer, self._buffer = self._buffer, None
+        _release(buffer)
 
 
 class DirectAppender:
@@ -163,12 +198,7 @@ class DirectAppender:
         self._fd = fd
         self._fallback_fd = fallback_fd
         self._direct = True
-        self._buffers = [_buffer(), _buffer()]
-        self._views = [memoryview(buffer) for buffer in self._buffers]
-        # Where each buffer's bytes are (for copies without the GIL); the ctypes objects hold
-        # an export of the buffer, released in ``close``.
-        self._anchors = [ctypes.c_char.from_buffer(buffer) for buffer in self._buffers]
-        self._addresses = [ctypes.addressof(anchor) for anchor in self._anchors]
+        self._stages = [StagingBuffer(), StagingBuffer()]
         self._current = 0
         #: File offset of the current buffer's first byte.
         self._base = start - start % ALIGN
@@ -188,10 +218,7 @@ class DirectAppender:
         done = 0
         while done < length:
             take = min(length - done, STAGE - self._used)
-            if take >= _RELEASED_COPY:
-                _copy_released(self._addresses[self._current] + self._used, view[done : done + take], take)
-            else:
-                self._views[self._current][self._used : self._used + take] = view[done : done + take]
+            self._stages[self._current].put(self._used, view[done : done + take])
             self._used += take
             done += take
             if self._used == STAGE:
@@ -204,12 +231,11 @@ class DirectAppender:
         the writer thread and go on in the other buffer with what is left after ``whole``."""
         self._wait()
         current = self._current
-        view, base = self._views[current], self._base
+        view, base = self._stages[current].view, self._base
         self._pending = self._writer.submit(self._write, view[:length], base)
         rest = self._used - whole
-        following = self._views[1 - current]
         if rest:
-            following[:rest] = view[whole : self._used]
+            self._stages[1 - current].put(0, view[whole : self._used])
         self._current = 1 - current
         self._base = base + whole
         self._used = rest
@@ -221,7 +247,7 @@ class DirectAppender:
                     try:
                         written = os.pwrite(self._fd, view, offset)
                     except OSError as err:
-                        if err.errno not in _NOT_DIRECT:
+                        if err.errno not in NOT_DIRECT:
                             raise
                         self._direct = False  # this filesystem wants otherwise: the page cache
                         continue
@@ -246,8 +272,7 @@ class DirectAppender:
         self._appended = False
         whole = self._used - self._used % ALIGN
         padded = -(-self._used // ALIGN) * ALIGN
-        view = self._views[self._current]
-        view[self._used : padded] = bytes(padded - self._used)
+        self._stages[self._current].zero(self._used, padded)
         self._send(whole, padded)
         self._wait()
 
@@ -259,12 +284,8 @@ class DirectAppender:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        for view in self._views:
-            view.release()
-        self._anchors = []
-        buffers, self._buffers = self._buffers, []
-        for buffer in buffers:
-            _release(buffer)
+        for stage in self._stages:
+            stage.release()
 
 
 def read_digests(path: Path, algorithms: tuple[str, ...], size: int | None = None) -> dict[str, str]:
@@ -306,7 +327,7 @@ def _read_into(direct_fd: int | None, plain_fd: int, total: int, hashers: list[h
             try:
                 return os.preadv(fds[0], target, offset)
             except OSError as err:
-                if err.errno not in _NOT_DIRECT:
+                if err.errno not in NOT_DIRECT:
                     raise
                 fds.clear()
         return os.preadv(plain_fd, target, offset)
