@@ -1,7 +1,8 @@
 """Large outputs written and read back around the page cache (``O_DIRECT``), where it is allowed.
 
-A package's outputs are written once, front to back, fsynced, and (the OVA, the qcow2) read
-back once for a checksum. Through the page cache every byte is copied into freshly allocated
+A package's outputs (``package``) and an import's raw conversion (``ops.convert.output.
+DirectOutputFile``) are written once, front to back, fsynced, and some (the OVA; a qcow2 not
+made from a raw file) read back once for a checksum. Through the page cache every byte is copied into freshly allocated
 cache pages and then written out by the kernel anyway (``SequentialFile`` fsyncs every output):
 measured on the bench machine (``bench/package_bench.py``, a 4 GiB publish: 2.5 GB written),
 ``pwrite`` was 15% of a publish's CPU time — the copy into the cache, the cache's allocation
@@ -21,6 +22,7 @@ aligned (to the device's logical block; ``ALIGN`` covers every block device Linu
   slice assignment holds it for the whole copy, and with four targets staging 2.5 GB side by
   side those copies kept the other threads' Python waiting (a publish ran 0.3-0.5 s faster at
   the same CPU time without them, in alternating runs at load 3-4).
+- ``StagingBuffer`` is one such buffer (from a small pool), which both writers stage in.
 - ``read_digests`` reads a finished file with ``O_DIRECT`` into two aligned buffers (a thread
   reads one while the other is hashed).
 
