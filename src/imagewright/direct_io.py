@@ -2,13 +2,13 @@
 
 A package's outputs (``package``) and an import's raw conversion (``ops.convert.output.
 DirectOutputFile``) are written once, front to back, fsynced, and some (the OVA; a qcow2 not
-made from a raw file) read back once for a checksum. Through the page cache every byte is
-copied into freshly allocated cache pages and then written out by the kernel anyway (every
-output is fsynced): measured on the bench machine (``bench/package_bench.py``, a 4 GiB
-publish: 2.5 GB written), ``pwrite`` was 15% of a publish's CPU time — the copy into the cache, the cache's allocation
-and its bookkeeping — and the read-backs another 4% copying it out again. With ``O_DIRECT`` the
-disk reads and writes our own buffers (DMA, no copy by the CPU), and nothing is left in the
-cache for other work to be evicted by.
+made from a raw file) read back once for a checksum. Through the page cache every byte is copied
+into freshly allocated cache pages and then written out by the kernel anyway (every output is
+fsynced): measured on the bench machine (``bench/package_bench.py``, a 4 GiB publish: 2.5 GB
+written), ``pwrite`` was 15% of a publish's CPU time — the copy into the cache, the cache's
+allocation and its bookkeeping — and the read-backs another 4% copying it out again. With
+``O_DIRECT`` the disk reads and writes our own buffers (DMA, no copy by the CPU), and nothing is
+left in the cache for other work to be evicted by.
 
 ``O_DIRECT`` wants the memory address, the file offset and the length of every transfer
 aligned (to the device's logical block; ``ALIGN`` covers every block device Linux has), so:
