@@ -145,6 +145,21 @@ def open_direct(path: Path, flags: int) -> int | None:
         raise io_error(err, path, "opening") from None
 
 
+def write_direct(fd: int, view: memoryview, offset: int) -> int:
+    """Write ``view`` at ``offset`` through ``fd`` (opened with ``O_DIRECT``): how many of its
+    bytes went out before the filesystem refused a direct transfer (all of them when none was
+    refused; the caller writes the rest through the page cache). Other errors are raised."""
+    done = 0
+    while done < len(view):
+        try:
+            done += os.pwrite(fd, view[done:], offset + done)
+        except OSError as err:
+            if err.errno not in NOT_DIRECT:
+                raise
+            break
+    return done
+
+
 class StagingBuffer:
     """A page-aligned buffer of ``STAGE`` bytes (from the pool) that bytes are copied into for
     a direct write: ``put`` copies a piece at an offset, large ones with the GIL released
@@ -244,19 +259,11 @@ class DirectAppender:
 
     def _write(self, view: memoryview, offset: int) -> None:
         try:
-            while view:
-                if self._direct:
-                    try:
-                        written = os.pwrite(self._fd, view, offset)
-                    except OSError as err:
-                        if err.errno not in NOT_DIRECT:
-                            raise
-                        self._direct = False  # this filesystem wants otherwise: the page cache
-                        continue
-                else:
-                    written = os.pwrite(self._fallback_fd, view, offset)
-                view = view[written:]
-                offset += written
+            done = write_direct(self._fd, view, offset) if self._direct else 0
+            if done < len(view):
+                self._direct = False  # this filesystem wants otherwise: the page cache
+                while done < len(view):
+                    done += os.pwrite(self._fallback_fd, view[done:], offset + done)
         except OSError as err:
             raise io_error(err, self.path) from None
 

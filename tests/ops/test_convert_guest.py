@@ -13,6 +13,8 @@ the output. Prehashed digests are used only for the very file they were computed
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import os
 import shutil
@@ -334,19 +336,21 @@ def test_writing_stops_at_the_budget_and_the_hashing_goes_on(tmp_path: Path) -> 
     assert path.stat().st_size <= 3 * MiB
 
 
-@pytest.mark.parametrize("direct", [True, False], ids=["direct", "page-cache"])
+@pytest.mark.parametrize("direct", [True, False, "refused"], ids=["direct", "page-cache", "refused-later"])
 def test_a_direct_output_holds_the_bytes_written_and_holes_between(
-    tmp_path: Path, direct: bool, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, direct: bool | str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``DirectOutputFile``: data at rising, unaligned offsets with gaps (within a block, across
-    blocks, across the staging buffer); the gaps read as zeros, and the file is cut to size."""
-    monkeypatch.setattr(direct_io, "ENABLED", direct)
+    blocks, across the staging buffer); the gaps read as zeros, and the file is cut to size.
+    "refused-later": the filesystem takes O_DIRECT at open but refuses the second transfer."""
+    monkeypatch.setattr(direct_io, "ENABLED", bool(direct))
+    direct_writes = refuse_second_direct_write(monkeypatch) if direct == "refused" else []
     monkeypatch.setattr(direct_io, "STAGE", 4 * direct_io.ALIGN)
     size = 300_001
     expected = bytearray(size)
     pieces = [(0, 700), (1000, 512), (1600, 9000), (40_960, 16_384), (123_457, 33_333), (290_000, 10_001)]
     out = output.DirectOutputFile(tmp_path / "out.raw")
-    assert out.direct == direct or not direct
+    assert out.direct == bool(direct)
     try:
         for offset, length in pieces:
             data = os.urandom(length)
@@ -358,3 +362,20 @@ def test_a_direct_output_holds_the_bytes_written_and_holes_between(
     finally:
         out.close()
     assert (tmp_path / "out.raw").read_bytes() == bytes(expected)
+    assert direct != "refused" or len(direct_writes) == 2  # the refused one, then none
+
+
+def refuse_second_direct_write(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """``os.pwrite`` as ``direct_io`` sees it: EINVAL for the second write through an O_DIRECT
+    descriptor and after (an alignment the filesystem wants larger); the list counts them."""
+    real, direct_writes = os.pwrite, []
+
+    def pwrite(fd: int, data: object, offset: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            direct_writes.append(offset)
+            if len(direct_writes) > 1:
+                raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, data, offset)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(direct_io.os, "pwrite", pwrite)
+    return direct_writes

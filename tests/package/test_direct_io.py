@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.ops.test_convert_guest import refuse_second_direct_write
 
 from imagewright import direct_io
 from imagewright.direct_io import read_digests
@@ -63,6 +64,24 @@ def test_a_sequential_file_holds_what_was_written_either_way(
         file.close()
     assert path.read_bytes() == expected
     assert read_digests(path, ("sha256",)) == {"sha256": hashlib.sha256(expected).hexdigest()}
+
+
+def test_a_transfer_refused_after_the_open_goes_on_through_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(direct_io, "STAGE", 3 * direct_io.ALIGN)
+    direct_writes = refuse_second_direct_write(monkeypatch)
+    path = tmp_path / "out.bin"
+    body = os.urandom(100_000)
+    file = SequentialFile(path, ("sha256",))
+    try:
+        for start in range(0, len(body), 7_000):
+            file.write(body[start : start + 7_000])
+        file.finish(len(body))
+    finally:
+        file.close()
+    assert len(direct_writes) == 2  # one went out directly, the refused one, then none
+    assert path.read_bytes() == body
 
 
 def test_a_released_copy_takes_one_block_of_memory_only(tmp_path: Path) -> None:

@@ -366,20 +366,16 @@ class DirectOutputFile:
         self._staged_data = False
 
     def _write(self, view: memoryview, offset: int) -> None:
-        while view:
-            if self._fd >= 0:
-                try:
-                    written = os.pwrite(self._fd, view, offset)
-                except OSError as err:
-                    if err.errno not in direct_io.NOT_DIRECT:
-                        raise io_error(err, self.path) from None
-                    self._close_direct()  # this filesystem wants otherwise: the page cache
-                    continue
-                view = view[written:]
-                offset += written
-            else:
-                self._plain.write_at(offset, view)
+        done = 0
+        if self._fd >= 0:
+            try:
+                done = direct_io.write_direct(self._fd, view, offset)
+            except OSError as err:
+                raise io_error(err, self.path) from None
+            if done == len(view):
                 return
+            self._close_direct()  # this filesystem wants otherwise: the page cache
+        self._plain.write_at(offset + done, view[done:])
 
     def finish(self, size: int | None = None, *, durable: bool = True) -> None:
         """Write what is staged, set the final size, flush (as ``OutputFile.finish``)."""
