@@ -55,6 +55,10 @@ def site_of(data_dir: str | None, database: str | None) -> Site:
     return Site(resolve_data_dir(data_dir), database)
 
 
+def _vcpus_text(cpus: int) -> str:
+    return f"{cpus} vCPU{'s' if cpus > 1 else ''}"
+
+
 def parse_port_forward(text: str) -> tuple[int, int]:
     host, sep, guest = text.partition(":")
     if not sep or not host.isdigit() or not guest.isdigit():
@@ -154,7 +158,7 @@ def run_command(
     else:
         stdout_console().print(
             f"instance {launched.instance_id} running ({launched.name}, {launched.accelerator}, "
-            f"{launched.cpus} vCPU{'s' if launched.cpus > 1 else ''}, "
+            f"{_vcpus_text(launched.cpus)}, "
             f"{_firmware_text(launched.firmware.firmware, launched.firmware.secure_boot)} "
             f"({launched.firmware.reason}), context {launched.context}); "
             f"console: {launched.files.console_log}"
@@ -355,7 +359,7 @@ def verify_command(
         console = stdout_console()
         console.print(
             f"verify {image_ref}: instance {report.instance_id} ({report.hostname}, {report.accelerator}, "
-            f"{report.cpus} vCPU{'s' if report.cpus > 1 else ''}, "
+            f"{_vcpus_text(report.cpus)}, "
             f"{_firmware_text(report.firmware, report.secure_boot)} ({report.firmware_reason}), "
             f"context {report.context})"
         )
